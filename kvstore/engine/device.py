@@ -1,0 +1,277 @@
+"""The device contract the engine writes through, an aligned buffer pool, and MemoryDevice.
+
+A device does positional I/O on files named by the engine. Offsets and lengths the engine passes
+are multiples of ``limits.io_alignment_bytes`` and buffers come from ``AlignedBuffer`` (page
+aligned mmap), so every device may use O_DIRECT. Devices must be safe to call from several
+threads at once (the server runs engine calls in a small thread pool): an io_uring device keeps a
+ring per thread.
+
+Implementations: ``MemoryDevice`` here (tests, no files), ``PosixDevice`` and ``UringDevice`` in
+``kvstore.io_uring``. One contract test suite runs against all of them.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kvstore import limits
+from kvstore.errors import StorageError
+
+ALIGN = limits.io_alignment_bytes
+
+
+def align_up(n: int, a: int = ALIGN) -> int:
+    return (n + a - 1) // a * a
+
+
+def is_aligned_view(buf: memoryview) -> bool:
+    """True when ``buf`` starts on a page boundary (usable for O_DIRECT)."""
+    import ctypes
+
+    if buf.readonly:
+        return False
+    try:
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    except (TypeError, ValueError):
+        return False
+    return addr % ALIGN == 0
+
+
+class AlignedBuffer:
+    """A page-aligned, writable buffer backed by an anonymous mmap."""
+
+    __slots__ = ("_map", "view", "size")
+
+    def __init__(self, size: int) -> None:
+        size = align_up(max(size, ALIGN))
+        self._map = mmap.mmap(-1, size)
+        self.view = memoryview(self._map)
+        self.size = size
+
+    def address(self) -> int:
+        import ctypes
+
+        return ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+
+    def close(self) -> None:
+        self.view.release()
+        self._map.close()
+
+
+class BufferPool:
+    """Reuses aligned buffers by power-of-two size class (fresh mmaps page-fault at ~1 GB/s).
+
+    Bounded: at most ``limits.buffer_pool_buffers_max`` idle buffers are kept; extra releases
+    are closed.
+    """
+
+    def __init__(self, idle_max: int = limits.buffer_pool_buffers_max) -> None:
+        self._idle: dict[int, list[AlignedBuffer]] = {}
+        self._idle_count = 0
+        self._idle_max = idle_max
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _size_class(n: int) -> int:
+        n = max(n, ALIGN)
+        return 1 << (n - 1).bit_length()
+
+    def acquire(self, nbytes: int) -> AlignedBuffer:
+        cls = self._size_class(nbytes)
+        with self._lock:
+            free = self._idle.get(cls)
+            if free:
+                self._idle_count -= 1
+                return free.pop()
+        return AlignedBuffer(cls)
+
+    def release(self, buf: AlignedBuffer) -> None:
+        with self._lock:
+            if self._idle_count < self._idle_max:
+                self._idle.setdefault(buf.size, []).append(buf)
+                self._idle_count += 1
+                return
+        buf.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for bufs in self._idle.values():
+                for b in bufs:
+                    b.close()
+            self._idle.clear()
+            self._idle_count = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IoOp:
+    """One positional I/O in a batch: read into or write from ``buf`` at ``offset``."""
+
+    handle: int
+    offset: int
+    buf: memoryview
+    write: bool = False
+
+
+class Device(ABC):
+    """Positional file I/O. Handles are small ints owned by the device."""
+
+    name: str = "abstract"
+    direct: bool = False  # True when O_DIRECT is in use
+
+    @abstractmethod
+    def open(self, path: str, *, create: bool = True) -> int: ...
+
+    @abstractmethod
+    def close_handle(self, handle: int) -> None: ...
+
+    @abstractmethod
+    def size(self, handle: int) -> int: ...
+
+    @abstractmethod
+    def truncate(self, handle: int, size: int) -> None: ...
+
+    @abstractmethod
+    def sync(self, handle: int) -> None: ...
+
+    @abstractmethod
+    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        """Run a batch; return per-op results: bytes moved, or ``-errno``. Never raises for an
+        individual op's failure; raises StorageError only when the device itself is broken."""
+
+    # Small-file and directory helpers (catalogs, segment summaries). Buffered, not hot path.
+    def unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def listdir(self, directory: str) -> list[str]:
+        os.makedirs(directory, exist_ok=True)
+        return sorted(os.listdir(directory))
+
+    def read_file(self, path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def write_file_atomic(self, path: str, data: bytes) -> None:
+        """Write ``data`` to ``path`` so a crash leaves the old or the new file, never a mix."""
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release rings, fds and threads held by the device."""
+
+    # Convenience wrappers built on submit(); they raise StorageError on short or failed I/O.
+    def write(self, handle: int, offset: int, buf: memoryview) -> None:
+        (res,) = self.submit([IoOp(handle, offset, buf, write=True)])
+        if res != len(buf):
+            raise StorageError(f"{self.name}: write at {offset} returned {res}, wanted {len(buf)}")
+
+    def read_into(self, handle: int, offset: int, buf: memoryview) -> int:
+        """Read up to len(buf) bytes; returns bytes read (short only at end of file)."""
+        (res,) = self.submit([IoOp(handle, offset, buf)])
+        if res < 0:
+            raise StorageError(f"{self.name}: read at {offset} failed with errno {-res}")
+        return res
+
+
+class MemoryDevice(Device):
+    """Files as bytearrays keyed by path. For tests and for `--device memory`.
+
+    Files survive close/open within one MemoryDevice, so tests can "restart" an engine on the
+    same device and inject faults by editing ``files[path]`` directly.
+    """
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytearray] = {}
+        self._handles: dict[int, str] = {}
+        self._next = 1
+        self._lock = threading.Lock()
+
+    def open(self, path: str, *, create: bool = True) -> int:
+        with self._lock:
+            if path not in self.files:
+                if not create:
+                    raise FileNotFoundError(path)
+                self.files[path] = bytearray()
+            h = self._next
+            self._next += 1
+            self._handles[h] = path
+            return h
+
+    def _file(self, handle: int) -> bytearray:
+        try:
+            return self.files[self._handles[handle]]
+        except KeyError:
+            raise StorageError(f"memory: bad handle {handle}") from None
+
+    def close_handle(self, handle: int) -> None:
+        with self._lock:
+            self._handles.pop(handle, None)
+
+    def size(self, handle: int) -> int:
+        return len(self._file(handle))
+
+    def truncate(self, handle: int, size: int) -> None:
+        with self._lock:
+            f = self._file(handle)
+            if size < len(f):
+                del f[size:]
+            else:
+                f.extend(bytes(size - len(f)))
+
+    def sync(self, handle: int) -> None:
+        self._file(handle)
+
+    def unlink(self, path: str) -> None:
+        with self._lock:
+            self.files.pop(path, None)
+
+    def listdir(self, directory: str) -> list[str]:
+        pre = directory.rstrip("/") + "/"
+        return sorted(p[len(pre):] for p in self.files if p.startswith(pre) and "/" not in p[len(pre):])
+
+    def read_file(self, path: str) -> bytes | None:
+        f = self.files.get(path)
+        return None if f is None else bytes(f)
+
+    def write_file_atomic(self, path: str, data: bytes) -> None:
+        with self._lock:
+            self.files[path] = bytearray(data)
+
+    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        out: list[int] = []
+        with self._lock:
+            for op in ops:
+                f = self._file(op.handle)
+                n = len(op.buf)
+                if op.write:
+                    end = op.offset + n
+                    if end > len(f):
+                        f.extend(bytes(end - len(f)))
+                    f[op.offset:end] = op.buf
+                    out.append(n)
+                else:
+                    chunk = f[op.offset:op.offset + n]
+                    op.buf[: len(chunk)] = chunk
+                    out.append(len(chunk))
+        return out

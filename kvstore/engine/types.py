@@ -1,0 +1,68 @@
+"""Value types the engine hands to its callers (the API, transport and tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvstore import limits
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Everything the engine needs, resolved by the caller (no config dicts read deep inside)."""
+
+    data_dir: str
+    capacity_bytes: int = 10 * limits.GiB
+    segment_bytes: int = limits.segment_bytes_default
+    dram_bytes: int = limits.dram_bytes_default
+    high_watermark: float = limits.capacity_high_watermark
+    low_watermark: float = limits.capacity_low_watermark
+    dram_on_put: bool = True  # keep freshly written blocks in DRAM (other nodes read them soon)
+    reinsert: bool = True  # re-append recently read blocks when their segment is reclaimed
+    sync_on_put: bool = False  # fdatasync after every put (O_DIRECT already bypasses the cache)
+
+    def __post_init__(self) -> None:
+        if not limits.segment_bytes_min <= self.segment_bytes <= limits.segment_bytes_max:
+            raise ValueError("segment_bytes out of range")
+        if self.segment_bytes % limits.io_alignment_bytes:
+            raise ValueError("segment_bytes must be a multiple of the I/O alignment")
+        if self.capacity_bytes < limits.capacity_segments_min * self.segment_bytes:
+            raise ValueError("capacity must hold at least two segments")
+        if not 0 < self.low_watermark < self.high_watermark <= 1.0:
+            raise ValueError("need 0 < low_watermark < high_watermark <= 1")
+        if self.dram_bytes < 0:
+            raise ValueError("dram_bytes must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMeta:
+    """What is known about one stored block without reading its payload."""
+
+    namespace: str
+    key: str
+    length: int
+    checksum: int  # xxh3-64 of the payload
+    seq: int  # write sequence number (monotonic per store); a stable version id
+    created: float  # unix seconds
+    expires: float = 0.0  # unix seconds, 0 = never
+    meta: bytes = b""  # caller metadata (S3 content-type, user metadata, client checksums)
+
+    @property
+    def etag(self) -> str:
+        return f"{self.checksum:016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    created: bool  # False: the key already existed and nothing was written (idempotent put)
+    meta: BlockMeta
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceInfo:
+    name: str
+    created: float
+    owner: str = ""  # tenant that owns it ("" in development mode)
+    layout: dict[str, object] = field(default_factory=dict)  # keys.Layout fields, if given
+    fingerprint: str = ""  # hex layout fingerprint, if a layout was given
+    block_bytes: int = 0  # exact block size the layout fixes, 0 = any
