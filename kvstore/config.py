@@ -1,0 +1,267 @@
+"""`kvstore serve` configuration: resolved once, frozen, passed down.
+
+Sources, highest precedence first: command-line flag, ``KVSTORE_*`` environment variable, TOML
+config file (``--config`` / ``KVSTORE_CONFIG``), built-in default. ``resolve()`` reads all of them
+exactly once and returns a ``ServeConfig``; nothing below the CLI reads flags, environment or
+config files again.
+
+Sizes accept plain byte counts and binary or decimal-looking units, all binary: ``123``,
+``512KiB``, ``512MiB``, ``10GiB``, ``1G``, ``1.5TiB`` (``K``/``KB``/``KiB`` all mean 1024).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from kvstore import limits
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid. The CLI prints it and exits with status 2."""
+
+
+DEVICES = ("auto", "uring", "posix", "memory")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": limits.KiB, "kb": limits.KiB, "kib": limits.KiB,
+    "m": limits.MiB, "mb": limits.MiB, "mib": limits.MiB,
+    "g": limits.GiB, "gb": limits.GiB, "gib": limits.GiB,
+    "t": 1024 * limits.GiB, "tb": 1024 * limits.GiB, "tib": 1024 * limits.GiB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# Sizes past this are typos, not disks (1 PiB).
+_SIZE_MAX = 1024 * 1024 * limits.GiB
+
+
+def parse_size(value: str | int, *, what: str = "size") -> int:
+    """Bytes from ``123``, ``512MiB``, ``10GiB``, ``1G`` (binary units, case-insensitive)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{what}: expected a size, got {value!r}")
+    if isinstance(value, int):
+        n = value
+    else:
+        m = _SIZE_RE.match(str(value))
+        if not m or m.group(2).lower() not in _UNITS:
+            raise ConfigError(
+                f"{what}: cannot parse size {value!r} (examples: 123, 512MiB, 10GiB, 1G)")
+        number, unit = m.group(1), _UNITS[m.group(2).lower()]
+        if "." in number:
+            n = int(float(number) * unit)
+        else:
+            n = int(number) * unit
+    if n < 0:
+        raise ConfigError(f"{what}: size must not be negative")
+    if n > _SIZE_MAX:
+        raise ConfigError(f"{what}: size {value!r} is larger than 1 PiB")
+    return n
+
+
+def format_size(n: int) -> str:
+    for unit, mult in (("GiB", limits.GiB), ("MiB", limits.MiB), ("KiB", limits.KiB)):
+        if n >= mult and n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """Everything `kvstore serve` needs, after precedence and validation."""
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    bulk_port: int = 8701
+    data_dir: str = "./data"
+    capacity_bytes: int = 10 * limits.GiB
+    dram_bytes: int = limits.dram_bytes_default
+    segment_bytes: int = limits.segment_bytes_default
+    device: str = "auto"
+    credentials: str | None = None
+    log_level: str = "info"
+    shutdown_seconds: float = limits.shutdown_seconds_max
+    config_file: str | None = field(default=None, compare=False)
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.credentials is None
+
+
+# name -> (flag, env var, kind). Kind drives parsing; the TOML key is the name with '_' or '-'.
+_OPTIONS: dict[str, tuple[str, str, str]] = {
+    "host": ("--host", "KVSTORE_HOST", "str"),
+    "port": ("--port", "KVSTORE_PORT", "port"),
+    "bulk_port": ("--bulk-port", "KVSTORE_BULK_PORT", "port"),
+    "data_dir": ("--data-dir", "KVSTORE_DATA_DIR", "path"),
+    "capacity_bytes": ("--capacity", "KVSTORE_CAPACITY", "size"),
+    "dram_bytes": ("--dram", "KVSTORE_DRAM", "size"),
+    "segment_bytes": ("--segment-size", "KVSTORE_SEGMENT_SIZE", "size"),
+    "device": ("--device", "KVSTORE_DEVICE", "device"),
+    "credentials": ("--credentials", "KVSTORE_CREDENTIALS", "path"),
+    "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
+    "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
+}
+# Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
+_FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of `kvstore serve`. Defaults are None so `resolve` can tell 'not given'."""
+    d = ServeConfig()
+    helps = {
+        "host": f"address to listen on (default {d.host}; non-loopback needs --credentials)",
+        "port": f"HTTP port: S3 API and /v1 control plane (default {d.port})",
+        "bulk_port": f"bulk binary protocol port (default {d.bulk_port})",
+        "data_dir": f"directory for segment files, created if missing (default {d.data_dir})",
+        "capacity_bytes": f"flash budget, e.g. 10GiB (default {format_size(d.capacity_bytes)})",
+        "dram_bytes": f"DRAM tier budget, e.g. 512MiB (default {format_size(d.dram_bytes)})",
+        "segment_bytes": f"segment file size (default {format_size(d.segment_bytes)})",
+        "device": f"I/O device: {'|'.join(DEVICES)} (default {d.device})",
+        "credentials": "tenants JSON file; without it: loopback-only development mode",
+        "log_level": f"{'|'.join(LOG_LEVELS)} (default {d.log_level})",
+        "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
+    }
+    for name, (flag, env, _kind) in _OPTIONS.items():
+        p.add_argument(flag, dest=name, default=None, help=f"{helps[name]} [env {env}]")
+    p.add_argument("--config", dest="config", default=None,
+                   help="TOML config file with the same option names [env KVSTORE_CONFIG]")
+
+
+def _convert(kind: str, raw: Any, source: str) -> Any:
+    what = source
+    if kind == "size":
+        return parse_size(raw, what=what)
+    if kind == "port":
+        try:
+            port = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: port must be an integer, got {raw!r}") from None
+        if isinstance(raw, bool) or not 0 <= port <= 65535:
+            raise ConfigError(f"{what}: port must be in 0..65535, got {raw!r}")
+        return port
+    if kind == "device":
+        v = str(raw).lower()
+        if v not in DEVICES:
+            raise ConfigError(f"{what}: device must be one of {', '.join(DEVICES)}, got {raw!r}")
+        return v
+    if kind == "level":
+        v = str(raw).lower()
+        if v not in LOG_LEVELS:
+            raise ConfigError(f"{what}: log level must be one of {', '.join(LOG_LEVELS)}")
+        return v
+    if kind == "seconds":
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected seconds, got {raw!r}") from None
+        if not 0 < v <= limits.shutdown_seconds_max:
+            raise ConfigError(
+                f"{what}: must be in (0, {limits.shutdown_seconds_max:g}] seconds, got {raw!r}")
+        return v
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(f"{what}: expected a non-empty string, got {raw!r}")
+    return raw
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Option values from a TOML file (top level or a ``[serve]`` table), by option name.
+
+    Relative paths inside the file (data_dir, credentials) are relative to the file's directory.
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path!r}: {exc}") from None
+    table = doc["serve"] if isinstance(doc.get("serve"), dict) else doc
+    base = os.path.dirname(os.path.abspath(path))
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = _FILE_KEYS.get(key.replace("-", "_"))
+        if name is None:
+            known = ", ".join(sorted(_FILE_KEYS))
+            raise ConfigError(f"config file {path!r}: unknown option {key!r} (known: {known})")
+        if _OPTIONS[name][2] == "path" and isinstance(value, str) and value:
+            value = os.path.join(base, os.path.expanduser(value))
+        out[name] = value
+    return out
+
+
+def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
+    """Apply precedence flag > env > config file > default, then validate."""
+    config_path = getattr(args, "config", None) or env.get("KVSTORE_CONFIG") or None
+    from_file = load_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    for name, (flag, env_name, kind) in _OPTIONS.items():
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = _convert(kind, flag_value, flag)
+        elif env.get(env_name, "") != "":
+            values[name] = _convert(kind, env[env_name], env_name)
+        elif name in from_file:
+            key = _OPTIONS[name][0][2:].replace("-", "_")
+            values[name] = _convert(kind, from_file[name], f"{config_path}: {key}")
+    cfg = ServeConfig(**values, config_file=config_path)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ServeConfig) -> None:
+    """Cross-field checks with messages a user can act on."""
+    seg = cfg.segment_bytes
+    if not limits.segment_bytes_min <= seg <= limits.segment_bytes_max:
+        raise ConfigError(
+            f"segment size {format_size(seg)} must be in {format_size(limits.segment_bytes_min)}"
+            f"..{format_size(limits.segment_bytes_max)}")
+    if seg % limits.io_alignment_bytes:
+        raise ConfigError(f"segment size must be a multiple of {limits.io_alignment_bytes} bytes")
+    need = limits.capacity_segments_min * seg
+    if cfg.capacity_bytes < need:
+        raise ConfigError(
+            f"capacity {format_size(cfg.capacity_bytes)} must hold at least "
+            f"{limits.capacity_segments_min} segments of {format_size(seg)} "
+            f"({format_size(need)}); lower --segment-size or raise --capacity")
+    if cfg.port and cfg.port == cfg.bulk_port:
+        raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
+    if cfg.credentials is None and not is_loopback(cfg.host):
+        raise ConfigError(
+            f"refusing to listen on {cfg.host!r} without --credentials: development mode "
+            "accepts any signature, so it serves loopback only (127.0.0.1 or ::1). "
+            "Pass --credentials FILE to serve other addresses.")
+    if cfg.credentials is not None and not os.path.isfile(cfg.credentials):
+        raise ConfigError(f"credentials file {cfg.credentials!r} does not exist")
+
+
+def from_argv(argv: Sequence[str], env: Mapping[str, str]) -> ServeConfig:
+    """Parse `serve` flags only (tests and embedding)."""
+    p = argparse.ArgumentParser(prog="kvstore serve")
+    add_serve_arguments(p)
+    return resolve(p.parse_args(list(argv)), env)
+
+
+def describe(cfg: ServeConfig) -> dict[str, object]:
+    """A printable view (sizes formatted)."""
+    out: dict[str, object] = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        out[f.name] = format_size(v) if f.name.endswith("_bytes") else v
+    return out

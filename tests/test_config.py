@@ -1,0 +1,143 @@
+"""kvstore.config: sizes, precedence flag > env > file > default, validation messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from kvstore import limits
+from kvstore.config import (
+    ConfigError,
+    ServeConfig,
+    format_size,
+    from_argv,
+    is_loopback,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("123", 123),
+        ("0", 0),
+        ("4KiB", 4096),
+        ("512MiB", 512 * limits.MiB),
+        ("10GiB", 10 * limits.GiB),
+        ("1G", limits.GiB),
+        ("1g", limits.GiB),
+        ("2 MB", 2 * limits.MiB),
+        ("1.5GiB", 3 * limits.GiB // 2),
+        ("7B", 7),
+        (64, 64),
+    ],
+)
+def test_parse_size(text: str | int, expected: int) -> None:
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GiB", "10 GiBs", "-1", "1e9", "ten", "10XB", "2PiB"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match="capacity"):
+        parse_size(text, what="capacity")
+
+
+def test_parse_size_rejects_huge() -> None:
+    with pytest.raises(ConfigError, match="larger than 1 PiB"):
+        parse_size("2048TiB")
+
+
+def test_format_size_round_trips() -> None:
+    for n in (123, 4096, 512 * limits.MiB, 10 * limits.GiB):
+        assert parse_size(format_size(n)) == n
+
+
+@pytest.mark.parametrize(
+    ("host", "loop"),
+    [("127.0.0.1", True), ("127.3.2.1", True), ("::1", True), ("[::1]", True),
+     ("localhost", True), ("0.0.0.0", False), ("10.0.0.5", False), ("::", False),
+     ("example.com", False)],
+)
+def test_is_loopback(host: str, loop: bool) -> None:
+    assert is_loopback(host) is loop
+
+
+def test_defaults() -> None:
+    cfg = from_argv([], {})
+    assert cfg == ServeConfig()
+    assert (cfg.host, cfg.port, cfg.bulk_port, cfg.data_dir) == ("127.0.0.1", 8700, 8701, "./data")
+    assert cfg.device == "auto" and cfg.dev_mode
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.port = 1  # type: ignore[misc]
+
+
+def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
+    conf = tmp_path / "kv.toml"
+    conf.write_text('port = 9100\nbulk_port = 9101\ncapacity = "4GiB"\ndram = "64MiB"\n'
+                    'data_dir = "store"\nlog-level = "warning"\n')
+    env = {"KVSTORE_CONFIG": str(conf), "KVSTORE_PORT": "9200", "KVSTORE_DRAM": "32MiB"}
+    cfg = from_argv(["--port", "9300"], env)
+    assert cfg.port == 9300  # flag beats env and file
+    assert cfg.dram_bytes == 32 * limits.MiB  # env beats file
+    assert cfg.bulk_port == 9101 and cfg.capacity_bytes == 4 * limits.GiB  # file beats default
+    assert cfg.log_level == "warning"
+    assert cfg.data_dir == str(tmp_path / "store")  # relative to the config file
+    assert cfg.segment_bytes == limits.segment_bytes_default  # default
+    # --config flag beats KVSTORE_CONFIG
+    other = tmp_path / "other.toml"
+    other.write_text("[serve]\nbulk_port = 9500\n")
+    assert from_argv(["--config", str(other)], env).bulk_port == 9500
+
+
+def test_empty_env_value_is_unset() -> None:
+    assert from_argv([], {"KVSTORE_PORT": ""}).port == 8700
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "match"),
+    [
+        (["--port", "http"], {}, "--port: port must be an integer"),
+        ([], {"KVSTORE_PORT": "70000"}, "KVSTORE_PORT: port must be in 0..65535"),
+        (["--device", "nvme"], {}, "device must be one of auto, uring, posix, memory"),
+        (["--capacity", "lots"], {}, "--capacity: cannot parse size"),
+        (["--capacity", "256MiB"], {}, "must hold at least 2 segments"),
+        (["--segment-size", "1000000000"], {}, "multiple of 4096"),
+        (["--segment-size", "8GiB", "--capacity", "64GiB"], {}, "segment size 8GiB must be"),
+        (["--port", "9000", "--bulk-port", "9000"], {}, "must differ"),
+        (["--log-level", "loud"], {}, "log level must be one of"),
+        (["--shutdown-seconds", "600"], {}, "--shutdown-seconds: must be in"),
+        (["--host", "0.0.0.0"], {}, "refusing to listen on '0.0.0.0' without --credentials"),
+        (["--credentials", "/nonexistent/creds.json"], {}, "does not exist"),
+        (["--config", "/nonexistent/kv.toml"], {}, "config file .* does not exist"),
+    ],
+)
+def test_invalid_values_have_clear_messages(argv: list[str], env: dict[str, str],
+                                            match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        from_argv(argv, env)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("port = \n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        from_argv(["--config", str(bad)], {})
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("prot = 1\n")
+    with pytest.raises(ConfigError, match="unknown option 'prot'"):
+        from_argv(["--config", str(unknown)], {})
+    wrong_type = tmp_path / "wrong.toml"
+    wrong_type.write_text("port = true\n")
+    with pytest.raises(ConfigError, match="port must be"):
+        from_argv(["--config", str(wrong_type)], {})
+
+
+def test_non_loopback_allowed_with_credentials(tmp_path: Path) -> None:
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"tenants": [
+        {"name": "a", "access_key": "AK", "secret_key": "SK", "namespaces": ["*"]}]}))
+    cfg = from_argv(["--host", "0.0.0.0", "--credentials", str(creds)], {})
+    assert cfg.host == "0.0.0.0" and not cfg.dev_mode
