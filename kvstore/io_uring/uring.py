@@ -1,0 +1,256 @@
+"""UringDevice: O_DIRECT positional I/O through io_uring (pyuring 0.3.0).
+
+How pyuring is used (see the project notes on pyuring): ``read_async_ptr``/``write_async_ptr``
+with the int address of a page-aligned buffer (each call submits at once), completions from
+``wait_completion``/``peek_completion`` matched by ``user_data``. We never wait with nothing in
+flight: that blocks forever.
+
+A ``UringCtx`` may only be used from the thread that created it, so the device keeps one ring
+per thread (``threading.local``), created on that thread's first batch. ``submit`` keeps up to
+``limits.uring_entries`` ops in flight and refills the ring as completions arrive, so a batch of
+any size runs in waves. A short read or write resubmits the remainder.
+
+``submit_async`` is the asyncio variant: one ring owned by the event loop's thread, its
+``ring_fd`` watched with ``loop.add_reader``, completions dispatched to futures by
+``user_data``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import threading
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from kvstore import limits
+from kvstore.engine.device import IoOp
+from kvstore.errors import StorageError
+from kvstore.io_uring.files import FileDevice, Task
+
+log = logging.getLogger("kvstore.device")
+
+# Consecutive EINTR/EAGAIN answers from the ring before the device declares it broken.
+_RING_RETRIES_MAX = 100
+
+
+def _uring_ctx(entries: int) -> Any:
+    from pyuring import UringCtx
+
+    return UringCtx(entries=entries)
+
+
+class UringDevice(FileDevice):
+    name = "uring"
+
+    def __init__(self, *, entries: int = limits.uring_entries, direct: bool = True) -> None:
+        super().__init__(direct=direct)
+        if not 1 <= entries <= 4096:
+            raise ValueError("entries must be in 1..4096")
+        self._entries = entries
+        self._local = threading.local()
+        self._rings: list[Any] = []  # every ring created, closed by close()
+        self._rings_lock = threading.Lock()
+        self._closed = False
+        self._aio: _AsyncRing | None = None
+
+    # --- rings ------------------------------------------------------------------------------
+
+    def _ring(self) -> Any:
+        ring = getattr(self._local, "ring", None)
+        if ring is None:
+            if self._closed:
+                raise StorageError("uring: device is closed")
+            try:
+                ring = _uring_ctx(self._entries)
+            except OSError as e:
+                raise StorageError(f"uring: cannot create a ring: {e}") from e
+            self._local.ring = ring
+            self._local.next_ud = 1
+            with self._rings_lock:
+                self._rings.append(ring)
+        return ring
+
+    def _drop_ring(self, ring: Any) -> None:
+        """Forget a ring that misbehaved; the thread's next batch creates a fresh one."""
+        self._local.ring = None
+        with self._rings_lock:
+            if ring in self._rings:
+                self._rings.remove(ring)
+        ring.close()
+
+    def close(self) -> None:
+        self._closed = True
+        with self._rings_lock:
+            rings, self._rings = self._rings, []
+        for ring in rings:
+            ring.close()  # pyuring's close() has no thread check
+        if self._aio is not None:
+            self._aio.close()
+            self._aio = None
+        super().close()
+
+    # --- batches ----------------------------------------------------------------------------
+
+    def _run(self, tasks: list[Task], results: list[int]) -> None:
+        ring = self._ring()
+        pending: deque[Task] = deque(tasks)
+        inflight: dict[int, Task] = {}
+        ud = self._local.next_ud
+        broken: OSError | None = None
+        retries = 0
+        try:
+            while pending or inflight:
+                while pending and len(inflight) < self._entries and broken is None:
+                    t = pending[0]
+                    try:
+                        _prep(ring, t, ud)
+                    except OSError as e:
+                        if e.errno in (errno.EAGAIN, errno.EBUSY, errno.EINTR) and inflight:
+                            break  # ring full for now: reap, then retry
+                        broken = e
+                        break
+                    pending.popleft()
+                    inflight[ud] = t
+                    ud += 1
+                if broken is not None:
+                    for t in pending:
+                        results[t.index] = -(broken.errno or errno.EIO)
+                    pending.clear()
+                if not inflight:
+                    break
+                try:
+                    got, res = ring.wait_completion()
+                    retries = 0
+                except OSError as e:
+                    retries += 1
+                    if e.errno in (errno.EINTR, errno.EAGAIN) and retries < _RING_RETRIES_MAX:
+                        continue
+                    raise StorageError(f"uring: waiting for completions failed: {e}") from e
+                self._complete(inflight, pending, got, res, results)
+                while inflight:
+                    nxt = ring.peek_completion()
+                    if nxt is None:
+                        break
+                    self._complete(inflight, pending, nxt[0], nxt[1], results)
+        except BaseException:
+            # Ops may still be in flight: wait for them (best effort) so the kernel is done with
+            # the buffers before they are reused, then never reuse this ring.
+            for _ in range(len(inflight)):
+                try:
+                    ring.wait_completion()
+                except OSError:
+                    break
+            self._drop_ring(ring)
+            raise
+        finally:
+            self._local.next_ud = ud
+        if broken is not None:
+            log.warning("uring: submission failed (%s); recreating the ring", broken)
+            self._drop_ring(ring)
+
+    def _complete(self, inflight: dict[int, Task], pending: deque[Task], ud: int, res: int,
+                  results: list[int]) -> None:
+        t = inflight.pop(ud, None)
+        if t is None:
+            return  # a stale completion from an earlier, aborted batch
+        if not self.settle(t, res, results):
+            pending.appendleft(t)  # short I/O: resubmit the remainder first
+
+    # --- asyncio ----------------------------------------------------------------------------
+
+    async def submit_async(self, ops: Sequence[IoOp],
+                           loop: asyncio.AbstractEventLoop | None = None) -> list[int]:
+        """Like ``submit`` but awaits completions on the event loop instead of blocking a
+        thread. Must be called from the loop's thread; the ring belongs to that loop."""
+        loop = loop or asyncio.get_running_loop()
+        if self._aio is None or self._aio.loop is not loop:
+            if self._aio is not None:
+                self._aio.close()
+            self._aio = _AsyncRing(_uring_ctx(self._entries), loop, self._entries)
+        results = [0] * len(ops)
+        tasks: list[Task] = []
+        for i, op in enumerate(ops):
+            task = self._plan(i, op, results)
+            if task is not None:
+                tasks.append(task)
+        try:
+            await asyncio.gather(*(self._aio.run(t, results, self.settle) for t in tasks))
+        finally:
+            for t in tasks:
+                self._finish(t, results)
+        return results
+
+
+def _prep(ring: Any, t: Task, ud: int) -> None:
+    if t.write:
+        ring.write_async_ptr(t.fd, t.addr + t.done, t.length - t.done, t.offset + t.done, ud)
+    else:
+        ring.read_async_ptr(t.fd, t.addr + t.done, t.length - t.done, t.offset + t.done, ud)
+
+
+async def _await_io(fut: asyncio.Future[int]) -> int:
+    """Await an op's completion. If the caller is cancelled, still wait until the kernel is done
+    with the buffer (it may be a pooled bounce buffer or the caller's), then re-raise."""
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        for _ in range(_RING_RETRIES_MAX):
+            if fut.done():
+                break
+            try:
+                await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                continue
+        raise
+
+
+class _AsyncRing:
+    """A ring driven by the event loop: ``ring_fd`` readable -> drain CQEs -> resolve futures."""
+
+    def __init__(self, ring: Any, loop: asyncio.AbstractEventLoop, entries: int) -> None:
+        self.ring = ring
+        self.loop = loop
+        self._futures: dict[int, asyncio.Future[int]] = {}
+        self._next = 1
+        self._slots = asyncio.Semaphore(entries)
+        loop.add_reader(ring.ring_fd, self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            cqe = self.ring.peek_completion()
+            if cqe is None:
+                return
+            fut = self._futures.pop(cqe[0], None)
+            if fut is not None and not fut.done():
+                fut.set_result(cqe[1])
+
+    async def run(self, t: Task, results: list[int], settle: Any) -> None:
+        while True:
+            async with self._slots:
+                ud = self._next
+                self._next += 1
+                fut: asyncio.Future[int] = self.loop.create_future()
+                self._futures[ud] = fut
+                try:
+                    _prep(self.ring, t, ud)
+                except OSError as e:
+                    self._futures.pop(ud, None)
+                    results[t.index] = -(e.errno or errno.EIO)
+                    return
+                self._drain()  # the CQE may already be posted before the fd is polled
+                res = await _await_io(fut)
+            if settle(t, res, results):
+                return
+
+    def close(self) -> None:
+        for fut in self._futures.values():
+            fut.cancel()
+        self._futures.clear()
+        try:
+            self.loop.remove_reader(self.ring.ring_fd)
+        except (RuntimeError, ValueError, OSError):
+            pass  # the loop is already closed
+        self.ring.close()
