@@ -1,0 +1,140 @@
+"""Prometheus metrics for one server: request counters the edges update, engine gauges on scrape.
+
+One ``Metrics`` per app, each with its own ``CollectorRegistry`` (never the global one), so tests
+can build many apps in one process. The edges (S3 routes, /v1 routes, the bulk server) call::
+
+    metrics.observe("get", "dram", nbytes, seconds)   # one served operation
+    metrics.error("put", "BadDigest")                 # one failed operation, by error name
+
+``op`` and ``tier`` come from code, never from the network, so label sets stay bounded. Tiers:
+``"dram"``, ``"flash"``, ``"miss"`` (GET of an absent block), ``"-"`` (no tier applies).
+
+Engine counters and gauges (hits, misses, evictions, checksum failures, capacity) are read from
+``engine.stats()`` at scrape time by ``EngineCollector``: nothing is copied on the hot path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Latency buckets from 50 us (a DRAM-tier lookup) to 10 s (a 64 MiB PUT on a busy disk).
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+
+class StatsSource(Protocol):
+    def stats(self) -> Mapping[str, int | float]: ...
+
+
+# engine.stats() name -> (metric name, help, labels) for monotonic counters.
+_ENGINE_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "puts": ("kvstore_engine_puts", "Blocks written by the engine", {}),
+    "puts_existing": ("kvstore_engine_puts_existing",
+                      "PUTs of a key already stored (nothing written)", {}),
+    "gets": ("kvstore_engine_gets", "Block reads asked of the engine", {}),
+    "hits_dram": ("kvstore_engine_hits", "Reads served, by tier", {"tier": "dram"}),
+    "hits_flash": ("kvstore_engine_hits", "Reads served, by tier", {"tier": "flash"}),
+    "misses": ("kvstore_engine_misses", "Reads of absent, expired or corrupt blocks", {}),
+    "bytes_written": ("kvstore_engine_bytes_written", "Payload bytes written", {}),
+    "bytes_read": ("kvstore_engine_bytes_read", "Payload bytes read", {}),
+    "checksum_failures": ("kvstore_checksum_failures",
+                          "Records that failed their checksum or key check (served as misses)", {}),
+    "evicted_segments": ("kvstore_evicted_segments", "Segments reclaimed for capacity", {}),
+    "evicted_blocks": ("kvstore_evicted_blocks", "Blocks dropped by segment reclaim", {}),
+    "reinserted_blocks": ("kvstore_reinserted_blocks",
+                          "Recently read blocks re-appended during reclaim", {}),
+    "expired_blocks": ("kvstore_expired_blocks", "Blocks dropped when their TTL ended", {}),
+    "deletes": ("kvstore_engine_deletes", "Blocks deleted", {}),
+}
+
+# engine.stats() name -> (metric name, help, labels) for gauges.
+_ENGINE_GAUGES: dict[str, tuple[str, str, dict[str, str]]] = {
+    "blocks": ("kvstore_blocks", "Live blocks in the index", {}),
+    "namespaces": ("kvstore_namespaces", "Namespaces (buckets)", {}),
+    "segments": ("kvstore_segments", "Segment files", {}),
+    "leases_active": ("kvstore_leases_active", "Blocks pinned by lookup leases", {}),
+    "flash_used_bytes": ("kvstore_used_bytes", "Bytes in use, by tier", {"tier": "flash"}),
+    "dram_used_bytes": ("kvstore_used_bytes", "Bytes in use, by tier", {"tier": "dram"}),
+    "flash_capacity_bytes": ("kvstore_capacity_bytes", "Byte budget, by tier", {"tier": "flash"}),
+    "dram_capacity_bytes": ("kvstore_capacity_bytes", "Byte budget, by tier", {"tier": "dram"}),
+}
+
+_NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
+
+
+class EngineCollector:
+    """Turns ``engine.stats()`` into metric families at scrape time."""
+
+    def __init__(self, source: StatsSource) -> None:
+        self._source = source
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on what stats() returns; describe lazily
+
+    def collect(self) -> Iterator[Metric]:
+        stats = dict(self._source.stats())
+        families: dict[str, Metric] = {}
+        for table, kind in ((_ENGINE_COUNTERS, "counter"), (_ENGINE_GAUGES, "gauge")):
+            for stat, (name, doc, labels) in table.items():
+                if stat not in stats:
+                    continue
+                value = float(stats.pop(stat))
+                fam = families.get(name)
+                if fam is None:
+                    cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+                    fam = cls(name, doc, labels=list(labels))
+                    families[name] = fam
+                fam.add_metric(list(labels.values()), value)
+        for stat, value in sorted(stats.items()):  # anything newer than this table: a gauge
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                name = "kvstore_engine_" + _NAME_RE.sub("_", stat)
+                families[name] = GaugeMetricFamily(name, f"engine stat {stat}", value=value)
+        yield from families.values()
+
+
+class Metrics:
+    """Counters and histograms for one app, plus the engine's stats on scrape."""
+
+    def __init__(self, engine: StatsSource | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._ops = Counter("kvstore_ops", "Operations served, by operation and tier",
+                            ["op", "tier"], registry=self.registry)
+        self._bytes = Counter("kvstore_bytes", "Payload bytes moved, by operation and tier",
+                              ["op", "tier"], registry=self.registry)
+        self._latency = Histogram("kvstore_op_seconds", "Operation latency, by operation and tier",
+                                  ["op", "tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._errors = Counter("kvstore_errors", "Failed operations, by operation and error",
+                               ["op", "error"], registry=self.registry)
+        self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
+        if engine is not None:
+            self.registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+
+    def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
+        """Record one served operation of ``nbytes`` payload that took ``seconds``."""
+        child = self._children.get((op, tier))
+        if child is None:
+            child = (self._ops.labels(op, tier), self._bytes.labels(op, tier),
+                     self._latency.labels(op, tier))
+            self._children[(op, tier)] = child
+        child[0].inc()
+        if nbytes:
+            child[1].inc(nbytes)
+        child[2].observe(seconds)
+
+    def error(self, op: str, error: str) -> None:
+        """Record one failed operation by its error name (``KVStoreError.name``)."""
+        self._errors.labels(op, error).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything in this app's registry."""
+        return generate_latest(self.registry)

@@ -1,0 +1,84 @@
+"""kvstore.api.metrics: per-app registries, observe/error, engine stats as families."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kvstore.api.metrics import Metrics
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(m.render().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+class Stats:
+    """A stats source whose numbers the test sets (the engine's stats() contract)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, int | float] = {
+            "puts": 3, "puts_existing": 1, "gets": 5, "hits_dram": 2, "hits_flash": 1,
+            "misses": 2, "bytes_written": 300, "bytes_read": 200, "checksum_failures": 1,
+            "evicted_segments": 0, "evicted_blocks": 0, "reinserted_blocks": 0,
+            "expired_blocks": 0, "deletes": 0, "blocks": 3, "namespaces": 1,
+            "flash_used_bytes": 12288, "flash_capacity_bytes": 1 << 30, "dram_used_bytes": 300,
+            "dram_capacity_bytes": 1 << 20, "segments": 1, "leases_active": 0,
+            "future_stat": 7,
+        }
+
+    def stats(self) -> Mapping[str, int | float]:
+        return self.values
+
+
+def test_observe_counts_ops_bytes_and_latency() -> None:
+    m = Metrics()
+    m.observe("get", "dram", 2048, 0.0003)
+    m.observe("get", "dram", 2048, 0.002)
+    m.observe("put", "-", 100, 0.01)
+    m.error("put", "BadDigest")
+    s = samples(m)
+    assert s[("kvstore_ops_total", (("op", "get"), ("tier", "dram")))] == 2
+    assert s[("kvstore_bytes_total", (("op", "get"), ("tier", "dram")))] == 4096
+    assert s[("kvstore_op_seconds_count", (("op", "get"), ("tier", "dram")))] == 2
+    assert s[("kvstore_op_seconds_bucket", (("le", "0.0005"), ("op", "get"), ("tier", "dram")))] == 1
+    assert s[("kvstore_ops_total", (("op", "put"), ("tier", "-")))] == 1
+    assert s[("kvstore_errors_total", (("error", "BadDigest"), ("op", "put")))] == 1
+
+
+def test_registries_are_per_app() -> None:
+    a, b = Metrics(), Metrics()
+    a.observe("head", "-", 0, 0.0001)
+    assert ("kvstore_ops_total", (("op", "head"), ("tier", "-"))) in samples(a)
+    assert ("kvstore_ops_total", (("op", "head"), ("tier", "-"))) not in samples(b)
+
+
+def test_engine_stats_become_families_at_scrape_time() -> None:
+    src = Stats()
+    m = Metrics(src)
+    s = samples(m)
+    assert s[("kvstore_engine_hits_total", (("tier", "dram"),))] == 2
+    assert s[("kvstore_engine_hits_total", (("tier", "flash"),))] == 1
+    assert s[("kvstore_engine_misses_total", ())] == 2
+    assert s[("kvstore_checksum_failures_total", ())] == 1
+    assert s[("kvstore_evicted_blocks_total", ())] == 0
+    assert s[("kvstore_capacity_bytes", (("tier", "flash"),))] == 1 << 30
+    assert s[("kvstore_used_bytes", (("tier", "dram"),))] == 300
+    assert s[("kvstore_engine_future_stat", ())] == 7
+    src.values["misses"] = 9
+    src.values["evicted_blocks"] = 4
+    s = samples(m)
+    assert s[("kvstore_engine_misses_total", ())] == 9
+    assert s[("kvstore_evicted_blocks_total", ())] == 4
+
+
+def test_missing_stats_are_skipped() -> None:
+    src = Stats()
+    src.values = {"blocks": 1}
+    s = samples(Metrics(src))
+    assert s[("kvstore_blocks", ())] == 1
+    assert not any(name.startswith("kvstore_engine_hits") for name, _ in s)
