@@ -72,10 +72,13 @@ class FileDevice(Device):
         self._next = 1
         self._lock = threading.Lock()
         self._pool = BufferPool()
+        self._closed = False
 
     # --- files ------------------------------------------------------------------------------
 
     def open(self, path: str, *, create: bool = True) -> int:
+        if self._closed:
+            raise StorageError(f"{self.name}: device is closed")
         flags = os.O_RDWR | (os.O_CREAT if create else 0) | getattr(os, "O_CLOEXEC", 0)
         direct = False
         fd = -1
@@ -127,6 +130,7 @@ class FileDevice(Device):
             raise StorageError(f"{self.name}: sync failed: {e}") from e
 
     def close(self) -> None:
+        self._closed = True
         with self._lock:
             files = list(self._files.values())
             self._files.clear()
@@ -147,6 +151,8 @@ class FileDevice(Device):
     # --- batches ----------------------------------------------------------------------------
 
     def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        if self._closed:
+            raise StorageError(f"{self.name}: device is closed")
         results = [0] * len(ops)
         tasks: list[Task] = []
         for i, op in enumerate(ops):

@@ -53,7 +53,6 @@ class UringDevice(FileDevice):
         self._local = threading.local()
         self._rings: list[Any] = []  # every ring created, closed by close()
         self._rings_lock = threading.Lock()
-        self._closed = False
         self._aio: _AsyncRing | None = None
 
     # --- rings ------------------------------------------------------------------------------
@@ -82,7 +81,7 @@ class UringDevice(FileDevice):
         ring.close()
 
     def close(self) -> None:
-        self._closed = True
+        super().close()
         with self._rings_lock:
             rings, self._rings = self._rings, []
         for ring in rings:
@@ -90,7 +89,6 @@ class UringDevice(FileDevice):
         if self._aio is not None:
             self._aio.close()
             self._aio = None
-        super().close()
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -165,6 +163,8 @@ class UringDevice(FileDevice):
                            loop: asyncio.AbstractEventLoop | None = None) -> list[int]:
         """Like ``submit`` but awaits completions on the event loop instead of blocking a
         thread. Must be called from the loop's thread; the ring belongs to that loop."""
+        if self._closed:
+            raise StorageError("uring: device is closed")
         loop = loop or asyncio.get_running_loop()
         if self._aio is None or self._aio.loop is not loop:
             if self._aio is not None:

@@ -1,0 +1,88 @@
+"""UringDevice specifics: a ring per thread, close() closes them all, submit_async on a loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from kvstore.engine.device import ALIGN, AlignedBuffer, IoOp
+from kvstore.errors import StorageError
+from kvstore.io_uring.select import probe_uring
+from kvstore.io_uring.uring import UringDevice
+
+OK, WHY = probe_uring()
+pytestmark = pytest.mark.skipif(not OK, reason=f"io_uring unavailable here: {WHY}")
+
+
+def _blocks(n: int, size: int) -> list[bytes]:
+    return [bytes([(i * 13 + j) & 0xFF for j in range(256)]) * (size // 256) for i in range(n)]
+
+
+def test_one_ring_per_thread_and_close_closes_all(tmp_path) -> None:
+    dev = UringDevice(entries=8)
+    h = dev.open(str(tmp_path / "f"))
+    buf = AlignedBuffer(ALIGN)
+
+    def use() -> None:
+        dev.write(h, 0, buf.view[:ALIGN])
+        dev.write(h, ALIGN, buf.view[:ALIGN])  # same thread: same ring
+
+    ts = [threading.Thread(target=use) for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=30)
+    use()
+    assert len(dev._rings) == 4  # three worker threads + this one
+    rings = list(dev._rings)
+    dev.close()
+    assert dev._rings == []
+    assert all(getattr(r, "_ctx", None) is None for r in rings)
+    with pytest.raises(StorageError):
+        dev.submit([IoOp(h, 0, buf.view[:ALIGN])])  # handles are gone with the device
+
+
+def test_small_ring_runs_a_large_batch_in_waves(tmp_path) -> None:
+    dev = UringDevice(entries=4)
+    h = dev.open(str(tmp_path / "f"))
+    data = _blocks(37, 2 * ALIGN)
+    srcs = [AlignedBuffer(2 * ALIGN) for _ in data]
+    for s, d in zip(srcs, data, strict=True):
+        s.view[: len(d)] = d
+    res = dev.submit([IoOp(h, i * 2 * ALIGN, s.view[: 2 * ALIGN], write=True)
+                      for i, s in enumerate(srcs)])
+    assert res == [2 * ALIGN] * len(data)
+    dsts = [AlignedBuffer(2 * ALIGN) for _ in data]
+    assert dev.submit([IoOp(h, i * 2 * ALIGN, d.view[: 2 * ALIGN])
+                       for i, d in enumerate(dsts)]) == [2 * ALIGN] * len(data)
+    assert [bytes(d.view[: 2 * ALIGN]) for d in dsts] == data
+    dev.close()
+
+
+def test_submit_async_on_the_event_loop(tmp_path) -> None:
+    async def main() -> None:
+        dev = UringDevice(entries=4)
+        h = dev.open(str(tmp_path / "f"))
+        data = _blocks(20, ALIGN)
+        srcs = [AlignedBuffer(ALIGN) for _ in data]
+        for s, d in zip(srcs, data, strict=True):
+            s.view[:ALIGN] = d
+        # two concurrent batches on one ring; one buffer is unaligned (bounced)
+        unaligned = memoryview(bytearray(ALIGN + 1))[1:]
+        unaligned[:] = data[0]
+        ops_a = [IoOp(h, i * ALIGN, s.view[:ALIGN], write=True) for i, s in enumerate(srcs[:10])]
+        ops_b = [IoOp(h, i * ALIGN, s.view[:ALIGN], write=True)
+                 for i, s in enumerate(srcs[10:], start=10)]
+        ops_b.append(IoOp(h, 20 * ALIGN, unaligned, write=True))
+        ra, rb = await asyncio.gather(dev.submit_async(ops_a), dev.submit_async(ops_b))
+        assert ra == [ALIGN] * 10 and rb == [ALIGN] * 11
+        outs = [memoryview(bytearray(ALIGN + 5))[5:] for _ in range(21)]
+        res = await dev.submit_async([IoOp(h, i * ALIGN, o) for i, o in enumerate(outs)]
+                                     + [IoOp(h, 40 * ALIGN, outs[0]), IoOp(999, 0, outs[1])])
+        assert res[:21] == [ALIGN] * 21 and res[21] == 0 and res[22] < 0
+        assert [bytes(o) for o in outs] == data + [data[0]]
+        dev.close()
+
+    asyncio.run(main())
