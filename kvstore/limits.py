@@ -116,6 +116,10 @@ write_buffer_low_bytes = 2 * MiB
 # HTTP request body: a multipart part or a single PutObject.
 http_body_bytes_max = block_bytes_max
 
+# A /v1 control-plane JSON body: a full chain or batch of maximal keys (8192 x 1 KiB), JSON-quoted,
+# fits with room; anything larger is not a legal control request.
+control_body_bytes_max = 16 * MiB
+
 # Multipart uploads open at once, and parts per upload (S3 allows 10,000).
 multipart_uploads_max = 1024
 multipart_parts_max = 10_000
