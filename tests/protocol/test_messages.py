@@ -1,0 +1,74 @@
+"""Header schemas: builders round-trip through validators; bounds give typed errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from kvstore import limits
+from kvstore.errors import InvalidKey, InvalidNamespace, LimitExceeded, NotFound, ProtocolError
+from kvstore.protocol import messages as m
+
+
+def test_auth_signature() -> None:
+    nonce = b"n" * m.NONCE_BYTES
+    sig = m.sign("secret", nonce, "AK", "ns1")
+    assert m.verify("secret", nonce, "AK", "ns1", sig)
+    assert not m.verify("other", nonce, "AK", "ns1", sig)
+    assert not m.verify("secret", nonce, "AK", "ns2", sig)  # namespace is bound
+
+
+def test_hello() -> None:
+    h = m.parse_hello(m.hello("AK", "my-ns", create=True))
+    assert (h.access_key, h.namespace, h.create) == ("AK", "my-ns", True)
+    with pytest.raises(InvalidNamespace):
+        m.parse_hello(m.hello("AK", "NO"))
+    with pytest.raises(ProtocolError):
+        m.parse_hello({"v": 1, "namespace": "abc"})
+
+
+def test_put_batch() -> None:
+    h = m.put_batch(["a", "b"], [3, 4], [1, 2], ttl_seconds=5)
+    pb = m.parse_put_batch(h, 7)
+    assert pb.keys == ["a", "b"] and pb.lengths == [3, 4] and pb.ttl_seconds == 5.0
+    with pytest.raises(ProtocolError, match="payload length"):
+        m.parse_put_batch(h, 8)
+    with pytest.raises(ProtocolError):
+        m.parse_put_batch(m.put_batch(["a"], [3, 4], [1, 2]), 7)
+    with pytest.raises(ProtocolError):
+        m.parse_put_batch({"keys": ["a"], "lengths": [True], "checksums": [1]}, 1)
+    with pytest.raises(InvalidKey):
+        m.parse_put_batch(m.put_batch(["a\x00"], [1], [1]), 1)
+    with pytest.raises(LimitExceeded):
+        m.parse_put_batch(m.put_batch(["a"], [1], [1], ttl_seconds=-1), 1)
+    shm = m.parse_put_batch(m.put_batch(["a"], [3], [1], offsets=[4096]), 0, shm=True)
+    assert shm.offsets == [4096]
+
+
+def test_batch_bounds() -> None:
+    n = limits.batch_keys_max + 1
+    with pytest.raises(LimitExceeded):
+        m.parse_keys_request(m.keys_request(["k"] * n))
+    big = limits.batch_bytes_max // limits.block_bytes_max + 1
+    with pytest.raises(LimitExceeded):
+        m.parse_put_batch(m.put_batch(["k"] * big, [limits.block_bytes_max] * big, [0] * big),
+                          big * limits.block_bytes_max)
+    with pytest.raises(ProtocolError):
+        m.parse_put_batch(m.put_batch(["k"], [limits.block_bytes_max + 1], [0]), 0)
+    with pytest.raises(LimitExceeded):
+        m.parse_keys_request(m.keys_request(["k"], lease=limits.lease_seconds_max + 1))
+
+
+def test_block_and_error() -> None:
+    b = m.parse_block(m.block(2, "k", 10, 99), 10)
+    assert (b.index, b.key, b.length, b.checksum) == (2, "k", 10, 99)
+    with pytest.raises(ProtocolError):
+        m.parse_block(m.block(2, "k", 10, 99), 11)
+    err = m.parse_error(m.error(NotFound("gone")))
+    assert isinstance(err, NotFound) and err.message == "gone"
+
+
+def test_auth_ok_window_is_capped_by_local_limits() -> None:
+    h = m.auth_ok("t", "ns1")
+    h["inflight_requests_max"] = 10**9
+    w = m.parse_auth_ok(h)
+    assert w.inflight_requests_max == limits.connection_inflight_requests_max
