@@ -138,3 +138,17 @@ presign_seconds_max = 7 * 24 * 3600
 
 # SigV4 clock skew tolerated.
 clock_skew_seconds_max = 15 * 60
+
+# S3 user metadata (x-amz-meta-*) per object: S3's own cap; it rides in the record's meta bytes.
+s3_user_metadata_bytes_max = 2 * KiB
+
+# XML request bodies (DeleteObjects with 1000 keys of 1 KiB, CompleteMultipartUpload with
+# 10,000 parts) fit well under this; anything larger is refused before parsing.
+s3_xml_body_bytes_max = 4 * MiB
+
+# Bytes of multipart parts staged in memory across all open uploads: parts wait in RAM until
+# Complete, so their total must not grow without bound.
+multipart_staged_bytes_max = 2 * GiB
+
+# An upload untouched this long is dropped (its parts freed) when room is needed.
+multipart_idle_seconds_max = 3600.0

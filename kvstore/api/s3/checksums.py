@@ -1,0 +1,172 @@
+"""Client checksums (Content-MD5, x-amz-checksum-*, x-amz-content-sha256) and the S3 metadata
+kept in the engine's per-block ``meta`` bytes (msgpack).
+
+Verification runs before anything is stored: a mismatch raises and the engine is never called.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import crc32c as _crc32c
+import msgpack
+
+from kvstore import limits
+from kvstore.api.errors import S3Error
+from kvstore.api.s3 import sigv4
+
+
+def _crc32(data: memoryview) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+def _crc32c_fn(data: memoryview) -> bytes:
+    return _crc32c.crc32c(data).to_bytes(4, "big")
+
+
+def _sha1(data: memoryview) -> bytes:
+    return hashlib.sha1(data).digest()
+
+
+def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+ALGORITHMS: dict[str, tuple[Callable[[memoryview], bytes], int]] = {
+    "crc32": (_crc32, 4),
+    "crc32c": (_crc32c_fn, 4),
+    "sha1": (_sha1, 20),
+    "sha256": (_sha256, 32),
+}
+_UNSUPPORTED = ("crc64nvme",)
+
+# Headers stored with the object and returned by GET/HEAD.
+STORED_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language",
+                  "cache-control", "expires")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _b64decode(value: str, size: int, name: str) -> bytes:
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != size:
+        raise S3Error("InvalidDigest" if name == "Content-MD5" else "InvalidRequest",
+                      f"Value for {name} header is invalid.")
+    return raw
+
+
+def declared(headers: Mapping[str, str], trailers: Mapping[str, str]) -> dict[str, str]:
+    """x-amz-checksum-<algo> values the client sent (header or aws-chunked trailer)."""
+    out: dict[str, str] = {}
+    for src in (headers, trailers):
+        for name, value in src.items():
+            if not name.startswith("x-amz-checksum-"):
+                continue
+            algo = name[len("x-amz-checksum-"):]
+            if algo in ("algorithm", "mode", "type"):
+                continue
+            if algo in _UNSUPPORTED:
+                raise S3Error("NotImplemented", f"checksum algorithm {algo} is not supported")
+            if algo not in ALGORITHMS:
+                raise S3Error("InvalidRequest", f"unknown checksum header {name}")
+            out[algo] = value.strip()
+    return out
+
+
+def verify(data: memoryview, headers: Mapping[str, str], trailers: Mapping[str, str],
+           payload_hash: str) -> tuple[dict[str, str], str]:
+    """Check every digest the client declared. Returns (checksums to store, md5 hex or "")."""
+    md5_hex = ""
+    cmd5 = headers.get("content-md5")
+    if cmd5 is not None:
+        want = _b64decode(cmd5, 16, "Content-MD5")
+        got = hashlib.md5(data).digest()
+        if got != want:
+            raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
+                          "received.")
+        md5_hex = got.hex()
+    if payload_hash and payload_hash != sigv4.UNSIGNED_PAYLOAD \
+            and payload_hash not in sigv4.STREAMING_MODES:
+        if hashlib.sha256(data).hexdigest() != payload_hash.lower():
+            raise S3Error("XAmzContentChecksumMismatch",
+                          "The provided 'x-amz-content-sha256' header does not match what was "
+                          "computed.")
+    sums = declared(headers, trailers)
+    for algo, value in sums.items():
+        fn, size = ALGORITHMS[algo]
+        want = _b64decode(value, size, f"x-amz-checksum-{algo}")
+        if fn(data) != want:
+            raise S3Error("BadDigest", f"The {algo.upper()} you specified did not match the "
+                          "calculated checksum.")
+    return sums, md5_hex
+
+
+def check_payload_hash_syntax(payload_hash: str) -> None:
+    """x-amz-content-sha256 must be a hex digest or one of the documented special values."""
+    if not payload_hash or payload_hash == sigv4.UNSIGNED_PAYLOAD:
+        return
+    if payload_hash.startswith("STREAMING-"):
+        if payload_hash not in sigv4.STREAMING_MODES:
+            raise S3Error("NotImplemented", f"x-amz-content-sha256 {payload_hash} is not "
+                          "supported")
+        return
+    if len(payload_hash) != 64 or any(c not in "0123456789abcdefABCDEF" for c in payload_hash):
+        raise S3Error("InvalidArgument", "x-amz-content-sha256 must be UNSIGNED-PAYLOAD, "
+                      "STREAMING-... or a hex SHA-256")
+
+
+# --- S3 metadata in the engine's meta bytes ----------------------------------------------
+
+
+def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
+    um = {k[len("x-amz-meta-"):]: v for k, v in headers.items() if k.startswith("x-amz-meta-")}
+    size = sum(len(k) + len(v) for k, v in um.items())
+    if size > limits.s3_user_metadata_bytes_max:
+        raise S3Error("MetadataTooLarge", "Your metadata headers exceed the maximum allowed "
+                      f"metadata size ({limits.s3_user_metadata_bytes_max} bytes)")
+    return um
+
+
+def object_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    out = {h: headers[h] for h in STORED_HEADERS if h in headers}
+    enc = out.get("content-encoding")
+    if enc is not None:  # aws-chunked is a transfer detail, not the object's encoding
+        rest = [e.strip() for e in enc.split(",") if e.strip() and e.strip() != "aws-chunked"]
+        if rest:
+            out["content-encoding"] = ",".join(rest)
+        else:
+            del out["content-encoding"]
+    return out
+
+
+def pack_meta(hdrs: dict[str, str], um: dict[str, str], sums: dict[str, str],
+              etag: str = "") -> bytes:
+    doc: dict[str, Any] = {"h": hdrs, "u": um, "c": sums}
+    if etag:
+        doc["e"] = etag
+    return msgpack.packb(doc, use_bin_type=True)
+
+
+def unpack_meta(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        return {"h": {}, "u": {}, "c": {}}
+    try:
+        doc = msgpack.unpackb(raw, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        doc = None
+    if not isinstance(doc, dict):  # a block written by another front end (bulk port)
+        return {"h": {}, "u": {}, "c": {}}
+    doc.setdefault("h", {})
+    doc.setdefault("u", {})
+    doc.setdefault("c", {})
+    return doc

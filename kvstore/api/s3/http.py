@@ -1,0 +1,239 @@
+"""Raw ASGI plumbing for the S3 surface: the request view, body reading, answers, and the pure
+HTTP rules (Range, conditional requests, dates) that GetObject/HeadObject need.
+
+No framework: the hot object routes parse the scope themselves and read the body straight into
+one preallocated buffer of Content-Length bytes.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from kvstore import limits
+from kvstore.api.errors import S3Error
+from kvstore.errors import EntityTooLarge
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+
+class ClientDisconnected(Exception):
+    """The client went away mid-request; nothing to answer."""
+
+
+def parse_query(qs: bytes) -> list[tuple[str, str]]:
+    pairs = []
+    for item in qs.decode("latin-1").split("&"):
+        if not item:
+            continue
+        k, _, v = item.partition("=")
+        pairs.append((unquote(k), unquote(v)))
+    return pairs
+
+
+class Request:
+    """What a handler needs from one ASGI HTTP scope."""
+
+    __slots__ = ("method", "raw_path", "path", "query_pairs", "query", "headers", "bucket",
+                 "key", "receive", "request_id", "client")
+
+    def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
+        self.method: str = scope["method"]
+        raw = scope.get("raw_path")
+        self.raw_path: str = raw.decode("latin-1") if raw else scope["path"]
+        self.path: str = scope["path"]
+        self.query_pairs = parse_query(scope.get("query_string", b""))
+        self.query = dict(self.query_pairs)
+        headers: dict[str, str] = {}
+        for k, v in scope["headers"]:
+            name = k.decode("latin-1").lower()
+            val = v.decode("latin-1")
+            headers[name] = f"{headers[name]},{val}" if name in headers else val
+        self.headers = headers
+        bucket, _, key = self.path.lstrip("/").partition("/")
+        self.bucket = bucket
+        self.key = key
+        self.receive = receive
+        self.request_id = request_id
+        self.client = scope.get("client")
+
+    @property
+    def resource(self) -> str:
+        return self.path
+
+    def content_length(self) -> int | None:
+        v = self.headers.get("content-length")
+        if v is None:
+            return None
+        if not v.isdigit():
+            raise S3Error("InvalidArgument", "bad Content-Length")
+        return int(v)
+
+    async def body_into(self, out: memoryview, feed: Callable[[bytes], None] | None = None) -> int:
+        """Receive the body. Without ``feed`` copy it into ``out`` (which must be exactly the
+        declared length); with ``feed`` hand every piece to it (aws-chunked decoding)."""
+        pos = 0
+        size = len(out)
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = msg.get("body", b"")
+            if chunk:
+                if feed is not None:
+                    feed(chunk)
+                else:
+                    n = len(chunk)
+                    if pos + n > size:
+                        raise S3Error("IncompleteBody", "body longer than Content-Length")
+                    out[pos:pos + n] = chunk
+                    pos += n
+            if not msg.get("more_body", False):
+                break
+        if feed is None and pos != size:
+            raise S3Error("IncompleteBody",
+                          "You did not provide the number of bytes specified by the "
+                          "Content-Length HTTP header.")
+        return pos
+
+    async def small_body(self, limit: int) -> bytes:
+        """A whole small body (XML requests) of at most ``limit`` bytes."""
+        n = self.content_length()
+        if n is not None:
+            if n > limit:
+                raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
+            buf = bytearray(n)
+            await self.body_into(memoryview(buf))
+            return bytes(buf)
+        parts = bytearray()
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            parts += msg.get("body", b"")
+            if len(parts) > limit:
+                raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
+            if not msg.get("more_body", False):
+                return bytes(parts)
+
+    async def drain(self, limit: int = 64 * limits.KiB) -> None:
+        """Swallow a small unread body so the connection can be reused."""
+        n = self.content_length()
+        if n is None or n == 0 or n > limit:
+            return
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
+                return
+
+
+async def respond(send: Send, status: int, headers: Headers, body: bytes | memoryview = b"",
+                  *, content_length: int | None = None) -> None:
+    """One complete answer. ``content_length`` overrides the body's length (HEAD)."""
+    n = len(body) if content_length is None else content_length
+    headers.append((b"content-length", str(n).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def check_body_size(n: int) -> None:
+    if n > limits.http_body_bytes_max:
+        raise EntityTooLarge(
+            f"Your proposed upload exceeds the maximum allowed size "
+            f"({limits.http_body_bytes_max} bytes)")
+
+
+# --- Range ---------------------------------------------------------------------------------
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=...`` -> (start, end exclusive), None for the whole object.
+
+    Unsatisfiable ranges raise InvalidRange (416); syntactically foreign ones are ignored,
+    as RFC 9110 allows (and as S3 does for multiple ranges)."""
+    if not header:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+        return None
+    if not first:
+        if not last:
+            return None
+        n = int(last)
+        if n == 0 or size == 0:
+            raise _invalid_range(size)
+        return max(0, size - n), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise _invalid_range(size)
+    end = size if not last else min(size, int(last) + 1)
+    return start, end
+
+
+def _invalid_range(size: int) -> S3Error:
+    return S3Error("InvalidRange", "The requested range is not satisfiable",
+                   headers={"content-range": f"bytes */{size}"})
+
+
+# --- Conditional requests -----------------------------------------------------------------
+
+
+def http_date(ts: float) -> str:
+    return email.utils.formatdate(ts, usegmt=True)
+
+
+def parse_http_date(s: str | None) -> float | None:
+    if not s:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(s).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _etags(header: str) -> list[str]:
+    out = []
+    for t in header.split(","):
+        t = t.strip()
+        if t.startswith("W/"):
+            t = t[2:]
+        out.append(t.strip('"'))
+    return out
+
+
+def check_conditions(headers: dict[str, str], etag: str, modified: float) -> None:
+    """GET/HEAD preconditions (RFC 9110 section 13.2.2 order). Raises PreconditionFailed (412)
+    or NotModified (304)."""
+    mtime = int(modified)
+    im = headers.get("if-match")
+    if im is not None:
+        tags = _etags(im)
+        if "*" not in tags and etag not in tags:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold", headers={"etag": f'"{etag}"'})
+    else:
+        ius = parse_http_date(headers.get("if-unmodified-since"))
+        if ius is not None and mtime > ius:
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold")
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        tags = _etags(inm)
+        if "*" in tags or etag in tags:
+            raise S3Error("NotModified", "Not Modified", headers={"etag": f'"{etag}"'})
+    else:
+        ims = parse_http_date(headers.get("if-modified-since"))
+        if ims is not None and mtime <= ims:
+            raise S3Error("NotModified", "Not Modified", headers={"etag": f'"{etag}"'})

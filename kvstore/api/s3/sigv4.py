@@ -1,0 +1,243 @@
+"""AWS Signature Version 4 for S3: header and presigned-URL forms, and streaming chunk signatures.
+
+Pure functions over strings and bytes; no I/O. ``authenticate`` checks one request against the
+tenants and returns who sent it plus a ``SigningContext`` that the aws-chunked decoder uses to
+verify per-chunk signatures (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``).
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from kvstore import limits
+from kvstore.api.errors import S3Error
+from kvstore.errors import AccessDenied, AuthenticationFailed
+from kvstore.tenants import Tenant, Tenants, constant_time_equal
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+STREAMING_SIGNED = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"
+STREAMING_SIGNED_TRAILER = "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER"
+STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+STREAMING_MODES = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_AMZ_DATE_FMT = "%Y%m%dT%H%M%SZ"
+
+
+@dataclass(frozen=True)
+class AuthParams:
+    """What a request claims: from the Authorization header or the presigned query."""
+
+    access_key: str
+    date: str  # yyyymmdd of the credential scope
+    region: str
+    service: str
+    signed_headers: tuple[str, ...]
+    signature: str
+    amz_date: str  # the request time, yyyymmddThhmmssZ
+    presigned: bool = False
+    expires: int = 0
+
+    @property
+    def scope(self) -> str:
+        return f"{self.date}/{self.region}/{self.service}/aws4_request"
+
+
+@dataclass(frozen=True)
+class SigningContext:
+    """Enough to verify chunk and trailer signatures of a streaming body."""
+
+    key: bytes
+    amz_date: str
+    scope: str
+    seed_signature: str
+
+
+def uri_encode(s: str, safe: str = "-_.~") -> str:
+    return quote(s, safe=safe)
+
+
+def parse_amz_date(s: str) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(s, _AMZ_DATE_FMT)))
+    except ValueError:
+        raise AccessDenied("invalid X-Amz-Date") from None
+
+
+def _parse_credential(cred: str, err: str) -> tuple[str, str, str, str]:
+    parts = cred.split("/")
+    if len(parts) != 5 or parts[4] != "aws4_request" or parts[3] != "s3" or not parts[0]:
+        raise S3Error(err, "the credential must be AK/yyyymmdd/region/s3/aws4_request")
+    return parts[0], parts[1], parts[2], parts[3]
+
+
+def parse_authorization(header: str, amz_date: str) -> AuthParams:
+    """Parse ``AWS4-HMAC-SHA256 Credential=..., SignedHeaders=..., Signature=...``."""
+    algo, _, rest = header.strip().partition(" ")
+    if algo != ALGORITHM:
+        raise S3Error("AuthorizationHeaderMalformed", f"unsupported algorithm {algo!r}")
+    fields: dict[str, str] = {}
+    for item in rest.split(","):
+        k, sep, v = item.strip().partition("=")
+        if sep:
+            fields[k] = v
+    try:
+        cred, signed, sig = fields["Credential"], fields["SignedHeaders"], fields["Signature"]
+    except KeyError as exc:
+        raise S3Error("AuthorizationHeaderMalformed", f"missing {exc.args[0]}") from None
+    ak, date, region, service = _parse_credential(cred, "AuthorizationHeaderMalformed")
+    return AuthParams(ak, date, region, service, tuple(signed.split(";")), sig, amz_date)
+
+
+def parse_presigned(query: Mapping[str, str]) -> AuthParams:
+    err = "AuthorizationQueryParametersError"
+    if query.get("X-Amz-Algorithm") != ALGORITHM:
+        raise S3Error(err, "X-Amz-Algorithm must be AWS4-HMAC-SHA256")
+    try:
+        cred = query["X-Amz-Credential"]
+        amz_date = query["X-Amz-Date"]
+        expires_s = query["X-Amz-Expires"]
+        signed = query["X-Amz-SignedHeaders"]
+        sig = query["X-Amz-Signature"]
+    except KeyError as exc:
+        raise S3Error(err, f"missing {exc.args[0]}") from None
+    if not expires_s.isdigit():
+        raise S3Error(err, "X-Amz-Expires must be a non-negative integer")
+    expires = int(expires_s)
+    if expires > limits.presign_seconds_max:
+        raise S3Error(err, f"X-Amz-Expires must be at most {limits.presign_seconds_max}")
+    ak, date, region, service = _parse_credential(cred, err)
+    return AuthParams(ak, date, region, service, tuple(signed.split(";")), sig, amz_date,
+                      presigned=True, expires=expires)
+
+
+def canonical_query(pairs: Sequence[tuple[str, str]], *, drop_signature: bool = False) -> str:
+    items = sorted(
+        (uri_encode(k), uri_encode(v))
+        for k, v in pairs
+        if not (drop_signature and k == "X-Amz-Signature")
+    )
+    return "&".join(f"{k}={v}" for k, v in items)
+
+
+def canonical_request(
+    method: str,
+    raw_path: str,
+    query_pairs: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    signed_headers: Sequence[str],
+    payload_hash: str,
+    *,
+    presigned: bool = False,
+) -> str:
+    """The canonical request. ``raw_path`` is the path exactly as sent (S3 does not normalize or
+    re-encode it); ``headers`` are lowercase names, duplicates already joined with commas."""
+    lines = []
+    for name in signed_headers:
+        value = headers.get(name)
+        if value is None:
+            raise AuthenticationFailed(f"signed header {name!r} is missing")
+        lines.append(f"{name}:{' '.join(value.split())}\n")
+    return "\n".join([
+        method,
+        raw_path or "/",
+        canonical_query(query_pairs, drop_signature=presigned),
+        "".join(lines),
+        ";".join(signed_headers),
+        payload_hash,
+    ])
+
+
+@functools.lru_cache(maxsize=256)
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    k = hmac.new(("AWS4" + secret).encode(), date.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, region.encode(), hashlib.sha256).digest()
+    k = hmac.new(k, service.encode(), hashlib.sha256).digest()
+    return hmac.new(k, b"aws4_request", hashlib.sha256).digest()
+
+
+def string_to_sign(amz_date: str, scope: str, creq: str) -> str:
+    digest = hashlib.sha256(creq.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
+
+
+def sign(key: bytes, sts: str) -> str:
+    return hmac.new(key, sts.encode(), hashlib.sha256).hexdigest()
+
+
+def chunk_signature(ctx: SigningContext, prev: str, chunk_sha256_hex: str) -> str:
+    sts = (f"{ALGORITHM}-PAYLOAD\n{ctx.amz_date}\n{ctx.scope}\n{prev}\n"
+           f"{EMPTY_SHA256}\n{chunk_sha256_hex}")
+    return sign(ctx.key, sts)
+
+
+def trailer_signature(ctx: SigningContext, prev: str, trailer: bytes) -> str:
+    digest = hashlib.sha256(trailer).hexdigest()
+    return sign(ctx.key, f"{ALGORITHM}-TRAILER\n{ctx.amz_date}\n{ctx.scope}\n{prev}\n{digest}")
+
+
+def authenticate(
+    tenants: Tenants,
+    method: str,
+    raw_path: str,
+    query_pairs: Sequence[tuple[str, str]],
+    headers: Mapping[str, str],
+    now: float,
+) -> tuple[Tenant, SigningContext | None]:
+    """Who sent this request, or AccessDenied / SignatureDoesNotMatch / RequestTimeTooSkewed.
+
+    In development mode any signature (or none) is accepted and the context is None."""
+    query = dict(query_pairs)
+    auth_header = headers.get("authorization")
+    if auth_header is not None:
+        amz_date = headers.get("x-amz-date", "")
+        params = parse_authorization(auth_header, amz_date)
+    elif "X-Amz-Signature" in query or "X-Amz-Credential" in query:
+        params = parse_presigned(query)
+    elif tenants.dev:
+        return tenants.by_access_key(""), None
+    else:
+        raise AccessDenied("Anonymous access is not allowed")
+    if tenants.dev:
+        return tenants.by_access_key(params.access_key), None
+    try:
+        tenant = tenants.by_access_key(params.access_key)
+    except AccessDenied:
+        raise S3Error("InvalidAccessKeyId",
+                      "The AWS Access Key Id you provided does not exist in our records.") from None
+    if not params.amz_date:
+        raise AccessDenied("X-Amz-Date is required")
+    t = parse_amz_date(params.amz_date)
+    if params.amz_date[:8] != params.date:
+        raise AuthenticationFailed("credential date does not match X-Amz-Date")
+    if params.presigned:
+        if now > t + params.expires:
+            raise AccessDenied("Request has expired")
+        if t - now > limits.clock_skew_seconds_max:
+            raise AccessDenied("Request is not valid yet")
+        payload_hash = query.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
+    else:
+        if abs(now - t) > limits.clock_skew_seconds_max:
+            raise S3Error("RequestTimeTooSkewed",
+                          "The difference between the request time and the server's time is "
+                          "too large.")
+        payload_hash = headers.get("x-amz-content-sha256", "")
+        if not payload_hash:
+            raise S3Error("InvalidRequest", "x-amz-content-sha256 is required")
+    if "host" not in params.signed_headers:
+        raise AuthenticationFailed("the host header must be signed")
+    creq = canonical_request(method, raw_path, query_pairs, headers, params.signed_headers,
+                             payload_hash, presigned=params.presigned)
+    key = signing_key(tenant.secret_key, params.date, params.region, params.service)
+    expected = sign(key, string_to_sign(params.amz_date, params.scope, creq))
+    if not constant_time_equal(expected, params.signature):
+        raise AuthenticationFailed(
+            "The request signature we calculated does not match the signature you provided.")
+    return tenant, SigningContext(key, params.amz_date, params.scope, params.signature)
