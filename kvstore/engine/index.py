@@ -1,0 +1,174 @@
+"""The in-memory index: block digest -> location, compact enough for millions of blocks.
+
+Derived data: recovery rebuilds it from segment summaries and scans. The key is a 16-byte
+blake2b digest of (namespace, key), so arbitrary S3 keys and engine-provided keys index the same
+way. Layout:
+
+- ``base``: sorted numpy columns (digest high/low halves, packed location, length, checksum,
+  expiry, namespace id, hit counter, live flag): 44 bytes a block. Looked up with searchsorted.
+- ``delta``: a dict of recent inserts, merged into ``base`` when it reaches ``delta_max``. Its
+  Python objects cost ~250 bytes an entry, so it is kept small.
+
+Deletes from ``base`` clear the live flag; dead rows are dropped at the next merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+_COLS = (("hi", np.uint64), ("lo", np.uint64), ("loc", np.uint64), ("length", np.uint32),
+         ("csum", np.uint64), ("exp", np.uint32), ("ns", np.uint16), ("hits", np.uint8),
+         ("live", np.bool_))
+
+
+class Entry(NamedTuple):
+    seg: int
+    page: int
+    length: int
+    csum: int
+    exp: int  # unix seconds, 0 = never
+    ns: int  # namespace id
+
+
+def split(digest: bytes) -> tuple[int, int]:
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little")
+
+
+class Index:
+    def __init__(self, delta_max: int = 65536) -> None:
+        self.delta_max = delta_max
+        self.delta: dict[bytes, list] = {}  # digest -> [Entry, hits]
+        self.base = {name: np.zeros(0, dtype=dt) for name, dt in _COLS}
+        self._base_live = 0
+
+    # --- lookups ---------------------------------------------------------------------------
+    def _find(self, digest: bytes) -> int:
+        hi, lo = split(digest)
+        b_hi = self.base["hi"]
+        i = int(np.searchsorted(b_hi, np.uint64(hi)))
+        n = len(b_hi)
+        while i < n and int(b_hi[i]) == hi:
+            if int(self.base["lo"][i]) == lo and self.base["live"][i]:
+                return i
+            i += 1
+        return -1
+
+    def _row(self, i: int) -> Entry:
+        b = self.base
+        loc = int(b["loc"][i])
+        return Entry(loc >> 32, loc & 0xFFFFFFFF, int(b["length"][i]), int(b["csum"][i]),
+                     int(b["exp"][i]), int(b["ns"][i]))
+
+    def get(self, digest: bytes) -> Entry | None:
+        d = self.delta.get(digest)
+        if d is not None:
+            return d[0]
+        i = self._find(digest)
+        return None if i < 0 else self._row(i)
+
+    def __contains__(self, digest: bytes) -> bool:
+        return digest in self.delta or self._find(digest) >= 0
+
+    def __len__(self) -> int:
+        return len(self.delta) + self._base_live
+
+    def touch(self, digest: bytes) -> None:
+        d = self.delta.get(digest)
+        if d is not None:
+            d[1] = min(d[1] + 1, 255)
+            return
+        i = self._find(digest)
+        if i >= 0 and self.base["hits"][i] < 255:
+            self.base["hits"][i] += 1
+
+    def hits(self, digest: bytes) -> int:
+        d = self.delta.get(digest)
+        if d is not None:
+            return int(d[1])
+        i = self._find(digest)
+        return 0 if i < 0 else int(self.base["hits"][i])
+
+    # --- mutations -------------------------------------------------------------------------
+    def insert(self, digest: bytes, entry: Entry) -> Entry | None:
+        """Insert or replace; returns the replaced entry."""
+        old = self.remove(digest)
+        self.delta[digest] = [entry, 0]
+        if len(self.delta) >= self.delta_max:
+            self.merge()
+        return old
+
+    def remove(self, digest: bytes) -> Entry | None:
+        d = self.delta.pop(digest, None)
+        if d is not None:
+            return d[0]
+        i = self._find(digest)
+        if i < 0:
+            return None
+        e = self._row(i)
+        self.base["live"][i] = False
+        self._base_live -= 1
+        return e
+
+    def merge(self) -> None:
+        """Fold the delta into the sorted base and drop dead rows."""
+        n = len(self.delta)
+        add = {name: np.empty(n, dtype=dt) for name, dt in _COLS}
+        for j, (digest, (e, hits)) in enumerate(self.delta.items()):
+            hi, lo = split(digest)
+            add["hi"][j] = hi
+            add["lo"][j] = lo
+            add["loc"][j] = (e.seg << 32) | e.page
+            add["length"][j] = e.length
+            add["csum"][j] = e.csum
+            add["exp"][j] = e.exp
+            add["ns"][j] = e.ns
+            add["hits"][j] = hits
+        add["live"][:] = True
+        live = self.base["live"]
+        merged = {name: np.concatenate([self.base[name][live], add[name]]) for name, _ in _COLS}
+        order = np.argsort(merged["hi"], kind="stable")
+        self.base = {name: arr[order] for name, arr in merged.items()}
+        self._base_live = len(order)
+        self.delta.clear()
+
+    def bulk_load(self, digests: np.ndarray, seg: np.ndarray, page: np.ndarray,
+                  length: np.ndarray, csum: np.ndarray, exp: np.ndarray, ns: np.ndarray) -> None:
+        """Replace the whole index with deduplicated rows (recovery)."""
+        raw = np.frombuffer(digests.tobytes(), dtype=np.uint64).reshape(-1, 2)
+        n = len(raw)
+        cols = {
+            "hi": raw[:, 0].copy(), "lo": raw[:, 1].copy(),
+            "loc": (seg.astype(np.uint64) << np.uint64(32)) | page.astype(np.uint64),
+            "length": length.astype(np.uint32), "csum": csum.astype(np.uint64),
+            "exp": exp.astype(np.uint32), "ns": ns.astype(np.uint16),
+            "hits": np.zeros(n, np.uint8), "live": np.ones(n, np.bool_),
+        }
+        order = np.argsort(cols["hi"], kind="stable")
+        self.base = {name: arr[order] for name, arr in cols.items()}
+        self._base_live = n
+        self.delta.clear()
+
+    # --- scans -----------------------------------------------------------------------------
+    def items(self) -> Iterator[tuple[bytes, Entry]]:
+        for digest, (e, _h) in list(self.delta.items()):
+            yield digest, e
+        b = self.base
+        for i in np.flatnonzero(b["live"]):
+            digest = int(b["hi"][i]).to_bytes(8, "little") + int(b["lo"][i]).to_bytes(8, "little")
+            yield digest, self._row(int(i))
+
+    def segment_digests(self, seg: int) -> list[bytes]:
+        out = [d for d, (e, _h) in self.delta.items() if e.seg == seg]
+        b = self.base
+        mask = ((b["loc"] >> np.uint64(32)) == np.uint64(seg)) & b["live"]
+        for i in np.flatnonzero(mask):
+            out.append(int(b["hi"][i]).to_bytes(8, "little") + int(b["lo"][i]).to_bytes(8, "little"))
+        return out
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index structures (numpy columns plus an estimate for the delta)."""
+        base = sum(arr.nbytes for arr in self.base.values())
+        return base + len(self.delta) * 250

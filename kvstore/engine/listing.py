@@ -1,0 +1,52 @@
+"""Listing the blocks of a namespace (S3 ListObjectsV2).
+
+The index holds digests, not names, to stay near 44 bytes a block; names live in the segment
+summaries. Listing therefore reads every segment's summary (the active one from memory) and
+keeps the rows the index still points at. It costs O(blocks in the store): an operator's call,
+not a hot path.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import TYPE_CHECKING
+
+from kvstore import limits
+from kvstore.engine.segments import load_summary
+from kvstore.engine.types import BlockMeta
+from kvstore.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from kvstore.engine.store import Engine
+
+
+def list_blocks(eng: Engine, ns: str, prefix: str, start_after: str,
+                limit: int) -> tuple[list[BlockMeta], bool]:
+    if not 0 <= limit <= limits.list_keys_max:
+        raise InvalidArgument(f"limit must be in [0, {limits.list_keys_max}]")
+    nsb = ns.encode()
+    pre = prefix.encode("utf-8", "surrogatepass")
+    after = start_after.encode("utf-8", "surrogatepass")
+    with eng._lock:
+        ns_id = eng.catalog.get(ns)[0]
+        segs = list(eng.segments.values())
+        snaps = {s.id: s.builder.build(s.end) for s in segs if s.builder is not None}
+    found: list[tuple[bytes, BlockMeta]] = []
+    for seg in segs:
+        summary = snaps.get(seg.id) or load_summary(eng.device, eng.config.data_dir, seg.id)
+        if summary is None or nsb not in summary.namespaces:
+            continue
+        want_ns = summary.namespaces.index(nsb)
+        c = summary.cols
+        for i, key in enumerate(summary.keys):
+            if int(c["ns"][i]) != want_ns or key <= after or not key.startswith(pre):
+                continue
+            with eng._lock:
+                e = eng.index.get(bytes(c["digest"][i]))
+            if e is None or e.seg != seg.id or e.page != int(c["page"][i]) or e.ns != ns_id:
+                continue
+            found.append((key, BlockMeta(ns, key.decode("utf-8", "surrogatepass"), e.length,
+                                         e.csum, int(c["seq"][i]), float(c["created"][i]),
+                                         float(c["expires"][i]))))
+    top = heapq.nsmallest(limit + 1, found, key=lambda kv: kv[0])
+    return [m for _k, m in top[:limit]], len(top) > limit

@@ -1,0 +1,171 @@
+"""Segment files: creation, scanning (recovery) and the in-memory segment record.
+
+A segment is append-only. The active one takes appends and keeps a ``SummaryBuilder``; sealing
+writes the summary file. A reclaimed ("retired") segment leaves the index at once, but its file
+is closed and unlinked only when the last reader holding a reference lets go, so a reclaim
+never pulls bytes out from under a read in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from kvstore.engine import format as fmt
+from kvstore.engine.device import BufferPool, Device
+from kvstore.engine.summary import SegmentSummary, SummaryBuilder
+from kvstore.errors import CorruptRecord, StorageError
+
+log = logging.getLogger("kvstore.engine")
+
+PAGE = fmt.PAGE
+SCAN_WINDOW_BYTES = 8 * 1024 * 1024
+
+
+def segment_path(data_dir: str, sid: int) -> str:
+    return os.path.join(data_dir, f"seg-{sid:08x}.kvs")
+
+
+def summary_path(data_dir: str, sid: int) -> str:
+    return os.path.join(data_dir, f"seg-{sid:08x}.sum")
+
+
+def parse_segment_name(name: str) -> int | None:
+    if name.startswith("seg-") and name.endswith(".kvs") and len(name) == 16:
+        try:
+            return int(name[4:12], 16)
+        except ValueError:
+            return None
+    return None
+
+
+@dataclass(eq=False)
+class Segment:
+    id: int
+    path: str
+    handle: int
+    end: int  # next append offset
+    created: float
+    sealed: bool = False
+    refs: int = 0
+    retired: bool = False
+    builder: SummaryBuilder | None = None
+    records: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def create_segment(device: Device, data_dir: str, sid: int, segment_bytes: int,
+                   pool: BufferPool) -> Segment:
+    path = segment_path(data_dir, sid)
+    device.unlink(summary_path(data_dir, sid))
+    h = device.open(path, create=True)
+    device.truncate(h, 0)
+    now = time.time()
+    buf = pool.acquire(PAGE)
+    try:
+        raw = fmt.SegmentHeader(sid, now, segment_bytes).encode()
+        buf.view[:PAGE] = raw
+        device.write(h, 0, buf.view[:PAGE])
+    finally:
+        pool.release(buf)
+    return Segment(sid, path, h, PAGE, now, builder=SummaryBuilder(sid))
+
+
+class _Window:
+    """Reads a segment through a large aligned window so a scan costs few I/Os."""
+
+    def __init__(self, device: Device, handle: int, file_size: int, pool: BufferPool) -> None:
+        self.device, self.handle, self.file_size, self.pool = device, handle, file_size, pool
+        self.buf = pool.acquire(SCAN_WINDOW_BYTES)
+        self.start = 0
+        self.valid = 0
+
+    def view(self, off: int, n: int) -> memoryview | None:
+        """Bytes [off, off+n) or None when the file ends first."""
+        if off + n > self.file_size:
+            return None
+        if not (self.start <= off and off + n <= self.start + self.valid):
+            want = fmt.align_up(max(n, SCAN_WINDOW_BYTES))
+            if want > self.buf.size:
+                self.pool.release(self.buf)
+                self.buf = self.pool.acquire(want)
+            self.start = off
+            self.valid = self.device.read_into(self.handle, off, self.buf.view[:want])
+            if off + n > self.start + self.valid:
+                return None
+        rel = off - self.start
+        return self.buf.view[rel : rel + n]
+
+    def close(self) -> None:
+        self.pool.release(self.buf)
+
+
+def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[SummaryBuilder, int]:
+    """Parse records from the start; stop at the first bad or torn one.
+
+    Returns the rebuilt summary and the offset of the first byte after the last good record
+    (where the caller truncates). Never raises for bad data: bad data ends the scan.
+    """
+    builder = SummaryBuilder(seg.id)
+    size = device.size(seg.handle)
+    win = _Window(device, seg.handle, size, pool)
+    off = PAGE
+    try:
+        while True:
+            page = win.view(off, min(PAGE, size - off)) if off < size else None
+            if page is None or len(page) < PAGE:
+                break
+            try:
+                hdr = fmt.RecordHeader.decode(page)
+            except CorruptRecord:
+                break
+            if off + hdr.span > size:
+                break
+            if not hdr.tombstone:
+                payload = win.view(off + hdr.payload_offset, hdr.payload_len)
+                if payload is None or fmt.checksum(payload) != hdr.checksum:
+                    break
+            builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key, off // PAGE,
+                        hdr.payload_len, hdr.checksum, hdr.seq, hdr.created, hdr.expires,
+                        hdr.flags)
+            off += hdr.span
+    except StorageError as exc:
+        log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)
+    finally:
+        win.close()
+    return builder, off
+
+
+def load_summary(device: Device, data_dir: str, sid: int) -> SegmentSummary | None:
+    raw = device.read_file(summary_path(data_dir, sid))
+    if raw is None:
+        return None
+    try:
+        s = SegmentSummary.decode(raw)
+    except (CorruptRecord, ValueError, KeyError, TypeError) as exc:
+        log.warning("segment %08x: ignoring bad summary (%s); scanning instead", sid, exc)
+        return None
+    return s if s.segment_id == sid else None
+
+
+def open_existing(device: Device, data_dir: str, sid: int, pool: BufferPool) -> Segment | None:
+    """Open a segment file and verify its header; None (file removed) when it is unusable."""
+    path = segment_path(data_dir, sid)
+    h = device.open(path, create=False)
+    buf = pool.acquire(PAGE)
+    try:
+        n = device.read_into(h, 0, buf.view[:PAGE])
+        hdr = fmt.SegmentHeader.decode(buf.view[:n])
+        if hdr.segment_id != sid:
+            raise CorruptRecord("segment id mismatch")
+    except (CorruptRecord, StorageError) as exc:
+        log.warning("segment %08x: unusable header (%s); dropping it", sid, exc)
+        device.close_handle(h)
+        device.unlink(path)
+        device.unlink(summary_path(data_dir, sid))
+        return None
+    finally:
+        pool.release(buf)
+    return Segment(sid, path, h, PAGE, hdr.created)

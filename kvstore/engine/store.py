@@ -1,0 +1,520 @@
+"""The flash engine: a log-structured store of KV blocks (Bitcask / CacheLib Navy style).
+
+Synchronous and thread-safe. Two locks: ``_wlock`` serializes appends (puts, deletes,
+reinsertion, segment roll and reclaim); ``_lock`` guards the index, segments, DRAM tier,
+catalog and counters and is never held across device I/O. Lock order: ``_wlock`` then
+``_lock``. See docs/ENGINE_API.md for the public contract and recovery.py for open().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from kvstore import limits
+from kvstore.engine import format as fmt
+from kvstore.engine.catalog import CATALOG_FILE, Catalog
+from kvstore.engine.device import AlignedBuffer, BufferPool, Device
+from kvstore.engine.dram import DramTier
+from kvstore.engine.index import Entry, Index
+from kvstore.engine.segments import Segment, load_summary, summary_path
+from kvstore.engine.types import BlockMeta, EngineConfig, NamespaceInfo, PutResult
+from kvstore.errors import (
+    Busy,
+    ChecksumMismatch,
+    CorruptRecord,
+    EntityTooLarge,
+    InvalidArgument,
+    LimitExceeded,
+    NamespaceNotEmpty,
+    StorageError,
+)
+from kvstore.keys import validate_key
+
+log = logging.getLogger("kvstore.engine")
+PAGE = fmt.PAGE
+
+STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
+              "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
+              "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors")
+
+
+@dataclass(frozen=True, slots=True)
+class BlockView:
+    meta: BlockMeta
+    payload: memoryview  # read-only; valid only inside the engine.read() context
+
+
+class Engine:
+    """Open with ``Engine.open(config, device)``; the constructor does no I/O."""
+
+    def __init__(self, config: EngineConfig, device: Device) -> None:
+        import threading
+
+        self.config = config
+        self.device = device
+        self.pool = BufferPool()
+        self.index = Index()
+        self.dram = DramTier(config.dram_bytes)
+        self.catalog = Catalog()
+        self.segments: dict[int, Segment] = {}  # live (not retired), ordered by id
+        self.retired: dict[int, Segment] = {}  # reclaimed, waiting for readers to let go
+        self.active: Segment | None = None
+        self.next_segment_id = 1
+        self.next_seq = 1
+        self.ns_count: dict[int, int] = {}
+        self.leases: dict[bytes, float] = {}
+        self.counters = dict.fromkeys(STAT_NAMES, 0)
+        self._lock = threading.RLock()
+        self._wlock = threading.Lock()
+        self._closed = False
+        max_segs = config.capacity_bytes // config.segment_bytes
+        self.max_segments = max_segs
+        self.high_segments = max(2, min(max_segs, int(config.high_watermark * max_segs)))
+        self.low_segments = max(1, min(self.high_segments - 1, int(config.low_watermark * max_segs)))
+
+    # ------------------------------------------------------------------ lifecycle
+    @classmethod
+    def open(cls, config: EngineConfig, device: Device) -> Engine:
+        from kvstore.engine.recovery import recover
+
+        eng = cls(config, device)
+        recover(eng)
+        log.info("engine open: %d blocks in %d segments on %s (%s)", len(eng.index),
+                 len(eng.segments), config.data_dir, device.name)
+        return eng
+
+    def close(self) -> None:
+        """Sync and close files. The active segment stays unsealed: reopening scans it and keeps
+        appending to it, so repeated restarts waste no space."""
+        with self._wlock, self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for seg in list(self.segments.values()) + list(self.retired.values()):
+                with contextlib.suppress(StorageError):
+                    self.device.sync(seg.handle)
+                self.device.close_handle(seg.handle)
+            self.segments.clear()
+            self.dram.clear()
+            self.pool.close()
+
+    @property
+    def device_name(self) -> str:
+        return self.device.name
+
+    def _path(self, name: str) -> str:
+        import os
+
+        return os.path.join(self.config.data_dir, name)
+
+    # ------------------------------------------------------------------ namespaces
+    def create_namespace(self, name: str, *, owner: str = "", layout: dict | None = None,
+                         block_bytes: int = 0) -> NamespaceInfo:
+        with self._lock:
+            info = self.catalog.create(name, owner, layout, block_bytes)
+            self._save_catalog()
+            return info
+
+    def delete_namespace(self, name: str) -> None:
+        with self._wlock, self._lock:
+            ns_id, _info = self.catalog.get(name)
+            if self.ns_count.get(ns_id, 0):
+                self._purge_expired(ns_id)
+            if self.ns_count.get(ns_id, 0):
+                raise NamespaceNotEmpty(f"namespace {name} is not empty")
+            self.catalog.remove(name)
+            self.ns_count.pop(ns_id, None)
+            self._save_catalog()
+
+    def namespace(self, name: str) -> NamespaceInfo:
+        with self._lock:
+            return self.catalog.get(name)[1]
+
+    def list_namespaces(self) -> list[NamespaceInfo]:
+        with self._lock:
+            return sorted((info for _i, info in self.catalog.by_name.values()),
+                          key=lambda n: n.name)
+
+    def count(self, ns: str) -> int:
+        with self._lock:
+            return self.ns_count.get(self.catalog.get(ns)[0], 0)
+
+    def _save_catalog(self) -> None:
+        self.device.write_file_atomic(self._path(CATALOG_FILE), self.catalog.encode())
+
+    # ------------------------------------------------------------------ helpers
+    def _resolve(self, ns: str, key: str) -> tuple[int, NamespaceInfo, bytes, bytes]:
+        kb = validate_key(key)
+        ns_id, info = self.catalog.get(ns)
+        return ns_id, info, kb, fmt.digest_of(ns.encode(), kb)
+
+    def _live(self, digest: bytes, now: float) -> Entry | None:
+        """Index entry unless expired (an expired entry is removed). Caller holds _lock."""
+        e = self.index.get(digest)
+        if e is not None and e.exp and e.exp <= now:
+            self._drop(digest, e)
+            self.counters["expired_blocks"] += 1
+            return None
+        return e
+
+    def _drop(self, digest: bytes, e: Entry | None = None) -> None:
+        """Remove a block from the index and DRAM. Caller holds _lock."""
+        old = self.index.remove(digest) if e is None or self.index.get(digest) == e else None
+        if old is not None:
+            self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
+        self.dram.discard(digest)
+        self.leases.pop(digest, None)
+
+    def _purge_expired(self, ns_id: int) -> None:
+        now = time.time()
+        for digest, e in list(self.index.items()):
+            if e.ns == ns_id and e.exp and e.exp <= now:
+                self._drop(digest, e)
+                self.counters["expired_blocks"] += 1
+
+    # ------------------------------------------------------------------ writes
+    def put(self, ns: str, key: str, data: object, *, checksum: int | None = None,
+            ttl_seconds: float = 0.0, meta: bytes = b"", overwrite: bool = False) -> PutResult:
+        mv = memoryview(data).cast("B")  # type: ignore[arg-type]
+        n = len(mv)
+        with self._lock:
+            ns_id, info, kb, digest = self._resolve(ns, key)
+        if n > limits.block_bytes_max:
+            raise EntityTooLarge(f"block of {n} bytes exceeds {limits.block_bytes_max}")
+        if info.block_bytes and n != info.block_bytes:
+            raise InvalidArgument(f"namespace {ns} takes blocks of exactly {info.block_bytes} bytes")
+        if len(meta) > fmt.meta_bytes_max:
+            raise LimitExceeded(f"metadata over {fmt.meta_bytes_max} bytes")
+        if not 0 <= ttl_seconds <= limits.ttl_seconds_max:
+            raise InvalidArgument("ttl_seconds out of range")
+        csum = fmt.checksum(mv)
+        if checksum is not None and checksum != csum:
+            raise ChecksumMismatch("payload does not match its checksum")
+        nsb = ns.encode()
+        hdr_len = fmt.header_len_for(nsb, kb, meta)
+        span = fmt.record_span(hdr_len, n)
+        if span + PAGE > self.config.segment_bytes:
+            raise EntityTooLarge("block does not fit in one segment")
+        now = time.time()
+        expires = now + ttl_seconds if ttl_seconds else 0.0
+        with self._lock:
+            e = self._live(digest, now)
+            if e is not None and (not overwrite or (e.length == n and e.csum == csum)):
+                self.counters["puts_existing"] += 1
+                return PutResult(False, BlockMeta(ns, key, e.length, e.csum, 0, 0.0, e.exp, b""))
+        buf = self.pool.acquire(span)
+        try:
+            hdr = fmt.RecordHeader(nsb, kb, n, csum, 0, now, expires, meta)
+            po = hdr.payload_offset
+            buf.view[po : po + n] = mv
+            tail = min(span, fmt.align_up(po + n))
+            buf.view[po + n : tail] = bytes(tail - po - n)
+            keep = bytes(mv) if self.config.dram_on_put and n <= self.dram.capacity_bytes else None
+            with self._wlock:
+                with self._lock:
+                    e = self._live(digest, now)
+                    if e is not None and (not overwrite or (e.length == n and e.csum == csum)):
+                        self.counters["puts_existing"] += 1
+                        return PutResult(False, BlockMeta(ns, key, e.length, e.csum, 0, 0.0,
+                                                          e.exp, b""))
+                hdr = self._append(buf, hdr, span, digest, ns_id, keep)
+        finally:
+            self.pool.release(buf)
+        self.counters["puts"] += 1
+        self.counters["bytes_written"] += n
+        return PutResult(True, BlockMeta(ns, key, n, csum, hdr.seq, now, expires, meta))
+
+    def _append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
+                ns_id: int, keep: bytes | None) -> fmt.RecordHeader:
+        """Write one record (payload already in ``buf``) and index it. Caller holds _wlock."""
+        seg = self._room_for(span)
+        off = seg.end
+        with self._lock:
+            seq = self.next_seq
+            self.next_seq += 1
+        hdr = fmt.RecordHeader(hdr.namespace, hdr.key, hdr.payload_len, hdr.checksum, seq,
+                               hdr.created, hdr.expires, hdr.meta, hdr.flags)
+        hdr.encode_into(buf.view)
+        self.device.write(seg.handle, off, buf.view[:span])
+        if self.config.sync_on_put:
+            self.device.sync(seg.handle)
+        seg.end += span
+        seg.records += 1
+        assert seg.builder is not None
+        seg.builder.add(digest, hdr.namespace, hdr.key, off // PAGE, hdr.payload_len,
+                        hdr.checksum, seq, hdr.created, hdr.expires, hdr.flags)
+        with self._lock:
+            if hdr.tombstone:
+                self._drop(digest)
+                return hdr
+            old = self.index.insert(digest, Entry(seg.id, off // PAGE, hdr.payload_len,
+                                                  hdr.checksum, math.ceil(hdr.expires), ns_id))
+            if old is not None:
+                self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
+                self.dram.discard(digest)
+            self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
+            if keep is not None:
+                self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
+        return hdr
+
+    @staticmethod
+    def _meta(hdr: fmt.RecordHeader) -> BlockMeta:
+        return BlockMeta(hdr.namespace.decode(), hdr.key.decode("utf-8", "surrogatepass"),
+                         hdr.payload_len, hdr.checksum, hdr.seq, hdr.created, hdr.expires,
+                         hdr.meta)
+
+    def delete(self, ns: str, key: str) -> bool:
+        with self._lock:
+            ns_id, _info, kb, digest = self._resolve(ns, key)
+            if self._live(digest, time.time()) is None:
+                return False
+        buf = self.pool.acquire(PAGE)
+        try:
+            hdr = fmt.RecordHeader(ns.encode(), kb, 0, 0, 0, time.time(),
+                                   flags=fmt.FLAG_TOMBSTONE)
+            with self._wlock:
+                with self._lock:
+                    if self.index.get(digest) is None:
+                        return False
+                self._append(buf, hdr, PAGE, digest, ns_id, None)
+        finally:
+            self.pool.release(buf)
+        self.counters["deletes"] += 1
+        return True
+
+    def delete_many(self, ns: str, keys: Sequence[str]) -> int:
+        _check_batch(keys)
+        return sum(1 for k in keys if self.delete(ns, k))
+
+    # ------------------------------------------------------------------ capacity
+    def _room_for(self, span: int) -> Segment:
+        """The active segment, rolled (and capacity reclaimed) when ``span`` doesn't fit."""
+        seg = self.active
+        if seg is not None and seg.end + span <= self.config.segment_bytes:
+            return seg
+        from kvstore.engine.reclaim import roll
+
+        return roll(self)
+
+    # ------------------------------------------------------------------ reads
+    @contextlib.contextmanager
+    def read(self, ns: str, key: str) -> Iterator[BlockView | None]:
+        """Zero-copy read: yields a BlockView whose payload is valid inside the block."""
+        now = time.time()
+        with self._lock:
+            _ns_id, _info, kb, digest = self._resolve(ns, key)
+            self.counters["gets"] += 1
+            e = self._live(digest, now)
+            if e is None:
+                self.counters["misses"] += 1
+                yield None
+                return
+            self.index.touch(digest)
+            self.leases.pop(digest, None)
+            cached = self.dram.get(digest, (e.seg, e.page))
+            if cached is not None:
+                self.counters["hits_dram"] += 1
+                self.counters["bytes_read"] += e.length
+            else:
+                seg = self.segments.get(e.seg)
+                if seg is None:  # index points nowhere: treat as corrupt
+                    self._drop(digest, e)
+                    self.counters["misses"] += 1
+                    yield None
+                    return
+                seg.refs += 1
+        if cached is not None:
+            data, meta = cached
+            with memoryview(data) as mv:
+                yield BlockView(meta, mv)
+            return
+        buf: AlignedBuffer | None = None
+        try:
+            buf, hdr = self._read_record(seg, e, ns.encode(), kb)
+        except (CorruptRecord, StorageError) as exc:
+            with self._lock:
+                self._drop(digest, e)
+                self.counters["misses"] += 1
+                kind = "io_errors" if not isinstance(exc, CorruptRecord) else "checksum_failures"
+                self.counters[kind] += 1
+            log.warning("dropping %s/%s at segment %08x page %d: %s", ns, key, e.seg, e.page, exc)
+            if buf is not None:
+                self.pool.release(buf)
+            yield None
+            return
+        finally:
+            self._unref(seg)
+        with self._lock:
+            self.counters["hits_flash"] += 1
+            self.counters["bytes_read"] += e.length
+        try:
+            po = hdr.payload_offset
+            with buf.view[po : po + e.length].toreadonly() as mv:
+                yield BlockView(self._meta(hdr), mv)
+        finally:
+            self.pool.release(buf)
+
+    def _unref(self, seg: Segment) -> None:
+        with self._lock:
+            seg.refs -= 1
+            if seg.retired and seg.refs == 0:
+                self._free(seg)
+
+    def _free(self, seg: Segment) -> None:
+        """Close and delete a retired segment's files. Caller holds _lock; no refs remain."""
+        assert seg.retired and seg.refs == 0
+        self.retired.pop(seg.id, None)
+        self.device.close_handle(seg.handle)
+        self.device.unlink(seg.path)
+        self.device.unlink(summary_path(self.config.data_dir, seg.id))
+
+    def _read_record(self, seg: Segment, e: Entry, nsb: bytes,
+                     kb: bytes) -> tuple[AlignedBuffer, fmt.RecordHeader]:
+        """Read and verify one record; the caller releases the buffer. Raises CorruptRecord."""
+        hdr_len = fmt.header_len_for(nsb, kb, b"")
+        want = fmt.record_span(hdr_len, e.length)
+        buf = self.pool.acquire(want)
+        try:
+            off = e.page * PAGE
+            got = self.device.read_into(seg.handle, off, buf.view[:want])
+            hdr = fmt.RecordHeader.decode(buf.view[: min(got, PAGE)])
+            if hdr.span > want:  # metadata pushed the payload to the next page: read it all
+                if hdr.span > buf.size:
+                    self.pool.release(buf)
+                    buf = self.pool.acquire(hdr.span)
+                got = self.device.read_into(seg.handle, off, buf.view[: hdr.span])
+            if hdr.namespace != nsb or hdr.key != kb or hdr.tombstone:
+                raise CorruptRecord("record header names another block")
+            if hdr.payload_len != e.length or hdr.checksum != e.csum:
+                raise CorruptRecord("record header disagrees with the index")
+            po = hdr.payload_offset
+            if got < po + e.length:
+                raise CorruptRecord("record truncated")
+            if fmt.checksum(buf.view[po : po + e.length]) != hdr.checksum:
+                raise CorruptRecord("payload checksum mismatch")
+            return buf, hdr
+        except BaseException:
+            self.pool.release(buf)
+            raise
+
+    def get(self, ns: str, key: str) -> bytes | None:
+        with self.read(ns, key) as v:
+            return None if v is None else bytes(v.payload)
+
+    def get_into(self, ns: str, key: str, out: object) -> int | None:
+        target = memoryview(out).cast("B")  # type: ignore[arg-type]
+        with self.read(ns, key) as v:
+            if v is None:
+                return None
+            n = len(v.payload)
+            if len(target) < n:
+                raise InvalidArgument(f"buffer of {len(target)} bytes is smaller than {n}")
+            target[:n] = v.payload
+            return n
+
+    def head(self, ns: str, key: str) -> BlockMeta | None:
+        with self.read(ns, key) as v:
+            return None if v is None else v.meta
+
+    def exists(self, ns: str, key: str) -> bool:
+        with self._lock:
+            _i, _n, _kb, digest = self._resolve(ns, key)
+            return self._live(digest, time.time()) is not None
+
+    def exists_many(self, ns: str, keys: Sequence[str]) -> list[bool]:
+        _check_batch(keys)
+        return [self.exists(ns, k) for k in keys]
+
+    def lookup_prefix(self, ns: str, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
+        if len(keys) > limits.chain_keys_max:
+            raise LimitExceeded(f"chain longer than {limits.chain_keys_max}")
+        if not 0 <= lease_seconds <= limits.lease_seconds_max:
+            raise InvalidArgument(f"lease_seconds must be in [0, {limits.lease_seconds_max}]")
+        now = time.time()
+        nsb = ns.encode()
+        with self._lock:
+            self.catalog.get(ns)
+            found: list[bytes] = []
+            for k in keys:
+                digest = fmt.digest_of(nsb, validate_key(k))
+                if self._live(digest, now) is None:
+                    break
+                found.append(digest)
+            if lease_seconds and found:
+                if len(self.leases) + len(found) > limits.leased_blocks_max:
+                    self.leases = {d: t for d, t in self.leases.items() if t > now}
+                    if len(self.leases) + len(found) > limits.leased_blocks_max:
+                        raise Busy("too many leased blocks")
+                for d in found:
+                    self.leases[d] = now + lease_seconds
+            return len(found)
+
+    def prefetch(self, ns: str, keys: Sequence[str]) -> int:
+        """Stage blocks into the DRAM tier; returns how many are now staged."""
+        _check_batch(keys)
+        staged = 0
+        for k in keys:
+            with self._lock:
+                _i, _n, _kb, digest = self._resolve(ns, k)
+                e = self._live(digest, time.time())
+                if e is None:
+                    continue
+                if self.dram.get(digest, (e.seg, e.page)) is not None:
+                    staged += 1
+                    continue
+            with self.read(ns, k) as v:
+                if v is None or len(v.payload) > self.dram.capacity_bytes:
+                    continue
+                data = bytes(v.payload)
+                with self._lock:
+                    if self.index.get(digest) == e:
+                        staged += self.dram.put(digest, (e.seg, e.page), data, v.meta)
+        return staged
+
+    def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
+                    limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:
+        from kvstore.engine.listing import list_blocks
+
+        return list_blocks(self, ns, prefix, start_after, limit)
+
+    # ------------------------------------------------------------------ introspection
+    def stats(self) -> dict[str, int | float]:
+        with self._lock:
+            out: dict[str, int | float] = dict(self.counters)
+            out.update(
+                blocks=len(self.index), namespaces=len(self.catalog.by_name),
+                flash_used_bytes=self.flash_used_bytes(),
+                flash_capacity_bytes=self.config.capacity_bytes,
+                dram_used_bytes=self.dram.used_bytes,
+                dram_capacity_bytes=self.dram.capacity_bytes,
+                segments=len(self.segments), leases_active=len(self.leases),
+                index_memory_bytes=self.index.memory_bytes(),
+            )
+            return out
+
+    def flash_used_bytes(self) -> int:
+        segs = list(self.segments.values()) + list(self.retired.values())
+        return sum(s.end for s in segs)
+
+    def check(self, *, deep: bool = False) -> list[str]:
+        from kvstore.engine.checker import check
+
+        return check(self, deep=deep)
+
+
+def _check_batch(keys: Sequence[str]) -> None:
+    if len(keys) > limits.batch_keys_max:
+        raise LimitExceeded(f"batch larger than {limits.batch_keys_max} keys")
+
+
+def load_segment_summary(engine: Engine, seg: Segment):  # noqa: ANN201 - internal helper
+    """The summary of a segment: the live builder for the active one, the file otherwise."""
+    if seg.builder is not None:
+        return seg.builder.build(seg.end)
+    return load_summary(engine.device, engine.config.data_dir, seg.id)
+
