@@ -1,0 +1,38 @@
+# kvstore: two commands on a fresh machine with Python 3.11: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench bench-engine bench-http bench-bulk clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/kvstore serve --host 127.0.0.1 --data-dir ./data
+
+test: $(STAMP)
+	$(PY) -m ruff check kvstore clients tests loadtest
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(PY) -m ruff check kvstore clients tests loadtest
+
+bench: bench-engine bench-http bench-bulk
+
+bench-engine: $(STAMP)
+	$(PY) loadtest/bench_engine.py
+
+bench-http: $(STAMP)
+	$(PY) loadtest/bench_http.py
+
+bench-bulk: $(STAMP)
+	$(PY) loadtest/bench_bulk.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
