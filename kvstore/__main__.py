@@ -1,0 +1,44 @@
+"""Command line: ``kvstore serve`` (also ``python -m kvstore serve``).
+
+Exit status: 0 after a clean stop, 1 when the server cannot start (port in use, store cannot be
+opened), 2 for invalid configuration (including a non-loopback address without credentials).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from kvstore.config import ConfigError, add_serve_arguments, resolve
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvstore", description="kvstore: KV-cache block store")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the S3 + /v1 HTTP server and the bulk server",
+                           description="Flags beat KVSTORE_* environment variables, which beat "
+                                       "the --config TOML file, which beats the defaults.")
+    add_serve_arguments(serve)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command != "serve":
+        parser.print_help()
+        return 2
+    try:
+        cfg = resolve(args, os.environ)
+    except ConfigError as exc:
+        print(f"kvstore: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    from kvstore.server import run  # imports the engine and the HTTP stack only to serve
+
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The /v1 control plane (FastAPI; OpenAPI at /docs), plus /healthz, /readyz and /metrics.
+
+Routes that never touch flash (lookup, exists, stats, namespace calls) run inline on the event
+loop; prefetch, delete and check go through the engine runner's thread pool. Every count is
+checked against ``kvstore.limits`` and every error is answered by the one mapper in
+``kvstore.api.errors`` as JSON. Authentication is SigV4 in the header (or presigned) form, as on
+the S3 surface; development mode accepts anyone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from urllib.parse import parse_qsl
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kvstore import errors as E
+from kvstore import keys, limits
+from kvstore.api.control_models import (
+    CheckResponse,
+    DeleteResponse,
+    ErrorResponse,
+    ExistsResponse,
+    Health,
+    KeysRequest,
+    LookupRequest,
+    LookupResponse,
+    NamespaceCreate,
+    NamespaceList,
+    NamespaceOut,
+    PrefetchResponse,
+    Readiness,
+    StatsResponse,
+)
+from kvstore.api.errors import S3Error, json_error, request_ids
+from kvstore.api.metrics import CONTENT_TYPE, Metrics
+from kvstore.api.state import AppState
+from kvstore.engine.types import NamespaceInfo
+from kvstore.tenants import Tenant
+
+
+class ServerHealth:
+    """Liveness and readiness, flipped by the server: ready after recovery and startup, not
+    ready while draining."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.reason = "starting"
+
+    def set_ready(self) -> None:
+        self.ready, self.reason = True, "ready"
+
+    def set_draining(self) -> None:
+        self.ready, self.reason = False, "draining"
+
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 403, 404, 409, 413, 503)}
+
+
+def _headers(scope: dict) -> dict[str, str]:
+    """Lowercase header names; repeated headers joined with commas (SigV4's canonical form)."""
+    out: dict[str, str] = {}
+    for k, v in scope["headers"]:
+        name, value = k.decode("latin-1").lower(), v.decode("latin-1")
+        out[name] = f"{out[name]},{value}" if name in out else value
+    return out
+
+
+def _check_count(n: int, bound: int, what: str) -> None:
+    if n > bound:
+        raise E.LimitExceeded(f"{n} {what} exceed the bound of {bound} (kvstore.limits)")
+
+
+def _ns_out(info: NamespaceInfo, blocks: int | None = None) -> NamespaceOut:
+    return NamespaceOut(name=info.name, created=info.created, owner=info.owner,
+                        layout=dict(info.layout), fingerprint=info.fingerprint,
+                        block_bytes=info.block_bytes, blocks=blocks)
+
+
+def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
+    """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
+    engine, runner, tenants = state.engine, state.runner, state.tenants
+    metrics: Metrics = state.metrics
+    app = FastAPI(title="kvstore control plane", version="1",
+                  description="Health, metrics, namespaces with layout fingerprints, and the "
+                              "KV-specific calls S3 lacks (longest-prefix lookup with leases, "
+                              "prefetch, batch exists/delete). S3 routes are served beside it.",
+                  swagger_ui_oauth2_redirect_url=None)
+
+    async def caller(request: Request) -> Tenant:
+        """The authenticated tenant (SigV4 header or presigned form)."""
+        if tenants.dev:
+            return tenants.by_access_key("")
+        from kvstore.api.s3 import sigv4  # the S3 surface's verifier, shared
+
+        scope = request.scope
+        headers = _headers(scope)
+        raw_path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+        query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+        tenant, _ = sigv4.authenticate(tenants, request.method, raw_path.split("?", 1)[0],
+                                       query, headers, time.time())
+        payload_hash = headers.get("x-amz-content-sha256", sigv4.UNSIGNED_PAYLOAD)
+        if payload_hash in sigv4.STREAMING_MODES:
+            raise S3Error("InvalidRequest", "streaming (aws-chunked) bodies are not used on /v1")
+        if payload_hash != sigv4.UNSIGNED_PAYLOAD:
+            if hashlib.sha256(await request.body()).hexdigest() != payload_hash:
+                raise S3Error("XAmzContentChecksumMismatch",
+                              "the body does not match x-amz-content-sha256")
+        return tenant
+
+    def authorize(tenant: Tenant, ns: str) -> None:
+        """The tenant may use ``ns``: its patterns match and no other tenant owns it. Unknown
+        and foreign namespaces look the same (AccessDenied) unless the name is the caller's."""
+        keys.validate_namespace(ns)
+        if tenants.dev:
+            return
+        if not tenant.may_use(ns):
+            raise E.AccessDenied("Access Denied")
+        try:
+            owner = engine.namespace(ns).owner
+        except E.NamespaceNotFound:
+            return  # the caller's own name space: the route answers NoSuchBucket
+        if owner and owner != tenant.name:
+            raise E.AccessDenied("Access Denied")
+
+    def error_response(exc: BaseException, op: str) -> JSONResponse:
+        rid = request_ids.next()
+        status, body = json_error(exc, rid)
+        err = body["error"]
+        metrics.error(op, str(err["name"]) if isinstance(err, dict) else "InternalError")
+        headers = {"x-amz-request-id": rid}
+        if status == 503:
+            headers["retry-after"] = "1"
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def op_of(request: Request) -> str:
+        route = request.scope.get("route")
+        return f"v1_{route.name}" if route is not None else "v1"
+
+    @app.exception_handler(E.KVStoreError)
+    async def _kv_error(request: Request, exc: E.KVStoreError) -> JSONResponse:
+        return error_response(exc, op_of(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+        return error_response(E.InvalidArgument(msg), op_of(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return error_response(S3Error("MethodNotAllowed", "method not allowed here"), "v1")
+        if exc.status_code == 404:
+            return error_response(E.NotFound(f"no such route: {request.url.path}"), "v1")
+        return error_response(E.InvalidArgument(str(exc.detail)), "v1")
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, op_of(request))  # classify() logs it; 500, generic message
+
+    # --- health, readiness, metrics -----------------------------------------------------------
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """Liveness: the process answers."""
+        return Health(status="ok")
+
+    @app.get("/readyz", response_model=Readiness, tags=["health"],
+             responses={503: {"model": Readiness}})
+    async def readyz() -> Response:
+        """Readiness: recovery finished and the server is not draining."""
+        body = Readiness(ready=health.ready, reason=health.reason)
+        return JSONResponse(body.model_dump(), status_code=200 if health.ready else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus text exposition."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    # --- stats and check ----------------------------------------------------------------------
+
+    @app.get("/v1/stats", response_model=StatsResponse, tags=["admin"], responses=_ERRORS)
+    async def stats(tenant: Tenant = Depends(caller)) -> StatsResponse:
+        """Engine counters and gauges (the same numbers /metrics exports)."""
+        return StatsResponse(device=engine.device_name, ready=health.ready,
+                             stats=dict(engine.stats()))
+
+    @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
+    async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
+        """Cross-check index, segments and byte accounting."""
+        problems = await runner.call(engine.check)
+        return CheckResponse(ok=not problems, problems=list(problems))
+
+    # --- namespaces ---------------------------------------------------------------------------
+
+    @app.post("/v1/namespaces", response_model=NamespaceOut, status_code=201,
+              tags=["namespaces"], responses=_ERRORS)
+    async def create_namespace(body: NamespaceCreate,
+                               tenant: Tenant = Depends(caller)) -> NamespaceOut:
+        """Create a namespace (an S3 bucket) with an optional layout; the answer carries the
+        layout fingerprint and the block size every PUT must then have."""
+        authorize(tenant, body.name)
+        layout = None
+        if body.layout is not None:
+            try:
+                layout = keys.Layout(**body.layout.model_dump())
+            except ValueError as exc:
+                raise E.InvalidArgument(f"layout: {exc}") from None
+        info = engine.create_namespace(
+            body.name, owner=tenant.name,
+            layout=None if layout is None else body.layout.model_dump(),
+            block_bytes=body.block_bytes)
+        return _ns_out(info)
+
+    @app.get("/v1/namespaces", response_model=NamespaceList, tags=["namespaces"],
+             responses=_ERRORS)
+    async def list_namespaces(tenant: Tenant = Depends(caller)) -> NamespaceList:
+        """Namespaces the caller may use."""
+        infos = engine.list_namespaces()
+        if not tenants.dev:
+            infos = [i for i in infos if tenant.may_use(i.name)
+                     and (not i.owner or i.owner == tenant.name)]
+        return NamespaceList(namespaces=[_ns_out(i) for i in infos])
+
+    @app.get("/v1/namespaces/{ns}", response_model=NamespaceOut, tags=["namespaces"],
+             responses=_ERRORS)
+    async def get_namespace(ns: str, tenant: Tenant = Depends(caller)) -> NamespaceOut:
+        authorize(tenant, ns)
+        return _ns_out(engine.namespace(ns), engine.count(ns))
+
+    @app.delete("/v1/namespaces/{ns}", status_code=204, tags=["namespaces"], responses=_ERRORS,
+                response_class=Response)
+    async def delete_namespace(ns: str, tenant: Tenant = Depends(caller)) -> Response:
+        """Delete an empty namespace (BucketNotEmpty otherwise)."""
+        authorize(tenant, ns)
+        await runner.call(engine.delete_namespace, ns)
+        return Response(status_code=204)
+
+    # --- KV calls S3 lacks --------------------------------------------------------------------
+
+    def checked_keys(ns: str, tenant: Tenant, key_list: Sequence[str], bound: int) -> None:
+        _check_count(len(key_list), bound, "keys")
+        authorize(tenant, ns)
+
+    @app.post("/v1/{ns}/lookup", response_model=LookupResponse, tags=["blocks"],
+              responses=_ERRORS)
+    async def lookup(ns: str, body: LookupRequest,
+                     tenant: Tenant = Depends(caller)) -> LookupResponse:
+        """Length of the longest present prefix of a key chain, in one round trip. With
+        ``lease_seconds`` the found blocks are pinned until read once or the lease ends."""
+        t0 = time.perf_counter()
+        checked_keys(ns, tenant, body.keys, limits.chain_keys_max)
+        if body.lease_seconds > limits.lease_seconds_max:
+            raise E.LimitExceeded(
+                f"lease_seconds {body.lease_seconds:g} exceeds {limits.lease_seconds_max:g}")
+        n = engine.lookup_prefix(ns, body.keys, lease_seconds=body.lease_seconds)
+        metrics.observe("lookup", "-", 0, time.perf_counter() - t0)
+        return LookupResponse(prefix_len=n, keys=len(body.keys),
+                              leased=n if body.lease_seconds > 0 else 0,
+                              lease_seconds=body.lease_seconds)
+
+    @app.post("/v1/{ns}/prefetch", response_model=PrefetchResponse, tags=["blocks"],
+              responses=_ERRORS)
+    async def prefetch(ns: str, body: KeysRequest,
+                       tenant: Tenant = Depends(caller)) -> PrefetchResponse:
+        """Stage blocks into the DRAM tier ahead of reads."""
+        t0 = time.perf_counter()
+        checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
+        staged = await runner.call(engine.prefetch, ns, body.keys)
+        metrics.observe("prefetch", "dram", 0, time.perf_counter() - t0)
+        return PrefetchResponse(requested=len(body.keys), staged=staged)
+
+    @app.post("/v1/{ns}/exists", response_model=ExistsResponse, tags=["blocks"],
+              responses=_ERRORS)
+    async def exists(ns: str, body: KeysRequest,
+                     tenant: Tenant = Depends(caller)) -> ExistsResponse:
+        """One boolean per key."""
+        t0 = time.perf_counter()
+        checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
+        found = engine.exists_many(ns, body.keys)
+        metrics.observe("exists", "-", 0, time.perf_counter() - t0)
+        return ExistsResponse(exists=list(found))
+
+    @app.post("/v1/{ns}/delete", response_model=DeleteResponse, tags=["blocks"],
+              responses=_ERRORS)
+    async def delete(ns: str, body: KeysRequest,
+                     tenant: Tenant = Depends(caller)) -> DeleteResponse:
+        """Delete a batch of blocks; absent keys are not an error."""
+        t0 = time.perf_counter()
+        checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
+        n = await runner.call(engine.delete_many, ns, body.keys)
+        metrics.observe("delete", "-", 0, time.perf_counter() - t0)
+        return DeleteResponse(requested=len(body.keys), deleted=n)
+
+    return app

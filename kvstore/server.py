@@ -1,0 +1,275 @@
+"""Process composition for `kvstore serve`.
+
+Order on start: data dir, tenants, listening sockets (fail fast on a busy port), device, engine
+(recovery), bulk server, HTTP server (uvicorn on uvloop + httptools; lifespan marks it ready).
+Then it prints the endpoints and the chosen device.
+
+Order on SIGTERM/SIGINT, all within ``cfg.shutdown_seconds`` (at most
+``limits.shutdown_seconds_max``): not ready, stop accepting on both listeners, drain in-flight
+requests, stop the engine runner (waits for engine calls already running), ``engine.close()``
+(seals, syncs), exit 0. A second signal skips the drain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from kvstore import limits
+from kvstore.api.app import create_app
+from kvstore.api.control import ServerHealth
+from kvstore.api.metrics import Metrics
+from kvstore.api.state import AppState
+from kvstore.config import ConfigError, ServeConfig, format_size
+from kvstore.engine.store import Engine
+from kvstore.engine.types import EngineConfig
+from kvstore.errors import KVStoreError
+from kvstore.io_uring.select import open_device
+from kvstore.tenants import Tenants
+from kvstore.transport.runner import EngineRunner
+
+log = logging.getLogger("kvstore.server")
+
+
+class StartupError(Exception):
+    """The server could not start (port in use, data dir unusable, ...). Exit status 1."""
+
+
+class _UvicornServer(uvicorn.Server):
+    """uvicorn without its own signal handling: this module owns SIGTERM/SIGINT (uvicorn's
+    handler re-raises the signal after shutdown, which would turn a clean stop into -15)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A bound TCP socket (uvicorn listens on it); port 0 picks a free port."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot resolve {host!r}: {exc}") from None
+    family, stype, proto, _, addr = infos[0]
+    sock = socket.socket(family, stype, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def load_tenants(path: str | None) -> Tenants:
+    """Tenants from the credentials file, or development mode without one."""
+    if path is None:
+        return Tenants.development()
+    try:
+        return Tenants.from_file(path)
+    except (OSError, ValueError, KVStoreError) as exc:  # JSONDecodeError is a ValueError
+        raise ConfigError(f"credentials file {path!r}: {exc}") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _load_bulk_starter() -> Any:
+    try:
+        from kvstore.transport.bulk_server import start_bulk_server
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("kvstore.transport."):
+            raise
+        log.error("bulk server unavailable (%s missing); serving HTTP only", exc.name)
+        return None
+    return start_bulk_server
+
+
+def _bound_port(server: Any, default: int) -> int:
+    for attr in ("port",):
+        value = getattr(server, attr, None)
+        if isinstance(value, int) and value:
+            return value
+    socks = getattr(server, "sockets", None) or ()
+    for s in socks:
+        with contextlib.suppress(OSError, IndexError, TypeError):
+            return int(s.getsockname()[1])
+    return default
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+class Server:
+    """One kvstore process. ``await Server(cfg).run()`` returns the exit status."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.health = ServerHealth()
+        self._stop = asyncio.Event()
+        self._signals = 0
+        self._http: _UvicornServer | None = None
+
+    def request_stop(self, signum: int | None = None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            log.info("stopping (%s): draining for at most %gs",
+                     signal.Signals(signum).name if signum else "request", self.cfg.shutdown_seconds)
+            self.health.set_draining()
+            if self._http is not None:
+                self._http.should_exit = True
+            self._stop.set()
+        elif self._http is not None:
+            log.warning("second signal: not waiting for in-flight requests")
+            self._http.force_exit = True
+
+    async def run(self) -> int:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop, sig)
+        try:
+            os.makedirs(cfg.data_dir, exist_ok=True)
+        except OSError as exc:
+            raise StartupError(f"cannot create data dir {cfg.data_dir!r}: {exc}") from None
+        tenants = load_tenants(cfg.credentials)
+        if tenants.dev:
+            log.warning("DEVELOPMENT MODE: no --credentials, so ANY signature is accepted and "
+                        "every caller owns every namespace. Serving loopback only.")
+        http_sock = bind_socket(cfg.host, cfg.port)
+        device = engine = runner = None
+        try:
+            try:
+                device = open_device(cfg.device, probe_dir=cfg.data_dir)
+            except (KVStoreError, OSError, ValueError) as exc:
+                raise StartupError(f"cannot open device {cfg.device!r}: {exc}") from None
+            engine_cfg = EngineConfig(data_dir=cfg.data_dir, capacity_bytes=cfg.capacity_bytes,
+                                      segment_bytes=cfg.segment_bytes, dram_bytes=cfg.dram_bytes)
+            try:
+                engine = await asyncio.to_thread(Engine.open, engine_cfg, device)
+            except (KVStoreError, OSError, ValueError) as exc:
+                raise StartupError(f"cannot open the store in {cfg.data_dir!r}: {exc}") from None
+            runner = EngineRunner()
+            runner.start()
+            metrics = Metrics(engine)
+            state = AppState(engine, runner, tenants, metrics=metrics)
+            if self._stop.is_set():
+                return 0  # stopped during recovery: nothing is serving yet
+            return await self._serve(state, http_sock, metrics)
+        finally:
+            http_sock.close()
+            await self._close(engine, runner, device)
+
+    async def _serve(self, state: AppState, http_sock: socket.socket, metrics: Metrics) -> int:
+        cfg = self.cfg
+        bulk = None
+        bulk_port = 0
+        start_bulk = _load_bulk_starter()
+        if start_bulk is not None:
+            bulk = await _maybe_await(start_bulk(state.engine, state.runner, state.tenants,
+                                                 cfg.host, cfg.bulk_port, metrics=metrics))
+            bulk_port = _bound_port(bulk, cfg.bulk_port)
+        app = create_app(state, self.health)
+        drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
+        self._http = _UvicornServer(uvicorn.Config(
+            app, http="httptools", loop="none", lifespan="on", log_config=None,
+            access_log=False, server_header=False, timeout_graceful_shutdown=int(drain_s) or 1,
+            limit_concurrency=limits.connections_max))
+        task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
+        while not self._http.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            await _maybe_await(self._close_bulk(bulk))
+            exc = task.exception()
+            raise StartupError(f"HTTP server failed to start: {exc!r}")
+        self._announce(http_sock, bulk_port, state)
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        deadline = asyncio.get_running_loop().time() + cfg.shutdown_seconds - 1.0
+        self.health.set_draining()
+        self._http.should_exit = True
+        closing_bulk = asyncio.create_task(self._close_bulk(bulk))
+        for waiting in (task, closing_bulk):
+            left = max(0.1, deadline - asyncio.get_running_loop().time())
+            try:
+                await asyncio.wait_for(asyncio.shield(waiting), left)
+            except TimeoutError:
+                log.warning("drain bound reached; closing with requests still in flight")
+                self._http.force_exit = True
+            except Exception:  # noqa: BLE001 - keep shutting down
+                log.exception("error while draining")
+        return 0
+
+    async def _close_bulk(self, bulk: Any) -> None:
+        if bulk is None:
+            return
+        close = getattr(bulk, "close", None)
+        if close is not None:
+            await _maybe_await(close())
+        wait_closed = getattr(bulk, "wait_closed", None)
+        if wait_closed is not None:
+            await _maybe_await(wait_closed())
+
+    async def _close(self, engine: Engine | None, runner: EngineRunner | None,
+                     device: Any) -> None:
+        if runner is not None:
+            await asyncio.to_thread(runner.close)  # waits for engine calls already running
+        if engine is not None:
+            await asyncio.to_thread(engine.close)
+            log.info("engine closed")
+        if device is not None:
+            device.close()
+
+    def _announce(self, http_sock: socket.socket, bulk_port: int, state: AppState) -> None:
+        cfg = self.cfg
+        host = _url_host(cfg.host)
+        http_port = http_sock.getsockname()[1]
+        lines = [
+            f"kvstore: HTTP (S3 API and /v1) on http://{host}:{http_port}"
+            f"  (docs http://{host}:{http_port}/docs)",
+            f"kvstore: bulk on tcp://{host}:{bulk_port}" if bulk_port
+            else "kvstore: bulk server not available in this build",
+            f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
+            f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
+        ]
+        if state.tenants.dev:
+            lines.append("kvstore: DEVELOPMENT MODE (no credentials): any signature accepted")
+        lines.append("kvstore: ready")
+        for line in lines:
+            log.info("%s", line.removeprefix("kvstore: "))
+        print("\n".join(lines), flush=True)
+
+
+def run(cfg: ServeConfig) -> int:
+    """Run the server on uvloop (asyncio's loop where uvloop is missing); return exit status."""
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        try:
+            return runner.run(Server(cfg).run())
+        except ConfigError as exc:
+            print(f"kvstore: error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except StartupError as exc:
+            print(f"kvstore: error: {exc}", file=sys.stderr, flush=True)
+            return 1
