@@ -69,6 +69,31 @@ class Index:
         i = self._find(digest)
         return None if i < 0 else self._row(i)
 
+    def present_many(self, digests: list[bytes], now: int) -> np.ndarray:
+        """Vectorized presence of unexpired blocks (one searchsorted for the whole batch)."""
+        n = len(digests)
+        out = np.zeros(n, dtype=np.bool_)
+        if n == 0:
+            return out
+        b = self.base
+        if len(b["hi"]):
+            raw = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 2)
+            pos = np.searchsorted(b["hi"], raw[:, 0])
+            pos = np.minimum(pos, len(b["hi"]) - 1)
+            hit_hi = b["hi"][pos] == raw[:, 0]
+            exp = b["exp"][pos]
+            out = (hit_hi & (b["lo"][pos] == raw[:, 1]) & b["live"][pos]
+                   & ((exp == 0) | (exp > now)))
+            for i in np.flatnonzero(hit_hi & ~out):  # rare: dead row or hi collision
+                e = self.get(digests[i])
+                out[i] = e is not None and (e.exp == 0 or e.exp > now)
+        for i, d in enumerate(digests):
+            item = self.delta.get(d)
+            if item is not None:
+                exp_d = item[0].exp
+                out[i] = exp_d == 0 or exp_d > now
+        return out
+
     def __contains__(self, digest: bytes) -> bool:
         return digest in self.delta or self._find(digest) >= 0
 

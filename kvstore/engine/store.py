@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.catalog import CATALOG_FILE, Catalog
@@ -428,31 +430,33 @@ class Engine:
 
     def exists_many(self, ns: str, keys: Sequence[str]) -> list[bool]:
         _check_batch(keys)
-        return [self.exists(ns, k) for k in keys]
+        return self._present(ns, keys)[0].tolist()
+
+    def _present(self, ns: str, keys: Sequence[str]):  # noqa: ANN202 - numpy bool array
+        nsb = ns.encode()
+        digests = [fmt.digest_of(nsb, validate_key(k)) for k in keys]
+        with self._lock:
+            self.catalog.get(ns)
+            return self.index.present_many(digests, int(time.time())), digests
 
     def lookup_prefix(self, ns: str, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
         if len(keys) > limits.chain_keys_max:
             raise LimitExceeded(f"chain longer than {limits.chain_keys_max}")
         if not 0 <= lease_seconds <= limits.lease_seconds_max:
             raise InvalidArgument(f"lease_seconds must be in [0, {limits.lease_seconds_max}]")
-        now = time.time()
-        nsb = ns.encode()
-        with self._lock:
-            self.catalog.get(ns)
-            found: list[bytes] = []
-            for k in keys:
-                digest = fmt.digest_of(nsb, validate_key(k))
-                if self._live(digest, now) is None:
-                    break
-                found.append(digest)
-            if lease_seconds and found:
-                if len(self.leases) + len(found) > limits.leased_blocks_max:
+        present, digests = self._present(ns, keys)
+        misses = np.flatnonzero(~present)
+        n = int(misses[0]) if len(misses) else len(keys)
+        if lease_seconds and n:
+            now = time.time()
+            with self._lock:
+                if len(self.leases) + n > limits.leased_blocks_max:
                     self.leases = {d: t for d, t in self.leases.items() if t > now}
-                    if len(self.leases) + len(found) > limits.leased_blocks_max:
+                    if len(self.leases) + n > limits.leased_blocks_max:
                         raise Busy("too many leased blocks")
-                for d in found:
+                for d in digests[:n]:
                     self.leases[d] = now + lease_seconds
-            return len(found)
+        return n
 
     def prefetch(self, ns: str, keys: Sequence[str]) -> int:
         """Stage blocks into the DRAM tier; returns how many are now staged."""
