@@ -109,6 +109,10 @@ connection_inflight_bytes_max = 256 * MiB
 # Pipelined requests one bulk connection may have in flight.
 connection_inflight_requests_max = 64
 
+# A same-host client's shared-memory region (bulk shm transport): the server maps it, so it
+# counts against the server's address space; one region per connection.
+shm_region_bytes_max = 16 * GiB
+
 # Write-buffer water marks for flow control on the bulk port.
 write_buffer_high_bytes = 8 * MiB
 write_buffer_low_bytes = 2 * MiB

@@ -9,7 +9,7 @@ Handshake::
 
     START --HELLO(c>s)--> HELLO_SENT --CHALLENGE(s>c)--> CHALLENGED --AUTH(c>s)--> AUTH_SENT
     AUTH_SENT --AUTH_OK(s>c)--> READY
-    any handshake state --ERROR(s>c)--> CLOSED
+    any handshake state --ERROR(s>c)--> CLOSED (the server failed the handshake)
 
 In READY a request (c>s) opens a request id; BLOCK (s>c) continues a GET_BATCH answer; RESULT,
 END or ERROR (s>c) close it. An ERROR with request id 0 closes the connection.
@@ -61,7 +61,9 @@ S = State
 TRANSITIONS: dict[tuple[State, Dir, F], tuple[State, Req]] = {
     (S.START, Dir.C2S, F.HELLO): (S.HELLO_SENT, Req.NONE),
     (S.HELLO_SENT, Dir.S2C, F.CHALLENGE): (S.CHALLENGED, Req.NONE),
+    (S.START, Dir.S2C, F.ERROR): (S.CLOSED, Req.NONE),  # e.g. garbage before HELLO, too busy
     (S.HELLO_SENT, Dir.S2C, F.ERROR): (S.CLOSED, Req.NONE),
+    (S.CHALLENGED, Dir.S2C, F.ERROR): (S.CLOSED, Req.NONE),
     (S.CHALLENGED, Dir.C2S, F.AUTH): (S.AUTH_SENT, Req.NONE),
     (S.AUTH_SENT, Dir.S2C, F.AUTH_OK): (S.READY, Req.NONE),
     (S.AUTH_SENT, Dir.S2C, F.ERROR): (S.CLOSED, Req.NONE),

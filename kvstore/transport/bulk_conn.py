@@ -1,0 +1,368 @@
+"""One bulk connection: a ``BufferedProtocol`` driving the sans-IO codec.
+
+Receive: ``get_buffer`` hands the kernel either the decoder's small internal buffer or, while a
+PUT payload is arriving, the aligned pool buffer that block must land in (zero-copy).
+Send: frames are ``writelines([header, engine_view])``; the engine view stays referenced (the
+``engine.read`` context stays open) until the transport reports those bytes flushed.
+
+Flow control: parsing stops (and reading pauses) while the connection has
+``connection_inflight_requests_max`` requests or ``connection_inflight_bytes_max`` PUT bytes in
+flight; writers wait while the transport is above ``write_buffer_high_bytes`` (resume at
+``write_buffer_low_bytes``). Requests run as tasks; a task is never cancelled while an engine
+call holds one of its buffers: on disconnect, tasks notice ``closed`` and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvstore import limits
+from kvstore.engine.device import AlignedBuffer, BufferPool
+from kvstore.engine.store import Engine
+from kvstore.errors import (
+    AccessDenied,
+    AlreadyExists,
+    AuthenticationFailed,
+    Busy,
+    KVStoreError,
+    NamespaceNotFound,
+    ProtocolError,
+    ShuttingDown,
+)
+from kvstore.protocol import messages as msg
+from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadEnd
+from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
+from kvstore.protocol.state import Connection, Role
+from kvstore.tenants import Tenant, Tenants
+from kvstore.transport import bulk_ops
+from kvstore.transport.runner import EngineRunner
+
+log = logging.getLogger("kvstore.bulk")
+
+# How long the release poll waits between checks while sent engine views are unflushed.
+_FLUSH_POLL_SECONDS = 0.0005
+
+
+@dataclass
+class ServerContext:
+    engine: Engine
+    runner: EngineRunner
+    tenants: Tenants
+    pool: BufferPool
+    metrics: Any = None
+    connections: set[BulkProtocol] = field(default_factory=set)
+    closing: bool = False
+    # test hook: called with (key, payload view) before a BLOCK frame is written
+    block_filter: Any = None
+
+    def shm_close_all(self) -> None:
+        for c in list(self.connections):
+            c.close_region()
+
+
+@dataclass
+class _PendingPut:
+    rid: int
+    batch: msg.PutBatch
+    bufs: list[AlignedBuffer]
+    started: float
+
+
+class BulkProtocol(asyncio.BufferedProtocol):
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self.engine = ctx.engine
+        self.runner = ctx.runner
+        self.dec = Decoder()
+        self.conn = Connection(Role.SERVER)
+        self.transport: asyncio.Transport | None = None
+        self.namespace = ""
+        self.tenant: Tenant | None = None
+        self.closed = False
+        self.inflight_bytes = 0
+        self.region: Any = None  # kvstore.transport.shm.Region once registered
+        self._hello: msg.Hello | None = None
+        self._nonce = b""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._put: _PendingPut | None = None
+        self._reading_paused = False
+        self._write_ok: asyncio.Event | None = None
+        self._written = 0
+        self._held: deque[tuple[int, contextlib.AbstractContextManager[Any]]] = deque()
+        self._poll: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._write_ok = asyncio.Event()
+        self._write_ok.set()
+        transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes,
+                                          low=limits.write_buffer_low_bytes)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ctx.closing or len(self.ctx.connections) >= limits.connections_max:
+            err = ShuttingDown() if self.ctx.closing else Busy("too many connections")
+            self._fatal(err)
+            return
+        self.ctx.connections.add(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.dec.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.dec.buffer_updated(nbytes)
+        self._process()
+
+    def eof_received(self) -> bool | None:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self._put is not None:  # payload never completed: no engine call holds these
+            for b in self._put.bufs:
+                self.ctx.pool.release(b)
+            self._put = None
+        self._release_held(all_=True)
+        if self._write_ok is not None:
+            self._write_ok.set()  # wake writers so they notice `closed`
+        if not self._tasks:
+            self.close_region()
+
+    def pause_writing(self) -> None:
+        assert self._write_ok is not None
+        self._write_ok.clear()
+
+    def resume_writing(self) -> None:
+        assert self._write_ok is not None
+        self._write_ok.set()
+        self._release_held()
+
+    # -- state for the server ------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return bool(self._tasks) or self._put is not None
+
+    def begin_drain(self) -> None:
+        """Server stopping: finish what is in flight; new requests get ShuttingDown."""
+        self._process()
+
+    def abort_connection(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            if self.busy or self._held:
+                self.transport.abort()
+            else:
+                self.transport.close()
+
+    def close_region(self) -> None:
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+
+    # -- receive path --------------------------------------------------------------------
+    def _window_full(self) -> bool:
+        return (len(self.conn.inflight) >= self.conn.inflight_requests_max
+                or self.inflight_bytes >= limits.connection_inflight_bytes_max)
+
+    def _process(self) -> None:
+        try:
+            while not self.closed:
+                if not self.dec.in_payload and self._window_full():
+                    self._pause_reading()
+                    return
+                ev = self.dec.next_event()
+                if ev is NEED_DATA:
+                    self._resume_reading()
+                    return
+                if isinstance(ev, Frame):
+                    self._on_frame(ev)
+                elif isinstance(ev, PayloadEnd):
+                    self._on_payload_end()
+                else:  # a payload chunk no target took: every payload gets targets or a skip
+                    raise ProtocolError("unexpected payload bytes")
+        except KVStoreError as exc:
+            self._fatal(exc)
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _on_frame(self, f: Frame) -> None:
+        self.conn.received(f.ftype, f.request_id)
+        if f.ftype is FrameType.HELLO:
+            self._hello = msg.parse_hello(f.header)
+            self._nonce = os.urandom(msg.NONCE_BYTES)
+            self.send(FrameType.CHALLENGE, 0, {"nonce": self._nonce})
+            return
+        if f.ftype is FrameType.AUTH:
+            self._spawn(self._authenticate(msg.parse_auth(f.header)), None)
+            return
+        rid = f.request_id
+        try:
+            if self.ctx.closing:
+                raise ShuttingDown("server is shutting down")
+            shm = bool(f.flags & FrameFlags.SHM)
+            if f.ftype is FrameType.PUT_BATCH and not shm:
+                self._start_put(rid, msg.parse_put_batch(f.header, f.payload_length))
+                return
+            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm)
+        except KVStoreError as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            if self.dec.in_payload:
+                self.dec.skip_payload()
+            self.send_error(rid, exc)
+            return
+        if coro is not None:
+            self._spawn(coro, rid)
+
+    def _start_put(self, rid: int, batch: msg.PutBatch) -> None:
+        bufs = [self.ctx.pool.acquire(n) for n in batch.lengths]
+        self._put = _PendingPut(rid, batch, bufs, time.perf_counter())
+        self.inflight_bytes += sum(batch.lengths)
+        views = [b.view[:n] for b, n in zip(bufs, batch.lengths, strict=True) if n]
+        if views:
+            self.dec.set_payload_targets(*views)
+
+    def _on_payload_end(self) -> None:
+        put, self._put = self._put, None
+        if put is None:  # the end of a skipped payload
+            return
+        self._spawn(bulk_ops.put_batch(self, put.rid, put.batch, put.bufs, put.started),
+                    put.rid, nbytes=sum(put.batch.lengths))
+
+    # -- tasks ---------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None], rid: int | None, nbytes: int = 0) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(coro, rid, nbytes))
+        self._tasks.add(task)
+
+    async def _run(self, coro: Coroutine[Any, Any, None], rid: int | None, nbytes: int) -> None:
+        try:
+            await coro
+        except KVStoreError as exc:
+            if rid is None:
+                self._fatal(exc)
+            else:
+                self.send_error(rid, exc)
+        except Exception as exc:  # never let one request take the server down
+            log.exception("bulk request failed")
+            err = KVStoreError(f"internal error: {type(exc).__name__}")
+            self._fatal(err) if rid is None else self.send_error(rid, err)
+        finally:
+            self.inflight_bytes -= nbytes
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            if self.closed:
+                if not self._tasks:
+                    self.close_region()
+            else:
+                self._process()
+
+    async def _authenticate(self, sig: bytes) -> None:
+        hello = self._hello
+        assert hello is not None
+        tenants: Tenants = self.ctx.tenants
+        if not tenants.dev:
+            secret = tenants.secret_for(hello.access_key)
+            if secret is None or not msg.verify(secret, self._nonce, hello.access_key,
+                                                hello.namespace, sig):
+                raise AuthenticationFailed("bad access key or signature")
+        tenant = tenants.by_access_key(hello.access_key)
+        if not tenant.may_use(hello.namespace):
+            raise AccessDenied("access denied")
+        try:
+            info = self.engine.namespace(hello.namespace)
+        except NamespaceNotFound:
+            if not hello.create:
+                raise
+            try:
+                info = await self.runner.call(self.engine.create_namespace, hello.namespace,
+                                              owner=tenant.name)
+            except AlreadyExists:
+                info = self.engine.namespace(hello.namespace)
+        if not tenants.dev and info.owner and info.owner != tenant.name:
+            raise AccessDenied("access denied")
+        self.tenant, self.namespace = tenant, hello.namespace
+        self.send(FrameType.AUTH_OK, 0, msg.auth_ok(tenant.name, hello.namespace, shm=True))
+
+    # -- send path -----------------------------------------------------------------------
+    def send(self, ftype: FrameType, rid: int, header: dict[str, Any] | None = None,
+             payload: Sequence[memoryview] = (), flags: int = 0) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            return
+        self.conn.sent(ftype, rid)
+        n = sum(len(p) for p in payload)
+        head = encode_frame(ftype, rid, header, n, flags)
+        if payload:
+            self.transport.writelines([head, *payload])
+        else:
+            self.transport.write(head)
+        self._written += len(head) + n
+
+    def send_error(self, rid: int, exc: KVStoreError) -> None:
+        if rid not in self.conn.inflight:  # already answered (or the peer is gone)
+            log.warning("bulk: dropping error for finished request %d: %s", rid, exc)
+            return
+        m = self.ctx.metrics
+        if m is not None:
+            with contextlib.suppress(Exception):
+                m.error("bulk", exc.name)
+        self.send(FrameType.ERROR, rid, msg.error(exc))
+
+    def _fatal(self, exc: KVStoreError) -> None:
+        if not self.closed and self.transport is not None:
+            with contextlib.suppress(KVStoreError):
+                self.send(FrameType.ERROR, 0, msg.error(exc))
+            self.closed = True
+            self.transport.close()  # flushes the error frame, then closes
+
+    async def writable(self) -> None:
+        """Wait while the transport is above its high water mark."""
+        assert self._write_ok is not None
+        if not self._write_ok.is_set():
+            await self._write_ok.wait()
+
+    def hold(self, cm: contextlib.AbstractContextManager[Any]) -> None:
+        """Keep an engine view alive until the transport has flushed it."""
+        if self.transport is None or self.transport.get_write_buffer_size() == 0 or self.closed:
+            cm.__exit__(None, None, None)
+            return
+        self._held.append((self._written, cm))
+        self._release_held()
+
+    def _release_held(self, all_: bool = False) -> None:
+        if self._poll is not None:
+            self._poll.cancel()
+            self._poll = None
+        pending = 0 if (all_ or self.transport is None) else self.transport.get_write_buffer_size()
+        flushed = self._written - pending
+        while self._held and (all_ or self._held[0][0] <= flushed):
+            _, cm = self._held.popleft()
+            with contextlib.suppress(Exception):
+                cm.__exit__(None, None, None)
+        if self._held and not self.closed:
+            self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
+                                                              self._release_held)
+
+    def observe(self, op: str, nbytes: int, started: float) -> None:
+        m = self.ctx.metrics
+        if m is not None:
+            with contextlib.suppress(Exception):
+                m.observe(op, "bulk", nbytes, time.perf_counter() - started)

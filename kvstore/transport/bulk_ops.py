@@ -1,0 +1,153 @@
+"""Request handlers of the bulk port. Each runs as a task of one ``BulkProtocol``.
+
+Flash-touching engine calls go through ``EngineRunner``; index-only calls (exists, lookup,
+stats) run inline, as docs/ENGINE_API.md allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from kvstore.engine.device import AlignedBuffer
+from kvstore.errors import ProtocolError
+from kvstore.protocol import messages as msg
+from kvstore.protocol.frames import FrameType
+from kvstore.transport import shm
+
+if TYPE_CHECKING:
+    from kvstore.transport.bulk_conn import BulkProtocol
+
+# Blocks of one GET_BATCH being read from the engine ahead of the socket (overlaps flash reads
+# with sends; bounded so one request cannot pin many blocks).
+GET_READ_AHEAD = 4
+
+
+def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],
+             shm_flag: bool) -> Coroutine[Any, Any, None] | None:
+    """Validate a request header now (errors answer at once) and return its task, or None when
+    it was answered inline."""
+    e, ns = p.engine, p.namespace
+    if shm_flag and ftype not in (FrameType.GET_BATCH, FrameType.PUT_BATCH):
+        raise ProtocolError(f"{ftype.name} does not take the SHM flag")
+    if ftype is FrameType.PING:
+        p.send(FrameType.RESULT, rid, {})
+    elif ftype is FrameType.STATS:
+        p.send(FrameType.RESULT, rid, {"stats": e.stats(), "namespace": ns,
+                                       "blocks": e.count(ns)})
+    elif ftype is FrameType.EXISTS_BATCH:
+        req = msg.parse_keys_request(header)
+        p.send(FrameType.RESULT, rid, {"exists": e.exists_many(ns, req.keys)})
+    elif ftype is FrameType.LOOKUP:
+        req = msg.parse_keys_request(header, chain=True)
+        found = e.lookup_prefix(ns, req.keys, lease_seconds=req.lease_seconds)
+        p.send(FrameType.RESULT, rid, {"found": found})
+    elif ftype is FrameType.DELETE_BATCH:
+        return _simple(p, rid, "deleted", e.delete_many, msg.parse_keys_request(header).keys)
+    elif ftype is FrameType.PREFETCH:
+        return _simple(p, rid, "staged", e.prefetch, msg.parse_keys_request(header).keys)
+    elif ftype is FrameType.GET_BATCH:
+        req = msg.parse_keys_request(header, shm=shm_flag)
+        if shm_flag:
+            return shm.get_batch(p, rid, req)
+        return get_batch(p, rid, req.keys)
+    elif ftype is FrameType.PUT_BATCH:  # SHM put (socket puts are received by the protocol)
+        return shm.put_batch(p, rid, msg.parse_put_batch(header, 0, shm=True))
+    elif ftype is FrameType.SHM_REGISTER:
+        return shm.register(p, rid, header)
+    else:
+        raise ProtocolError(f"{ftype.name} is not a request")
+    return None
+
+
+async def _simple(p: BulkProtocol, rid: int, field: str, fn: Any, keys: list[str]) -> None:
+    n = await p.runner.call(fn, p.namespace, keys)
+    p.send(FrameType.RESULT, rid, {field: n})
+
+
+def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[memoryview]) -> list[bool]:
+    """Runs in an engine thread: store each block; the engine verifies each checksum before
+    it writes anything (ChecksumMismatch answers the whole request)."""
+    created = []
+    for key, view, xxh in zip(batch.keys, views, batch.checksums, strict=True):
+        r = p.engine.put(p.namespace, key, view, checksum=xxh, ttl_seconds=batch.ttl_seconds)
+        created.append(r.created)
+    return created
+
+
+async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[AlignedBuffer],
+                    started: float) -> None:
+    try:
+        views = [b.view[:n] for b, n in zip(bufs, batch.lengths, strict=True)]
+        created = await p.runner.call(_put_all, p, batch, views)
+    finally:
+        for b in bufs:
+            p.ctx.pool.release(b)
+    p.send(FrameType.RESULT, rid, {"created": created})
+    p.observe("bulk_put", sum(batch.lengths), started)
+
+
+def _open_block(p: BulkProtocol, key: str) -> tuple[contextlib.AbstractContextManager[Any], Any] | None:
+    """Runs in an engine thread: enter ``engine.read`` (the flash read happens here)."""
+    cm = p.engine.read(p.namespace, key)
+    view = cm.__enter__()
+    if view is None:
+        cm.__exit__(None, None, None)
+        return None
+    return cm, view
+
+
+async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
+    started = time.perf_counter()
+    found = nbytes = 0
+    ahead: deque[Any] = deque()
+    loop_keys = iter(enumerate(keys))
+    try:
+        while True:
+            while len(ahead) < GET_READ_AHEAD and not p.closed:
+                nxt = next(loop_keys, None)
+                if nxt is None:
+                    break
+                i, key = nxt
+                ahead.append((i, key, _create_task(p.runner.call(_open_block, p, key))))
+            if not ahead:
+                break
+            i, key, fut = ahead.popleft()
+            opened = await fut
+            if opened is None:
+                continue
+            cm, bv = opened
+            if p.closed:
+                cm.__exit__(None, None, None)
+                continue
+            try:
+                await p.writable()
+                payload = bv.payload
+                if p.ctx.block_filter is not None:
+                    payload = p.ctx.block_filter(key, payload)
+                p.send(FrameType.BLOCK, rid, msg.block(i, key, bv.meta.length, bv.meta.checksum),
+                       (payload,))
+            except BaseException:
+                cm.__exit__(None, None, None)
+                raise
+            p.hold(cm)
+            found += 1
+            nbytes += bv.meta.length
+    finally:
+        # never abandon a read in flight: its block stays referenced until we exit it
+        while ahead:
+            _, _, fut = ahead.popleft()
+            with contextlib.suppress(Exception):
+                opened = await fut
+                if opened is not None:
+                    opened[0].__exit__(None, None, None)
+    p.send(FrameType.END, rid, {"n": found})
+    p.observe("bulk_get", nbytes, started)
+
+
+def _create_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+    return asyncio.get_running_loop().create_task(coro)

@@ -1,0 +1,101 @@
+"""The bulk port: an asyncio server speaking ``kvstore.protocol`` (uvloop when installed).
+
+Entry point for ``kvstore serve``::
+
+    server = await start_bulk_server(engine, runner, tenants, host, port, metrics=metrics)
+    ...
+    await server.close(timeout)      # stop accepting, drain in-flight requests, close
+
+Each connection is a ``BulkProtocol`` (``kvstore.transport.bulk_conn``): PUT payloads land
+straight in aligned buffers, GET payloads leave as vectored writes of engine views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from typing import Any
+
+from kvstore import limits
+from kvstore.engine.device import BufferPool
+from kvstore.engine.store import Engine
+from kvstore.tenants import Tenants
+from kvstore.transport.bulk_conn import BulkProtocol, ServerContext
+from kvstore.transport.runner import EngineRunner
+
+log = logging.getLogger("kvstore.bulk")
+
+
+class BulkServer:
+    """A listening bulk port and its live connections."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        assert self._server is not None
+        return str(self._server.sockets[0].getsockname()[0])
+
+    @property
+    def connections(self) -> int:
+        return len(self.ctx.connections)
+
+    async def _listen(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: BulkProtocol(self.ctx), host, port, backlog=256, reuse_address=True)
+        for s in self._server.sockets:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def close(self, timeout: float = limits.shutdown_seconds_max) -> None:
+        """Stop accepting; let in-flight requests finish for up to ``timeout`` seconds (new
+        requests get ShuttingDown); then close every connection."""
+        timeout = max(0.0, min(timeout, limits.shutdown_seconds_max))
+        self.ctx.closing = True
+        if self._server is not None:
+            self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conns = list(self.ctx.connections)
+        for c in conns:
+            c.begin_drain()
+        while any(c.busy for c in conns) and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for c in conns:
+            c.abort_connection()
+        if self._server is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), max(0.1, deadline - loop.time()))
+        self.ctx.shm_close_all()
+        self.ctx.pool.close()
+
+
+async def start_bulk_server(
+    state_engine: Engine,
+    runner: EngineRunner,
+    tenants: Tenants,
+    host: str,
+    port: int,
+    *,
+    metrics: Any = None,
+) -> BulkServer:
+    """Listen on ``host:port`` (0 = any free port; see ``BulkServer.port``) and serve the bulk
+    protocol against ``state_engine`` (shared with the HTTP app). ``metrics`` is optional and
+    duck-typed: ``observe(op, tier, nbytes, seconds)`` and ``error(op, name)``."""
+    runner.start()
+    ctx = ServerContext(engine=state_engine, runner=runner, tenants=tenants, metrics=metrics,
+                        pool=BufferPool())
+    server = BulkServer(ctx)
+    await server._listen(host, port)
+    log.info("bulk port listening on %s:%d", server.host, server.port)
+    return server

@@ -1,0 +1,135 @@
+"""Shared-memory transport for clients on the same host (server side).
+
+The client creates a POSIX shm object ``/dev/shm/kvstore-<id>`` (mode 0600: only the same user
+can map it) and registers it once per connection with SHM_REGISTER. The server maps it. From
+then on a GET_BATCH or PUT_BATCH with the SHM flag names offsets into the region instead of
+carrying payload: the engine reads straight into the region (``engine.get_into``) and stores
+straight from it. Only small frames cross the socket; checksums still travel in BLOCK headers so
+the client verifies what landed.
+
+Registration is refused unless the peer is on loopback (or a Unix socket).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import mmap
+import os
+import re
+import stat
+from typing import TYPE_CHECKING, Any
+
+from kvstore import limits
+from kvstore.errors import AccessDenied, InvalidArgument, LimitExceeded
+from kvstore.protocol import messages as msg
+from kvstore.protocol.frames import FrameFlags, FrameType
+
+if TYPE_CHECKING:
+    from kvstore.transport.bulk_conn import BulkProtocol
+
+SHM_DIR = "/dev/shm"
+NAME_RE = re.compile(r"^kvstore-[A-Za-z0-9_-]{1,64}$")
+
+
+class Region:
+    """A mapped shm region; ``view`` is a writable memoryview of all of it."""
+
+    def __init__(self, name: str, size: int) -> None:
+        if not NAME_RE.match(name):
+            raise InvalidArgument("shm name must match kvstore-[A-Za-z0-9_-]{1,64}")
+        if not 0 < size <= limits.shm_region_bytes_max:
+            raise LimitExceeded(f"shm region must be 1..{limits.shm_region_bytes_max} bytes")
+        try:
+            fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise InvalidArgument(f"cannot open shm region: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size < size:
+                raise InvalidArgument("shm region is smaller than declared")
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        self.name = name
+        self.size = size
+        self.view = memoryview(self._map)
+
+    def slot(self, offset: int, length: int) -> memoryview:
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise InvalidArgument("slot lies outside the shm region")
+        return self.view[offset:offset + length]
+
+    def close(self) -> None:
+        try:
+            self.view.release()
+            self._map.close()
+        except BufferError:  # an engine call still holds a slice; unmapped at GC
+            pass
+
+
+def _peer_is_local(p: BulkProtocol) -> bool:
+    assert p.transport is not None
+    peer = p.transport.get_extra_info("peername")
+    if isinstance(peer, (str, bytes)) or not peer:  # AF_UNIX
+        return True
+    try:
+        return ipaddress.ip_address(peer[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def register(p: BulkProtocol, rid: int, header: dict[str, Any]) -> None:
+    name, size = header.get("name"), header.get("size")
+    if not isinstance(name, str) or not isinstance(size, int) or isinstance(size, bool):
+        raise InvalidArgument("SHM_REGISTER needs a name and a size")
+    if not _peer_is_local(p):
+        raise AccessDenied("shared memory is for clients on the same host")
+    if p.region is not None:
+        raise InvalidArgument("a shm region is already registered on this connection")
+    p.region = Region(name, size)
+    p.send(FrameType.RESULT, rid, {"size": size})
+
+
+def _region(p: BulkProtocol) -> Region:
+    if p.region is None:
+        raise InvalidArgument("no shm region registered on this connection")
+    return p.region
+
+
+def _get_all(p: BulkProtocol, req: msg.KeysRequest) -> list[tuple[int, str, int, int]]:
+    """Engine thread: read each block straight into its slot; (index, key, length, checksum)."""
+    region = _region(p)
+    assert req.offsets is not None and req.capacities is not None
+    slots = [region.slot(o, c) for o, c in zip(req.offsets, req.capacities, strict=True)]
+    out = []
+    for i, (key, slot) in enumerate(zip(req.keys, slots, strict=True)):
+        meta = p.engine.head(p.namespace, key)
+        if meta is None:
+            continue
+        if meta.length > len(slot):
+            raise InvalidArgument(f"block {key} has {meta.length} bytes; its slot holds "
+                                  f"{len(slot)}")
+        n = p.engine.get_into(p.namespace, key, slot)
+        if n is not None:
+            out.append((i, key, n, meta.checksum))
+    return out
+
+
+async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
+    found = await p.runner.call(_get_all, p, req)
+    for i, key, n, xxh in found:
+        p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.SHM)
+    p.send(FrameType.END, rid, {"n": len(found)})
+
+
+def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
+    region = _region(p)
+    assert batch.offsets is not None
+    views = [region.slot(o, n) for o, n in zip(batch.offsets, batch.lengths, strict=True)]
+    return [p.engine.put(p.namespace, k, v, checksum=x, ttl_seconds=batch.ttl_seconds).created
+            for k, v, x in zip(batch.keys, views, batch.checksums, strict=True)]
+
+
+async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:
+    created = await p.runner.call(_put_all, p, batch)
+    p.send(FrameType.RESULT, rid, {"created": created})
