@@ -1,0 +1,119 @@
+"""Bucket handlers: ListBuckets, CreateBucket, HeadBucket, DeleteBucket, the listings, and the
+two read-only bucket subresources generic tools ask for (location, versioning)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvstore.api.errors import S3Error
+from kvstore.api.s3 import listing
+from kvstore.api.s3.http import Request, Send, respond
+from kvstore.api.s3.xml import document, tag
+from kvstore.engine.types import BlockMeta
+from kvstore.errors import AlreadyExists, NamespaceNotEmpty, NamespaceNotFound
+from kvstore.keys import validate_namespace
+
+if TYPE_CHECKING:
+    from kvstore.api.s3.app import Call, S3App
+
+_XML = (b"content-type", b"application/xml")
+
+
+def _rid(req: Request) -> tuple[bytes, bytes]:
+    return (b"x-amz-request-id", req.request_id.encode())
+
+
+async def list_buckets(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    infos = s3.engine.list_namespaces()
+    mine = sorted((i for i in infos if s3.tenants.dev or i.owner == call.tenant.name),
+                  key=lambda i: i.name)
+    items = "".join(f"<Bucket>{tag('Name', i.name)}"
+                    f"{tag('CreationDate', listing.iso(i.created))}</Bucket>" for i in mine)
+    owner = call.tenant.name or "kvstore"
+    body = document("ListAllMyBucketsResult", [
+        f"<Owner>{tag('ID', owner)}{tag('DisplayName', owner)}</Owner>",
+        f"<Buckets>{items}</Buckets>"])
+    await respond(send, 200, [_XML, _rid(req)], body)
+    return 200, 0
+
+
+async def create_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    name = req.bucket
+    if not s3.tenants.dev and not call.tenant.may_use(name):
+        raise s3.access_denied()
+    validate_namespace(name)
+    if any(h.startswith("x-amz-object-lock") or h == "x-amz-bucket-object-lock-enabled"
+           for h in req.headers):
+        raise S3Error("NotImplemented", "object lock is not supported")
+    await req.drain(limit=64 * 1024)
+    try:
+        s3.engine.create_namespace(name, owner=call.tenant.name)
+    except AlreadyExists:
+        info = s3.engine.namespace(name)
+        if s3.tenants.dev or info.owner == call.tenant.name:
+            raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named "
+                          "bucket succeeded and you already own it.") from None
+        raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.") \
+            from None
+    await respond(send, 200, [(b"location", f"/{name}".encode()), _rid(req)])
+    return 200, 0
+
+
+async def head_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    await respond(send, 200, [(b"x-amz-bucket-region", s3.region.encode()), _rid(req)])
+    return 200, 0
+
+
+async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    if s3.uploads.for_bucket(req.bucket, call.tenant.name):
+        raise NamespaceNotEmpty("The bucket you tried to delete has multipart uploads open.")
+    try:
+        await s3.runner.call(s3.engine.delete_namespace, req.bucket)
+    except NamespaceNotEmpty:
+        raise NamespaceNotEmpty("The bucket you tried to delete is not empty") from None
+    await respond(send, 204, [_rid(req)])
+    return 204, 0
+
+
+def _lister(s3: S3App, bucket: str) -> listing.ListFn:
+    def fn(prefix: str, start_after: str, limit: int) -> tuple[list[BlockMeta], bool]:
+        return s3.engine.list_blocks(bucket, prefix=prefix, start_after=start_after, limit=limit)
+
+    return fn
+
+
+async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    q, b = req.query, req.bucket
+    if q.get("list-type") == "2":
+        build = listing.v2
+    elif "versions" in q:
+        build = listing.versions
+    elif "list-type" in q:
+        raise S3Error("InvalidArgument", "list-type must be 2")
+    else:
+        build = listing.v1
+    body = await s3.runner.call(build, _lister(s3, b), b, q)
+    await respond(send, 200, [_XML, _rid(req)], body)
+    return 200, 0
+
+
+async def get_location(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    region = "" if s3.region == "us-east-1" else s3.region
+    body = document("LocationConstraint", [region])
+    await respond(send, 200, [_XML, _rid(req)], body)
+    return 200, 0
+
+
+async def get_versioning(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    await respond(send, 200, [_XML, _rid(req)], document("VersioningConfiguration", []))
+    return 200, 0
+
+
+def check_owner(s3: S3App, tenant_name: str, bucket: str) -> None:
+    """NoSuchBucket for a missing bucket, AccessDenied for someone else's."""
+    try:
+        info = s3.engine.namespace(bucket)
+    except NamespaceNotFound:
+        raise NamespaceNotFound("The specified bucket does not exist") from None
+    if not s3.tenants.dev and info.owner != tenant_name:
+        raise s3.access_denied()

@@ -1,0 +1,316 @@
+"""Object handlers: PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects, CopyObject.
+
+The hot paths (PUT, GET) do one engine call each, in the runner's thread pool: PUT verifies the
+client's digests and stores in the same call (nothing is stored unless every digest matches);
+GET checks the preconditions and copies the requested range out of ``engine.read``'s view once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from kvstore import limits
+from kvstore.api.errors import S3Error, classify
+from kvstore.api.s3 import checksums, chunked, sigv4
+from kvstore.api.s3.http import (
+    Headers,
+    Request,
+    Send,
+    check_conditions,
+    http_date,
+    parse_range,
+    respond,
+)
+from kvstore.api.s3.listing import iso
+from kvstore.api.s3.xml import document, esc, parse_delete, tag
+from kvstore.engine.types import BlockMeta
+from kvstore.errors import NotFound
+
+if TYPE_CHECKING:
+    from kvstore.api.s3.app import Call, S3App
+
+_XML = (b"content-type", b"application/xml")
+# Headers that ask for features this store does not have: refused, never silently ignored.
+_UNSUPPORTED_PUT_HEADERS = (
+    "x-amz-server-side-encryption", "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold", "x-amz-tagging",
+    "x-amz-website-redirect-location", "x-amz-grant-full-control", "x-amz-grant-read",
+    "x-amz-grant-read-acp", "x-amz-grant-write-acp",
+)
+_OK_ACLS = ("private", "bucket-owner-full-control")
+
+
+def check_unsupported(req: Request) -> None:
+    for h in _UNSUPPORTED_PUT_HEADERS:
+        if h in req.headers:
+            raise S3Error("NotImplemented", f"{h} is not supported")
+    acl = req.headers.get("x-amz-acl")
+    if acl is not None and acl not in _OK_ACLS:
+        raise S3Error("NotImplemented", f"x-amz-acl {acl} is not supported")
+    sc = req.headers.get("x-amz-storage-class", "STANDARD")
+    if sc != "STANDARD":
+        raise S3Error("NotImplemented", f"storage class {sc} is not supported")
+
+
+async def read_payload(req: Request, call: Call) -> tuple[bytearray, dict[str, str], str]:
+    """The request body in one preallocated buffer: (payload, trailers, payload hash)."""
+    payload_hash = req.headers.get("x-amz-content-sha256", "")
+    checksums.check_payload_hash_syntax(payload_hash)
+    if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
+            "content-encoding", ""):
+        if payload_hash not in sigv4.STREAMING_MODES:
+            payload_hash = sigv4.STREAMING_UNSIGNED_TRAILER
+        declared = req.headers.get("x-amz-decoded-content-length")
+        if declared is None or not declared.isdigit():
+            raise S3Error("MissingContentLength",
+                          "aws-chunked bodies need x-amz-decoded-content-length")
+        n = int(declared)
+        _check_size(n)
+        buf = bytearray(n)
+        dec = chunked.AwsChunkedDecoder(memoryview(buf), payload_hash, call.signing)
+        await req.body_into(memoryview(buf), dec.feed)
+        return buf, dec.finish(), payload_hash
+    n = req.content_length()
+    if n is None:
+        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
+    _check_size(n)
+    buf = bytearray(n)
+    await req.body_into(memoryview(buf))
+    return buf, {}, payload_hash
+
+
+def _check_size(n: int) -> None:
+    from kvstore.api.s3.http import check_body_size
+
+    check_body_size(n)
+
+
+def _checksum_headers(sums: dict[str, str]) -> Headers:
+    return [(f"x-amz-checksum-{a}".encode(), v.encode()) for a, v in sums.items()]
+
+
+def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
+    return doc.get("e") or meta.etag
+
+
+def _store(s3: S3App, bucket: str, key: str, buf: bytearray, meta: bytes,
+           overwrite: bool) -> BlockMeta:
+    """engine.put with S3 semantics, in a worker thread."""
+    eng = s3.engine
+    res = eng.put(bucket, key, buf, meta=meta, overwrite=overwrite)
+    if res.created:
+        return res.meta
+    if not overwrite:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
+                      "did not hold")
+    cur = eng.head(bucket, key)
+    if cur is not None and cur.meta != meta:  # same bytes, new metadata: rewrite the record
+        eng.delete(bucket, key)
+        res = eng.put(bucket, key, buf, meta=meta, overwrite=True)
+        return res.meta
+    return cur if cur is not None else res.meta
+
+
+async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    check_unsupported(req)
+    bucket, key = req.bucket, req.key
+    inm = req.headers.get("if-none-match")
+    if inm is not None and inm.strip() != "*":
+        raise S3Error("NotImplemented", "If-None-Match on PUT supports only *")
+    if_match = req.headers.get("if-match")
+    buf, trailers, payload_hash = await read_payload(req, call)
+    hdrs = checksums.object_headers(req.headers)
+    um = checksums.user_metadata(req.headers)
+
+    def work() -> tuple[BlockMeta, dict[str, str], str]:
+        sums, md5_hex = checksums.verify(memoryview(buf), req.headers, trailers, payload_hash)
+        if if_match is not None:
+            cur = s3.engine.head(bucket, key)
+            if cur is None:
+                raise NotFound("The specified key does not exist.")
+            check_conditions({"if-match": if_match}, stored_etag(
+                cur, checksums.unpack_meta(cur.meta)), cur.created)
+        meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
+        bm = _store(s3, bucket, key, buf, meta, overwrite=inm is None)
+        return bm, sums, md5_hex
+
+    bm, sums, md5_hex = await s3.runner.call(work)
+    etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
+    headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
+    headers.append((b"x-amz-request-id", req.request_id.encode()))
+    await respond(send, 200, headers)
+    return 200, len(buf)
+
+
+def _object_headers(req: Request, meta: BlockMeta, doc: dict[str, Any], ranged: bool) -> Headers:
+    out: Headers = [
+        (b"etag", f'"{stored_etag(meta, doc)}"'.encode()),
+        (b"last-modified", http_date(meta.created).encode()),
+        (b"accept-ranges", b"bytes"),
+        (b"x-amz-request-id", req.request_id.encode()),
+    ]
+    hdrs = dict(doc["h"])
+    hdrs.setdefault("content-type", "binary/octet-stream")
+    for q, h in (("response-content-type", "content-type"),
+                 ("response-content-disposition", "content-disposition"),
+                 ("response-content-encoding", "content-encoding"),
+                 ("response-content-language", "content-language"),
+                 ("response-cache-control", "cache-control"),
+                 ("response-expires", "expires")):
+        if q in req.query:
+            hdrs[h] = req.query[q]
+    out += [(k.encode(), v.encode("latin-1", "replace")) for k, v in hdrs.items()]
+    out += [(f"x-amz-meta-{k}".encode(), v.encode("latin-1", "replace"))
+            for k, v in doc["u"].items()]
+    if not ranged and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        out += _checksum_headers(doc["c"])
+    if meta.expires:
+        out.append((b"x-amz-expiration", http_date(meta.expires).encode()))
+    return out
+
+
+def _check_version(req: Request) -> None:
+    vid = req.query.get("versionId")
+    if vid is not None and vid != "null":
+        raise S3Error("InvalidArgument", "Invalid version id specified")
+    if "partNumber" in req.query:
+        raise S3Error("NotImplemented", "GET/HEAD by partNumber is not supported")
+
+
+async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    _check_version(req)
+    bucket, key, rng = req.bucket, req.key, req.headers.get("range")
+
+    def work() -> tuple[BlockMeta, bytes, tuple[int, int] | None]:
+        with s3.engine.read(bucket, key) as view:
+            if view is None:
+                raise NotFound("The specified key does not exist.")
+            meta = view.meta
+            doc = checksums.unpack_meta(meta.meta)
+            check_conditions(req.headers, stored_etag(meta, doc), meta.created)
+            r = parse_range(rng, meta.length)
+            body = bytes(view.payload) if r is None else bytes(view.payload[r[0]:r[1]])
+            return meta, body, r
+
+    meta, body, r = await s3.runner.call(work)
+    doc = checksums.unpack_meta(meta.meta)
+    headers = _object_headers(req, meta, doc, r is not None)
+    status = 200
+    if r is not None:
+        status = 206
+        headers.append((b"content-range", f"bytes {r[0]}-{r[1] - 1}/{meta.length}".encode()))
+    await respond(send, status, headers, body)
+    return status, len(body)
+
+
+async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    _check_version(req)
+    meta = await s3.runner.call(s3.engine.head, req.bucket, req.key)
+    if meta is None:
+        raise NotFound("The specified key does not exist.")
+    doc = checksums.unpack_meta(meta.meta)
+    check_conditions(req.headers, stored_etag(meta, doc), meta.created)
+    r = parse_range(req.headers.get("range"), meta.length)
+    headers = _object_headers(req, meta, doc, r is not None)
+    status, n = 200, meta.length
+    if r is not None:
+        status, n = 206, r[1] - r[0]
+        headers.append((b"content-range", f"bytes {r[0]}-{r[1] - 1}/{meta.length}".encode()))
+    await respond(send, status, headers, b"", content_length=n)
+    return status, 0
+
+
+async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    _check_version(req)
+    await s3.runner.call(s3.engine.delete, req.bucket, req.key)
+    await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
+    return 204, 0
+
+
+async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    body = await req.small_body(limits.s3_xml_body_bytes_max)
+    if "content-md5" in req.headers or any(h.startswith("x-amz-checksum-") for h in req.headers):
+        checksums.verify(memoryview(body), req.headers, {}, req.headers.get(
+            "x-amz-content-sha256", ""))
+    keys, quiet = parse_delete(body)
+    if len(keys) > limits.delete_objects_max:
+        raise S3Error("MalformedXML", f"at most {limits.delete_objects_max} keys per request")
+
+    def work() -> list[str]:
+        parts = []
+        for k in keys:
+            try:
+                s3.engine.delete(req.bucket, k)
+                if not quiet:
+                    parts.append(f"<Deleted>{tag('Key', k)}</Deleted>")
+            except Exception as exc:  # one bad key must not fail the batch
+                _status, name, msg = classify(exc)
+                parts.append(f"<Error>{tag('Key', k)}{tag('Code', name)}"
+                             f"{tag('Message', msg)}</Error>")
+        return parts
+
+    parts = await s3.runner.call(work)
+    await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
+                  document("DeleteResult", parts))
+    return 200, 0
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    src = unquote(value.split("?", 1)[0]).lstrip("/")
+    if "?versionId=" in value and not value.endswith("?versionId=null"):
+        raise S3Error("NotImplemented", "copying a specific version is not supported")
+    bucket, _, key = src.partition("/")
+    if not bucket or not key:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                      "sourcebucket/sourcekey")
+    return bucket, key
+
+
+def copy_conditions(headers: dict[str, str]) -> dict[str, str]:
+    pre = "x-amz-copy-source-"
+    return {k[len(pre):]: v for k, v in headers.items()
+            if k.startswith(pre) and k[len(pre):].startswith("if-")}
+
+
+async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    check_unsupported(req)
+    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
+    s3.check_bucket(call.tenant, src_bucket)
+    directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
+    if directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata directive.")
+    if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
+        raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
+                      "copy an object to itself without changing the object's metadata.")
+    await req.drain()
+    conds = copy_conditions(req.headers)
+    replace_hdrs = checksums.object_headers(req.headers)
+    replace_um = checksums.user_metadata(req.headers)
+
+    def work() -> tuple[BlockMeta, str]:
+        with s3.engine.read(src_bucket, src_key) as view:
+            if view is None:
+                raise NotFound("The specified key does not exist.")
+            doc = checksums.unpack_meta(view.meta.meta)
+            check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
+            data = bytes(view.payload)
+        if directive == "REPLACE":
+            doc["h"], doc["u"] = replace_hdrs, replace_um
+        meta = checksums.pack_meta(doc["h"], doc["u"], doc["c"], doc.get("e", ""))
+        bm = _store(s3, req.bucket, req.key, bytearray(data), meta, overwrite=True)
+        return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
+
+    try:
+        bm, etag = await s3.runner.call(work)
+    except S3Error as exc:
+        if exc.name == "NotModified":  # copy preconditions answer 412, never 304
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold") from None
+        raise
+    body = document("CopyObjectResult", [tag("LastModified", iso(bm.created or time.time())),
+                                         f"<ETag>&quot;{esc(etag)}&quot;</ETag>"])
+    await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
+    return 200, bm.length
