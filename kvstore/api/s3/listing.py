@@ -75,7 +75,8 @@ def encode_token(cursor: str) -> str:
 
 def decode_token(token: str) -> str:
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode("utf-8", "surrogatepass")
+        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode(
+            "utf-8", "surrogatepass")
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise S3Error("InvalidArgument", "The continuation token provided is incorrect") from None
 
