@@ -141,10 +141,6 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
-        try:
-            os.makedirs(cfg.data_dir, exist_ok=True)
-        except OSError as exc:
-            raise StartupError(f"cannot create data dir {cfg.data_dir!r}: {exc}") from None
         tenants = load_tenants(cfg.credentials)
         if tenants.dev:
             log.warning("DEVELOPMENT MODE: no --credentials, so ANY signature is accepted and "
@@ -152,6 +148,10 @@ class Server:
         http_sock = bind_socket(cfg.host, cfg.port)
         device = engine = runner = None
         try:
+            try:
+                os.makedirs(cfg.data_dir, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(f"cannot create data dir {cfg.data_dir!r}: {exc}") from None
             try:
                 device = open_device(cfg.device, probe_dir=cfg.data_dir)
             except (KVStoreError, OSError, ValueError) as exc:

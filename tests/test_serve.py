@@ -1,0 +1,210 @@
+"""`python -m kvstore serve` as a real subprocess on 127.0.0.1: endpoints, health, graceful stop,
+refusals, and flag > env > config-file precedence."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kvstore import limits
+
+START_SECONDS_MAX = 30.0
+REPO = Path(__file__).resolve().parent.parent
+SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Serve:
+    """One `kvstore serve` process; stdout and stderr go to files in the test's tmp dir."""
+
+    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None,
+                 name: str = "serve") -> None:
+        self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+        full_env.update(env or {})
+        full_env["PYTHONPATH"] = str(REPO)
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
+                                         stdout=out, stderr=err, env=full_env, cwd=tmp)
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_ready(self) -> int:
+        """Wait for 'kvstore: ready'; return the HTTP port it printed."""
+        deadline = time.monotonic() + START_SECONDS_MAX
+        while "kvstore: ready" not in self.out:
+            if self.proc.poll() is not None:
+                pytest.fail(f"server exited {self.proc.returncode}: {self.err[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"server not ready in {START_SECONDS_MAX}s: {self.err[-2000:]}")
+            time.sleep(0.05)
+        m = re.search(r"on http://127\.0\.0\.1:(\d+)", self.out)
+        assert m, self.out
+        return int(m.group(1))
+
+    def wait_exit(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def get(port: int, path: str, method: str = "GET", body: object = None) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers={"content-type": "application/json"})
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, (json.loads(raw) if raw and raw[:1] in b"{[" else raw)
+    finally:
+        conn.close()
+
+
+def stop(srv: Serve, sig: signal.Signals = signal.SIGTERM) -> float:
+    t0 = time.monotonic()
+    srv.proc.send_signal(sig)
+    code = srv.wait_exit(limits.shutdown_seconds_max + 5)
+    elapsed = time.monotonic() - t0
+    assert code == 0, srv.err[-2000:]
+    assert elapsed <= limits.shutdown_seconds_max, elapsed
+    return elapsed
+
+
+def test_serve_endpoints_health_and_graceful_stop(tmp_path: Path) -> None:
+    port, bulk = free_port(), free_port()
+    data = tmp_path / "nested" / "data"
+    srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk), "--data-dir", str(data),
+                           *SMALL])
+    try:
+        assert srv.wait_ready() == port
+        out = srv.out
+        assert f"http://127.0.0.1:{port}" in out
+        assert re.search(r"device: (uring|posix)\b", out), out
+        assert f"tcp://127.0.0.1:{bulk}" in out or "bulk server not available" in out
+        assert "DEVELOPMENT MODE" in out and "DEVELOPMENT MODE" in srv.err
+        assert data.is_dir()
+        assert get(port, "/healthz") == (200, {"status": "ok"})
+        assert get(port, "/readyz") == (200, {"ready": True, "reason": "ready"})
+        assert get(port, "/v1/namespaces", "POST", {"name": "kept-ns"})[0] == 201
+        # an idle keep-alive connection must not hold up the stop
+        idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        idle.request("GET", "/healthz")
+        idle.getresponse().read()
+        stop(srv)
+        idle.close()
+    finally:
+        srv.kill()
+    # the engine closed cleanly: a restart recovers the namespace (SIGINT stops it too)
+    again = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk),
+                             "--data-dir", str(data), *SMALL], name="again")
+    try:
+        again.wait_ready()
+        status, body = get(port, "/v1/namespaces/kept-ns")
+        assert status == 200 and body["name"] == "kept-ns"
+        status, body = get(port, "/v1/check", "POST")
+        assert body == {"ok": True, "problems": []}
+        stop(again, signal.SIGINT)
+    finally:
+        again.kill()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--host", "0.0.0.0"], "refusing to listen on '0.0.0.0' without --credentials"),
+     (["--capacity", "10XB"], "--capacity: cannot parse size '10XB'"),
+     (["--device", "floppy"], "device must be one of")],
+)
+def test_refusals_exit_2_with_a_clear_message(tmp_path: Path, args: list[str],
+                                              message: str) -> None:
+    srv = Serve(tmp_path, [*args, "--data-dir", str(tmp_path / "d")])
+    assert srv.wait_exit(START_SECONDS_MAX) == 2
+    assert message in srv.err
+    assert "Traceback" not in srv.err
+    assert not (tmp_path / "d").exists()  # nothing was started or created
+
+
+def test_busy_port_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        srv = Serve(tmp_path, ["--port", str(busy.getsockname()[1]), "--bulk-port",
+                               str(free_port()), "--data-dir", str(tmp_path / "d"), *SMALL])
+        assert srv.wait_exit(START_SECONDS_MAX) == 1
+    assert "cannot listen on 127.0.0.1" in srv.err and "Traceback" not in srv.err
+    assert not (tmp_path / "d").exists()
+
+
+def test_flag_beats_env_beats_config_file(tmp_path: Path) -> None:
+    p_file, p_env, p_flag = free_port(), free_port(), free_port()
+    conf = tmp_path / "kv.toml"
+    conf.write_text(f'port = {p_file}\nbulk_port = {free_port()}\ndata_dir = "from-file"\n'
+                    'capacity = "32MiB"\nsegment_size = "4MiB"\ndram = "8MiB"\n')
+    env = {"KVSTORE_CONFIG": str(conf), "KVSTORE_PORT": str(p_env)}
+    srv = Serve(tmp_path, [], env, name="env")
+    try:
+        assert srv.wait_ready() == p_env  # env beats the file
+        assert (tmp_path / "from-file").is_dir()  # the file beats the default
+        assert "capacity: 32MiB" in srv.out
+        stop(srv)
+    finally:
+        srv.kill()
+    srv = Serve(tmp_path, ["--port", str(p_flag)], env, name="flag")
+    try:
+        assert srv.wait_ready() == p_flag  # the flag beats env
+        stop(srv)
+    finally:
+        srv.kill()
+
+
+def test_credentials_turn_off_development_mode(tmp_path: Path) -> None:
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"tenants": [
+        {"name": "acme", "access_key": "AKIDACME", "secret_key": "s", "namespaces": ["acme-*"]}]}))
+    port = free_port()
+    srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(free_port()),
+                           "--credentials", str(creds), "--data-dir", str(tmp_path / "d"), *SMALL])
+    try:
+        srv.wait_ready()
+        assert "DEVELOPMENT MODE" not in srv.out
+        assert get(port, "/healthz")[0] == 200
+        status, body = get(port, "/v1/namespaces")
+        assert status == 403 and body["error"]["name"] == "AccessDenied"
+        stop(srv)
+    finally:
+        srv.kill()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    srv = Serve(tmp_path, ["--credentials", str(bad), "--data-dir", str(tmp_path / "d2")],
+                name="bad")
+    assert srv.wait_exit(START_SECONDS_MAX) == 2
+    assert "credentials file" in srv.err and "Traceback" not in srv.err
+    assert not (tmp_path / "d2").exists()
