@@ -1,0 +1,190 @@
+"""The client side of the bulk protocol as I/O-free generators.
+
+Every operation is a generator that yields I/O requests and gets results back:
+
+- ``(SEND, [buffers])``: write all buffers in order (vectored; nothing is joined), result None;
+- ``(RECV, memoryview)``: ``recv_into`` that view once, result = bytes received (0 = EOF).
+
+``kvstore_client.client`` drives them with a blocking socket, ``kvstore_client.aio`` with
+asyncio. Payloads of GET land straight in the caller's memory: the decoder hands out slices of
+the caller's buffer as receive targets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import xxhash
+
+from kvstore.errors import ChecksumMismatch, InvalidArgument, KVStoreError, ProtocolError
+from kvstore.protocol import messages as msg
+from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadChunk, PayloadEnd
+from kvstore.protocol.frames import FrameType, encode_frame
+from kvstore.protocol.state import Connection, Role
+
+SEND, RECV = 0, 1
+IoReq = tuple[int, Any]
+Op = Generator[IoReq, Any, Any]
+
+
+class ConnectionClosed(ConnectionError):
+    """The server closed the connection."""
+
+
+def checksum(buf: Any) -> int:
+    return xxhash.xxh3_64_intdigest(buf)
+
+
+def as_bytes_view(buf: Any, *, writable: bool = False) -> memoryview:
+    """A flat byte view of anything with the buffer protocol (bytes, bytearray, numpy arrays,
+    ``tensor.numpy()`` of a CPU torch tensor). Must be C-contiguous."""
+    mv = memoryview(buf)
+    if not mv.c_contiguous:
+        raise InvalidArgument("buffer must be C-contiguous")
+    if writable and mv.readonly:
+        raise InvalidArgument("buffer must be writable")
+    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+
+
+class Core:
+    """Protocol state of one connection: decoder, connection table, request ids, window."""
+
+    def __init__(self) -> None:
+        self.dec = Decoder()
+        self.conn = Connection(Role.CLIENT)
+        self.window: msg.Window | None = None
+        self._rid = 0
+        self.tenant = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.conn.ready and not self.conn.inflight
+
+    def next_rid(self) -> int:
+        self._rid += 1
+        return self._rid
+
+    # -- primitives ----------------------------------------------------------------------
+    def _event(self) -> Op:
+        while True:
+            ev = self.dec.next_event()
+            if ev is not NEED_DATA:
+                return ev
+            n = yield (RECV, self.dec.get_buffer())
+            if not n:
+                raise ConnectionClosed("server closed the connection")
+            self.dec.buffer_updated(n)
+
+    def frame(self) -> Op:
+        ev = yield from self._event()
+        if not isinstance(ev, Frame):
+            raise ProtocolError(f"expected a frame, got {type(ev).__name__}")
+        self.conn.received(ev.ftype, ev.request_id)
+        if ev.ftype is FrameType.ERROR and ev.request_id == 0:
+            raise msg.parse_error(ev.header)
+        return ev
+
+    def send(self, ftype: FrameType, header: dict[str, Any] | None, payload: Sequence[Any] = (),
+             flags: int = 0, rid: int | None = None) -> Op:
+        rid = self.next_rid() if rid is None else rid
+        n = sum(len(p) for p in payload)
+        head = encode_frame(ftype, rid, header, n, flags)
+        self.conn.sent(ftype, rid)
+        yield (SEND, [head, *payload])
+        return rid
+
+    def payload_into(self, target: memoryview | None) -> Op:
+        """Receive the current frame's payload into ``target`` (None: discard it)."""
+        if target is None:
+            self.dec.skip_payload()
+        elif len(target):
+            self.dec.set_payload_targets(target)
+        while True:
+            ev = yield from self._event()
+            if isinstance(ev, PayloadEnd):
+                return
+            if not isinstance(ev, PayloadChunk):
+                raise ProtocolError("unexpected event inside a payload")
+
+    # -- handshake -----------------------------------------------------------------------
+    def handshake(self, access_key: str, secret_key: str, namespace: str, create: bool) -> Op:
+        yield from self.send(FrameType.HELLO, msg.hello(access_key, namespace, create=create),
+                             rid=0)
+        f = yield from self.frame()
+        nonce = msg.parse_challenge(f.header)
+        sig = msg.sign(secret_key, nonce, access_key, namespace)
+        yield from self.send(FrameType.AUTH, {"sig": sig}, rid=0)
+        f = yield from self.frame()
+        self.window = msg.parse_auth_ok(f.header)
+        self.tenant = str(f.header.get("tenant", ""))
+
+    # -- requests ------------------------------------------------------------------------
+    def simple(self, ftype: FrameType, header: dict[str, Any], flags: int = 0) -> Op:
+        """One request answered by one RESULT (or ERROR)."""
+        rid = yield from self.send(ftype, header, flags=flags)
+        f = yield from self.frame()
+        if f.request_id != rid:
+            raise ProtocolError("answer to another request")
+        if f.ftype is FrameType.ERROR:
+            raise msg.parse_error(f.header)
+        return f.header
+
+    def pipeline(self, requests: Sequence[tuple[FrameType, dict[str, Any], Sequence[Any], int]],
+                 on_frame: Callable[[int, Frame], Op | None]) -> Op:
+        """Send ``requests`` keeping at most the server's window in flight; feed every answer
+        frame to ``on_frame(request index, frame)`` (which may return a generator to consume a
+        payload). Returns the first error after all answers are consumed."""
+        assert self.window is not None
+        win_reqs, win_bytes = self.window.inflight_requests_max, self.window.inflight_bytes_max
+        pending: dict[int, tuple[int, int]] = {}  # rid -> (request index, payload bytes)
+        inflight_bytes, nxt, first_err = 0, 0, None
+        while nxt < len(requests) or pending:
+            while nxt < len(requests) and len(pending) < win_reqs:
+                ftype, header, payload, flags = requests[nxt]
+                size = sum(len(p) for p in payload)
+                if pending and inflight_bytes + size > win_bytes:
+                    break
+                rid = yield from self.send(ftype, header, payload, flags)
+                pending[rid] = (nxt, size)
+                inflight_bytes += size
+                nxt += 1
+            f = yield from self.frame()
+            if f.request_id not in pending:
+                raise ProtocolError("answer to an unknown request")
+            idx, size = pending[f.request_id]
+            if f.ftype is FrameType.ERROR:
+                first_err = first_err or msg.parse_error(f.header)
+            else:
+                try:
+                    sub = on_frame(idx, f)
+                    if sub is not None:
+                        yield from sub
+                except ProtocolError:
+                    raise
+                except KVStoreError as exc:  # the answer is consumed; keep the stream in sync
+                    first_err = first_err or exc
+            if f.ftype in (FrameType.RESULT, FrameType.END, FrameType.ERROR):
+                del pending[f.request_id]
+                inflight_bytes -= size
+        return first_err
+
+
+def receive_block(core: Core, f: Frame, target: Any | None, results: list[Any], idx: int,
+                  verify: bool = True) -> Op:
+    """Consume one BLOCK frame into ``target`` (a writable buffer, or None to allocate one);
+    verify its checksum; ``results[idx]`` becomes the length (or the new bytearray)."""
+    b = msg.parse_block(f.header, f.payload_length)
+    if target is None:
+        out = bytearray(b.length)
+        view = memoryview(out)
+    else:
+        view = as_bytes_view(target, writable=True)
+        if b.length > len(view):
+            yield from core.payload_into(None)
+            raise InvalidArgument(f"block {b.key} has {b.length} bytes; buffer holds {len(view)}")
+    view = view[: b.length]
+    yield from core.payload_into(view)
+    if verify and checksum(view) != b.checksum:
+        raise ChecksumMismatch(f"block {b.key} failed its checksum in transit")
+    results[idx] = out if target is None else b.length

@@ -1,0 +1,112 @@
+"""Each public call as a generator over one ``Core`` (shared by the sync and async clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from kvstore import limits
+from kvstore.errors import InvalidArgument, LimitExceeded
+from kvstore.protocol import messages as msg
+from kvstore.protocol.decoder import Frame
+from kvstore.protocol.frames import FrameType
+from kvstore_client._core import Core, Op, as_bytes_view, checksum, receive_block
+
+# Batches of one call are cut this small so that the server stores (or reads) one batch while
+# the next crosses the wire.
+PUT_BATCH_BYTES = 32 * limits.MiB
+GET_BATCH_KEYS = 16
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
+             ttl_seconds: float = 0.0) -> Op:
+    if len(keys) != len(values):
+        raise InvalidArgument("one value per key")
+    views = [as_bytes_view(v) for v in values]
+    for v in views:
+        if len(v) > limits.block_bytes_max:
+            raise LimitExceeded(f"block of {len(v)} bytes exceeds {limits.block_bytes_max}")
+    sums = [checksum(v) for v in views]
+    batches: list[range] = []
+    start, size = 0, 0
+    for i, v in enumerate(views):
+        if i > start and (size + len(v) > PUT_BATCH_BYTES or i - start >= limits.batch_keys_max):
+            batches.append(range(start, i))
+            start, size = i, 0
+        size += len(v)
+    if start < len(views):
+        batches.append(range(start, len(views)))
+    reqs = [(FrameType.PUT_BATCH,
+             msg.put_batch([keys[i] for i in r], [len(views[i]) for i in r], [sums[i] for i in r],
+                           ttl_seconds=ttl_seconds),
+             [views[i] for i in r if len(views[i])], 0) for r in batches]
+    created: list[bool] = [False] * len(keys)
+
+    def on_frame(idx: int, f: Frame) -> None:
+        flags = f.header.get("created")
+        r = batches[idx]
+        if not isinstance(flags, list) or len(flags) != len(r):
+            raise InvalidArgument("malformed PUT answer")
+        for j, c in zip(r, flags, strict=True):
+            created[j] = bool(c)
+
+    err = yield from core.pipeline(reqs, on_frame)
+    if err is not None:
+        raise err
+    return created
+
+
+def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
+                  batch_keys: int = GET_BATCH_KEYS) -> Op:
+    """``bufs[i]`` receives ``keys[i]``; result[i] = its length, or None on a miss. With
+    ``bufs`` None, result[i] is a new bytearray (or None)."""
+    if bufs is not None and len(bufs) != len(keys):
+        raise InvalidArgument("one buffer per key")
+    batches = _chunks(len(keys), max(1, min(batch_keys, limits.batch_keys_max)))
+    reqs = [(FrameType.GET_BATCH, msg.keys_request([keys[i] for i in r]), (), 0)
+            for r in batches]
+    results: list[Any] = [None] * len(keys)
+
+    def on_frame(idx: int, f: Frame) -> Op | None:
+        if f.ftype is FrameType.BLOCK:
+            i = f.header.get("i")
+            r = batches[idx]
+            if not isinstance(i, int) or not 0 <= i < len(r):
+                raise InvalidArgument("BLOCK index outside the request")
+            j = r[i]
+            return receive_block(core, f, None if bufs is None else bufs[j], results, j)
+        return None
+
+    err = yield from core.pipeline(reqs, on_frame)
+    if err is not None:
+        raise err
+    return results
+
+
+def keyed(core: Core, ftype: FrameType, field: str, keys: Sequence[str]) -> Op:
+    """EXISTS/DELETE/PREFETCH over any number of keys, in batches, pipelined."""
+    batches = _chunks(len(keys), limits.batch_keys_max)
+    reqs = [(ftype, msg.keys_request([keys[i] for i in r]), (), 0) for r in batches]
+    out: list[Any] = [None] * len(batches)
+
+    def on_frame(idx: int, f: Frame) -> None:
+        out[idx] = f.header.get(field)
+
+    err = yield from core.pipeline(reqs, on_frame)
+    if err is not None:
+        raise err
+    if field == "exists":
+        return [bool(x) for part in out for x in part]
+    return sum(int(x) for x in out)
+
+
+def lookup(core: Core, keys: Sequence[str], lease_seconds: float) -> Op:
+    if len(keys) > limits.chain_keys_max:
+        raise LimitExceeded(f"chain of {len(keys)} keys exceeds {limits.chain_keys_max}")
+    h = yield from core.simple(FrameType.LOOKUP,
+                               msg.keys_request(list(keys), lease=lease_seconds or None))
+    return int(h["found"])

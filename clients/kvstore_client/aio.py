@@ -1,0 +1,166 @@
+"""asyncio client for the bulk port: same calls as ``Client``, awaitable.
+
+Drives the same protocol generators as the sync client with the event loop's socket calls
+(``sock_recv_into`` straight into caller memory, ``sock_sendall`` per buffer: nothing joined).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kvstore import limits
+from kvstore.protocol.frames import FrameType
+from kvstore_client import _ops
+from kvstore_client._core import RECV, SEND, Core, Op
+from kvstore_client.client import is_retryable
+
+
+async def drive(loop: asyncio.AbstractEventLoop, sock: socket.socket, op: Op) -> Any:
+    try:
+        req = next(op)
+        while True:
+            kind, arg = req
+            if kind == RECV:
+                res: Any = await loop.sock_recv_into(sock, arg)
+            elif kind == SEND:
+                for b in arg:
+                    if len(b):
+                        await loop.sock_sendall(sock, b)
+                res = None
+            else:
+                raise AssertionError(kind)
+            req = op.send(res)
+    except StopIteration as stop:
+        return stop.value
+
+
+class AsyncConnection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.core = Core()
+
+    @classmethod
+    async def open(cls, host: str, port: int, access_key: str, secret_key: str, namespace: str,
+                   *, create: bool, timeout: float) -> AsyncConnection:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self = cls(sock)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
+            await asyncio.wait_for(
+                self.run(self.core.handshake(access_key, secret_key, namespace, create)), timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return self
+
+    async def run(self, op: Op) -> Any:
+        return await drive(asyncio.get_running_loop(), self.sock, op)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AsyncClient:
+    """Each call borrows a pooled connection; safe to use from many tasks of one loop."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
+                 access_key: str = "dev", secret_key: str = "", create: bool = False,
+                 timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
+                 backoff_seconds: float = 0.05) -> None:
+        self.host, self.port, self.namespace = host, port, namespace
+        self._creds = (access_key, secret_key)
+        self._create = create
+        self.timeout = timeout
+        self.pool_size = max(1, min(pool_size, limits.connections_max))
+        self.retries = max(0, min(retries, 10))
+        self.backoff_seconds = backoff_seconds
+        self._idle: list[AsyncConnection] = []
+        self._closed = False
+
+    async def _call(self, make: Callable[[Core], Op]) -> Any:
+        attempt = 0
+        while True:
+            conn = self._idle.pop() if self._idle else None
+            try:
+                if conn is None:
+                    conn = await AsyncConnection.open(
+                        self.host, self.port, *self._creds, self.namespace,
+                        create=self._create, timeout=self.timeout)
+                result = await asyncio.wait_for(conn.run(make(conn.core)), self.timeout)
+            except BaseException as exc:
+                if conn is not None and not conn.core.usable:
+                    conn.close()
+                    conn = None
+                self._give_back(conn)
+                if not is_retryable(exc) or attempt >= self.retries:
+                    raise
+                attempt += 1
+                await asyncio.sleep(self.backoff_seconds * (2 ** (attempt - 1)))
+                continue
+            self._give_back(conn)
+            return result
+
+    def _give_back(self, conn: AsyncConnection | None) -> None:
+        if conn is None:
+            return
+        if not self._closed and conn.core.usable and len(self._idle) < self.pool_size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def ping(self) -> float:
+        t0 = time.perf_counter()
+        await self._call(lambda c: c.simple(FrameType.PING, {}))
+        return time.perf_counter() - t0
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self._call(lambda c: c.simple(FrameType.STATS, {})))
+
+    async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0) -> bool:
+        return (await self.put_many([key], [value], ttl_seconds=ttl_seconds))[0]
+
+    async def put_many(self, keys: Sequence[str], values: Sequence[Any], *,
+                       ttl_seconds: float = 0.0) -> list[bool]:
+        return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds))
+
+    async def get(self, key: str) -> bytes | None:
+        r = (await self._call(lambda c: _ops.get_many_into(c, [key], None)))[0]
+        return None if r is None else bytes(r)
+
+    async def get_into(self, key: str, buf: Any) -> int | None:
+        return (await self.get_many_into([key], [buf]))[0]
+
+    async def get_many_into(self, keys: Sequence[str], bufs: Sequence[Any]) -> list[int | None]:
+        return await self._call(lambda c: _ops.get_many_into(c, keys, bufs))
+
+    async def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        return await self._call(lambda c: _ops.keyed(c, FrameType.EXISTS_BATCH, "exists", keys))
+
+    async def delete_many(self, keys: Sequence[str]) -> int:
+        return await self._call(lambda c: _ops.keyed(c, FrameType.DELETE_BATCH, "deleted", keys))
+
+    async def prefetch(self, keys: Sequence[str]) -> int:
+        return await self._call(lambda c: _ops.keyed(c, FrameType.PREFETCH, "staged", keys))
+
+    async def lookup(self, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
+        return await self._call(lambda c: _ops.lookup(c, keys, lease_seconds))

@@ -1,0 +1,201 @@
+"""Blocking client for the kvstore bulk port, with a connection pool and bounded retries.
+
+::
+
+    from kvstore_client import Client
+    with Client("127.0.0.1", 8701, namespace="llama-3-8b", create=True) as c:
+        c.put("k1", b"...")
+        buf = bytearray(2 << 20)
+        n = c.get_into("k1", buf)
+
+Payloads of GET land straight in the caller's buffer (``socket.recv_into`` on slices of it);
+PUT sends the caller's buffers with ``sendmsg`` (no joined copy). Every block's xxh3-64 travels
+with it: the server verifies on PUT, the client verifies on GET.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kvstore import limits
+from kvstore.errors import KVStoreError
+from kvstore.protocol.frames import FrameType
+from kvstore_client import _ops
+from kvstore_client._core import RECV, SEND, Core, Op
+
+# sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
+_IOV_MAX = 1024
+
+
+def drive(sock: socket.socket, op: Op) -> Any:
+    """Run a protocol generator on a blocking socket."""
+    try:
+        req = next(op)
+        while True:
+            kind, arg = req
+            if kind == RECV:
+                res: Any = sock.recv_into(arg)
+            elif kind == SEND:
+                _sendmsg_all(sock, arg)
+                res = None
+            else:
+                raise AssertionError(kind)
+            req = op.send(res)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _sendmsg_all(sock: socket.socket, bufs: list[Any]) -> None:
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    while views:
+        n = sock.sendmsg(views[:_IOV_MAX])
+        while n and views:
+            if n >= len(views[0]):
+                n -= len(views[0])
+                views.pop(0)
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+class SyncConnection:
+    """One authenticated TCP connection."""
+
+    def __init__(self, host: str, port: int, access_key: str, secret_key: str, namespace: str,
+                 *, create: bool = False, timeout: float = 30.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.core = Core()
+        try:
+            drive(self.sock, self.core.handshake(access_key, secret_key, namespace, create))
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def run(self, op: Op) -> Any:
+        return drive(self.sock, op)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, KVStoreError):
+        return exc.retryable
+    return isinstance(exc, (ConnectionError, TimeoutError, socket.timeout))
+
+
+class Client:
+    """Thread-safe: each call borrows a pooled connection."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
+                 access_key: str = "dev", secret_key: str = "", create: bool = False,
+                 timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
+                 backoff_seconds: float = 0.05) -> None:
+        self.host, self.port, self.namespace = host, port, namespace
+        self._creds = (access_key, secret_key)
+        self._create = create
+        self.timeout = timeout
+        self.pool_size = max(1, min(pool_size, limits.connections_max))
+        self.retries = max(0, min(retries, 10))
+        self.backoff_seconds = backoff_seconds
+        self._idle: list[SyncConnection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- pool and retries ----------------------------------------------------------------
+    def _connect(self) -> SyncConnection:
+        return SyncConnection(self.host, self.port, *self._creds, self.namespace,
+                              create=self._create, timeout=self.timeout)
+
+    def _call(self, make: Callable[[Core], Op]) -> Any:
+        attempt = 0
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            try:
+                if conn is None:
+                    conn = self._connect()
+                result = conn.run(make(conn.core))
+            except BaseException as exc:
+                if conn is not None and not conn.core.usable:  # mid-stream: state unknown
+                    conn.close()
+                    conn = None
+                self._give_back(conn)
+                if not is_retryable(exc) or attempt >= self.retries:
+                    raise
+                attempt += 1
+                time.sleep(self.backoff_seconds * (2 ** (attempt - 1)))
+                continue
+            self._give_back(conn)
+            return result
+
+    def _give_back(self, conn: SyncConnection | None) -> None:
+        if conn is None:
+            return
+        with self._lock:
+            if not self._closed and conn.core.usable and len(self._idle) < self.pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for c in idle:
+            c.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- API -----------------------------------------------------------------------------
+    def ping(self) -> float:
+        t0 = time.perf_counter()
+        self._call(lambda c: c.simple(FrameType.PING, {}))
+        return time.perf_counter() - t0
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call(lambda c: c.simple(FrameType.STATS, {})))
+
+    def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0) -> bool:
+        return self.put_many([key], [value], ttl_seconds=ttl_seconds)[0]
+
+    def put_many(self, keys: Sequence[str], values: Sequence[Any], *,
+                 ttl_seconds: float = 0.0) -> list[bool]:
+        """Store blocks; result[i] is True when keys[i] was new (False: it already existed)."""
+        return self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds))
+
+    def get(self, key: str) -> bytes | None:
+        r = self._call(lambda c: _ops.get_many_into(c, [key], None))[0]
+        return None if r is None else bytes(r)
+
+    def get_into(self, key: str, buf: Any) -> int | None:
+        return self.get_many_into([key], [buf])[0]
+
+    def get_many_into(self, keys: Sequence[str], bufs: Sequence[Any]) -> list[int | None]:
+        """Receive keys[i] straight into bufs[i] (bytearray, numpy array, ``tensor.numpy()``,
+        mmap...); result[i] is the block's length or None on a miss."""
+        return self._call(lambda c: _ops.get_many_into(c, keys, bufs))
+
+    def exists_many(self, keys: Sequence[str]) -> list[bool]:
+        return self._call(lambda c: _ops.keyed(c, FrameType.EXISTS_BATCH, "exists", keys))
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        return self._call(lambda c: _ops.keyed(c, FrameType.DELETE_BATCH, "deleted", keys))
+
+    def prefetch(self, keys: Sequence[str]) -> int:
+        """Stage blocks in the server's DRAM tier; returns how many are staged."""
+        return self._call(lambda c: _ops.keyed(c, FrameType.PREFETCH, "staged", keys))
+
+    def lookup(self, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
+        """Length of the longest present prefix of the chain ``keys`` (one round trip); with a
+        lease, the found blocks stay pinned until read or ``lease_seconds`` pass."""
+        return self._call(lambda c: _ops.lookup(c, keys, lease_seconds))
