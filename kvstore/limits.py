@@ -156,3 +156,7 @@ multipart_staged_bytes_max = 2 * GiB
 
 # An upload untouched this long is dropped (its parts freed) when room is needed.
 multipart_idle_seconds_max = 3600.0
+
+# One device write of a batched put: packs many small records into one I/O (a 4 KiB O_DIRECT
+# write costs about as much as a 1 MiB one here) without holding huge buffers.
+write_chunk_bytes_max = 8 * MiB

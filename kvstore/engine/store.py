@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -43,6 +43,18 @@ PAGE = fmt.PAGE
 STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
               "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors")
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A validated put, ready to be written."""
+
+    ns: str
+    key: str
+    ns_id: int
+    digest: bytes
+    hdr: fmt.RecordHeader
+    data: memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,8 +192,9 @@ class Engine:
                 self.counters["expired_blocks"] += 1
 
     # ------------------------------------------------------------------ writes
-    def put(self, ns: str, key: str, data: object, *, checksum: int | None = None,
-            ttl_seconds: float = 0.0, meta: bytes = b"", overwrite: bool = False) -> PutResult:
+    def _prepare(self, ns: str, key: str, data: object, checksum: int | None,
+                 ttl_seconds: float, meta: bytes) -> _Prepared:
+        """Validate one put and compute its checksum (outside all locks)."""
         mv = memoryview(data).cast("B")  # type: ignore[arg-type]
         n = len(mv)
         with self._lock:
@@ -197,63 +210,51 @@ class Engine:
         csum = fmt.checksum(mv)
         if checksum is not None and checksum != csum:
             raise ChecksumMismatch("payload does not match its checksum")
-        nsb = ns.encode()
-        hdr_len = fmt.header_len_for(nsb, kb, meta)
-        span = fmt.record_span(hdr_len, n)
-        if span + PAGE > self.config.segment_bytes:
-            raise EntityTooLarge("block does not fit in one segment")
         now = time.time()
-        expires = now + ttl_seconds if ttl_seconds else 0.0
-        with self._lock:
-            e = self._live(digest, now)
-            if e is not None and (not overwrite or (e.length == n and e.csum == csum)):
-                self.counters["puts_existing"] += 1
-                return PutResult(False, BlockMeta(ns, key, e.length, e.csum, 0, 0.0, e.exp, b""))
-        buf = self.pool.acquire(span)
-        try:
-            hdr = fmt.RecordHeader(nsb, kb, n, csum, 0, now, expires, meta)
-            po = hdr.payload_offset
-            buf.view[po : po + n] = mv
-            tail = min(span, fmt.align_up(po + n))
-            buf.view[po + n : tail] = bytes(tail - po - n)
-            keep = bytes(mv) if self.config.dram_on_put and n <= self.dram.capacity_bytes else None
-            with self._wlock:
-                with self._lock:
-                    e = self._live(digest, now)
-                    if e is not None and (not overwrite or (e.length == n and e.csum == csum)):
-                        self.counters["puts_existing"] += 1
-                        return PutResult(False, BlockMeta(ns, key, e.length, e.csum, 0, 0.0,
-                                                          e.exp, b""))
-                hdr = self._append(buf, hdr, span, digest, ns_id, keep)
-        finally:
-            self.pool.release(buf)
-        self.counters["puts"] += 1
-        self.counters["bytes_written"] += n
-        return PutResult(True, BlockMeta(ns, key, n, csum, hdr.seq, now, expires, meta))
+        hdr = fmt.RecordHeader(ns.encode(), kb, n, csum, 0, now,
+                               now + ttl_seconds if ttl_seconds else 0.0, meta)
+        if hdr.span + PAGE > self.config.segment_bytes:
+            raise EntityTooLarge("block does not fit in one segment")
+        return _Prepared(ns, key, ns_id, digest, hdr, mv)
 
-    def _append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
-                ns_id: int, keep: bytes | None) -> fmt.RecordHeader:
-        """Write one record (payload already in ``buf``) and index it. Caller holds _wlock."""
-        seg = self._room_for(span)
-        off = seg.end
-        with self._lock:
-            seq = self.next_seq
-            self.next_seq += 1
-        hdr = fmt.RecordHeader(hdr.namespace, hdr.key, hdr.payload_len, hdr.checksum, seq,
-                               hdr.created, hdr.expires, hdr.meta, hdr.flags)
-        hdr.encode_into(buf.view)
-        self.device.write(seg.handle, off, buf.view[:span])
-        if self.config.sync_on_put:
-            self.device.sync(seg.handle)
-        seg.end += span
+    def _existing(self, p: _Prepared, overwrite: bool) -> PutResult | None:
+        """The answer for a put that must not write (key present). Caller holds _lock."""
+        e = self._live(p.digest, time.time())
+        if e is None or (overwrite and (e.length != p.hdr.payload_len or e.csum != p.hdr.checksum)):
+            return None
+        self.counters["puts_existing"] += 1
+        return PutResult(False, BlockMeta(p.ns, p.key, e.length, e.csum, 0, 0.0, e.exp, b""))
+
+    def put(self, ns: str, key: str, data: object, *, checksum: int | None = None,
+            ttl_seconds: float = 0.0, meta: bytes = b"", overwrite: bool = False) -> PutResult:
+        return self.put_many(ns, [(key, data)], checksums=None if checksum is None else [checksum],
+                             ttl_seconds=ttl_seconds, metas=[meta], overwrite=overwrite)[0]
+
+    def put_many(self, ns: str, items: Sequence[tuple[str, object]], *,
+                 checksums: Sequence[int | None] | None = None, ttl_seconds: float = 0.0,
+                 metas: Sequence[bytes] | None = None, overwrite: bool = False) -> list[PutResult]:
+        """Put a batch; records are written contiguously, several per device write.
+
+        Validation errors raise before anything is written. Results are in input order.
+        """
+        _check_batch(items)
+        preps = [self._prepare(ns, k, d, checksums[i] if checksums else None, ttl_seconds,
+                               metas[i] if metas else b"") for i, (k, d) in enumerate(items)]
+        from kvstore.engine.batch import write_batch
+
+        return write_batch(self, preps, overwrite)
+
+    def _index_record(self, seg: Segment, off: int, hdr: fmt.RecordHeader, digest: bytes,
+                      ns_id: int, keep: bytes | None) -> None:
+        """Account for a record just written at ``off``. Caller holds _wlock, not _lock."""
         seg.records += 1
         assert seg.builder is not None
         seg.builder.add(digest, hdr.namespace, hdr.key, off // PAGE, hdr.payload_len,
-                        hdr.checksum, seq, hdr.created, hdr.expires, hdr.flags)
+                        hdr.checksum, hdr.seq, hdr.created, hdr.expires, hdr.flags)
         with self._lock:
             if hdr.tombstone:
                 self._drop(digest)
-                return hdr
+                return
             old = self.index.insert(digest, Entry(seg.id, off // PAGE, hdr.payload_len,
                                                   hdr.checksum, math.ceil(hdr.expires), ns_id))
             if old is not None:
@@ -262,6 +263,25 @@ class Engine:
             self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
             if keep is not None:
                 self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
+
+    def _next_seqs(self, n: int) -> int:
+        with self._lock:
+            first = self.next_seq
+            self.next_seq += n
+            return first
+
+    def _append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
+                ns_id: int, keep: bytes | None) -> fmt.RecordHeader:
+        """Write one record (payload already in ``buf``) and index it. Caller holds _wlock."""
+        seg = self._room_for(span)
+        off = seg.end
+        hdr = replace(hdr, seq=self._next_seqs(1))
+        hdr.encode_into(buf.view)
+        self.device.write(seg.handle, off, buf.view[:span])
+        if self.config.sync_on_put:
+            self.device.sync(seg.handle)
+        seg.end += span
+        self._index_record(seg, off, hdr, digest, ns_id, keep)
         return hdr
 
     @staticmethod
