@@ -179,8 +179,12 @@ class Server:
         bulk_port = 0
         start_bulk = _load_bulk_starter()
         if start_bulk is not None:
-            bulk = await _maybe_await(start_bulk(state.engine, state.runner, state.tenants,
-                                                 cfg.host, cfg.bulk_port, metrics=metrics))
+            try:
+                bulk = await _maybe_await(start_bulk(state.engine, state.runner, state.tenants,
+                                                     cfg.host, cfg.bulk_port, metrics=metrics))
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
+                                   f"{exc.strerror or exc}") from None
             bulk_port = _bound_port(bulk, cfg.bulk_port)
         app = create_app(state, self.health)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
@@ -192,17 +196,20 @@ class Server:
         while not self._http.started and not task.done():
             await asyncio.sleep(0.01)
         if task.done():
-            await _maybe_await(self._close_bulk(bulk))
+            await self._close_bulk(bulk, 1.0)
             exc = task.exception()
             raise StartupError(f"HTTP server failed to start: {exc!r}")
         self._announce(http_sock, bulk_port, state)
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
+        crashed = task.done() and not self._stop.is_set()
+        if crashed:
+            log.error("HTTP server stopped unexpectedly: %r", task.exception())
         deadline = asyncio.get_running_loop().time() + cfg.shutdown_seconds - 1.0
         self.health.set_draining()
         self._http.should_exit = True
-        closing_bulk = asyncio.create_task(self._close_bulk(bulk))
+        closing_bulk = asyncio.create_task(self._close_bulk(bulk, drain_s))
         for waiting in (task, closing_bulk):
             left = max(0.1, deadline - asyncio.get_running_loop().time())
             try:
@@ -212,17 +219,12 @@ class Server:
                 self._http.force_exit = True
             except Exception:  # noqa: BLE001 - keep shutting down
                 log.exception("error while draining")
-        return 0
+        return 1 if crashed else 0
 
-    async def _close_bulk(self, bulk: Any) -> None:
-        if bulk is None:
-            return
-        close = getattr(bulk, "close", None)
-        if close is not None:
-            await _maybe_await(close())
-        wait_closed = getattr(bulk, "wait_closed", None)
-        if wait_closed is not None:
-            await _maybe_await(wait_closed())
+    async def _close_bulk(self, bulk: Any, timeout: float) -> None:
+        """Stop accepting bulk connections and drain them (``BulkServer.close``)."""
+        if bulk is not None:
+            await _maybe_await(bulk.close(timeout=timeout))
 
     async def _close(self, engine: Engine | None, runner: EngineRunner | None,
                      device: Any) -> None:
