@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("kvstore.api.s3")
 
+# An error answer swallows an unread request body up to this size to keep the connection;
+# past it the connection is closed instead (reading 64 MiB only to refuse it is a waste).
+_DRAIN_BYTES_MAX = 1 << 20
+
 Handler = Callable[["S3App", Request, "Call", Send], Awaitable[tuple[int, int]]]
 
 # Sub-resources this store does not implement: 501 NotImplemented, never a 500 or a wrong answer.
@@ -96,6 +100,13 @@ class S3App:
 
     async def _error(self, req: Request, send: Send, exc: Exception, op: str) -> None:
         status, headers, body = s3_error_response(exc, req.resource, req.request_id)
+        if not req.body_done:  # leftover body bytes must not be parsed as the next request
+            try:
+                ok = await req.drain(limit=_DRAIN_BYTES_MAX)
+            except Exception:  # noqa: BLE001 - a broken body only means: close
+                ok = False
+            if not ok:
+                headers.append((b"connection", b"close"))
         if self.metrics is not None:
             self.metrics.error(op, classify(exc)[1] if status != 500 else "InternalError")
         try:

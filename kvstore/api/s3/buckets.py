@@ -45,7 +45,7 @@ async def create_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
     if any(h.startswith("x-amz-object-lock") or h == "x-amz-bucket-object-lock-enabled"
            for h in req.headers):
         raise S3Error("NotImplemented", "object lock is not supported")
-    await req.drain(limit=64 * 1024)
+    await req.discard_body()
     try:
         s3.engine.create_namespace(name, owner=call.tenant.name)
     except AlreadyExists:

@@ -41,7 +41,7 @@ class Request:
     """What a handler needs from one ASGI HTTP scope."""
 
     __slots__ = ("method", "raw_path", "path", "query_pairs", "query", "headers", "bucket",
-                 "key", "receive", "request_id", "client")
+                 "key", "receive", "request_id", "client", "body_done")
 
     def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
         self.method: str = scope["method"]
@@ -62,6 +62,8 @@ class Request:
         self.receive = receive
         self.request_id = request_id
         self.client = scope.get("client")
+        self.body_done = self.method in ("GET", "HEAD", "DELETE", "OPTIONS") and \
+            "content-length" not in self.headers and "transfer-encoding" not in self.headers
 
     @property
     def resource(self) -> str:
@@ -95,6 +97,7 @@ class Request:
                     out[pos:pos + n] = chunk
                     pos += n
             if not msg.get("more_body", False):
+                self.body_done = True
                 break
         if feed is None and pos != size:
             raise S3Error("IncompleteBody",
@@ -120,17 +123,27 @@ class Request:
             if len(parts) > limit:
                 raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
             if not msg.get("more_body", False):
+                self.body_done = True
                 return bytes(parts)
 
-    async def drain(self, limit: int = 64 * limits.KiB) -> None:
-        """Swallow a small unread body so the connection can be reused."""
+    async def drain(self, limit: int = 64 * limits.KiB) -> bool:
+        """Swallow a small unread body so the connection can be reused. False when the body
+        is too large (or of unknown length) to swallow: then the connection must close."""
+        if self.body_done:
+            return True
         n = self.content_length()
-        if n is None or n == 0 or n > limit:
-            return
+        if n is None or n > limit:
+            return False
         while True:
             msg = await self.receive()
             if msg["type"] == "http.disconnect" or not msg.get("more_body", False):
-                return
+                self.body_done = True
+                return True
+
+    async def discard_body(self, limit: int = 64 * limits.KiB) -> None:
+        """Drop a body this request does not use; refuse one too large to drop."""
+        if not await self.drain(limit):
+            raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
 
 
 async def respond(send: Send, status: int, headers: Headers, body: bytes | memoryview = b"",

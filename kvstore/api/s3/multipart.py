@@ -131,7 +131,7 @@ def _part_number(req: Request) -> int:
 
 async def create(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     objects.check_unsupported(req)
-    await req.drain()
+    await req.discard_body()
     u = s3.uploads.create(req.bucket, req.key, call.tenant.name,
                           checksums.object_headers(req.headers),
                           checksums.user_metadata(req.headers))
@@ -170,7 +170,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
 
     src_bucket, src_key = objects.parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
-    await req.drain()
+    await req.discard_body()
     rng = req.headers.get("x-amz-copy-source-range")
     conds = objects.copy_conditions(req.headers)
 

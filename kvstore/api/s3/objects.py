@@ -285,7 +285,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
         raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
                       "copy an object to itself without changing the object's metadata.")
-    await req.drain()
+    await req.discard_body()
     conds = copy_conditions(req.headers)
     replace_hdrs = checksums.object_headers(req.headers)
     replace_um = checksums.user_metadata(req.headers)
