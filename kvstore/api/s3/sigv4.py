@@ -29,6 +29,8 @@ STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 STREAMING_MODES = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _AMZ_DATE_FMT = "%Y%m%dT%H%M%SZ"
+_V2_REFUSED = ("The authorization mechanism you have provided is not supported. Please use "
+               "AWS4-HMAC-SHA256 (boto3: Config(signature_version='s3v4')).")
 
 
 @dataclass(frozen=True)
@@ -193,20 +195,22 @@ def authenticate(
 ) -> tuple[Tenant, SigningContext | None]:
     """Who sent this request, or AccessDenied / SignatureDoesNotMatch / RequestTimeTooSkewed.
 
-    In development mode any signature (or none) is accepted and the context is None."""
+    In development mode any signature (or none) is accepted, every caller is the development
+    tenant, and the context is None (chunk signatures are not checked either)."""
     query = dict(query_pairs)
     auth_header = headers.get("authorization")
+    if tenants.dev:  # development mode: any signature, or none, is accepted
+        return tenants.by_access_key(""), None
     if auth_header is not None:
-        amz_date = headers.get("x-amz-date", "")
-        params = parse_authorization(auth_header, amz_date)
+        if auth_header.startswith("AWS "):
+            raise S3Error("InvalidRequest", _V2_REFUSED)
+        params = parse_authorization(auth_header, headers.get("x-amz-date", ""))
     elif "X-Amz-Signature" in query or "X-Amz-Credential" in query:
         params = parse_presigned(query)
-    elif tenants.dev:
-        return tenants.by_access_key(""), None
+    elif "AWSAccessKeyId" in query and "Signature" in query:
+        raise S3Error("InvalidRequest", _V2_REFUSED)
     else:
         raise AccessDenied("Anonymous access is not allowed")
-    if tenants.dev:
-        return tenants.by_access_key(params.access_key), None
     try:
         tenant = tenants.by_access_key(params.access_key)
     except AccessDenied:

@@ -1,0 +1,121 @@
+"""Bucket operations and listings through boto3 against a live server."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.api.conftest import LiveServer, boto_client
+
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
+
+@pytest.fixture(scope="module")
+def s3(module_server: Callable[..., LiveServer]) -> Any:
+    return boto_client(module_server().url)
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
+def test_bucket_lifecycle(s3: Any) -> None:
+    s3.create_bucket(Bucket="life-b")
+    assert "life-b" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.head_bucket(Bucket="life-b")
+    with pytest.raises(ClientError) as ei:
+        s3.create_bucket(Bucket="life-b")
+    assert _code(ei.value) == "BucketAlreadyOwnedByYou"
+    s3.put_object(Bucket="life-b", Key="k", Body=b"v")
+    with pytest.raises(ClientError) as ei:
+        s3.delete_bucket(Bucket="life-b")
+    assert _code(ei.value) == "BucketNotEmpty"
+    s3.delete_object(Bucket="life-b", Key="k")
+    s3.delete_bucket(Bucket="life-b")
+    with pytest.raises(ClientError) as ei:
+        s3.head_bucket(Bucket="life-b")
+    assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+    with pytest.raises(ClientError) as ei:
+        s3.delete_bucket(Bucket="life-b")
+    assert _code(ei.value) == "NoSuchBucket"
+
+
+def test_invalid_bucket_name(s3: Any) -> None:
+    with pytest.raises(ClientError) as ei:
+        s3.create_bucket(Bucket="Bad_Name")
+    assert _code(ei.value) == "InvalidBucketName"
+
+
+def test_bucket_location_and_versioning(s3: Any) -> None:
+    s3.create_bucket(Bucket="loc-b")
+    assert s3.get_bucket_location(Bucket="loc-b")["LocationConstraint"] is None
+    assert "Status" not in s3.get_bucket_versioning(Bucket="loc-b")
+
+
+def test_list_objects_v2_prefix_delimiter_pages(s3: Any) -> None:
+    s3.create_bucket(Bucket="list-b")
+    keys = [f"logs/2024/{i:02d}" for i in range(7)] + ["logs/readme", "top1", "top2",
+                                                        "x/y/z", "x/w"]
+    for k in keys:
+        s3.put_object(Bucket="list-b", Key=k, Body=k.encode())
+    r = s3.list_objects_v2(Bucket="list-b", Delimiter="/")
+    assert [c["Prefix"] for c in r["CommonPrefixes"]] == ["logs/", "x/"]
+    assert [o["Key"] for o in r["Contents"]] == ["top1", "top2"]
+    assert r["KeyCount"] == 4 and not r["IsTruncated"]
+    r = s3.list_objects_v2(Bucket="list-b", Prefix="logs/", Delimiter="/")
+    assert [c["Prefix"] for c in r["CommonPrefixes"]] == ["logs/2024/"]
+    assert [o["Key"] for o in r["Contents"]] == ["logs/readme"]
+    got, token, pages = [], None, 0
+    while True:
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_objects_v2(Bucket="list-b", MaxKeys=3, **kw)
+        got += [o["Key"] for o in r["Contents"]]
+        pages += 1
+        assert r["KeyCount"] <= 3
+        if not r["IsTruncated"]:
+            break
+        token = r["NextContinuationToken"]
+    assert got == sorted(keys) and pages == 4
+    r = s3.list_objects_v2(Bucket="list-b", StartAfter="top1")
+    assert [o["Key"] for o in r["Contents"]] == ["top2", "x/w", "x/y/z"]
+    o = s3.list_objects_v2(Bucket="list-b", Prefix="top1")["Contents"][0]
+    assert o["Size"] == 4 and o["ETag"].startswith('"') and o["LastModified"]
+    paginator = s3.get_paginator("list_objects_v2")
+    assert sum(p["KeyCount"] for p in paginator.paginate(Bucket="list-b",
+                                                         PaginationConfig={"PageSize": 2})) == 12
+
+
+def test_list_objects_v1_and_versions(s3: Any) -> None:
+    s3.create_bucket(Bucket="v1-b")
+    for k in ["a/1", "a/2", "b", "c"]:
+        s3.put_object(Bucket="v1-b", Key=k, Body=b"1")
+    pages = list(s3.get_paginator("list_objects").paginate(
+        Bucket="v1-b", Delimiter="/", PaginationConfig={"PageSize": 1}))
+    keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
+    prefixes = [c["Prefix"] for p in pages for c in p.get("CommonPrefixes", [])]
+    assert keys == ["b", "c"] and prefixes == ["a/"]
+    r = s3.list_object_versions(Bucket="v1-b")
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in r["Versions"]] == [
+        ("a/1", "null", True), ("a/2", "null", True), ("b", "null", True), ("c", "null", True)]
+    pages = list(s3.get_paginator("list_object_versions").paginate(
+        Bucket="v1-b", PaginationConfig={"PageSize": 3}))
+    assert sum(len(p.get("Versions", [])) for p in pages) == 4
+
+
+def test_bucket_subresources_not_implemented(s3: Any) -> None:
+    s3.create_bucket(Bucket="ni-b")
+    for call in (lambda: s3.get_bucket_acl(Bucket="ni-b"),
+                 lambda: s3.get_bucket_policy(Bucket="ni-b"),
+                 lambda: s3.get_bucket_lifecycle_configuration(Bucket="ni-b"),
+                 lambda: s3.put_bucket_versioning(
+                     Bucket="ni-b", VersioningConfiguration={"Status": "Enabled"}),
+                 lambda: s3.put_bucket_tagging(
+                     Bucket="ni-b", Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})):
+        with pytest.raises(ClientError) as ei:
+            call()
+        assert _code(ei.value) == "NotImplemented"
+        assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
