@@ -60,7 +60,12 @@ class AlignedBuffer:
 
     def close(self) -> None:
         self.view.release()
-        self._map.close()
+        try:
+            self._map.close()
+        except BufferError:
+            # A slice of the view is still alive (e.g. in the traceback of a logged
+            # CorruptRecord); the mapping goes when the last view does. Closing must not fail.
+            pass
 
 
 class BufferPool:
