@@ -62,7 +62,9 @@ async def read_payload(req: Request, call: Call) -> tuple[bytearray, dict[str, s
     if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
             "content-encoding", ""):
         if payload_hash not in sigv4.STREAMING_MODES:
-            payload_hash = sigv4.STREAMING_UNSIGNED_TRAILER
+            raise S3Error("InvalidRequest", "aws-chunked bodies need x-amz-content-sha256 "
+                          "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] or "
+                          "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
         declared = req.headers.get("x-amz-decoded-content-length")
         if declared is None or not declared.isdigit():
             raise S3Error("MissingContentLength",
