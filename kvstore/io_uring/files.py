@@ -234,7 +234,7 @@ class FileDevice(Device):
         """Account one completion for ``t``. True when the op is finished, False to resubmit
         the remainder (``t.done`` advanced)."""
         if res < 0:
-            results[t.index] = res if t.done == 0 or t.write else t.done
+            results[t.index] = res  # even after partial progress: the op failed
             return True
         t.done += res
         t.rounds += 1
