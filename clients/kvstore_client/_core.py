@@ -96,6 +96,8 @@ class Core:
 
     def payload_into(self, target: memoryview | None) -> Op:
         """Receive the current frame's payload into ``target`` (None: discard it)."""
+        if not self.dec.in_payload:  # an empty payload has no PayloadEnd
+            return
         if target is None:
             self.dec.skip_payload()
         elif len(target):

@@ -102,8 +102,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment] - uvloop's is not a subclass
         self._write_ok = asyncio.Event()
         self._write_ok.set()
         transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes,
@@ -241,6 +240,8 @@ class BulkProtocol(asyncio.BufferedProtocol):
         views = [b.view[:n] for b, n in zip(bufs, batch.lengths, strict=True) if n]
         if views:
             self.dec.set_payload_targets(*views)
+        else:  # all blocks empty: no payload, so no PayloadEnd will come
+            self._on_payload_end()
 
     def _on_payload_end(self) -> None:
         put, self._put = self._put, None
