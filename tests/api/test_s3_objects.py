@@ -207,3 +207,15 @@ def test_engine_holds_what_s3_wrote(srv: LiveServer, s3: Any) -> None:
     s3.put_object(Bucket=BUCKET, Key="engine-view", Body=b"abc")
     assert srv.state.engine.get(BUCKET, "engine-view") == b"abc"
     assert srv.state.engine.check() == []
+
+
+def test_metrics_count_s3_operations(srv: LiveServer, s3: Any) -> None:
+    assert srv.state.metrics is not None  # create_app wires Metrics into the state
+    s3.put_object(Bucket=BUCKET, Key="metered", Body=b"m" * 100)
+    s3.get_object(Bucket=BUCKET, Key="metered")["Body"].read()
+    with pytest.raises(ClientError):
+        s3.get_object(Bucket=BUCKET, Key="not-metered")
+    text = srv.state.metrics.render().decode()
+    assert 'kvstore_ops_total{op="put",tier="-"}' in text
+    assert 'kvstore_ops_total{op="get",tier="dram"}' in text
+    assert 'kvstore_ops_total{op="get",tier="miss"}' in text

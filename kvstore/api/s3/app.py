@@ -96,7 +96,7 @@ class S3App:
             await self._error(req, send, exc, op)
             return
         if self.metrics is not None:
-            self.metrics.observe(op, "-", nbytes, time.perf_counter() - t0)
+            self.metrics.observe(op, req.tier, nbytes, time.perf_counter() - t0)
 
     async def _error(self, req: Request, send: Send, exc: Exception, op: str) -> None:
         status, headers, body = s3_error_response(exc, req.resource, req.request_id)
@@ -108,7 +108,11 @@ class S3App:
             if not ok:
                 headers.append((b"connection", b"close"))
         if self.metrics is not None:
-            self.metrics.error(op, classify(exc)[1] if status != 500 else "InternalError")
+            name = classify(exc)[1] if status != 500 else "InternalError"
+            if op == "get" and name == "NoSuchKey":
+                self.metrics.observe(op, "miss", 0, 0.0)
+            else:
+                self.metrics.error(op, name)
         try:
             if req.method == "HEAD":
                 await respond(send, status, headers, b"", content_length=0)

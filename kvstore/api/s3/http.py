@@ -41,7 +41,7 @@ class Request:
     """What a handler needs from one ASGI HTTP scope."""
 
     __slots__ = ("method", "raw_path", "path", "query_pairs", "query", "headers", "bucket",
-                 "key", "receive", "request_id", "client", "body_done")
+                 "key", "receive", "request_id", "client", "body_done", "tier")
 
     def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
         self.method: str = scope["method"]
@@ -62,6 +62,7 @@ class Request:
         self.receive = receive
         self.request_id = request_id
         self.client = scope.get("client")
+        self.tier = "-"  # metrics label: "dram" / "flash" once a GET knows where it read from
         self.body_done = self.method in ("GET", "HEAD", "DELETE", "OPTIONS") and \
             "content-length" not in self.headers and "transfer-encoding" not in self.headers
 

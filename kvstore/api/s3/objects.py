@@ -182,22 +182,23 @@ def _check_version(req: Request) -> None:
         raise S3Error("NotImplemented", "GET/HEAD by partNumber is not supported")
 
 
-def _payload_out(payload: memoryview, r: tuple[int, int] | None) -> bytes | memoryview:
+def _payload_out(payload: memoryview,
+                 r: tuple[int, int] | None) -> tuple[bytes | memoryview, str]:
     """The bytes to send, valid after the engine's view is released. A DRAM-tier block is an
     immutable ``bytes`` object: it is sent as is (zero copy), and a reference keeps it alive
     even if the tier evicts it meanwhile. Anything else (a flash read into a pooled buffer) is
-    copied once."""
+    copied once. The second item is the tier label for metrics."""
     obj = payload.obj
     if isinstance(obj, bytes) and len(obj) == len(payload):
-        return obj if r is None else memoryview(obj)[r[0]:r[1]]
-    return bytes(payload) if r is None else bytes(payload[r[0]:r[1]])
+        return (obj if r is None else memoryview(obj)[r[0]:r[1]]), "dram"
+    return (bytes(payload) if r is None else bytes(payload[r[0]:r[1]])), "flash"
 
 
 async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
 
-    def work() -> tuple[BlockMeta, bytes | memoryview, tuple[int, int] | None]:
+    def work() -> tuple[BlockMeta, tuple[bytes | memoryview, str], tuple[int, int] | None]:
         with s3.engine.read(bucket, key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
@@ -207,7 +208,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
             r = parse_range(rng, meta.length)
             return meta, _payload_out(view.payload, r), r
 
-    meta, body, r = await s3.runner.call(work)
+    meta, (body, req.tier), r = await s3.runner.call(work)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
