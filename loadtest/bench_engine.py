@@ -7,7 +7,8 @@ For each queue depth (default 1, 8, 32) and trial, in this order on the same fil
 fio (ioengine=io_uring, direct=1, bs=2M, sequential write then read of --size), the bare
 UringDevice (one batch of all ops, ``depth`` kept in flight), PosixDevice from ``depth`` threads,
 and the engine (DRAM tier off, so every get reads flash) doing 2 MiB puts then gets from
-``depth`` threads. Medians over trials; ratio = engine / fio. Then the index: --blocks puts of
+``depth`` threads, then (where the engine has ``put_many``) batched puts of ``depth`` blocks a
+call from one thread. Medians over trials; ratio = engine / fio. Then the index: --blocks puts of
 1-byte payloads, index bytes per block (the index's own accounting and the RSS delta), and the
 time ``Engine.open`` takes to reopen that store. Results go to loadtest/results/engine-*.md|json.
 """
@@ -154,7 +155,7 @@ def engine_config(cfg_cls: type, data_dir: Path, payload_bytes: int) -> object:
 def engine_pass(api: tuple[type, type], data_dir: Path, depth: int, size: int) -> dict[str, float]:
     Engine, Cfg = api
     shutil.rmtree(data_dir, ignore_errors=True)
-    eng = Engine.open(engine_config(Cfg, data_dir, size), UringDevice())
+    eng = Engine.open(engine_config(Cfg, data_dir, 2 * size), UringDevice())
     eng.create_namespace("bench")
     n = size // BS
     payload = os.urandom(4096) * (BS // 4096)
@@ -175,6 +176,16 @@ def engine_pass(api: tuple[type, type], data_dir: Path, depth: int, size: int) -
         dt = threaded(depth, fn)
         out[name] = size / dt
         out[f"{name}_cpu_cores"] = (time.process_time() - c0) / dt
+    if hasattr(eng, "put_many"):  # batched puts: ``depth`` records per call, one thread
+        keys = [f"b{i:08d}" for i in range(n)]
+        c0, t0 = time.process_time(), time.perf_counter()
+        for j in range(0, n, depth):
+            res = eng.put_many("bench", [(k, payload) for k in keys[j : j + depth]])
+            if not all(r.created for r in res):
+                raise RuntimeError("put_many did not create every block")
+        dt = time.perf_counter() - t0
+        out["batch_write"] = size / dt
+        out["batch_write_cpu_cores"] = (time.process_time() - c0) / dt
     hits_dram = eng.stats().get("hits_dram", 0)
     if hits_dram:
         print(f"warning: {hits_dram} gets hit DRAM although dram_bytes=0", file=sys.stderr)
@@ -302,7 +313,7 @@ def main() -> int:
             med = statistics.median(v)
             row[k] = round(med, 2) if "cpu" in k else gbps(med)
         for rw in ("write", "read"):
-            for name in ("uring_device", "posix_threads", "engine"):
+            for name in ("uring_device", "posix_threads", "engine", "engine_batch"):
                 if f"{name}_{rw}" in row:
                     row[f"ratio_{name}_{rw}"] = round(
                         float(row[f"{name}_{rw}"]) / float(row[f"fio_{rw}"]), 3)
