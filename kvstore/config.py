@@ -139,8 +139,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
     }
     for name, (flag, env, _kind) in _OPTIONS.items():
-        p.add_argument(flag, dest=name, default=None, help=f"{helps[name]} [env {env}]")
-    p.add_argument("--config", dest="config", default=None,
+        p.add_argument(flag, dest=name, default=None, metavar=flag[2:].upper().replace("-", "_"),
+                       help=f"{helps[name]} [env {env}]")
+    p.add_argument("--config", dest="config", default=None, metavar="FILE",
                    help="TOML config file with the same option names [env KVSTORE_CONFIG]")
 
 
