@@ -181,7 +181,11 @@ def receive_block(core: Core, f: Frame, target: Any | None, results: list[Any], 
         out = bytearray(b.length)
         view = memoryview(out)
     else:
-        view = as_bytes_view(target, writable=True)
+        try:
+            view = as_bytes_view(target, writable=True)
+        except InvalidArgument:
+            yield from core.payload_into(None)  # keep the stream in sync, then report
+            raise
         if b.length > len(view):
             yield from core.payload_into(None)
             raise InvalidArgument(f"block {b.key} has {b.length} bytes; buffer holds {len(view)}")

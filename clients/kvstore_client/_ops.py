@@ -66,6 +66,7 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
     ``bufs`` None, result[i] is a new bytearray (or None)."""
     if bufs is not None and len(bufs) != len(keys):
         raise InvalidArgument("one buffer per key")
+    views = None if bufs is None else [as_bytes_view(b, writable=True) for b in bufs]
     batches = _chunks(len(keys), max(1, min(batch_keys, limits.batch_keys_max)))
     reqs = [(FrameType.GET_BATCH, msg.keys_request([keys[i] for i in r]), (), 0)
             for r in batches]
@@ -78,7 +79,7 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
             if not isinstance(i, int) or not 0 <= i < len(r):
                 raise InvalidArgument("BLOCK index outside the request")
             j = r[i]
-            return receive_block(core, f, None if bufs is None else bufs[j], results, j)
+            return receive_block(core, f, None if views is None else views[j], results, j)
         return None
 
     err = yield from core.pipeline(reqs, on_frame)

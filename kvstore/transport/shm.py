@@ -97,21 +97,21 @@ def _region(p: BulkProtocol) -> Region:
 
 
 def _get_all(p: BulkProtocol, req: msg.KeysRequest) -> list[tuple[int, str, int, int]]:
-    """Engine thread: read each block straight into its slot; (index, key, length, checksum)."""
+    """Engine thread: copy each block from the engine's read buffer (DRAM entry or the aligned
+    flash buffer) straight into its slot; returns (index, key, length, checksum)."""
     region = _region(p)
     assert req.offsets is not None and req.capacities is not None
     slots = [region.slot(o, c) for o, c in zip(req.offsets, req.capacities, strict=True)]
     out = []
     for i, (key, slot) in enumerate(zip(req.keys, slots, strict=True)):
-        meta = p.engine.head(p.namespace, key)
-        if meta is None:
-            continue
-        if meta.length > len(slot):
-            raise InvalidArgument(f"block {key} has {meta.length} bytes; its slot holds "
-                                  f"{len(slot)}")
-        n = p.engine.get_into(p.namespace, key, slot)
-        if n is not None:
-            out.append((i, key, n, meta.checksum))
+        with p.engine.read(p.namespace, key) as bv:  # one read: payload and its checksum
+            if bv is None:
+                continue
+            n = bv.meta.length
+            if n > len(slot):
+                raise InvalidArgument(f"block {key} has {n} bytes; its slot holds {len(slot)}")
+            slot[:n] = bv.payload
+            out.append((i, key, n, bv.meta.checksum))
     return out
 
 
@@ -126,8 +126,9 @@ def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
     region = _region(p)
     assert batch.offsets is not None
     views = [region.slot(o, n) for o, n in zip(batch.offsets, batch.lengths, strict=True)]
-    return [p.engine.put(p.namespace, k, v, checksum=x, ttl_seconds=batch.ttl_seconds).created
-            for k, v, x in zip(batch.keys, views, batch.checksums, strict=True)]
+    res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
+                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds)
+    return [r.created for r in res]
 
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:

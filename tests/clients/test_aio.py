@@ -1,0 +1,44 @@
+"""AsyncClient against a live server (the server runs on its own loop thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import numpy as np
+import pytest
+from kvstore_client import AsyncClient
+
+from kvstore.errors import ChecksumMismatch
+
+NS = "aio-test"
+
+
+async def test_async_calls(bulk) -> None:
+    vals = [os.urandom(n) for n in (10, 70_000, 2 * 1024 * 1024)]
+    keys = ["a", "b", "c"]
+    async with AsyncClient(port=bulk.port, namespace=NS, create=True) as c:
+        assert await c.ping() >= 0
+        assert await c.put_many(keys, vals) == [True] * 3
+        assert await c.get("b") == vals[1]
+        out = np.zeros(len(vals[2]), dtype=np.uint8)
+        assert await c.get_into("c", out) == len(vals[2])
+        assert out.tobytes() == vals[2]
+        assert await c.exists_many(["a", "zz"]) == [True, False]
+        assert await c.lookup(["a", "b", "zz", "c"]) == 2
+        assert await c.prefetch(["a"]) == 1
+        assert await c.delete_many(["a"]) == 1
+        assert (await c.stats())["blocks"] == 2
+        # concurrent tasks share the pool
+        res = await asyncio.gather(*(c.get(k) for k in ("b", "c", "b", "c", "a")))
+        assert res == [vals[1], vals[2], vals[1], vals[2], None]
+
+
+async def test_async_detects_corruption(bulk) -> None:
+    async with AsyncClient(port=bulk.port, namespace=NS, create=True) as c:
+        await c.put("x", b"y" * 1000)
+        bulk.server.ctx.block_filter = lambda k, v: memoryview(bytes(v)[:-1] + b"z")
+        with pytest.raises(ChecksumMismatch):
+            await c.get("x")
+        bulk.server.ctx.block_filter = None
+        assert await c.get("x") == b"y" * 1000
