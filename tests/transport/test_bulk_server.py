@@ -235,3 +235,23 @@ def test_close_drains_and_refuses_new_connections(make_bulk) -> None:
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
     c.close()
+
+
+def test_flash_backed_get_without_dram(tmp_path) -> None:
+    """Blocks served from flash buffers (DRAM tier off): views stay valid until flushed."""
+    from kvstore.engine.types import EngineConfig
+    from kvstore.io_uring.select import open_device
+
+    cfg = EngineConfig(data_dir=str(tmp_path), capacity_bytes=64 * limits.MiB,
+                       segment_bytes=16 * limits.MiB, dram_bytes=0)
+    with BackgroundBulkServer(cfg, open_device("posix")) as srv:
+        vals = [os.urandom(2 * limits.MiB - i * 4096) for i in range(12)]
+        keys = [f"f{i}" for i in range(12)]
+        with Client(port=srv.port, namespace=NS, create=True, pool_size=2) as c:
+            c.put_many(keys, vals)
+            for _ in range(2):
+                bufs = [bytearray(2 * limits.MiB) for _ in keys]
+                assert c.get_many_into(keys, bufs) == [len(v) for v in vals]
+                assert all(bytes(b[:len(v)]) == v for b, v in zip(bufs, vals, strict=True))
+        assert srv.engine.stats()["hits_flash"] >= 24
+        assert srv.engine.check() == []
