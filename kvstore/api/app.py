@@ -37,6 +37,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json",
                            "/v1"})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# After a 413, read at most this much more of the body so the connection can stay open.
+_DRAIN_BYTES_MAX = 1 * limits.MiB
 
 
 def is_control_path(path: str) -> bool:
@@ -48,6 +50,19 @@ async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]],
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, limit: int, last: Message) -> bool:
+    """Read and drop the rest of a rejected body, up to ``limit`` bytes; True when it ended."""
+    seen = 0
+    while last.get("more_body", False):
+        last = await receive()
+        if last["type"] != "http.request":
+            return False
+        seen += len(last.get("body", b""))
+        if seen > limit:
+            return False
+    return True
 
 
 async def s3_not_available(scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,7 +124,8 @@ class KVStoreApp:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > cap:
-                await self._too_large(send, cap)
+                await self._too_large(send, cap, drained=await _drain(receive, _DRAIN_BYTES_MAX,
+                                                                      msg))
                 return
             chunks.append(chunk)
             if not msg.get("more_body", False):
@@ -126,12 +142,15 @@ class KVStoreApp:
 
         await self.control(scope, replay, send)
 
-    async def _too_large(self, send: Send, cap: int) -> None:
+    async def _too_large(self, send: Send, cap: int, drained: bool = False) -> None:
+        """413; the connection stays open only when the rest of the body was read."""
         exc = E.EntityTooLarge(f"control request bodies are limited to {cap} bytes")
         status, body = json_error_bytes(exc, request_ids.next())
         self.state.metrics.error("v1", exc.name)
-        await _respond(send, 413 if status == 400 else status,
-                       [(b"content-type", b"application/json"), (b"connection", b"close")], body)
+        headers = [(b"content-type", b"application/json")]
+        if not drained:
+            headers.append((b"connection", b"close"))
+        await _respond(send, 413 if status == 400 else status, headers, body)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -166,6 +166,9 @@ def test_control_body_bound_without_content_length(live: LiveServer,
                      headers={"content-type": "application/json"}, encode_chunked=True)
         resp = conn.getresponse()
         status, raw = resp.status, resp.read()
+        assert resp.getheader("connection") != "close"  # the rest was drained: keep-alive
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
     finally:
         conn.close()
     assert status == 413 and json.loads(raw)["error"]["name"] == "EntityTooLarge"
