@@ -20,6 +20,7 @@ from kvstore import limits
 
 START_SECONDS_MAX = 30.0
 REPO = Path(__file__).resolve().parent.parent
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
 
 
@@ -89,6 +90,17 @@ def get(port: int, path: str, method: str = "GET", body: object = None) -> tuple
         conn.close()
 
 
+def put_bucket(port: int, name: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("PUT", f"/{name}", body=b"", headers={"content-length": "0"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
 def stop(srv: Serve, sig: signal.Signals = signal.SIGTERM) -> float:
     t0 = time.monotonic()
     srv.proc.send_signal(sig)
@@ -120,7 +132,22 @@ def test_serve_endpoints_health_and_graceful_stop(tmp_path: Path) -> None:
         idle.request("GET", "/healthz")
         idle.getresponse().read()
         bulk_conn = socket.create_connection(("127.0.0.1", bulk), timeout=10)  # idle, too
-        stop(srv)
+        # a PUT in flight when SIGTERM arrives is drained: it completes, then the process exits 0
+        assert put_bucket(port, "drain-bucket") == 200
+        inflight = socket.create_connection(("127.0.0.1", port), timeout=10)
+        inflight.sendall(b"PUT /drain-bucket/obj HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(PAYLOAD) + PAYLOAD[:4096])
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert srv.proc.poll() is None  # still draining
+        inflight.sendall(PAYLOAD[4096:])
+        answer = inflight.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 200"), answer
+        inflight.close()
+        assert srv.wait_exit(limits.shutdown_seconds_max + 5) == 0, srv.err[-2000:]
+        assert time.monotonic() - t0 <= limits.shutdown_seconds_max
         idle.close()
         bulk_conn.close()
     finally:
@@ -134,6 +161,8 @@ def test_serve_endpoints_health_and_graceful_stop(tmp_path: Path) -> None:
         assert status == 200 and body["name"] == "kept-ns"
         status, body = get(port, "/v1/check", "POST")
         assert body == {"ok": True, "problems": []}
+        status, data = get(port, "/drain-bucket/obj")
+        assert status == 200 and data == PAYLOAD  # the drained PUT was stored and synced
         stop(again, signal.SIGINT)
     finally:
         again.kill()
