@@ -66,6 +66,23 @@ def digest_of(namespace: bytes, key: bytes) -> bytes:
                            person=b"kvstore.idx.v1").digest()
 
 
+def digests_of(namespace: bytes, keys: list[str] | tuple[str, ...]) -> list[bytes]:
+    """``digest_of`` for a batch of keys, validated; the shared prefix is hashed once."""
+    base = hashlib.blake2b(namespace + b"\x00", digest_size=16, person=b"kvstore.idx.v1")
+    out = []
+    kmax = limits.key_bytes_max
+    for k in keys:
+        kb = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else b""
+        if not kb or len(kb) > kmax or b"\x00" in kb:
+            from kvstore.keys import validate_key
+
+            validate_key(k)  # raises the precise InvalidKey
+        h = base.copy()
+        h.update(kb)
+        out.append(h.digest())
+    return out
+
+
 def align_up(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 
