@@ -133,6 +133,8 @@ class Request:
         if self.body_done:
             return True
         n = self.content_length()
+        if n is None and "transfer-encoding" not in self.headers:
+            n = 0  # HTTP/1.1: no Content-Length and no Transfer-Encoding means an empty body
         if n is None or n > limit:
             return False
         while True:
