@@ -18,7 +18,8 @@ if TYPE_CHECKING:
     from kvstore.engine.store import Engine, _Prepared
 
 
-def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool) -> list[PutResult]:
+def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
+                donate: bool = False) -> list[PutResult]:
     results: list[PutResult | None] = [None] * len(preps)
     todo = []
     with eng._lock:  # cheap early answer for keys already present (no write lock needed)
@@ -44,7 +45,7 @@ def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool) -> list[Pu
                         again.append(i)
             j = 0
             while j < len(again):
-                j = _write_chunk(eng, preps, again, j, results)
+                j = _write_chunk(eng, preps, again, j, results, donate)
     out = []
     for r in results:
         assert r is not None
@@ -53,7 +54,7 @@ def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool) -> list[Pu
 
 
 def _write_chunk(eng: Engine, preps: list[_Prepared], todo: list[int], j: int,
-                 results: list[PutResult | None]) -> int:
+                 results: list[PutResult | None], donate: bool) -> int:
     """Write records todo[j:k] as one I/O into the active segment; returns k."""
     first = preps[todo[j]].hdr.span
     seg = eng._room_for(first)
@@ -85,8 +86,9 @@ def _write_chunk(eng: Engine, preps: list[_Prepared], todo: list[int], j: int,
         seg.end += total
         for i, o, hdr, p in placed:
             ln = hdr.payload_len
-            keep = (bytes(p.data) if eng.config.dram_on_put and ln <= eng.dram.capacity_bytes
-                    else None)
+            keep: object = None
+            if eng.config.dram_on_put and ln <= eng.dram.capacity_bytes:
+                keep = p.data.toreadonly() if donate else bytes(p.data)
             eng._index_record(seg, off0 + o, hdr, p.digest, p.ns_id, keep)
             results[i] = PutResult(True, eng._meta(hdr))
             eng.counters["puts"] += 1

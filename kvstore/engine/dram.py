@@ -38,7 +38,7 @@ class DramTier:
         self._items.move_to_end(digest)
         return item[1], item[2]
 
-    def put(self, digest: bytes, loc: tuple[int, int], data: bytes, meta: Any = None) -> bool:
+    def put(self, digest: bytes, loc: tuple[int, int], data: Any, meta: Any = None) -> bool:
         """Insert (or refresh); returns False when the block is larger than the whole tier."""
         n = len(data)
         if n > self.capacity_bytes:

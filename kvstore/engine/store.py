@@ -61,6 +61,9 @@ class _Prepared:
 class BlockView:
     meta: BlockMeta
     payload: memoryview  # read-only; valid only inside the engine.read() context
+    # True when served from the DRAM tier: ``payload.obj`` is immutable and stays valid after
+    # the context ends (hold a reference to it), so the bytes may be sent without a copy.
+    stable: bool = False
 
 
 class Engine:
@@ -226,26 +229,31 @@ class Engine:
         return PutResult(False, BlockMeta(p.ns, p.key, e.length, e.csum, 0, 0.0, e.exp, b""))
 
     def put(self, ns: str, key: str, data: object, *, checksum: int | None = None,
-            ttl_seconds: float = 0.0, meta: bytes = b"", overwrite: bool = False) -> PutResult:
+            ttl_seconds: float = 0.0, meta: bytes = b"", overwrite: bool = False,
+            donate: bool = False) -> PutResult:
         return self.put_many(ns, [(key, data)], checksums=None if checksum is None else [checksum],
-                             ttl_seconds=ttl_seconds, metas=[meta], overwrite=overwrite)[0]
+                             ttl_seconds=ttl_seconds, metas=[meta], overwrite=overwrite,
+                             donate=donate)[0]
 
     def put_many(self, ns: str, items: Sequence[tuple[str, object]], *,
                  checksums: Sequence[int | None] | None = None, ttl_seconds: float = 0.0,
-                 metas: Sequence[bytes] | None = None, overwrite: bool = False) -> list[PutResult]:
+                 metas: Sequence[bytes] | None = None, overwrite: bool = False,
+                 donate: bool = False) -> list[PutResult]:
         """Put a batch; records are written contiguously, several per device write.
 
         Validation errors raise before anything is written. Results are in input order.
+        ``donate=True``: the caller hands the buffers over and never mutates them again, so the
+        DRAM tier may keep them as they are instead of copying (saves a copy per block).
         """
         _check_batch(items)
         preps = [self._prepare(ns, k, d, checksums[i] if checksums else None, ttl_seconds,
                                metas[i] if metas else b"") for i, (k, d) in enumerate(items)]
         from kvstore.engine.batch import write_batch
 
-        return write_batch(self, preps, overwrite)
+        return write_batch(self, preps, overwrite, donate)
 
     def _index_record(self, seg: Segment, off: int, hdr: fmt.RecordHeader, digest: bytes,
-                      ns_id: int, keep: bytes | None) -> None:
+                      ns_id: int, keep: object) -> None:
         """Account for a record just written at ``off``. Caller holds _wlock, not _lock."""
         seg.records += 1
         assert seg.builder is not None
@@ -271,7 +279,7 @@ class Engine:
             return first
 
     def _append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
-                ns_id: int, keep: bytes | None) -> fmt.RecordHeader:
+                ns_id: int, keep: object) -> fmt.RecordHeader:
         """Write one record (payload already in ``buf``) and index it. Caller holds _wlock."""
         seg = self._room_for(span)
         off = seg.end
@@ -353,7 +361,7 @@ class Engine:
         if cached is not None:
             data, meta = cached
             with memoryview(data) as mv:
-                yield BlockView(meta, mv)
+                yield BlockView(meta, mv, stable=True)
             return
         buf: AlignedBuffer | None = None
         try:

@@ -30,6 +30,7 @@ from kvstore.errors import NotFound
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
+    from kvstore.engine.store import BlockView
 
 _XML = (b"content-type", b"application/xml")
 # Headers that ask for features this store does not have: refused, never silently ignored.
@@ -102,7 +103,7 @@ def _store(s3: S3App, bucket: str, key: str, buf: bytearray, meta: bytes,
            overwrite: bool) -> BlockMeta:
     """engine.put with S3 semantics, in a worker thread."""
     eng = s3.engine
-    res = eng.put(bucket, key, buf, meta=meta, overwrite=overwrite)
+    res = eng.put(bucket, key, buf, meta=meta, overwrite=overwrite, donate=True)
     if res.created:
         return res.meta
     if not overwrite:
@@ -111,7 +112,7 @@ def _store(s3: S3App, bucket: str, key: str, buf: bytearray, meta: bytes,
     cur = eng.head(bucket, key)
     if cur is not None and cur.meta != meta:  # same bytes, new metadata: rewrite the record
         eng.delete(bucket, key)
-        res = eng.put(bucket, key, buf, meta=meta, overwrite=True)
+        res = eng.put(bucket, key, buf, meta=meta, overwrite=True, donate=True)
         return res.meta
     return cur if cur is not None else res.meta
 
@@ -182,15 +183,17 @@ def _check_version(req: Request) -> None:
         raise S3Error("NotImplemented", "GET/HEAD by partNumber is not supported")
 
 
-def _payload_out(payload: memoryview,
+def _payload_out(view: BlockView,
                  r: tuple[int, int] | None) -> tuple[bytes | memoryview, str]:
-    """The bytes to send, valid after the engine's view is released. A DRAM-tier block is an
-    immutable ``bytes`` object: it is sent as is (zero copy), and a reference keeps it alive
-    even if the tier evicts it meanwhile. Anything else (a flash read into a pooled buffer) is
-    copied once. The second item is the tier label for metrics."""
-    obj = payload.obj
-    if isinstance(obj, bytes) and len(obj) == len(payload):
-        return (obj if r is None else memoryview(obj)[r[0]:r[1]]), "dram"
+    """The bytes to send, valid after the engine's view is released. A DRAM-tier block is
+    immutable (``view.stable``): its underlying object is sent as is (zero copy), and a
+    reference keeps it alive even if the tier evicts it meanwhile. Anything else (a flash read
+    into a pooled buffer) is copied once. The second item is the tier label for metrics."""
+    payload = view.payload
+    if view.stable:
+        whole = memoryview(payload.obj).cast("B")
+        if len(whole) == len(payload):
+            return (whole if r is None else whole[r[0]:r[1]]), "dram"
     return (bytes(payload) if r is None else bytes(payload[r[0]:r[1]])), "flash"
 
 
@@ -206,7 +209,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
             doc = checksums.unpack_meta(meta.meta)
             check_conditions(req.headers, stored_etag(meta, doc), meta.created)
             r = parse_range(rng, meta.length)
-            return meta, _payload_out(view.payload, r), r
+            return meta, _payload_out(view, r), r
 
     meta, (body, req.tier), r = await s3.runner.call(work)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
