@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk clean
+.PHONY: run test lint bench bench-engine bench-http bench-bulk clean test-nixl
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,13 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The optional NIXL extra: the CPU torch build first (plain torch would pull a CUDA build), then
+# nixl-cu12; runs only the NIXL tests (CPU-only over UCX, UCX_TLS defaults to sm,tcp,self).
+test-nixl: $(STAMP)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q nixl-cu12==1.5.1
+	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest

@@ -160,3 +160,24 @@ multipart_idle_seconds_max = 3600.0
 # One device write of a batched put: packs many small records into one I/O (a 4 KiB O_DIRECT
 # write costs about as much as a 1 MiB one here) without holding huge buffers.
 write_chunk_bytes_max = 8 * MiB
+
+# --- NIXL transport (optional extra; kvstore.transport.nixl) -------------------------------
+
+# A client's NIXL agent metadata (UCX worker addresses, about 0.5 KiB here; more with several
+# rails/backends). It rides in a frame header, so it must stay well under frame_header_bytes_max.
+nixl_metadata_bytes_max = 64 * KiB
+
+# A client's NIXL-registered region: the server only addresses into it (never maps it), but
+# offsets and sizes are still checked against a bound, like the shm region.
+nixl_region_bytes_max = 64 * GiB
+
+# Server staging memory registered with its NIXL agent once: one-sided transfers need registered
+# memory on both ends, and engine buffers are not registered. Each request holds one chunk at a
+# time (blocks are packed into it; a larger block streams through it in pieces), so concurrent
+# NIXL requests beyond the chunk count wait for a chunk instead of allocating more.
+nixl_staging_chunk_bytes = 16 * MiB
+nixl_staging_chunks = 4
+
+# One NIXL transfer (or waiting for a staging chunk) past this fails the request: a peer that
+# vanished or a stuck UCX endpoint must not hold a chunk or a task forever.
+nixl_transfer_seconds_max = 30.0

@@ -56,6 +56,7 @@ class FrameType(IntEnum):
     STATS = 16
     PING = 17
     SHM_REGISTER = 18  # same-host shared-memory region (kvstore.transport.shm)
+    NIXL_REGISTER = 19  # a NIXL agent's metadata + its registered region (kvstore.transport.nixl)
     # responses (s->c)
     RESULT = 30  # the single, final answer of a request
     BLOCK = 31  # one block of a GET_BATCH answer (payload = block bytes)
@@ -66,9 +67,10 @@ class FrameType(IntEnum):
 class FrameFlags(IntFlag):
     NONE = 0
     SHM = 1  # payload lives in the registered shared-memory region, not on the socket
+    NIXL = 2  # payload moves by one-sided NIXL transfers to/from the client's registered region
 
 
-FLAGS_KNOWN = int(FrameFlags.SHM)
+FLAGS_KNOWN = int(FrameFlags.SHM) | int(FrameFlags.NIXL)
 
 
 def payload_bytes_max(ftype: FrameType) -> int:

@@ -203,6 +203,34 @@ def parse_keys_request(h: dict[str, Any], *, chain: bool = False, shm: bool = Fa
     return KeysRequest(keys, lease)
 
 
+@dataclass(frozen=True, slots=True)
+class NixlRegister:
+    """A client's NIXL agent metadata and the one DRAM region it registered with that agent."""
+
+    metadata: bytes
+    address: int
+    size: int
+
+
+def nixl_register(metadata: bytes, address: int, size: int) -> dict[str, Any]:
+    return {"md": metadata, "addr": address, "size": size}
+
+
+def parse_nixl_register(h: dict[str, Any]) -> NixlRegister:
+    md = _get(h, "md", bytes)
+    if not 0 < len(md) <= limits.nixl_metadata_bytes_max:
+        raise LimitExceeded(f"NIXL metadata must be 1..{limits.nixl_metadata_bytes_max} bytes",
+                            bound="nixl_metadata_bytes_max")
+    addr = _get(h, "addr", int)
+    size = _get(h, "size", int)
+    if not 0 < addr < (1 << 64):
+        raise ProtocolError("NIXL region address out of range")
+    if not 0 < size <= limits.nixl_region_bytes_max or addr + size >= (1 << 64):
+        raise LimitExceeded(f"NIXL region must be 1..{limits.nixl_region_bytes_max} bytes",
+                            bound="nixl_region_bytes_max")
+    return NixlRegister(md, addr, size)
+
+
 # --- responses ------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)

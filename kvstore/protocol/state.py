@@ -54,7 +54,7 @@ class Req(Enum):
 
 
 REQUESTS = (F.PUT_BATCH, F.GET_BATCH, F.EXISTS_BATCH, F.LOOKUP, F.DELETE_BATCH, F.PREFETCH,
-            F.STATS, F.PING, F.SHM_REGISTER)
+            F.STATS, F.PING, F.SHM_REGISTER, F.NIXL_REGISTER)
 
 S = State
 # (state, direction, frame type) -> (next state, effect on requests in flight).

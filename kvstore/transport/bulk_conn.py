@@ -63,10 +63,16 @@ class ServerContext:
     closing: bool = False
     # test hook: called with (key, payload view) before a BLOCK frame is written
     block_filter: Any = None
+    # kvstore.transport.nixl_agent.NixlServerAgent, created on the first NIXL_REGISTER
+    nixl: Any = None
 
     def shm_close_all(self) -> None:
+        """Drop every connection's shm region and NIXL peer, then the server's NIXL agent."""
         for c in list(self.connections):
             c.close_region()
+        if self.nixl is not None:
+            self.nixl.close()
+            self.nixl = None
 
 
 @dataclass
@@ -90,6 +96,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self.closed = False
         self.inflight_bytes = 0
         self.region: Any = None  # kvstore.transport.shm.Region once registered
+        self.nixl_peer: Any = None  # kvstore.transport.nixl.NixlPeer once registered
         self._hello: msg.Hello | None = None
         self._nonce = b""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -169,6 +176,9 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if self.region is not None:
             self.region.close()
             self.region = None
+        if self.nixl_peer is not None:
+            self.nixl_peer.close()
+            self.nixl_peer = None
 
     # -- receive path --------------------------------------------------------------------
     def _window_full(self) -> bool:
@@ -219,10 +229,11 @@ class BulkProtocol(asyncio.BufferedProtocol):
             if self.ctx.closing:
                 raise ShuttingDown("server is shutting down")
             shm = bool(f.flags & FrameFlags.SHM)
-            if f.ftype is FrameType.PUT_BATCH and not shm:
+            nixl = bool(f.flags & FrameFlags.NIXL)
+            if f.ftype is FrameType.PUT_BATCH and not shm and not nixl:
                 self._start_put(rid, msg.parse_put_batch(f.header, f.payload_length))
                 return
-            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm)
+            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm, nixl)
         except KVStoreError as exc:
             if isinstance(exc, ProtocolError):
                 raise

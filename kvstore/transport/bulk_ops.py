@@ -17,7 +17,7 @@ from kvstore.engine.device import AlignedBuffer
 from kvstore.errors import ProtocolError
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
-from kvstore.transport import shm
+from kvstore.transport import nixl, shm
 
 if TYPE_CHECKING:
     from kvstore.transport.bulk_conn import BulkProtocol
@@ -28,12 +28,14 @@ GET_READ_AHEAD = 4
 
 
 def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],
-             shm_flag: bool) -> Coroutine[Any, Any, None] | None:
+             shm_flag: bool, nixl_flag: bool = False) -> Coroutine[Any, Any, None] | None:
     """Validate a request header now (errors answer at once) and return its task, or None when
     it was answered inline."""
     e, ns = p.engine, p.namespace
-    if shm_flag and ftype not in (FrameType.GET_BATCH, FrameType.PUT_BATCH):
-        raise ProtocolError(f"{ftype.name} does not take the SHM flag")
+    if shm_flag and nixl_flag:
+        raise ProtocolError("the SHM and NIXL flags exclude each other")
+    if (shm_flag or nixl_flag) and ftype not in (FrameType.GET_BATCH, FrameType.PUT_BATCH):
+        raise ProtocolError(f"{ftype.name} does not take the {'SHM' if shm_flag else 'NIXL'} flag")
     if ftype is FrameType.PING:
         p.send(FrameType.RESULT, rid, {})
     elif ftype is FrameType.STATS:
@@ -51,14 +53,19 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
     elif ftype is FrameType.PREFETCH:
         return _simple(p, rid, "staged", e.prefetch, msg.parse_keys_request(header).keys)
     elif ftype is FrameType.GET_BATCH:
-        req = msg.parse_keys_request(header, shm=shm_flag)
+        req = msg.parse_keys_request(header, shm=shm_flag or nixl_flag)
+        if nixl_flag:
+            return nixl.get_batch(p, rid, req)
         if shm_flag:
             return shm.get_batch(p, rid, req)
         return get_batch(p, rid, req.keys)
-    elif ftype is FrameType.PUT_BATCH:  # SHM put (socket puts are received by the protocol)
-        return shm.put_batch(p, rid, msg.parse_put_batch(header, 0, shm=True))
+    elif ftype is FrameType.PUT_BATCH:  # SHM/NIXL put (socket puts are received by the protocol)
+        batch = msg.parse_put_batch(header, 0, shm=True)
+        return nixl.put_batch(p, rid, batch) if nixl_flag else shm.put_batch(p, rid, batch)
     elif ftype is FrameType.SHM_REGISTER:
         return shm.register(p, rid, header)
+    elif ftype is FrameType.NIXL_REGISTER:
+        return nixl.register(p, rid, header)
     else:
         raise ProtocolError(f"{ftype.name} is not a request")
     return None
