@@ -18,14 +18,15 @@ instead of carrying payload; only small frames cross the socket.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kvstore.errors import InvalidArgument
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameFlags, FrameType
-from kvstore.transport.nixl_agent import NixlServerAgent, TransferStuck
+from kvstore.transport.nixl_agent import NixlServerAgent, Staging, TransferStuck
 
 if TYPE_CHECKING:
     from kvstore.transport.bulk_conn import BulkProtocol
@@ -95,7 +96,6 @@ class _Packer:
     req: msg.KeysRequest
     next: int = 0
     carry: _Open | None = None  # read, but did not fit the last chunk
-    packed: list[tuple[int, str, int, int, int]] = field(default_factory=list)
 
     def _open(self, i: int) -> _Open | None:
         key = self.req.keys[i]
@@ -114,31 +114,35 @@ class _Packer:
             b.payload = self.p.ctx.block_filter(key, b.payload)
         return b
 
-    def fill(self, chunk: memoryview) -> _Open | None:
-        """Pack whole blocks into ``chunk`` (recorded in ``packed`` as (index, key, length,
-        checksum, chunk offset)); returns a block larger than a whole chunk, still open, for
-        the caller to stream in pieces."""
-        self.packed = []
+    @property
+    def done(self) -> bool:
+        return self.carry is None and (self.next >= len(self.req.keys) or self.p.closed)
+
+    def fill(self, chunk: memoryview) -> tuple[list[tuple[int, str, int, int, int]], _Open | None]:
+        """Pack whole blocks into ``chunk``: returns them as (index, key, length, checksum,
+        chunk offset), and a block larger than a whole chunk, still open, for the caller to
+        stream in pieces."""
+        packed: list[tuple[int, str, int, int, int]] = []
         used = 0
         while True:
             b, self.carry = self.carry, None
             if b is None:
                 if self.next >= len(self.req.keys) or self.p.closed:
-                    return None
+                    return packed, None
                 b = self._open(self.next)
                 self.next += 1
                 if b is None:
                     continue
             if b.length > len(chunk) - used:
                 if used == 0:
-                    return b  # larger than a chunk: streamed by the caller
+                    return packed, b  # larger than a chunk: streamed by the caller
                 self.carry = b
-                return None
+                return packed, None
             try:
                 chunk[used:used + b.length] = b.payload
             finally:
                 b.exit()
-            self.packed.append((b.index, b.key, b.length, b.checksum, used))
+            packed.append((b.index, b.key, b.length, b.checksum, used))
             used += b.length
 
     def close(self) -> None:
@@ -147,53 +151,112 @@ class _Packer:
             self.carry = None
 
 
+class _Chunks:
+    """Staging chunks of one request: one, plus a second when one is free right away (double
+    buffering: fill or store one chunk while the other transfers). A chunk whose transfer got
+    stuck is not given back."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.staging = staging
+        self.ids: list[int] = []
+        self.stuck: set[int] = set()
+
+    async def __aenter__(self) -> _Chunks:
+        self.ids.append(await self.staging.acquire())
+        second = self.staging.try_acquire()
+        if second is not None:
+            self.ids.append(second)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for c in self.ids:
+            if c not in self.stuck:
+                self.staging.release(c)
+
+    def pick(self, turn: int) -> tuple[int, memoryview, int]:
+        c = self.ids[turn % len(self.ids)]
+        return c, self.staging.chunk_view(c), self.staging.chunk_addr(c)
+
+    async def transfer(self, peer: NixlPeer, chunk: int, op: str,
+                       pieces: list[tuple[int, int, int]]) -> None:
+        try:
+            await peer.agent.transfer(op, peer.name, pieces)
+        except TransferStuck:
+            self.stuck.add(chunk)
+            raise
+
+
 def _copy(dst: memoryview, src: Any, start: int, n: int) -> None:
     dst[:n] = memoryview(src)[start:start + n]
 
 
+async def _drain(task: asyncio.Task[Any] | None) -> None:
+    """On an error path: let a transfer or store finish before its chunk goes back."""
+    if task is not None:
+        with contextlib.suppress(Exception):
+            await task
+
+
+def _checked(peer: NixlPeer, offsets: list[int] | None, sizes: list[int] | None) -> list[int]:
+    assert offsets is not None and sizes is not None
+    for o, n in zip(offsets, sizes, strict=True):
+        peer.check(o, n)
+    return offsets
+
+
 async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
     peer = _peer(p)
-    assert req.offsets is not None and req.capacities is not None
-    for o, c in zip(req.offsets, req.capacities, strict=True):
-        peer.check(o, c)
-    agent, staging = peer.agent, peer.agent.staging
+    offsets = _checked(peer, req.offsets, req.capacities)
+    staging = peer.agent.staging
     assert staging is not None
-    chunk = await staging.acquire()
-    view, base = staging.chunk_view(chunk), staging.chunk_addr(chunk)
     packer = _Packer(p, req)
-    found = 0
-    try:
-        while not p.closed:
-            big: _Open | None = await p.runner.call(packer.fill, view)
-            if packer.packed:
-                await agent.transfer("WRITE", peer.name, [
-                    (base + off, peer.address + req.offsets[i], n)
-                    for i, _, n, _, off in packer.packed])
-                for i, key, n, xxh, _ in packer.packed:
-                    p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.NIXL)
-                found += len(packer.packed)
-            if big is None:
-                if packer.carry is None:
-                    break
-                continue
-            try:
-                dst = peer.address + req.offsets[big.index]
-                for start in range(0, big.length, len(view)):
-                    n = min(len(view), big.length - start)
-                    await p.runner.call(_copy, view, big.payload, start, n)
-                    await agent.transfer("WRITE", peer.name, [(base, dst + start, n)])
-            finally:
-                big.exit()
-            p.send(FrameType.BLOCK, rid, msg.block(big.index, big.key, big.length, big.checksum),
-                   flags=FrameFlags.NIXL)
-            found += 1
-    except TransferStuck:
-        chunk = -1
-        raise
-    finally:
-        packer.close()
-        if chunk >= 0:
-            staging.release(chunk)
+    found, turn = 0, 0
+    pending: asyncio.Task[int] | None = None
+
+    async def write(ch: _Chunks, c: int, base: int,
+                    packed: list[tuple[int, str, int, int, int]]) -> int:
+        await ch.transfer(peer, c, "WRITE", [(base + off, peer.address + offsets[i], n)
+                                             for i, _, n, _, off in packed])
+        for i, key, n, xxh, _ in packed:  # only now are the bytes in the client's region
+            p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.NIXL)
+        return len(packed)
+
+    async with _Chunks(staging) as ch:
+        try:
+            while not p.closed and not packer.done:
+                if pending is not None and len(ch.ids) == 1:  # the only chunk is in flight
+                    found += await pending
+                    pending = None
+                c, view, base = ch.pick(turn)
+                turn += 1
+                packed, big = await p.runner.call(packer.fill, view)
+                if pending is not None:
+                    found += await pending
+                    pending = None
+                if packed:
+                    pending = asyncio.get_running_loop().create_task(write(ch, c, base, packed))
+                if big is None:
+                    continue
+                if pending is not None:
+                    found += await pending
+                    pending = None
+                try:
+                    dst = peer.address + offsets[big.index]
+                    for start in range(0, big.length, len(view)):
+                        n = min(len(view), big.length - start)
+                        await p.runner.call(_copy, view, big.payload, start, n)
+                        await ch.transfer(peer, c, "WRITE", [(base, dst + start, n)])
+                finally:
+                    big.exit()
+                p.send(FrameType.BLOCK, rid, msg.block(big.index, big.key, big.length,
+                                                       big.checksum), flags=FrameFlags.NIXL)
+                found += 1
+            if pending is not None:
+                found += await pending
+                pending = None
+        finally:
+            packer.close()
+            await _drain(pending)
     p.send(FrameType.END, rid, {"n": found})
 
 
@@ -207,51 +270,58 @@ def _store(p: BulkProtocol, batch: msg.PutBatch, idx: list[int], views: list[Any
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:
     peer = _peer(p)
-    assert batch.offsets is not None
-    for o, n in zip(batch.offsets, batch.lengths, strict=True):
-        peer.check(o, n)
-    agent, staging = peer.agent, peer.agent.staging
+    offsets = _checked(peer, batch.offsets, batch.lengths)
+    staging = peer.agent.staging
     assert staging is not None
-    chunk = await staging.acquire()
-    view, base, size = staging.chunk_view(chunk), staging.chunk_addr(chunk), staging.chunk_bytes
+    size, lengths = staging.chunk_bytes, batch.lengths
     created: list[bool] = []
-    i, total = 0, len(batch.keys)
-    try:
-        while i < total and not p.closed:
-            if batch.lengths[i] > size:
-                created += await _put_large(p, batch, i, peer, view, base)
-                i += 1
-                continue
-            group, used = [], 0
-            while i < total and batch.lengths[i] <= size - used:
-                group.append((i, used))
-                used += batch.lengths[i]
-                i += 1
-            await agent.transfer("READ", peer.name, [
-                (base + off, peer.address + batch.offsets[j], batch.lengths[j])
-                for j, off in group])
-            views = [view[off:off + batch.lengths[j]] for j, off in group]
-            created += await p.runner.call(_store, p, batch, [j for j, _ in group], views)
-    except TransferStuck:
-        chunk = -1
-        raise
-    finally:
-        if chunk >= 0:
-            staging.release(chunk)
+    storing: asyncio.Task[list[bool]] | None = None
+    i, turn, total = 0, 0, len(batch.keys)
+    async with _Chunks(staging) as ch:
+        try:
+            while i < total and not p.closed:
+                if storing is not None and (len(ch.ids) == 1 or lengths[i] > size):
+                    created += await storing
+                    storing = None
+                c, view, base = ch.pick(turn)
+                turn += 1
+                if lengths[i] > size:
+                    created += await _put_large(p, batch, i, peer, ch, c)
+                    i += 1
+                    continue
+                group, used = [], 0
+                while i < total and lengths[i] <= size - used:
+                    group.append((i, used))
+                    used += lengths[i]
+                    i += 1
+                await ch.transfer(peer, c, "READ", [(base + off, peer.address + offsets[j],
+                                                     lengths[j]) for j, off in group])
+                if storing is not None:  # the other chunk's store ran during this READ
+                    created += await storing
+                    storing = None
+                views = [view[off:off + lengths[j]] for j, off in group]
+                storing = asyncio.get_running_loop().create_task(
+                    p.runner.call(_store, p, batch, [j for j, _ in group], views))
+            if storing is not None:
+                created += await storing
+                storing = None
+        finally:
+            await _drain(storing)
     p.send(FrameType.RESULT, rid, {"created": created})
 
 
-async def _put_large(p: BulkProtocol, batch: msg.PutBatch, i: int, peer: NixlPeer,
-                     view: memoryview, base: int) -> list[bool]:
+async def _put_large(p: BulkProtocol, batch: msg.PutBatch, i: int, peer: NixlPeer, ch: _Chunks,
+                     c: int) -> list[bool]:
     """A block larger than a staging chunk: READ it piece by piece into an aligned buffer."""
     n = batch.lengths[i]  # <= limits.block_bytes_max (parse_put_batch)
     assert batch.offsets is not None
+    view, base = ch.staging.chunk_view(c), ch.staging.chunk_addr(c)
     buf = p.ctx.pool.acquire(n)
     try:
         src = peer.address + batch.offsets[i]
         for start in range(0, n, len(view)):
             m = min(len(view), n - start)
-            await peer.agent.transfer("READ", peer.name, [(base, src + start, m)])
+            await ch.transfer(peer, c, "READ", [(base, src + start, m)])
             buf.view[start:start + m] = view[:m]
         return await p.runner.call(_store, p, batch, [i], [buf.view[:n]])
     finally:

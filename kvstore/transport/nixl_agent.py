@@ -92,6 +92,12 @@ class Staging:
         except TimeoutError:
             raise Busy("no NIXL staging chunk became free in time") from None
 
+    def try_acquire(self) -> int | None:
+        try:
+            return self._queue().get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     def release(self, chunk: int) -> None:
         self._queue().put_nowait(chunk)
 
