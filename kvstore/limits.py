@@ -181,3 +181,7 @@ nixl_staging_chunks = 4
 # One NIXL transfer (or waiting for a staging chunk) past this fails the request: a peer that
 # vanished or a stuck UCX endpoint must not hold a chunk or a task forever.
 nixl_transfer_seconds_max = 30.0
+
+# How long an append waits for earlier appends in the same segment to reach the device before
+# it gives up with a StorageError (a device that hangs this long is broken).
+write_wait_seconds_max = 60.0

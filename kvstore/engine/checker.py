@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 def check(eng: Engine, *, deep: bool = False) -> list[str]:
     problems: list[str] = []
     with eng._wlock, eng._lock:
+        for seg in eng.segments.values():  # let writes in flight land first
+            eng._quiesce(seg)
         counts: dict[int, int] = {}
         ids = eng.catalog.id_to_name()
         entries = list(eng.index.items())
@@ -36,6 +38,8 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
         live_counts = {k: v for k, v in eng.ns_count.items() if v}
         if counts != live_counts:
             problems.append(f"namespace counts {live_counts} != index {counts}")
+        if eng._pending:
+            problems.append(f"{len(eng._pending)} keys pending with no write in flight")
         if eng.active is None or eng.active.id not in eng.segments:
             problems.append("no active segment")
         for seg in eng.segments.values():

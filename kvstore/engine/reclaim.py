@@ -29,6 +29,7 @@ log = logging.getLogger("kvstore.engine")
 
 def seal(eng: Engine, seg: Segment) -> None:
     assert seg.builder is not None, "sealing a sealed segment"
+    eng._quiesce(seg)
     summary = seg.builder.build(seg.end)
     eng.device.sync(seg.handle)
     eng.device.write_file_atomic(summary_path(eng.config.data_dir, seg.id), summary.encode())

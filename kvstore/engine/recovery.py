@@ -56,7 +56,7 @@ def recover(eng: Engine) -> None:
             continue
         summary = load_summary(dev, cfg.data_dir, sid)
         if summary is not None and summary.end_offset <= dev.size(seg.handle):
-            seg.end = summary.end_offset
+            seg.end = seg.durable = summary.end_offset
             seg.sealed = True
         else:
             builder, end = scan_segment(dev, seg, eng.pool)
@@ -64,7 +64,7 @@ def recover(eng: Engine) -> None:
                 log.warning("segment %08x: truncating torn tail at %d (file had %d bytes)",
                             sid, end, dev.size(seg.handle))
                 dev.truncate(seg.handle, end)
-            seg.end = end
+            seg.end = seg.durable = end
             seg.builder = builder
             summary = builder.build(end)
             unsealed.append(seg)

@@ -53,7 +53,13 @@ class Segment:
     retired: bool = False
     builder: SummaryBuilder | None = None
     records: int = 0
-    extra: dict = field(default_factory=dict)
+    # Concurrent appends: space is reserved in order under the write lock (``end`` moves), the
+    # writes run in parallel, and ``durable`` (every byte before it written) advances over the
+    # completed ranges in ``done``. A put is acknowledged only once ``durable`` passes its end,
+    # so recovery's "stop at the first bad record" can never drop an acknowledged block.
+    durable: int = 0
+    done: dict[int, int] = field(default_factory=dict)
+    broken: bool = False  # a write failed: roll before the next append
 
 
 def create_segment(device: Device, data_dir: str, sid: int, segment_bytes: int,
@@ -70,7 +76,7 @@ def create_segment(device: Device, data_dir: str, sid: int, segment_bytes: int,
         device.write(h, 0, buf.view[:PAGE])
     finally:
         pool.release(buf)
-    return Segment(sid, path, h, PAGE, now, builder=SummaryBuilder(sid))
+    return Segment(sid, path, h, PAGE, now, builder=SummaryBuilder(sid), durable=PAGE)
 
 
 class _Window:

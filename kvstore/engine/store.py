@@ -88,6 +88,8 @@ class Engine:
         self.counters = dict.fromkeys(STAT_NAMES, 0)
         self._lock = threading.RLock()
         self._wlock = threading.Lock()
+        self._io_done = threading.Condition(self._lock)
+        self._pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self._closed = False
         max_segs = config.capacity_bytes // config.segment_bytes
         self.max_segments = max_segs
@@ -108,6 +110,10 @@ class Engine:
     def close(self) -> None:
         """Sync and close files. The active segment stays unsealed: reopening scans it and keeps
         appending to it, so repeated restarts waste no space."""
+        with self._wlock:
+            if self.active is not None and not self._closed:
+                with contextlib.suppress(StorageError):
+                    self._quiesce(self.active)
         with self._wlock, self._lock:
             if self._closed:
                 return
@@ -252,25 +258,60 @@ class Engine:
 
         return write_batch(self, preps, overwrite, donate)
 
-    def _index_record(self, seg: Segment, off: int, hdr: fmt.RecordHeader, digest: bytes,
-                      ns_id: int, keep: object) -> None:
-        """Account for a record just written at ``off``. Caller holds _wlock, not _lock."""
+    def _reserve(self, seg: Segment, nbytes: int) -> int:
+        """Claim the next ``nbytes`` of the active segment. Caller holds _wlock."""
+        off = seg.end
+        seg.end += nbytes
+        return off
+
+    def _complete(self, seg: Segment, start: int, end: int, ok: bool) -> None:
+        """Mark [start, end) written (or failed) and wait until everything before ``end`` is
+        written, so acknowledgements follow log order."""
+        deadline = time.monotonic() + limits.write_wait_seconds_max
+        with self._io_done:
+            seg.done[start] = end
+            if not ok:
+                seg.broken = True
+            while seg.durable in seg.done:
+                seg.durable = seg.done.pop(seg.durable)
+            self._io_done.notify_all()
+            while seg.durable < end:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageError("an earlier write in this segment did not complete")
+                self._io_done.wait(left)
+
+    def _quiesce(self, seg: Segment) -> None:
+        """Wait until no write to ``seg`` is in flight. Caller holds _wlock (no new ones)."""
+        deadline = time.monotonic() + limits.write_wait_seconds_max
+        with self._io_done:
+            while seg.durable < seg.end:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StorageError(f"writes to segment {seg.id} did not complete")
+                self._io_done.wait(left)
+
+    def _add_rows(self, seg: Segment, off: int, hdr: fmt.RecordHeader, digest: bytes) -> None:
+        """Record a reserved record in the segment's summary (in log order, under _wlock)."""
         seg.records += 1
         assert seg.builder is not None
         seg.builder.add(digest, hdr.namespace, hdr.key, off // PAGE, hdr.payload_len,
                         hdr.checksum, hdr.seq, hdr.created, hdr.expires, hdr.flags)
-        with self._lock:
-            if hdr.tombstone:
-                self._drop(digest)
-                return
-            old = self.index.insert(digest, Entry(seg.id, off // PAGE, hdr.payload_len,
-                                                  hdr.checksum, math.ceil(hdr.expires), ns_id))
-            if old is not None:
-                self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
-                self.dram.discard(digest)
-            self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
-            if keep is not None:
-                self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
+
+    def _publish(self, seg: Segment, off: int, hdr: fmt.RecordHeader, digest: bytes,
+                 ns_id: int, keep: object) -> None:
+        """Make a durable record visible in the index (and DRAM). Caller holds _lock."""
+        if hdr.tombstone:
+            self._drop(digest)
+            return
+        old = self.index.insert(digest, Entry(seg.id, off // PAGE, hdr.payload_len,
+                                              hdr.checksum, math.ceil(hdr.expires), ns_id))
+        if old is not None:
+            self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
+            self.dram.discard(digest)
+        self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
+        if keep is not None:
+            self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
 
     def _next_seqs(self, n: int) -> int:
         with self._lock:
@@ -280,16 +321,23 @@ class Engine:
 
     def _append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
                 ns_id: int, keep: object) -> fmt.RecordHeader:
-        """Write one record (payload already in ``buf``) and index it. Caller holds _wlock."""
+        """Write one record (payload already in ``buf``) and publish it, synchronously.
+        Caller holds _wlock (tombstones and reinsertion)."""
         seg = self._room_for(span)
-        off = seg.end
+        off = self._reserve(seg, span)
         hdr = replace(hdr, seq=self._next_seqs(1))
         hdr.encode_into(buf.view)
-        self.device.write(seg.handle, off, buf.view[:span])
+        self._add_rows(seg, off, hdr, digest)
+        ok = False
+        try:
+            self.device.write(seg.handle, off, buf.view[:span])
+            ok = True
+        finally:
+            self._complete(seg, off, off + span, ok)
         if self.config.sync_on_put:
             self.device.sync(seg.handle)
-        seg.end += span
-        self._index_record(seg, off, hdr, digest, ns_id, keep)
+        with self._lock:
+            self._publish(seg, off, hdr, digest, ns_id, keep)
         return hdr
 
     @staticmethod
@@ -325,7 +373,7 @@ class Engine:
     def _room_for(self, span: int) -> Segment:
         """The active segment, rolled (and capacity reclaimed) when ``span`` doesn't fit."""
         seg = self.active
-        if seg is not None and seg.end + span <= self.config.segment_bytes:
+        if seg is not None and not seg.broken and seg.end + span <= self.config.segment_bytes:
             return seg
         from kvstore.engine.reclaim import roll
 
