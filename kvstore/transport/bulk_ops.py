@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from kvstore.engine.device import AlignedBuffer
-from kvstore.errors import ProtocolError
+from kvstore.errors import KVStoreError, ProtocolError
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
 from kvstore.transport import nixl, shm
@@ -106,6 +106,20 @@ def _open_block(p: BulkProtocol, key: str) -> tuple[contextlib.AbstractContextMa
     return cm, view
 
 
+def _start_read(p: BulkProtocol, key: str) -> asyncio.Future[Any]:
+    """A DRAM-tier hit is served inline (no thread hop, no I/O); anything else is read by an
+    engine thread. Either way the result is a future of ``_open_block``'s answer."""
+    try:
+        view = p.engine.read_dram(p.namespace, key)
+    except KVStoreError:
+        view = None  # let the engine thread raise the precise error
+    if view is not None:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.set_result((contextlib.nullcontext(), view))
+        return fut
+    return _create_task(p.runner.call(_open_block, p, key))
+
+
 async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
     started = time.perf_counter()
     found = nbytes = 0
@@ -118,7 +132,7 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 if nxt is None:
                     break
                 i, key = nxt
-                ahead.append((i, key, _create_task(p.runner.call(_open_block, p, key))))
+                ahead.append((i, key, _start_read(p, key)))
             if not ahead:
                 break
             i, key, fut = ahead.popleft()
