@@ -48,6 +48,7 @@ def bench_nixl(port: int, keys: list[str], seconds: float) -> tuple[float, float
 
         get = timed(get_pass, len(keys) * BS, seconds)
         put_keys = [f"p{k}" for k in keys]
+        c.put_from_region(["warm-up"], [0], [BS])
         t0 = time.perf_counter()
         c.put_from_region(put_keys, offs, [BS] * len(keys))
         put = len(keys) * BS / (time.perf_counter() - t0) / 1e9

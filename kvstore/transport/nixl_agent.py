@@ -152,6 +152,8 @@ class NixlServerAgent:
                     self.agent.remove_remote_agent(name)
             raise InvalidArgument("NIXL agent name is invalid or already registered")
         self.peers.add(name)
+        with contextlib.suppress(Exception):  # wire up UCX now, not on the first transfer
+            self.agent.make_connection(name)
         return name
 
     def remove_peer(self, name: str) -> None:
