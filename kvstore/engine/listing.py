@@ -27,7 +27,7 @@ def list_blocks(eng: Engine, ns: str, prefix: str, start_after: str,
     nsb = ns.encode()
     pre = prefix.encode("utf-8", "surrogatepass")
     after = start_after.encode("utf-8", "surrogatepass")
-    with eng._lock:
+    with eng._wlock, eng._lock:  # _add_rows appends builder rows under _wlock only
         ns_id = eng.catalog.get(ns)[0]
         segs = list(eng.segments.values())
         snaps = {s.id: s.builder.build(s.end) for s in segs if s.builder is not None}
