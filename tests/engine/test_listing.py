@@ -78,3 +78,45 @@ def test_unicode_keys_sort_by_utf8_bytes(engine: Engine) -> None:
     for k in ("é", "z", "a", "日本"):
         engine.put(NS, k, b"x")
     assert _keys(engine)[0] == sorted(["é", "z", "a", "日本"], key=lambda s: s.encode())
+
+
+def test_listing_while_puts_run(engines: Engines) -> None:
+    """list_blocks snapshots the active segment's rows while writers append to them."""
+    import sys
+    import threading
+    import time
+
+    engine = engines.open(segment_bytes=32 * limits.MiB)  # many rows in the active segment
+
+    stop = threading.Event()
+    written: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            i = 0
+            while not stop.is_set() and i < 50_000:
+                engine.put(NS, f"w{i:06d}", b"x" * 10)
+                written.append(i)
+                i += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often: a snapshot meets appends in flight
+    th = threading.Thread(target=writer)
+    th.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        lists = 0
+        while time.monotonic() < deadline:
+            keys, _ = _keys(engine, limit=5)
+            assert keys == sorted(keys)
+            lists += 1
+    finally:
+        stop.set()
+        th.join(30)
+        sys.setswitchinterval(old)
+    assert errors == [] and lists > 0 and written
+    keys, truncated = _keys(engine, prefix="w", limit=limits.list_keys_max)
+    assert keys == [f"w{i:06d}" for i in range(min(len(written), limits.list_keys_max))]
