@@ -17,7 +17,8 @@ request (PUT: verified by the server's engine before it stores).
         lengths = c.get_into_region(["k"], [4 << 20])     # -> [n]
 
 Over RDMA NICs UCX picks them when ``UCX_TLS`` allows; when unset it is set to ``sm,tcp,self``
-(shared memory on one host, TCP across hosts), which works without RDMA hardware.
+(shared memory on one host, TCP across hosts), which works without RDMA hardware (see
+``ucx_env_defaults``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,20 @@ from kvstore_client._core import Core, Op, as_bytes_view, checksum
 from kvstore_client.client import SyncConnection
 
 UCX_TLS_DEFAULT = "sm,tcp,self"
+_RDMA_SYSFS = "/sys/class/infiniband"  # where Linux lists RDMA devices
+
+
+def ucx_env_defaults() -> None:
+    """UCX settings for the agent, each only when the environment has none: ``UCX_TLS`` and, on
+    a host without RDMA devices, no IB modules (``UCX_MODULES=^ib,rdmacm``): the libnl-route
+    they load crashes in its exit-time destructor with the nixl-cu12 1.5.1 wheels."""
+    os.environ.setdefault("UCX_TLS", UCX_TLS_DEFAULT)
+    try:
+        rdma = bool(os.listdir(_RDMA_SYSFS))
+    except OSError:
+        rdma = False
+    if not rdma:
+        os.environ.setdefault("UCX_MODULES", "^ib,rdmacm")
 
 
 def nixl_available() -> bool:
@@ -197,7 +212,7 @@ class NixlClient:
             raise InvalidArgument("a region is already registered on this client")
         api = _load()
         region = NixlRegion(buffer)
-        os.environ.setdefault("UCX_TLS", UCX_TLS_DEFAULT)
+        ucx_env_defaults()
         name = f"kvstore-client-{os.getpid()}-{secrets.token_hex(6)}"
         self.agent = api.nixl_agent(name, api.nixl_agent_config(backends=["UCX"]))
         self._reg = self.agent.register_memory([(region.address, region.size, 0, "")], "DRAM")

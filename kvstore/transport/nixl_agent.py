@@ -32,6 +32,9 @@ log = logging.getLogger("kvstore.nixl")
 # (CPU-only, no RDMA NIC); a deployment with RDMA sets UCX_TLS itself (e.g. "rc,sm,self").
 UCX_TLS_DEFAULT = "sm,tcp,self"
 
+# Where Linux lists RDMA devices; without any, UCX's IB modules have nothing to drive.
+_RDMA_SYSFS = "/sys/class/infiniband"
+
 AGENT_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 # Polls of a transfer's state that yield with sleep(0) before backing off to short sleeps.
@@ -55,10 +58,24 @@ def load_nixl() -> tuple[Any, Any, Any]:
     raise NotImplementedFeature("NIXL is not installed on this server (pip install 'kvstore[nixl]')")
 
 
-def new_agent(prefix: str) -> Any:
-    """A NIXL agent with the UCX backend and a unique name (UCX_TLS defaulted when unset)."""
-    agent_cls, config_cls, sync = load_nixl()
+def ucx_env_defaults() -> None:
+    """UCX settings for agents created by this process, each only when the environment has
+    none: ``UCX_TLS`` (see UCX_TLS_DEFAULT) and, on a host without RDMA devices, no IB modules
+    (``UCX_MODULES=^ib,rdmacm``): the libnl-route those modules load crashes in its exit-time
+    destructor with the nixl-cu12 1.5.1 wheels (SIGSEGV in rtnl_tc_unregister at exit)."""
     os.environ.setdefault("UCX_TLS", UCX_TLS_DEFAULT)
+    try:
+        rdma = bool(os.listdir(_RDMA_SYSFS))
+    except OSError:
+        rdma = False
+    if not rdma:
+        os.environ.setdefault("UCX_MODULES", "^ib,rdmacm")
+
+
+def new_agent(prefix: str) -> Any:
+    """A NIXL agent with the UCX backend and a unique name (UCX defaults: ucx_env_defaults)."""
+    agent_cls, config_cls, sync = load_nixl()
+    ucx_env_defaults()
     name = f"{prefix}-{os.getpid()}-{secrets.token_hex(6)}"
     cfg = config_cls(backends=["UCX"], sync_mode=sync.NIXL_THREAD_SYNC_STRICT)
     return agent_cls(name, cfg)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -235,7 +237,7 @@ def test_declared_region_larger_than_registered_memory_is_refused(bulk) -> None:
     from kvstore_client import nixl as cn
 
     api = cn._load()
-    os.environ.setdefault("UCX_TLS", cn.UCX_TLS_DEFAULT)
+    cn.ucx_env_defaults()
     buf = np.zeros(MiB, dtype=np.uint8)
     agent = api.nixl_agent(f"kvstore-test-{os.getpid()}", api.nixl_agent_config(backends=["UCX"]))
     reg = agent.register_memory([(int(buf.ctypes.data), MiB, 0, "")], "DRAM")
@@ -295,3 +297,19 @@ def test_stop_with_registered_peers_closes_the_agent(make_bulk) -> None:
     srv.stop(timeout=1.0)
     assert ctx.nixl is None
     c.close()
+
+
+@needs_nixl
+def test_a_process_with_an_agent_exits_cleanly() -> None:
+    """nixl-cu12 1.5.1 crashes at exit (libnl-route's destructor) when UCX loads its IB modules
+    on a host without RDMA devices; ucx_env_defaults keeps them out there."""
+    code = ("from kvstore_client import nixl as n; api = n._load(); n.ucx_env_defaults(); "
+            "a = api.nixl_agent('exit-check', api.nixl_agent_config(backends=['UCX'])); "
+            "print('agent up')")
+    env = {k: v for k, v in os.environ.items() if k not in ("UCX_MODULES", "UCX_TLS")}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env)
+    assert "agent up" in r.stdout
+    has_rdma = os.path.isdir("/sys/class/infiniband") and os.listdir("/sys/class/infiniband")
+    if not has_rdma:
+        assert r.returncode == 0, r.stderr[-2000:]
