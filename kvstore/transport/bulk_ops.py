@@ -153,7 +153,10 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
             except BaseException:
                 cm.__exit__(None, None, None)
                 raise
-            p.hold(cm)
+            if bv.stable:  # a DRAM-tier block is immutable and referenced by the transport
+                cm.__exit__(None, None, None)
+            else:
+                p.hold(cm)  # a pooled flash buffer: keep it until the transport flushed it
             found += 1
             nbytes += bv.meta.length
     finally:
