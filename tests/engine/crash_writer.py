@@ -1,7 +1,10 @@
 """Writer process for tests/engine/test_crash.py: writes deterministic blocks to a store on real
 files and acknowledges each one on stdout after the engine call returned.
 
-    python crash_writer.py DATA_DIR ROUND MAX_BLOCKS
+    python crash_writer.py DATA_DIR ROUND MAX_BLOCKS THREADS
+
+Several threads write at once (one of them in batches), so puts are in flight concurrently and
+their acknowledgements must still never get ahead of the log.
 
 stdout lines: ``ready <device>`` once the store is open, then ``P <key>`` after each put and
 ``D <key>`` after each delete returned; ``d <key>`` announces a delete before it starts (a kill
@@ -13,11 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 
 NS = "crash"
 SEGMENT_BYTES = 1024 * 1024
 CAPACITY_BYTES = 1024 * 1024 * 1024  # large: nothing the test checks may be evicted
-DELETE_EVERY = 9  # every 9th put also deletes the block written 4 puts earlier
+DELETE_EVERY = 9  # after every 9 puts a thread deletes one of its own earlier blocks
 
 
 def key_of(round_no: int, i: int) -> str:
@@ -38,30 +42,61 @@ def main(argv: list[str]) -> int:
     from kvstore.engine.types import EngineConfig
     from kvstore.io_uring.select import open_device
 
-    data_dir, round_no, max_blocks = argv[1], int(argv[2]), int(argv[3])
+    data_dir, round_no, max_blocks, threads = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
     dev = open_device("auto", probe_dir=data_dir)
     eng = Engine.open(EngineConfig(data_dir, capacity_bytes=CAPACITY_BYTES,
                                    segment_bytes=SEGMENT_BYTES, dram_bytes=0), dev)
     if NS not in {n.name for n in eng.list_namespaces()}:
         eng.create_namespace(NS)
-    out = sys.stdout
-    out.write(f"ready {dev.name}\n")
-    out.flush()
-    for i in range(max_blocks):
-        key = key_of(round_no, i)
-        eng.put(NS, key, content(key))
-        out.write(f"P {key}\n")
-        out.flush()
-        if i % DELETE_EVERY == DELETE_EVERY - 1:
-            victim = key_of(round_no, i - 4)
-            out.write(f"d {victim}\n")
-            out.flush()
-            if eng.delete(NS, victim):
-                out.write(f"D {victim}\n")
-                out.flush()
+    lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    failed: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            write(t)
+        except BaseException as exc:  # a writer thread that fails makes the process fail
+            failed.append(exc)
+            raise
+
+    def write(t: int) -> None:
+        """Thread t writes keys t, t + threads, ...; thread 0 in batches through put_many."""
+        mine: list[str] = []
+        deletes = 0
+        i = t
+        while i < max_blocks:
+            step = 4 if t == 0 else 1
+            batch = [key_of(round_no, j) for j in range(i, max_blocks, threads)][:step]
+            if t == 0:
+                eng.put_many(NS, [(k, content(k)) for k in batch])
+            else:
+                eng.put(NS, batch[0], content(batch[0]))
+            for k in batch:
+                say(f"P {k}")
+            mine += batch
+            i += threads * len(batch)
+            while deletes < len(mine) // DELETE_EVERY:
+                victim = mine[deletes * DELETE_EVERY + 4]
+                deletes += 1
+                say(f"d {victim}")
+                if eng.delete(NS, victim):
+                    say(f"D {victim}")
+
+    say(f"ready {dev.name}")
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    if failed:
+        return 1
     eng.close()
-    out.write("done\n")
-    out.flush()
+    say("done")
     return 0
 
 

@@ -28,6 +28,7 @@ ROOT = HERE.parents[1]
 KILLS = 20
 ROUNDS_MAX = 40
 MAX_BLOCKS = 600  # per writer run: bounds the store whatever the timing
+THREADS = 3  # concurrent writers in the writer process
 
 
 class _Writer:
@@ -35,7 +36,7 @@ class _Writer:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "crash_writer.py"), data_dir, str(round_no),
-             str(MAX_BLOCKS)],
+             str(MAX_BLOCKS), str(THREADS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(ROOT),
         )
         self.lines: list[bytes] = []
