@@ -128,3 +128,28 @@ def test_memory_per_entry_after_merge_at_200k() -> None:
     per_entry = idx.memory_bytes() / n
     assert per_entry < 100, per_entry
     assert idx.get(_d(12345)) == _e(12345)
+
+
+def test_present_many_matches_get_with_expiry_and_collisions() -> None:
+    rng = random.Random(7)
+    idx = Index(delta_max=50)
+    now = 1_800_000_000
+    model: dict[bytes, Entry] = {}
+    # digests sharing their high half with a live or dead neighbour
+    twins = [b"\x05" * 8 + bytes([i]) * 8 for i in range(6)]
+    universe = [_d(i) for i in range(300)] + twins
+    for step in range(3000):
+        d = rng.choice(universe)
+        if rng.random() < 0.7:
+            e = _e(step)._replace(exp=rng.choice([0, now - 5, now, now + 5]))
+            idx.insert(d, e)
+            model[d] = e
+        else:
+            idx.remove(d)
+            model.pop(d, None)
+        if step % 300 == 0:
+            probe = rng.sample(universe, 60) + twins
+            got = idx.present_many(probe, now).tolist()
+            want = [d in model and (model[d].exp == 0 or model[d].exp > now) for d in probe]
+            assert got == want, step
+    assert idx.present_many([], now).tolist() == []

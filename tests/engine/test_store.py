@@ -406,3 +406,76 @@ def test_concurrent_puts_and_gets_on_real_files(file_engine: Engine) -> None:
         th.join(timeout=60)
     assert errors == []
     assert eng.count(NS) == 600
+
+
+def test_put_many(engines: Engines) -> None:
+    eng = engines.open()
+    eng.put(NS, "old", b"old")
+    items = [(f"b{i}", pattern(i, 3000 + 5000 * i)) for i in range(5)]
+    res = eng.put_many(NS, [items[0], ("old", b"new"), *items[1:], ("b0", b"dup")])
+    assert [r.created for r in res] == [True, False, True, True, True, True, False]
+    assert [r.meta.key for r in res] == ["b0", "old", "b1", "b2", "b3", "b4", "b0"]
+    for k, v in items:
+        assert eng.get(NS, k) == v
+    assert eng.get(NS, "old") == b"old"
+    seqs = [r.meta.seq for r in res if r.created]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    eng = engines.reopen(eng, crash=True)
+    assert all(eng.get(NS, k) == v for k, v in items)
+
+
+def test_put_many_validates_everything_before_writing(engine: Engine) -> None:
+    used = engine.flash_used_bytes()
+    with pytest.raises(InvalidKey):
+        engine.put_many(NS, [("good", b"x"), ("", b"y")])
+    with pytest.raises(ChecksumMismatch):
+        engine.put_many(NS, [("a", b"x"), ("b", b"y")],
+                        checksums=[fmt.checksum(b"x"), fmt.checksum(b"z")])
+    with pytest.raises(LimitExceeded):
+        engine.put_many(NS, [(f"k{i}", b"") for i in range(limits.batch_keys_max + 1)])
+    assert engine.flash_used_bytes() == used and engine.count(NS) == 0
+    assert not engine.exists(NS, "good") and not engine.exists(NS, "a")
+
+
+def test_put_many_overwrite(engine: Engine) -> None:
+    engine.put(NS, "k", b"one")
+    res = engine.put_many(NS, [("k", b"two"), ("j", b"new")], overwrite=True)
+    assert [r.created for r in res] == [True, True]
+    assert engine.get(NS, "k") == b"two"
+
+
+def test_read_dram(engines: Engines) -> None:
+    eng = engines.open(dram_bytes=64 * 1024)
+    eng.put(NS, "hot", b"h" * 1000)
+    eng.put(NS, "big", b"b" * (100 * 1024))  # larger than the tier: flash only
+    view = eng.read_dram(NS, "hot")
+    assert view is not None and bytes(view.payload) == b"h" * 1000 and view.stable
+    assert view.meta.length == 1000 and view.payload.readonly
+    assert eng.read_dram(NS, "big") is None
+    assert eng.read_dram(NS, "absent") is None
+    assert eng.stats()["hits_dram"] == 1
+    eng.put(NS, "hot", b"H" * 10, overwrite=True)
+    assert bytes(view.payload) == b"h" * 1000  # a view handed out stays what it was
+    fresh = eng.read_dram(NS, "hot")
+    assert fresh is not None and bytes(fresh.payload) == b"H" * 10
+
+
+def test_donated_buffer_is_kept_by_the_dram_tier(engines: Engines) -> None:
+    eng = engines.open(dram_bytes=1 << 20)
+    data = bytearray(b"d" * 5000)
+    eng.put(NS, "k", data, donate=True)
+    assert eng.get(NS, "k") == b"d" * 5000
+    eng.dram.clear()
+    assert eng.get(NS, "k") == b"d" * 5000  # and flash holds the same bytes
+
+
+def test_head_reads_only_the_header_and_verifies_it(engines: Engines) -> None:
+    eng = engines.open()
+    eng.put(NS, "k", pattern(1, 50_000), meta=b"content-type: x")
+    head = eng.head(NS, "k")
+    assert head is not None and head.meta == b"content-type: x" and head.length == 50_000
+    e = eng.index.get(fmt.digest_of(NS.encode(), b"k"))
+    path = f"{eng.config.data_dir}/seg-{e.seg:08x}.kvs"
+    eng.device.files[path][e.page * fmt.PAGE + 20] ^= 0x10
+    assert eng.head(NS, "k") is None
+    assert eng.stats()["checksum_failures"] == 1 and not eng.exists(NS, "k")
