@@ -174,3 +174,50 @@ def test_reclaim_never_frees_a_segment_under_a_read_in_flight(engines: Engines) 
         reader.join(30)
     assert got == [data]  # the reader gets the bytes it asked for
     assert path not in dev.files and eng.retired == {}  # and the last reader frees the file
+
+
+def test_concurrent_writers_and_readers_under_a_small_budget(engines: Engines) -> None:
+    """Rolls, reclaims and reinsertion while several threads append and read at once."""
+    eng = engines.open(engines.device("real"), capacity_bytes=CAPACITY, dram_bytes=128 * 1024)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(250):
+                key = f"t{t}-{i:04d}"
+                if t == 0 and i % 4 == 0:
+                    eng.put_many(NS, [(f"{key}-{j}", pattern(t * 7 + j, 20_000)) for j in range(4)])
+                else:
+                    eng.put(NS, key, pattern(t * 100_000 + i, 30_000 + 1000 * (i % 7)))
+                assert eng.flash_used_bytes() <= CAPACITY
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for t in (1, 2):
+                    for i in range(0, 250, 5):
+                        got = eng.get(NS, f"t{t}-{i:04d}")
+                        want = pattern(t * 100_000 + i, 30_000 + 1000 * (i % 7))
+                        assert got is None or got == want
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(3)]
+    rd = threading.Thread(target=reader)
+    rd.start()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    stop.set()
+    rd.join(30)
+    assert errors == []
+    st = eng.stats()
+    assert st["evicted_segments"] > 0 and st["flash_used_bytes"] <= CAPACITY
+    assert _disk_bytes(eng.config.data_dir) <= CAPACITY
+    eng.put(NS, "after", pattern(5, 40_000))  # and it keeps serving
+    assert eng.get(NS, "after") == pattern(5, 40_000)
+    assert eng.check(deep=True) == []

@@ -28,7 +28,7 @@ from .conftest import NS, SEGMENT_BYTES, Engines, pattern
 API_STATS = ("puts puts_existing gets hits_dram hits_flash misses bytes_written bytes_read "
              "checksum_failures evicted_segments evicted_blocks reinserted_blocks expired_blocks "
              "deletes blocks namespaces flash_used_bytes flash_capacity_bytes dram_used_bytes "
-             "dram_capacity_bytes segments leases_active").split()
+             "dram_capacity_bytes segments leases_active heads io_errors index_memory_bytes").split()
 
 
 class FakeClock:
