@@ -86,6 +86,42 @@ class EngineMachine(RuleBasedStateMachine):
         self.model[key] = v
         self.hist[key].add(v)
 
+    @rule(items=st.lists(st.tuples(keys, seeds, sizes), min_size=1, max_size=4))
+    def put_many(self, items: list[tuple[str, int, int]]) -> None:
+        res = self.eng.put_many(NS, [(k, value(s, n)) for k, s, n in items])
+        seen: set[str] = set()
+        for (key, seed, size), r in zip(items, res, strict=True):
+            if key in seen:  # a key repeated within a batch is stored once
+                assert not r.created
+                continue
+            seen.add(key)
+            if key in self.ghosts:
+                if not r.created:
+                    continue
+                self.ghosts.discard(key)
+            else:
+                assert r.created == (key not in self.model)
+            if r.created:
+                self.model[key] = value(seed, size)
+                self.hist[key].add(self.model[key])
+
+    @rule(key=keys)
+    def head(self, key: str) -> None:
+        meta = self.eng.head(NS, key)
+        if key in self.ghosts:  # head verifies the header page only
+            return
+        want = self.model.get(key)
+        if want is None:
+            assert meta is None
+        else:
+            assert meta is not None and meta.length == len(want)
+            assert meta.checksum == fmt.checksum(want)
+
+    @rule(key=keys)
+    def read_dram(self, key: str) -> None:
+        view = self.eng.read_dram(NS, key)
+        assert view is None or bytes(view.payload) == self.model.get(key)
+
     @rule(key=keys)
     def get(self, key: str) -> None:
         got = self.eng.get(NS, key)
