@@ -457,6 +457,17 @@ class Engine:
         data, meta = cached
         return BlockView(meta, memoryview(data).cast("B").toreadonly(), stable=True)
 
+    def head_dram(self, ns: str, key: str) -> BlockMeta | None:
+        """Metadata of a DRAM-tier block without any I/O, or None (then call ``head``)."""
+        with self._lock:
+            _ns_id, _info, _kb, digest = self._resolve(ns, key)
+            e = self._live(digest, time.time())
+            cached = None if e is None else self.dram.get(digest, (e.seg, e.page))
+            if cached is None:
+                return None
+            self.counters["heads"] += 1
+            return cached[1]
+
     def _unref(self, seg: Segment) -> None:
         with self._lock:
             seg.refs -= 1

@@ -197,6 +197,7 @@ def test_handler_crash_is_500_xml_and_server_stays_up(srv: LiveServer, s3: Any,
         raise RuntimeError("injected failure")
 
     monkeypatch.setattr(srv.state.engine, "read", boom)
+    monkeypatch.setattr(srv.state.engine, "read_dram", boom)  # the block is in the DRAM tier
     st, _, raw = _send(srv, "GET", f"/{BUCKET}/crash", b"", {
         "x-amz-content-sha256": sigv4.EMPTY_SHA256})
     assert st == 500 and b"<Code>InternalError</Code>" in raw and b"injected" not in raw

@@ -201,17 +201,22 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
 
+    def serve(view: BlockView | None) -> tuple[BlockMeta, tuple[bytes | memoryview, str],
+                                               tuple[int, int] | None]:
+        if view is None:
+            raise NotFound("The specified key does not exist.")
+        meta = view.meta
+        doc = checksums.unpack_meta(meta.meta)
+        check_conditions(req.headers, stored_etag(meta, doc), meta.created)
+        r = parse_range(rng, meta.length)
+        return meta, _payload_out(view, r), r
+
     def work() -> tuple[BlockMeta, tuple[bytes | memoryview, str], tuple[int, int] | None]:
         with s3.engine.read(bucket, key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            meta = view.meta
-            doc = checksums.unpack_meta(meta.meta)
-            check_conditions(req.headers, stored_etag(meta, doc), meta.created)
-            r = parse_range(rng, meta.length)
-            return meta, _payload_out(view, r), r
+            return serve(view)
 
-    meta, (body, req.tier), r = await s3.runner.call(work)
+    hot = s3.engine.read_dram(bucket, key)  # a DRAM hit needs no I/O: no thread hop
+    meta, (body, req.tier), r = serve(hot) if hot is not None else await s3.runner.call(work)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
@@ -224,7 +229,9 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    meta = await s3.runner.call(s3.engine.head, req.bucket, req.key)
+    meta = s3.engine.head_dram(req.bucket, req.key)
+    if meta is None:
+        meta = await s3.runner.call(s3.engine.head, req.bucket, req.key)
     if meta is None:
         raise NotFound("The specified key does not exist.")
     doc = checksums.unpack_meta(meta.meta)
