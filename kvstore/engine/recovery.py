@@ -38,8 +38,6 @@ UNKNOWN_NS = NS_ID_MAX + 1
 
 def recover(eng: Engine) -> None:
     cfg, dev = eng.config, eng.device
-    if not hasattr(dev, "files"):
-        os.makedirs(cfg.data_dir, exist_ok=True)
     t0 = time.monotonic()
     eng.catalog = Catalog.decode(dev.read_file(os.path.join(cfg.data_dir, CATALOG_FILE)))
     names = dev.listdir(cfg.data_dir)
