@@ -88,6 +88,7 @@ class EngineReads:
                 self.counters["misses"] += 1
                 self.counters["checksum_failures"] += 1
             log.warning("dropping %s/%s at segment %08x page %d: %s", ns, key, e.seg, e.page, exc)
+            self._bury(e.ns, ns.encode(), kb, digest)
             return None
         except StorageError as exc:  # maybe transient: a miss now, the block stays indexed
             with self._lock:
@@ -102,6 +103,14 @@ class EngineReads:
             self.counters["bytes_read"] += e.length
         po = hdr.payload_offset
         return BlockView(self._meta(hdr), buf.view[po : po + e.length].toreadonly()), buf
+
+    def _bury(self, ns_id: int, nsb: bytes, kb: bytes, digest: bytes) -> None:
+        """Persist the loss of a corrupt block: a tombstone, so that after a restart the
+        index does not point at the bad record again (exists/lookup would claim it)."""
+        try:
+            self._tombstone(ns_id, nsb, kb, digest, only_if_present=False)
+        except StorageError as exc:  # best effort: the block is already a miss
+            log.error("could not record the loss of a corrupt block: %s", exc)
 
     def read_dram(self, ns: str, key: str) -> BlockView | None:
         """A DRAM-tier hit without any I/O, or None (then call ``read``, which counts the
@@ -217,11 +226,17 @@ class EngineReads:
                     hdr.payload_len, hdr.checksum) != (e.length, e.csum):
                 raise CorruptRecord("record header disagrees with the index")
             return self._meta(hdr)
-        except (CorruptRecord, StorageError) as exc:
+        except CorruptRecord as exc:
             with self._lock:
                 self._drop(digest, e)
                 self.counters["checksum_failures"] += 1
             log.warning("dropping %s/%s: %s", ns, key, exc)
+            self._bury(e.ns, ns.encode(), kb, digest)
+            return None
+        except StorageError as exc:  # maybe transient: unknown now, the block stays indexed
+            with self._lock:
+                self.counters["io_errors"] += 1
+            log.error("header read of %s/%s failed: %s", ns, key, exc)
             return None
         finally:
             self.pool.release(buf)

@@ -339,19 +339,26 @@ class Engine(EngineReads):
             ns_id, _info, kb, digest = self._resolve(ns, key)
             if self._live(digest, time.time()) is None:
                 return False
-        buf = self.pool.acquire(PAGE)
-        try:
-            hdr = fmt.RecordHeader(ns.encode(), kb, 0, 0, 0, time.time(),
-                                   flags=fmt.FLAG_TOMBSTONE)
-            with self._wlock:
-                with self._lock:
-                    if self.index.get(digest) is None:
-                        return False
-                self._append(buf, hdr, PAGE, digest, ns_id, None)
-        finally:
-            self.pool.release(buf)
+        if not self._tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
+            return False
         self.counters["deletes"] += 1
         return True
+
+    def _tombstone(self, ns_id: int, nsb: bytes, kb: bytes, digest: bytes, *,
+                   only_if_present: bool) -> bool:
+        """Append a tombstone (and drop the block from the index)."""
+        buf = self.pool.acquire(PAGE)
+        try:
+            hdr = fmt.RecordHeader(nsb, kb, 0, 0, 0, time.time(), flags=fmt.FLAG_TOMBSTONE)
+            with self._wlock:
+                if only_if_present:
+                    with self._lock:
+                        if self.index.get(digest) is None:
+                            return False
+                self._append(buf, hdr, PAGE, digest, ns_id, None)
+            return True
+        finally:
+            self.pool.release(buf)
 
     def delete_many(self, ns: str, keys: Sequence[str]) -> int:
         check_batch(keys)

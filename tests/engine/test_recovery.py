@@ -237,3 +237,25 @@ def test_reopen_on_memory_device_after_crash(engines: Engines) -> None:
     # sequence numbers keep growing after a restart
     seq = eng.put(NS, "new", b"n").meta.seq
     assert seq > max(eng.head(NS, k).seq for k in blocks)
+
+
+def test_a_corrupt_block_found_by_a_read_stays_gone_after_reopen(engines: Engines) -> None:
+    """The read that finds a corrupt record appends a tombstone, so a restart does not index
+    the bad record again (exists/lookup_prefix would otherwise claim the block)."""
+    dev = engines.device("real")
+    eng = engines.open(dev)
+    eng.put(NS, "good", pattern(1, 9000))
+    eng.put(NS, "bad", pattern(2, 9000))
+    e = eng.index.get(fmt.digest_of(NS.encode(), b"bad"))
+    assert e is not None
+    path = segment_path(eng.config.data_dir, e.seg)
+    with open(path, "r+b") as f:  # flip a payload byte on disk
+        f.seek(e.page * fmt.PAGE + fmt.PAGE + 100)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 0x40]))
+    assert eng.get(NS, "bad") is None
+    assert eng.stats()["checksum_failures"] == 1
+    eng = engines.reopen(eng)
+    assert not eng.exists(NS, "bad") and eng.lookup_prefix(NS, ["bad"]) == 0
+    assert eng.get(NS, "good") == pattern(1, 9000)
