@@ -248,6 +248,9 @@ def test_a_corrupt_block_found_by_a_read_stays_gone_after_reopen(engines: Engine
     eng.put(NS, "bad", pattern(2, 9000))
     e = eng.index.get(fmt.digest_of(NS.encode(), b"bad"))
     assert e is not None
+    for i in range(20):  # roll on, so the bad record sits in a sealed segment with a summary
+        eng.put(NS, f"filler{i}", pattern(i, 200_000))
+    assert eng.active is not None and eng.active.id != e.seg and e.seg in eng.segments
     path = segment_path(eng.config.data_dir, e.seg)
     with open(path, "r+b") as f:  # flip a payload byte on disk
         f.seek(e.page * fmt.PAGE + fmt.PAGE + 100)
