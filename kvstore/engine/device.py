@@ -155,6 +155,10 @@ class Device(ABC):
         except FileNotFoundError:
             pass
 
+    def rename(self, old: str, new: str) -> None:
+        """Atomically rename a file; open handles stay valid."""
+        os.replace(old, new)
+
     def listdir(self, directory: str) -> list[str]:
         os.makedirs(directory, exist_ok=True)
         return sorted(os.listdir(directory))
@@ -250,6 +254,13 @@ class MemoryDevice(Device):
     def unlink(self, path: str) -> None:
         with self._lock:
             self.files.pop(path, None)
+
+    def rename(self, old: str, new: str) -> None:
+        with self._lock:
+            self.files[new] = self.files.pop(old)
+            for h, path in self._handles.items():
+                if path == old:
+                    self._handles[h] = new
 
     def listdir(self, directory: str) -> list[str]:
         pre = directory.rstrip("/") + "/"

@@ -38,7 +38,8 @@ PAGE = limits.io_alignment_bytes
 FORMAT_VERSION = 1
 
 SEGMENT_MAGIC = b"KVSSEG\x00\x01"
-_SEG = struct.Struct("<8sHHIQdQ")  # magic, version, flags, reserved, id, created, segment_bytes
+# magic, version, flags, reserved, id, created, segment_bytes, first_seq
+_SEG = struct.Struct("<8sHHIQdQQ")
 _SEG_CRC = struct.Struct("<I")
 
 RECORD_MAGIC = b"KVR\x01"
@@ -92,12 +93,16 @@ class SegmentHeader:
     segment_id: int
     created: float
     segment_bytes: int
+    # Every record of this segment has seq >= first_seq. A recycled file still holds the
+    # records of its previous life after the new data; they have lower seqs, so a scan stops
+    # at them instead of resurrecting them.
+    first_seq: int = 0
     version: int = FORMAT_VERSION
     flags: int = 0
 
     def encode(self) -> bytes:
         body = _SEG.pack(SEGMENT_MAGIC, self.version, self.flags, 0, self.segment_id,
-                         self.created, self.segment_bytes)
+                         self.created, self.segment_bytes, self.first_seq)
         raw = body + _SEG_CRC.pack(zlib.crc32(body))
         return raw + bytes(PAGE - len(raw))
 
@@ -109,10 +114,10 @@ class SegmentHeader:
         (crc,) = _SEG_CRC.unpack_from(buf, _SEG.size)
         if zlib.crc32(body) != crc:
             raise CorruptRecord("segment header CRC mismatch")
-        magic, version, flags, _r, sid, created, seg_bytes = _SEG.unpack(body)
+        magic, version, flags, _r, sid, created, seg_bytes, first_seq = _SEG.unpack(body)
         if magic != SEGMENT_MAGIC or version != FORMAT_VERSION:
             raise CorruptRecord("not a kvstore segment (magic/version)")
-        return cls(sid, created, seg_bytes, version, flags)
+        return cls(sid, created, seg_bytes, first_seq, version, flags)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,8 @@ log = logging.getLogger("kvstore.engine")
 def seal(eng: Engine, seg: Segment) -> None:
     assert seg.builder is not None, "sealing a sealed segment"
     eng._quiesce(seg)
+    if eng.device.size(seg.handle) > seg.end:  # a recycled file: drop its old tail
+        eng.device.truncate(seg.handle, seg.end)
     summary = seg.builder.build(seg.end)
     eng.device.sync(seg.handle)
     eng.device.write_file_atomic(summary_path(eng.config.data_dir, seg.id), summary.encode())
@@ -43,15 +45,17 @@ def roll(eng: Engine) -> Segment:
         eng.active = None
     need = len(eng.segments) + 1
     keep: list[tuple[bytes, Entry, AlignedBuffer, fmt.RecordHeader]] = []
+    reuse: Segment | None = None
     if need > eng.high_segments:
         victims = list(eng.segments.values())[: need - eng.low_segments]
         budget = int(limits.reinsert_fraction_max * eng.config.segment_bytes) - fmt.PAGE
         for v in victims:
             if eng.config.reinsert:
                 budget = _collect_reinserts(eng, v, budget, keep)
-            _retire(eng, v)
+            freed = _retire(eng, v, recycle=reuse is None)
+            reuse = reuse or freed
     seg = create_segment(eng.device, eng.config.data_dir, eng.next_segment_id,
-                         eng.config.segment_bytes, eng.pool)
+                         eng.config.segment_bytes, eng.pool, eng._next_seqs(0), reuse)
     eng.next_segment_id += 1
     with eng._lock:
         eng.segments[seg.id] = seg
@@ -101,15 +105,22 @@ def _collect_reinserts(eng: Engine, v: Segment, budget: int,
     return budget
 
 
-def _retire(eng: Engine, v: Segment) -> None:
+def _retire(eng: Engine, v: Segment, *, recycle: bool = False) -> Segment | None:
+    """Take ``v`` out of the index. Its file goes when the last reader leaves; with
+    ``recycle`` and no reader, it is handed back (still open) to become the next segment."""
     with eng._lock:
         for d in eng.index.segment_digests(v.id):
             eng._drop(d, eng.index.get(d))
             eng.counters["evicted_blocks"] += 1
         del eng.segments[v.id]
         v.retired = True
-        eng.retired[v.id] = v
         eng.counters["evicted_segments"] += 1
+        log.info("reclaimed segment %08x", v.id)
+        if v.refs == 0 and recycle:
+            eng.device.unlink(summary_path(eng.config.data_dir, v.id))
+            eng.counters["recycled_segments"] += 1
+            return v
+        eng.retired[v.id] = v
         if v.refs == 0:
             eng._free(v)
-    log.info("reclaimed segment %08x", v.id)
+    return None

@@ -84,7 +84,8 @@ def recover(eng: Engine) -> None:
 
             roll(eng)
     if not eng.segments or eng.active is None:
-        seg = create_segment(dev, cfg.data_dir, eng.next_segment_id, cfg.segment_bytes, eng.pool)
+        seg = create_segment(dev, cfg.data_dir, eng.next_segment_id, cfg.segment_bytes, eng.pool,
+                             eng.next_seq)
         eng.next_segment_id += 1
         eng.segments[seg.id] = seg
         eng.active = seg

@@ -58,7 +58,9 @@ def test_unknown_namespace_id(engines: Engines, eng: Engine) -> None:
 
 def test_file_size_disagrees_with_segment_end(engines: Engines, eng: Engine) -> None:
     f = eng.device.files[segment_path(eng.config.data_dir, eng.active.id)]
-    f.extend(b"\0" * fmt.PAGE)
+    f.extend(b"\0" * fmt.PAGE)  # an active segment may be longer (a recycled file) ...
+    assert not any("file size" in p for p in eng.check())
+    del f[-2 * fmt.PAGE:]  # ... but never shorter than what was written
     assert any("file size" in p for p in eng.check())
     _restore(engines, eng)
 

@@ -13,7 +13,7 @@ from kvstore.engine.device import IoOp, MemoryDevice
 from kvstore.engine.segments import segment_path
 from kvstore.engine.store import Engine
 
-from .conftest import NS, SEGMENT_BYTES, Engines, pattern, segment_files
+from .conftest import NS, SEGMENT_BYTES, Engines, active_segment_file, pattern, segment_files
 
 CAPACITY = 8 * SEGMENT_BYTES
 BLOCK = 64 * 1024
@@ -221,3 +221,29 @@ def test_concurrent_writers_and_readers_under_a_small_budget(engines: Engines) -
     eng.put(NS, "after", pattern(5, 40_000))  # and it keeps serving
     assert eng.get(NS, "after") == pattern(5, 40_000)
     assert eng.check(deep=True) == []
+
+
+def test_recycled_segment_files_never_resurrect_their_old_records(engines: Engines) -> None:
+    """A full store reuses a reclaimed segment's file for the next segment (overwrites beat
+    appends to new files). The old records behind the new data must stay dead, also after a
+    crash that leaves them in the active segment's file."""
+    dev = engines.device("real")
+    eng = engines.open(dev, capacity_bytes=4 << 20, segment_bytes=1 << 20)
+    written: list[str] = []
+    for i in range(60):
+        eng.put(NS, f"k{i}", pattern(i, 100_000))
+        written.append(f"k{i}")
+        if eng.stats()["recycled_segments"] >= 2 and eng.active is not None \
+                and eng.active.records == 1:
+            break
+    assert eng.stats()["recycled_segments"] >= 2
+    present = {k for k in written if eng.exists(NS, k)}
+    assert written[0] not in present  # the oldest were evicted
+    assert os.path.getsize(active_segment_file(eng)) > eng.active.end  # old tail still there
+    eng = engines.reopen(eng, crash=True)
+    for k in written:
+        got = eng.get(NS, k)
+        if k in present:
+            assert got == pattern(int(k[1:]), 100_000)
+        else:
+            assert got is None and not eng.exists(NS, k), f"{k} came back from a recycled file"

@@ -38,7 +38,7 @@ def _append(dev: MemoryDevice, seg, key: bytes, payload: bytes, seq: int) -> int
 
 def test_create_scan_and_stop_at_the_first_bad_record() -> None:
     dev, pool = MemoryDevice(), BufferPool()
-    seg = create_segment(dev, D, 3, 1 << 20, pool)
+    seg = create_segment(dev, D, 3, 1 << 20, pool, first_seq=1)
     assert seg.end == PAGE and len(dev.files[seg.path]) == PAGE
     offs = [_append(dev, seg, f"k{i}".encode(), bytes([i]) * (3000 + 4000 * i), i + 1)
             for i in range(4)]
@@ -55,7 +55,7 @@ def test_create_scan_and_stop_at_the_first_bad_record() -> None:
 
 def test_scan_stops_at_a_record_longer_than_the_file() -> None:
     dev, pool = MemoryDevice(), BufferPool()
-    seg = create_segment(dev, D, 1, 1 << 20, pool)
+    seg = create_segment(dev, D, 1, 1 << 20, pool, first_seq=1)
     _append(dev, seg, b"a", b"x" * 100, 1)
     off = _append(dev, seg, b"b", b"y" * 20_000, 2)
     del dev.files[seg.path][off + PAGE + 100 :]
@@ -65,7 +65,7 @@ def test_scan_stops_at_a_record_longer_than_the_file() -> None:
 
 def test_open_existing_verifies_the_header() -> None:
     dev, pool = MemoryDevice(), BufferPool()
-    seg = create_segment(dev, D, 5, 1 << 20, pool)
+    seg = create_segment(dev, D, 5, 1 << 20, pool, first_seq=1)
     again = open_existing(dev, D, 5, pool)
     assert again is not None and again.id == 5 and again.created == seg.created
     dev.files[segment_path(D, 6)] = bytearray(dev.files[seg.path])  # a copy under another id
