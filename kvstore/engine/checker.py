@@ -57,6 +57,12 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
                 problems.append(f"retired segment {seg.id} with no readers was not freed")
         if len(eng.segments) > eng.max_segments:
             problems.append(f"{len(eng.segments)} segments over the budget of {eng.max_segments}")
+        files = len(eng.segments) + len(eng.retired) + len(eng.free_files)
+        if files > eng.max_segments + len(eng.retired):
+            problems.append(f"{files} segment files over the budget of {eng.max_segments}")
+        for seg in eng.free_files:
+            if seg.refs or not seg.retired:
+                problems.append(f"free file of segment {seg.id} still referenced")
         used = sum(s.end for s in eng.segments.values())
         if used > eng.config.capacity_bytes:
             problems.append(f"flash used {used} over capacity {eng.config.capacity_bytes}")

@@ -18,7 +18,13 @@ from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.device import AlignedBuffer
 from kvstore.engine.index import Entry
-from kvstore.engine.segments import Segment, create_segment, load_summary, summary_path
+from kvstore.engine.segments import (
+    Segment,
+    create_segment,
+    free_path,
+    load_summary,
+    summary_path,
+)
 from kvstore.errors import CorruptRecord, StorageError
 
 if TYPE_CHECKING:
@@ -45,15 +51,17 @@ def roll(eng: Engine) -> Segment:
         eng.active = None
     need = len(eng.segments) + 1
     keep: list[tuple[bytes, Entry, AlignedBuffer, fmt.RecordHeader]] = []
-    reuse: Segment | None = None
     if need > eng.high_segments:
         victims = list(eng.segments.values())[: need - eng.low_segments]
         budget = int(limits.reinsert_fraction_max * eng.config.segment_bytes) - fmt.PAGE
         for v in victims:
             if eng.config.reinsert:
                 budget = _collect_reinserts(eng, v, budget, keep)
-            freed = _retire(eng, v, recycle=reuse is None)
-            reuse = reuse or freed
+            _retire(eng, v)
+    with eng._lock:
+        reuse = eng.free_files.pop(0) if eng.free_files else None
+        if reuse is not None:
+            eng.counters["recycled_segments"] += 1
     seg = create_segment(eng.device, eng.config.data_dir, eng.next_segment_id,
                          eng.config.segment_bytes, eng.pool, eng._next_seqs(0), reuse)
     eng.next_segment_id += 1
@@ -105,9 +113,9 @@ def _collect_reinserts(eng: Engine, v: Segment, budget: int,
     return budget
 
 
-def _retire(eng: Engine, v: Segment, *, recycle: bool = False) -> Segment | None:
-    """Take ``v`` out of the index. Its file goes when the last reader leaves; with
-    ``recycle`` and no reader, it is handed back (still open) to become the next segment."""
+def _retire(eng: Engine, v: Segment) -> None:
+    """Take ``v`` out of the index. Without readers its file is kept, renamed ``free-*``, to
+    become a later segment (recycling); otherwise it goes when the last reader leaves."""
     with eng._lock:
         for d in eng.index.segment_digests(v.id):
             eng._drop(d, eng.index.get(d))
@@ -116,11 +124,11 @@ def _retire(eng: Engine, v: Segment, *, recycle: bool = False) -> Segment | None
         v.retired = True
         eng.counters["evicted_segments"] += 1
         log.info("reclaimed segment %08x", v.id)
-        if v.refs == 0 and recycle:
-            eng.device.unlink(summary_path(eng.config.data_dir, v.id))
-            eng.counters["recycled_segments"] += 1
-            return v
-        eng.retired[v.id] = v
         if v.refs == 0:
-            eng._free(v)
-    return None
+            free = free_path(eng.config.data_dir, v.id)
+            eng.device.rename(v.path, free)  # first: a crash now leaves no segment to scan
+            eng.device.unlink(summary_path(eng.config.data_dir, v.id))
+            v.path = free
+            eng.free_files.append(v)
+            return
+        eng.retired[v.id] = v

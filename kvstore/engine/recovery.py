@@ -42,8 +42,9 @@ def recover(eng: Engine) -> None:
     eng.catalog = Catalog.decode(dev.read_file(os.path.join(cfg.data_dir, CATALOG_FILE)))
     names = dev.listdir(cfg.data_dir)
     ids = sorted(i for i in (parse_segment_name(n) for n in names) if i is not None)
-    for n in names:  # summaries without a segment, leftovers of an interrupted write
-        if n.endswith(".tmp") or (n.endswith(".sum") and parse_segment_name(n[:-4] + ".kvs") not in ids):
+    for n in names:  # leftovers: interrupted writes, orphan summaries, files kept to recycle
+        if (n.endswith(".tmp") or n.startswith("free-")
+                or (n.endswith(".sum") and parse_segment_name(n[:-4] + ".kvs") not in ids)):
             dev.unlink(os.path.join(cfg.data_dir, n))
     summaries: list[SegmentSummary] = []
     unsealed = []

@@ -32,6 +32,11 @@ def summary_path(data_dir: str, sid: int) -> str:
     return os.path.join(data_dir, f"seg-{sid:08x}.sum")
 
 
+def free_path(data_dir: str, sid: int) -> str:
+    """A reclaimed segment's file waiting to be recycled: never scanned, removed on open."""
+    return os.path.join(data_dir, f"free-{sid:08x}.kvs")
+
+
 def parse_segment_name(name: str) -> int | None:
     if name.startswith("seg-") and name.endswith(".kvs") and len(name) == 16:
         try:

@@ -71,6 +71,7 @@ class Engine(EngineReads):
         self.catalog = Catalog()
         self.segments: dict[int, Segment] = {}  # live (not retired), ordered by id
         self.retired: dict[int, Segment] = {}  # reclaimed, waiting for readers to let go
+        self.free_files: list[Segment] = []  # reclaimed files (still open) to recycle
         self.active: Segment | None = None
         self.next_segment_id = 1
         self.next_seq = 1
@@ -113,7 +114,10 @@ class Engine(EngineReads):
                 with contextlib.suppress(StorageError):
                     self.device.sync(seg.handle)
                 self.device.close_handle(seg.handle)
+            for seg in self.free_files:
+                self.device.close_handle(seg.handle)
             self.segments.clear()
+            self.free_files.clear()
             self.dram.clear()
             self.pool.close()
 
@@ -399,7 +403,7 @@ class Engine(EngineReads):
 
     def flash_used_bytes(self) -> int:
         segs = list(self.segments.values()) + list(self.retired.values())
-        return sum(s.end for s in segs)
+        return sum(s.end for s in segs) + sum(self.device.size(s.handle) for s in self.free_files)
 
     def check(self, *, deep: bool = False) -> list[str]:
         from kvstore.engine.checker import check
