@@ -185,3 +185,7 @@ nixl_transfer_seconds_max = 30.0
 # How long an append waits for earlier appends in the same segment to reach the device before
 # it gives up with a StorageError (a device that hangs this long is broken).
 write_wait_seconds_max = 60.0
+
+# Chunks one batched put reserves and submits together (write_chunk_bytes_max each): the queue
+# depth one put_many gives the device, and the buffers it holds at once (64 MiB).
+write_wave_chunks_max = 8

@@ -1,22 +1,26 @@
 """Writing puts: records packed into chunks, chunks written concurrently, acks in log order.
 
 A chunk (one record, or many small ones up to ``limits.write_chunk_bytes_max``) is built in an
-aligned buffer outside every lock: payload copy and padding. Under the write lock the chunk only
-reserves its range of the active segment, takes sequence numbers, encodes its header pages and
-adds its summary rows. The device write then runs with no lock held, so several writers keep
-the device's queue full (a single serialized writer reached half of fio's write bandwidth).
+aligned buffer outside every lock: payload copy and padding. Under the write lock a *wave* of
+chunks (up to ``limits.write_wave_chunks_max``, all in the active segment) only reserves its byte
+ranges, takes sequence numbers, encodes header pages and adds summary rows. The wave's writes
+then go to the device in one ``submit`` with no lock held, so one ``put_many`` keeps the device
+queue as deep as several writer threads would, and several writers keep it deeper.
+
 A put is acknowledged, and its blocks published in the index, only when every earlier byte of
 the segment is written (``Engine._complete``): recovery stops at the first bad record, so an
-acknowledged block must never sit behind a hole.
+acknowledged block must never sit behind a hole. A record whose key another writer stored
+between build and reservation is written as a void record (``FLAG_VOID``), never indexed.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.engine import format as fmt
+from kvstore.engine.device import IoOp
 from kvstore.engine.types import BlockMeta, PutResult
 
 if TYPE_CHECKING:
@@ -25,6 +29,18 @@ if TYPE_CHECKING:
     from kvstore.engine.store import Engine, _Prepared
 
 PAGE = fmt.PAGE
+
+
+@dataclass
+class _Chunk:
+    items: list[int]  # indices into preps
+    total: int
+    buf: AlignedBuffer | None = None
+    offs: list[int] | None = None  # record offsets inside the chunk
+    seg: Segment | None = None
+    off: int = 0  # chunk offset in the segment
+    hdrs: list[fmt.RecordHeader] | None = None
+    live: list[bool] | None = None  # False: written void (another writer stored the key)
 
 
 def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
@@ -41,18 +57,11 @@ def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
                 else:
                     seen.add(p.digest)
                     todo.append(i)
-    cap = max(PAGE, min(limits.write_chunk_bytes_max, eng.config.segment_bytes - PAGE))
-    chunk: list[int] = []
-    size = 0
-    for i in todo:
-        span = preps[i].hdr.span
-        if chunk and size + span > cap:
-            _write_chunk(eng, preps, chunk, results, overwrite, donate)
-            chunk, size = [], 0
-        chunk.append(i)
-        size += span
-    if chunk:
-        _write_chunk(eng, preps, chunk, results, overwrite, donate)
+    chunks = _pack(eng, preps, todo)
+    done = 0
+    while done < len(chunks):
+        done += _write_wave(eng, preps, chunks[done : done + limits.write_wave_chunks_max],
+                            results, overwrite, donate)
     out = []
     for r in results:
         assert r is not None
@@ -60,90 +69,138 @@ def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
     return out
 
 
-
 def _not_written(p: _Prepared) -> PutResult:
     return PutResult(False, BlockMeta(p.ns, p.key, p.hdr.payload_len, p.hdr.checksum, 0, 0.0))
 
 
-def _write_chunk(eng: Engine, preps: list[_Prepared], chunk: list[int],
-                 results: list[PutResult | None], overwrite: bool, donate: bool) -> None:
-    while chunk:
-        total = sum(preps[i].hdr.span for i in chunk)
-        buf = eng.pool.acquire(total)
-        try:
-            offs = []
-            o = 0
-            for i in chunk:  # payloads and padding, outside every lock
-                h = preps[i].hdr
-                po, ln = h.payload_offset, h.payload_len
-                view = buf.view[o : o + h.span]
-                view[po : po + ln] = preps[i].data
-                tail = min(h.span, fmt.align_up(po + ln))
-                view[po + ln : tail] = bytes(tail - po - ln)
-                offs.append(o)
-                o += h.span
-            with eng._wlock:
-                with eng._lock:  # another writer may have stored one of these keys meanwhile
-                    lost = [i for i in chunk if preps[i].digest in eng._pending
-                            or eng._existing(preps[i], overwrite) is not None]
-                    if not lost:
-                        eng._pending.update(preps[i].digest for i in chunk)
-                if lost:
-                    for i in lost:
-                        results[i] = _not_written(preps[i])
-                    chunk = [i for i in chunk if i not in lost]
-                    continue  # rebuild the chunk without them (rare)
-                try:
-                    seg = eng._room_for(total)
-                    off = eng._reserve(seg, total)
-                except BaseException:
-                    with eng._lock:
-                        eng._pending.difference_update(preps[i].digest for i in chunk)
-                    raise
-                seq0 = eng._next_seqs(len(chunk))
-                hdrs = []
-                for n, i in enumerate(chunk):
-                    hdr = replace(preps[i].hdr, seq=seq0 + n)
-                    hdr.encode_into(buf.view[offs[n] :])
-                    eng._add_rows(seg, off + offs[n], hdr, preps[i].digest)
-                    hdrs.append(hdr)
-            _finish(eng, seg, off, total, buf, chunk, offs, hdrs, preps, results, donate)
-            return
-        finally:
-            eng.pool.release(buf)
+def _pack(eng: Engine, preps: list[_Prepared], todo: list[int]) -> list[_Chunk]:
+    cap = max(PAGE, min(limits.write_chunk_bytes_max, eng.config.segment_bytes - PAGE))
+    chunks: list[_Chunk] = []
+    for i in todo:
+        span = preps[i].hdr.span
+        if not chunks or chunks[-1].total + span > cap:
+            chunks.append(_Chunk([], 0))
+        chunks[-1].items.append(i)
+        chunks[-1].total += span
+    return chunks
 
 
-def _finish(eng: Engine, seg: Segment, off: int, total: int, buf: AlignedBuffer,
-            chunk: list[int], offs: list[int], hdrs: list[fmt.RecordHeader],
-            preps: list[_Prepared], results: list[PutResult | None], donate: bool) -> None:
-    """Write the reserved chunk, wait for log order, publish."""
-    published = False
+def _build(eng: Engine, preps: list[_Prepared], c: _Chunk) -> None:
+    """Payloads and padding into an aligned buffer, outside every lock."""
+    c.buf = eng.pool.acquire(c.total)
+    c.offs = []
+    o = 0
+    for i in c.items:
+        h = preps[i].hdr
+        po, ln = h.payload_offset, h.payload_len
+        view = c.buf.view[o : o + h.span]
+        view[po : po + ln] = preps[i].data
+        tail = min(h.span, fmt.align_up(po + ln))
+        view[po + ln : tail] = bytes(tail - po - ln)
+        c.offs.append(o)
+        o += h.span
+
+
+def _reserve(eng: Engine, preps: list[_Prepared], c: _Chunk, overwrite: bool,
+             first: bool) -> bool:
+    """Claim the chunk's range in the active segment. Caller holds _wlock. Only the first
+    chunk of a wave may roll the segment: rolling waits for writes in flight, and the wave's
+    earlier chunks are reserved but not yet submitted."""
+    seg = eng.active
+    if seg is None or seg.broken or seg.end + c.total > eng.config.segment_bytes:
+        if not first:
+            return False
+        seg = eng._room_for(c.total)
+    assert c.buf is not None and c.offs is not None
+    with eng._lock:
+        c.live = [not (preps[i].digest in eng._pending
+                       or eng._existing(preps[i], overwrite) is not None) for i in c.items]
+        eng._pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
+    c.seg, c.off = seg, eng._reserve(seg, c.total)
+    seq0 = eng._next_seqs(len(c.items))
+    c.hdrs = []
+    for n, i in enumerate(c.items):
+        flags = preps[i].hdr.flags | (0 if c.live[n] else fmt.FLAG_VOID)
+        hdr = replace(preps[i].hdr, seq=seq0 + n, flags=flags)
+        hdr.encode_into(c.buf.view[c.offs[n] :])
+        if c.live[n]:
+            eng._add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
+        c.hdrs.append(hdr)
+    return True
+
+
+def _write_wave(eng: Engine, preps: list[_Prepared], wave: list[_Chunk],
+                results: list[PutResult | None], overwrite: bool, donate: bool) -> int:
+    """Write up to ``len(wave)`` chunks; returns how many were written (at least one)."""
+    for c in wave:
+        _build(eng, preps, c)
+    taken: list[_Chunk] = []
     try:
-        ok = False
-        try:
-            eng.device.write(seg.handle, off, buf.view[:total])
-            ok = True
-        finally:
-            eng._complete(seg, off, off + total, ok)
-        if eng.config.sync_on_put:
-            eng.device.sync(seg.handle)
-        keeps = []
-        for i in chunk:  # DRAM copies outside the lock
-            p = preps[i]
-            keep: object = None
-            if eng.config.dram_on_put and p.hdr.payload_len <= eng.dram.capacity_bytes:
-                keep = p.data.toreadonly() if donate else bytes(p.data)
-            keeps.append(keep)
-        with eng._lock:
-            for n, i in enumerate(chunk):
-                p = preps[i]
-                eng._publish(seg, off + offs[n], hdrs[n], p.digest, p.ns_id, keeps[n])
-                eng._pending.discard(p.digest)
-                results[i] = PutResult(True, eng._meta(hdrs[n]))
-                eng.counters["puts"] += 1
-                eng.counters["bytes_written"] += p.hdr.payload_len
-            published = True
+        with eng._wlock:
+            for c in wave:
+                if not _reserve(eng, preps, c, overwrite, first=not taken):
+                    break
+                taken.append(c)
+        _submit_and_publish(eng, preps, taken, results, donate)
     finally:
-        if not published:
+        for c in wave:
+            if c.buf is not None:
+                eng.pool.release(c.buf)
+                c.buf = None
+    return len(taken)
+
+
+def _submit_and_publish(eng: Engine, preps: list[_Prepared], taken: list[_Chunk],
+                        results: list[PutResult | None], donate: bool) -> None:
+    published: set[int] = set()
+    try:
+        res: list[int] = []
+        try:
+            ops = [IoOp(c.seg.handle, c.off, c.buf.view[: c.total], write=True)  # type: ignore[union-attr]
+                   for c in taken]
+            res = eng.device.submit(ops)
+        finally:
+            for n, c in enumerate(taken):  # every reserved range completes, even on failure
+                assert c.seg is not None
+                eng._complete(c.seg, c.off, c.off + c.total, n < len(res) and res[n] == c.total)
+        bad = [c for n, c in enumerate(taken) if res[n] != c.total]
+        if bad:
+            from kvstore.errors import StorageError
+
+            raise StorageError(f"{eng.device.name}: write of {bad[0].total} bytes at "
+                               f"{bad[0].off} failed")
+        if eng.config.sync_on_put:
+            for seg in {id(c.seg): c.seg for c in taken}.values():
+                eng.device.sync(seg.handle)  # type: ignore[union-attr]
+        for c in taken:
+            _publish_chunk(eng, preps, c, results, donate)
+            published.add(id(c))
+    finally:
+        stale = [preps[i].digest for c in taken if id(c) not in published
+                 for n, i in enumerate(c.items) if c.live and c.live[n]]
+        if stale:
             with eng._lock:
-                eng._pending.difference_update(preps[i].digest for i in chunk)
+                eng._pending.difference_update(stale)
+
+
+def _publish_chunk(eng: Engine, preps: list[_Prepared], c: _Chunk,
+                   results: list[PutResult | None], donate: bool) -> None:
+    assert c.seg is not None and c.offs is not None and c.hdrs is not None and c.live is not None
+    keeps: list[object] = []
+    for n, i in enumerate(c.items):  # DRAM copies outside the lock
+        p = preps[i]
+        keep: object = None
+        if c.live[n] and eng.config.dram_on_put and p.hdr.payload_len <= eng.dram.capacity_bytes:
+            keep = p.data.toreadonly() if donate else bytes(p.data)
+        keeps.append(keep)
+    with eng._lock:
+        for n, i in enumerate(c.items):
+            p = preps[i]
+            if not c.live[n]:
+                results[i] = _not_written(p)
+                continue
+            eng._publish(c.seg, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
+            eng._pending.discard(p.digest)
+            results[i] = PutResult(True, eng._meta(c.hdrs[n]))
+            eng.counters["puts"] += 1
+            eng.counters["bytes_written"] += p.hdr.payload_len

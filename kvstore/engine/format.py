@@ -49,6 +49,9 @@ _REC = struct.Struct("<4sBBBBHHIQddQ")
 _CRC = struct.Struct("<I")
 
 FLAG_TOMBSTONE = 0x01
+# A record written but void: its key was stored by another writer between the build of a batch
+# and its reservation. Skipped by scans, never indexed; its bytes just fill the reserved range.
+FLAG_VOID = 0x02
 
 # The header (fixed part + names + meta + CRC) must fit in one page.
 meta_bytes_max = PAGE - _REC.size - limits.namespace_bytes_max - limits.key_bytes_max - _CRC.size
@@ -154,6 +157,10 @@ class RecordHeader:
     @property
     def tombstone(self) -> bool:
         return bool(self.flags & FLAG_TOMBSTONE)
+
+    @property
+    def void(self) -> bool:
+        return bool(self.flags & FLAG_VOID)
 
     def encode_into(self, buf: memoryview) -> int:
         """Write the header at the start of ``buf``; returns header_len."""

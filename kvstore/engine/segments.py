@@ -151,9 +151,10 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[Summar
                 payload = win.view(off + hdr.payload_offset, hdr.payload_len)
                 if payload is None or fmt.checksum(payload) != hdr.checksum:
                     break
-            builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key, off // PAGE,
-                        hdr.payload_len, hdr.checksum, hdr.seq, hdr.created, hdr.expires,
-                        hdr.flags)
+            if not hdr.void:
+                builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key,
+                            off // PAGE, hdr.payload_len, hdr.checksum, hdr.seq, hdr.created,
+                            hdr.expires, hdr.flags)
             off += hdr.span
     except StorageError as exc:
         log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)

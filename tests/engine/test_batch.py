@@ -68,3 +68,31 @@ def test_put_many_spans_segments_and_repeats_are_stored_once(engine: Engine) -> 
     assert engine.stats()["segments"] > 3
     for k, v in items:
         assert engine.get(NS, k) == v
+
+
+def test_a_key_stored_by_another_writer_mid_batch_becomes_a_void_record(engines: Engines) -> None:
+    """put_many builds its chunks before it reserves them; a key another writer stores in
+    between is written void (never indexed, skipped by scans) and answered created=False."""
+    import kvstore.engine.batch as batch
+
+    eng = engines.open(engines.device("real"))
+    real_build = batch._build
+    raced = []
+
+    def build_then_race(e, preps, c):  # noqa: ANN001 - same signature as _build
+        real_build(e, preps, c)
+        if not raced:
+            raced.append(True)
+            assert eng.put(NS, "k1", b"the other writer").created
+
+    batch._build = build_then_race
+    try:
+        res = eng.put_many(NS, [(f"k{i}", pattern(i, 5000)) for i in range(4)])
+    finally:
+        batch._build = real_build
+    assert [r.created for r in res] == [True, False, True, True]
+    assert eng.get(NS, "k1") == b"the other writer"
+    eng = engines.reopen(eng, crash=True)
+    assert eng.get(NS, "k1") == b"the other writer"
+    assert [eng.get(NS, f"k{i}") for i in (0, 2, 3)] == [pattern(i, 5000) for i in (0, 2, 3)]
+    assert eng.count(NS) == 4
