@@ -41,6 +41,15 @@ class _Chunk:
     off: int = 0  # chunk offset in the segment
     hdrs: list[fmt.RecordHeader] | None = None
     live: list[bool] | None = None  # False: written void (another writer stored the key)
+    staged: memoryview | None = None  # one record whose payload is written in place
+
+    def ops(self) -> list[IoOp]:
+        assert self.seg is not None and self.buf is not None
+        h = self.seg.handle
+        if self.staged is None:
+            return [IoOp(h, self.off, self.buf.view[: self.total], write=True)]
+        return [IoOp(h, self.off, self.buf.view[:PAGE], write=True),
+                IoOp(h, self.off + PAGE, self.staged, write=True)]
 
 
 def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
@@ -78,7 +87,10 @@ def _pack(eng: Engine, preps: list[_Prepared], todo: list[int]) -> list[_Chunk]:
     chunks: list[_Chunk] = []
     for i in todo:
         span = preps[i].hdr.span
-        if not chunks or chunks[-1].total + span > cap:
+        if preps[i].staged is not None:  # header page + the caller's buffer, no copy
+            chunks.append(_Chunk([i], span, staged=preps[i].staged))
+            continue
+        if not chunks or chunks[-1].staged is not None or chunks[-1].total + span > cap:
             chunks.append(_Chunk([], 0))
         chunks[-1].items.append(i)
         chunks[-1].total += span
@@ -87,6 +99,10 @@ def _pack(eng: Engine, preps: list[_Prepared], todo: list[int]) -> list[_Chunk]:
 
 def _build(eng: Engine, preps: list[_Prepared], c: _Chunk) -> None:
     """Payloads and padding into an aligned buffer, outside every lock."""
+    if c.staged is not None:
+        c.buf = eng.pool.acquire(PAGE)  # the header page; the payload stays where it is
+        c.offs = [0]
+        return
     c.buf = eng.pool.acquire(c.total)
     c.offs = []
     o = 0
@@ -154,16 +170,16 @@ def _submit_and_publish(eng: Engine, preps: list[_Prepared], taken: list[_Chunk]
                         results: list[PutResult | None], donate: bool) -> None:
     published: set[int] = set()
     try:
-        res: list[int] = []
+        ok = [False] * len(taken)
         try:
-            ops = [IoOp(c.seg.handle, c.off, c.buf.view[: c.total], write=True)  # type: ignore[union-attr]
-                   for c in taken]
-            res = eng.device.submit(ops)
+            ops = [c.ops() for c in taken]
+            res = iter(eng.device.submit([op for group in ops for op in group]))
+            ok = [all(next(res) == len(op.buf) for op in group) for group in ops]
         finally:
             for n, c in enumerate(taken):  # every reserved range completes, even on failure
                 assert c.seg is not None
-                eng._complete(c.seg, c.off, c.off + c.total, n < len(res) and res[n] == c.total)
-        bad = [c for n, c in enumerate(taken) if res[n] != c.total]
+                eng._complete(c.seg, c.off, c.off + c.total, ok[n])
+        bad = [c for n, c in enumerate(taken) if not ok[n]]
         if bad:
             from kvstore.errors import StorageError
 

@@ -113,6 +113,16 @@ class BufferPool:
 
 
 @dataclass(frozen=True, slots=True)
+class StagedPayload:
+    """A put payload already in O_DIRECT-ready memory: ``view`` starts on a page boundary and
+    is ``align_up(length)`` bytes long; the bytes past ``length`` are the caller's scratch. The
+    engine writes such a payload straight from it (no copy into a record buffer)."""
+
+    view: memoryview
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class IoOp:
     """One positional I/O in a batch: read into or write from ``buf`` at ``offset``."""
 

@@ -20,7 +20,13 @@ from dataclasses import dataclass, replace
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.catalog import CATALOG_FILE, Catalog
-from kvstore.engine.device import AlignedBuffer, BufferPool, Device
+from kvstore.engine.device import (
+    AlignedBuffer,
+    BufferPool,
+    Device,
+    StagedPayload,
+    is_aligned_view,
+)
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
 from kvstore.engine.reads import BlockView, EngineReads, check_batch
@@ -57,6 +63,7 @@ class _Prepared:
     digest: bytes
     hdr: fmt.RecordHeader
     data: memoryview
+    staged: memoryview | None = None  # page-aligned, padded payload to write in place
 
 
 class Engine(EngineReads):
@@ -197,8 +204,21 @@ class Engine(EngineReads):
     def _prepare(self, ns: str, key: str, data: object, checksum: int | None,
                  ttl_seconds: float, meta: bytes) -> _Prepared:
         """Validate one put and compute its checksum (outside all locks)."""
-        mv = memoryview(data).cast("B")  # type: ignore[arg-type]
-        n = len(mv)
+        staged = None
+        if isinstance(data, StagedPayload):
+            n = data.length
+            view = data.view.cast("B")
+            if n > len(view):
+                raise InvalidArgument("staged payload shorter than its length")
+            mv = view[:n]
+            if n >= PAGE:  # small payloads go inline in the header page: copied as usual
+                staged = view
+                if len(staged) != fmt.align_up(n) or not is_aligned_view(staged):
+                    raise InvalidArgument("a staged payload must be page aligned and padded")
+                staged[n:] = bytes(len(staged) - n)  # never write stale scratch to disk
+        else:
+            mv = memoryview(data).cast("B")  # type: ignore[arg-type]
+            n = len(mv)
         with self._lock:
             ns_id, info, kb, digest = self._resolve(ns, key)
         if n > limits.block_bytes_max:
@@ -217,7 +237,7 @@ class Engine(EngineReads):
                                now + ttl_seconds if ttl_seconds else 0.0, meta)
         if hdr.span + PAGE > self.config.segment_bytes:
             raise EntityTooLarge("block does not fit in one segment")
-        return _Prepared(ns, key, ns_id, digest, hdr, mv)
+        return _Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged)
 
     def _existing(self, p: _Prepared, overwrite: bool) -> PutResult | None:
         """The answer for a put that must not write (key present). Caller holds _lock."""

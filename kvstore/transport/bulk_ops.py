@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from kvstore.engine.device import AlignedBuffer
+from kvstore.engine.device import AlignedBuffer, StagedPayload, align_up
 from kvstore.errors import KVStoreError, ProtocolError
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
@@ -76,7 +76,7 @@ async def _simple(p: BulkProtocol, rid: int, field: str, fn: Any, keys: list[str
     p.send(FrameType.RESULT, rid, {field: n})
 
 
-def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[memoryview]) -> list[bool]:
+def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[StagedPayload]) -> list[bool]:
     """Runs in an engine thread: store the batch (several records per device write). The engine
     verifies every checksum before it writes anything: a ChecksumMismatch stores nothing."""
     res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
@@ -87,7 +87,9 @@ def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[memoryview]) -> l
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[AlignedBuffer],
                     started: float) -> None:
     try:
-        views = [b.view[:n] for b, n in zip(bufs, batch.lengths, strict=True)]
+        # payloads were received page-aligned into pool buffers: the engine writes them in place
+        views = [StagedPayload(b.view[: align_up(n)], n)
+                 for b, n in zip(bufs, batch.lengths, strict=True)]
         created = await p.runner.call(_put_all, p, batch, views)
     finally:
         for b in bufs:
