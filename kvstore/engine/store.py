@@ -129,6 +129,10 @@ class Engine(EngineReads):
             self.pool.close()
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def device_name(self) -> str:
         return self.device.name
 

@@ -1,4 +1,5 @@
-"""A live bulk server on 127.0.0.1 (engine on a MemoryDevice), started and stopped per test."""
+"""Shared fixtures: a live bulk server on 127.0.0.1 (engine on a MemoryDevice), started and
+stopped per test, its engine checked with ``check()`` before it stops."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ def make_bulk() -> Iterator[Callable[..., BackgroundBulkServer]]:
         return srv
 
     yield make
+    problems = []
     for srv in started:
+        if srv.engine is not None and not srv.engine.closed:  # a test may have stopped it
+            problems += srv.engine.check()
         srv.stop(timeout=2.0)
+    assert problems == []
 
 
 @pytest.fixture
