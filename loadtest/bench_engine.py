@@ -61,7 +61,8 @@ def machine(bench_dir: Path) -> dict[str, object]:
     return {"nproc": os.cpu_count(), "cpu": cpu, "mem_gib": round(int(mem) / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version(),
             "disk": dev, "fstype": src_fs[1] if len(src_fs) > 1 else "", "disk_model": model,
-            "io_uring_probe": probe_uring(str(bench_dir))[1]}
+            # relative to the repository: no path of this machine goes into a recorded result
+            "io_uring_probe": probe_uring(str(bench_dir))[1].replace(str(ROOT) + os.sep, "")}
 
 
 def git_commit() -> str:
