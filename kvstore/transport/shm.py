@@ -12,6 +12,7 @@ Registration is refused unless the peer is on loopback (or a Unix socket).
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import mmap
 import os
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
 from kvstore.errors import AccessDenied, InvalidArgument, LimitExceeded
+from kvstore.io_uring.buffers import buffer_address
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameFlags, FrameType
 
@@ -96,30 +98,55 @@ def _region(p: BulkProtocol) -> Region:
     return p.region
 
 
-def _get_all(p: BulkProtocol, req: msg.KeysRequest) -> list[tuple[int, str, int, int]]:
-    """Engine thread: copy each block from the engine's read buffer (DRAM entry or the aligned
-    flash buffer) straight into its slot; returns (index, key, length, checksum)."""
+# Blocks copied per engine call: answers for a group go out while the next group is copied, so
+# the client verifies checksums (its core) while the server copies (this one).
+SHM_GET_GROUP = 8
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    """memcpy through ctypes, which releases the GIL, so the event loop keeps sending while a
+    worker copies 2 MiB blocks (a slice assignment would hold the GIL throughout)."""
+    n = len(src)
+    if n < 64 * 1024:
+        dst[:n] = src
+        return
+    assert len(dst) >= n
+    ctypes.memmove(buffer_address(dst), buffer_address(src), n)
+
+
+def _get_range(p: BulkProtocol, req: msg.KeysRequest, lo: int,
+               hi: int) -> list[tuple[int, str, int, int]]:
+    """Engine thread: copy blocks lo..hi-1 from the engine's read buffer (DRAM entry or the
+    aligned flash buffer) straight into their slots; returns (index, key, length, checksum)."""
     region = _region(p)
     assert req.offsets is not None and req.capacities is not None
-    slots = [region.slot(o, c) for o, c in zip(req.offsets, req.capacities, strict=True)]
     out = []
-    for i, (key, slot) in enumerate(zip(req.keys, slots, strict=True)):
+    for i in range(lo, hi):
+        key = req.keys[i]
+        slot = region.slot(req.offsets[i], req.capacities[i])
         with p.engine.read(p.namespace, key) as bv:  # one read: payload and its checksum
             if bv is None:
                 continue
             n = bv.meta.length
             if n > len(slot):
                 raise InvalidArgument(f"block {key} has {n} bytes; its slot holds {len(slot)}")
-            slot[:n] = bv.payload
+            _copy(slot, bv.payload)
             out.append((i, key, n, bv.meta.checksum))
     return out
 
 
 async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
-    found = await p.runner.call(_get_all, p, req)
-    for i, key, n, xxh in found:
-        p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.SHM)
-    p.send(FrameType.END, rid, {"n": len(found)})
+    region = _region(p)
+    assert req.offsets is not None and req.capacities is not None
+    for o, c in zip(req.offsets, req.capacities, strict=True):
+        region.slot(o, c)  # every slot is checked before anything is copied
+    found = 0
+    for lo in range(0, len(req.keys), SHM_GET_GROUP):
+        hi = min(len(req.keys), lo + SHM_GET_GROUP)
+        for i, key, n, xxh in await p.runner.call(_get_range, p, req, lo, hi):
+            p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.SHM)
+            found += 1
+    p.send(FrameType.END, rid, {"n": found})
 
 
 def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
