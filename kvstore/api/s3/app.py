@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
+from kvstore.engine.device import BufferPool
 from kvstore.errors import AccessDenied
 from kvstore.tenants import Tenant
 
@@ -61,6 +62,7 @@ class S3App:
         self.metrics = state.metrics
         self.region = state.region
         self.uploads = multipart.Uploads()
+        self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
 
     @staticmethod
     def access_denied() -> AccessDenied:

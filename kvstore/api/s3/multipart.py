@@ -150,12 +150,15 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     u = s3.uploads.get(req.query["uploadId"], req.bucket, req.key, call.tenant.name)
     if "x-amz-copy-source" in req.headers:
         return await _upload_part_copy(s3, req, call, send, u, number)
-    buf, trailers, payload_hash = await objects.read_payload(req, call)
+    body, trailers, payload_hash = await objects.read_payload(s3, req, call)
+    try:
+        def verify() -> dict[str, str]:
+            return checksums.verify(body.view, req.headers, trailers, payload_hash)[0]
 
-    def verify() -> dict[str, str]:
-        return checksums.verify(memoryview(buf), req.headers, trailers, payload_hash)[0]
-
-    sums = await s3.runner.call(verify)
+        sums = await s3.runner.call(verify)
+        buf = bytes(body.view)  # parts are held until Complete; the pooled buffer goes back
+    finally:
+        body.release()
     part = s3.uploads.add_part(u, number, buf, sums)
     headers = [(b"etag", f'"{part.etag}"'.encode()),
                (b"x-amz-request-id", req.request_id.encode())]

@@ -25,6 +25,7 @@ from kvstore.api.s3.http import (
 )
 from kvstore.api.s3.listing import iso
 from kvstore.api.s3.xml import document, esc, parse_delete, tag
+from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import NotFound
 
@@ -56,8 +57,35 @@ def check_unsupported(req: Request) -> None:
         raise S3Error("NotImplemented", f"storage class {sc} is not supported")
 
 
-async def read_payload(req: Request, call: Call) -> tuple[bytearray, dict[str, str], str]:
-    """The request body in one preallocated buffer: (payload, trailers, payload hash)."""
+class Body:
+    """A request body received into a pooled, page-aligned buffer (no zero-filled bytearray per
+    request): the engine writes it to flash in place (``staged``), then it goes back to the
+    pool with ``release``."""
+
+    __slots__ = ("_pool", "_buf", "view")
+
+    def __init__(self, pool: BufferPool, n: int) -> None:
+        self._pool = pool
+        self._buf: AlignedBuffer | None = pool.acquire(align_up(n))
+        self.view = self._buf.view[:n]
+
+    def staged(self) -> StagedPayload:
+        assert self._buf is not None
+        return StagedPayload(self._buf.view[: align_up(len(self.view))], len(self.view))
+
+    def release(self) -> None:
+        if self._buf is not None:
+            self.view = memoryview(b"")
+            self._pool.release(self._buf)
+            self._buf = None
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
+async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[str, str], str]:
+    """The request body in one pooled buffer: (payload, trailers, payload hash). The caller
+    releases the body."""
     payload_hash = req.headers.get("x-amz-content-sha256", "")
     checksums.check_payload_hash_syntax(payload_hash)
     if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
@@ -72,17 +100,25 @@ async def read_payload(req: Request, call: Call) -> tuple[bytearray, dict[str, s
                           "aws-chunked bodies need x-amz-decoded-content-length")
         n = int(declared)
         _check_size(n)
-        buf = bytearray(n)
-        dec = chunked.AwsChunkedDecoder(memoryview(buf), payload_hash, call.signing)
-        await req.body_into(memoryview(buf), dec.feed)
-        return buf, dec.finish(), payload_hash
+        body = Body(s3.pool, n)
+        try:
+            dec = chunked.AwsChunkedDecoder(body.view, payload_hash, call.signing)
+            await req.body_into(body.view, dec.feed)
+            return body, dec.finish(), payload_hash
+        except BaseException:
+            body.release()
+            raise
     n = req.content_length()
     if n is None:
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
     _check_size(n)
-    buf = bytearray(n)
-    await req.body_into(memoryview(buf))
-    return buf, {}, payload_hash
+    body = Body(s3.pool, n)
+    try:
+        await req.body_into(body.view)
+    except BaseException:
+        body.release()
+        raise
+    return body, {}, payload_hash
 
 
 def _check_size(n: int) -> None:
@@ -99,11 +135,17 @@ def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
     return doc.get("e") or meta.etag
 
 
-def _store(s3: S3App, bucket: str, key: str, buf: bytearray, meta: bytes,
+def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
            overwrite: bool) -> BlockMeta:
-    """engine.put with S3 semantics, in a worker thread."""
+    """engine.put with S3 semantics, in a worker thread. A fresh bytearray is donated to the
+    DRAM tier; a pooled Body is written in place and copied for DRAM (it returns to the pool)."""
     eng = s3.engine
-    res = eng.put(bucket, key, buf, meta=meta, overwrite=overwrite, donate=True)
+    if isinstance(buf, Body):
+        data: object = buf.staged()
+        donate = False
+    else:
+        data, donate = buf, True
+    res = eng.put(bucket, key, data, meta=meta, overwrite=overwrite, donate=donate)
     if res.created:
         return res.meta
     if not overwrite:
@@ -112,24 +154,32 @@ def _store(s3: S3App, bucket: str, key: str, buf: bytearray, meta: bytes,
     cur = eng.head(bucket, key)
     if cur is not None and cur.meta != meta:  # same bytes, new metadata: rewrite the record
         eng.delete(bucket, key)
-        res = eng.put(bucket, key, buf, meta=meta, overwrite=True, donate=True)
+        res = eng.put(bucket, key, data, meta=meta, overwrite=True, donate=donate)
         return res.meta
     return cur if cur is not None else res.meta
 
 
 async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     check_unsupported(req)
-    bucket, key = req.bucket, req.key
     inm = req.headers.get("if-none-match")
     if inm is not None and inm.strip() != "*":
         raise S3Error("NotImplemented", "If-None-Match on PUT supports only *")
     if_match = req.headers.get("if-match")
-    buf, trailers, payload_hash = await read_payload(req, call)
+    buf, trailers, payload_hash = await read_payload(s3, req, call)
+    try:
+        return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match)
+    finally:
+        buf.release()
+
+
+async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: dict[str, str],
+                    payload_hash: str, inm: str | None, if_match: str | None) -> tuple[int, int]:
+    bucket, key = req.bucket, req.key
     hdrs = checksums.object_headers(req.headers)
     um = checksums.user_metadata(req.headers)
 
     def work() -> tuple[BlockMeta, dict[str, str], str]:
-        sums, md5_hex = checksums.verify(memoryview(buf), req.headers, trailers, payload_hash)
+        sums, md5_hex = checksums.verify(buf.view, req.headers, trailers, payload_hash)
         if if_match is not None:
             cur = s3.engine.head(bucket, key)
             if cur is None:
