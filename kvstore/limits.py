@@ -189,3 +189,7 @@ write_wait_seconds_max = 60.0
 # Chunks one batched put reserves and submits together (write_chunk_bytes_max each): the queue
 # depth one put_many gives the device, and the buffers it holds at once (64 MiB).
 write_wave_chunks_max = 8
+
+# Threads that run engine calls for the asyncio edges. Flash I/O blocks a thread per request,
+# so this is the queue depth the edges can give the device (reads reach fio's QD8 figure at 8).
+engine_threads = 8

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
+from kvstore import limits
 from kvstore.engine.device import AlignedBuffer, StagedPayload, align_up
 from kvstore.errors import KVStoreError, ProtocolError
 from kvstore.protocol import messages as msg
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 # Blocks of one GET_BATCH being read from the engine ahead of the socket (overlaps flash reads
 # with sends; bounded so one request cannot pin many blocks).
-GET_READ_AHEAD = 4
+GET_READ_AHEAD = limits.engine_threads  # flash reads in flight per GET: the device's queue depth
 
 
 def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from kvstore import limits
 from kvstore.errors import Busy
 
 T = TypeVar("T")
@@ -21,7 +22,7 @@ T = TypeVar("T")
 class EngineRunner:
     """Bounded: at most ``threads`` calls run at once and at most ``queue_max`` wait."""
 
-    def __init__(self, threads: int = 4, queue_max: int = 1024) -> None:
+    def __init__(self, threads: int = limits.engine_threads, queue_max: int = 1024) -> None:
         self._threads = threads
         self._queue_max = queue_max
         self._pending = 0
