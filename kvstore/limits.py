@@ -92,8 +92,9 @@ reinsert_fraction_max = 0.5
 # Operations in flight in one io_uring ring (submission queue entries).
 uring_entries = 64
 
-# Buffers in the aligned pool; each is block_bytes-sized on demand and reused.
-buffer_pool_buffers_max = 64
+# Idle bytes an aligned buffer pool keeps for reuse (per pool: the engine's, the bulk port's,
+# the S3 app's). Covers a bulk connection's in-flight window; beyond it buffers are unmapped.
+buffer_pool_idle_bytes_max = 512 * MiB
 
 # --- Network edges ------------------------------------------------------------------------
 

@@ -71,14 +71,15 @@ class AlignedBuffer:
 class BufferPool:
     """Reuses aligned buffers by power-of-two size class (fresh mmaps page-fault at ~1 GB/s).
 
-    Bounded: at most ``limits.buffer_pool_buffers_max`` idle buffers are kept; extra releases
-    are closed.
+    Bounded: at most ``limits.buffer_pool_idle_bytes_max`` bytes of idle buffers are kept
+    (enough to cover a connection's in-flight window of 2 MiB blocks, so a busy bulk PUT does
+    not map and fault fresh memory per block); extra releases are unmapped.
     """
 
-    def __init__(self, idle_max: int = limits.buffer_pool_buffers_max) -> None:
+    def __init__(self, idle_bytes_max: int = limits.buffer_pool_idle_bytes_max) -> None:
         self._idle: dict[int, list[AlignedBuffer]] = {}
-        self._idle_count = 0
-        self._idle_max = idle_max
+        self._idle_bytes = 0
+        self._idle_bytes_max = idle_bytes_max
         self._lock = threading.Lock()
 
     @staticmethod
@@ -91,15 +92,15 @@ class BufferPool:
         with self._lock:
             free = self._idle.get(cls)
             if free:
-                self._idle_count -= 1
+                self._idle_bytes -= cls
                 return free.pop()
         return AlignedBuffer(cls)
 
     def release(self, buf: AlignedBuffer) -> None:
         with self._lock:
-            if self._idle_count < self._idle_max:
+            if self._idle_bytes + buf.size <= self._idle_bytes_max:
                 self._idle.setdefault(buf.size, []).append(buf)
-                self._idle_count += 1
+                self._idle_bytes += buf.size
                 return
         buf.close()
 
@@ -109,7 +110,7 @@ class BufferPool:
                 for b in bufs:
                     b.close()
             self._idle.clear()
-            self._idle_count = 0
+            self._idle_bytes = 0
 
 
 @dataclass(frozen=True, slots=True)
