@@ -1,15 +1,16 @@
 """Writer process for tests/engine/test_crash.py: writes deterministic blocks to a store on real
 files and acknowledges each one on stdout after the engine call returned.
 
-    python crash_writer.py DATA_DIR ROUND MAX_BLOCKS THREADS
+    python crash_writer.py DATA_DIR ROUND MAX_BLOCKS THREADS [CAPACITY_BYTES]
 
 Several threads write at once (one of them in batches), so puts are in flight concurrently and
 their acknowledgements must still never get ahead of the log.
 
 stdout lines: ``ready <device>`` once the store is open, then ``P <key>`` after each put and
 ``D <key>`` after each delete returned; ``d <key>`` announces a delete before it starts (a kill
-between ``d`` and ``D`` leaves that block present or absent). The test SIGKILLs this process at
-a random moment.
+between ``d`` and ``D`` leaves that block present or absent); ``S <n>`` each time the count of
+recycled segment files grows (with a small CAPACITY_BYTES the store runs full). The test
+SIGKILLs this process at a random moment.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ def main(argv: list[str]) -> int:
     from kvstore.io_uring.select import open_device
 
     data_dir, round_no, max_blocks, threads = argv[1], int(argv[2]), int(argv[3]), int(argv[4])
+    capacity = int(argv[5]) if len(argv) > 5 else CAPACITY_BYTES
     dev = open_device("auto", probe_dir=data_dir)
-    eng = Engine.open(EngineConfig(data_dir, capacity_bytes=CAPACITY_BYTES,
+    eng = Engine.open(EngineConfig(data_dir, capacity_bytes=capacity,
                                    segment_bytes=SEGMENT_BYTES, dram_bytes=0), dev)
     if NS not in {n.name for n in eng.list_namespaces()}:
         eng.create_namespace(NS)
@@ -56,6 +58,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.flush()
 
     failed: list[BaseException] = []
+    recycled = [0]
 
     def work(t: int) -> None:
         try:
@@ -78,6 +81,9 @@ def main(argv: list[str]) -> int:
                 eng.put(NS, batch[0], content(batch[0]))
             for k in batch:
                 say(f"P {k}")
+            if t == 0 and eng.stats()["recycled_segments"] > recycled[0]:
+                recycled[0] = int(eng.stats()["recycled_segments"])
+                say(f"S {recycled[0]}")
             mine += batch
             i += threads * len(batch)
             while deletes < len(mine) // DELETE_EVERY:

@@ -32,11 +32,11 @@ THREADS = 3  # concurrent writers in the writer process
 
 
 class _Writer:
-    def __init__(self, data_dir: str, round_no: int) -> None:
+    def __init__(self, data_dir: str, round_no: int, capacity: int = CAPACITY_BYTES) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "crash_writer.py"), data_dir, str(round_no),
-             str(MAX_BLOCKS), str(THREADS)],
+             str(MAX_BLOCKS), str(THREADS), str(capacity)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(ROOT),
         )
         self.lines: list[bytes] = []
@@ -151,3 +151,55 @@ def test_sigkill_mid_stream_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert mid_stream >= KILLS // 2, f"seed {seed}: only {mid_stream} kills mid-stream"
     assert devices <= {"uring", "posix"} and devices, devices
     assert len(present) > 50, f"seed {seed}: too few acknowledged writes to mean anything"
+
+
+FULL_CAPACITY_BYTES = 6 * SEGMENT_BYTES  # the store runs full: segments reclaimed and recycled
+FULL_KILLS = 10
+
+
+def test_sigkill_while_a_full_store_recycles_segment_files(tmp_path: Path) -> None:
+    """A store at capacity reuses reclaimed segment files, whose old records sit behind the new
+    data. Killed at random moments, it must never return other bytes for a key nor bring back a
+    block whose delete was acknowledged; blocks may be gone (evicted)."""
+    seed = int(os.environ.get("KVSTORE_CRASH_SEED", time.time_ns() % 2**32))
+    rng = random.Random(seed)
+    data_dir = str(tmp_path / "store")
+    os.makedirs(data_dir)
+    deleted: set[str] = set()
+    kills = recycled = evicted_seen = 0
+    for round_no in range(ROUNDS_MAX):
+        if kills >= FULL_KILLS:
+            break
+        w = _Writer(data_dir, round_no, FULL_CAPACITY_BYTES)
+        deadline = time.monotonic() + 10
+        target = rng.randrange(100, 500)
+        while w.acked() < target and w.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        rc, lines, err = w.kill()
+        why = f"seed {seed} round {round_no}"
+        assert rc in (-signal.SIGKILL, 0), f"{why}: writer failed ({rc}): {err[-2000:]}"
+        kills += rc == -signal.SIGKILL
+        acked = set()
+        for ln in lines:
+            if ln.startswith("P "):
+                acked.add(ln[2:])
+            elif ln.startswith("D "):
+                deleted.add(ln[2:])
+            elif ln.startswith("S "):
+                recycled = max(recycled, int(ln[2:]))
+        dev = real_device(tmp_path)
+        eng = Engine.open(EngineConfig(data_dir, capacity_bytes=FULL_CAPACITY_BYTES,
+                                       segment_bytes=SEGMENT_BYTES, dram_bytes=0), dev)
+        try:
+            if NS in {n.name for n in eng.list_namespaces()}:
+                listed = set(_all_blocks(eng))
+                for key in listed:
+                    assert eng.get(NS, key) == content(key), f"{why}: {key} has other bytes"
+                assert not listed & deleted, f"{why}: deleted blocks came back"
+                evicted_seen += len(acked - deleted - listed) > 0
+            assert eng.check(deep=True) == [], why
+        finally:
+            eng.close()
+            dev.close()
+    assert kills >= FULL_KILLS, f"seed {seed}: only {kills} kills"
+    assert recycled > 0 and evicted_seen > 0, f"seed {seed}: the store never ran full"
