@@ -106,6 +106,30 @@ class Request:
                           "Content-Length HTTP header.")
         return pos
 
+    async def body_chunks(self, size: int) -> list[bytes]:
+        """Receive a body of exactly ``size`` bytes as the server's chunks, without copying
+        them on the event loop (the caller copies them in a worker thread)."""
+        chunks: list[bytes] = []
+        pos = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = msg.get("body", b"")
+            if chunk:
+                pos += len(chunk)
+                if pos > size:
+                    raise S3Error("IncompleteBody", "body longer than Content-Length")
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                self.body_done = True
+                break
+        if pos != size:
+            raise S3Error("IncompleteBody",
+                          "You did not provide the number of bytes specified by the "
+                          "Content-Length HTTP header.")
+        return chunks
+
     async def small_body(self, limit: int) -> bytes:
         """A whole small body (XML requests) of at most ``limit`` bytes."""
         n = self.content_length()

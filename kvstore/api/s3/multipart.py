@@ -153,10 +153,10 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     body, trailers, payload_hash = await objects.read_payload(s3, req, call)
     try:
         def verify() -> dict[str, str]:
-            return checksums.verify(body.view, req.headers, trailers, payload_hash)[0]
+            return checksums.verify(body.data(), req.headers, trailers, payload_hash)[0]
 
         sums = await s3.runner.call(verify)
-        buf = bytes(body.view)  # parts are held until Complete; the pooled buffer goes back
+        buf = bytes(body.data())  # parts are held until Complete; the pooled buffer goes back
     finally:
         body.release()
     part = s3.uploads.add_part(u, number, buf, sums)

@@ -60,27 +60,46 @@ def check_unsupported(req: Request) -> None:
 class Body:
     """A request body received into a pooled, page-aligned buffer (no zero-filled bytearray per
     request): the engine writes it to flash in place (``staged``), then it goes back to the
-    pool with ``release``."""
+    pool with ``release``. A plain body arrives as the server's chunks and is copied into the
+    buffer by ``data()`` in a worker thread, keeping that 2 MiB copy off the event loop."""
 
-    __slots__ = ("_pool", "_buf", "view")
+    __slots__ = ("_pool", "_buf", "_n", "_chunks")
 
     def __init__(self, pool: BufferPool, n: int) -> None:
         self._pool = pool
         self._buf: AlignedBuffer | None = pool.acquire(align_up(n))
-        self.view = self._buf.view[:n]
+        self._n = n
+        self._chunks: list[bytes] | None = None
+
+    def target(self) -> memoryview:
+        """Where a decoder writes the body (aws-chunked)."""
+        assert self._buf is not None
+        return self._buf.view[: self._n]
+
+    def data(self) -> memoryview:
+        """The body bytes; copies pending chunks in first (call off the event loop)."""
+        view = self.target()
+        if self._chunks is not None:
+            pos = 0
+            for c in self._chunks:
+                view[pos : pos + len(c)] = c
+                pos += len(c)
+            self._chunks = None
+        return view
 
     def staged(self) -> StagedPayload:
+        self.data()
         assert self._buf is not None
-        return StagedPayload(self._buf.view[: align_up(len(self.view))], len(self.view))
+        return StagedPayload(self._buf.view[: align_up(self._n)], self._n)
 
     def release(self) -> None:
+        self._chunks = None
         if self._buf is not None:
-            self.view = memoryview(b"")
             self._pool.release(self._buf)
             self._buf = None
 
     def __len__(self) -> int:
-        return len(self.view)
+        return self._n
 
 
 async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[str, str], str]:
@@ -102,8 +121,8 @@ async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[
         _check_size(n)
         body = Body(s3.pool, n)
         try:
-            dec = chunked.AwsChunkedDecoder(body.view, payload_hash, call.signing)
-            await req.body_into(body.view, dec.feed)
+            dec = chunked.AwsChunkedDecoder(body.target(), payload_hash, call.signing)
+            await req.body_into(body.target(), dec.feed)
             return body, dec.finish(), payload_hash
         except BaseException:
             body.release()
@@ -114,7 +133,7 @@ async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[
     _check_size(n)
     body = Body(s3.pool, n)
     try:
-        await req.body_into(body.view)
+        body._chunks = await req.body_chunks(n)
     except BaseException:
         body.release()
         raise
@@ -179,7 +198,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
     um = checksums.user_metadata(req.headers)
 
     def work() -> tuple[BlockMeta, dict[str, str], str]:
-        sums, md5_hex = checksums.verify(buf.view, req.headers, trailers, payload_hash)
+        sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash)
         if if_match is not None:
             cur = s3.engine.head(bucket, key)
             if cur is None:
