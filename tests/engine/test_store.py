@@ -479,3 +479,15 @@ def test_head_reads_only_the_header_and_verifies_it(engines: Engines) -> None:
     eng.device.files[path][e.page * fmt.PAGE + 20] ^= 0x10
     assert eng.head(NS, "k") is None
     assert eng.stats()["checksum_failures"] == 1 and not eng.exists(NS, "k")
+
+
+def test_head_dram_answers_only_from_the_dram_tier(engines: Engines) -> None:
+    eng = engines.open(dram_bytes=500_000)
+    eng.put(NS, "hot", b"h" * 1000)  # kept in DRAM on put
+    eng.put(NS, "cold", b"c" * 600_000)  # larger than the whole tier: flash only
+    meta = eng.head_dram(NS, "hot")
+    assert meta is not None and meta.length == 1000 and meta.key == "hot"
+    assert eng.head_dram(NS, "cold") is None  # would need I/O: the caller uses head()
+    assert eng.head(NS, "cold") is not None
+    assert eng.head_dram(NS, "missing") is None
+    assert eng.stats()["heads"] == 2  # the DRAM hit and the flash head
