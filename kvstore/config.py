@@ -226,6 +226,14 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
     return cfg
 
 
+def physical_memory_bytes() -> int:
+    """Total RAM, or 0 when the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def validate(cfg: ServeConfig) -> None:
     """Cross-field checks with messages a user can act on."""
     seg = cfg.segment_bytes
@@ -241,6 +249,12 @@ def validate(cfg: ServeConfig) -> None:
             f"capacity {format_size(cfg.capacity_bytes)} must hold at least "
             f"{limits.capacity_segments_min} segments of {format_size(seg)} "
             f"({format_size(need)}); lower --segment-size or raise --capacity")
+    ram = physical_memory_bytes()
+    if ram and cfg.dram_bytes > ram * limits.dram_fraction_of_memory_max:
+        raise ConfigError(
+            f"--dram {format_size(cfg.dram_bytes)} is more than "
+            f"{int(limits.dram_fraction_of_memory_max * 100)}% of this machine's memory "
+            f"({format_size(ram)}); the DRAM tier must fit beside the index and the buffers")
     if cfg.port and cfg.port == cfg.bulk_port:
         raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
     if cfg.credentials is None and not is_loopback(cfg.host):

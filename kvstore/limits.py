@@ -194,3 +194,7 @@ write_wave_chunks_max = 8
 # Threads that run engine calls for the asyncio edges. Flash I/O blocks a thread per request,
 # so this is the queue depth the edges can give the device (reads reach fio's QD8 figure at 8).
 engine_threads = 8
+
+# The DRAM tier may take at most this fraction of the machine's memory: the index, buffer pools
+# and the OS need the rest (a larger --dram is refused at start, not discovered by the OOM killer).
+dram_fraction_of_memory_max = 0.8

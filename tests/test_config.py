@@ -107,6 +107,7 @@ def test_empty_env_value_is_unset() -> None:
         (["--segment-size", "1000000000"], {}, "multiple of 4096"),
         (["--segment-size", "8GiB", "--capacity", "64GiB"], {}, "segment size 8GiB must be"),
         (["--port", "9000", "--bulk-port", "9000"], {}, "must differ"),
+        (["--dram", "1000TiB"], {}, "of this machine's memory"),
         (["--log-level", "loud"], {}, "log level must be one of"),
         (["--shutdown-seconds", "600"], {}, "--shutdown-seconds: must be in"),
         (["--host", "0.0.0.0"], {}, "refusing to listen on '0.0.0.0' without --credentials"),
