@@ -72,6 +72,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warn_if_disk_smaller(data_dir: str, capacity: int, used: int) -> None:
+    """The flash budget only holds if the file system can hold it: say so loudly otherwise
+    (writes would fail with ENOSPC before eviction starts)."""
+    try:
+        st = os.statvfs(data_dir)
+    except OSError:
+        return
+    room = st.f_bavail * st.f_frsize + used
+    if room < capacity:
+        log.warning("capacity %s is more than the file system can hold (%s free plus %s in "
+                    "use): writes will fail before eviction frees space; lower --capacity",
+                    format_size(capacity), format_size(st.f_bavail * st.f_frsize),
+                    format_size(used))
+
+
 def load_tenants(path: str | None) -> Tenants:
     """Tenants from the credentials file, or development mode without one."""
     if path is None:
@@ -162,6 +177,7 @@ class Server:
                 engine = await asyncio.to_thread(Engine.open, engine_cfg, device)
             except (KVStoreError, OSError, ValueError) as exc:
                 raise StartupError(f"cannot open the store in {cfg.data_dir!r}: {exc}") from None
+            warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())
             runner = EngineRunner()
             runner.start()
             metrics = Metrics(engine)

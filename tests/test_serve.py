@@ -239,3 +239,21 @@ def test_credentials_turn_off_development_mode(tmp_path: Path) -> None:
     assert srv.wait_exit(START_SECONDS_MAX) == 2
     assert "credentials file" in srv.err and "Traceback" not in srv.err
     assert not (tmp_path / "d2").exists()
+
+
+def test_capacity_beyond_the_disk_is_said_loudly(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    too_big = min(1 << 50, (free // limits.GiB + 2) * limits.GiB)  # parse_size caps at 1 PiB
+    if too_big <= free:
+        pytest.skip("the file system is larger than the biggest capacity serve accepts")
+    port = free_port()
+    srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(free_port()),
+                           "--data-dir", str(tmp_path / "d"), "--capacity", str(too_big),
+                           "--segment-size", "1MiB", "--dram", "1MiB"])
+    try:
+        srv.wait_ready()
+        assert "more than the file system can hold" in srv.err
+        stop(srv)
+    finally:
+        srv.kill()
