@@ -8,7 +8,7 @@ one preallocated buffer of Content-Length bytes.
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -78,53 +78,33 @@ class Request:
             raise S3Error("InvalidArgument", "bad Content-Length")
         return int(v)
 
-    async def body_into(self, out: memoryview, feed: Callable[[bytes], None] | None = None) -> int:
-        """Receive the body. Without ``feed`` copy it into ``out`` (which must be exactly the
-        declared length); with ``feed`` hand every piece to it (aws-chunked decoding)."""
-        pos = 0
-        size = len(out)
+    async def _pieces(self, limit: int, too_long: str) -> AsyncIterator[bytes]:
+        """The body's pieces as the server hands them over, at most ``limit`` bytes in all."""
+        total = 0
         while True:
             msg = await self.receive()
             if msg["type"] == "http.disconnect":
                 raise ClientDisconnected()
             chunk = msg.get("body", b"")
             if chunk:
-                if feed is not None:
-                    feed(chunk)
-                else:
-                    n = len(chunk)
-                    if pos + n > size:
-                        raise S3Error("IncompleteBody", "body longer than Content-Length")
-                    out[pos:pos + n] = chunk
-                    pos += n
+                total += len(chunk)
+                if total > limit:
+                    raise S3Error(too_long, f"request body over {limit} bytes")
+                yield chunk
             if not msg.get("more_body", False):
                 self.body_done = True
-                break
-        if feed is None and pos != size:
-            raise S3Error("IncompleteBody",
-                          "You did not provide the number of bytes specified by the "
-                          "Content-Length HTTP header.")
-        return pos
+                return
+
+    async def body_feed(self, feed: Callable[[bytes], None], limit: int) -> None:
+        """Hand every piece of the body to ``feed`` (aws-chunked decoding)."""
+        async for chunk in self._pieces(limit, "IncompleteBody"):
+            feed(chunk)
 
     async def body_chunks(self, size: int) -> list[bytes]:
         """Receive a body of exactly ``size`` bytes as the server's chunks, without copying
         them on the event loop (the caller copies them in a worker thread)."""
-        chunks: list[bytes] = []
-        pos = 0
-        while True:
-            msg = await self.receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            chunk = msg.get("body", b"")
-            if chunk:
-                pos += len(chunk)
-                if pos > size:
-                    raise S3Error("IncompleteBody", "body longer than Content-Length")
-                chunks.append(chunk)
-            if not msg.get("more_body", False):
-                self.body_done = True
-                break
-        if pos != size:
+        chunks = [c async for c in self._pieces(size, "IncompleteBody")]
+        if sum(len(c) for c in chunks) != size:
             raise S3Error("IncompleteBody",
                           "You did not provide the number of bytes specified by the "
                           "Content-Length HTTP header.")
@@ -136,20 +116,8 @@ class Request:
         if n is not None:
             if n > limit:
                 raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
-            buf = bytearray(n)
-            await self.body_into(memoryview(buf))
-            return bytes(buf)
-        parts = bytearray()
-        while True:
-            msg = await self.receive()
-            if msg["type"] == "http.disconnect":
-                raise ClientDisconnected()
-            parts += msg.get("body", b"")
-            if len(parts) > limit:
-                raise S3Error("MaxMessageLengthExceeded", f"request body over {limit} bytes")
-            if not msg.get("more_body", False):
-                self.body_done = True
-                return bytes(parts)
+            return b"".join(await self.body_chunks(n))
+        return b"".join([c async for c in self._pieces(limit, "MaxMessageLengthExceeded")])
 
     async def drain(self, limit: int = 64 * limits.KiB) -> bool:
         """Swallow a small unread body so the connection can be reused. False when the body

@@ -122,7 +122,9 @@ async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[
         body = Body(s3.pool, n)
         try:
             dec = chunked.AwsChunkedDecoder(body.target(), payload_hash, call.signing)
-            await req.body_into(body.target(), dec.feed)
+            # the encoded stream is the payload plus chunk headers and signatures (each chunk but
+            # the last is at least 8 KiB, and its framing is under 100 bytes)
+            await req.body_feed(dec.feed, n + n // 64 + 64 * limits.KiB)
             return body, dec.finish(), payload_hash
         except BaseException:
             body.release()
