@@ -25,7 +25,7 @@ test: $(STAMP)
 test-nixl: $(STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q nixl-cu12==1.5.1
-	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py tests/clients/test_client_torch.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
