@@ -72,6 +72,7 @@ class EngineReads:
                 self.counters["misses"] += 1
                 return None
             self.index.touch(digest)
+            reads = self.index.hits(digest)
             self.leases.pop(digest, None)
             cached = self.dram.get(digest, (e.seg, e.page))
             if cached is not None:
@@ -102,7 +103,17 @@ class EngineReads:
             self.counters["hits_flash"] += 1
             self.counters["bytes_read"] += e.length
         po = hdr.payload_offset
-        return BlockView(self._meta(hdr), buf.view[po : po + e.length].toreadonly()), buf
+        meta = self._meta(hdr)
+        promote = self.config.dram_promote_reads
+        if promote and reads >= promote and e.length <= self.dram.capacity_bytes:
+            data = bytes(buf.view[po : po + e.length])  # a hot block: keep it in DRAM
+            self.pool.release(buf)
+            with self._lock:
+                if self.index.get(digest) == e:
+                    self.dram.put(digest, (e.seg, e.page), data, meta)
+                    self.counters["promoted_blocks"] += 1
+            return BlockView(meta, memoryview(data).toreadonly(), stable=True), None
+        return BlockView(meta, buf.view[po : po + e.length].toreadonly()), buf
 
     def _bury(self, ns_id: int, nsb: bytes, kb: bytes, digest: bytes) -> None:
         """Persist the loss of a corrupt block: a tombstone, so that after a restart the

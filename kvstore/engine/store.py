@@ -50,7 +50,7 @@ __all__ = ["BlockView", "Engine", "load_segment_summary"]
 STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
               "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
-              "recycled_segments")
+              "recycled_segments", "promoted_blocks")
 
 
 @dataclass(frozen=True, slots=True)

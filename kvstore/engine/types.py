@@ -18,6 +18,7 @@ class EngineConfig:
     high_watermark: float = limits.capacity_high_watermark
     low_watermark: float = limits.capacity_low_watermark
     dram_on_put: bool = True  # keep freshly written blocks in DRAM (other nodes read them soon)
+    dram_promote_reads: int = 2  # copy a block into DRAM on its Nth read from flash (0: never)
     reinsert: bool = True  # re-append recently read blocks when their segment is reclaimed
     sync_on_put: bool = False  # fdatasync after every put (O_DIRECT already bypasses the cache)
 

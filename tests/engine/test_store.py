@@ -491,3 +491,23 @@ def test_head_dram_answers_only_from_the_dram_tier(engines: Engines) -> None:
     assert eng.head(NS, "cold") is not None
     assert eng.head_dram(NS, "missing") is None
     assert eng.stats()["heads"] == 2  # the DRAM hit and the flash head
+
+
+def test_a_block_read_twice_from_flash_is_promoted_to_dram(engines: Engines) -> None:
+    eng = engines.open(dram_bytes=500_000, dram_on_put=False)
+    eng.put(NS, "hot", pattern(5, 100_000))
+    eng.put(NS, "big", pattern(6, 600_000))  # larger than the tier: never promoted
+    assert eng.get(NS, "hot") == pattern(5, 100_000)  # first read: flash
+    assert eng.read_dram(NS, "hot") is None
+    assert eng.get(NS, "hot") == pattern(5, 100_000)  # second read: flash, then promoted
+    view = eng.read_dram(NS, "hot")
+    assert view is not None and bytes(view.payload) == pattern(5, 100_000)
+    for _ in range(3):
+        assert eng.get(NS, "big") == pattern(6, 600_000)
+    st = eng.stats()
+    assert (st["promoted_blocks"], st["hits_flash"], st["hits_dram"]) == (1, 5, 1)
+    never = engines.open(dram_bytes=1 << 20, dram_on_put=False, dram_promote_reads=0)
+    never.put(NS, "k", b"x" * 5000)
+    for _ in range(3):
+        never.get(NS, "k")
+    assert never.stats()["promoted_blocks"] == 0 and never.read_dram(NS, "k") is None
