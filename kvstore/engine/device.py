@@ -154,6 +154,10 @@ class Device(ABC):
     @abstractmethod
     def sync(self, handle: int) -> None: ...
 
+    def allocate(self, handle: int, size: int) -> None:  # noqa: B027 - optional hook
+        """Reserve blocks for the first ``size`` bytes (fallocate) so later O_DIRECT writes do
+        not allocate as they go. A no-op where the device has no such thing."""
+
     @abstractmethod
     def submit(self, ops: Sequence[IoOp]) -> list[int]:
         """Run a batch; return per-op results: bytes moved, or ``-errno``. Never raises for an

@@ -83,6 +83,7 @@ def create_segment(device: Device, data_dir: str, sid: int, segment_bytes: int,
     else:
         h = device.open(path, create=True)
         device.truncate(h, 0)
+        device.allocate(h, segment_bytes)  # appends then overwrite reserved blocks
     now = time.time()
     buf = pool.acquire(PAGE)
     try:

@@ -123,6 +123,12 @@ class FileDevice(Device):
         except OSError as e:
             raise StorageError(f"{self.name}: truncate failed: {e}") from e
 
+    def allocate(self, handle: int, size: int) -> None:
+        try:
+            os.posix_fallocate(self._file(handle).fd, 0, size)
+        except OSError as e:  # not supported here (or out of space): appends allocate instead
+            log.info("%s: fallocate of %d bytes not done: %s", self.name, size, e)
+
     def sync(self, handle: int) -> None:
         try:
             os.fdatasync(self._file(handle).fd)
