@@ -28,6 +28,7 @@ from kvstore.engine.segments import (
     scan_segment,
 )
 from kvstore.engine.summary import SegmentSummary
+from kvstore.errors import StorageError
 
 if TYPE_CHECKING:
     from kvstore.engine.store import Engine
@@ -59,9 +60,13 @@ def recover(eng: Engine) -> None:
             seg.sealed = True
         else:
             builder, end = scan_segment(dev, seg, eng.pool)
-            if end < dev.size(seg.handle):
-                log.warning("segment %08x: truncating torn tail at %d (file had %d bytes)",
-                            sid, end, dev.size(seg.handle))
+            size = dev.size(seg.handle)
+            if end < size:
+                if _zeros_at(eng, seg.handle, end, size):  # preallocated, never written
+                    log.info("segment %08x: %d preallocated bytes after %d", sid, size - end, end)
+                else:
+                    log.warning("segment %08x: truncating torn tail at %d (file had %d bytes)",
+                                sid, end, size)
                 dev.truncate(seg.handle, end)
             seg.end = seg.durable = end
             seg.builder = builder
@@ -77,6 +82,7 @@ def recover(eng: Engine) -> None:
     last = unsealed[-1] if unsealed else None
     if last is not None and last.id == max(eng.segments):
         eng.active = last
+        dev.allocate(last.handle, cfg.segment_bytes)  # keep appending into reserved blocks
     else:
         if last is not None:
             seal(eng, last)
@@ -92,6 +98,20 @@ def recover(eng: Engine) -> None:
         eng.active = seg
     log.info("recovery: %d segments, %d blocks in %.2fs", len(eng.segments), len(eng.index),
              time.monotonic() - t0)
+
+
+def _zeros_at(eng: Engine, handle: int, off: int, size: int) -> bool:
+    """True when the page at ``off`` (where a scan stopped) is all zeros: the unwritten rest of
+    a preallocated segment rather than a torn record."""
+    n = min(fmt.PAGE, size - off)
+    buf = eng.pool.acquire(fmt.PAGE)
+    try:
+        got = eng.device.read_into(handle, off - off % fmt.PAGE, buf.view[: fmt.PAGE])
+        return got >= n and not any(buf.view[off % fmt.PAGE : off % fmt.PAGE + n])
+    except StorageError:
+        return False
+    finally:
+        eng.pool.release(buf)
 
 
 def _build_index(eng: Engine, summaries: list[SegmentSummary]) -> None:

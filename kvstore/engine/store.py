@@ -113,6 +113,8 @@ class Engine(EngineReads):
             if self.active is not None and not self._closed:
                 with contextlib.suppress(StorageError):
                     self._quiesce(self.active)
+                    # drop the preallocated tail: a clean file ends at its last record
+                    self.device.truncate(self.active.handle, self.active.end)
         with self._wlock, self._lock:
             if self._closed:
                 return

@@ -109,7 +109,10 @@ def test_torn_tail_is_truncated_and_earlier_blocks_survive(engines: Engines, rea
             f.write(bytes(2 * PAGE))
             good_end = size
     eng = engines.open(eng.device, eng.config, namespace=None)
-    assert os.path.getsize(path) == good_end  # cut at the first bad record
+    assert eng.active is not None and eng.active.end == good_end  # cut at the first bad record
+    with open(path, "rb") as f:  # nothing of the bad tail is left (the rest is preallocated)
+        f.seek(good_end)
+        assert not any(f.read())
     for k, v in blocks.items():
         got = eng.get(NS, k)
         if k == "k0005" and cut.startswith("mid"):
@@ -134,7 +137,10 @@ def test_torn_tail_drops_a_record_whose_payload_never_landed(engines: Engines,
     eng = engines.open(real.device, real.config, namespace=None)
     assert eng.get(NS, "k0002") is None
     assert eng.get(NS, "k0001") == blocks["k0001"]
-    assert os.path.getsize(path) == off
+    assert eng.active is not None and eng.active.end == off
+    with open(path, "rb") as f:
+        f.seek(off)
+        assert not any(f.read())
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing", "truncated", "wrong_id"])
@@ -263,3 +269,21 @@ def test_a_corrupt_block_found_by_a_read_stays_gone_after_reopen(engines: Engine
     eng = engines.reopen(eng)
     assert not eng.exists(NS, "bad") and eng.lookup_prefix(NS, ["bad"]) == 0
     assert eng.get(NS, "good") == pattern(1, 9000)
+
+
+def test_preallocated_tail_is_not_a_torn_tail(engines: Engines, real: Engine,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh segment is preallocated; a clean close trims it, a crash leaves zeros that a
+    reopen drops quietly (a torn tail is warned about, preallocation is not)."""
+    blocks = _fill(real, 3, 9000)
+    path = active_segment_file(real)
+    assert real.active is not None and os.path.getsize(path) > real.active.end
+    end = real.active.end
+    engines.abandon(real)  # crash: the zeros after the last record stay
+    with caplog.at_level("INFO", logger="kvstore.engine"):
+        eng = engines.open(real.device, real.config, namespace=None)
+    assert "torn tail" not in caplog.text and "preallocated" in caplog.text
+    assert eng.active is not None and eng.active.end == end
+    assert all(eng.get(NS, k) == v for k, v in blocks.items())
+    engines.close(eng)  # clean: the file ends at its last record
+    assert os.path.getsize(path) == end
