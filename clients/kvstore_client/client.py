@@ -184,9 +184,9 @@ class Client:
         bytes were written (the key was new or its block was replaced) and False when nothing
         was written because the stored block already has the same length and checksum (its
         ttl is not renewed) or another PUT of the same key was being written at that moment
-        and stands. New from created, or replaced, cannot be told apart: ask ``exists_many``
-        first if it matters. A server too old for the flag raises ``NotImplementedFeature``
-        before anything is sent."""
+        and stands. A new key and a replaced block both answer True: ask ``exists_many``
+        first if the difference matters. Against a server too old for the flag this raises
+        ``NotImplementedFeature`` before anything is sent."""
         return self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite))
 
     def get(self, key: str) -> bytes | None:
