@@ -12,6 +12,7 @@ from kvstore.errors import (
     KVStoreError,
     LimitExceeded,
     NotFound,
+    NotImplementedFeature,
     ProtocolError,
 )
 from kvstore.keys import Layout, block_keys, chain_root, next_key
@@ -20,6 +21,6 @@ from kvstore_client.client import Client
 
 __all__ = [
     "AccessDenied", "AsyncClient", "AuthenticationFailed", "Busy", "ChecksumMismatch", "Client",
-    "KVStoreError", "Layout", "LimitExceeded", "NotFound", "ProtocolError", "block_keys",
-    "chain_root", "next_key",
+    "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NotImplementedFeature",
+    "ProtocolError", "block_keys", "chain_root", "next_key",
 ]

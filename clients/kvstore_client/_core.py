@@ -17,10 +17,16 @@ from typing import Any
 
 import xxhash
 
-from kvstore.errors import ChecksumMismatch, InvalidArgument, KVStoreError, ProtocolError
+from kvstore.errors import (
+    ChecksumMismatch,
+    InvalidArgument,
+    KVStoreError,
+    NotImplementedFeature,
+    ProtocolError,
+)
 from kvstore.protocol import messages as msg
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadChunk, PayloadEnd
-from kvstore.protocol.frames import FrameType, encode_frame
+from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
 from kvstore.protocol.state import Connection, Role
 
 SEND, RECV = 0, 1
@@ -80,7 +86,7 @@ class Core:
         ev = yield from self._event()
         if not isinstance(ev, Frame):
             raise ProtocolError(f"expected a frame, got {type(ev).__name__}")
-        self.conn.received(ev.ftype, ev.request_id)
+        self.conn.received(ev.ftype, ev.request_id, ev.flags)
         if ev.ftype is FrameType.ERROR and ev.request_id == 0:
             raise msg.parse_error(ev.header)
         return ev
@@ -90,7 +96,7 @@ class Core:
         rid = self.next_rid() if rid is None else rid
         n = sum(len(p) for p in payload)
         head = encode_frame(ftype, rid, header, n, flags)
-        self.conn.sent(ftype, rid)
+        self.conn.sent(ftype, rid, flags)
         yield (SEND, [head, *payload])
         return rid
 
@@ -108,6 +114,18 @@ class Core:
                 return
             if not isinstance(ev, PayloadChunk):
                 raise ProtocolError("unexpected event inside a payload")
+
+    def put_flags(self, overwrite: bool) -> int:
+        """Frame flags of a PUT_BATCH. OVERWRITE only where the server said in AUTH_OK that it
+        knows the flag: an older server would close the connection on the unknown bit, so the
+        call fails here, before anything is sent (never a silent write-once answer)."""
+        if not overwrite:
+            return 0
+        assert self.window is not None
+        if not self.window.flags & FrameFlags.OVERWRITE:
+            raise NotImplementedFeature("this server keeps stored blocks (write-once) and does "
+                                        "not support overwrite=True; upgrade it")
+        return int(FrameFlags.OVERWRITE)
 
     # -- handshake -----------------------------------------------------------------------
     def handshake(self, access_key: str, secret_key: str, namespace: str, create: bool) -> Op:

@@ -23,9 +23,11 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
-             ttl_seconds: float = 0.0) -> Op:
+             ttl_seconds: float = 0.0, overwrite: bool = False) -> Op:
+    """result[i]: see ``Client.put_many`` (write-once unless ``overwrite``)."""
     if len(keys) != len(values):
         raise InvalidArgument("one value per key")
+    flags = core.put_flags(overwrite)
     views = [as_bytes_view(v) for v in values]
     for v in views:
         if len(v) > limits.block_bytes_max:
@@ -43,7 +45,7 @@ def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
     reqs = [(FrameType.PUT_BATCH,
              msg.put_batch([keys[i] for i in r], [len(views[i]) for i in r], [sums[i] for i in r],
                            ttl_seconds=ttl_seconds),
-             [views[i] for i in r if len(views[i])], 0) for r in batches]
+             [views[i] for i in r if len(views[i])], flags) for r in batches]
     created: list[bool] = [False] * len(keys)
 
     def on_frame(idx: int, f: Frame) -> None:

@@ -136,12 +136,19 @@ class AsyncClient:
     async def stats(self) -> dict[str, Any]:
         return dict(await self._call(lambda c: c.simple(FrameType.STATS, {})))
 
-    async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0) -> bool:
-        return (await self.put_many([key], [value], ttl_seconds=ttl_seconds))[0]
+    async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
+                  overwrite: bool = False) -> bool:
+        """Write-once like ``Client.put``: a stored key keeps its bytes (False) unless
+        ``overwrite=True``."""
+        return (await self.put_many([key], [value], ttl_seconds=ttl_seconds,
+                                    overwrite=overwrite))[0]
 
     async def put_many(self, keys: Sequence[str], values: Sequence[Any], *,
-                       ttl_seconds: float = 0.0) -> list[bool]:
-        return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds))
+                       ttl_seconds: float = 0.0, overwrite: bool = False) -> list[bool]:
+        """Same answers as ``Client.put_many``: blocks are write-once (a present key keeps its
+        bytes, result False) unless ``overwrite=True`` replaces them (result True when written,
+        False when the stored block was already identical)."""
+        return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite))
 
     async def get(self, key: str) -> bytes | None:
         r = (await self._call(lambda c: _ops.get_many_into(c, [key], None)))[0]

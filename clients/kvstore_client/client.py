@@ -165,13 +165,29 @@ class Client:
     def stats(self) -> dict[str, Any]:
         return dict(self._call(lambda c: c.simple(FrameType.STATS, {})))
 
-    def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0) -> bool:
-        return self.put_many([key], [value], ttl_seconds=ttl_seconds)[0]
+    def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
+            overwrite: bool = False) -> bool:
+        """Store one block; see ``put_many``. Write-once: a key that is already stored keeps its
+        bytes and this returns False, unless ``overwrite=True``."""
+        return self.put_many([key], [value], ttl_seconds=ttl_seconds, overwrite=overwrite)[0]
 
     def put_many(self, keys: Sequence[str], values: Sequence[Any], *,
-                 ttl_seconds: float = 0.0) -> list[bool]:
-        """Store blocks; result[i] is True when keys[i] was new (False: it already existed)."""
-        return self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds))
+                 ttl_seconds: float = 0.0, overwrite: bool = False) -> list[bool]:
+        """Store blocks. Blocks are write-once on purpose: a key names its content (a chained
+        hash of the tokens), so a second PUT of a stored key writes nothing and the stored
+        bytes stay, where S3 PutObject would replace them.
+
+        Without ``overwrite``, result[i] is True when keys[i] was stored by this call and False
+        when it was already present (its old bytes kept, nothing written).
+
+        ``overwrite=True`` is for callers that mean to replace: result[i] is True when these
+        bytes were written (the key was new or its block was replaced) and False when nothing
+        was written because the stored block already has the same length and checksum (its
+        ttl is not renewed) or another PUT of the same key was being written at that moment
+        and stands. A new key and a replaced block both answer True: ask ``exists_many``
+        first if the difference matters. Against a server too old for the flag this raises
+        ``NotImplementedFeature`` before anything is sent."""
+        return self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite))
 
     def get(self, key: str) -> bytes | None:
         r = self._call(lambda c: _ops.get_many_into(c, [key], None))[0]
@@ -182,7 +198,8 @@ class Client:
 
     def get_many_into(self, keys: Sequence[str], bufs: Sequence[Any]) -> list[int | None]:
         """Receive keys[i] straight into bufs[i] (bytearray, numpy array, ``tensor.numpy()``,
-        mmap...); result[i] is the block's length or None on a miss."""
+        mmap...); result[i] is the block's length or None on a miss. A key's bytes are those of
+        its first PUT unless some caller replaced them with ``put(..., overwrite=True)``."""
         return self._call(lambda c: _ops.get_many_into(c, keys, bufs))
 
     def exists_many(self, keys: Sequence[str]) -> list[bool]:

@@ -174,14 +174,15 @@ def _get(core: Core, region: NixlRegion, keys: Sequence[str], offsets: Sequence[
 
 
 def _put(core: Core, region: NixlRegion, keys: Sequence[str], offsets: Sequence[int],
-         lengths: Sequence[int], ttl_seconds: float) -> Op:
+         lengths: Sequence[int], ttl_seconds: float, overwrite: bool) -> Op:
+    flags = int(FrameFlags.NIXL) | core.put_flags(overwrite)
     runs = _batches(len(keys), lengths)
     sums = [checksum(region.view[o:o + n]) for o, n in zip(offsets, lengths, strict=True)]
     created: list[list[bool]] = [[] for _ in runs]
     reqs = [(FrameType.PUT_BATCH,
              msg.put_batch(list(keys[lo:hi]), list(lengths[lo:hi]), sums[lo:hi],
                            ttl_seconds=ttl_seconds, offsets=list(offsets[lo:hi])),
-             (), int(FrameFlags.NIXL)) for lo, hi in runs]
+             (), flags) for lo, hi in runs]
 
     def on_frame(r: int, f: Frame) -> None:
         created[r] = [bool(x) for x in f.header.get("created", [])]
@@ -238,15 +239,18 @@ class NixlClient:
         return list(self._conn.run(_get(self._conn.core, region, keys, offsets, caps)))
 
     def put_from_region(self, keys: Sequence[str], offsets: Sequence[int],
-                        lengths: Sequence[int], *, ttl_seconds: float = 0.0) -> list[bool]:
-        """Store region[offsets[i]:offsets[i]+lengths[i]] as keys[i]; result[i] is True when the
-        key was new."""
+                        lengths: Sequence[int], *, ttl_seconds: float = 0.0,
+                        overwrite: bool = False) -> list[bool]:
+        """Store region[offsets[i]:offsets[i]+lengths[i]] as keys[i]. Write-once like
+        ``Client.put_many``: result[i] is True when the key was new, False when it was present
+        (its stored bytes kept), unless ``overwrite=True`` replaces them (True when written,
+        False when the stored block was already identical)."""
         region = self._region()
         if len(keys) != len(offsets):
             raise InvalidArgument("one offset per key")
         _slots(region, offsets, lengths, disjoint=False)
         return list(self._conn.run(_put(self._conn.core, region, keys, offsets, lengths,
-                                        ttl_seconds)))
+                                        ttl_seconds, overwrite)))
 
     def close(self) -> None:
         """Close the connection first (the server drops its peer), then the agent."""

@@ -92,12 +92,13 @@ def _get(core: Core, region: ShmRegion, keys: Sequence[str], offsets: Sequence[i
 
 
 def _put(core: Core, region: ShmRegion, keys: Sequence[str], offsets: Sequence[int],
-         lengths: Sequence[int], ttl_seconds: float) -> Op:
+         lengths: Sequence[int], ttl_seconds: float, overwrite: bool) -> Op:
+    flags = int(FrameFlags.SHM) | core.put_flags(overwrite)
     sums = [checksum(region.view[o:o + n]) for o, n in zip(offsets, lengths, strict=True)]
     h = msg.put_batch(list(keys), list(lengths), sums, ttl_seconds=ttl_seconds,
                       offsets=list(offsets))
     created: list[bool] = []
-    err = yield from core.pipeline([(FrameType.PUT_BATCH, h, (), int(FrameFlags.SHM))],
+    err = yield from core.pipeline([(FrameType.PUT_BATCH, h, (), flags)],
                                    lambda i, f: created.extend(bool(x) for x in f.header["created"]))
     if err is not None:
         raise err
@@ -138,13 +139,17 @@ class ShmClient:
         return out
 
     def put_many(self, keys: Sequence[str], offsets: Sequence[int], lengths: Sequence[int], *,
-                 ttl_seconds: float = 0.0) -> list[bool]:
+                 ttl_seconds: float = 0.0, overwrite: bool = False) -> list[bool]:
+        """Store region[offsets[i]:offsets[i]+lengths[i]] as keys[i]. Write-once like
+        ``Client.put_many``: a present key keeps its bytes (result False) unless
+        ``overwrite=True`` replaces them (result True when written)."""
         self._check(offsets, lengths)
         out: list[bool] = []
         step = limits.batch_keys_max
         for i in range(0, len(keys), step):
             out += self._conn.run(_put(self._conn.core, self.region, keys[i:i + step],
-                                       offsets[i:i + step], lengths[i:i + step], ttl_seconds))
+                                       offsets[i:i + step], lengths[i:i + step], ttl_seconds,
+                                       overwrite))
         return out
 
     def close(self) -> None:

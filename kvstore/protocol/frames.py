@@ -5,7 +5,8 @@ Preamble (32 bytes, little-endian)::
     magic     4s   b"KVB1"
     version   B    PROTOCOL_VERSION
     type      B    FrameType
-    flags     H    FrameFlags (reserved bits must be 0)
+    flags     H    FrameFlags (bits no version knows must be 0; which known bits a frame type
+                   may carry is the ``FLAGS`` table of ``kvstore.protocol.state``)
     request   Q    request id (0 = connection-level frame)
     hdr_len   I    length of the msgpack header that follows (<= limits.frame_header_bytes_max)
     pay_len   Q    length of the raw payload after the header (bounded per frame type)
@@ -68,9 +69,13 @@ class FrameFlags(IntFlag):
     NONE = 0
     SHM = 1  # payload lives in the registered shared-memory region, not on the socket
     NIXL = 2  # payload moves by one-sided NIXL transfers to/from the client's registered region
+    OVERWRITE = 4  # PUT_BATCH: replace a stored block (without it a PUT of a present key keeps it)
 
 
-FLAGS_KNOWN = int(FrameFlags.SHM) | int(FrameFlags.NIXL)
+FLAGS_KNOWN = int(FrameFlags.SHM) | int(FrameFlags.NIXL) | int(FrameFlags.OVERWRITE)
+# What a peer of the first release knew: a server that does not advertise its flags in AUTH_OK
+# refuses any other bit (decode_preamble) by closing the connection.
+FLAGS_V1 = int(FrameFlags.SHM) | int(FrameFlags.NIXL)
 
 
 def payload_bytes_max(ftype: FrameType) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 from kvstore import limits
 from kvstore.errors import KVStoreError, LimitExceeded, ProtocolError, error_from_code
 from kvstore.keys import validate_key, validate_namespace
+from kvstore.protocol.frames import FLAGS_KNOWN, FLAGS_V1
 
 NONCE_BYTES = 32
 SIGNATURE_BYTES = 32
@@ -112,6 +113,7 @@ class Window:
     block_bytes_max: int
     batch_keys_max: int
     batch_bytes_max: int
+    flags: int = FLAGS_V1  # the frame flags the server knows (FrameFlags bits)
 
 
 def auth_ok(tenant: str, namespace: str, *, shm: bool = False) -> dict[str, Any]:
@@ -120,7 +122,8 @@ def auth_ok(tenant: str, namespace: str, *, shm: bool = False) -> dict[str, Any]
             "inflight_bytes_max": limits.connection_inflight_bytes_max,
             "block_bytes_max": limits.block_bytes_max,
             "batch_keys_max": limits.batch_keys_max,
-            "batch_bytes_max": limits.batch_bytes_max}
+            "batch_bytes_max": limits.batch_bytes_max,
+            "flags": FLAGS_KNOWN}
 
 
 def parse_auth_ok(h: dict[str, Any]) -> Window:
@@ -130,22 +133,36 @@ def parse_auth_ok(h: dict[str, Any]) -> Window:
             raise ProtocolError(f"{name} must be positive")
         return min(v, cap)
 
+    # A server that predates the field knows the first release's flags only; bits this side
+    # does not know are dropped (it never sends them).
+    flags = _get(h, "flags", int, FLAGS_V1)
     return Window(pos("inflight_requests_max", limits.connection_inflight_requests_max),
                   pos("inflight_bytes_max", limits.connection_inflight_bytes_max),
                   pos("block_bytes_max", limits.block_bytes_max),
                   pos("batch_keys_max", limits.batch_keys_max),
-                  pos("batch_bytes_max", limits.batch_bytes_max))
+                  pos("batch_bytes_max", limits.batch_bytes_max),
+                  flags & FLAGS_KNOWN)
 
 
 # --- requests -------------------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class PutBatch:
+    """A PUT_BATCH request. Blocks are write-once: a key that is present keeps its stored bytes
+    (``created`` False in the RESULT) unless the frame carries the OVERWRITE flag.
+
+    RESULT ``{"created": [bool per key]}``: without OVERWRITE, True = stored (the key was new),
+    False = the key was present and nothing was written. With OVERWRITE, True = this request's
+    bytes were written (the key was new or its block was replaced), False = nothing written:
+    the stored block already had the same length and checksum (its ttl is not renewed), or
+    another PUT of that key was being written at the same time and stands."""
+
     keys: list[str]
     lengths: list[int]
     checksums: list[int]
     ttl_seconds: float
     offsets: list[int] | None = None  # SHM flag: where each block sits in the region
+    overwrite: bool = False  # OVERWRITE flag: replace a stored block of the same key
 
 
 def put_batch(keys: list[str], lengths: list[int], checksums: list[int], *,
@@ -158,7 +175,8 @@ def put_batch(keys: list[str], lengths: list[int], checksums: list[int], *,
     return h
 
 
-def parse_put_batch(h: dict[str, Any], payload_length: int, *, shm: bool = False) -> PutBatch:
+def parse_put_batch(h: dict[str, Any], payload_length: int, *, shm: bool = False,
+                    overwrite: bool = False) -> PutBatch:
     keys = _keys(h)
     lengths = _ints(h, "lengths", len(keys), 0, limits.block_bytes_max)
     checksums = _ints(h, "checksums", len(keys), 0, CHECKSUM_MAX)
@@ -176,7 +194,7 @@ def parse_put_batch(h: dict[str, Any], payload_length: int, *, shm: bool = False
         offsets = _ints(h, "offsets", len(keys), 0, (1 << 63) - 1)
     elif total != payload_length:
         raise ProtocolError("payload length differs from the sum of block lengths")
-    return PutBatch(keys, lengths, checksums, ttl, offsets)
+    return PutBatch(keys, lengths, checksums, ttl, offsets, overwrite)
 
 
 @dataclass(frozen=True, slots=True)

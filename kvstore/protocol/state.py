@@ -13,6 +13,10 @@ Handshake::
 
 In READY a request (c>s) opens a request id; BLOCK (s>c) continues a GET_BATCH answer; RESULT,
 END or ERROR (s>c) close it. An ERROR with request id 0 closes the connection.
+
+Flags: ``FLAGS`` names the preamble flags each frame type may carry (SHM and NIXL exclude each
+other); a frame with any other flag is illegal like a frame out of order. Bits that no version
+defines are refused earlier, by ``frames.decode_preamble``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from enum import Enum
 
 from kvstore import limits
 from kvstore.errors import ProtocolError
+from kvstore.protocol.frames import FrameFlags
 from kvstore.protocol.frames import FrameType as F
 
 
@@ -81,6 +86,26 @@ ANSWERS: dict[F, frozenset[F]] = {
 ANSWERS[F.GET_BATCH] = frozenset({F.BLOCK, F.END, F.ERROR})
 
 
+_SHM, _NIXL, _OVERWRITE = int(FrameFlags.SHM), int(FrameFlags.NIXL), int(FrameFlags.OVERWRITE)
+# frame type -> the flags it may carry (absent: none). OVERWRITE is a PUT's choice to replace a
+# stored block: without it a PUT of a present key keeps the stored bytes (write-once blocks).
+FLAGS: dict[F, int] = {
+    F.PUT_BATCH: _SHM | _NIXL | _OVERWRITE,
+    F.GET_BATCH: _SHM | _NIXL,
+    F.BLOCK: _SHM | _NIXL,  # the block's bytes landed in the region, not in the payload
+}
+EXCLUSIVE_FLAGS = _SHM | _NIXL  # at most one of these per frame
+
+
+def check_flags(ftype: F, flags: int) -> None:
+    """ProtocolError unless a frame of ``ftype`` may carry ``flags``."""
+    bad = flags & ~FLAGS.get(ftype, 0)
+    if bad:
+        raise ProtocolError(f"{ftype.name} does not take the {FrameFlags(bad).name} flag")
+    if (flags & EXCLUSIVE_FLAGS).bit_count() > 1:
+        raise ProtocolError("the SHM and NIXL flags exclude each other")
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     before: State
@@ -98,13 +123,13 @@ class Connection:
         self.inflight: dict[int, F] = {}
         self.inflight_requests_max = inflight_requests_max
 
-    def sent(self, ftype: F, request_id: int) -> Transition:
+    def sent(self, ftype: F, request_id: int, flags: int = 0) -> Transition:
         d = Dir.C2S if self.role is Role.CLIENT else Dir.S2C
-        return self._step(d, ftype, request_id)
+        return self._step(d, ftype, request_id, flags)
 
-    def received(self, ftype: F, request_id: int) -> Transition:
+    def received(self, ftype: F, request_id: int, flags: int = 0) -> Transition:
         d = Dir.S2C if self.role is Role.CLIENT else Dir.C2S
-        return self._step(d, ftype, request_id)
+        return self._step(d, ftype, request_id, flags)
 
     def close(self) -> None:
         self.state = State.CLOSED
@@ -114,11 +139,12 @@ class Connection:
     def ready(self) -> bool:
         return self.state is State.READY
 
-    def _step(self, d: Dir, ftype: F, rid: int) -> Transition:
+    def _step(self, d: Dir, ftype: F, rid: int, flags: int) -> Transition:
         before = self.state
         row = TRANSITIONS.get((before, d, ftype))
         if row is None:
             raise ProtocolError(f"{ftype.name} ({d.value}) is not legal in state {before.value}")
+        check_flags(ftype, flags)
         after, effect = row
         if ftype is F.ERROR and rid == 0:
             self.close()

@@ -215,7 +215,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def _on_frame(self, f: Frame) -> None:
-        self.conn.received(f.ftype, f.request_id)
+        self.conn.received(f.ftype, f.request_id, f.flags)
         if f.ftype is FrameType.HELLO:
             self._hello = msg.parse_hello(f.header)
             self._nonce = os.urandom(msg.NONCE_BYTES)
@@ -230,10 +230,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
                 raise ShuttingDown("server is shutting down")
             shm = bool(f.flags & FrameFlags.SHM)
             nixl = bool(f.flags & FrameFlags.NIXL)
+            overwrite = bool(f.flags & FrameFlags.OVERWRITE)
             if f.ftype is FrameType.PUT_BATCH and not shm and not nixl:
-                self._start_put(rid, msg.parse_put_batch(f.header, f.payload_length))
+                self._start_put(rid, msg.parse_put_batch(f.header, f.payload_length,
+                                                         overwrite=overwrite))
                 return
-            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm, nixl)
+            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm, nixl, overwrite)
         except KVStoreError as exc:
             if isinstance(exc, ProtocolError):
                 raise
@@ -319,7 +321,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
              payload: Sequence[memoryview] = (), flags: int = 0) -> None:
         if self.closed or self.transport is None or self.transport.is_closing():
             return
-        self.conn.sent(ftype, rid)
+        self.conn.sent(ftype, rid, flags)
         n = sum(len(p) for p in payload)
         head = encode_frame(ftype, rid, header, n, flags)
         if payload:

@@ -29,14 +29,12 @@ GET_READ_AHEAD = limits.engine_threads  # flash reads in flight per GET: the dev
 
 
 def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],
-             shm_flag: bool, nixl_flag: bool = False) -> Coroutine[Any, Any, None] | None:
+             shm_flag: bool, nixl_flag: bool = False,
+             overwrite: bool = False) -> Coroutine[Any, Any, None] | None:
     """Validate a request header now (errors answer at once) and return its task, or None when
-    it was answered inline."""
+    it was answered inline. Which flags a frame type may carry was checked by the connection
+    table (``kvstore.protocol.state.FLAGS``) before this runs."""
     e, ns = p.engine, p.namespace
-    if shm_flag and nixl_flag:
-        raise ProtocolError("the SHM and NIXL flags exclude each other")
-    if (shm_flag or nixl_flag) and ftype not in (FrameType.GET_BATCH, FrameType.PUT_BATCH):
-        raise ProtocolError(f"{ftype.name} does not take the {'SHM' if shm_flag else 'NIXL'} flag")
     if ftype is FrameType.PING:
         p.send(FrameType.RESULT, rid, {})
     elif ftype is FrameType.STATS:
@@ -61,7 +59,7 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
             return shm.get_batch(p, rid, req)
         return get_batch(p, rid, req.keys)
     elif ftype is FrameType.PUT_BATCH:  # SHM/NIXL put (socket puts are received by the protocol)
-        batch = msg.parse_put_batch(header, 0, shm=True)
+        batch = msg.parse_put_batch(header, 0, shm=True, overwrite=overwrite)
         return nixl.put_batch(p, rid, batch) if nixl_flag else shm.put_batch(p, rid, batch)
     elif ftype is FrameType.SHM_REGISTER:
         return shm.register(p, rid, header)
@@ -79,9 +77,11 @@ async def _simple(p: BulkProtocol, rid: int, field: str, fn: Any, keys: list[str
 
 def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[StagedPayload]) -> list[bool]:
     """Runs in an engine thread: store the batch (several records per device write). The engine
-    verifies every checksum before it writes anything: a ChecksumMismatch stores nothing."""
+    verifies every checksum before it writes anything: a ChecksumMismatch stores nothing. A
+    present key keeps its block unless the request carried OVERWRITE (``msg.PutBatch``)."""
     res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
-                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds)
+                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds,
+                            overwrite=batch.overwrite)
     return [r.created for r in res]
 
 

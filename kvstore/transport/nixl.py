@@ -264,7 +264,7 @@ def _store(p: BulkProtocol, batch: msg.PutBatch, idx: list[int], views: list[Any
     res = p.engine.put_many(p.namespace, [(batch.keys[i], v) for i, v in zip(idx, views,
                                                                              strict=True)],
                             checksums=[batch.checksums[i] for i in idx],
-                            ttl_seconds=batch.ttl_seconds)
+                            ttl_seconds=batch.ttl_seconds, overwrite=batch.overwrite)
     return [r.created for r in res]
 
 

@@ -154,7 +154,8 @@ def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
     assert batch.offsets is not None
     views = [region.slot(o, n) for o, n in zip(batch.offsets, batch.lengths, strict=True)]
     res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
-                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds)
+                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds,
+                            overwrite=batch.overwrite)
     return [r.created for r in res]
 
 

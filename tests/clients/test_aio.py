@@ -42,3 +42,19 @@ async def test_async_detects_corruption(bulk) -> None:
             await c.get("x")
         bulk.server.ctx.block_filter = None
         assert await c.get("x") == b"y" * 1000
+
+
+async def test_async_put_is_write_once_unless_overwrite(bulk) -> None:
+    old, new = os.urandom(3000), os.urandom(2 * 1024 * 1024)
+    async with AsyncClient(port=bulk.port, namespace=NS, create=True) as c:
+        assert await c.put("w", old) is True
+        assert await c.put("w", new) is False
+        assert await c.get("w") == old
+        assert await c.put("w", new, overwrite=True) is True
+        out = np.zeros(len(new), dtype=np.uint8)
+        assert await c.get_into("w", out) == len(new)
+        assert out.tobytes() == new
+        assert await c.put_many(["w", "v"], [old, old], overwrite=True) == [True, True]
+        assert await c.get_many_into(["w", "v"], [bytearray(3000)] * 2) == [3000, 3000]
+        assert await c.get("w") == old and await c.get("v") == old
+    assert bulk.engine.check() == []

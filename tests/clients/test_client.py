@@ -115,3 +115,27 @@ def test_client_imports_no_server_dependencies() -> None:
             "print(bad); sys.exit(1 if bad else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_put_is_write_once_unless_overwrite(bulk) -> None:
+    old, new = os.urandom(70_000), os.urandom(50_000)
+    with Client(port=bulk.port, namespace=NS, create=True) as c:
+        assert c.put("w", old) is True
+        assert c.put("w", new) is False  # write-once: the stored block stays, nothing written
+        assert c.get("w") == old
+        assert c.put("w", new, overwrite=True) is True  # replaced
+        assert c.get("w") == new
+        assert c.put("w", new, overwrite=True) is False  # identical bytes: nothing written
+        assert c.get("w") == new
+        # put_many: a new key, a replaced one, an identical one and a kept one, in one call
+        keys = ["m-new", "w", "m-same", "m-kept"]
+        c.put_many(["m-same", "m-kept"], [b"s" * 10, b"k" * 10])
+        vals = [b"n" * 5, old, b"s" * 10, b"K" * 20]
+        assert c.put_many(keys, vals, overwrite=True) == [True, True, False, True]
+        assert [c.get(k) for k in keys] == vals
+        assert c.put_many(keys, [b"x"] * 4) == [False] * 4  # write-once again by default
+        assert [c.get(k) for k in keys] == vals
+        bufs = [bytearray(len(v)) for v in vals]
+        assert c.get_many_into(keys, bufs) == [len(v) for v in vals]
+        assert [bytes(b) for b in bufs] == vals
+    assert bulk.engine.check() == []

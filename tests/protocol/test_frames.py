@@ -10,7 +10,9 @@ import pytest
 from kvstore import limits
 from kvstore.errors import LimitExceeded, ProtocolError
 from kvstore.protocol.frames import (
+    FLAGS_KNOWN,
     PREAMBLE_BYTES,
+    FrameFlags,
     FrameType,
     decode_header,
     decode_preamble,
@@ -68,3 +70,20 @@ def test_header_bound_on_encode() -> None:
 def test_bad_header(raw: bytes) -> None:
     with pytest.raises(ProtocolError):
         decode_header(raw)
+
+
+@pytest.mark.parametrize("flags", [FrameFlags.OVERWRITE, FrameFlags.OVERWRITE | FrameFlags.SHM,
+                                   FrameFlags.OVERWRITE | FrameFlags.NIXL])
+def test_overwrite_flag_round_trip(flags: FrameFlags) -> None:
+    raw = encode_frame(FrameType.PUT_BATCH, 3, {"keys": ["k"]}, payload_length=10,
+                       flags=int(flags))
+    pre = decode_preamble(raw[:PREAMBLE_BYTES])
+    assert (pre.ftype, pre.flags, pre.request_id) == (FrameType.PUT_BATCH, int(flags), 3)
+    assert pre.flags & FrameFlags.OVERWRITE
+
+
+@pytest.mark.parametrize("bit", [1 << b for b in range(16) if not (1 << b) & FLAGS_KNOWN])
+def test_every_unknown_flag_bit_is_refused(bit: int) -> None:
+    raw = encode_frame(FrameType.PUT_BATCH, 1, {}, flags=bit | int(FrameFlags.OVERWRITE))
+    with pytest.raises(ProtocolError, match="unknown frame flags"):
+        decode_preamble(raw[:PREAMBLE_BYTES])

@@ -7,6 +7,7 @@ import pytest
 from kvstore import limits
 from kvstore.errors import InvalidKey, InvalidNamespace, LimitExceeded, NotFound, ProtocolError
 from kvstore.protocol import messages as m
+from kvstore.protocol.frames import FLAGS_KNOWN, FLAGS_V1, FrameFlags
 
 
 def test_auth_signature() -> None:
@@ -42,6 +43,8 @@ def test_put_batch() -> None:
         m.parse_put_batch(m.put_batch(["a"], [1], [1], ttl_seconds=-1), 1)
     shm = m.parse_put_batch(m.put_batch(["a"], [3], [1], offsets=[4096]), 0, shm=True)
     assert shm.offsets == [4096]
+    assert not pb.overwrite and not shm.overwrite  # write-once unless the frame says otherwise
+    assert m.parse_put_batch(h, 7, overwrite=True).overwrite
 
 
 def test_batch_bounds() -> None:
@@ -72,3 +75,16 @@ def test_auth_ok_window_is_capped_by_local_limits() -> None:
     h["inflight_requests_max"] = 10**9
     w = m.parse_auth_ok(h)
     assert w.inflight_requests_max == limits.connection_inflight_requests_max
+
+
+def test_auth_ok_advertises_the_flags_the_server_knows() -> None:
+    w = m.parse_auth_ok(m.auth_ok("t", "ns1"))
+    assert w.flags == FLAGS_KNOWN and w.flags & FrameFlags.OVERWRITE
+    old = m.auth_ok("t", "ns1")
+    del old["flags"]  # a server of the first release says nothing: SHM and NIXL only
+    assert m.parse_auth_ok(old).flags == FLAGS_V1
+    assert not m.parse_auth_ok(old).flags & FrameFlags.OVERWRITE
+    future = {**m.auth_ok("t", "ns1"), "flags": FLAGS_KNOWN | 1 << 15}
+    assert m.parse_auth_ok(future).flags == FLAGS_KNOWN  # bits this side does not know drop
+    with pytest.raises(ProtocolError):
+        m.parse_auth_ok({**m.auth_ok("t", "ns1"), "flags": "all"})

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from kvstore.errors import ProtocolError
+from kvstore.protocol.frames import FLAGS_KNOWN, FrameFlags
 from kvstore.protocol.frames import FrameType as F
-from kvstore.protocol.state import TRANSITIONS, Connection, Role, State
+from kvstore.protocol.state import FLAGS, TRANSITIONS, Connection, Role, State
 
 
 def _pair() -> tuple[Connection, Connection]:
@@ -100,3 +101,48 @@ def test_table_is_the_only_source() -> None:
     sources = {k[0] for k in TRANSITIONS}
     assert State.CLOSED not in sources
     assert sources == set(State) - {State.CLOSED}
+
+
+SHM, NIXL, OVERWRITE = int(FrameFlags.SHM), int(FrameFlags.NIXL), int(FrameFlags.OVERWRITE)
+
+
+@pytest.mark.parametrize("flags", [OVERWRITE, OVERWRITE | SHM, OVERWRITE | NIXL, SHM, NIXL, 0])
+def test_put_batch_takes_overwrite_alone_or_with_one_transport(flags: int) -> None:
+    c, s = _pair()
+    c.sent(F.PUT_BATCH, 1, flags)
+    s.received(F.PUT_BATCH, 1, flags)
+    s.sent(F.RESULT, 1)
+    c.received(F.RESULT, 1)
+    assert not c.inflight and not s.inflight
+
+
+@pytest.mark.parametrize("ftype, flags", [
+    (F.GET_BATCH, OVERWRITE), (F.EXISTS_BATCH, OVERWRITE), (F.DELETE_BATCH, OVERWRITE),
+    (F.PING, SHM), (F.LOOKUP, NIXL), (F.PUT_BATCH, SHM | NIXL),
+    (F.GET_BATCH, SHM | NIXL | OVERWRITE)])
+def test_flags_a_request_does_not_take_are_illegal(ftype: F, flags: int) -> None:
+    _, s = _pair()
+    with pytest.raises(ProtocolError, match="flag"):
+        s.received(ftype, 1, flags)
+    assert not s.inflight  # refused before it opened a request id
+    c, _ = _pair()
+    with pytest.raises(ProtocolError, match="flag"):  # the client refuses to send it too
+        c.sent(ftype, 1, flags)
+
+
+def test_answers_take_transport_flags_only() -> None:
+    c, s = _pair()
+    c.sent(F.GET_BATCH, 1)
+    s.received(F.GET_BATCH, 1)
+    s.sent(F.BLOCK, 1, SHM)
+    c.received(F.BLOCK, 1, NIXL)
+    with pytest.raises(ProtocolError, match="OVERWRITE"):
+        c.received(F.BLOCK, 1, OVERWRITE)
+    c.sent(F.PUT_BATCH, 2, OVERWRITE)
+    with pytest.raises(ProtocolError, match="flag"):
+        c.received(F.RESULT, 2, OVERWRITE)
+
+
+def test_flag_table_names_known_bits_only() -> None:
+    assert all(not bits & ~FLAGS_KNOWN for bits in FLAGS.values())
+    assert {f for f, bits in FLAGS.items() if bits & OVERWRITE} == {F.PUT_BATCH}

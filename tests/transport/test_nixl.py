@@ -137,6 +137,29 @@ def test_round_trip_of_2mib_blocks_across_chunks(bulk) -> None:
 
 
 @needs_nixl
+def test_put_from_region_is_write_once_unless_overwrite(bulk) -> None:
+    old, new = os.urandom(MiB), os.urandom(3 * MiB)
+    region = bytearray(8 * MiB)
+    with NixlClient(port=bulk.port, namespace=NS, create=True) as c:
+        reg = c.register(region)
+        reg.view[:len(old)] = old
+        reg.view[4 * MiB:4 * MiB + len(new)] = new
+        assert c.put_from_region(["w"], [0], [len(old)]) == [True]
+        assert c.put_from_region(["w"], [4 * MiB], [len(new)]) == [False]  # old bytes kept
+        with Client(port=bulk.port, namespace=NS) as tc:
+            assert tc.get("w") == old
+        assert c.put_from_region(["w", "w2"], [4 * MiB, 0], [len(new), len(old)],
+                                 overwrite=True) == [True, True]
+        assert c.put_from_region(["w"], [4 * MiB], [len(new)], overwrite=True) == [False]
+        region[:] = bytes(len(region))
+        assert c.get_into_region(["w", "w2"], [0, 4 * MiB], [4 * MiB, 4 * MiB]) == [
+            len(new), len(old)]
+        assert region[:len(new)] == new and region[4 * MiB:4 * MiB + len(old)] == old
+    _settle(bulk)
+    _healthy(bulk)
+
+
+@needs_nixl
 def test_numpy_and_torch_regions_and_blocks_larger_than_a_chunk(make_bulk, monkeypatch) -> None:
     torch = pytest.importorskip("torch")
     monkeypatch.setattr(limits, "nixl_staging_chunk_bytes", 1 * MiB)  # 2 MiB blocks stream

@@ -67,3 +67,23 @@ def test_register_rejects_bad_names_and_requires_a_region(bulk) -> None:
     with pytest.raises(ProtocolError):  # the SHM flag on a request that has no use for it
         conn.run(conn.core.simple(FrameType.PING, {}, flags=1))
     conn.close()
+
+
+def test_put_from_the_region_is_write_once_unless_overwrite(bulk) -> None:
+    old, new = os.urandom(70_000), os.urandom(90_000)
+    with ShmClient(port=bulk.port, namespace=NS, size=1 << 20, create=True) as c:
+        c.region.view[:len(old)] = old
+        c.region.view[100_000:100_000 + len(new)] = new
+        assert c.put_many(["w"], [0], [len(old)]) == [True]
+        assert c.put_many(["w"], [100_000], [len(new)]) == [False]  # old bytes kept
+        assert c.get_many(["w"], [300_000], [len(new)]) == [len(old)]
+        assert bytes(c.region.view[300_000:300_000 + len(old)]) == old
+        assert c.put_many(["w", "w2"], [100_000, 0], [len(new), len(old)],
+                          overwrite=True) == [True, True]
+        assert c.put_many(["w"], [100_000], [len(new)], overwrite=True) == [False]  # identical
+        c.region.view[300_000:400_000] = bytes(100_000)
+        assert c.get_many(["w"], [300_000], [len(new)]) == [len(new)]
+        assert bytes(c.region.view[300_000:300_000 + len(new)]) == new
+    with Client(port=bulk.port, namespace=NS) as tc:
+        assert tc.get("w") == new and tc.get("w2") == old
+    assert bulk.engine.check() == []
