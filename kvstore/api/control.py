@@ -37,6 +37,7 @@ from kvstore.api.control_models import (
     Readiness,
     StatsResponse,
 )
+from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
 from kvstore.api.state import AppState
@@ -104,7 +105,7 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
                   description="Health, metrics, namespaces with layout fingerprints, and the "
                               "KV-specific calls S3 lacks (longest-prefix lookup with leases, "
                               "prefetch, batch exists/delete). S3 routes are served beside it.",
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None, docs_url=None, redoc_url=None)
 
     async def caller(request: Request) -> Tenant:
         """The authenticated tenant (SigV4 header or presigned form). Development mode skips
@@ -323,4 +324,5 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         metrics.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 
+    install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)
     return app
