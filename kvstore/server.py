@@ -26,6 +26,8 @@ from typing import Any
 import uvicorn
 
 from kvstore import limits
+from kvstore.api.access_log import LOGGER_NAME as ACCESS_LOGGER
+from kvstore.api.access_log import AccessLog
 from kvstore.api.app import create_app
 from kvstore.api.control import ServerHealth
 from kvstore.api.metrics import Metrics
@@ -202,7 +204,9 @@ class Server:
                 raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                    f"{exc.strerror or exc}") from None
             bulk_port = _bound_port(bulk, cfg.bulk_port)
-        app = create_app(state, self.health)
+        app: Any = create_app(state, self.health)
+        if cfg.access_log:
+            app = AccessLog(app)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
         self._http = _UvicornServer(uvicorn.Config(
             app, http="httptools", loop="none", lifespan="on", log_config=None,
@@ -276,6 +280,8 @@ def run(cfg: ServeConfig) -> int:
     """Run the server on uvloop (asyncio's loop where uvloop is missing); return exit status."""
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.access_log:  # asked for by name: shown whatever --log-level says
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
         import uvloop
 
