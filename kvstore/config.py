@@ -28,6 +28,8 @@ class ConfigError(ValueError):
 
 
 DEVICES = ("auto", "uring", "posix", "memory")
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 _UNITS = {
@@ -97,6 +99,7 @@ class ServeConfig:
     credentials: str | None = None
     log_level: str = "info"
     shutdown_seconds: float = limits.shutdown_seconds_max
+    access_log: bool = False
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -117,6 +120,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "credentials": ("--credentials", "KVSTORE_CREDENTIALS", "path"),
     "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
     "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
+    "access_log": ("--access-log", "KVSTORE_ACCESS_LOG", "bool"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -137,8 +141,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "credentials": "tenants JSON file; without it: loopback-only development mode",
         "log_level": f"{'|'.join(LOG_LEVELS)} (default {d.log_level})",
         "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
+        "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
+                      "on the kvstore.access logger (default off)",
     }
-    for name, (flag, env, _kind) in _OPTIONS.items():
+    for name, (flag, env, kind) in _OPTIONS.items():
+        if kind == "bool":
+            p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
+                           help=f"{helps[name]} [env {env}=1|0]")
+            continue
         p.add_argument(flag, dest=name, default=None, metavar=flag[2:].upper().replace("-", "_"),
                        help=f"{helps[name]} [env {env}]")
     p.add_argument("--config", dest="config", default=None, metavar="FILE",
@@ -167,6 +177,15 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         if v not in LOG_LEVELS:
             raise ConfigError(f"{what}: log level must be one of {', '.join(LOG_LEVELS)}")
         return v
+    if kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        v = str(raw).strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+        raise ConfigError(f"{what}: expected true or false (1/0, yes/no, on/off), got {raw!r}")
     if kind == "seconds":
         try:
             v = float(raw)

@@ -26,6 +26,8 @@ from typing import Any
 import uvicorn
 
 from kvstore import limits
+from kvstore.api.access_log import LOGGER_NAME as ACCESS_LOGGER
+from kvstore.api.access_log import AccessLog
 from kvstore.api.app import create_app
 from kvstore.api.control import ServerHealth
 from kvstore.api.metrics import Metrics
@@ -39,6 +41,13 @@ from kvstore.tenants import Tenants
 from kvstore.transport.runner import EngineRunner
 
 log = logging.getLogger("kvstore.server")
+
+
+# How long before uvicorn's graceful-shutdown timeout the server closes the connections still in
+# a request itself (the loop ticks every 0.1 s, so this leaves uvicorn's timer well behind).
+_CUT_MARGIN_S = 0.25
+# Requests named in the one line that says connections were closed at the drain bound.
+_CUT_SHOWN_MAX = 3
 
 
 class StartupError(Exception):
@@ -158,8 +167,10 @@ class Server:
             loop.add_signal_handler(sig, self.request_stop, sig)
         tenants = load_tenants(cfg.credentials)
         if tenants.dev:
-            log.warning("DEVELOPMENT MODE: no --credentials, so ANY signature is accepted and "
-                        "every caller owns every namespace. Serving loopback only.")
+            log.warning("DEVELOPMENT MODE: no --credentials, so signatures are not checked (any "
+                        "key and any SigV4 signature, or none, are accepted; SigV2 is refused as "
+                        "in production) and every caller owns every namespace. Serving loopback "
+                        "only.")
         http_sock = bind_socket(cfg.host, cfg.port)
         device = engine = runner = None
         try:
@@ -202,7 +213,9 @@ class Server:
                 raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                    f"{exc.strerror or exc}") from None
             bulk_port = _bound_port(bulk, cfg.bulk_port)
-        app = create_app(state, self.health)
+        app: Any = create_app(state, self.health)
+        if cfg.access_log:
+            app = AccessLog(app)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
         self._http = _UvicornServer(uvicorn.Config(
             app, http="httptools", loop="none", lifespan="on", log_config=None,
@@ -226,16 +239,53 @@ class Server:
         self.health.set_draining()
         self._http.should_exit = True
         closing_bulk = asyncio.create_task(self._close_bulk(bulk, drain_s))
+        cutter = asyncio.create_task(self._cut_after(self._cut_delay_s(drain_s)))
         for waiting in (task, closing_bulk):
             left = max(0.1, deadline - asyncio.get_running_loop().time())
             try:
                 await asyncio.wait_for(asyncio.shield(waiting), left)
             except TimeoutError:
                 log.warning("drain bound reached; closing with requests still in flight")
+                self._cut_inflight()
                 self._http.force_exit = True
             except Exception:  # noqa: BLE001 - keep shutting down
                 log.exception("error while draining")
+        cutter.cancel()
         return 1 if crashed else 0
+
+    def _cut_delay_s(self, drain_s: float) -> float:
+        """When to close the HTTP connections still in a request: at the drain bound, and
+        before uvicorn's own graceful-shutdown timeout cancels their tasks (each cancelled task
+        logs a CancelledError traceback)."""
+        assert self._http is not None
+        grace = self._http.config.timeout_graceful_shutdown
+        bound = drain_s if grace is None else min(drain_s, float(grace))
+        return max(0.0, bound - _CUT_MARGIN_S)
+
+    async def _cut_after(self, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        self._cut_inflight()
+
+    def _cut_inflight(self) -> None:
+        """Abort the HTTP connections that are still in a request (a stalled upload, a client
+        that stopped reading). Their handlers see the client go away and end on their own, so
+        a graceful stop logs this one line, not a traceback per request."""
+        if self._http is None:
+            return
+        conns = list(getattr(self._http.server_state, "connections", ()))
+        if not conns:
+            return
+        what = []
+        for conn in conns:
+            scope = getattr(getattr(conn, "cycle", None), "scope", None) or {}
+            if scope:
+                what.append(f"{scope.get('method', '?')} {scope.get('path', '?')}")
+            transport = getattr(conn, "transport", None)
+            if transport is not None:
+                transport.abort()
+        shown = ", ".join(what[:_CUT_SHOWN_MAX]) + (", ..." if len(what) > _CUT_SHOWN_MAX else "")
+        log.warning("drain bound reached: closed %d HTTP connection(s) still in a request (%s)",
+                    len(conns), shown or "no request read yet")
 
     async def _close_bulk(self, bulk: Any, timeout: float) -> None:
         """Stop accepting bulk connections and drain them (``BulkServer.close``)."""
@@ -265,7 +315,7 @@ class Server:
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
         ]
         if state.tenants.dev:
-            lines.append("kvstore: DEVELOPMENT MODE (no credentials): any signature accepted")
+            lines.append("kvstore: DEVELOPMENT MODE (no credentials): signatures not checked")
         lines.append("kvstore: ready")
         for line in lines:
             log.info("%s", line.removeprefix("kvstore: "))
@@ -276,6 +326,8 @@ def run(cfg: ServeConfig) -> int:
     """Run the server on uvloop (asyncio's loop where uvloop is missing); return exit status."""
     logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.access_log:  # asked for by name: shown whatever --log-level says
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
     try:
         import uvloop
 

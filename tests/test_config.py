@@ -92,6 +92,22 @@ def test_precedence_flag_env_file_default(tmp_path: Path) -> None:
     assert from_argv(["--config", str(other)], env).bulk_port == 9500
 
 
+def test_access_log_is_off_by_default_and_a_switch_everywhere(tmp_path: Path) -> None:
+    assert from_argv([], {}).access_log is False
+    assert from_argv(["--access-log"], {}).access_log is True
+    assert from_argv([], {"KVSTORE_ACCESS_LOG": "1"}).access_log is True
+    assert from_argv(["--no-access-log"], {"KVSTORE_ACCESS_LOG": "yes"}).access_log is False
+    conf = tmp_path / "kv.toml"
+    conf.write_text("access_log = true\n")
+    assert from_argv(["--config", str(conf)], {}).access_log is True
+    assert from_argv(["--config", str(conf)], {"KVSTORE_ACCESS_LOG": "off"}).access_log is False
+    with pytest.raises(ConfigError, match="KVSTORE_ACCESS_LOG: expected true or false"):
+        from_argv([], {"KVSTORE_ACCESS_LOG": "loud"})
+    conf.write_text('access-log = "maybe"\n')
+    with pytest.raises(ConfigError, match="access_log: expected true or false"):
+        from_argv(["--config", str(conf)], {})
+
+
 def test_empty_env_value_is_unset() -> None:
     assert from_argv([], {"KVSTORE_PORT": ""}).port == 8700
 

@@ -257,3 +257,34 @@ def test_capacity_beyond_the_disk_is_said_loudly(tmp_path: Path) -> None:
         stop(srv)
     finally:
         srv.kill()
+
+
+def test_graceful_stop_with_a_stalled_upload_logs_one_line(tmp_path: Path) -> None:
+    """A client sent the headers and part of a PUT body, then stopped: at the drain bound the
+    server closes it and says so in one line, not a CancelledError traceback, and exits 0."""
+    port, bulk = free_port(), free_port()
+    srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk),
+                           "--data-dir", str(tmp_path / "data"), "--shutdown-seconds", "3", *SMALL])
+    try:
+        srv.wait_ready()
+        assert put_bucket(port, "stall") == 200
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as stalled:
+            stalled.sendall(b"PUT /stall/half HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                            b"Content-Length: 1048576\r\n\r\n" + PAYLOAD[:4096])
+            status, _ = get(port, "/healthz")  # the request above is in flight by now
+            assert status == 200
+            stop(srv)
+            stalled.settimeout(5)
+            try:
+                leftover = stalled.recv(65536)  # the server closed it, with no answer
+            except ConnectionResetError:
+                leftover = b""
+    finally:
+        srv.kill()
+    err = srv.err
+    for bad in ("Traceback", "CancelledError", "Exception in ASGI application", " ERROR "):
+        assert bad not in err, err[-3000:]
+    cut = [line for line in err.splitlines() if "drain bound reached" in line]
+    assert len(cut) == 1 and "PUT /stall/half" in cut[0], err[-3000:]
+    assert "engine closed" in err
+    assert leftover == b""  # closed, not answered with uvicorn's 500

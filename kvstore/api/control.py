@@ -37,6 +37,7 @@ from kvstore.api.control_models import (
     Readiness,
     StatsResponse,
 )
+from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
 from kvstore.api.state import AppState
@@ -82,6 +83,20 @@ def _ns_out(info: NamespaceInfo, blocks: int | None = None) -> NamespaceOut:
                         block_bytes=info.block_bytes, blocks=blocks)
 
 
+def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
+                          layout_d: dict[str, object], block_bytes: int) -> None:
+    """AlreadyExists (409) unless ``info`` is what this create request would have made."""
+    derived = (layout.block_bytes() or 0) if layout is not None else 0
+    want_bytes = block_bytes or derived  # as the catalog derives it on create
+    if dict(info.layout) == layout_d and info.block_bytes == want_bytes:
+        return
+    want_fp = layout.fingerprint_hex() if layout is not None else ""
+    raise E.AlreadyExists(
+        f"namespace {info.name} exists with another layout or block size (fingerprint "
+        f"{info.fingerprint or 'none'}, block_bytes {info.block_bytes}; this request: "
+        f"fingerprint {want_fp or 'none'}, block_bytes {want_bytes})")
+
+
 def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
     """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
     engine, runner, tenants = state.engine, state.runner, state.tenants
@@ -90,12 +105,12 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
                   description="Health, metrics, namespaces with layout fingerprints, and the "
                               "KV-specific calls S3 lacks (longest-prefix lookup with leases, "
                               "prefetch, batch exists/delete). S3 routes are served beside it.",
-                  swagger_ui_oauth2_redirect_url=None)
+                  swagger_ui_oauth2_redirect_url=None, docs_url=None, redoc_url=None)
 
     async def caller(request: Request) -> Tenant:
-        """The authenticated tenant (SigV4 header or presigned form)."""
-        if tenants.dev:
-            return tenants.by_access_key("")
+        """The authenticated tenant (SigV4 header or presigned form). Development mode skips
+        only the signature comparison (``sigv4.authenticate``); SigV2, malformed auth and body
+        hashes get the same answers as in production."""
         from kvstore.api.s3 import sigv4  # the S3 surface's verifier, shared
 
         scope = request.scope
@@ -201,22 +216,32 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
     # --- namespaces ---------------------------------------------------------------------------
 
     @app.post("/v1/namespaces", response_model=NamespaceOut, status_code=201,
-              tags=["namespaces"], responses=_ERRORS)
-    async def create_namespace(body: NamespaceCreate,
+              tags=["namespaces"], responses={**_ERRORS, 200: {
+                  "model": NamespaceOut,
+                  "description": "The caller's namespace already exists with this layout"}})
+    async def create_namespace(body: NamespaceCreate, response: Response,
                                tenant: Tenant = Depends(caller)) -> NamespaceOut:
         """Create a namespace (an S3 bucket) with an optional layout; the answer carries the
-        layout fingerprint and the block size every PUT must then have."""
+        layout fingerprint and the block size every PUT must then have. Idempotent: asking
+        again for a namespace the caller owns with the same layout and block size answers 200
+        with it; with a different one, 409."""
         authorize(tenant, body.name)
         layout = None
-        if body.layout is not None:
+        layout_d = None if body.layout is None else body.layout.model_dump()
+        if layout_d is not None:
             try:
-                layout = keys.Layout(**body.layout.model_dump())
+                layout = keys.Layout(**layout_d)
             except ValueError as exc:
                 raise E.InvalidArgument(f"layout: {exc}") from None
-        info = engine.create_namespace(
-            body.name, owner=tenant.name,
-            layout=None if layout is None else body.layout.model_dump(),
-            block_bytes=body.block_bytes)
+        try:
+            info = engine.create_namespace(body.name, owner=tenant.name, layout=layout_d,
+                                           block_bytes=body.block_bytes)
+        except E.AlreadyExists:
+            info = engine.namespace(body.name)
+            if info.owner != tenant.name:
+                raise
+            _check_same_namespace(info, layout, layout_d or {}, body.block_bytes)
+            response.status_code = 200
         return _ns_out(info)
 
     @app.get("/v1/namespaces", response_model=NamespaceList, tags=["namespaces"],
@@ -299,4 +324,5 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         metrics.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 
+    install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)
     return app

@@ -201,6 +201,30 @@ def test_namespace_lifecycle_with_layout(live: LiveServer) -> None:
     assert status == 404 and err["error"]["name"] == "NoSuchBucket"
 
 
+def test_namespace_create_is_idempotent_for_the_same_body(live: LiveServer) -> None:
+    body = {"name": "ns-again", "layout": LAYOUT}
+    status, first = live.json("POST", "/v1/namespaces", body)
+    assert status == 201
+    live.state.engine.put("ns-again", "k1", b"x" * first["block_bytes"])
+    status, again = live.json("POST", "/v1/namespaces", body)
+    assert status == 200 and again == first  # same namespace, same creation time
+    explicit = {**body, "block_bytes": first["block_bytes"]}  # what the layout derives anyway
+    assert live.json("POST", "/v1/namespaces", explicit) == (200, first)
+    for other in ({"name": "ns-again"},
+                  {"name": "ns-again", "layout": {**LAYOUT, "num_layers": 4}},
+                  {"name": "ns-again", "layout": {**LAYOUT, "revision": "r2"}},
+                  {**body, "block_bytes": first["block_bytes"] * 2}):
+        status, err = live.json("POST", "/v1/namespaces", other)
+        assert status == 409 and "another layout" in err["error"]["message"], (other, err)
+    assert live.state.engine.count("ns-again") == 1
+    assert live.json("POST", "/v1/ns-again/delete", {"keys": ["k1"]})[0] == 200
+    assert live.request("DELETE", "/v1/namespaces/ns-again")[0] == 204
+    plain = {"name": "ns-plain"}
+    assert live.json("POST", "/v1/namespaces", plain)[0] == 201
+    assert live.json("POST", "/v1/namespaces", plain)[0] == 200
+    assert live.request("DELETE", "/v1/namespaces/ns-plain")[0] == 204
+
+
 @pytest.mark.parametrize(
     ("body", "name"),
     [({"name": "Bad_Name"}, "InvalidBucketName"),

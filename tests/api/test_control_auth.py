@@ -90,6 +90,10 @@ def test_other_tenant_gets_uniform_access_denied(srv: Any) -> None:
     assert err(call(srv, "DELETE", "/v1/namespaces/acme-kv", None, BETA)) == (403, "AccessDenied")
     assert err(call(srv, "POST", "/v1/namespaces", {"name": "acme-new"}, BETA)) == (
         403, "AccessDenied")
+    # creating it again is idempotent for its owner only
+    assert call(srv, "POST", "/v1/namespaces", {"name": "shared-kv"}, ACME)[0] == 200
+    assert err(call(srv, "POST", "/v1/namespaces", {"name": "shared-kv"}, BETA)) == (
+        403, "AccessDenied")
     assert call(srv, "GET", "/v1/namespaces", None, BETA)[1] == {"namespaces": []}
     # beta's own (absent) namespace is simply not there
     assert err(call(srv, "POST", "/v1/beta-none/lookup", {"keys": ["k1"]}, BETA)) == (

@@ -27,9 +27,7 @@ def test_bucket_lifecycle(s3: Any) -> None:
     s3.create_bucket(Bucket="life-b")
     assert "life-b" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
     s3.head_bucket(Bucket="life-b")
-    with pytest.raises(ClientError) as ei:
-        s3.create_bucket(Bucket="life-b")
-    assert _code(ei.value) == "BucketAlreadyOwnedByYou"
+    s3.create_bucket(Bucket="life-b")  # us-east-1: creating a bucket you own again is a 200
     s3.put_object(Bucket="life-b", Key="k", Body=b"v")
     with pytest.raises(ClientError) as ei:
         s3.delete_bucket(Bucket="life-b")
@@ -42,6 +40,27 @@ def test_bucket_lifecycle(s3: Any) -> None:
     with pytest.raises(ClientError) as ei:
         s3.delete_bucket(Bucket="life-b")
     assert _code(ei.value) == "NoSuchBucket"
+
+
+def test_create_bucket_you_own_is_200_in_us_east_1_and_409_elsewhere(
+        module_server: Callable[..., LiveServer]) -> None:
+    """AWS: CreateBucket of a bucket the caller owns answers 200 in us-east-1 (and keeps its
+    objects), 409 BucketAlreadyOwnedByYou in every other region; someone else's is always 409
+    BucketAlreadyExists (tests/api/test_s3_auth.py)."""
+    east = boto_client(module_server(region="us-east-1").url)
+    resp = east.create_bucket(Bucket="again-b")
+    east.put_object(Bucket="again-b", Key="k", Body=b"kept")
+    again = east.create_bucket(Bucket="again-b")
+    assert again["ResponseMetadata"]["HTTPStatusCode"] == 200
+    assert again["Location"] == resp["Location"] == "/again-b"
+    assert east.get_object(Bucket="again-b", Key="k")["Body"].read() == b"kept"
+    west = boto_client(module_server(region="eu-west-1").url)
+    west.create_bucket(Bucket="again-b")
+    with pytest.raises(ClientError) as ei:
+        west.create_bucket(Bucket="again-b")
+    assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 409
+    assert _code(ei.value) == "BucketAlreadyOwnedByYou"
+    assert west.get_bucket_location(Bucket="again-b")["LocationConstraint"] == "eu-west-1"
 
 
 def test_invalid_bucket_name(s3: Any) -> None:

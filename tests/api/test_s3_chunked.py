@@ -85,6 +85,17 @@ def test_development_mode_skips_chunk_signatures() -> None:
     assert out == b"a" * 66560
 
 
+def test_development_mode_still_wants_a_trailer_signature() -> None:
+    """Only comparing signatures is skipped without credentials: a signed-trailer body with no
+    x-amz-trailer-signature is refused in both modes (anything but: users learn in production)."""
+    body = (b"5;chunk-signature=" + b"1" * 64 + b"\r\nhello\r\n0;chunk-signature=" + b"2" * 64
+            + b"\r\nx-amz-checksum-crc32:NhCmhg==\r\n\r\n")
+    dec = AwsChunkedDecoder(memoryview(bytearray(5)), sigv4.STREAMING_SIGNED_TRAILER, None)
+    dec.feed(body)  # the chunk signatures are not compared
+    with pytest.raises(AuthenticationFailed, match="trailer signature missing"):
+        dec.finish()
+
+
 def _botocore_body(data: bytes, chunk: int) -> bytes:
     w = AwsChunkedWrapper(io.BytesIO(data), checksum_cls=Crc32Checksum,
                           checksum_name="x-amz-checksum-crc32", chunk_size=chunk)

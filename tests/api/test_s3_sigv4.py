@@ -152,3 +152,21 @@ def test_malformed_authorization_header() -> None:
         sigv4.authenticate(TENANTS, "GET", "/b/k", [], {"authorization": "AWS4-HMAC-SHA256 x",
                                                         "host": "h"}, time.time())
     assert ei.value.name == "AuthorizationHeaderMalformed"
+
+
+def test_development_checks_everything_but_the_signature() -> None:
+    dev = Tenants.development()
+    with pytest.raises(S3Error) as ei:
+        sigv4.authenticate(dev, "GET", "/b/k", [], {"authorization": "AWS AK:c2ln", "host": "h"},
+                           time.time())
+    assert ei.value.name == "InvalidRequest" and "s3v4" in ei.value.message
+    q = [("AWSAccessKeyId", "AK"), ("Expires", "1"), ("Signature", "c2ln")]
+    with pytest.raises(S3Error, match="Signature Version 4"):
+        sigv4.authenticate(dev, "GET", "/b/k", q, {"host": "h"}, time.time())
+    req = _signed("GET", "http://127.0.0.1/bkt/k", creds=Credentials("AKIAANY", "whatever"))
+    path, q, headers = _split(req)
+    with pytest.raises(S3Error) as ei:
+        sigv4.authenticate(dev, "GET", path, q, headers, time.time() + 3600)
+    assert ei.value.name == "RequestTimeTooSkewed"
+    tenant, ctx = sigv4.authenticate(dev, "GET", path, q, headers, time.time())
+    assert tenant.name == "" and ctx is None

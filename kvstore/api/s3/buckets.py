@@ -17,6 +17,9 @@ if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
 
 _XML = (b"content-type", b"application/xml")
+# The one region where CreateBucket of a bucket the caller already owns answers 200, not 409
+# BucketAlreadyOwnedByYou, and where GetBucketLocation answers an empty constraint.
+LEGACY_REGION = "us-east-1"
 
 
 def _rid(req: Request) -> tuple[bytes, bytes]:
@@ -50,11 +53,13 @@ async def create_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
         s3.engine.create_namespace(name, owner=call.tenant.name)
     except AlreadyExists:
         info = s3.engine.namespace(name)
-        if s3.tenants.dev or info.owner == call.tenant.name:
+        if not (s3.tenants.dev or info.owner == call.tenant.name):
+            raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.") \
+                from None
+        if s3.region != LEGACY_REGION:
             raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named "
                           "bucket succeeded and you already own it.") from None
-        raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.") \
-            from None
+        # us-east-1 answers 200 to re-creating a bucket the caller owns (AWS's legacy rule)
     await respond(send, 200, [(b"location", f"/{name}".encode()), _rid(req)])
     return 200, 0
 
@@ -98,7 +103,7 @@ async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple
 
 
 async def get_location(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    region = "" if s3.region == "us-east-1" else s3.region
+    region = "" if s3.region == LEGACY_REGION else s3.region
     body = document("LocationConstraint", [region])
     await respond(send, 200, [_XML, _rid(req)], body)
     return 200, 0

@@ -29,8 +29,14 @@ STREAMING_UNSIGNED_TRAILER = "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
 STREAMING_MODES = (STREAMING_SIGNED, STREAMING_SIGNED_TRAILER, STREAMING_UNSIGNED_TRAILER)
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 _AMZ_DATE_FMT = "%Y%m%dT%H%M%SZ"
-_V2_REFUSED = ("The authorization mechanism you have provided is not supported. Please use "
-               "AWS4-HMAC-SHA256 (boto3: Config(signature_version='s3v4')).")
+# AWS's own answer to SigV2 where only SigV4 is served (400 InvalidRequest), plus how to ask
+# each common client for SigV4. The same answer in development mode and with credentials.
+SIGV2_REFUSED = (
+    "The authorization mechanism you have provided (Signature Version 2) is not supported. "
+    "Please use AWS4-HMAC-SHA256 (Signature Version 4): boto3/botocore "
+    "Config(signature_version='s3v4'); aws-cli v1 "
+    "'aws configure set default.s3.signature_version s3v4' (aws-cli v2 always signs SigV4); "
+    "django-storages AWS_S3_SIGNATURE_VERSION = 's3v4'.")
 
 
 @dataclass(frozen=True)
@@ -195,20 +201,25 @@ def authenticate(
 ) -> tuple[Tenant, SigningContext | None]:
     """Who sent this request, or AccessDenied / SignatureDoesNotMatch / RequestTimeTooSkewed.
 
-    In development mode any signature (or none) is accepted, every caller is the development
-    tenant, and the context is None (chunk signatures are not checked either)."""
+    Development mode differs from production only in the signature itself: any access key and
+    any signature are accepted (and so is a request with no signature at all), every caller is
+    the development tenant, and the context is None (chunk signatures are not checked either).
+    Everything else is checked the same way in both modes, so what a client gets wrong shows up
+    in development, not first in production: SigV2 is refused, a malformed Authorization header
+    or presigned query is refused, X-Amz-Date, the clock skew and presigned expiry are checked,
+    x-amz-content-sha256 is required and the host header must be signed."""
     query = dict(query_pairs)
     auth_header = headers.get("authorization")
-    if tenants.dev:  # development mode: any signature, or none, is accepted
-        return tenants.by_access_key(""), None
     if auth_header is not None:
         if auth_header.startswith("AWS "):
-            raise S3Error("InvalidRequest", _V2_REFUSED)
+            raise S3Error("InvalidRequest", SIGV2_REFUSED)
         params = parse_authorization(auth_header, headers.get("x-amz-date", ""))
     elif "X-Amz-Signature" in query or "X-Amz-Credential" in query:
         params = parse_presigned(query)
     elif "AWSAccessKeyId" in query and "Signature" in query:
-        raise S3Error("InvalidRequest", _V2_REFUSED)
+        raise S3Error("InvalidRequest", SIGV2_REFUSED)
+    elif tenants.dev:  # development mode: a request with no signature is accepted
+        return tenants.by_access_key(""), None
     else:
         raise AccessDenied("Anonymous access is not allowed")
     try:
@@ -237,6 +248,8 @@ def authenticate(
             raise S3Error("InvalidRequest", "x-amz-content-sha256 is required")
     if "host" not in params.signed_headers:
         raise AuthenticationFailed("the host header must be signed")
+    if tenants.dev:  # development mode: the one check skipped is the signature itself
+        return tenant, None
     creq = canonical_request(method, raw_path, query_pairs, headers, params.signed_headers,
                              payload_hash, presigned=params.presigned)
     key = signing_key(tenant.secret_key, params.date, params.region, params.service)

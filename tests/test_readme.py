@@ -1,0 +1,36 @@
+"""README.md states what the code does: its HTTP paths, serve flags and the object size limit."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from kvstore import limits
+from kvstore.api.app import CONTROL_PATHS
+from kvstore.config import add_serve_arguments
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_health_paths_are_the_served_ones() -> None:
+    paths = set(re.findall(r"`(/[a-z0-9_./{}-]*)`", README))
+    assert {"/healthz", "/readyz", "/metrics", "/docs"} <= paths
+    for path in paths - {"/v1", "/"}:
+        assert path in CONTROL_PATHS, f"README names {path}, which the server does not serve"
+    # health and readiness are not under /v1, whatever a sentence near it says
+    assert not re.search(r"`/v1`[^.\n]*\bhealth", README), "README puts health under /v1"
+
+
+def test_object_size_limit_is_stated_as_in_limits() -> None:
+    stated = {int(n) for n in re.findall(r"object holds at\s+most (\d+) MiB", README)}
+    assert stated == {limits.block_bytes_max // limits.MiB}, stated
+    assert limits.http_body_bytes_max == limits.block_bytes_max
+
+
+def test_every_serve_flag_in_readme_exists() -> None:
+    p = argparse.ArgumentParser()
+    add_serve_arguments(p)
+    known = {opt for action in p._actions for opt in action.option_strings}
+    for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", README)):
+        assert flag in known, f"README mentions {flag}, which `kvstore serve` does not take"
