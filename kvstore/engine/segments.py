@@ -61,10 +61,13 @@ class Segment:
     # Concurrent appends: space is reserved in order under the write lock (``end`` moves), the
     # writes run in parallel, and ``durable`` (every byte before it written) advances over the
     # completed ranges in ``done``. A put is acknowledged only once ``durable`` passes its end,
-    # so recovery's "stop at the first bad record" can never drop an acknowledged block.
+    # so recovery's "stop at the first bad header" can never drop an acknowledged block.
     durable: int = 0
     done: dict[int, int] = field(default_factory=dict)
     broken: bool = False  # a write failed: roll before the next append
+    # Start of the first range whose write failed. Its bytes are unknown (a hole the scan may
+    # not cross), so no range ending after it is acknowledged, though ``durable`` passes it.
+    failed_at: int | None = None
     first_seq: int = 0  # records below this seq are leftovers of a recycled file's past life
 
 
@@ -125,16 +128,31 @@ class _Window:
         self.pool.release(self.buf)
 
 
-def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[SummaryBuilder, int]:
-    """Parse records from the start; stop at the first bad or torn one.
+@dataclass
+class ScanResult:
+    """What a scan of a segment found."""
 
-    Returns the rebuilt summary and the offset of the first byte after the last good record
-    (where the caller truncates). Never raises for bad data: bad data ends the scan.
+    builder: SummaryBuilder
+    end: int  # first byte after the last good record: where the caller truncates
+    corrupt: list[int] = field(default_factory=list)  # offsets of records skipped as corrupt
+
+
+def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
+    """Parse records from the start; stop at the first bad header or torn record.
+
+    A record whose header is intact (CRC holds, seq in this file's life, span inside the file)
+    but whose payload fails its checksum is one corrupt block, not the end of the log: it is
+    skipped and stands as a tombstone row for its key (so no older version comes back), and
+    the scan goes on at the next record. Only once a good record follows is it counted as
+    corrupt; bad-payload records with nothing good after them are a torn tail (the last writes
+    before a crash) and are cut with it. Never raises for bad data: bad data ends the scan.
     """
     builder = SummaryBuilder(seg.id)
     size = device.size(seg.handle)
     win = _Window(device, seg.handle, size, pool)
-    off = PAGE
+    off = end = PAGE
+    corrupt: list[int] = []
+    suspect: list[tuple[int, fmt.RecordHeader]] = []  # bad payloads since the last good record
     try:
         while True:
             page = win.view(off, min(PAGE, size - off)) if off < size else None
@@ -150,18 +168,30 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[Summar
                 break
             if not hdr.tombstone:
                 payload = win.view(off + hdr.payload_offset, hdr.payload_len)
-                if payload is None or fmt.checksum(payload) != hdr.checksum:
+                if payload is None:
                     break
+                if fmt.checksum(payload) != hdr.checksum:
+                    suspect.append((off, hdr))
+                    off += hdr.span
+                    continue
+            for bad_off, bad in suspect:  # a good record follows: they were corrupt blocks
+                corrupt.append(bad_off)
+                if not bad.void:  # a void record never stood for its key
+                    builder.add(fmt.digest_of(bad.namespace, bad.key), bad.namespace, bad.key,
+                                bad_off // PAGE, 0, 0, bad.seq, bad.created, 0.0,
+                                fmt.FLAG_TOMBSTONE)
+            suspect.clear()
             if not hdr.void:
                 builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key,
                             off // PAGE, hdr.payload_len, hdr.checksum, hdr.seq, hdr.created,
                             hdr.expires, hdr.flags)
             off += hdr.span
+            end = off
     except StorageError as exc:
         log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)
     finally:
         win.close()
-    return builder, off
+    return ScanResult(builder, end, corrupt)
 
 
 def load_summary(device: Device, data_dir: str, sid: int) -> SegmentSummary | None:
