@@ -140,19 +140,19 @@ class ScanResult:
 def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
     """Parse records from the start; stop at the first bad header or torn record.
 
-    A record whose header is intact (CRC holds, seq in this file's life, span inside the file)
-    but whose payload fails its checksum is one corrupt block, not the end of the log: it is
-    skipped and stands as a tombstone row for its key (so no older version comes back), and
-    the scan goes on at the next record. Only once a good record follows is it counted as
-    corrupt; bad-payload records with nothing good after them are a torn tail (the last writes
-    before a crash) and are cut with it. Never raises for bad data: bad data ends the scan.
+    A record whose header is intact (CRC holds, seq within this file's life, span inside the
+    file) but whose payload fails its checksum is one corrupt block, not the end of the log:
+    it is skipped, stands as a tombstone row for its key (so no older version of the key comes
+    back), and the scan goes on at the next record. Its header is trusted for the length, as
+    it is for every good record. Only a bad header, or a record that does not fit in the file,
+    ends the scan: nothing after such a point can be parsed safely (a payload may hold bytes
+    that look like a record). Never raises for bad data: bad data ends the scan.
     """
     builder = SummaryBuilder(seg.id)
     size = device.size(seg.handle)
     win = _Window(device, seg.handle, size, pool)
-    off = end = PAGE
+    off = PAGE
     corrupt: list[int] = []
-    suspect: list[tuple[int, fmt.RecordHeader]] = []  # bad payloads since the last good record
     try:
         while True:
             page = win.view(off, min(PAGE, size - off)) if off < size else None
@@ -166,32 +166,23 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
                 break
             if off + hdr.span > size:
                 break
+            flags, length, csum, expires = hdr.flags, hdr.payload_len, hdr.checksum, hdr.expires
             if not hdr.tombstone:
                 payload = win.view(off + hdr.payload_offset, hdr.payload_len)
                 if payload is None:
                     break
                 if fmt.checksum(payload) != hdr.checksum:
-                    suspect.append((off, hdr))
-                    off += hdr.span
-                    continue
-            for bad_off, bad in suspect:  # a good record follows: they were corrupt blocks
-                corrupt.append(bad_off)
-                if not bad.void:  # a void record never stood for its key
-                    builder.add(fmt.digest_of(bad.namespace, bad.key), bad.namespace, bad.key,
-                                bad_off // PAGE, 0, 0, bad.seq, bad.created, 0.0,
-                                fmt.FLAG_TOMBSTONE)
-            suspect.clear()
-            if not hdr.void:
+                    corrupt.append(off)
+                    flags, length, csum, expires = fmt.FLAG_TOMBSTONE, 0, 0, 0.0
+            if not hdr.void:  # a void record never stood for its key, corrupt or not
                 builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key,
-                            off // PAGE, hdr.payload_len, hdr.checksum, hdr.seq, hdr.created,
-                            hdr.expires, hdr.flags)
+                            off // PAGE, length, csum, hdr.seq, hdr.created, expires, flags)
             off += hdr.span
-            end = off
     except StorageError as exc:
         log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)
     finally:
         win.close()
-    return ScanResult(builder, end, corrupt)
+    return ScanResult(builder, off, corrupt)
 
 
 def load_summary(device: Device, data_dir: str, sid: int) -> SegmentSummary | None:

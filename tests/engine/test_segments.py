@@ -54,10 +54,9 @@ def test_create_scan_and_stop_at_the_first_bad_header() -> None:
     row = scan.builder.rows[2]
     assert row[1] == offs[2] // PAGE and row[7] & fmt.FLAG_TOMBSTONE and row[2] == 0
     assert not any(r[7] & fmt.FLAG_TOMBSTONE for i, r in enumerate(scan.builder.rows) if i != 2)
-    # Bad payloads with no good record after them are a torn tail: cut, not counted.
-    dev.files[seg.path][offs[3] + PAGE + 9] ^= 1  # payload of k3, the last record
+    dev.files[seg.path][offs[3] + PAGE + 9] ^= 1  # the last record: the same, its header holds
     scan = scan_segment(dev, seg, pool)
-    assert scan.end == offs[2] and scan.builder.keys == [b"k0", b"k1"] and scan.corrupt == []
+    assert scan.end == seg.end and scan.corrupt == [offs[2], offs[3]]
     dev.files[seg.path][offs[1] + 3] ^= 1  # header of k1: the scan cannot cross it
     scan = scan_segment(dev, seg, pool)
     assert scan.end == offs[1] and scan.builder.keys == [b"k0"]
