@@ -45,7 +45,7 @@ def test_second_engine_in_one_process_is_refused(engines: Engines, kind: str) ->
     assert again.get(NS, "k") == pattern(1, 10_000)
 
 
-def test_lock_held_by_another_process(engines: Engines, tmp_path: Path) -> None:
+def test_lock_held_by_another_process(engines: Engines) -> None:
     cfg = engines.config()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     child = subprocess.Popen([sys.executable, "-c", HOLDER, cfg.data_dir], env=env,
@@ -66,7 +66,7 @@ def test_lock_held_by_another_process(engines: Engines, tmp_path: Path) -> None:
     eng.put(NS, "k", b"v")
 
 
-def test_failed_open_releases_the_lock(engines: Engines, tmp_path: Path) -> None:
+def test_failed_open_releases_the_lock(engines: Engines) -> None:
     cfg = engines.config()
     os.makedirs(cfg.data_dir)
     catalog = Path(cfg.data_dir) / "namespaces.msgpack"
