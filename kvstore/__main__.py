@@ -1,7 +1,7 @@
 """Command line: ``kvstore serve`` (also ``python -m kvstore serve``).
 
 Exit status: 0 after a clean stop, 1 when the server cannot start (port in use, store cannot be
-opened), 2 for invalid configuration (including a non-loopback address without credentials).
+opened, data directory held by another process), 2 for invalid configuration (including a non-loopback address without credentials).
 """
 
 from __future__ import annotations

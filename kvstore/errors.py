@@ -120,6 +120,13 @@ class CorruptRecord(StorageError):
     code, name, retryable = 61, "CorruptRecord", False
 
 
+class DataDirLocked(KVStoreError):
+    """Another process (or another open engine) owns the data directory: its lock file is held.
+    ``detail`` carries ``data_dir`` and ``pid`` (0 when the holder's PID could not be read)."""
+
+    code, name = 62, "DataDirLocked"
+
+
 def _all_subclasses(cls: type[KVStoreError]) -> list[type[KVStoreError]]:
     out: list[type[KVStoreError]] = [cls]
     for sub in cls.__subclasses__():

@@ -1,7 +1,8 @@
 """Process composition for `kvstore serve`.
 
 Order on start: data dir, tenants, listening sockets (fail fast on a busy port), device, engine
-(recovery), bulk server, HTTP server (uvicorn on uvloop + httptools; lifespan marks it ready).
+(the data directory's lock, then recovery), bulk server, HTTP server (uvicorn on uvloop +
+httptools; lifespan marks it ready).
 Then it prints the endpoints and the chosen device.
 
 Order on SIGTERM/SIGINT, all within ``cfg.shutdown_seconds`` (at most
@@ -35,7 +36,7 @@ from kvstore.api.state import AppState
 from kvstore.config import ConfigError, ServeConfig, format_size
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
-from kvstore.errors import KVStoreError
+from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.tenants import Tenants
 from kvstore.transport.runner import EngineRunner
@@ -186,6 +187,8 @@ class Server:
                                       segment_bytes=cfg.segment_bytes, dram_bytes=cfg.dram_bytes)
             try:
                 engine = await asyncio.to_thread(Engine.open, engine_cfg, device)
+            except DataDirLocked as exc:  # names the directory and the PID that holds it
+                raise StartupError(str(exc)) from None
             except (KVStoreError, OSError, ValueError) as exc:
                 raise StartupError(f"cannot open the store in {cfg.data_dir!r}: {exc}") from None
             warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())

@@ -288,3 +288,37 @@ def test_graceful_stop_with_a_stalled_upload_logs_one_line(tmp_path: Path) -> No
     assert len(cut) == 1 and "PUT /stall/half" in cut[0], err[-3000:]
     assert "engine closed" in err
     assert leftover == b""  # closed, not answered with uvicorn's 500
+
+
+def test_second_server_on_one_data_dir_exits_1_naming_the_holder(tmp_path: Path) -> None:
+    """Two servers on one data directory would each recover only their own writes: the second
+    one must refuse at once, before recovery, and the first keep serving."""
+    data = tmp_path / "data"
+    port = free_port()
+    first = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(free_port()),
+                             "--data-dir", str(data), *SMALL], name="first")
+    try:
+        first.wait_ready()
+        assert put_bucket(port, "owned-bucket") == 200
+        second = Serve(tmp_path, ["--port", str(free_port()), "--bulk-port", str(free_port()),
+                                  "--data-dir", str(data), *SMALL], name="second")
+        try:
+            assert second.wait_exit(START_SECONDS_MAX) == 1
+        finally:
+            second.kill()
+        assert str(data) in second.err and f"PID {first.proc.pid}" in second.err, second.err
+        assert "Traceback" not in second.err and "kvstore: ready" not in second.out
+        assert get(port, "/healthz") == (200, {"status": "ok"})  # the owner is undisturbed
+        status, body = get(port, "/v1/check", "POST")
+        assert status == 200 and body == {"ok": True, "problems": []}
+        stop(first)
+    finally:
+        first.kill()
+    third = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(free_port()),
+                             "--data-dir", str(data), *SMALL], name="third")
+    try:
+        third.wait_ready()  # the lock went with the first server
+        assert get(port, "/v1/namespaces/owned-bucket")[0] == 200
+        stop(third)
+    finally:
+        third.kill()

@@ -8,8 +8,9 @@ then go to the device in one ``submit`` with no lock held, so one ``put_many`` k
 queue as deep as several writer threads would, and several writers keep it deeper.
 
 A put is acknowledged, and its blocks published in the index, only when every earlier byte of
-the segment is written (``Engine._complete``): recovery stops at the first bad record, so an
-acknowledged block must never sit behind a hole. A record whose key another writer stored
+the segment is written (``Engine._complete``), and never after a failed write in the same
+segment: recovery stops at the first bad header, so an acknowledged block must never sit
+behind a hole. A record whose key another writer stored
 between build and reservation is written as a void record (``FLAG_VOID``), never indexed.
 """
 
@@ -178,7 +179,7 @@ def _submit_and_publish(eng: Engine, preps: list[_Prepared], taken: list[_Chunk]
         finally:
             for n, c in enumerate(taken):  # every reserved range completes, even on failure
                 assert c.seg is not None
-                eng._complete(c.seg, c.off, c.off + c.total, ok[n])
+                ok[n] = eng._complete(c.seg, c.off, c.off + c.total, ok[n])
         bad = [c for n, c in enumerate(taken) if not ok[n]]
         if bad:
             from kvstore.errors import StorageError

@@ -1,4 +1,5 @@
-"""``Engine.check()``: cross-check the index, segments, DRAM tier and byte accounting.
+"""``Engine.check()``: cross-check the index, segments, DRAM tier, byte accounting and the
+data directory (no segment or summary file the engine does not know).
 
 Returns a list of problems (empty when consistent); never raises. Tests call it after every
 case. ``deep=True`` also reads every indexed record and verifies its header and checksum.
@@ -6,9 +7,11 @@ case. ``deep=True`` also reads every indexed record and verifies its header and 
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from kvstore.engine import format as fmt
+from kvstore.engine.segments import parse_segment_name
 
 if TYPE_CHECKING:
     from kvstore.engine.store import Engine
@@ -66,6 +69,7 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
         used = sum(s.end for s in eng.segments.values())
         if used > eng.config.capacity_bytes:
             problems.append(f"flash used {used} over capacity {eng.config.capacity_bytes}")
+        problems.extend(_foreign_files(eng))
         problems.extend(eng.dram.check())
         if deep:
             names = {i: n.encode() for i, n in ids.items()}
@@ -75,6 +79,31 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
                     continue
                 problems.extend(_verify(eng, seg, e, digest))
     return problems
+
+
+def _foreign_files(eng: Engine) -> list[str]:
+    """Segment and summary files in the data directory that this engine did not write: another
+    process on the same directory, or files copied in by hand. Recovery would load them."""
+    data_dir = eng.config.data_dir
+    known = {os.path.basename(s.path)
+             for s in [*eng.segments.values(), *eng.retired.values(), *eng.free_files]}
+    sealed = {s.id for s in eng.segments.values() if s.builder is None} | set(eng.retired)
+    out = []
+    try:
+        names = eng.device.listdir(data_dir)
+    except OSError as exc:
+        return [f"cannot list data directory {data_dir}: {exc}"]
+    for name in names:
+        if name.endswith(".kvs") and (name.startswith("seg-") or name.startswith("free-")):
+            if name not in known:
+                out.append(f"segment file {name} in {data_dir} is not one this engine wrote "
+                           "(another process on this data directory?)")
+        elif name.endswith(".sum") and name.startswith("seg-"):
+            sid = parse_segment_name(name[:-4] + ".kvs")
+            if sid is None or sid not in sealed:
+                out.append(f"summary file {name} in {data_dir} belongs to no sealed segment "
+                           "of this engine")
+    return out
 
 
 def _verify(eng: Engine, seg: object, e: object, digest: bytes) -> list[str]:

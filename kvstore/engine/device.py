@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvstore import limits
-from kvstore.errors import StorageError
+from kvstore.engine.lockfile import LOCK_FILE, DirLock, lock_dir, locked_message
+from kvstore.errors import DataDirLocked, StorageError
 
 ALIGN = limits.io_alignment_bytes
 
@@ -199,6 +200,11 @@ class Device(ABC):
         finally:
             os.close(dfd)
 
+    def lock_dir(self, directory: str) -> DirLock:
+        """Take the exclusive lock of a data directory (``lockfile.lock_dir``: a ``flock``
+        held until released or the process ends); ``DataDirLocked`` when it is held."""
+        return lock_dir(directory)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release rings, fds and threads held by the device."""
 
@@ -230,6 +236,7 @@ class MemoryDevice(Device):
         self._handles: dict[int, str] = {}
         self._next = 1
         self._lock = threading.Lock()
+        self._locked: set[str] = set()  # data directories held by an open engine
 
     def open(self, path: str, *, create: bool = True) -> int:
         with self._lock:
@@ -288,6 +295,21 @@ class MemoryDevice(Device):
     def write_file_atomic(self, path: str, data: bytes) -> None:
         with self._lock:
             self.files[path] = bytearray(data)
+
+    def lock_dir(self, directory: str) -> DirLock:
+        """The same contract as a file lock, within this device: one holder per directory."""
+        path = os.path.join(directory, LOCK_FILE)
+        with self._lock:
+            if directory in self._locked:
+                raise DataDirLocked(locked_message(directory, os.getpid(), path),
+                                    data_dir=directory, pid=os.getpid())
+            self._locked.add(directory)
+
+        def release() -> None:
+            with self._lock:
+                self._locked.discard(directory)
+
+        return DirLock(path, release)
 
     def submit(self, ops: Sequence[IoOp]) -> list[int]:
         out: list[int] = []

@@ -17,8 +17,9 @@ Record at page-aligned offset ``off``::
                     O_DIRECT straight into a caller's aligned buffer) and the record spans
                     4096 + align_up(payload_len)
 
-A torn or flipped record fails its header CRC or its payload checksum (xxh3-64); recovery
-truncates the active segment there. Sealed segments get a summary file ``seg-<id>.sum`` (columnar,
+A torn or flipped record fails its header CRC or its payload checksum (xxh3-64). Recovery's
+scan of an unsealed segment skips a record with an intact header and a bad payload (one
+corrupt block) and truncates at the first bad header. Sealed segments get a summary file ``seg-<id>.sum`` (columnar,
 CRC'd) so reopening does not scan them.
 """
 

@@ -38,6 +38,8 @@ def seal(eng: Engine, seg: Segment) -> None:
     eng._quiesce(seg)
     if eng.device.size(seg.handle) > seg.end:  # a recycled file: drop its old tail
         eng.device.truncate(seg.handle, seg.end)
+    if seg.failed_at is not None:  # nothing from a failed write on was acknowledged
+        seg.builder.drop_from(seg.failed_at // fmt.PAGE)
     summary = seg.builder.build(seg.end)
     eng.device.sync(seg.handle)
     eng.device.write_file_atomic(summary_path(eng.config.data_dir, seg.id), summary.encode())

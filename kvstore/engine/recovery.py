@@ -1,8 +1,11 @@
 """Open a store: load the catalog, verify segments, rebuild the index (derived data).
 
 Sealed segments with a valid summary are loaded from it (no payload reads). Any other segment
-is scanned record by record and cut at the first bad or torn record: the file is truncated
-there, so a torn tail can never be mistaken for data later. The newest unsealed segment stays
+is scanned record by record (``segments.scan_segment``). A record with an intact header but a
+bad payload is one corrupt block: skipped, counted in ``checksum_failures``, and kept as a
+tombstone row so no older version of its key comes back; the scan goes on. The scan ends at the
+first bad header or torn record, and the file is truncated there, so a torn tail can never be
+mistaken for data later. The newest unsealed segment stays
 the active one; older unsealed ones get sealed now. Rows from all segments are deduplicated in
 log order (last write wins, a tombstone deletes); expired blocks and blocks of unknown
 namespaces are dropped. Recovery may drop blocks; it never invents them.
@@ -26,6 +29,7 @@ from kvstore.engine.segments import (
     open_existing,
     parse_segment_name,
     scan_segment,
+    summary_path,
 )
 from kvstore.engine.summary import SegmentSummary
 from kvstore.errors import StorageError
@@ -59,7 +63,15 @@ def recover(eng: Engine) -> None:
             seg.end = seg.durable = summary.end_offset
             seg.sealed = True
         else:
-            builder, end = scan_segment(dev, seg, eng.pool)
+            # A summary not used (bad, or ending past the file) must not outlive the scan: a
+            # later open would take the grown segment for sealed at the old end.
+            dev.unlink(summary_path(cfg.data_dir, sid))
+            scan = scan_segment(dev, seg, eng.pool)
+            builder, end = scan.builder, scan.end
+            for off in scan.corrupt:
+                log.warning("segment %08x: record at %d fails its payload checksum; skipped "
+                            "and its block dropped", sid, off)
+            eng.counters["checksum_failures"] += len(scan.corrupt)
             size = dev.size(seg.handle)
             if end < size:
                 if _zeros_at(eng, seg.handle, end, size):  # preallocated, never written

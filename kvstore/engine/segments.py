@@ -61,10 +61,13 @@ class Segment:
     # Concurrent appends: space is reserved in order under the write lock (``end`` moves), the
     # writes run in parallel, and ``durable`` (every byte before it written) advances over the
     # completed ranges in ``done``. A put is acknowledged only once ``durable`` passes its end,
-    # so recovery's "stop at the first bad record" can never drop an acknowledged block.
+    # so recovery's "stop at the first bad header" can never drop an acknowledged block.
     durable: int = 0
     done: dict[int, int] = field(default_factory=dict)
     broken: bool = False  # a write failed: roll before the next append
+    # Start of the first range whose write failed. Its bytes are unknown (a hole the scan may
+    # not cross), so no range ending after it is acknowledged, though ``durable`` passes it.
+    failed_at: int | None = None
     first_seq: int = 0  # records below this seq are leftovers of a recycled file's past life
 
 
@@ -125,16 +128,31 @@ class _Window:
         self.pool.release(self.buf)
 
 
-def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[SummaryBuilder, int]:
-    """Parse records from the start; stop at the first bad or torn one.
+@dataclass
+class ScanResult:
+    """What a scan of a segment found."""
 
-    Returns the rebuilt summary and the offset of the first byte after the last good record
-    (where the caller truncates). Never raises for bad data: bad data ends the scan.
+    builder: SummaryBuilder
+    end: int  # first byte after the last good record: where the caller truncates
+    corrupt: list[int] = field(default_factory=list)  # offsets of records skipped as corrupt
+
+
+def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
+    """Parse records from the start; stop at the first bad header or torn record.
+
+    A record whose header is intact (CRC holds, seq within this file's life, span inside the
+    file) but whose payload fails its checksum is one corrupt block, not the end of the log:
+    it is skipped, stands as a tombstone row for its key (so no older version of the key comes
+    back), and the scan goes on at the next record. Its header is trusted for the length, as
+    it is for every good record. Only a bad header, or a record that does not fit in the file,
+    ends the scan: nothing after such a point can be parsed safely (a payload may hold bytes
+    that look like a record). Never raises for bad data: bad data ends the scan.
     """
     builder = SummaryBuilder(seg.id)
     size = device.size(seg.handle)
     win = _Window(device, seg.handle, size, pool)
     off = PAGE
+    corrupt: list[int] = []
     try:
         while True:
             page = win.view(off, min(PAGE, size - off)) if off < size else None
@@ -148,20 +166,23 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> tuple[Summar
                 break
             if off + hdr.span > size:
                 break
+            flags, length, csum, expires = hdr.flags, hdr.payload_len, hdr.checksum, hdr.expires
             if not hdr.tombstone:
                 payload = win.view(off + hdr.payload_offset, hdr.payload_len)
-                if payload is None or fmt.checksum(payload) != hdr.checksum:
+                if payload is None:
                     break
-            if not hdr.void:
+                if fmt.checksum(payload) != hdr.checksum:
+                    corrupt.append(off)
+                    flags, length, csum, expires = fmt.FLAG_TOMBSTONE, 0, 0, 0.0
+            if not hdr.void:  # a void record never stood for its key, corrupt or not
                 builder.add(fmt.digest_of(hdr.namespace, hdr.key), hdr.namespace, hdr.key,
-                            off // PAGE, hdr.payload_len, hdr.checksum, hdr.seq, hdr.created,
-                            hdr.expires, hdr.flags)
+                            off // PAGE, length, csum, hdr.seq, hdr.created, expires, flags)
             off += hdr.span
     except StorageError as exc:
         log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)
     finally:
         win.close()
-    return builder, off
+    return ScanResult(builder, off, corrupt)
 
 
 def load_summary(device: Device, data_dir: str, sid: int) -> SegmentSummary | None:

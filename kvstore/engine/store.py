@@ -29,6 +29,7 @@ from kvstore.engine.device import (
 )
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
+from kvstore.engine.lockfile import DirLock
 from kvstore.engine.reads import BlockView, EngineReads, check_batch
 from kvstore.engine.segments import Segment, load_summary
 from kvstore.engine.types import BlockMeta, EngineConfig, NamespaceInfo, PutResult
@@ -90,6 +91,7 @@ class Engine(EngineReads):
         self._io_done = threading.Condition(self._lock)
         self._pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self._closed = False
+        self.dir_lock: DirLock | None = None  # held from open() to close()
         max_segs = config.capacity_bytes // config.segment_bytes
         self.max_segments = max_segs
         self.high_segments = max(2, min(max_segs, int(config.high_watermark * max_segs)))
@@ -101,7 +103,13 @@ class Engine(EngineReads):
         from kvstore.engine.recovery import recover
 
         eng = cls(config, device)
-        recover(eng)
+        # One owner per data directory, before recovery reads anything (lockfile.py).
+        eng.dir_lock = device.lock_dir(config.data_dir)
+        try:
+            recover(eng)
+        except BaseException:
+            eng.dir_lock.release()
+            raise
         log.info("engine open: %d blocks in %d segments on %s (%s)", len(eng.index),
                  len(eng.segments), config.data_dir, device.name)
         return eng
@@ -129,6 +137,8 @@ class Engine(EngineReads):
             self.free_files.clear()
             self.dram.clear()
             self.pool.close()
+            if self.dir_lock is not None:
+                self.dir_lock.release()  # last: every file is synced and closed
 
     @property
     def closed(self) -> bool:
@@ -283,14 +293,18 @@ class Engine(EngineReads):
         seg.end += nbytes
         return off
 
-    def _complete(self, seg: Segment, start: int, end: int, ok: bool) -> None:
+    def _complete(self, seg: Segment, start: int, end: int, ok: bool) -> bool:
         """Mark [start, end) written (or failed) and wait until everything before ``end`` is
-        written, so acknowledgements follow log order."""
+        written, so acknowledgements follow log order. False when this range or an earlier one
+        of the segment failed: the caller must not acknowledge it, since recovery's scan may
+        stop at the failed range and never reach this one."""
         deadline = time.monotonic() + limits.write_wait_seconds_max
         with self._io_done:
             seg.done[start] = end
             if not ok:
                 seg.broken = True
+                if seg.failed_at is None or start < seg.failed_at:
+                    seg.failed_at = start
             while seg.durable in seg.done:
                 seg.durable = seg.done.pop(seg.durable)
             self._io_done.notify_all()
@@ -299,6 +313,7 @@ class Engine(EngineReads):
                 if left <= 0:
                     raise StorageError("an earlier write in this segment did not complete")
                 self._io_done.wait(left)
+            return ok and (seg.failed_at is None or seg.failed_at >= end)
 
     def _quiesce(self, seg: Segment) -> None:
         """Wait until no write to ``seg`` is in flight. Caller holds _wlock (no new ones)."""
@@ -352,7 +367,9 @@ class Engine(EngineReads):
             self.device.write(seg.handle, off, buf.view[:span])
             ok = True
         finally:
-            self._complete(seg, off, off + span, ok)
+            ok = self._complete(seg, off, off + span, ok)
+        if not ok:
+            raise StorageError(f"an earlier write in segment {seg.id} failed")
         if self.config.sync_on_put:
             self.device.sync(seg.handle)
         with self._lock:

@@ -100,6 +100,13 @@ class SummaryBuilder:
         self.keys.append(key)
         self.rows.append((digest, page, length, checksum, seq, created, expires, flags, idx))
 
+    def drop_from(self, page: int) -> None:
+        """Forget the rows of records at or after ``page`` (writes that failed, or came after
+        one that did: never acknowledged, so never to be indexed after a restart)."""
+        keep = [i for i, r in enumerate(self.rows) if r[1] < page]
+        self.rows = [self.rows[i] for i in keep]
+        self.keys = [self.keys[i] for i in keep]
+
     def build(self, end_offset: int) -> SegmentSummary:
         cols: dict[str, np.ndarray] = {}
         for i, (name, dt) in enumerate(COLUMNS):

@@ -77,8 +77,11 @@ class Engines:
         self.live.remove(eng)
 
     def abandon(self, eng: Engine) -> None:
-        """Forget an engine without closing it: the process 'crashed'."""
+        """Forget an engine without closing it: the process 'crashed'. A dead process's
+        descriptors close, which drops its data directory lock; here that is done by hand."""
         self.live.remove(eng)
+        if eng.dir_lock is not None:
+            eng.dir_lock.release()
 
     def reopen(self, eng: Engine, *, crash: bool = False) -> Engine:
         if crash:

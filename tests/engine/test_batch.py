@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import threading
 
+import pytest
+
+from kvstore.engine import format as fmt
+from kvstore.engine.device import MemoryDevice
 from kvstore.engine.store import Engine
+from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
+
+PAGE = fmt.PAGE
+WAIT_SECONDS = 30
 
 
 def _run_threads(n: int, work) -> None:  # noqa: ANN001 - a callable of the thread index
@@ -121,3 +130,73 @@ def test_staged_payloads_are_written_in_place(engines: Engines) -> None:
     odd = AlignedBuffer(3 * 4096)
     with pytest.raises(InvalidArgument):
         eng.put(NS, "odd", StagedPayload(odd.view[1 : 1 + 8192], 8000))
+
+
+class _FailOneWriteLate(MemoryDevice):
+    """Once armed, the first record write fails, but only after a later write to the same
+    segment (another writer's) has landed: a hole before a fully written block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.failing = threading.Event()  # the doomed write was submitted
+        self.later_written = threading.Event()
+        self._claimed = False
+        self._claim = threading.Lock()
+
+    def submit(self, ops):  # noqa: ANN001, ANN201 - the Device signature
+        if not self.armed or not any(op.write and op.offset >= PAGE for op in ops):
+            return super().submit(ops)
+        with self._claim:
+            doomed, self._claimed = not self._claimed, True
+        if doomed:
+            self.failing.set()
+            self.later_written.wait(WAIT_SECONDS)
+            return [-errno.EIO] * len(ops)
+        out = super().submit(ops)
+        self.later_written.set()
+        return out
+
+
+@pytest.mark.parametrize("then", ["crash", "roll"])
+def test_no_acknowledgement_behind_a_failed_write(engines: Engines, then: str) -> None:
+    """A write that fails leaves a hole the recovery scan cannot cross, so no later write of
+    that segment may be acknowledged: only blocks acknowledged before it, and after the roll
+    to a fresh segment, are promised, and they survive a crash. ``crash``: the broken segment
+    is scanned at reopen; ``roll``: it is sealed first and its summary must not name them."""
+    dev = _FailOneWriteLate()
+    eng = engines.open(dev)
+    kept = {f"b{i}": pattern(i, 20_000) for i in range(3)}
+    for k, v in kept.items():
+        assert eng.put(NS, k, v).created
+    dev.armed = True
+    outcome: dict[str, object] = {}
+
+    def put(key: str) -> None:
+        try:
+            outcome[key] = eng.put(NS, key, pattern(9, 50_000)).created
+        except StorageError as exc:
+            outcome[key] = exc
+
+    first = threading.Thread(target=put, args=("doomed",))
+    first.start()
+    assert dev.failing.wait(WAIT_SECONDS)  # reserved, its write is in flight
+    second = threading.Thread(target=put, args=("behind",))
+    second.start()
+    first.join(WAIT_SECONDS)
+    second.join(WAIT_SECONDS)
+    assert isinstance(outcome["doomed"], StorageError)
+    if outcome["behind"] is True:  # acknowledged: then it must survive (it did not, before)
+        kept["behind"] = pattern(9, 50_000)
+    dev.armed = False
+    if then == "roll":
+        assert eng.put(NS, "fresh", pattern(3, 20_000)).created  # seals the broken segment
+        kept["fresh"] = pattern(3, 20_000)
+    eng = engines.reopen(eng, crash=True)
+    assert {k: eng.get(NS, k) for k in kept} == kept
+    assert not eng.exists(NS, "doomed")  # no summary row points at the failed range
+    assert "behind" not in kept, "a write behind a failed one was acknowledged"
+    assert eng.put(NS, "later", pattern(4, 20_000)).created
+    kept["later"] = pattern(4, 20_000)
+    eng = engines.reopen(eng)
+    assert {k: eng.get(NS, k) for k in kept} == kept

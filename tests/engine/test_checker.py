@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 
 from kvstore.engine import format as fmt
 from kvstore.engine.index import Entry
-from kvstore.engine.segments import segment_path
+from kvstore.engine.segments import segment_path, summary_path
 from kvstore.engine.store import Engine
 
 from .conftest import NS, Engines, pattern
@@ -95,3 +98,35 @@ def test_no_active_segment(engines: Engines, eng: Engine) -> None:
     eng.active = None
     assert any("no active segment" in p for p in eng.check())
     _restore(engines, eng)
+
+
+def test_a_segment_file_it_did_not_write(engines: Engines, eng: Engine) -> None:
+    """A second process on the data directory, or a file copied in: recovery would load it."""
+    files = eng.device.files
+    foreign = segment_path(eng.config.data_dir, 0xFF)
+    files[foreign] = bytearray(files[segment_path(eng.config.data_dir, eng.active.id)])
+    problems = eng.check()
+    assert len(problems) == 1 and "seg-000000ff.kvs" in problems[0]
+    assert "not one this engine wrote" in problems[0]
+    del files[foreign]
+    stray = summary_path(eng.config.data_dir, eng.active.id)  # the active one has no summary
+    files[stray] = bytearray(b"x")
+    assert any("belongs to no sealed segment" in p for p in eng.check())
+    del files[stray]
+    assert eng.check() == []
+
+
+def test_a_foreign_segment_file_on_disk(engines: Engines, file_engine: Engine) -> None:
+    eng = file_engine
+    for i in range(30):  # 50 KB blocks into 1 MiB segments: some get sealed
+        eng.put(NS, f"k{i}", pattern(i, 50_000))
+    assert eng.check() == []
+    data_dir = eng.config.data_dir
+    assert eng.active is not None
+    foreign = segment_path(data_dir, eng.active.id + 7)
+    shutil.copyfile(segment_path(data_dir, eng.active.id), foreign)
+    problems = eng.check()
+    assert any(os.path.basename(foreign) in p and "not one this engine wrote" in p
+               for p in problems), problems
+    os.unlink(foreign)
+    assert eng.check() == []

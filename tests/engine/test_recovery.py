@@ -125,22 +125,27 @@ def test_torn_tail_is_truncated_and_earlier_blocks_survive(engines: Engines, rea
     assert eng.get(NS, "after") == b"a" * 5000 and eng.get(NS, "k0004") == blocks["k0004"]
 
 
-def test_torn_tail_drops_a_record_whose_payload_never_landed(engines: Engines,
-                                                             real: Engine) -> None:
-    """Full length on disk but the payload is stale (the header page landed, the rest not)."""
+def test_record_whose_payload_never_landed_is_one_corrupt_block(engines: Engines,
+                                                               real: Engine) -> None:
+    """Full length on disk but the payload is stale (the header page landed, the rest not).
+    Its header is intact, so it is one corrupt block, as a flipped byte would be: a miss,
+    counted, and appends go on after it."""
     blocks = _fill(real, 3, 9000)
     path, off = _where(real, "k0002")
+    assert real.active is not None
+    end = real.active.end
     engines.abandon(real)
     with open(path, "r+b") as f:
         f.seek(off + PAGE)
         f.write(bytes(2 * PAGE))
     eng = engines.open(real.device, real.config, namespace=None)
-    assert eng.get(NS, "k0002") is None
+    assert eng.get(NS, "k0002") is None and not eng.exists(NS, "k0002")
     assert eng.get(NS, "k0001") == blocks["k0001"]
-    assert eng.active is not None and eng.active.end == off
-    with open(path, "rb") as f:
-        f.seek(off)
-        assert not any(f.read())
+    assert eng.active is not None and eng.active.end == end
+    assert eng.stats()["checksum_failures"] == 1
+    eng.put(NS, "after", b"a" * 5000)
+    eng = engines.reopen(eng, crash=True)
+    assert eng.get(NS, "after") == b"a" * 5000 and eng.get(NS, "k0002") is None
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "missing", "truncated", "wrong_id"])
@@ -287,3 +292,54 @@ def test_preallocated_tail_is_not_a_torn_tail(engines: Engines, real: Engine,
     assert all(eng.get(NS, k) == v for k, v in blocks.items())
     engines.close(eng)  # clean: the file ends at its last record
     assert os.path.getsize(path) == end
+
+
+@pytest.mark.parametrize("restart", ["crash", "clean"])
+def test_bad_payload_in_the_active_segment_drops_that_block_only(engines: Engines,
+                                                                 real: Engine,
+                                                                 restart: str) -> None:
+    """One flipped payload byte is one corrupt block, not a torn tail: every later block of the
+    segment survives, the loss is counted, and the block stays gone."""
+    blocks = _fill(real, 8, 9000)
+    path, off = _where(real, "k0002")
+    assert path == active_segment_file(real)
+    if restart == "crash":
+        engines.abandon(real)
+    else:
+        engines.close(real)
+    _flip(path, off + PAGE + 1234)
+    eng = engines.open(real.device, real.config, namespace=None)
+    assert eng.stats()["checksum_failures"] == 1
+    assert eng.get(NS, "k0002") is None and not eng.exists(NS, "k0002")
+    del blocks["k0002"]
+    assert {k: eng.get(NS, k) for k in blocks} == blocks
+    assert eng.count(NS) == len(blocks) and eng.check(deep=True) == []
+    eng.put(NS, "after", pattern(9, 9000))  # appends go on in the same segment
+    blocks["after"] = pattern(9, 9000)
+    assert _where(eng, "after")[0] == path
+    for crash in (False, True):
+        eng = engines.reopen(eng, crash=crash)
+        assert {k: eng.get(NS, k) for k in blocks} == blocks
+        assert eng.get(NS, "k0002") is None and eng.stats()["checksum_failures"] == 1
+
+
+def test_bad_payload_of_an_overwrite_does_not_bring_the_old_version_back(
+        engines: Engines, real: Engine) -> None:
+    """The corrupt record stands as a tombstone: the version it replaced (in an older, sealed
+    segment) stays dead, now and after the active segment is sealed in turn."""
+    real.put(NS, "k", b"v1" * 1500)
+    _fill(real, 6, 200_000, prefix="fill")
+    real.put(NS, "k", b"v2" * 1500, overwrite=True)
+    later = _fill(real, 3, 9000, prefix="later")
+    path, off = _where(real, "k")
+    assert path == active_segment_file(real)
+    engines.abandon(real)
+    _flip(path, off + 500)  # inline payload: header and payload share the page
+    eng = engines.open(real.device, real.config, namespace=None)
+    assert eng.get(NS, "k") is None and eng.stats()["checksum_failures"] == 1
+    assert {k: eng.get(NS, k) for k in later} == later
+    _fill(eng, 6, 200_000, prefix="roll")  # seal the segment holding the corrupt record
+    assert eng.active is not None and active_segment_file(eng) != path
+    eng = engines.reopen(eng)
+    assert eng.get(NS, "k") is None and not eng.exists(NS, "k")
+    assert {k: eng.get(NS, k) for k in later} == later

@@ -36,21 +36,30 @@ def _append(dev: MemoryDevice, seg, key: bytes, payload: bytes, seq: int) -> int
     return off
 
 
-def test_create_scan_and_stop_at_the_first_bad_record() -> None:
+def test_create_scan_and_stop_at_the_first_bad_header() -> None:
     dev, pool = MemoryDevice(), BufferPool()
     seg = create_segment(dev, D, 3, 1 << 20, pool, first_seq=1)
     assert seg.end == PAGE and len(dev.files[seg.path]) == PAGE
     offs = [_append(dev, seg, f"k{i}".encode(), bytes([i]) * (3000 + 4000 * i), i + 1)
             for i in range(4)]
-    builder, end = scan_segment(dev, seg, pool)
-    assert end == seg.end and builder.keys == [b"k0", b"k1", b"k2", b"k3"]
-    assert [r[1] for r in builder.rows] == [o // PAGE for o in offs]
+    scan = scan_segment(dev, seg, pool)
+    assert scan.end == seg.end and scan.builder.keys == [b"k0", b"k1", b"k2", b"k3"]
+    assert [r[1] for r in scan.builder.rows] == [o // PAGE for o in offs]
+    assert scan.corrupt == []
+    # A bad payload under an intact header is one corrupt block: a tombstone row, and on.
     dev.files[seg.path][offs[2] + PAGE + 5] ^= 1  # payload of k2
-    builder, end = scan_segment(dev, seg, pool)
-    assert end == offs[2] and builder.keys == [b"k0", b"k1"]
-    dev.files[seg.path][offs[1] + 3] ^= 1  # header of k1
-    builder, end = scan_segment(dev, seg, pool)
-    assert end == offs[1] and builder.keys == [b"k0"]
+    scan = scan_segment(dev, seg, pool)
+    assert scan.end == seg.end and scan.builder.keys == [b"k0", b"k1", b"k2", b"k3"]
+    assert scan.corrupt == [offs[2]]
+    row = scan.builder.rows[2]
+    assert row[1] == offs[2] // PAGE and row[7] & fmt.FLAG_TOMBSTONE and row[2] == 0
+    assert not any(r[7] & fmt.FLAG_TOMBSTONE for i, r in enumerate(scan.builder.rows) if i != 2)
+    dev.files[seg.path][offs[3] + PAGE + 9] ^= 1  # the last record: the same, its header holds
+    scan = scan_segment(dev, seg, pool)
+    assert scan.end == seg.end and scan.corrupt == [offs[2], offs[3]]
+    dev.files[seg.path][offs[1] + 3] ^= 1  # header of k1: the scan cannot cross it
+    scan = scan_segment(dev, seg, pool)
+    assert scan.end == offs[1] and scan.builder.keys == [b"k0"]
 
 
 def test_scan_stops_at_a_record_longer_than_the_file() -> None:
@@ -59,8 +68,8 @@ def test_scan_stops_at_a_record_longer_than_the_file() -> None:
     _append(dev, seg, b"a", b"x" * 100, 1)
     off = _append(dev, seg, b"b", b"y" * 20_000, 2)
     del dev.files[seg.path][off + PAGE + 100 :]
-    builder, end = scan_segment(dev, seg, pool)
-    assert end == off and builder.keys == [b"a"]
+    scan = scan_segment(dev, seg, pool)
+    assert scan.end == off and scan.builder.keys == [b"a"]
 
 
 def test_open_existing_verifies_the_header() -> None:

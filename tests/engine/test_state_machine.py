@@ -191,10 +191,13 @@ class EngineMachine(RuleBasedStateMachine):
         f = self.dev.files[segment_path(DATA_DIR, sid)]
         off = min(int(where * len(f)), len(f) - 1)
         records = self._records(sid)
+        in_payload = {k for k, start, end in self._payloads(sid) if start <= off < end}
         if off < PAGE:  # the segment header: the whole segment may go at reopen
             touched = {k for k, _s, _e in records}
-        elif self.eng.segments[sid] is self.eng.active:  # a scan cuts at the bad record
-            touched = {k for k, _s, end in records if end > off}
+        elif self.eng.segments[sid] is self.eng.active:
+            # a bad payload is one corrupt block; a bad header (or padding, seen as one
+            # here) may end the scan, which then cuts every record from there on
+            touched = in_payload or {k for k, _s, end in records if end > off}
         else:
             touched = {k for k, start, end in records if start <= off < end}
         f[off] ^= mask
@@ -208,7 +211,48 @@ class EngineMachine(RuleBasedStateMachine):
                 assert got == self.model.get(k), k
         self._reopen(crash=True, touched=touched)
 
+    @rule(which=st.floats(0.0, 1.0), where=st.floats(0.0, 1.0), mask=st.integers(1, 255))
+    def payload_flip_in_active_segment(self, which: float, where: float, mask: int) -> None:
+        """One bad payload byte in the unsealed segment is one corrupt block: after a crash
+        every other acknowledged block reads back exactly, and the block's key does not come
+        back as an older version (the corrupt record stands as a tombstone)."""
+        seg = self.eng.active
+        assert seg is not None
+        payloads = self._payloads(seg.id)
+        if not payloads:
+            return
+        n = min(int(which * len(payloads)), len(payloads) - 1)
+        key, start, end = payloads[n]
+        newest = not any(k == key and s > start for k, s, _e in self._records(seg.id))
+        off = min(start + int(where * (end - start)), end - 1)
+        self.dev.files[segment_path(DATA_DIR, seg.id)][off] ^= mask
+        self.flipped.add(key)
+        for k in KEYS:  # a read verifies: the stored bytes (DRAM) or a miss
+            got = self.eng.get(NS, k)
+            assert got == self.model.get(k) or (k == key and got is None), k
+        seen = self.eng.stats()["checksum_failures"]
+        self._reopen(crash=True, touched={key})
+        assert seen + self.eng.stats()["checksum_failures"] >= 1  # by a read, or by the scan
+        if newest:
+            assert self.eng.get(NS, key) is None, key
+
     # ------------------------------------------------------------------ helpers
+    def _payloads(self, sid: int) -> list[tuple[str, int, int]]:
+        """(key, start, end) of the payload bytes of every non-empty record in ``sid``."""
+        summary = load_segment_summary(self.eng, self.eng.segments[sid])
+        assert summary is not None
+        out = []
+        for i, kb in enumerate(summary.keys):
+            length = int(summary.cols["length"][i])
+            if not length:  # a tombstone, or an empty block: no payload byte to flip
+                continue
+            nsb = summary.namespaces[int(summary.cols["ns"][i])]
+            hdr_len = fmt.header_len_for(nsb, kb, b"")
+            start = int(summary.cols["page"][i]) * PAGE
+            start += hdr_len if hdr_len + length <= PAGE else PAGE
+            out.append((kb.decode(), start, start + length))
+        return out
+
     def _records(self, sid: int) -> list[tuple[str, int, int]]:
         """(key, start, end) of every record in segment ``sid``."""
         summary = load_segment_summary(self.eng, self.eng.segments[sid])
@@ -226,6 +270,9 @@ class EngineMachine(RuleBasedStateMachine):
         if not crash:
             assert self.eng.check(deep=False) == []
             self.eng.close()
+        else:  # a dead process's descriptors close, and its data directory lock with them
+            assert self.eng.dir_lock is not None
+            self.eng.dir_lock.release()
         self.eng = Engine.open(self.cfg, self.dev)
         # Learn the state recovery left: touched keys may revert to any stored version or
         # vanish; every other key must read back exactly as before.
