@@ -68,6 +68,15 @@ def recover(eng: Engine) -> None:
             dev.unlink(summary_path(cfg.data_dir, sid))
             scan = scan_segment(dev, seg, eng.pool)
             builder, end = scan.builder, scan.end
+            if scan.read_error is not None:
+                # A read error says nothing about the bytes behind it: truncating there could
+                # cut acknowledged blocks over a transient EIO. Refuse to open instead; the
+                # files stay as they are for the next try.
+                raise StorageError(
+                    f"segment {sid:08x} in {cfg.data_dir}: the device failed a read at byte "
+                    f"{end} during recovery ({scan.read_error}); refusing to open rather than "
+                    "truncate the blocks behind it. Check the disk, then start again.",
+                    segment=sid, offset=end)
             for off in scan.corrupt:
                 log.warning("segment %08x: record at %d fails its payload checksum; skipped "
                             "and its block dropped", sid, off)

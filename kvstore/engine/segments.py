@@ -135,6 +135,7 @@ class ScanResult:
     builder: SummaryBuilder
     end: int  # first byte after the last good record: where the caller truncates
     corrupt: list[int] = field(default_factory=list)  # offsets of records skipped as corrupt
+    read_error: str | None = None  # the device failed a read at ``end``: nothing is known past it
 
 
 def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
@@ -153,6 +154,7 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
     win = _Window(device, seg.handle, size, pool)
     off = PAGE
     corrupt: list[int] = []
+    read_error: str | None = None
     try:
         while True:
             page = win.view(off, min(PAGE, size - off)) if off < size else None
@@ -180,9 +182,10 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
             off += hdr.span
     except StorageError as exc:
         log.error("segment %08x: read error during scan at %d: %s", seg.id, off, exc)
+        read_error = str(exc)
     finally:
         win.close()
-    return ScanResult(builder, off, corrupt)
+    return ScanResult(builder, off, corrupt, read_error)
 
 
 def load_summary(device: Device, data_dir: str, sid: int) -> SegmentSummary | None:

@@ -9,7 +9,9 @@ import pytest
 
 from kvstore.engine import format as fmt
 from kvstore.engine.segments import segment_path, summary_path
+from kvstore.engine.device import MemoryDevice
 from kvstore.engine.store import Engine
+from kvstore.errors import StorageError
 
 from .conftest import NS, Engines, active_segment_file, pattern, segment_files
 
@@ -343,3 +345,33 @@ def test_bad_payload_of_an_overwrite_does_not_bring_the_old_version_back(
     eng = engines.reopen(eng)
     assert eng.get(NS, "k") is None and not eng.exists(NS, "k")
     assert {k: eng.get(NS, k) for k in later} == later
+
+
+class _ReadsFailPast(MemoryDevice):
+    """Reads that reach past ``fail_from`` bytes fail with EIO (a sick disk), once armed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_from: int | None = None
+
+    def read_into(self, handle: int, offset: int, buf: memoryview) -> int:
+        if self.fail_from is not None and offset + len(buf) > self.fail_from:
+            raise StorageError("injected EIO")
+        return super().read_into(handle, offset, buf)
+
+
+def test_a_read_error_during_recovery_refuses_to_open_and_truncates_nothing(
+        engines: Engines) -> None:
+    """A failed read says nothing about the bytes behind it: recovery must not take it for a
+    torn tail and cut the acknowledged blocks there. It refuses to open, and once the disk
+    answers again every block is back."""
+    dev = _ReadsFailPast()
+    eng = engines.open(dev)
+    blocks = _fill(eng, 20, 70_000)
+    engines.abandon(eng)  # crash: the active segment is unsealed, so the next open scans it
+    dev.fail_from = 10 * PAGE
+    with pytest.raises(StorageError, match="refusing to open"):
+        Engine.open(eng.config, dev)
+    dev.fail_from = None
+    eng = engines.open(dev, eng.config, namespace=None)  # the lock went with the failed open
+    assert {k: eng.get(NS, k) for k in blocks} == blocks
