@@ -39,7 +39,7 @@ namespaces_max = 4096
 
 # --- Blocks -------------------------------------------------------------------------------
 
-# One KV block (one object). 64 MiB covers a 16-token block of a 405B model at fp16 with room
+# One KV block (one object). 64 MiB covers a 16-token block of a 405B model at fp16 with room;
 # larger values belong in several blocks. Must fit in one segment with its header.
 block_bytes_max = 64 * MiB
 
