@@ -61,17 +61,17 @@ def read_span(eng: Engine, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: int
         return buf, hdr, hdr.payload_offset + a
     off = e.page * PAGE
     if a == b:  # no payload wanted: the verified header is the answer
-        buf = eng.pool.acquire(PAGE)
+        page = eng.pool.acquire(PAGE)
         try:
-            got = eng._flash_read(seg.handle, off, buf.view[:PAGE])
-            hdr = fmt.RecordHeader.decode(buf.view[: min(got, PAGE)])
+            got = eng._flash_read(seg.handle, off, page.view[:PAGE])
+            hdr = fmt.RecordHeader.decode(page.view[: min(got, PAGE)])
             eng._check_header(hdr, nsb, kb, e)
-            return buf, hdr, 0
+            return page, hdr, 0
         except BaseException:
-            eng.pool.release(buf)
+            eng.pool.release(page)
             raise
     p0, p1, end = _chunks(fmt.CHUNK_LOG2, a, b, e.length)  # the usual chunk size: a guess
-    buf = eng.pool.acquire(PAGE + end - p0)
+    buf: AlignedBuffer | None = eng.pool.acquire(PAGE + end - p0)
     try:
         if p0 == 0:  # header page and chunks are adjacent: one I/O
             ops = [IoOp(seg.handle, off, buf.view[: PAGE + end])]

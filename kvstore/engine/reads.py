@@ -17,6 +17,7 @@ from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.device import AlignedBuffer, IoOp
 from kvstore.engine.index import Entry
+from kvstore.engine.ranges import read_span, span_of
 from kvstore.engine.segments import Segment, summary_path
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import Busy, CorruptRecord, InvalidArgument, LimitExceeded, StorageError
@@ -84,8 +85,6 @@ class EngineReads:
                    ) -> tuple[BlockView, AlignedBuffer | None] | None:
         """Locate and read a block (or the range ``rng`` of it); the caller releases the
         returned buffer (None for DRAM)."""
-        from kvstore.engine.ranges import read_span, span_of
-
         with self._lock:
             _ns_id, _info, kb, digest = self._resolve(ns, key)
             self.counters["gets"] += 1
