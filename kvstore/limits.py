@@ -43,6 +43,16 @@ namespaces_max = 4096
 # larger values belong in several blocks. Must fit in one segment with its header.
 block_bytes_max = 64 * MiB
 
+# A record's payload is checksummed per chunk of this size too (xxh3-64 each, a table in the
+# record header), so a ranged read reads and verifies only the chunks it touches: a 100-byte
+# range of a 64 MiB block reads 1 MiB and a page, not 64 MiB. Larger chunks cost ranged reads
+# bytes; smaller ones cost header room (64 MiB / 1 MiB = 64 entries = 512 bytes) and a hash call
+# each. A power of two and whole pages, so chunks start on O_DIRECT boundaries.
+record_chunk_bytes = 1 * MiB
+assert record_chunk_bytes & (record_chunk_bytes - 1) == 0, "chunk size must be a power of two"
+assert record_chunk_bytes % io_alignment_bytes == 0, "chunks must start on page boundaries"
+assert io_alignment_bytes <= record_chunk_bytes <= block_bytes_max
+
 # --- Batches and chains -------------------------------------------------------------------
 
 # Keys in one batch request (exists, delete, get, put). A 128k-token prompt at 16 tokens per

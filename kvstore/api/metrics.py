@@ -47,6 +47,9 @@ _ENGINE_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "misses": ("kvstore_engine_misses", "Reads of absent, expired or corrupt blocks", {}),
     "bytes_written": ("kvstore_engine_bytes_written", "Payload bytes written", {}),
     "bytes_read": ("kvstore_engine_bytes_read", "Payload bytes read", {}),
+    "flash_bytes_read": ("kvstore_engine_flash_bytes_read",
+                         "Bytes read from flash by reads (headers, whole records, the chunks a "
+                         "ranged read verifies)", {}),
     "checksum_failures": ("kvstore_checksum_failures",
                           "Records that failed their checksum or key check (served as misses)", {}),
     "evicted_segments": ("kvstore_evicted_segments", "Segments reclaimed for capacity", {}),

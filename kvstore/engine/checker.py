@@ -2,7 +2,8 @@
 data directory (no segment or summary file the engine does not know).
 
 Returns a list of problems (empty when consistent); never raises. Tests call it after every
-case. ``deep=True`` also reads every indexed record and verifies its header and checksum.
+case. ``deep=True`` also reads every indexed record and verifies its header, its checksum and
+its chunk table (the per-chunk checksums ranged reads verify).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from kvstore.engine import format as fmt
 from kvstore.engine.segments import parse_segment_name
+from kvstore.engine.ranges import verify_chunks
 
 if TYPE_CHECKING:
     from kvstore.engine.store import Engine
@@ -118,8 +120,13 @@ def _verify(eng: Engine, seg: object, e: object, digest: bytes) -> list[str]:
     if fmt.digest_of(hdr.namespace, hdr.key) != digest:
         return [f"block {digest.hex()}: header names another block"]
     try:
-        b, _h = eng._read_record(seg, e, hdr.namespace, hdr.key)  # type: ignore[arg-type]
-        eng.pool.release(b)
+        b, h = eng._read_record(seg, e, hdr.namespace, hdr.key)  # type: ignore[arg-type]
+        try:  # the chunk table ranged reads trust must match the verified payload
+            if h.chunks:
+                po = h.payload_offset
+                verify_chunks(h, b.view[po : po + h.payload_len], 0)
+        finally:
+            eng.pool.release(b)
     except Exception as exc:  # noqa: BLE001
         return [f"block {digest.hex()}: {exc}"]
     return []

@@ -10,12 +10,22 @@ Segment file ``seg-<id>.kvs``::
 
 Record at page-aligned offset ``off``::
 
-    off             RecordHeader fixed part, namespace, key, meta, CRC32 of all of those
+    off             RecordHeader fixed part, namespace, key, meta, [chunk table], CRC32 of all
+                    of those
     inline payload  when header_len + payload_len <= 4096, the payload follows the header in the
                     same page and the record spans one page
     off + 4096      otherwise the payload starts on the next page (so it can be read with
                     O_DIRECT straight into a caller's aligned buffer) and the record spans
                     4096 + align_up(payload_len)
+
+Record version 2 (written since ranged reads verify chunks; version 1 records stay readable)
+adds a chunk table: the payload split into chunks of ``2**chunk_log2`` bytes (the fixed part's
+former reserved byte; ``limits.record_chunk_bytes`` unless the header page is too full for that
+table, then the smallest larger power of two that fits; 0 = no table), one xxh3-64 per chunk
+(the last one partial), stored after the meta and covered by the header CRC. Only payloads of
+two chunks or more carry one: for a smaller payload the whole-payload checksum is the chunk
+checksum. A ranged read reads the header page and the chunks its range touches and verifies
+each whole chunk; the whole-payload checksum stays the block's identity (etag, bulk protocol).
 
 A torn or flipped record fails its header CRC or its payload checksum (xxh3-64). Recovery's
 scan of an unsealed segment skips a record with an intact header and a bad payload (one
@@ -36,7 +46,12 @@ from kvstore import limits
 from kvstore.errors import CorruptRecord
 
 PAGE = limits.io_alignment_bytes
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the segment header's version (its layout has not changed)
+RECORD_VERSION = 2  # records written now: v1 plus the chunk table
+RECORD_VERSIONS = (1, 2)  # records this code reads
+CHUNK_LOG2 = limits.record_chunk_bytes.bit_length() - 1
+CHUNK_LOG2_MIN = PAGE.bit_length() - 1  # chunks are whole pages (what a reader accepts)
+CHUNK_LOG2_MAX = limits.block_bytes_max.bit_length()  # one chunk holds any block
 
 SEGMENT_MAGIC = b"KVSSEG\x00\x01"
 # magic, version, flags, reserved, id, created, segment_bytes, first_seq
@@ -44,10 +59,11 @@ _SEG = struct.Struct("<8sHHIQdQQ")
 _SEG_CRC = struct.Struct("<I")
 
 RECORD_MAGIC = b"KVR\x01"
-# magic, version, flags, ns_len, reserved, key_len, meta_len, payload_len, seq, created,
-# expires, checksum
+# magic, version, flags, ns_len, chunk_log2 (v1: reserved, 0), key_len, meta_len, payload_len,
+# seq, created, expires, checksum
 _REC = struct.Struct("<4sBBBBHHIQddQ")
 _CRC = struct.Struct("<I")
+_CHUNK = struct.Struct("<Q")
 
 FLAG_TOMBSTONE = 0x01
 # A record written but void: its key was stored by another writer between the build of a batch
@@ -62,6 +78,39 @@ assert meta_bytes_max >= 2048, "record header page too small for metadata"
 def checksum(data: object) -> int:
     """Payload checksum: xxh3-64 (fast, releases the GIL; payloads are not adversarial)."""
     return xxhash.xxh3_64_intdigest(data)  # type: ignore[arg-type]
+
+
+def chunk_count(payload_len: int, chunk_log2: int) -> int:
+    """Entries of a record's chunk table (0 when it has none)."""
+    return 0 if not chunk_log2 else -(-payload_len >> chunk_log2)
+
+
+def chunk_log2_for(header_len: int, payload_len: int) -> int:
+    """The chunk size (log2) of a new record whose header without a table is ``header_len``
+    bytes: ``limits.record_chunk_bytes``, or the smallest larger power of two whose table
+    still fits in the header page; 0 (no table) for a payload of one chunk or when even two
+    entries do not fit."""
+    log2 = CHUNK_LOG2
+    while payload_len > 1 << log2:
+        if header_len + _CHUNK.size * chunk_count(payload_len, log2) <= PAGE:
+            return log2
+        log2 += 1
+    return 0
+
+
+def checksums(data: memoryview, chunk_log2: int) -> tuple[int, tuple[int, ...]]:
+    """(xxh3-64 of ``data``, xxh3-64 of each chunk) in one pass over memory: each chunk is
+    hashed on its own and fed to the whole-payload hash while it is in cache (GIL released)."""
+    if not chunk_log2:
+        return checksum(data), ()
+    size = 1 << chunk_log2
+    whole = xxhash.xxh3_64()
+    table = []
+    for i in range(0, len(data), size):
+        part = data[i : i + size]
+        table.append(xxhash.xxh3_64_intdigest(part))
+        whole.update(part)
+    return whole.intdigest(), tuple(table)
 
 
 def digest_of(namespace: bytes, key: bytes) -> bytes:
@@ -135,11 +184,18 @@ class RecordHeader:
     expires: float = 0.0
     meta: bytes = b""
     flags: int = 0
-    version: int = FORMAT_VERSION
+    version: int = RECORD_VERSION
+    chunk_log2: int = 0  # chunk size of ``chunks`` (log2); 0 = no table
+    chunks: tuple[int, ...] = ()  # xxh3-64 of each chunk of the payload
 
     @property
     def header_len(self) -> int:
-        return _REC.size + len(self.namespace) + len(self.key) + len(self.meta) + _CRC.size
+        return header_len_for(self.namespace, self.key, self.meta, len(self.chunks))
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Chunk size of the table; the whole payload when there is none."""
+        return 1 << self.chunk_log2 if self.chunks else max(self.payload_len, 1)
 
     @property
     def inline(self) -> bool:
@@ -169,13 +225,24 @@ class RecordHeader:
             raise ValueError("namespace or key too long for a record header")
         if len(self.meta) > meta_bytes_max:
             raise ValueError("meta too long for a record header")
+        if self.version not in RECORD_VERSIONS:
+            raise ValueError(f"unknown record version {self.version}")
+        if (self.chunks or self.chunk_log2) and (
+                self.version < 2 or len(self.chunks) != _table_len(self.payload_len,
+                                                                   self.chunk_log2)):
+            raise ValueError("chunk table does not match the payload length")
+        if self.header_len > PAGE:
+            raise ValueError("record header does not fit in one page")
         n = _REC.size
-        _REC.pack_into(buf, 0, RECORD_MAGIC, self.version, self.flags, len(self.namespace), 0,
-                       len(self.key), len(self.meta), self.payload_len, self.seq, self.created,
-                       self.expires, self.checksum)
+        _REC.pack_into(buf, 0, RECORD_MAGIC, self.version, self.flags, len(self.namespace),
+                       self.chunk_log2, len(self.key), len(self.meta), self.payload_len,
+                       self.seq, self.created, self.expires, self.checksum)
         for part in (self.namespace, self.key, self.meta):
             buf[n : n + len(part)] = part
             n += len(part)
+        for c in self.chunks:
+            _CHUNK.pack_into(buf, n, c)
+            n += _CHUNK.size
         _CRC.pack_into(buf, n, zlib.crc32(buf[:n]))
         return n + _CRC.size
 
@@ -185,15 +252,19 @@ class RecordHeader:
         header). Raises CorruptRecord on any inconsistency."""
         if len(buf) < _REC.size + _CRC.size:
             raise CorruptRecord("short record header")
-        (magic, version, flags, ns_len, _r, key_len, meta_len, payload_len, seq, created,
+        (magic, version, flags, ns_len, log2, key_len, meta_len, payload_len, seq, created,
          expires, csum) = _REC.unpack_from(buf, 0)
         if magic != RECORD_MAGIC:
             raise CorruptRecord("bad record magic")
-        if version != FORMAT_VERSION:
+        if version not in RECORD_VERSIONS:
             raise CorruptRecord(f"unknown record version {version}")
-        end = _REC.size + ns_len + key_len + meta_len
+        if version < 2:
+            log2 = 0  # the reserved byte of version 1
+        n_chunks = _table_len(payload_len, log2)
+        names_end = _REC.size + ns_len + key_len + meta_len
+        end = names_end + _CHUNK.size * n_chunks
         if (end + _CRC.size > PAGE or end + _CRC.size > len(buf)
-                or payload_len > limits.block_bytes_max):
+                or payload_len > limits.block_bytes_max or n_chunks < 0):
             raise CorruptRecord("record header lengths out of range")
         (crc,) = _CRC.unpack_from(buf, end)
         if zlib.crc32(buf[:end]) != crc:
@@ -201,13 +272,27 @@ class RecordHeader:
         p = _REC.size
         ns = bytes(buf[p : p + ns_len])
         key = bytes(buf[p + ns_len : p + ns_len + key_len])
-        meta = bytes(buf[p + ns_len + key_len : end])
-        return cls(ns, key, payload_len, csum, seq, created, expires, meta, flags, version)
+        meta = bytes(buf[p + ns_len + key_len : names_end])
+        chunks = tuple(_CHUNK.unpack_from(buf, names_end + _CHUNK.size * i)[0]
+                       for i in range(n_chunks))
+        return cls(ns, key, payload_len, csum, seq, created, expires, meta, flags, version,
+                   log2, chunks)
+
+
+def _table_len(payload_len: int, chunk_log2: int) -> int:
+    """Entries a table of ``chunk_log2`` must have for ``payload_len``; -1 when that chunk size
+    is not one a writer chooses (a table only for two chunks or more, chunks of whole pages)."""
+    if not chunk_log2:
+        return 0
+    if not CHUNK_LOG2_MIN <= chunk_log2 <= CHUNK_LOG2_MAX or payload_len <= 1 << chunk_log2:
+        return -1
+    return chunk_count(payload_len, chunk_log2)
 
 
 def record_span(header_len: int, payload_len: int) -> int:
     return PAGE if header_len + payload_len <= PAGE else PAGE + align_up(payload_len)
 
 
-def header_len_for(namespace: bytes, key: bytes, meta: bytes) -> int:
-    return _REC.size + len(namespace) + len(key) + len(meta) + _CRC.size
+def header_len_for(namespace: bytes, key: bytes, meta: bytes, chunks: int = 0) -> int:
+    return (_REC.size + len(namespace) + len(key) + len(meta) + _CHUNK.size * chunks
+            + _CRC.size)

@@ -1,5 +1,6 @@
-"""The engine's read paths: DRAM tier, flash reads with verification, presence and prefix
-lookups, prefetch. A mixin of ``Engine`` (kept apart so each module stays small)."""
+"""The engine's read paths: DRAM tier, flash reads with verification, ranged reads (the chunk
+I/O is in ``ranges.py``), presence and prefix lookups, prefetch. A mixin of ``Engine`` (kept
+apart so each module stays small). Every device read here is counted in ``flash_bytes_read``."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import numpy as np
 
 from kvstore import limits
 from kvstore.engine import format as fmt
-from kvstore.engine.device import AlignedBuffer
+from kvstore.engine.device import AlignedBuffer, IoOp
 from kvstore.engine.index import Entry
+from kvstore.engine.ranges import read_span, span_of
 from kvstore.engine.segments import Segment, summary_path
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import Busy, CorruptRecord, InvalidArgument, LimitExceeded, StorageError
@@ -34,6 +36,7 @@ class BlockView:
     # True when served from the DRAM tier: ``payload.obj`` is immutable and stays valid after
     # the context ends (hold a reference to it), so the bytes may be sent without a copy.
     stable: bool = False
+    offset: int = 0  # ``payload`` is bytes [offset, offset + len(payload)) of the block
 
 
 def check_batch(keys: Sequence[object]) -> None:
@@ -59,8 +62,29 @@ class EngineReads:
             if buf is not None:
                 self.pool.release(buf)
 
-    def _open_view(self, ns: str, key: str) -> tuple[BlockView, AlignedBuffer | None] | None:
-        """Locate and read a block; the caller releases the returned buffer (None for DRAM)."""
+    @contextlib.contextmanager
+    def read_range(self, ns: str, key: str, offset: int,
+                   length: int | None = None) -> Iterator[BlockView | None]:
+        """Like ``read``, for payload bytes ``[offset, offset + length)`` (clamped to the block;
+        ``length=None``: to the end; ``offset < 0``: the last ``-offset`` bytes). The view's
+        ``offset`` and ``len(payload)`` say which bytes it holds (empty past the end), and
+        ``meta.length`` is the whole block's. From flash only the chunks covering the range are
+        read, and each is verified whole (``ranges.py``); a DRAM hit is a slice."""
+        view = self._open_view(ns, key, (offset, length))
+        if view is None:
+            yield None
+            return
+        bv, buf = view
+        try:
+            yield bv
+        finally:
+            if buf is not None:
+                self.pool.release(buf)
+
+    def _open_view(self, ns: str, key: str, rng: tuple[int, int | None] | None = None,
+                   ) -> tuple[BlockView, AlignedBuffer | None] | None:
+        """Locate and read a block (or the range ``rng`` of it); the caller releases the
+        returned buffer (None for DRAM)."""
         with self._lock:
             _ns_id, _info, kb, digest = self._resolve(ns, key)
             self.counters["gets"] += 1
@@ -71,18 +95,25 @@ class EngineReads:
                     self._drop(digest, e)
                 self.counters["misses"] += 1
                 return None
+            a, b = (0, e.length) if rng is None else span_of(rng[0], rng[1], e.length)
             self.index.touch(digest)
             reads = self.index.hits(digest)
             self.leases.pop(digest, None)
             cached = self.dram.get(digest, (e.seg, e.page))
             if cached is not None:
                 self.counters["hits_dram"] += 1
-                self.counters["bytes_read"] += e.length
+                self.counters["bytes_read"] += b - a
                 data, meta = cached
-                return BlockView(meta, memoryview(data).cast("B").toreadonly(), stable=True), None
+                mv = memoryview(data).cast("B")
+                return BlockView(meta, (mv if rng is None else mv[a:b]).toreadonly(),
+                                 stable=True, offset=a), None
             seg.refs += 1
         try:
-            buf, hdr = self._read_record(seg, e, ns.encode(), kb)
+            if rng is None:
+                buf, hdr = self._read_record(seg, e, ns.encode(), kb)
+                po = hdr.payload_offset
+            else:
+                buf, hdr, po = read_span(self, seg, e, ns.encode(), kb, a, b)
         except CorruptRecord as exc:
             with self._lock:
                 self._drop(digest, e)
@@ -101,9 +132,10 @@ class EngineReads:
             self._unref(seg)
         with self._lock:
             self.counters["hits_flash"] += 1
-            self.counters["bytes_read"] += e.length
-        po = hdr.payload_offset
+            self.counters["bytes_read"] += b - a
         meta = self._meta(hdr)
+        if rng is not None:  # a range is never promoted: DRAM keeps whole verified blocks
+            return BlockView(meta, buf.view[po : po + b - a].toreadonly(), offset=a), buf
         promote = self.config.dram_promote_reads
         if promote and reads >= promote and e.length <= self.dram.capacity_bytes:
             data = bytes(buf.view[po : po + e.length])  # a hot block: keep it in DRAM
@@ -168,6 +200,28 @@ class EngineReads:
         self.device.unlink(seg.path)
         self.device.unlink(summary_path(self.config.data_dir, seg.id))
 
+    def _flash_submit(self, ops: list[IoOp]) -> list[int]:
+        """Device reads, counted in ``flash_bytes_read``; raises StorageError if one fails."""
+        res = self.device.submit(ops)
+        with self._lock:
+            self.counters["flash_bytes_read"] += sum(r for r in res if r > 0)
+        for op, r in zip(ops, res, strict=True):
+            if r < 0:
+                raise StorageError(f"{self.device.name}: read at {op.offset} failed with "
+                                   f"errno {-r}")
+        return res
+
+    def _flash_read(self, handle: int, offset: int, view: memoryview) -> int:
+        return self._flash_submit([IoOp(handle, offset, view)])[0]
+
+    @staticmethod
+    def _check_header(hdr: fmt.RecordHeader, nsb: bytes, kb: bytes, e: Entry) -> None:
+        """The header read for index entry ``e`` must name that block. Raises CorruptRecord."""
+        if hdr.namespace != nsb or hdr.key != kb or hdr.tombstone:
+            raise CorruptRecord("record header names another block")
+        if hdr.payload_len != e.length or hdr.checksum != e.csum:
+            raise CorruptRecord("record header disagrees with the index")
+
     def _read_record(self, seg: Segment, e: Entry, nsb: bytes,
                      kb: bytes) -> tuple[AlignedBuffer, fmt.RecordHeader]:
         """Read and verify one record; the caller releases the buffer. Raises CorruptRecord."""
@@ -176,17 +230,14 @@ class EngineReads:
         buf = self.pool.acquire(want)
         try:
             off = e.page * PAGE
-            got = self.device.read_into(seg.handle, off, buf.view[:want])
+            got = self._flash_read(seg.handle, off, buf.view[:want])
             hdr = fmt.RecordHeader.decode(buf.view[: min(got, PAGE)])
             if hdr.span > want:  # metadata pushed the payload to the next page: read it all
                 if hdr.span > buf.size:
                     self.pool.release(buf)
                     buf = self.pool.acquire(hdr.span)
-                got = self.device.read_into(seg.handle, off, buf.view[: hdr.span])
-            if hdr.namespace != nsb or hdr.key != kb or hdr.tombstone:
-                raise CorruptRecord("record header names another block")
-            if hdr.payload_len != e.length or hdr.checksum != e.csum:
-                raise CorruptRecord("record header disagrees with the index")
+                got = self._flash_read(seg.handle, off, buf.view[: hdr.span])
+            self._check_header(hdr, nsb, kb, e)
             po = hdr.payload_offset
             if got < po + e.length:
                 raise CorruptRecord("record truncated")
@@ -231,7 +282,7 @@ class EngineReads:
             seg.refs += 1
         buf = self.pool.acquire(PAGE)
         try:
-            self.device.read_into(seg.handle, e.page * PAGE, buf.view[:PAGE])
+            self._flash_read(seg.handle, e.page * PAGE, buf.view[:PAGE])
             hdr = fmt.RecordHeader.decode(buf.view[:PAGE])
             if (hdr.namespace, hdr.key) != (ns.encode(), kb) or hdr.tombstone or (
                     hdr.payload_len, hdr.checksum) != (e.length, e.csum):

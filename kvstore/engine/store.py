@@ -51,7 +51,7 @@ __all__ = ["BlockView", "Engine", "load_segment_summary"]
 STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
               "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
-              "recycled_segments", "promoted_blocks")
+              "recycled_segments", "promoted_blocks", "flash_bytes_read")
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +245,15 @@ class Engine(EngineReads):
             raise LimitExceeded(f"metadata over {fmt.meta_bytes_max} bytes")
         if not 0 <= ttl_seconds <= limits.ttl_seconds_max:
             raise InvalidArgument("ttl_seconds out of range")
-        csum = fmt.checksum(mv)
+        nsb = ns.encode()
+        log2 = fmt.chunk_log2_for(fmt.header_len_for(nsb, kb, meta), n)
+        csum, chunks = fmt.checksums(mv, log2)
         if checksum is not None and checksum != csum:
             raise ChecksumMismatch("payload does not match its checksum")
         now = time.time()
-        hdr = fmt.RecordHeader(ns.encode(), kb, n, csum, 0, now,
-                               now + ttl_seconds if ttl_seconds else 0.0, meta)
+        hdr = fmt.RecordHeader(nsb, kb, n, csum, 0, now,
+                               now + ttl_seconds if ttl_seconds else 0.0, meta,
+                               chunk_log2=log2 if chunks else 0, chunks=chunks)
         if hdr.span + PAGE > self.config.segment_bytes:
             raise EntityTooLarge("block does not fit in one segment")
         return _Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged)

@@ -9,13 +9,14 @@ check skips it; the reopened engine is checked instead.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from kvstore import limits
-from kvstore.engine.device import Device, MemoryDevice
+from kvstore.engine.device import Device, IoOp, MemoryDevice
 from kvstore.engine.segments import segment_path
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
@@ -29,6 +30,60 @@ def pattern(seed: int, n: int) -> bytes:
     """Deterministic, position-dependent bytes: a misplaced page or a stale block shows up."""
     unit = bytes(((i * 131) + seed * 17 + (seed >> 8)) & 0xFF for i in range(257))
     return (unit * (n // 257 + 1))[:n]
+
+
+class CountingDevice(Device):
+    """A real device (any, delegated to) that counts the bytes its reads return: a measure of
+    flash traffic that does not trust the engine's own counters."""
+
+    def __init__(self, inner: Device) -> None:
+        self.inner = inner
+        self.name, self.direct = inner.name, inner.direct
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+
+    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        res = self.inner.submit(ops)
+        with self._lock:
+            self.bytes_read += sum(r for op, r in zip(ops, res, strict=True)
+                                   if not op.write and r > 0)
+        return res
+
+    def open(self, path: str, *, create: bool = True) -> int:
+        return self.inner.open(path, create=create)
+
+    def close_handle(self, handle: int) -> None:
+        self.inner.close_handle(handle)
+
+    def size(self, handle: int) -> int:
+        return self.inner.size(handle)
+
+    def truncate(self, handle: int, size: int) -> None:
+        self.inner.truncate(handle, size)
+
+    def sync(self, handle: int) -> None:
+        self.inner.sync(handle)
+
+    def allocate(self, handle: int, size: int) -> None:
+        self.inner.allocate(handle, size)
+
+    def unlink(self, path: str) -> None:
+        self.inner.unlink(path)
+
+    def rename(self, old: str, new: str) -> None:
+        self.inner.rename(old, new)
+
+    def listdir(self, directory: str) -> list[str]:
+        return self.inner.listdir(directory)
+
+    def read_file(self, path: str) -> bytes | None:
+        return self.inner.read_file(path)
+
+    def write_file_atomic(self, path: str, data: bytes) -> None:
+        self.inner.write_file_atomic(path, data)
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 def real_device(tmp_path: Path) -> Device:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from kvstore import limits
@@ -127,3 +129,67 @@ def test_checksum_and_digest_are_stable() -> None:
 
 def test_align_up() -> None:
     assert [fmt.align_up(n) for n in (0, 1, PAGE, PAGE + 1)] == [0, PAGE, PAGE, 2 * PAGE]
+
+
+# A version 1 header as the code before chunk tables encoded it (5 MiB + 100 byte payload).
+V1_HEADER = bytes.fromhex(
+    "4b5652010100030007000200640050002a0000000000000000002040fc54d9410000000000000000efcdab89"
+    "674523016e73316f6c642d6b65796d3176fdea39")
+
+
+def test_version_1_headers_still_decode_and_encode_the_same() -> None:
+    hdr = fmt.RecordHeader.decode(V1_HEADER + bytes(PAGE - len(V1_HEADER)))
+    assert (hdr.version, hdr.namespace, hdr.key, hdr.meta) == (1, b"ns1", b"old-key", b"m1")
+    assert (hdr.payload_len, hdr.checksum, hdr.seq) == (5 * limits.MiB + 100, 0x0123456789ABCDEF, 42)
+    assert hdr.chunks == () and hdr.chunk_log2 == 0 and hdr.payload_offset == PAGE
+    assert _encoded(hdr)[0][: len(V1_HEADER)] == V1_HEADER
+    with pytest.raises(ValueError):  # version 1 has no chunk table
+        _encoded(replace(hdr, chunk_log2=fmt.CHUNK_LOG2, chunks=(1,) * 6))
+
+
+def _chunked(n: int) -> fmt.RecordHeader:
+    log2 = fmt.chunk_log2_for(_header(meta=b"m").header_len, n)
+    return _header(payload_len=n, meta=b"m", chunk_log2=log2,
+                   chunks=tuple(range(1, fmt.chunk_count(n, log2) + 1)))
+
+
+def test_chunk_table_round_trips_and_every_flipped_bit_is_rejected() -> None:
+    hdr = _chunked(5 * limits.record_chunk_bytes + 123)
+    assert hdr.version == fmt.RECORD_VERSION and len(hdr.chunks) == 6
+    raw, n = _encoded(hdr)
+    assert n == hdr.header_len == fmt.header_len_for(hdr.namespace, hdr.key, hdr.meta, 6)
+    assert fmt.RecordHeader.decode(raw) == hdr
+    for i in range(n):
+        for bit in range(8):
+            bad = bytearray(raw)
+            bad[i] ^= 1 << bit
+            with pytest.raises(CorruptRecord):
+                fmt.RecordHeader.decode(bytes(bad))
+
+
+def test_chunk_tables_must_match_the_payload() -> None:
+    c = limits.record_chunk_bytes
+    for hdr in (_header(payload_len=3 * c, chunk_log2=fmt.CHUNK_LOG2, chunks=(1, 2)),
+                _header(payload_len=c, chunk_log2=fmt.CHUNK_LOG2, chunks=(1,)),  # one chunk
+                _header(payload_len=3 * c, chunks=(1, 2, 3)),  # no chunk size
+                _header(payload_len=3 * c, chunk_log2=5, chunks=(1,) * (3 * c >> 5))):
+        with pytest.raises(ValueError):
+            _encoded(hdr)
+
+
+def test_chunk_size_choice() -> None:
+    c, small = limits.record_chunk_bytes, _header(meta=b"").header_len
+    assert fmt.chunk_log2_for(small, c) == 0  # one chunk: the payload checksum is enough
+    assert fmt.chunk_log2_for(small, c + 1) == fmt.CHUNK_LOG2
+    assert fmt.chunk_log2_for(small, limits.block_bytes_max) == fmt.CHUNK_LOG2
+    assert fmt.chunk_log2_for(PAGE - 8 * 16, limits.block_bytes_max) == fmt.CHUNK_LOG2 + 2
+    assert fmt.chunk_log2_for(PAGE - 15, limits.block_bytes_max) == 0  # not even two fit
+
+
+def test_checksums_in_one_pass_match_separate_hashes() -> None:
+    c = limits.record_chunk_bytes
+    data = memoryview(bytes(range(256)) * ((3 * c + 77) // 256) + b"tail")
+    whole, table = fmt.checksums(data, fmt.CHUNK_LOG2)
+    assert whole == fmt.checksum(data)
+    assert table == tuple(fmt.checksum(data[i : i + c]) for i in range(0, len(data), c))
+    assert fmt.checksums(data[:100], 0) == (fmt.checksum(data[:100]), ())

@@ -160,11 +160,9 @@ def check_body_size(n: int) -> None:
 # --- Range ---------------------------------------------------------------------------------
 
 
-def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``Range: bytes=...`` -> (start, end exclusive), None for the whole object.
-
-    Unsatisfiable ranges raise InvalidRange (416); syntactically foreign ones are ignored,
-    as RFC 9110 allows (and as S3 does for multiple ranges)."""
+def _range_spec(header: str | None) -> tuple[str, str] | None:
+    """The (first, last) digit strings of a single ``bytes=first-last`` range, either may be
+    empty (not both); None when the header is absent or of a form this server ignores."""
     if not header:
         return None
     unit, _, spec = header.strip().partition("=")
@@ -174,16 +172,43 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     first, last = first.strip(), last.strip()
     if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
         return None
+    if not first and not last:
+        return None
+    if first and last and int(last) < int(first):
+        return None
+    return first, last
+
+
+def range_request(header: str | None) -> tuple[int, int | None] | None:
+    """What to ask ``engine.read_range`` for before the object's size is known: (offset,
+    length), a negative offset for a suffix range; None to read the whole object.
+    ``parse_range`` on the size that read returns gives the answer (or InvalidRange)."""
+    spec = _range_spec(header)
+    if spec is None:
+        return None
+    first, last = spec
     if not first:
-        if not last:
-            return None
+        n = int(last)
+        return (-n, None) if n else (0, 0)  # bytes=-0 is unsatisfiable: the header will say
+    start = int(first)
+    return start, None if not last else int(last) + 1 - start
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=...`` -> (start, end exclusive), None for the whole object.
+
+    Unsatisfiable ranges raise InvalidRange (416); syntactically foreign ones are ignored,
+    as RFC 9110 allows (and as S3 does for multiple ranges)."""
+    spec = _range_spec(header)
+    if spec is None:
+        return None
+    first, last = spec
+    if not first:
         n = int(last)
         if n == 0 or size == 0:
             raise _invalid_range(size)
         return max(0, size - n), size
     start = int(first)
-    if last and int(last) < start:
-        return None
     if start >= size:
         raise _invalid_range(size)
     end = size if not last else min(size, int(last) + 1)

@@ -2,7 +2,9 @@
 
 The hot paths (PUT, GET) do one engine call each, in the runner's thread pool: PUT verifies the
 client's digests and stores in the same call (nothing is stored unless every digest matches);
-GET checks the preconditions and copies the requested range out of ``engine.read``'s view once.
+GET checks the preconditions and copies the requested bytes out of the engine's view once; a
+ranged GET of a block not in DRAM asks ``engine.read_range``, which reads (and verifies) only
+the chunks covering the range instead of the whole block.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kvstore.api.s3.http import (
     check_conditions,
     http_date,
     parse_range,
+    range_request,
     respond,
 )
 from kvstore.api.s3.listing import iso
@@ -256,21 +259,24 @@ def _check_version(req: Request) -> None:
 
 def _payload_out(view: BlockView,
                  r: tuple[int, int] | None) -> tuple[bytes | memoryview, str]:
-    """The bytes to send, valid after the engine's view is released. A DRAM-tier block is
-    immutable (``view.stable``): its underlying object is sent as is (zero copy), and a
-    reference keeps it alive even if the tier evicts it meanwhile. Anything else (a flash read
-    into a pooled buffer) is copied once. The second item is the tier label for metrics."""
-    payload = view.payload
-    if view.stable:
-        whole = memoryview(payload.obj).cast("B")
-        if len(whole) == len(payload):
-            return (whole if r is None else whole[r[0]:r[1]]), "dram"
-    return (bytes(payload) if r is None else bytes(payload[r[0]:r[1]])), "flash"
+    """The bytes ``r`` of the block (None: all) to send, valid after the engine's view is
+    released; ``view`` holds bytes [view.offset, view.offset + len(view.payload)), which must
+    include ``r``. A DRAM-tier block is immutable (``view.stable``): its underlying object is
+    sent as is (zero copy), and a reference keeps it alive even if the tier evicts it
+    meanwhile. Anything else (a flash read into a pooled buffer) is copied once. The second
+    item is the tier label for metrics."""
+    payload, base = view.payload, view.offset
+    lo, hi = (0, view.meta.length) if r is None else r
+    if not base <= lo <= hi <= base + len(payload):
+        raise RuntimeError(f"engine returned bytes {base}+{len(payload)}, not {lo}-{hi}")
+    part = payload[lo - base : hi - base]
+    return (part, "dram") if view.stable else (bytes(part), "flash")
 
 
 async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
+    ask = range_request(rng)
 
     def serve(view: BlockView | None) -> tuple[BlockMeta, tuple[bytes | memoryview, str],
                                                tuple[int, int] | None]:
@@ -283,6 +289,9 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         return meta, _payload_out(view, r), r
 
     def work() -> tuple[BlockMeta, tuple[bytes | memoryview, str], tuple[int, int] | None]:
+        if ask is not None:  # only the chunks covering the range come off flash
+            with s3.engine.read_range(bucket, key, *ask) as view:
+                return serve(view)
         with s3.engine.read(bucket, key) as view:
             return serve(view)
 
