@@ -67,6 +67,7 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
         if used > eng.config.capacity_bytes:
             problems.append(f"flash used {used} over capacity {eng.config.capacity_bytes}")
         problems.extend(eng.dram.check())
+        problems.extend(eng.leases.check())
         if deep:
             names = {i: n.encode() for i, n in ids.items()}
             for digest, e in entries:

@@ -29,6 +29,7 @@ from kvstore.engine.device import (
 )
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
+from kvstore.engine.leases import Leases, lease_budget_bytes
 from kvstore.engine.reads import BlockView, EngineReads, check_batch
 from kvstore.engine.segments import Segment, load_summary
 from kvstore.engine.types import BlockMeta, EngineConfig, NamespaceInfo, PutResult
@@ -50,7 +51,7 @@ __all__ = ["BlockView", "Engine", "load_segment_summary"]
 STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
               "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
-              "recycled_segments", "promoted_blocks")
+              "recycled_segments", "promoted_blocks", "leases_limited", "leased_moved_blocks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,6 @@ class Engine(EngineReads):
         self.next_segment_id = 1
         self.next_seq = 1
         self.ns_count: dict[int, int] = {}
-        self.leases: dict[bytes, float] = {}
         self.counters = dict.fromkeys(STAT_NAMES, 0)
         self._lock = threading.RLock()
         self._wlock = threading.Lock()
@@ -94,6 +94,7 @@ class Engine(EngineReads):
         self.max_segments = max_segs
         self.high_segments = max(2, min(max_segs, int(config.high_watermark * max_segs)))
         self.low_segments = max(1, min(self.high_segments - 1, int(config.low_watermark * max_segs)))
+        self.leases = Leases(lease_budget_bytes(config, self.high_segments), limits.leased_blocks_max)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -328,6 +329,8 @@ class Engine(EngineReads):
         if old is not None:
             self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
             self.dram.discard(digest)
+            if (old.length, old.csum) != (hdr.payload_len, hdr.checksum):
+                self.leases.pop(digest, None)  # overwritten: the leased version is gone
         self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
         if keep is not None:
             self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
@@ -403,7 +406,7 @@ class Engine(EngineReads):
             return seg
         from kvstore.engine.reclaim import roll
 
-        return roll(self)
+        return roll(self, span)
 
     # ------------------------------------------------------------------ reads
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
@@ -415,6 +418,7 @@ class Engine(EngineReads):
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int | float]:
         with self._lock:
+            self.leases.expire()
             out: dict[str, int | float] = dict(self.counters)
             out.update(
                 blocks=len(self.index), namespaces=len(self.catalog.by_name),
@@ -423,6 +427,7 @@ class Engine(EngineReads):
                 dram_used_bytes=self.dram.used_bytes,
                 dram_capacity_bytes=self.dram.capacity_bytes,
                 segments=len(self.segments), leases_active=len(self.leases),
+                leased_bytes=self.leases.bytes, leased_bytes_budget=self.leases.budget_bytes,
                 index_memory_bytes=self.index.memory_bytes(),
             )
             return out
