@@ -21,6 +21,7 @@ Not thread-safe: every method runs under the engine's ``_lock``.
 from __future__ import annotations
 
 import heapq
+import logging
 import time
 from collections.abc import Iterable
 
@@ -28,6 +29,7 @@ from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.types import EngineConfig
 
+log = logging.getLogger("kvstore.engine")
 PAGE = fmt.PAGE
 
 
@@ -51,7 +53,11 @@ def lease_budget_bytes(config: EngineConfig, high_segments: int) -> int:
     asked = config.lease_budget_bytes
     if asked is None:
         asked = int(limits.leased_fraction_of_capacity_default * config.capacity_bytes)
-    return min(asked, budget_cap_bytes(high_segments, config.segment_bytes))
+    cap = budget_cap_bytes(high_segments, config.segment_bytes)
+    if asked > cap:
+        log.info("lease budget lowered from %d to %d bytes: reclaim must be able to move every "
+                 "leased block (a store of more, smaller segments leases more)", asked, cap)
+    return min(asked, cap)
 
 
 def hot_budget_bytes(config: EngineConfig, high_segments: int, leased_budget: int) -> int:
