@@ -13,7 +13,10 @@ fresh segments. Packed in order, every two consecutive fresh segments hold more 
 segment's room, so ``m`` bytes of moved records fill fewer than ``2 * m / room + 1`` segments.
 With ``m <= (high_segments - 2) * room / 2`` (``budget_cap_bytes``) even a roll that reclaims
 every old segment ends with at most ``high_segments - 1`` segments plus the one the caller's
-record needs: usage stays within capacity, and the roll always finishes.
+record needs: usage stays within capacity, and the roll always finishes. While one victim is
+emptied its blocks (at most one segment's room) open at most one fresh segment, so the store
+holds at most one segment beyond what it held when the roll began: that segment must exist
+below the capacity (``high_segments < max_segments``), or nothing is moved at all.
 
 Not thread-safe: every method runs under the engine's ``_lock``.
 """
@@ -39,34 +42,39 @@ def lease_span(length: int) -> int:
     return PAGE + fmt.align_up(length)
 
 
-def budget_cap_bytes(high_segments: int, segment_bytes: int) -> int:
+def budget_cap_bytes(high_segments: int, max_segments: int, segment_bytes: int) -> int:
     """Most bytes a roll may move forward (pinned plus hot) and still finish within the high
-    watermark (see the module docstring)."""
+    watermark (see the module docstring). Moving needs one segment beyond the high watermark
+    (the fresh one, opened before the first victim is retired): without it, nothing moves."""
+    if high_segments >= max_segments:
+        return 0
     room = segment_bytes - PAGE
     return max(0, (high_segments - 2) * room // 2)
 
 
-def lease_budget_bytes(config: EngineConfig, high_segments: int) -> int:
+def lease_budget_bytes(config: EngineConfig, high_segments: int, max_segments: int) -> int:
     """The leased-bytes budget: the configured one (default a fraction of the capacity), lowered
     to what reclaim can always move (``budget_cap_bytes``; a store of few segments leases less,
     one of two segments nothing)."""
     asked = config.lease_budget_bytes
     if asked is None:
         asked = int(limits.leased_fraction_of_capacity_default * config.capacity_bytes)
-    cap = budget_cap_bytes(high_segments, config.segment_bytes)
+    cap = budget_cap_bytes(high_segments, max_segments, config.segment_bytes)
     if asked > cap:
         log.info("lease budget lowered from %d to %d bytes: reclaim must be able to move every "
                  "leased block (a store of more, smaller segments leases more)", asked, cap)
     return min(asked, cap)
 
 
-def hot_budget_bytes(config: EngineConfig, high_segments: int, leased_budget: int) -> int:
+def hot_budget_bytes(config: EngineConfig, high_segments: int, max_segments: int,
+                     leased_budget: int) -> int:
     """Bytes of hot (recently read) blocks one roll may re-append: a fraction of a segment, less
     whatever of the movable total the leased budget takes."""
     if not config.reinsert:
         return 0
     hot = int(limits.reinsert_fraction_max * config.segment_bytes) - PAGE
-    return max(0, min(hot, budget_cap_bytes(high_segments, config.segment_bytes) - leased_budget))
+    cap = budget_cap_bytes(high_segments, max_segments, config.segment_bytes)
+    return max(0, min(hot, cap - leased_budget))
 
 
 class Leases:
@@ -77,7 +85,9 @@ class Leases:
         self.blocks_max = blocks_max
         self.bytes = 0  # charged bytes of the pins held (expired ones until swept)
         self._pins: dict[bytes, tuple[float, int]] = {}  # digest -> (expiry, charged bytes)
-        self._heap: list[tuple[float, bytes]] = []  # (expiry, digest); stale rows skipped
+        # (expiry, digest), one row per pin at most; a row older than its pin's renewal is
+        # pushed again when it comes up, a row whose pin ended early is dropped then.
+        self._heap: list[tuple[float, bytes]] = []
         self.moving: set[int] = set()  # segments being reclaimed: their blocks take no new pin
 
     @staticmethod
@@ -89,11 +99,15 @@ class Leases:
         now = self.now() if now is None else now
         heap = self._heap
         while heap and heap[0][0] <= now:
-            exp, digest = heapq.heappop(heap)
+            _exp, digest = heapq.heappop(heap)
             pin = self._pins.get(digest)
-            if pin is not None and pin[0] == exp:
-                del self._pins[digest]
-                self.bytes -= pin[1]
+            if pin is None:  # ended early (the block left the store)
+                continue
+            if pin[0] > now:  # renewed since this row was pushed: push it again, as renewed
+                heapq.heappush(heap, (pin[0], digest))
+                continue
+            del self._pins[digest]
+            self.bytes -= pin[1]
 
     def take(self, items: Iterable[tuple[bytes, int, int]], seconds: float) -> int:
         """Pin ``(digest, segment, payload length)`` items in order for ``seconds``, stopping at
@@ -112,15 +126,12 @@ class Leases:
                 if self.bytes + charge > self.budget_bytes or len(self._pins) >= self.blocks_max:
                     break
                 self.bytes += charge
-            elif pin[0] >= until:  # already pinned at least this long
-                n += 1
-                continue
-            else:
-                charge = pin[1]
-            self._pins[digest] = (until, charge)
-            heapq.heappush(self._heap, (until, digest))
+                self._pins[digest] = (until, charge)
+                heapq.heappush(self._heap, (until, digest))
+            elif pin[0] < until:  # a renewal: its heap row is pushed again when it comes up
+                self._pins[digest] = (until, pin[1])
             n += 1
-        if len(self._heap) > 2 * len(self._pins) + 1024:  # renewals left stale rows: rebuild
+        if len(self._heap) > 2 * len(self._pins) + 1024:  # rows of ended pins: rebuild
             self._heap = [(exp, d) for d, (exp, _b) in self._pins.items()]
             heapq.heapify(self._heap)
         return n

@@ -54,7 +54,8 @@ def roll(eng: Engine, span: int = 0) -> Segment:
         seal(eng, eng.active)
         eng.active = None
     if len(eng.segments) + 1 > eng.high_segments:
-        hot = [hot_budget_bytes(eng.config, eng.high_segments, eng.leases.budget_bytes)]
+        hot = [hot_budget_bytes(eng.config, eng.high_segments, eng.max_segments,
+                                eng.leases.budget_bytes)]
         for v in list(eng.segments.values()):  # oldest first; never one this roll creates
             if len(eng.segments) + (0 if _fits(eng, span) else 1) <= eng.low_segments:
                 break
@@ -166,7 +167,7 @@ def _move(eng: Engine, v: Segment, d: bytes, e: Entry, names: tuple | None) -> i
                 return 0
         if not _fits(eng, hdr.span):
             if len(eng.segments) + 1 > eng.max_segments:
-                # only a store of two segments gets here, and it leases and reinserts nothing
+                # unreachable: a store without a segment beyond its high watermark moves nothing
                 log.error("no room to move block %s out of segment %08x", d.hex(), v.id)
                 return 0
             _next_segment(eng)

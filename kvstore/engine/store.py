@@ -94,7 +94,8 @@ class Engine(EngineReads):
         self.max_segments = max_segs
         self.high_segments = max(2, min(max_segs, int(config.high_watermark * max_segs)))
         self.low_segments = max(1, min(self.high_segments - 1, int(config.low_watermark * max_segs)))
-        self.leases = Leases(lease_budget_bytes(config, self.high_segments), limits.leased_blocks_max)
+        self.leases = Leases(lease_budget_bytes(config, self.high_segments, max_segs),
+                             limits.leased_blocks_max)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod

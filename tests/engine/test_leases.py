@@ -133,7 +133,7 @@ def test_pinned_blocks_larger_than_half_a_segment(engines: Engines) -> None:
 
 def test_few_segments_lower_the_budget(engines: Engines) -> None:
     four = engines.open(capacity_bytes=4 * MiB, segment_bytes=MiB)
-    assert four.leases.budget_bytes == budget_cap_bytes(four.high_segments, MiB) > 0
+    assert four.leases.budget_bytes == budget_cap_bytes(four.high_segments, 4, MiB) > 0
     chain = _chain(four, 8, block=100_000)
     res = four.lookup(NS, chain, lease_seconds=60)
     assert res.leased == four.leases.budget_bytes // lease_span(100_000) < 8
@@ -145,6 +145,8 @@ def test_few_segments_lower_the_budget(engines: Engines) -> None:
     two.put(NS, "k", b"v")
     res = two.lookup(NS, ["k"], lease_seconds=5)
     assert (res.found, res.leased, res.lease_limited(5)) == (1, 0, True)
+    full = engines.open(capacity_bytes=8 * MiB, segment_bytes=MiB, high_watermark=1.0)
+    assert full.high_segments == full.max_segments and full.leases.budget_bytes == 0
     with pytest.raises(ValueError, match="lease_budget_bytes"):
         engines.config(capacity_bytes=64 * MiB, lease_budget_bytes=32 * MiB)
 
