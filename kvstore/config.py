@@ -95,6 +95,8 @@ class ServeConfig:
     capacity_bytes: int = 10 * limits.GiB
     dram_bytes: int = limits.dram_bytes_default
     segment_bytes: int = limits.segment_bytes_default
+    # Flash bytes lookup leases may pin at once; None: a fraction of the capacity (limits.py).
+    lease_budget_bytes: int | None = None
     device: str = "auto"
     credentials: str | None = None
     log_level: str = "info"
@@ -116,6 +118,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "capacity_bytes": ("--capacity", "KVSTORE_CAPACITY", "size"),
     "dram_bytes": ("--dram", "KVSTORE_DRAM", "size"),
     "segment_bytes": ("--segment-size", "KVSTORE_SEGMENT_SIZE", "size"),
+    "lease_budget_bytes": ("--lease-budget", "KVSTORE_LEASE_BUDGET", "size"),
     "device": ("--device", "KVSTORE_DEVICE", "device"),
     "credentials": ("--credentials", "KVSTORE_CREDENTIALS", "path"),
     "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
@@ -137,6 +140,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "capacity_bytes": f"flash budget, e.g. 10GiB (default {format_size(d.capacity_bytes)})",
         "dram_bytes": f"DRAM tier budget, e.g. 512MiB (default {format_size(d.dram_bytes)})",
         "segment_bytes": f"segment file size (default {format_size(d.segment_bytes)})",
+        "lease_budget_bytes": "flash bytes lookup leases may pin at once, e.g. 2GiB (default "
+                              f"{limits.leased_fraction_of_capacity_default:.0%} of --capacity, "
+                              f"at most {limits.leased_fraction_of_capacity_max:.0%}; 0: no leases)",
         "device": f"I/O device: {'|'.join(DEVICES)} (default {d.device})",
         "credentials": "tenants JSON file; without it: loopback-only development mode",
         "log_level": f"{'|'.join(LOG_LEVELS)} (default {d.log_level})",
@@ -268,6 +274,12 @@ def validate(cfg: ServeConfig) -> None:
             f"capacity {format_size(cfg.capacity_bytes)} must hold at least "
             f"{limits.capacity_segments_min} segments of {format_size(seg)} "
             f"({format_size(need)}); lower --segment-size or raise --capacity")
+    lease_max = int(limits.leased_fraction_of_capacity_max * cfg.capacity_bytes)
+    if cfg.lease_budget_bytes is not None and cfg.lease_budget_bytes > lease_max:
+        raise ConfigError(
+            f"--lease-budget {format_size(cfg.lease_budget_bytes)} is more than "
+            f"{limits.leased_fraction_of_capacity_max:.0%} of --capacity "
+            f"({format_size(lease_max)}): reclaim must be able to move every leased block")
     ram = physical_memory_bytes()
     if ram and cfg.dram_bytes > ram * limits.dram_fraction_of_memory_max:
         raise ConfigError(
@@ -297,5 +309,5 @@ def describe(cfg: ServeConfig) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(cfg):
         v = getattr(cfg, f.name)
-        out[f.name] = format_size(v) if f.name.endswith("_bytes") else v
+        out[f.name] = format_size(v) if f.name.endswith("_bytes") and v is not None else v
     return out

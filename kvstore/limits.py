@@ -75,6 +75,15 @@ lease_seconds_default = 5.0
 # Blocks pinned by leases at once, across all clients: pins hold capacity hostage.
 leased_blocks_max = 1_000_000
 
+# Bytes leases may pin at once (the leased-bytes budget), as a fraction of the flash capacity:
+# the default of ``--lease-budget`` and the most it may be set to. Reclaim re-appends pinned
+# blocks instead of evicting them, so it frees only what is not pinned; the engine lowers the
+# budget further where the store has too few segments for reclaim to always finish (see
+# ``engine/leases.py``). Past the budget a lookup pins fewer blocks and says so.
+leased_fraction_of_capacity_default = 0.25
+leased_fraction_of_capacity_max = 0.4
+assert 0 < leased_fraction_of_capacity_default <= leased_fraction_of_capacity_max < 0.5
+
 # Per-block TTL: one year is "forever" for a KV cache.
 ttl_seconds_max = 365 * 24 * 3600
 

@@ -184,7 +184,8 @@ class Server:
             except (KVStoreError, OSError, ValueError) as exc:
                 raise StartupError(f"cannot open device {cfg.device!r}: {exc}") from None
             engine_cfg = EngineConfig(data_dir=cfg.data_dir, capacity_bytes=cfg.capacity_bytes,
-                                      segment_bytes=cfg.segment_bytes, dram_bytes=cfg.dram_bytes)
+                                      segment_bytes=cfg.segment_bytes, dram_bytes=cfg.dram_bytes,
+                                      lease_budget_bytes=cfg.lease_budget_bytes)
             try:
                 engine = await asyncio.to_thread(Engine.open, engine_cfg, device)
             except DataDirLocked as exc:  # names the directory and the PID that holds it

@@ -158,3 +158,12 @@ def test_non_loopback_allowed_with_credentials(tmp_path: Path) -> None:
         {"name": "a", "access_key": "AK", "secret_key": "SK", "namespaces": ["*"]}]}))
     cfg = from_argv(["--host", "0.0.0.0", "--credentials", str(creds)], {})
     assert cfg.host == "0.0.0.0" and not cfg.dev_mode
+
+
+def test_lease_budget_flag_env_and_bound() -> None:
+    assert from_argv([], {}).lease_budget_bytes is None  # the engine's default fraction
+    cfg = from_argv(["--capacity", "10GiB", "--lease-budget", "2GiB"], {})
+    assert cfg.lease_budget_bytes == 2 * limits.GiB
+    assert from_argv([], {"KVSTORE_LEASE_BUDGET": "0"}).lease_budget_bytes == 0  # no leases
+    with pytest.raises(ConfigError, match="--lease-budget 5GiB is more than 40% of --capacity"):
+        from_argv(["--capacity", "10GiB", "--lease-budget", "5GiB"], {})

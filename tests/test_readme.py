@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from kvstore import limits
+from kvstore.api import control
 from kvstore.api.app import CONTROL_PATHS
 from kvstore.config import add_serve_arguments
 
@@ -16,8 +17,12 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 def test_health_paths_are_the_served_ones() -> None:
     paths = set(re.findall(r"`(/[a-z0-9_./{}-]*)`", README))
     assert {"/healthz", "/readyz", "/metrics", "/docs"} <= paths
+    # the /v1 routes as the control plane declares them (`@app.get("/v1/stats", ...)`)
+    v1_routes = set(re.findall(r'@app\.[a-z]+\(\s*"(/v1/[^"]*)"', Path(control.__file__).read_text()))
+    assert "/v1/stats" in v1_routes
     for path in paths - {"/v1", "/"}:
-        assert path in CONTROL_PATHS, f"README names {path}, which the server does not serve"
+        served = path in CONTROL_PATHS or path in v1_routes
+        assert served, f"README names {path}, which the server does not serve"
     # health and readiness are not under /v1, whatever a sentence near it says
     assert not re.search(r"`/v1`[^.\n]*\bhealth", README), "README puts health under /v1"
 

@@ -214,5 +214,7 @@ class Client:
 
     def lookup(self, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
         """Length of the longest present prefix of the chain ``keys`` (one round trip); with a
-        lease, the found blocks stay pinned until read or ``lease_seconds`` pass."""
+        lease, the found blocks cannot be evicted until ``lease_seconds`` pass (reads do not end
+        it), as many from the start of the prefix as the server's leased-bytes budget allows
+        (the reply's ``leased`` count; ``POST /v1/{ns}/lookup`` also says ``lease_limited``)."""
         return self._call(lambda c: _ops.lookup(c, keys, lease_seconds))

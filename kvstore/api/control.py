@@ -279,17 +279,18 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
     async def lookup(ns: str, body: LookupRequest,
                      tenant: Tenant = Depends(caller)) -> LookupResponse:
         """Length of the longest present prefix of a key chain, in one round trip. With
-        ``lease_seconds`` the found blocks are pinned until read once or the lease ends."""
+        ``lease_seconds`` the found blocks are pinned until the lease expires, as many as the
+        leased-bytes budget allows (``leased``; ``lease_limited`` when fewer than found)."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.chain_keys_max)
         if body.lease_seconds > limits.lease_seconds_max:
             raise E.LimitExceeded(
                 f"lease_seconds {body.lease_seconds:g} exceeds {limits.lease_seconds_max:g}")
-        n = engine.lookup_prefix(ns, body.keys, lease_seconds=body.lease_seconds)
+        res = engine.lookup(ns, body.keys, lease_seconds=body.lease_seconds)
         metrics.observe("lookup", "-", 0, time.perf_counter() - t0)
-        return LookupResponse(prefix_len=n, keys=len(body.keys),
-                              leased=n if body.lease_seconds > 0 else 0,
-                              lease_seconds=body.lease_seconds)
+        return LookupResponse(prefix_len=res.found, keys=len(body.keys), leased=res.leased,
+                              lease_seconds=body.lease_seconds,
+                              lease_limited=res.lease_limited(body.lease_seconds))
 
     @app.post("/v1/{ns}/prefetch", response_model=PrefetchResponse, tags=["blocks"],
               responses=_ERRORS)

@@ -57,15 +57,22 @@ class LookupRequest(BaseModel):
     keys: list[str] = Field(..., description=f"a key chain, at most {limits.chain_keys_max} keys")
     lease_seconds: float = Field(
         0.0, ge=0.0,
-        description=f"pin the found prefix this long (at most {limits.lease_seconds_max:g} s) so "
-                    "eviction cannot take it before it is read; 0 = no lease")
+        description=f"pin the found prefix this long (at most {limits.lease_seconds_max:g} s): "
+                    "eviction cannot take a pinned block before the lease expires (reads do not "
+                    "end it; a delete or an overwrite does). The server's leased-bytes budget "
+                    "bounds what is pinned at once: past it fewer blocks are pinned and "
+                    "`lease_limited` says so. 0 = no lease")
 
 
 class LookupResponse(BaseModel):
     prefix_len: int = Field(description="length of the longest present prefix of the chain")
     keys: int = Field(description="keys in the request")
-    leased: int = Field(description="blocks pinned by this call (0 without a lease)")
+    leased: int = Field(description="blocks of the found prefix pinned by this call, from its "
+                                    "start (0 without a lease)")
     lease_seconds: float
+    lease_limited: bool = Field(
+        description="true when a lease was asked for and the leased-bytes budget pinned fewer "
+                    "blocks than were found (`leased < prefix_len`): the rest may be evicted")
 
 
 class PrefetchResponse(BaseModel):

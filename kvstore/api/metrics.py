@@ -58,6 +58,10 @@ _ENGINE_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                           "Recently read blocks re-appended during reclaim", {}),
     "expired_blocks": ("kvstore_expired_blocks", "Blocks dropped when their TTL ended", {}),
     "deletes": ("kvstore_engine_deletes", "Blocks deleted", {}),
+    "leases_limited": ("kvstore_leases_limited",
+                       "Leasing lookups the leased-bytes budget cut short", {}),
+    "leased_moved_blocks": ("kvstore_leased_moved_blocks",
+                            "Leased blocks re-appended by reclaim instead of evicted", {}),
 }
 
 # engine.stats() name -> (metric name, help, labels) for gauges.
@@ -66,6 +70,9 @@ _ENGINE_GAUGES: dict[str, tuple[str, str, dict[str, str]]] = {
     "namespaces": ("kvstore_namespaces", "Namespaces (buckets)", {}),
     "segments": ("kvstore_segments", "Segment files", {}),
     "leases_active": ("kvstore_leases_active", "Blocks pinned by lookup leases", {}),
+    "leased_bytes": ("kvstore_leased_bytes", "Flash bytes pinned by lookup leases", {}),
+    "leased_bytes_budget": ("kvstore_leased_bytes_budget",
+                            "Most flash bytes lookup leases may pin at once", {}),
     "flash_used_bytes": ("kvstore_used_bytes", "Bytes in use, by tier", {"tier": "flash"}),
     "dram_used_bytes": ("kvstore_used_bytes", "Bytes in use, by tier", {"tier": "dram"}),
     "flash_capacity_bytes": ("kvstore_capacity_bytes", "Byte budget, by tier", {"tier": "flash"}),

@@ -12,8 +12,8 @@ import os
 from typing import TYPE_CHECKING
 
 from kvstore.engine import format as fmt
-from kvstore.engine.segments import parse_segment_name
 from kvstore.engine.ranges import verify_chunks
+from kvstore.engine.segments import parse_segment_name
 
 if TYPE_CHECKING:
     from kvstore.engine.store import Engine
@@ -73,6 +73,7 @@ def check(eng: Engine, *, deep: bool = False) -> list[str]:
             problems.append(f"flash used {used} over capacity {eng.config.capacity_bytes}")
         problems.extend(_foreign_files(eng))
         problems.extend(eng.dram.check())
+        problems.extend(eng.leases.check())
         if deep:
             names = {i: n.encode() for i, n in ids.items()}
             for digest, e in entries:

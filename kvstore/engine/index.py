@@ -94,6 +94,31 @@ class Index:
                 out[i] = exp_d == 0 or exp_d > now
         return out
 
+    def locate_many(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Segment ids and payload lengths of present blocks (one searchsorted for the batch);
+        -1 and 0 for an absent one."""
+        n = len(digests)
+        seg = np.full(n, -1, dtype=np.int64)
+        length = np.zeros(n, dtype=np.int64)
+        b = self.base
+        if n and len(b["hi"]):
+            raw = np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(-1, 2)
+            pos = np.minimum(np.searchsorted(b["hi"], raw[:, 0]), len(b["hi"]) - 1)
+            hit_hi = b["hi"][pos] == raw[:, 0]
+            hit = hit_hi & (b["lo"][pos] == raw[:, 1]) & b["live"][pos]
+            seg[hit] = (b["loc"][pos[hit]] >> np.uint64(32)).astype(np.int64)
+            length[hit] = b["length"][pos[hit]]
+            for i in np.flatnonzero(hit_hi & ~hit):  # rare: dead row or hi collision
+                e = self.get(digests[i])
+                if e is not None:
+                    seg[i], length[i] = e.seg, e.length
+        if self.delta:
+            for i, d in enumerate(digests):
+                item = self.delta.get(d)
+                if item is not None:
+                    seg[i], length[i] = item[0].seg, item[0].length
+        return seg, length
+
     def __contains__(self, digest: bytes) -> bool:
         return digest in self.delta or self._find(digest) >= 0
 

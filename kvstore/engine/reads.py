@@ -19,8 +19,8 @@ from kvstore.engine.device import AlignedBuffer, IoOp
 from kvstore.engine.index import Entry
 from kvstore.engine.ranges import read_span, span_of
 from kvstore.engine.segments import Segment, summary_path
-from kvstore.engine.types import BlockMeta
-from kvstore.errors import Busy, CorruptRecord, InvalidArgument, LimitExceeded, StorageError
+from kvstore.engine.types import BlockMeta, LookupResult
+from kvstore.errors import CorruptRecord, InvalidArgument, LimitExceeded, StorageError
 
 if TYPE_CHECKING:
     from kvstore.engine.store import Engine
@@ -98,7 +98,6 @@ class EngineReads:
             a, b = (0, e.length) if rng is None else span_of(rng[0], rng[1], e.length)
             self.index.touch(digest)
             reads = self.index.hits(digest)
-            self.leases.pop(digest, None)
             cached = self.dram.get(digest, (e.seg, e.page))
             if cached is not None:
                 self.counters["hits_dram"] += 1
@@ -171,7 +170,6 @@ class EngineReads:
             self.counters["hits_dram"] += 1
             self.counters["bytes_read"] += e.length
             self.index.touch(digest)
-            self.leases.pop(digest, None)
         data, meta = cached
         return BlockView(meta, memoryview(data).cast("B").toreadonly(), stable=True)
 
@@ -321,23 +319,31 @@ class EngineReads:
             return self.index.present_many(digests, int(time.time())), digests
 
     def lookup_prefix(self, ns: str, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
+        return self.lookup(ns, keys, lease_seconds=lease_seconds).found
+
+    def lookup(self, ns: str, keys: Sequence[str], *, lease_seconds: float = 0.0) -> LookupResult:
+        """The longest present prefix of ``keys``; with ``lease_seconds`` its blocks are pinned
+        (never evicted) until the lease expires, as many as the leased-bytes budget allows:
+        ``leased < found`` says the budget cut the lease short."""
         if len(keys) > limits.chain_keys_max:
             raise LimitExceeded(f"chain longer than {limits.chain_keys_max}")
         if not 0 <= lease_seconds <= limits.lease_seconds_max:
             raise InvalidArgument(f"lease_seconds must be in [0, {limits.lease_seconds_max}]")
-        present, digests = self._present(ns, keys)
-        misses = np.flatnonzero(~present)
-        n = int(misses[0]) if len(misses) else len(keys)
-        if lease_seconds and n:
-            now = time.time()
-            with self._lock:
-                if len(self.leases) + n > limits.leased_blocks_max:
-                    self.leases = {d: t for d, t in self.leases.items() if t > now}
-                    if len(self.leases) + n > limits.leased_blocks_max:
-                        raise Busy("too many leased blocks")
-                for d in digests[:n]:
-                    self.leases[d] = now + lease_seconds
-        return n
+        nsb = ns.encode()
+        digests = fmt.digests_of(nsb, keys)
+        with self._lock:  # presence and pins in one step: a reclaim cannot slip in between
+            self.catalog.get(ns)
+            present = self.index.present_many(digests, int(time.time()))
+            misses = np.flatnonzero(~present)
+            n = int(misses[0]) if len(misses) else len(keys)
+            if not (lease_seconds and n):
+                return LookupResult(n, 0)
+            segs, lengths = self.index.locate_many(digests[:n])
+            leased = self.leases.take(zip(digests[:n], segs.tolist(), lengths.tolist(),
+                                          strict=True), lease_seconds)
+            if leased < n:
+                self.counters["leases_limited"] += 1
+            return LookupResult(n, leased)
 
     def prefetch(self, ns: str, keys: Sequence[str]) -> int:
         """Stage blocks into the DRAM tier; returns how many are now staged."""

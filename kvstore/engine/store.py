@@ -29,6 +29,7 @@ from kvstore.engine.device import (
 )
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
+from kvstore.engine.leases import Leases, lease_budget_bytes
 from kvstore.engine.lockfile import DirLock
 from kvstore.engine.reads import BlockView, EngineReads, check_batch
 from kvstore.engine.segments import Segment, load_summary
@@ -51,7 +52,8 @@ __all__ = ["BlockView", "Engine", "load_segment_summary"]
 STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misses",
               "bytes_written", "bytes_read", "checksum_failures", "evicted_segments",
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
-              "recycled_segments", "promoted_blocks", "flash_bytes_read")
+              "recycled_segments", "promoted_blocks", "flash_bytes_read", "leases_limited",
+              "leased_moved_blocks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +86,6 @@ class Engine(EngineReads):
         self.next_segment_id = 1
         self.next_seq = 1
         self.ns_count: dict[int, int] = {}
-        self.leases: dict[bytes, float] = {}
         self.counters = dict.fromkeys(STAT_NAMES, 0)
         self._lock = threading.RLock()
         self._wlock = threading.Lock()
@@ -96,6 +97,8 @@ class Engine(EngineReads):
         self.max_segments = max_segs
         self.high_segments = max(2, min(max_segs, int(config.high_watermark * max_segs)))
         self.low_segments = max(1, min(self.high_segments - 1, int(config.low_watermark * max_segs)))
+        self.leases = Leases(lease_budget_bytes(config, self.high_segments, max_segs),
+                             limits.leased_blocks_max)
 
     # ------------------------------------------------------------------ lifecycle
     @classmethod
@@ -346,6 +349,8 @@ class Engine(EngineReads):
         if old is not None:
             self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
             self.dram.discard(digest)
+            if (old.length, old.csum) != (hdr.payload_len, hdr.checksum):
+                self.leases.pop(digest, None)  # overwritten: the leased version is gone
         self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
         if keep is not None:
             self.dram.put(digest, (seg.id, off // PAGE), keep, self._meta(hdr))
@@ -423,7 +428,7 @@ class Engine(EngineReads):
             return seg
         from kvstore.engine.reclaim import roll
 
-        return roll(self)
+        return roll(self, span)
 
     # ------------------------------------------------------------------ reads
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
@@ -435,6 +440,7 @@ class Engine(EngineReads):
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int | float]:
         with self._lock:
+            self.leases.expire()
             out: dict[str, int | float] = dict(self.counters)
             out.update(
                 blocks=len(self.index), namespaces=len(self.catalog.by_name),
@@ -443,6 +449,7 @@ class Engine(EngineReads):
                 dram_used_bytes=self.dram.used_bytes,
                 dram_capacity_bytes=self.dram.capacity_bytes,
                 segments=len(self.segments), leases_active=len(self.leases),
+                leased_bytes=self.leases.bytes, leased_bytes_budget=self.leases.budget_bytes,
                 index_memory_bytes=self.index.memory_bytes(),
             )
             return out

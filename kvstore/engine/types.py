@@ -21,6 +21,9 @@ class EngineConfig:
     dram_promote_reads: int = 2  # copy a block into DRAM on its Nth read from flash (0: never)
     reinsert: bool = True  # re-append recently read blocks when their segment is reclaimed
     sync_on_put: bool = False  # fdatasync after every put (O_DIRECT already bypasses the cache)
+    # Bytes lookup leases may pin at once; None: limits.leased_fraction_of_capacity_default of
+    # the capacity. The engine may lower it for stores of few segments (Engine.lease_budget_bytes).
+    lease_budget_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not limits.segment_bytes_min <= self.segment_bytes <= limits.segment_bytes_max:
@@ -33,6 +36,10 @@ class EngineConfig:
             raise ValueError("need 0 < low_watermark < high_watermark <= 1")
         if self.dram_bytes < 0:
             raise ValueError("dram_bytes must be >= 0")
+        lease_max = int(limits.leased_fraction_of_capacity_max * self.capacity_bytes)
+        if self.lease_budget_bytes is not None and not 0 <= self.lease_budget_bytes <= lease_max:
+            raise ValueError(f"lease_budget_bytes must be in [0, {lease_max}] "
+                             f"({limits.leased_fraction_of_capacity_max:g} of the capacity)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,16 @@ class BlockMeta:
     @property
     def etag(self) -> str:
         return f"{self.checksum:016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    found: int  # length of the longest present prefix of the chain
+    leased: int  # blocks of that prefix now pinned (0 without a lease)
+
+    def lease_limited(self, lease_seconds: float) -> bool:
+        """True when a lease was asked for and the budget pinned fewer blocks than found."""
+        return lease_seconds > 0 and self.leased < self.found
 
 
 @dataclass(frozen=True, slots=True)

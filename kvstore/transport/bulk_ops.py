@@ -45,8 +45,8 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
         p.send(FrameType.RESULT, rid, {"exists": e.exists_many(ns, req.keys)})
     elif ftype is FrameType.LOOKUP:
         req = msg.parse_keys_request(header, chain=True)
-        found = e.lookup_prefix(ns, req.keys, lease_seconds=req.lease_seconds)
-        p.send(FrameType.RESULT, rid, {"found": found})
+        res = e.lookup(ns, req.keys, lease_seconds=req.lease_seconds)
+        p.send(FrameType.RESULT, rid, {"found": res.found, "leased": res.leased})
     elif ftype is FrameType.DELETE_BATCH:
         return _simple(p, rid, "deleted", e.delete_many, msg.parse_keys_request(header).keys)
     elif ftype is FrameType.PREFETCH:

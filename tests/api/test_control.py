@@ -248,7 +248,8 @@ def test_lookup_exists_prefetch_delete(live: LiveServer) -> None:
     for i, k in enumerate(ks[:6]):
         engine.put("ns-kv", k, bytes([i]) * 4096)
     assert live.json("POST", "/v1/ns-kv/lookup", {"keys": ks}) == (
-        200, {"prefix_len": 6, "keys": 10, "leased": 0, "lease_seconds": 0.0})
+        200, {"prefix_len": 6, "keys": 10, "leased": 0, "lease_seconds": 0.0,
+              "lease_limited": False})
     assert live.json("POST", "/v1/ns-kv/lookup", {"keys": ks[1:]})[1]["prefix_len"] == 5
     assert live.json("POST", "/v1/ns-kv/lookup", {"keys": []})[1]["prefix_len"] == 0
     leases_before = engine.stats()["leases_active"]

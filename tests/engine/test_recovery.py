@@ -8,8 +8,8 @@ import os
 import pytest
 
 from kvstore.engine import format as fmt
-from kvstore.engine.segments import segment_path, summary_path
 from kvstore.engine.device import MemoryDevice
+from kvstore.engine.segments import segment_path, summary_path
 from kvstore.engine.store import Engine
 from kvstore.errors import StorageError
 
