@@ -168,7 +168,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                        "accept or the previous response "
                                        f"(default {d.http_header_timeout_seconds:g})",
         "http_keepalive_timeout_seconds": "seconds an idle keep-alive HTTP connection stays "
-                                          f"open (default {d.http_keepalive_timeout_seconds:g})",
+                                          "open, at most the header timeout "
+                                          f"(default {d.http_keepalive_timeout_seconds:g})",
         "body_idle_timeout_seconds": "seconds without a byte of an HTTP body or bulk PUT "
                                      f"payload (default {d.body_idle_timeout_seconds:g})",
         "body_min_rate_bytes_per_second": "slowest body or payload rate per second, e.g. "
@@ -338,11 +339,6 @@ def validate_connections(cfg: ServeConfig) -> None:
         raise ConfigError(
             f"--probe-connections ({cfg.probe_connections}) must be less than "
             f"--max-connections ({cfg.connections_max}): the rest serve every request")
-    if cfg.http_keepalive_timeout_seconds > cfg.http_header_timeout_seconds:
-        raise ConfigError(
-            f"--http-keepalive-timeout ({cfg.http_keepalive_timeout_seconds:g}) must not be "
-            f"longer than --http-header-timeout ({cfg.http_header_timeout_seconds:g}): the "
-            "header deadline runs from the previous response")
 
 
 def from_argv(argv: Sequence[str], env: Mapping[str, str]) -> ServeConfig:

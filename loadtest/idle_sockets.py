@@ -19,6 +19,8 @@ and reports for each how many seconds the server kept it open ("open" = still op
 ``--hold`` ended). With ``--flood N`` it then opens N idle HTTP sockets and N idle bulk sockets
 and reports what a new ``GET /healthz``, a new ``GET /v1/namespaces`` and a new bulk handshake
 get while they are open, and how long until those answer normally again.
+
+The report is printed and written to ``loadtest/results/idle-sockets-<time>.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import http.client
 import json
 import os
+import platform
 import re
 import select
 import socket
@@ -175,6 +178,7 @@ def main() -> None:
     p.add_argument("--hold", type=float, default=60.0, help="seconds to hold each socket")
     p.add_argument("--flood", type=int, default=0, help="idle sockets per port for the cap test")
     p.add_argument("--repo", type=Path, default=ROOT, help="checkout whose server to start")
+    p.add_argument("--out", type=Path, default=None, help="report file (default: results/)")
     p.add_argument("serve_flags", nargs="*", help="extra `kvstore serve` flags (after --)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +214,12 @@ def main() -> None:
                 text = c.getresponse().read().decode()
                 report["timeout_counters"] = re.findall(
                     r"^kvstore_connection_timeouts_total\{.*$", text, re.M)
-            print(json.dumps(report, indent=2))
+            report["machine"] = f"{platform.node()} {os.cpu_count()} CPUs, {platform.platform()}"
+            text = json.dumps(report, indent=2)
+            print(text)
+            out = a.out or ROOT / "loadtest" / "results" / time.strftime(
+                "idle-sockets-%Y%m%d-%H%M%S.json")
+            out.write_text(text + "\n")
         finally:
             proc.terminate()
             try:

@@ -61,8 +61,8 @@ class HttpGuardSettings:
     probe_connections: int = limits.probe_connections_reserved_default
 
     def __post_init__(self) -> None:
-        if not 0 < self.keepalive_seconds <= self.header_seconds:
-            raise ValueError("need 0 < keepalive_seconds <= header_seconds")
+        if not (self.keepalive_seconds > 0 and self.header_seconds > 0):
+            raise ValueError("need keepalive_seconds > 0 and header_seconds > 0")
         if not 0 <= self.probe_connections < self.connections_max:
             raise ValueError("need 0 <= probe_connections < connections_max")
 
@@ -117,7 +117,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.timeout_keep_alive = self.guard.keepalive_seconds  # type: ignore[assignment]
+        # the header deadline runs under it, so a longer keep-alive would never be reached
+        self.timeout_keep_alive = min(  # type: ignore[assignment]
+            self.guard.keepalive_seconds, self.guard.header_seconds)
         self.limit_concurrency = None  # the cap is enforced at accept, below
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None

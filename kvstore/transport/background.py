@@ -34,7 +34,7 @@ class BackgroundBulkServer:
     def __init__(self, config: EngineConfig, device: Device, *, tenants: Tenants | None = None,
                  host: str = "127.0.0.1", port: int = 0, threads: int = 4,
                  timeouts: BulkTimeouts | None = None,
-                 connections_max: int = limits.connections_max) -> None:
+                 connections_max: int = limits.connections_max, metrics: Any = None) -> None:
         self.config = config
         self.device = device
         self.tenants = tenants or Tenants.development()
@@ -42,6 +42,7 @@ class BackgroundBulkServer:
         self.threads = threads
         self.timeouts = timeouts
         self.connections_max = connections_max
+        self.metrics = metrics
         self.engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.server: BulkServer | None = None
@@ -62,7 +63,8 @@ class BackgroundBulkServer:
         self._thread.start()
         self.server = self.call(start_bulk_server(self.engine, self.runner, self.tenants,
                                                   self.host, self._port, timeouts=self.timeouts,
-                                                  connections_max=self.connections_max))
+                                                  connections_max=self.connections_max,
+                                                  metrics=self.metrics))
         return self
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
