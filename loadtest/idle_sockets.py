@@ -200,7 +200,7 @@ def main() -> None:
                                          b"Content-Length: 1048576\r\n\r\n")
             lived = watch(socks, a.hold, {"http-slow-body"})
             report: dict[str, object] = {
-                "repo": str(a.repo), "commit": commit, "hold_s": a.hold,
+                "repo": a.repo.resolve().name, "commit": commit, "hold_s": a.hold,
                 "serve_flags": a.serve_flags,
                 "seconds_open": {k: (v if v is not None else f"open after {a.hold:g}")
                                  for k, v in lived.items()},

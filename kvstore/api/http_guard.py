@@ -153,6 +153,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_clock = self.loop.time()
             self._body_timer = self.loop.call_later(self.guard.body.tick_seconds, self._body_tick)
 
+    def handle_websocket_upgrade(self) -> None:
+        self._release()  # the websocket protocol owns the connection from here (the app
+        super().handle_websocket_upgrade()  # closes websockets at once)
+
     # -- parser callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         super().on_message_begin()

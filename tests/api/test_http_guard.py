@@ -290,3 +290,13 @@ def test_stalled_requests_up_to_the_cap_leave_the_probes_answering(capped: Serve
     after = capped.counters()
     assert delta(before, after, ("timeouts", "http", "body")) == CAP - PROBES
     assert delta(before, after, ("refused", "http", "probe_only")) == 2
+
+
+def test_websocket_upgrades_do_not_leak_connection_slots(capped: Serve) -> None:
+    upgrade = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    for _ in range(CAP + 5):
+        with connect(capped.port) as s:
+            s.sendall(upgrade)
+            until_closed(s)  # the app refuses websockets
+    assert capped.request("GET", "/v1/namespaces")[0] == 200
