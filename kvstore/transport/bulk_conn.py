@@ -70,6 +70,8 @@ class ServerContext:
     pool: BufferPool
     metrics: Any = None
     connections: set[BulkProtocol] = field(default_factory=set)
+    # connections not past AUTH_OK yet, oldest first: the ones evicted at the cap
+    unauthenticated: dict[BulkProtocol, None] = field(default_factory=dict)
     closing: bool = False
     # test hook: called with (key, payload view) before a BLOCK frame is written
     block_filter: Any = None
@@ -121,6 +123,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watchdog: BulkWatch | None = None
         self._rx = 0  # bytes received, ever
+        self._lost = False  # connection_lost has run
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,13 +136,19 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ctx.closing or len(self.ctx.connections) >= self.ctx.connections_max:
-            err = ShuttingDown() if self.ctx.closing else Busy("too many connections")
-            if not self.ctx.closing:
+        ctx = self.ctx
+        if not ctx.closing and len(ctx.connections) >= ctx.connections_max and ctx.unauthenticated:
+            # a peer that has not authenticated yet yields its slot to a newcomer
+            self._metric("refused", "evicted")
+            next(iter(ctx.unauthenticated))._give_up(Busy("too many connections"))
+        if ctx.closing or len(ctx.connections) >= ctx.connections_max:
+            err = ShuttingDown() if ctx.closing else Busy("too many connections")
+            if not ctx.closing:
                 self._metric("refused", "cap")
             self._fatal(err)
             return
-        self.ctx.connections.add(self)
+        ctx.connections.add(self)
+        ctx.unauthenticated[self] = None
         loop = asyncio.get_running_loop()
         self._watchdog = BulkWatch(self.ctx.timeouts, loop.time())
         self._watch_timer = loop.call_later(self.ctx.timeouts.tick_seconds, self._watch)
@@ -157,7 +166,9 @@ class BulkProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lost = True
         self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
         if self._watch_timer is not None:
             self._watch_timer.cancel()
             self._watch_timer = None
@@ -340,6 +351,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if not tenants.dev and info.owner and info.owner != tenant.name:
             raise AccessDenied("access denied")
         self.tenant, self.namespace = tenant, hello.namespace
+        self.ctx.unauthenticated.pop(self, None)
         self.send(FrameType.AUTH_OK, 0, msg.auth_ok(tenant.name, hello.namespace, shm=True))
 
     # -- watchdog ------------------------------------------------------------------------
@@ -359,13 +371,19 @@ class BulkProtocol(asyncio.BufferedProtocol):
     def _time_out(self, kind: str) -> None:
         self._metric("timeout", kind)
         log.debug("bulk: closing a connection: %s timeout", kind)
-        self._fatal(RequestTimeout(f"connection closed: {kind} timeout"))
-        # a peer that does not read either must not keep it open while the error frame waits
+        self._give_up(RequestTimeout(f"connection closed: {kind} timeout"))
+
+    def _give_up(self, exc: KVStoreError) -> None:
+        """Close with a connection-level ERROR; the slot is free at once, and a peer that does
+        not read the error frame is aborted after a grace period."""
+        self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
+        self._fatal(exc)
         asyncio.get_running_loop().call_later(limits.timeout_close_grace_seconds,
                                               self._abort_if_open)
 
     def _abort_if_open(self) -> None:
-        if self in self.ctx.connections and self.transport is not None:
+        if not self._lost and self.transport is not None:
             self.transport.abort()
 
     def _metric(self, what: str, label: str) -> None:

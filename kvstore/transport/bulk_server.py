@@ -106,7 +106,7 @@ async def start_bulk_server(
                         pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
                         connections_max=connections_max)
     if metrics is not None and hasattr(metrics, "declare"):
-        metrics.declare("bulk", TIMEOUT_KINDS, ("cap",))
+        metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))
     server = BulkServer(ctx)
     await server._listen(host, port)
     log.info("bulk port listening on %s:%d", server.host, server.port)

@@ -34,23 +34,33 @@ TIMEOUTS = BulkTimeouts(
                     rate_window_seconds=0.4, rate_grace_seconds=0.4))
 
 
-@pytest.fixture
-def server() -> Iterator[BackgroundBulkServer]:
+def start(timeouts: BulkTimeouts, connections_max: int = limits.connections_max
+          ) -> BackgroundBulkServer:
     cfg = EngineConfig(data_dir="/mem", capacity_bytes=64 * limits.MiB,
                        segment_bytes=8 * limits.MiB, dram_bytes=8 * limits.MiB)
-    srv = BackgroundBulkServer(cfg, MemoryDevice(), timeouts=TIMEOUTS, metrics=Metrics()).start()
+    return BackgroundBulkServer(cfg, MemoryDevice(), timeouts=timeouts, metrics=Metrics(),
+                                connections_max=connections_max).start()
+
+
+@pytest.fixture
+def server() -> Iterator[BackgroundBulkServer]:
+    srv = start(TIMEOUTS)
     yield srv
     assert srv.engine is not None and srv.engine.check() == []
     srv.stop(timeout=2.0)
 
 
-def timeouts(srv: BackgroundBulkServer) -> dict[str, float]:
+def counters(srv: BackgroundBulkServer, name: str, label: str) -> dict[str, float]:
     out = {}
     for fam in text_string_to_metric_families(srv.metrics.render().decode()):
         for s in fam.samples:
-            if s.name == "kvstore_connection_timeouts_total" and s.labels["port"] == "bulk":
-                out[s.labels["kind"]] = s.value
+            if s.name == name and s.labels["port"] == "bulk":
+                out[s.labels[label]] = s.value
     return out
+
+
+def timeouts(srv: BackgroundBulkServer) -> dict[str, float]:
+    return counters(srv, "kvstore_connection_timeouts_total", "kind")
 
 
 def frames_until_closed(sock: socket.socket) -> list[Frame]:
@@ -154,3 +164,21 @@ def test_a_put_payload_below_the_rate_floor_is_closed(server: BackgroundBulkServ
     with Client(port=server.port, namespace=NS, create=True, timeout=10) as c:
         assert c.get("slow") is None  # the partial block was never stored
         assert c.put("fast", payload) and c.get("fast") == payload  # 1 MiB at full speed
+
+
+def test_a_cap_full_of_unauthenticated_sockets_does_not_lock_clients_out() -> None:
+    cap = 8
+    srv = start(BulkTimeouts(handshake_seconds=30.0, idle_seconds=30.0), connections_max=cap)
+    silent = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(cap)]
+    try:
+        with Client(port=srv.port, namespace=NS, create=True, timeout=10, retries=0) as c:
+            c.put("k", b"v")  # before: Busy("too many connections")
+            assert c.get("k") == b"v"
+        frames = frames_until_closed(silent[0])  # the oldest gave way
+        assert frames and msg.parse_error(frames[-1].header).name == "SlowDown"
+        refused = counters(srv, "kvstore_connections_refused_total", "reason")
+        assert refused["evicted"] >= 1 and refused["cap"] == 0
+    finally:
+        for s in silent:
+            s.close()
+        srv.stop(timeout=2.0)
