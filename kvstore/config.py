@@ -102,6 +102,17 @@ class ServeConfig:
     log_level: str = "info"
     shutdown_seconds: float = limits.shutdown_seconds_max
     access_log: bool = False
+    # connection bounds (kvstore.limits, "Connection timeouts")
+    connections_max: int = limits.connections_max
+    probe_connections: int = limits.probe_connections_reserved_default
+    http_header_timeout_seconds: float = limits.http_header_timeout_seconds_default
+    http_keepalive_timeout_seconds: float = limits.http_keepalive_timeout_seconds_default
+    body_idle_timeout_seconds: float = limits.body_idle_timeout_seconds_default
+    body_min_rate_bytes_per_second: int = limits.body_min_rate_bytes_per_second_default
+    body_rate_window_seconds: float = limits.body_rate_window_seconds_default
+    body_rate_grace_seconds: float = limits.body_rate_grace_seconds_default
+    bulk_handshake_timeout_seconds: float = limits.bulk_handshake_timeout_seconds_default
+    bulk_idle_timeout_seconds: float = limits.bulk_idle_timeout_seconds_default
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -124,6 +135,19 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
     "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
     "access_log": ("--access-log", "KVSTORE_ACCESS_LOG", "bool"),
+    "connections_max": ("--max-connections", "KVSTORE_MAX_CONNECTIONS", "count"),
+    "probe_connections": ("--probe-connections", "KVSTORE_PROBE_CONNECTIONS", "count"),
+    "http_header_timeout_seconds": ("--http-header-timeout", "KVSTORE_HTTP_HEADER_TIMEOUT",
+                                    "timeout"),
+    "http_keepalive_timeout_seconds": ("--http-keepalive-timeout",
+                                       "KVSTORE_HTTP_KEEPALIVE_TIMEOUT", "timeout"),
+    "body_idle_timeout_seconds": ("--body-timeout", "KVSTORE_BODY_TIMEOUT", "timeout"),
+    "body_min_rate_bytes_per_second": ("--body-min-rate", "KVSTORE_BODY_MIN_RATE", "size"),
+    "body_rate_window_seconds": ("--body-rate-window", "KVSTORE_BODY_RATE_WINDOW", "timeout"),
+    "body_rate_grace_seconds": ("--body-rate-grace", "KVSTORE_BODY_RATE_GRACE", "timeout"),
+    "bulk_handshake_timeout_seconds": ("--bulk-handshake-timeout",
+                                       "KVSTORE_BULK_HANDSHAKE_TIMEOUT", "timeout"),
+    "bulk_idle_timeout_seconds": ("--bulk-idle-timeout", "KVSTORE_BULK_IDLE_TIMEOUT", "timeout"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -149,6 +173,28 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
                       "on the kvstore.access logger (default off)",
+        "connections_max": f"open connections per listener (default {d.connections_max})",
+        "probe_connections": "HTTP connection slots, of --max-connections, kept for "
+                             f"/healthz and /readyz (default {d.probe_connections})",
+        "http_header_timeout_seconds": "seconds for an HTTP request line and headers, from "
+                                       "accept or the previous response "
+                                       f"(default {d.http_header_timeout_seconds:g})",
+        "http_keepalive_timeout_seconds": "seconds an idle keep-alive HTTP connection stays "
+                                          "open, at most the header timeout "
+                                          f"(default {d.http_keepalive_timeout_seconds:g})",
+        "body_idle_timeout_seconds": "seconds without a byte of an HTTP body or bulk PUT "
+                                     f"payload (default {d.body_idle_timeout_seconds:g})",
+        "body_min_rate_bytes_per_second": "slowest body or payload rate per second, e.g. "
+                                          "64KiB; 0 turns the floor off (default "
+                                          f"{format_size(d.body_min_rate_bytes_per_second)})",
+        "body_rate_window_seconds": "seconds the body rate is averaged over "
+                                    f"(default {d.body_rate_window_seconds:g})",
+        "body_rate_grace_seconds": "seconds of a body before the rate floor applies "
+                                   f"(default {d.body_rate_grace_seconds:g})",
+        "bulk_handshake_timeout_seconds": "seconds for a bulk connection's HELLO and AUTH "
+                                          f"(default {d.bulk_handshake_timeout_seconds:g})",
+        "bulk_idle_timeout_seconds": "seconds an authenticated bulk connection may sit idle "
+                                     f"(default {d.bulk_idle_timeout_seconds:g})",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":
@@ -201,6 +247,24 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
             raise ConfigError(
                 f"{what}: must be in (0, {limits.shutdown_seconds_max:g}] seconds, got {raw!r}")
         return v
+    if kind == "timeout":
+        lo, hi = limits.connection_timeout_seconds_min, limits.connection_timeout_seconds_max
+        try:
+            v = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected seconds, got {raw!r}") from None
+        if isinstance(raw, bool) or not lo <= v <= hi:
+            raise ConfigError(f"{what}: must be in [{lo:g}, {hi:g}] seconds, got {raw!r}")
+        return v
+    if kind == "count":
+        try:
+            n = int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected a whole number, got {raw!r}") from None
+        if isinstance(raw, bool) or not 0 <= n <= limits.connections_max_allowed:
+            raise ConfigError(
+                f"{what}: must be in 0..{limits.connections_max_allowed}, got {raw!r}")
+        return n
     if not isinstance(raw, str) or not raw:
         raise ConfigError(f"{what}: expected a non-empty string, got {raw!r}")
     return raw
@@ -286,6 +350,7 @@ def validate(cfg: ServeConfig) -> None:
             f"--dram {format_size(cfg.dram_bytes)} is more than "
             f"{int(limits.dram_fraction_of_memory_max * 100)}% of this machine's memory "
             f"({format_size(ram)}); the DRAM tier must fit beside the index and the buffers")
+    validate_connections(cfg)
     if cfg.port and cfg.port == cfg.bulk_port:
         raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
     if cfg.credentials is None and not is_loopback(cfg.host):
@@ -295,6 +360,16 @@ def validate(cfg: ServeConfig) -> None:
             "Pass --credentials FILE to serve other addresses.")
     if cfg.credentials is not None and not os.path.isfile(cfg.credentials):
         raise ConfigError(f"credentials file {cfg.credentials!r} does not exist")
+
+
+def validate_connections(cfg: ServeConfig) -> None:
+    """The connection bounds' relations (kvstore.limits, "Connection timeouts")."""
+    if cfg.connections_max < 1:
+        raise ConfigError("--max-connections must be at least 1")
+    if cfg.probe_connections >= cfg.connections_max:
+        raise ConfigError(
+            f"--probe-connections ({cfg.probe_connections}) must be less than "
+            f"--max-connections ({cfg.connections_max}): the rest serve every request")
 
 
 def from_argv(argv: Sequence[str], env: Mapping[str, str]) -> ServeConfig:

@@ -103,6 +103,14 @@ class ProtocolError(KVStoreError):
     code, name, http_status = 40, "ProtocolError", 400
 
 
+class RequestTimeout(KVStoreError):
+    """A peer was too slow or silent: headers, body or handshake not received in time, or an
+    idle connection closed (``kvstore.limits``, connection timeouts). Retry on a new
+    connection."""
+
+    code, name, retryable, http_status = 41, "RequestTimeout", True, 408
+
+
 class NotImplementedFeature(KVStoreError):
     code, name, http_status = 50, "NotImplemented", 501
 

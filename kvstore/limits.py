@@ -117,8 +117,10 @@ buffer_pool_idle_bytes_max = 512 * MiB
 
 # --- Network edges ------------------------------------------------------------------------
 
-# Concurrent client connections per listener.
+# Concurrent client connections per listener (the default of --max-connections; the highest
+# value it takes is connections_max_allowed). A connection past it is closed at accept.
 connections_max = 1024
+connections_max_allowed = 65536
 
 # A bulk frame's msgpack header: small, because it carries only metadata.
 frame_header_bytes_max = 1 * MiB
@@ -217,3 +219,68 @@ engine_threads = 8
 # The DRAM tier may take at most this fraction of the machine's memory: the index, buffer pools
 # and the OS need the rest (a larger --dram is refused at start, not discovered by the OOM killer).
 dram_fraction_of_memory_max = 0.8
+
+# --- Connection timeouts (slow or silent peers) -------------------------------------------
+# Every open connection holds one of connections_max slots; these decide how long a peer that
+# sends nothing, or too little, may hold one. All are --flags (kvstore.config) within
+# [connection_timeout_seconds_min, connection_timeout_seconds_max].
+
+# HTTP: the request line and headers must be complete this long after the connection was
+# accepted, or after the previous response on a keep-alive connection was sent. Machine clients
+# send a request in one write; 10 s is generous for any network that can carry KV blocks.
+http_header_timeout_seconds_default = 10.0
+
+# HTTP keep-alive: a connection idle between requests is closed after this long (uvicorn's own
+# default). The header deadline keeps running under it, so it must not be longer.
+http_keepalive_timeout_seconds_default = 5.0
+
+# A request body (HTTP) or PUT payload (bulk port) that the server is reading: no byte for this
+# long closes the connection. Time the server itself is not reading (flow control, waiting to
+# send 100-continue) does not count.
+body_idle_timeout_seconds_default = 30.0
+
+# The slowest body that may keep its connection: a floor on the bytes per second averaged over
+# the last body_rate_window_seconds of reading, checked once body_rate_grace_seconds of reading
+# have passed (TCP slow start, a client's first write). 64 KiB/s: holding all 1024 slots costs
+# a peer 64 MiB/s of real upload, and a 64 MiB block may take up to 1024 s. 0 turns it off.
+body_min_rate_bytes_per_second_default = 64 * KiB
+body_rate_window_seconds_default = 10.0
+body_rate_grace_seconds_default = 5.0
+
+# Bulk port: HELLO and AUTH must be done this long after accept (before it, the peer is nobody).
+bulk_handshake_timeout_seconds_default = 10.0
+
+# Bulk port: an authenticated connection with nothing in flight and no bytes arriving is closed
+# after this long. Engines keep pools of connections, so it is long; the SDK retries a request
+# that finds its pooled connection closed.
+bulk_idle_timeout_seconds_default = 300.0
+
+# HTTP connection slots (out of connections_max) only health probes (GET/HEAD /healthz,
+# /readyz) may use: while connections_max minus this many connections are inside requests, any
+# other request gets 503 SlowDown, so requests that hold their connections (slow bodies, long
+# calls) cannot fail the kubelet's probes. (Silent sockets need no slice: at the cap a new
+# connection evicts the one that has waited longest for its headers; see kvstore.api.http_guard.)
+probe_connections_reserved_default = 16
+
+# After a timeout's error answer (408, or a bulk ERROR frame), how long the peer has to read
+# it before the socket is aborted: a peer that reads nothing must not hold the slot instead.
+timeout_close_grace_seconds = 1.0
+
+# What the configurable timeouts above may be set to.
+connection_timeout_seconds_min = 0.05
+connection_timeout_seconds_max = 3600.0
+
+# A watchdog checks a deadline this many times per its shortest timeout (its resolution: a
+# timeout fires between 1 and 1 + 1/ticks of its value).
+watchdog_ticks_per_timeout = 4
+
+assert 0 < probe_connections_reserved_default < connections_max // 2 < connections_max_allowed
+assert 0 < http_keepalive_timeout_seconds_default <= http_header_timeout_seconds_default
+assert bulk_handshake_timeout_seconds_default <= bulk_idle_timeout_seconds_default
+assert all(connection_timeout_seconds_min <= t <= connection_timeout_seconds_max for t in (
+    http_header_timeout_seconds_default, http_keepalive_timeout_seconds_default,
+    body_idle_timeout_seconds_default, body_rate_window_seconds_default,
+    body_rate_grace_seconds_default, bulk_handshake_timeout_seconds_default,
+    bulk_idle_timeout_seconds_default))
+# The slowest legal body still ends: a maximal block at the floor rate within a day.
+assert http_body_bytes_max / body_min_rate_bytes_per_second_default < 24 * 3600

@@ -26,11 +26,11 @@ from typing import Any
 
 import uvicorn
 
-from kvstore import limits
 from kvstore.api.access_log import LOGGER_NAME as ACCESS_LOGGER
 from kvstore.api.access_log import AccessLog
 from kvstore.api.app import create_app
 from kvstore.api.control import ServerHealth
+from kvstore.api.http_guard import HttpGuardSettings, guarded_protocol
 from kvstore.api.metrics import Metrics
 from kvstore.api.state import AppState
 from kvstore.config import ConfigError, ServeConfig, format_size
@@ -40,6 +40,7 @@ from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.tenants import Tenants
 from kvstore.transport.runner import EngineRunner
+from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
 
@@ -134,6 +135,21 @@ def _bound_port(server: Any, default: int) -> int:
     return default
 
 
+def connection_bounds(cfg: ServeConfig) -> tuple[HttpGuardSettings, BulkTimeouts]:
+    """The HTTP guard's settings and the bulk port's timeouts, from the resolved config."""
+    body = BodyLimits(idle_seconds=cfg.body_idle_timeout_seconds,
+                      min_rate_bytes_per_second=cfg.body_min_rate_bytes_per_second,
+                      rate_window_seconds=cfg.body_rate_window_seconds,
+                      rate_grace_seconds=cfg.body_rate_grace_seconds)
+    http = HttpGuardSettings(
+        header_seconds=cfg.http_header_timeout_seconds,
+        keepalive_seconds=cfg.http_keepalive_timeout_seconds, body=body,
+        connections_max=cfg.connections_max, probe_connections=cfg.probe_connections)
+    bulk = BulkTimeouts(handshake_seconds=cfg.bulk_handshake_timeout_seconds,
+                        idle_seconds=cfg.bulk_idle_timeout_seconds, body=body)
+    return http, bulk
+
+
 async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
@@ -208,11 +224,14 @@ class Server:
         cfg = self.cfg
         bulk = None
         bulk_port = 0
+        http_guard, bulk_timeouts = connection_bounds(cfg)
         start_bulk = _load_bulk_starter()
         if start_bulk is not None:
             try:
                 bulk = await _maybe_await(start_bulk(state.engine, state.runner, state.tenants,
-                                                     cfg.host, cfg.bulk_port, metrics=metrics))
+                                                     cfg.host, cfg.bulk_port, metrics=metrics,
+                                                     timeouts=bulk_timeouts,
+                                                     connections_max=cfg.connections_max))
             except OSError as exc:
                 raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                    f"{exc.strerror or exc}") from None
@@ -222,9 +241,9 @@ class Server:
             app = AccessLog(app)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
         self._http = _UvicornServer(uvicorn.Config(
-            app, http="httptools", loop="none", lifespan="on", log_config=None,
-            access_log=False, server_header=False, timeout_graceful_shutdown=int(drain_s) or 1,
-            limit_concurrency=limits.connections_max))
+            app, http=guarded_protocol(http_guard, metrics), loop="none", lifespan="on",
+            log_config=None, access_log=False, server_header=False,
+            timeout_graceful_shutdown=int(drain_s) or 1))  # the guard bounds connections
         task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
         while not self._http.started and not task.done():
             await asyncio.sleep(0.01)

@@ -167,3 +167,37 @@ def test_lease_budget_flag_env_and_bound() -> None:
     assert from_argv([], {"KVSTORE_LEASE_BUDGET": "0"}).lease_budget_bytes == 0  # no leases
     with pytest.raises(ConfigError, match="--lease-budget 5GiB is more than 40% of --capacity"):
         from_argv(["--capacity", "10GiB", "--lease-budget", "5GiB"], {})
+
+
+def test_connection_bounds_default_flag_env_and_file(tmp_path: Path) -> None:
+    d = from_argv([], {})
+    assert (d.connections_max, d.probe_connections) == (
+        limits.connections_max, limits.probe_connections_reserved_default)
+    assert d.http_header_timeout_seconds == limits.http_header_timeout_seconds_default
+    assert d.bulk_idle_timeout_seconds == limits.bulk_idle_timeout_seconds_default
+    conf = tmp_path / "kv.toml"
+    conf.write_text('body_min_rate = "16KiB"\nbulk-handshake-timeout = 3\n')
+    cfg = from_argv(["--http-header-timeout", "2.5", "--max-connections", "64",
+                     "--config", str(conf)],
+                    {"KVSTORE_BODY_TIMEOUT": "7", "KVSTORE_PROBE_CONNECTIONS": "4"})
+    assert cfg.http_header_timeout_seconds == 2.5 and cfg.connections_max == 64
+    assert cfg.body_idle_timeout_seconds == 7.0 and cfg.probe_connections == 4
+    assert cfg.body_min_rate_bytes_per_second == 16 * limits.KiB
+    assert cfg.bulk_handshake_timeout_seconds == 3.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--http-header-timeout", "0"], "--http-header-timeout: must be in"),
+        (["--bulk-idle-timeout", "99999"], "--bulk-idle-timeout: must be in"),
+        (["--body-timeout", "soon"], "--body-timeout: expected seconds"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--max-connections", "many"], "--max-connections: expected a whole number"),
+        (["--max-connections", "8", "--probe-connections", "8"], "must be less than"),
+        (["--body-min-rate", "fast"], "--body-min-rate: cannot parse size"),
+    ],
+)
+def test_invalid_connection_bounds_are_refused(argv: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        from_argv(argv, {})

@@ -322,3 +322,28 @@ def test_second_server_on_one_data_dir_exits_1_naming_the_holder(tmp_path: Path)
         stop(third)
     finally:
         third.kill()
+
+
+def test_connection_timeout_flags_reach_both_ports(tmp_path: Path) -> None:
+    """`--bulk-handshake-timeout` and `--http-header-timeout` bound silent sockets of the real
+    process (before them, both stayed open for as long as the peer liked); /metrics counts."""
+    port, bulk = free_port(), free_port()
+    srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk), "--data-dir",
+                           str(tmp_path / "data"), *SMALL, "--bulk-handshake-timeout", "0.3",
+                           "--http-header-timeout", "0.3", "--http-keepalive-timeout", "0.2"])
+    try:
+        srv.wait_ready()
+        with socket.create_connection(("127.0.0.1", bulk), timeout=10) as b, \
+                socket.create_connection(("127.0.0.1", port), timeout=10) as h:
+            answer = b.recv(4096)  # an ERROR frame (RequestTimeout), then EOF
+            assert answer and b"RequestTimeout" in answer
+            while answer:
+                answer = b.recv(4096)
+            assert h.recv(4096) == b""  # closed without an answer: it asked nothing
+        status, text = get(port, "/metrics")
+        assert status == 200 and isinstance(text, bytes)
+        assert b'kvstore_connection_timeouts_total{kind="handshake",port="bulk"} 1.0' in text
+        assert b'kvstore_connection_timeouts_total{kind="header",port="http"} 1.0' in text
+        stop(srv)
+    finally:
+        srv.kill()

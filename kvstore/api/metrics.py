@@ -5,6 +5,7 @@ can build many apps in one process. The edges (S3 routes, /v1 routes, the bulk s
 
     metrics.observe("get", "dram", nbytes, seconds)   # one served operation
     metrics.error("put", "BadDigest")                 # one failed operation, by error name
+    metrics.timeout("http", "header")                 # one connection closed by a timeout
 
 ``op`` and ``tier`` come from code, never from the network, so label sets stay bounded. Tiers:
 ``"dram"``, ``"flash"``, ``"miss"`` (GET of an absent block), ``"-"`` (no tier applies).
@@ -16,7 +17,7 @@ Engine counters and gauges (hits, misses, evictions, checksum failures, capacity
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -125,6 +126,12 @@ class Metrics:
                                   ["op", "tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self._errors = Counter("kvstore_errors", "Failed operations, by operation and error",
                                ["op", "error"], registry=self.registry)
+        self._timeouts = Counter("kvstore_connection_timeouts",
+                                 "Connections closed by a timeout, by port and kind",
+                                 ["port", "kind"], registry=self.registry)
+        self._refused = Counter("kvstore_connections_refused",
+                                "Connections refused at the cap or limited to health probes, "
+                                "by port and reason", ["port", "reason"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
             self.registry.register(EngineCollector(engine))  # type: ignore[arg-type]
@@ -144,6 +151,21 @@ class Metrics:
     def error(self, op: str, error: str) -> None:
         """Record one failed operation by its error name (``KVStoreError.name``)."""
         self._errors.labels(op, error).inc()
+
+    def declare(self, port: str, kinds: Iterable[str], reasons: Iterable[str]) -> None:
+        """Show a port's timeout and refusal counters at 0 before the first one happens."""
+        for kind in kinds:
+            self._timeouts.labels(port, kind)
+        for reason in reasons:
+            self._refused.labels(port, reason)
+
+    def timeout(self, port: str, kind: str) -> None:
+        """Record one connection closed by a timeout (``kind``: header, body, idle, ...)."""
+        self._timeouts.labels(port, kind).inc()
+
+    def refused(self, port: str, reason: str) -> None:
+        """Record one connection refused (``cap``) or answered 503 on a probe slot."""
+        self._refused.labels(port, reason).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything in this app's registry."""

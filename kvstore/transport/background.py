@@ -18,6 +18,7 @@ from kvstore.engine.types import EngineConfig
 from kvstore.tenants import Tenants
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
 from kvstore.transport.runner import EngineRunner
+from kvstore.transport.watchdog import BulkTimeouts
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -31,12 +32,17 @@ def new_loop() -> asyncio.AbstractEventLoop:
 
 class BackgroundBulkServer:
     def __init__(self, config: EngineConfig, device: Device, *, tenants: Tenants | None = None,
-                 host: str = "127.0.0.1", port: int = 0, threads: int = 4) -> None:
+                 host: str = "127.0.0.1", port: int = 0, threads: int = 4,
+                 timeouts: BulkTimeouts | None = None,
+                 connections_max: int = limits.connections_max, metrics: Any = None) -> None:
         self.config = config
         self.device = device
         self.tenants = tenants or Tenants.development()
         self.host, self._port = host, port
         self.threads = threads
+        self.timeouts = timeouts
+        self.connections_max = connections_max
+        self.metrics = metrics
         self.engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.server: BulkServer | None = None
@@ -56,7 +62,9 @@ class BackgroundBulkServer:
                                         daemon=True)
         self._thread.start()
         self.server = self.call(start_bulk_server(self.engine, self.runner, self.tenants,
-                                                  self.host, self._port))
+                                                  self.host, self._port, timeouts=self.timeouts,
+                                                  connections_max=self.connections_max,
+                                                  metrics=self.metrics))
         return self
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:

@@ -10,6 +10,14 @@ Flow control: parsing stops (and reading pauses) while the connection has
 flight; writers wait while the transport is above ``write_buffer_high_bytes`` (resume at
 ``write_buffer_low_bytes``). Requests run as tasks; a task is never cancelled while an engine
 call holds one of its buffers: on disconnect, tasks notice ``closed`` and stop.
+
+Timeouts (``ServerContext.timeouts``, a ``kvstore.transport.watchdog.BulkTimeouts``): one
+watchdog timer per connection ticks a few times per shortest timeout. Before AUTH_OK the
+connection must finish HELLO/AUTH within ``handshake_seconds``; after it, a connection with
+nothing in flight and no bytes arriving for ``idle_seconds`` is closed; while a PUT payload is
+arriving, a ``BodyWatch`` closes it when it stalls or falls under the rate floor. Each ends
+with a connection-level ERROR ``RequestTimeout`` (retryable) and counts in
+``kvstore_connection_timeouts_total{port="bulk",kind=...}``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from kvstore.errors import (
     KVStoreError,
     NamespaceNotFound,
     ProtocolError,
+    RequestTimeout,
     ShuttingDown,
 )
 from kvstore.protocol import messages as msg
@@ -45,6 +54,7 @@ from kvstore.protocol.state import Connection, Role
 from kvstore.tenants import Tenant, Tenants
 from kvstore.transport import bulk_ops
 from kvstore.transport.runner import EngineRunner
+from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 
 log = logging.getLogger("kvstore.bulk")
 
@@ -60,11 +70,15 @@ class ServerContext:
     pool: BufferPool
     metrics: Any = None
     connections: set[BulkProtocol] = field(default_factory=set)
+    # connections not past AUTH_OK yet, oldest first: the ones evicted at the cap
+    unauthenticated: dict[BulkProtocol, None] = field(default_factory=dict)
     closing: bool = False
     # test hook: called with (key, payload view) before a BLOCK frame is written
     block_filter: Any = None
     # kvstore.transport.nixl_agent.NixlServerAgent, created on the first NIXL_REGISTER
     nixl: Any = None
+    timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
+    connections_max: int = limits.connections_max
 
     def shm_close_all(self) -> None:
         """Drop every connection's shm region and NIXL peer, then the server's NIXL agent."""
@@ -106,6 +120,10 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._written = 0
         self._held: deque[tuple[int, contextlib.AbstractContextManager[Any]]] = deque()
         self._poll: asyncio.TimerHandle | None = None
+        self._watch_timer: asyncio.TimerHandle | None = None
+        self._watchdog: BulkWatch | None = None
+        self._rx = 0  # bytes received, ever
+        self._lost = False  # connection_lost has run
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -118,16 +136,28 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.ctx.closing or len(self.ctx.connections) >= limits.connections_max:
-            err = ShuttingDown() if self.ctx.closing else Busy("too many connections")
+        ctx = self.ctx
+        if not ctx.closing and len(ctx.connections) >= ctx.connections_max and ctx.unauthenticated:
+            # a peer that has not authenticated yet yields its slot to a newcomer
+            self._metric("refused", "evicted")
+            next(iter(ctx.unauthenticated))._give_up(Busy("too many connections"))
+        if ctx.closing or len(ctx.connections) >= ctx.connections_max:
+            err = ShuttingDown() if ctx.closing else Busy("too many connections")
+            if not ctx.closing:
+                self._metric("refused", "cap")
             self._fatal(err)
             return
-        self.ctx.connections.add(self)
+        ctx.connections.add(self)
+        ctx.unauthenticated[self] = None
+        loop = asyncio.get_running_loop()
+        self._watchdog = BulkWatch(self.ctx.timeouts, loop.time())
+        self._watch_timer = loop.call_later(self.ctx.timeouts.tick_seconds, self._watch)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.dec.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._rx += nbytes
         self.dec.buffer_updated(nbytes)
         self._process()
 
@@ -136,7 +166,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._lost = True
         self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+            self._watch_timer = None
         if self._put is not None:  # payload never completed: no engine call holds these
             for b in self._put.bufs:
                 self.ctx.pool.release(b)
@@ -252,12 +287,16 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self.inflight_bytes += sum(batch.lengths)
         views = [b.view[:n] for b, n in zip(bufs, batch.lengths, strict=True) if n]
         if views:
+            if self._watchdog is not None:
+                self._watchdog.payload_started()
             self.dec.set_payload_targets(*views)
         else:  # all blocks empty: no payload, so no PayloadEnd will come
             self._on_payload_end()
 
     def _on_payload_end(self) -> None:
         put, self._put = self._put, None
+        if self._watchdog is not None:
+            self._watchdog.payload_ended()
         if put is None:  # the end of a skipped payload
             return
         self._spawn(bulk_ops.put_batch(self, put.rid, put.batch, put.bufs, put.started),
@@ -314,7 +353,46 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if not tenants.dev and info.owner and info.owner != tenant.name:
             raise AccessDenied("access denied")
         self.tenant, self.namespace = tenant, hello.namespace
+        self.ctx.unauthenticated.pop(self, None)
         self.send(FrameType.AUTH_OK, 0, msg.auth_ok(tenant.name, hello.namespace, shm=True))
+
+    # -- watchdog ------------------------------------------------------------------------
+    def _watch(self) -> None:
+        """One watchdog tick: handshake deadline, idle timeout, PUT payload progress."""
+        self._watch_timer = None
+        if self.closed or self._watchdog is None:
+            return
+        loop = asyncio.get_running_loop()
+        kind = self._watchdog.tick(loop.time(), self._rx, self.tenant is not None,
+                                   self.busy or bool(self._held), not self._reading_paused)
+        if kind is not None:
+            self._time_out(kind)
+        else:
+            self._watch_timer = loop.call_later(self.ctx.timeouts.tick_seconds, self._watch)
+
+    def _time_out(self, kind: str) -> None:
+        self._metric("timeout", kind)
+        log.debug("bulk: closing a connection: %s timeout", kind)
+        self._give_up(RequestTimeout(f"connection closed: {kind} timeout"))
+
+    def _give_up(self, exc: KVStoreError) -> None:
+        """Close with a connection-level ERROR; the slot is free at once, and a peer that does
+        not read the error frame is aborted after a grace period."""
+        self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
+        self._fatal(exc)
+        asyncio.get_running_loop().call_later(limits.timeout_close_grace_seconds,
+                                              self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self._lost and self.transport is not None:
+            self.transport.abort()
+
+    def _metric(self, what: str, label: str) -> None:
+        m = self.ctx.metrics
+        if m is not None and hasattr(m, what):
+            with contextlib.suppress(Exception):
+                getattr(m, what)("bulk", label)
 
     # -- send path -----------------------------------------------------------------------
     def send(self, ftype: FrameType, rid: int, header: dict[str, Any] | None = None,

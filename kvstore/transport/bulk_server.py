@@ -24,8 +24,12 @@ from kvstore.engine.store import Engine
 from kvstore.tenants import Tenants
 from kvstore.transport.bulk_conn import BulkProtocol, ServerContext
 from kvstore.transport.runner import EngineRunner
+from kvstore.transport.watchdog import BulkTimeouts
 
 log = logging.getLogger("kvstore.bulk")
+
+# The kinds of timeout that end a bulk connection (metrics labels; see bulk_conn).
+TIMEOUT_KINDS = ("handshake", "idle", "body", "body_rate")
 
 
 class BulkServer:
@@ -88,13 +92,21 @@ async def start_bulk_server(
     port: int,
     *,
     metrics: Any = None,
+    timeouts: BulkTimeouts | None = None,
+    connections_max: int = limits.connections_max,
 ) -> BulkServer:
     """Listen on ``host:port`` (0 = any free port; see ``BulkServer.port``) and serve the bulk
     protocol against ``state_engine`` (shared with the HTTP app). ``metrics`` is optional and
-    duck-typed: ``observe(op, tier, nbytes, seconds)`` and ``error(op, name)``."""
+    duck-typed: ``observe(op, tier, nbytes, seconds)``, ``error(op, name)`` and, when present,
+    ``timeout(port, kind)``, ``refused(port, reason)``, ``declare(port, kinds, reasons)``.
+    ``timeouts`` bound silent and slow peers; at most ``connections_max`` connections are open
+    (one more gets ``Busy`` and is closed)."""
     runner.start()
     ctx = ServerContext(engine=state_engine, runner=runner, tenants=tenants, metrics=metrics,
-                        pool=BufferPool())
+                        pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
+                        connections_max=connections_max)
+    if metrics is not None and hasattr(metrics, "declare"):
+        metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))
     server = BulkServer(ctx)
     await server._listen(host, port)
     log.info("bulk port listening on %s:%d", server.host, server.port)

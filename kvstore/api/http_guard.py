@@ -1,0 +1,297 @@
+"""The HTTP connection guard: uvicorn's httptools protocol plus what uvicorn does not bound.
+
+uvicorn closes a keep-alive connection idle between requests, but a connection that sends
+nothing after accept, half a request line, headers without their end, or a body at a byte a
+second stays open for as long as the peer likes; and its ``limit_concurrency`` answers 503 to
+every request, health probes included, while the cap is full of such sockets. This protocol
+class (passed to ``uvicorn.Config(http=...)``) adds, per connection:
+
+- a header deadline: request line and headers complete within ``header_seconds`` of the accept,
+  or of the end of the previous response on a keep-alive connection (``header`` timeout);
+- uvicorn's keep-alive timeout, counted (``keepalive``);
+- a body watch while a request body is being read (``kvstore.transport.watchdog.BodyWatch``):
+  no byte for ``body.idle_seconds`` (``body``) or under ``body.min_rate_bytes_per_second``
+  over the rate window (``body_rate``). Time the server is not reading does not count;
+- the connection cap: at ``connections_max`` open connections, a new one evicts the connection
+  that has waited longest for its request headers (a silent socket, a keep-alive one between
+  requests), so silent sockets can never lock anyone out; only when every connection is inside
+  a request is the new one closed at accept;
+- a reserved slice for health probes: at most ``connections_max - probe_connections``
+  connections may be inside a request at once; past that, a request gets 503 SlowDown unless it
+  is ``GET``/``HEAD`` ``/healthz`` or ``/readyz`` (which is answered, then its connection
+  closed). So requests that hold their connection (slow bodies, long calls) cannot fail the
+  kubelet's probes either.
+
+A timed-out request that sent part of itself gets a 408 RequestTimeout (S3 XML, or JSON on
+control paths) with ``connection: close``; a silent one is just closed. Every timeout counts in
+``kvstore_connection_timeouts_total{port="http",kind=...}``, every refusal in
+``kvstore_connections_refused_total{port="http",reason=...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from kvstore import errors as E
+from kvstore import limits
+from kvstore.api.app import Receive, Scope, Send, is_control_path
+from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
+from kvstore.transport.watchdog import BodyLimits, BodyWatch
+
+PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
+_PROBE_METHODS = frozenset({b"GET", b"HEAD"})
+PORT = "http"
+TIMEOUT_KINDS = ("header", "keepalive", "body", "body_rate")
+REFUSAL_REASONS = ("cap", "evicted", "probe_only")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpGuardSettings:
+    """The HTTP listener's connection bounds (``kvstore.limits``; set by ``kvstore serve``)."""
+
+    header_seconds: float = limits.http_header_timeout_seconds_default
+    keepalive_seconds: float = limits.http_keepalive_timeout_seconds_default
+    body: BodyLimits = field(default_factory=BodyLimits)
+    connections_max: int = limits.connections_max
+    probe_connections: int = limits.probe_connections_reserved_default
+
+    def __post_init__(self) -> None:
+        if not (self.keepalive_seconds > 0 and self.header_seconds > 0):
+            raise ValueError("need keepalive_seconds > 0 and header_seconds > 0")
+        if not 0 <= self.probe_connections < self.connections_max:
+            raise ValueError("need 0 <= probe_connections < connections_max")
+
+    @property
+    def general_connections(self) -> int:
+        """Connections that may be inside any request at once; the rest serve probes only."""
+        return self.connections_max - self.probe_connections
+
+
+def _error_bytes(exc: E.KVStoreError, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    if path and is_control_path(path):
+        status, body = json_error_bytes(exc, request_ids.next())
+        return status, [(b"content-type", b"application/json")], body
+    return s3_error_response(exc, path or "/", request_ids.next())
+
+
+async def probes_only(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer on a probe-only slot to anything but a health probe: 503, then close."""
+    exc = E.Busy("all connection slots are taken; only /healthz and /readyz are served now")
+    status, headers, body = _error_bytes(exc, scope.get("path", "/"))
+    headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def timeout_response(path: str) -> bytes:
+    """A complete ``408 RequestTimeout`` response that closes the connection."""
+    exc = E.RequestTimeout("the request was not received in time; retry on a new connection")
+    status, headers, body = _error_bytes(exc, path)
+    lines = [STATUS_LINE[status]]
+    for name, value in [*headers, (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")]:
+        lines.append(name + b": " + value + b"\r\n")
+    return b"".join([*lines, b"\r\n", body])
+
+
+class _Slots:
+    """One listener's connections that count against the cap, and those of them waiting for
+    request headers, oldest deadline first (dicts keep insertion order)."""
+
+    def __init__(self) -> None:
+        self.active: set[GuardedHttpToolsProtocol] = set()
+        self.waiting: dict[GuardedHttpToolsProtocol, None] = {}
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with the deadlines and the probe slots described above."""
+
+    guard: ClassVar[HttpGuardSettings] = HttpGuardSettings()
+    metrics: ClassVar[Any] = None  # kvstore.api.metrics.Metrics, or None
+    slots: ClassVar[_Slots] = _Slots()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # the header deadline runs under it, so a longer keep-alive would never be reached
+        self.timeout_keep_alive = min(  # type: ignore[assignment]
+            self.guard.keepalive_seconds, self.guard.header_seconds)
+        self.limit_concurrency = None  # the cap is enforced at accept, below
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body: BodyWatch | None = None
+        self._body_clock = 0.0
+        self._partial = False  # bytes of a request whose headers are not complete yet
+
+    # -- connection ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        g, slots = self.guard, self.slots
+        if len(slots.active) >= g.connections_max:
+            oldest = next(iter(slots.waiting), None)
+            if oldest is None:  # every connection is inside a request
+                self._count_refused("cap")
+                transport.close()
+                return
+            self._count_refused("evicted")
+            oldest._close()
+        slots.active.add(self)
+        self._arm_header(g.header_seconds)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if (self._body is not None and self._body_timer is None
+                and not self.transport.is_closing()):
+            self._body_clock = self.loop.time()
+            self._body_timer = self.loop.call_later(self.guard.body.tick_seconds, self._body_tick)
+
+    def handle_websocket_upgrade(self) -> None:
+        self._release()  # the websocket protocol owns the connection from here (the app
+        super().handle_websocket_upgrade()  # closes websockets at once)
+
+    # -- parser callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._partial = True
+
+    def on_headers_complete(self) -> None:
+        self._cancel_header()
+        self._partial = False
+        in_requests = len(self.slots.active) - len(self.slots.waiting)  # this one included
+        reserved = in_requests > self.guard.general_connections
+        refuse = reserved and not self._is_probe()
+        app = self.app
+        if refuse:
+            self._count_refused("probe_only")
+            self.app = probes_only
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app = app
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            if reserved:
+                cycle.keep_alive = False  # free the reserved slot after one answer
+            self._stop_body()
+            self._body = BodyWatch(self.guard.body)
+
+    def on_body(self, body: bytes) -> None:
+        if self._body is not None:
+            self._body.received(len(body))
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._stop_body()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
+            self._arm_header(self.guard.header_seconds)
+
+    def timeout_keep_alive_handler(self) -> None:
+        self.timeout_keep_alive_task = None
+        if not self.transport.is_closing():
+            self._count_timeout("keepalive")
+        self._release()
+        super().timeout_keep_alive_handler()
+
+    # -- deadlines -----------------------------------------------------------------------
+    def _is_probe(self) -> bool:
+        try:
+            path = httptools.parse_url(self.url).path
+        except httptools.HttpParserInvalidURLError:
+            return False
+        return path in PROBE_PATHS and self.parser.get_method() in _PROBE_METHODS
+
+    def _arm_header(self, seconds: float) -> None:
+        self._cancel_header()
+        self._header_timer = self.loop.call_later(seconds, self._header_timeout)
+        self.slots.waiting[self] = None
+
+    def _cancel_header(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self.slots.waiting.pop(self, None)
+
+    def _release(self) -> None:
+        """This connection no longer holds a slot (closed, or being closed by us)."""
+        self._cancel_header()
+        self._stop_body()
+        self.slots.active.discard(self)
+
+    def _stop_body(self) -> None:
+        self._body = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        self.slots.waiting.pop(self, None)
+        if self.transport.is_closing():
+            return
+        self._count_timeout("header")
+        if self._partial:
+            self.transport.write(timeout_response(""))
+        self._close()
+
+    def _body_tick(self) -> None:
+        self._body_timer = None
+        watch = self._body
+        if watch is None or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        dt, self._body_clock = now - self._body_clock, now
+        cycle = self.cycle
+        reading = not self.flow.read_paused and not cycle.waiting_for_100_continue
+        verdict = watch.tick(dt, reading)
+        if verdict is None:
+            self._body_timer = self.loop.call_later(self.guard.body.tick_seconds, self._body_tick)
+            return
+        self._count_timeout(verdict.value)
+        if not cycle.response_complete:
+            answer = not cycle.response_started
+            cycle.disconnected = True  # the app's receive() now says http.disconnect
+            cycle.message_event.set()
+            if answer:
+                self.transport.write(timeout_response(self.scope.get("path", "")))
+        self._close()
+
+    def _close(self) -> None:
+        """Close (a timeout, an eviction): the slot is free at once; abort if the peer has not
+        let the last answer out in time."""
+        self._release()
+        self._unset_keepalive_if_required()
+        self.transport.close()
+        self.loop.call_later(limits.timeout_close_grace_seconds, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if self in self.connections:
+            self.transport.abort()
+
+    # -- metrics -------------------------------------------------------------------------
+    def _count_timeout(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.timeout(PORT, kind)
+
+    def _count_refused(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.refused(PORT, reason)
+
+
+def guarded_protocol(settings: HttpGuardSettings, metrics: Any = None) -> type[HttpToolsProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` bound to these settings and metrics."""
+    if metrics is not None:
+        metrics.declare(PORT, TIMEOUT_KINDS, REFUSAL_REASONS)
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
+                {"guard": settings, "metrics": metrics, "slots": _Slots()})
