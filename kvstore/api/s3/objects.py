@@ -214,7 +214,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         bm = _store(s3, bucket, key, buf, meta, overwrite=inm is None)
         return bm, sums, md5_hex
 
-    bm, sums, md5_hex = await s3.runner.call(work)
+    bm, sums, md5_hex = await s3.blocks.run(work)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
     headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     headers.append((b"x-amz-request-id", req.request_id.encode()))
@@ -288,15 +288,8 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         r = parse_range(rng, meta.length)
         return meta, _payload_out(view, r), r
 
-    def work() -> tuple[BlockMeta, tuple[bytes | memoryview, str], tuple[int, int] | None]:
-        if ask is not None:  # only the chunks covering the range come off flash
-            with s3.engine.read_range(bucket, key, *ask) as view:
-                return serve(view)
-        with s3.engine.read(bucket, key) as view:
-            return serve(view)
-
-    hot = s3.engine.read_dram(bucket, key)  # a DRAM hit needs no I/O: no thread hop
-    meta, (body, req.tier), r = serve(hot) if hot is not None else await s3.runner.call(work)
+    # a DRAM hit is served inline; otherwise only the chunks covering the range come off flash
+    meta, (body, req.tier), r = await s3.blocks.read(bucket, key, serve, span=ask)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
@@ -309,9 +302,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    meta = s3.engine.head_dram(req.bucket, req.key)
-    if meta is None:
-        meta = await s3.runner.call(s3.engine.head, req.bucket, req.key)
+    meta = await s3.blocks.head(req.bucket, req.key)
     if meta is None:
         raise NotFound("The specified key does not exist.")
     doc = checksums.unpack_meta(meta.meta)
@@ -328,7 +319,7 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    await s3.runner.call(s3.engine.delete, req.bucket, req.key)
+    await s3.blocks.delete(call.tenant, req.bucket, req.key)
     await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
     return 204, 0
 
@@ -355,7 +346,7 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
                              f"{tag('Message', msg)}</Error>")
         return parts
 
-    parts = await s3.runner.call(work)
+    parts = await s3.blocks.run(work)
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
                   document("DeleteResult", parts))
     return 200, 0
@@ -407,7 +398,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
 
     try:
-        bm, etag = await s3.runner.call(work)
+        bm, etag = await s3.blocks.run(work)
     except S3Error as exc:
         if exc.name == "NotModified":  # copy preconditions answer 412, never 304
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
