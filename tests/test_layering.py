@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "config": {"limits", "errors"},
     "server": {"api", "transport", "service", "engine", "io_uring", "config", "limits",
                "errors", "auth", "keys"},
-    "__main__": {"server", "config", "limits", "errors"},
+    "__main__": {"server", "config", "service.admin", "limits", "errors"},
 }
 CLIENT_ALLOWED = {"protocol", "keys", "errors", "limits"}
 
