@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 from kvstore import limits
+from kvstore.__main__ import build_parser
 from kvstore.api import control
 from kvstore.api.app import CONTROL_PATHS
-from kvstore.__main__ import build_parser
 from kvstore.config import add_serve_arguments
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
