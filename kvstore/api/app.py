@@ -146,7 +146,7 @@ class KVStoreApp:
         """413; the connection stays open only when the rest of the body was read."""
         exc = E.EntityTooLarge(f"control request bodies are limited to {cap} bytes")
         status, body = json_error_bytes(exc, request_ids.next())
-        self.state.metrics.error("v1", exc.name)
+        self.state.blocks.failed("v1", exc.name)
         headers = [(b"content-type", b"application/json")]
         if not drained:
             headers.append((b"connection", b"close"))
