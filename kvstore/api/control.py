@@ -100,7 +100,7 @@ def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
 
 def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
     """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
-    engine, runner, tenants, blocks = state.engine, state.runner, state.tenants, state.blocks
+    engine, tenants, blocks = state.engine, state.tenants, state.blocks
     metrics: Metrics = state.metrics
     app = FastAPI(title="kvstore control plane", version="1",
                   description="Health, metrics, namespaces with layout fingerprints, and the "
@@ -196,7 +196,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
         """Cross-check index, segments and byte accounting."""
-        problems = await runner.call(engine.check)
+        problems = await blocks.run(engine.check)
         return CheckResponse(ok=not problems, problems=list(problems))
 
     # --- namespaces ---------------------------------------------------------------------------
