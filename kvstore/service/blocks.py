@@ -18,9 +18,10 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from kvstore import limits
 from kvstore.auth import Op, Policy, Tenant
 from kvstore.engine.store import Engine
-from kvstore.engine.types import BlockMeta, NamespaceInfo
+from kvstore.engine.types import BlockMeta, NamespaceInfo, PutResult
 from kvstore.errors import AlreadyExists, KVStoreError, NamespaceNotFound
 from kvstore.keys import validate_namespace
 from kvstore.service.runner import EngineRunner
@@ -195,8 +196,27 @@ class BlockService:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Compound work (S3 conditional puts, copies, listings) on an engine thread, for a
-        caller that authorized it first."""
+        caller that authorized it first; ``fn`` uses the ``*_sync`` calls below."""
         return await self.runner.call(fn, *args)
+
+    # -- engine-thread side of compound work (after ``authorize``, inside ``run``) ---------
+    def put_sync(self, ns: str, key: str, data: object, *, meta: bytes = b"",
+                 overwrite: bool = False, donate: bool = False) -> PutResult:
+        return self.engine.put(ns, key, data, meta=meta, overwrite=overwrite, donate=donate)
+
+    def head_sync(self, ns: str, key: str) -> BlockMeta | None:
+        return self.engine.head(ns, key)
+
+    def delete_sync(self, ns: str, key: str) -> bool:
+        return self.engine.delete(ns, key)
+
+    def reading(self, ns: str, key: str) -> contextlib.AbstractContextManager[Any]:
+        """``with blocks.reading(ns, key) as view:`` (a ``BlockView`` or None on a miss)."""
+        return self.engine.read(ns, key)
+
+    def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
+                    limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:
+        return self.engine.list_blocks(ns, prefix=prefix, start_after=start_after, limit=limit)
 
     # -- errors ----------------------------------------------------------------------------
     def failed(self, op: str, name: str) -> None:

@@ -57,7 +57,6 @@ class S3App:
     def __init__(self, state: Node) -> None:
         self.state = state
         self.blocks = state.blocks
-        self.engine = state.engine  # for the S3-semantics work run by ``blocks.run``
         self.tenants = state.tenants
         self.region = state.region
         self.uploads = multipart.Uploads()

@@ -178,7 +178,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
     conds = objects.copy_conditions(req.headers)
 
     def work() -> bytes:
-        with s3.engine.read(src_bucket, src_key) as view:
+        with s3.blocks.reading(src_bucket, src_key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
             doc = checksums.unpack_meta(view.meta.meta)

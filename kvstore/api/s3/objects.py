@@ -161,24 +161,25 @@ def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
 
 def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
            overwrite: bool) -> BlockMeta:
-    """engine.put with S3 semantics, in a worker thread. A fresh bytearray is donated to the
-    DRAM tier; a pooled Body is written in place and copied for DRAM (it returns to the pool)."""
-    eng = s3.engine
+    """A put with S3 semantics, in a worker thread (``BlockService.run``). A fresh bytearray is
+    donated to the DRAM tier; a pooled Body is written in place and copied for DRAM (it returns
+    to the pool)."""
+    b = s3.blocks
     if isinstance(buf, Body):
         data: object = buf.staged()
         donate = False
     else:
         data, donate = buf, True
-    res = eng.put(bucket, key, data, meta=meta, overwrite=overwrite, donate=donate)
+    res = b.put_sync(bucket, key, data, meta=meta, overwrite=overwrite, donate=donate)
     if res.created:
         return res.meta
     if not overwrite:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
                       "did not hold")
-    cur = eng.head(bucket, key)
+    cur = b.head_sync(bucket, key)
     if cur is not None and cur.meta != meta:  # same bytes, new metadata: rewrite the record
-        eng.delete(bucket, key)
-        res = eng.put(bucket, key, data, meta=meta, overwrite=True, donate=donate)
+        b.delete_sync(bucket, key)
+        res = b.put_sync(bucket, key, data, meta=meta, overwrite=True, donate=donate)
         return res.meta
     return cur if cur is not None else res.meta
 
@@ -205,7 +206,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
     def work() -> tuple[BlockMeta, dict[str, str], str]:
         sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash)
         if if_match is not None:
-            cur = s3.engine.head(bucket, key)
+            cur = s3.blocks.head_sync(bucket, key)
             if cur is None:
                 raise NotFound("The specified key does not exist.")
             check_conditions({"if-match": if_match}, stored_etag(
@@ -337,7 +338,7 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
         parts = []
         for k in keys:
             try:
-                s3.engine.delete(req.bucket, k)
+                s3.blocks.delete_sync(req.bucket, k)
                 if not quiet:
                     parts.append(f"<Deleted>{tag('Key', k)}</Deleted>")
             except Exception as exc:  # one bad key must not fail the batch
@@ -385,7 +386,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     replace_um = checksums.user_metadata(req.headers)
 
     def work() -> tuple[BlockMeta, str]:
-        with s3.engine.read(src_bucket, src_key) as view:
+        with s3.blocks.reading(src_bucket, src_key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
             doc = checksums.unpack_meta(view.meta.meta)
