@@ -1,4 +1,5 @@
-"""Command line: ``kvstore serve`` (also ``python -m kvstore serve``).
+"""Command line: ``kvstore serve`` (also ``python -m kvstore serve``) and the operator command
+``kvstore namespace set-owner --data-dir DIR NAME TENANT`` (run on a stopped server's data dir).
 
 Exit status: 0 after a clean stop, 1 when the server cannot start (port in use, store cannot be
 opened, data directory held by another process), 2 for invalid configuration (including a non-loopback address without credentials).
@@ -21,12 +22,19 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Flags beat KVSTORE_* environment variables, which beat "
                                        "the --config TOML file, which beats the defaults.")
     add_serve_arguments(serve)
+    from kvstore.service.admin import add_namespace_arguments
+
+    add_namespace_arguments(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command == "namespace":
+        from kvstore.service.admin import run_namespace_command
+
+        return run_namespace_command(args)
     if args.command != "serve":
         parser.print_help()
         return 2

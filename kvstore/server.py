@@ -32,14 +32,14 @@ from kvstore.api.app import create_app
 from kvstore.api.control import ServerHealth
 from kvstore.api.http_guard import HttpGuardSettings, guarded_protocol
 from kvstore.api.metrics import Metrics
-from kvstore.api.state import AppState
+from kvstore.auth import Tenants
 from kvstore.config import ConfigError, ServeConfig, format_size
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
-from kvstore.tenants import Tenants
-from kvstore.transport.runner import EngineRunner
+from kvstore.service import Node
+from kvstore.service.runner import EngineRunner
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -212,7 +212,7 @@ class Server:
             runner = EngineRunner()
             runner.start()
             metrics = Metrics(engine)
-            state = AppState(engine, runner, tenants, metrics=metrics)
+            state = Node(engine, runner, tenants, metrics=metrics)
             if self._stop.is_set():
                 return 0  # stopped during recovery: nothing is serving yet
             return await self._serve(state, http_sock, metrics)
@@ -220,7 +220,7 @@ class Server:
             http_sock.close()
             await self._close(engine, runner, device)
 
-    async def _serve(self, state: AppState, http_sock: socket.socket, metrics: Metrics) -> int:
+    async def _serve(self, state: Node, http_sock: socket.socket, metrics: Metrics) -> int:
         cfg = self.cfg
         bulk = None
         bulk_port = 0
@@ -228,8 +228,7 @@ class Server:
         start_bulk = _load_bulk_starter()
         if start_bulk is not None:
             try:
-                bulk = await _maybe_await(start_bulk(state.engine, state.runner, state.tenants,
-                                                     cfg.host, cfg.bulk_port, metrics=metrics,
+                bulk = await _maybe_await(start_bulk(state, cfg.host, cfg.bulk_port,
                                                      timeouts=bulk_timeouts,
                                                      connections_max=cfg.connections_max))
             except OSError as exc:
@@ -325,7 +324,7 @@ class Server:
         if device is not None:
             device.close()
 
-    def _announce(self, http_sock: socket.socket, bulk_port: int, state: AppState) -> None:
+    def _announce(self, http_sock: socket.socket, bulk_port: int, state: Node) -> None:
         cfg = self.cfg
         host = _url_host(cfg.host)
         http_port = http_sock.getsockname()[1]

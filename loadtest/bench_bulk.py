@@ -77,18 +77,19 @@ def _bare_server(q: Any, distinct: int) -> None:
 def _kv_server(q: Any, data_dir: str, dram_bytes: int, capacity: int, device: str) -> None:
     import uvloop
 
+    from kvstore.auth import Tenants
     from kvstore.engine.store import Engine
     from kvstore.engine.types import EngineConfig
     from kvstore.io_uring.select import open_device
-    from kvstore.tenants import Tenants
+    from kvstore.service import Node
+    from kvstore.service.runner import EngineRunner
     from kvstore.transport.bulk_server import start_bulk_server
-    from kvstore.transport.runner import EngineRunner
 
     async def main() -> None:
         cfg = EngineConfig(data_dir=data_dir, capacity_bytes=capacity,
                            segment_bytes=256 * limits.MiB, dram_bytes=dram_bytes)
         engine = Engine.open(cfg, open_device(device, probe_dir=data_dir))
-        srv = await start_bulk_server(engine, EngineRunner(), Tenants.development(),
+        srv = await start_bulk_server(Node(engine, EngineRunner(), Tenants.development()),
                                       "127.0.0.1", 0)
         q.put((srv.port, engine.device_name))
         await asyncio.Event().wait()

@@ -85,16 +85,16 @@ def range_bytes(base: Path) -> dict[str, int]:
     from botocore.config import Config
 
     from kvstore.api.app import create_app
-    from kvstore.api.state import AppState
-    from kvstore.tenants import Tenants
-    from kvstore.transport.runner import EngineRunner
+    from kvstore.auth import Tenants
+    from kvstore.service import Node
+    from kvstore.service.runner import EngineRunner
 
     dev = Counting(PosixDevice())
     eng = Engine.open(EngineConfig(data_dir=str(base / "range"), capacity_bytes=256 * M,
                                    segment_bytes=64 * M, dram_bytes=0), dev)
     runner = EngineRunner(threads=2)
     runner.start()
-    state = AppState(engine=eng, runner=runner, tenants=Tenants.development())
+    state = Node(engine=eng, runner=runner, tenants=Tenants.development())
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from kvstore import limits
+from kvstore.auth import Tenants
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
-from kvstore.tenants import Tenants
 from kvstore.transport.background import BackgroundBulkServer
 
 

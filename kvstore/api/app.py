@@ -9,7 +9,7 @@
 Bucket names of 3+ characters cannot collide with ``/v1``; the exact paths above shadow only
 bucket-level requests on buckets named ``healthz``, ``readyz``, ``metrics``, ``docs`` or ``redoc``.
 
-Lifespan is handled here, once: startup marks the server ready (the engine in ``AppState`` has
+Lifespan is handled here, once: startup marks the server ready (the engine in ``Node`` has
 already finished recovery), shutdown marks it draining.
 """
 
@@ -24,7 +24,7 @@ from kvstore import limits
 from kvstore.api.control import ServerHealth, create_control_app
 from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
 from kvstore.api.metrics import Metrics
-from kvstore.api.state import AppState
+from kvstore.service import Node
 
 log = logging.getLogger("kvstore.api")
 
@@ -72,7 +72,7 @@ async def s3_not_available(scope: Scope, receive: Receive, send: Send) -> None:
     await _respond(send, status, headers, body)
 
 
-def _load_s3_app(state: AppState) -> ASGIApp:
+def _load_s3_app(state: Node) -> ASGIApp:
     try:
         from kvstore.api.s3.app import S3App
     except ModuleNotFoundError as exc:
@@ -86,7 +86,7 @@ def _load_s3_app(state: AppState) -> ASGIApp:
 class KVStoreApp:
     """Routes by path prefix; no framework on the S3 path."""
 
-    def __init__(self, state: AppState, control: ASGIApp, s3: ASGIApp,
+    def __init__(self, state: Node, control: ASGIApp, s3: ASGIApp,
                  health: ServerHealth) -> None:
         self.state = state
         self.control = control
@@ -146,7 +146,7 @@ class KVStoreApp:
         """413; the connection stays open only when the rest of the body was read."""
         exc = E.EntityTooLarge(f"control request bodies are limited to {cap} bytes")
         status, body = json_error_bytes(exc, request_ids.next())
-        self.state.metrics.error("v1", exc.name)
+        self.state.blocks.failed("v1", exc.name)
         headers = [(b"content-type", b"application/json")]
         if not drained:
             headers.append((b"connection", b"close"))
@@ -178,7 +178,7 @@ class KVStoreApp:
                 return
 
 
-def create_app(state: AppState, health: ServerHealth | None = None) -> KVStoreApp:
+def create_app(state: Node, health: ServerHealth | None = None) -> KVStoreApp:
     """Build the server's single ASGI app. Fills ``state.metrics`` if the caller did not."""
     if state.metrics is None:
         state.metrics = Metrics(state.engine)

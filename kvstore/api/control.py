@@ -1,7 +1,8 @@
 """The /v1 control plane (FastAPI; OpenAPI at /docs), plus /healthz, /readyz and /metrics.
 
-Routes that never touch flash (lookup, exists, stats, namespace calls) run inline on the event
-loop; prefetch, delete and check go through the engine runner's thread pool. Every count is
+Thin: each route parses, calls ``kvstore.service.BlockService`` (which authorizes with the one
+policy of ``kvstore.auth`` and decides what runs inline and what hops to the engine's threads),
+and encodes. Every count is
 checked against ``kvstore.limits`` and every error is answered by the one mapper in
 ``kvstore.api.errors`` as JSON. Authentication is SigV4 in the header (or presigned) form, as on
 the S3 surface; development mode accepts anyone.
@@ -40,9 +41,9 @@ from kvstore.api.control_models import (
 from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
-from kvstore.api.state import AppState
+from kvstore.auth import Tenant
 from kvstore.engine.types import NamespaceInfo
-from kvstore.tenants import Tenant
+from kvstore.service import Node
 
 
 class ServerHealth:
@@ -97,9 +98,9 @@ def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
         f"fingerprint {want_fp or 'none'}, block_bytes {want_bytes})")
 
 
-def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
+def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
     """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
-    engine, runner, tenants = state.engine, state.runner, state.tenants
+    engine, tenants, blocks = state.engine, state.tenants, state.blocks
     metrics: Metrics = state.metrics
     app = FastAPI(title="kvstore control plane", version="1",
                   description="Health, metrics, namespaces with layout fingerprints, and the "
@@ -128,26 +129,11 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
                               "the body does not match x-amz-content-sha256")
         return tenant
 
-    def authorize(tenant: Tenant, ns: str) -> None:
-        """The tenant may use ``ns``: its patterns match and no other tenant owns it. Unknown
-        and foreign namespaces look the same (AccessDenied) unless the name is the caller's."""
-        keys.validate_namespace(ns)
-        if tenants.dev:
-            return
-        if not tenant.may_use(ns):
-            raise E.AccessDenied("Access Denied")
-        try:
-            owner = engine.namespace(ns).owner
-        except E.NamespaceNotFound:
-            return  # the caller's own name space: the route answers NoSuchBucket
-        if owner and owner != tenant.name:
-            raise E.AccessDenied("Access Denied")
-
     def error_response(exc: BaseException, op: str) -> JSONResponse:
         rid = request_ids.next()
         status, body = json_error(exc, rid)
         err = body["error"]
-        metrics.error(op, str(err["name"]) if isinstance(err, dict) else "InternalError")
+        blocks.failed(op, str(err["name"]) if isinstance(err, dict) else "InternalError")
         headers = {"x-amz-request-id": rid}
         if status == 503:
             headers["retry-after"] = "1"
@@ -210,7 +196,7 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
         """Cross-check index, segments and byte accounting."""
-        problems = await runner.call(engine.check)
+        problems = await blocks.run(engine.check)
         return CheckResponse(ok=not problems, problems=list(problems))
 
     # --- namespaces ---------------------------------------------------------------------------
@@ -225,7 +211,7 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         layout fingerprint and the block size every PUT must then have. Idempotent: asking
         again for a namespace the caller owns with the same layout and block size answers 200
         with it; with a different one, 409."""
-        authorize(tenant, body.name)
+        keys.validate_namespace(body.name)
         layout = None
         layout_d = None if body.layout is None else body.layout.model_dump()
         if layout_d is not None:
@@ -233,13 +219,9 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
                 layout = keys.Layout(**layout_d)
             except ValueError as exc:
                 raise E.InvalidArgument(f"layout: {exc}") from None
-        try:
-            info = engine.create_namespace(body.name, owner=tenant.name, layout=layout_d,
-                                           block_bytes=body.block_bytes)
-        except E.AlreadyExists:
-            info = engine.namespace(body.name)
-            if info.owner != tenant.name:
-                raise
+        info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
+                                                      block_bytes=body.block_bytes)
+        if not created:
             _check_same_namespace(info, layout, layout_d or {}, body.block_bytes)
             response.status_code = 200
         return _ns_out(info)
@@ -248,31 +230,24 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
              responses=_ERRORS)
     async def list_namespaces(tenant: Tenant = Depends(caller)) -> NamespaceList:
         """Namespaces the caller may use."""
-        infos = engine.list_namespaces()
-        if not tenants.dev:
-            infos = [i for i in infos if tenant.may_use(i.name)
-                     and (not i.owner or i.owner == tenant.name)]
-        return NamespaceList(namespaces=[_ns_out(i) for i in infos])
+        return NamespaceList(namespaces=[_ns_out(i) for i in blocks.namespaces(tenant)])
 
     @app.get("/v1/namespaces/{ns}", response_model=NamespaceOut, tags=["namespaces"],
              responses=_ERRORS)
     async def get_namespace(ns: str, tenant: Tenant = Depends(caller)) -> NamespaceOut:
-        authorize(tenant, ns)
-        return _ns_out(engine.namespace(ns), engine.count(ns))
+        return _ns_out(blocks.namespace(tenant, ns), engine.count(ns))
 
     @app.delete("/v1/namespaces/{ns}", status_code=204, tags=["namespaces"], responses=_ERRORS,
                 response_class=Response)
     async def delete_namespace(ns: str, tenant: Tenant = Depends(caller)) -> Response:
         """Delete an empty namespace (BucketNotEmpty otherwise)."""
-        authorize(tenant, ns)
-        await runner.call(engine.delete_namespace, ns)
+        await blocks.delete_namespace(tenant, ns)
         return Response(status_code=204)
 
     # --- KV calls S3 lacks --------------------------------------------------------------------
 
     def checked_keys(ns: str, tenant: Tenant, key_list: Sequence[str], bound: int) -> None:
         _check_count(len(key_list), bound, "keys")
-        authorize(tenant, ns)
 
     @app.post("/v1/{ns}/lookup", response_model=LookupResponse, tags=["blocks"],
               responses=_ERRORS)
@@ -286,8 +261,8 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         if body.lease_seconds > limits.lease_seconds_max:
             raise E.LimitExceeded(
                 f"lease_seconds {body.lease_seconds:g} exceeds {limits.lease_seconds_max:g}")
-        res = engine.lookup(ns, body.keys, lease_seconds=body.lease_seconds)
-        metrics.observe("lookup", "-", 0, time.perf_counter() - t0)
+        res = blocks.lookup(tenant, ns, body.keys, lease_seconds=body.lease_seconds)
+        blocks.observe("lookup", "-", 0, time.perf_counter() - t0)
         return LookupResponse(prefix_len=res.found, keys=len(body.keys), leased=res.leased,
                               lease_seconds=body.lease_seconds,
                               lease_limited=res.lease_limited(body.lease_seconds))
@@ -299,8 +274,8 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         """Stage blocks into the DRAM tier ahead of reads."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        staged = await runner.call(engine.prefetch, ns, body.keys)
-        metrics.observe("prefetch", "dram", 0, time.perf_counter() - t0)
+        staged = await blocks.prefetch(tenant, ns, body.keys)
+        blocks.observe("prefetch", "dram", 0, time.perf_counter() - t0)
         return PrefetchResponse(requested=len(body.keys), staged=staged)
 
     @app.post("/v1/{ns}/exists", response_model=ExistsResponse, tags=["blocks"],
@@ -310,8 +285,8 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         """One boolean per key."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        found = engine.exists_many(ns, body.keys)
-        metrics.observe("exists", "-", 0, time.perf_counter() - t0)
+        found = blocks.exists_many(tenant, ns, body.keys)
+        blocks.observe("exists", "-", 0, time.perf_counter() - t0)
         return ExistsResponse(exists=list(found))
 
     @app.post("/v1/{ns}/delete", response_model=DeleteResponse, tags=["blocks"],
@@ -321,8 +296,8 @@ def create_control_app(state: AppState, health: ServerHealth) -> FastAPI:
         """Delete a batch of blocks; absent keys are not an error."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        n = await runner.call(engine.delete_many, ns, body.keys)
-        metrics.observe("delete", "-", 0, time.perf_counter() - t0)
+        n = await blocks.delete_many(tenant, ns, body.keys)
+        blocks.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 
     install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)

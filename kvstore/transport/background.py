@@ -12,12 +12,13 @@ import threading
 from typing import Any
 
 from kvstore import limits
+from kvstore.auth import Tenants
 from kvstore.engine.device import Device
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
-from kvstore.tenants import Tenants
+from kvstore.service import Node
+from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
-from kvstore.transport.runner import EngineRunner
 from kvstore.transport.watchdog import BulkTimeouts
 
 
@@ -46,6 +47,7 @@ class BackgroundBulkServer:
         self.engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.server: BulkServer | None = None
+        self.node: Node | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -61,10 +63,10 @@ class BackgroundBulkServer:
         self._thread = threading.Thread(target=self.loop.run_forever, name="kvstore-bulk",
                                         daemon=True)
         self._thread.start()
-        self.server = self.call(start_bulk_server(self.engine, self.runner, self.tenants,
-                                                  self.host, self._port, timeouts=self.timeouts,
-                                                  connections_max=self.connections_max,
-                                                  metrics=self.metrics))
+        self.node = Node(self.engine, self.runner, self.tenants, metrics=self.metrics)
+        self.server = self.call(start_bulk_server(self.node, self.host, self._port,
+                                                  timeouts=self.timeouts,
+                                                  connections_max=self.connections_max))
         return self
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:

@@ -34,11 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore import limits
+from kvstore.auth import Op, Tenant
 from kvstore.engine.device import AlignedBuffer, BufferPool
-from kvstore.engine.store import Engine
 from kvstore.errors import (
-    AccessDenied,
-    AlreadyExists,
     AuthenticationFailed,
     Busy,
     KVStoreError,
@@ -51,9 +49,8 @@ from kvstore.protocol import messages as msg
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadEnd
 from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
 from kvstore.protocol.state import Connection, Role
-from kvstore.tenants import Tenant, Tenants
+from kvstore.service import BlockLease, Node
 from kvstore.transport import bulk_ops
-from kvstore.transport.runner import EngineRunner
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 
 log = logging.getLogger("kvstore.bulk")
@@ -64,11 +61,11 @@ _FLUSH_POLL_SECONDS = 0.0005
 
 @dataclass
 class ServerContext:
-    engine: Engine
-    runner: EngineRunner
-    tenants: Tenants
+    """The bulk port's own bookkeeping beside the shared ``Node`` (engine, runner, auth and
+    metrics live there): its buffer pool, its connections, its NIXL agent, its bounds."""
+
+    node: Node
     pool: BufferPool
-    metrics: Any = None
     connections: set[BulkProtocol] = field(default_factory=set)
     # connections not past AUTH_OK yet, oldest first: the ones evicted at the cap
     unauthenticated: dict[BulkProtocol, None] = field(default_factory=dict)
@@ -100,8 +97,8 @@ class _PendingPut:
 class BulkProtocol(asyncio.BufferedProtocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        self.engine = ctx.engine
-        self.runner = ctx.runner
+        self.blocks = ctx.node.blocks
+        self.runner = ctx.node.runner
         self.dec = Decoder()
         self.conn = Connection(Role.SERVER)
         self.transport: asyncio.Transport | None = None
@@ -118,7 +115,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._write_ok: asyncio.Event | None = None
         self._written = 0
-        self._held: deque[tuple[int, contextlib.AbstractContextManager[Any]]] = deque()
+        self._held: deque[tuple[int, BlockLease]] = deque()
         self._poll: asyncio.TimerHandle | None = None
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watchdog: BulkWatch | None = None
@@ -331,27 +328,19 @@ class BulkProtocol(asyncio.BufferedProtocol):
     async def _authenticate(self, sig: bytes) -> None:
         hello = self._hello
         assert hello is not None
-        tenants: Tenants = self.ctx.tenants
+        tenants = self.ctx.node.tenants
         if not tenants.dev:
             secret = tenants.secret_for(hello.access_key)
             if secret is None or not msg.verify(secret, self._nonce, hello.access_key,
                                                 hello.namespace, sig):
                 raise AuthenticationFailed("bad access key or signature")
         tenant = tenants.by_access_key(hello.access_key)
-        if not tenant.may_use(hello.namespace):
-            raise AccessDenied("access denied")
-        try:
-            info = self.engine.namespace(hello.namespace)
+        try:  # every request is authorized again by the service; this answers HELLO early
+            self.blocks.authorize(tenant, hello.namespace, Op.READ)
         except NamespaceNotFound:
             if not hello.create:
                 raise
-            try:
-                info = await self.runner.call(self.engine.create_namespace, hello.namespace,
-                                              owner=tenant.name)
-            except AlreadyExists:
-                info = self.engine.namespace(hello.namespace)
-        if not tenants.dev and info.owner and info.owner != tenant.name:
-            raise AccessDenied("access denied")
+            await self.blocks.create_namespace(tenant, hello.namespace)
         self.tenant, self.namespace = tenant, hello.namespace
         self.ctx.unauthenticated.pop(self, None)
         self.send(FrameType.AUTH_OK, 0, msg.auth_ok(tenant.name, hello.namespace, shm=True))
@@ -389,7 +378,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
             self.transport.abort()
 
     def _metric(self, what: str, label: str) -> None:
-        m = self.ctx.metrics
+        m = self.ctx.node.metrics
         if m is not None and hasattr(m, what):
             with contextlib.suppress(Exception):
                 getattr(m, what)("bulk", label)
@@ -412,10 +401,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if rid not in self.conn.inflight:  # already answered (or the peer is gone)
             log.warning("bulk: dropping error for finished request %d: %s", rid, exc)
             return
-        m = self.ctx.metrics
-        if m is not None:
-            with contextlib.suppress(Exception):
-                m.error("bulk", exc.name)
+        self.blocks.failed("bulk", exc.name)
         self.send(FrameType.ERROR, rid, msg.error(exc))
 
     def _fatal(self, exc: KVStoreError) -> None:
@@ -431,12 +417,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if not self._write_ok.is_set():
             await self._write_ok.wait()
 
-    def hold(self, cm: contextlib.AbstractContextManager[Any]) -> None:
+    def hold(self, lease: BlockLease) -> None:
         """Keep an engine view alive until the transport has flushed it."""
         if self.transport is None or self.transport.get_write_buffer_size() == 0 or self.closed:
-            cm.__exit__(None, None, None)
+            lease.release()
             return
-        self._held.append((self._written, cm))
+        self._held.append((self._written, lease))
         self._release_held()
 
     def _release_held(self, all_: bool = False) -> None:
@@ -446,15 +432,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
         pending = 0 if (all_ or self.transport is None) else self.transport.get_write_buffer_size()
         flushed = self._written - pending
         while self._held and (all_ or self._held[0][0] <= flushed):
-            _, cm = self._held.popleft()
+            _, lease = self._held.popleft()
             with contextlib.suppress(Exception):
-                cm.__exit__(None, None, None)
+                lease.release()
         if self._held and not self.closed:
             self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
                                                               self._release_held)
 
     def observe(self, op: str, nbytes: int, started: float) -> None:
-        m = self.ctx.metrics
-        if m is not None:
-            with contextlib.suppress(Exception):
-                m.observe(op, "bulk", nbytes, time.perf_counter() - started)
+        self.blocks.observe(op, "bulk", nbytes, time.perf_counter() - started)

@@ -1,7 +1,7 @@
 """Request handlers of the bulk port. Each runs as a task of one ``BulkProtocol``.
 
-Flash-touching engine calls go through ``EngineRunner``; index-only calls (exists, lookup,
-stats) run inline, as docs/ENGINE_API.md allows.
+Thin: parse the header, call ``kvstore.service.BlockService`` (which authorizes the call and
+decides what runs inline and what hops to the engine's threads), encode the answer.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
+from kvstore.auth import Op
 from kvstore.engine.device import AlignedBuffer, StagedPayload, align_up
-from kvstore.errors import KVStoreError, ProtocolError
+from kvstore.errors import ProtocolError
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
 from kvstore.transport import nixl, shm
 
 if TYPE_CHECKING:
+    from kvstore.service import BlockLease
     from kvstore.transport.bulk_conn import BulkProtocol
 
 # Blocks of one GET_BATCH being read from the engine ahead of the socket (overlaps flash reads
@@ -34,25 +36,29 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
     """Validate a request header now (errors answer at once) and return its task, or None when
     it was answered inline. Which flags a frame type may carry was checked by the connection
     table (``kvstore.protocol.state.FLAGS``) before this runs."""
-    e, ns = p.engine, p.namespace
+    b, t, ns = p.blocks, p.tenant, p.namespace
+    if t is None:  # the connection table admits requests only after AUTH_OK
+        raise ProtocolError(f"{ftype.name} before AUTH_OK")
     if ftype is FrameType.PING:
         p.send(FrameType.RESULT, rid, {})
     elif ftype is FrameType.STATS:
-        p.send(FrameType.RESULT, rid, {"stats": e.stats(), "namespace": ns,
-                                       "blocks": e.count(ns)})
+        stats, count = b.stats(t, ns)
+        p.send(FrameType.RESULT, rid, {"stats": stats, "namespace": ns, "blocks": count})
     elif ftype is FrameType.EXISTS_BATCH:
         req = msg.parse_keys_request(header)
-        p.send(FrameType.RESULT, rid, {"exists": e.exists_many(ns, req.keys)})
+        p.send(FrameType.RESULT, rid, {"exists": b.exists_many(t, ns, req.keys)})
     elif ftype is FrameType.LOOKUP:
         req = msg.parse_keys_request(header, chain=True)
-        res = e.lookup(ns, req.keys, lease_seconds=req.lease_seconds)
+        res = b.lookup(t, ns, req.keys, lease_seconds=req.lease_seconds)
         p.send(FrameType.RESULT, rid, {"found": res.found, "leased": res.leased})
     elif ftype is FrameType.DELETE_BATCH:
-        return _simple(p, rid, "deleted", e.delete_many, msg.parse_keys_request(header).keys)
+        return _simple(p, rid, "deleted", b.delete_many(t, ns, msg.parse_keys_request(
+            header).keys))
     elif ftype is FrameType.PREFETCH:
-        return _simple(p, rid, "staged", e.prefetch, msg.parse_keys_request(header).keys)
+        return _simple(p, rid, "staged", b.prefetch(t, ns, msg.parse_keys_request(header).keys))
     elif ftype is FrameType.GET_BATCH:
         req = msg.parse_keys_request(header, shm=shm_flag or nixl_flag)
+        b.authorize(t, ns, Op.READ)
         if nixl_flag:
             return nixl.get_batch(p, rid, req)
         if shm_flag:
@@ -60,6 +66,7 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
         return get_batch(p, rid, req.keys)
     elif ftype is FrameType.PUT_BATCH:  # SHM/NIXL put (socket puts are received by the protocol)
         batch = msg.parse_put_batch(header, 0, shm=True, overwrite=overwrite)
+        b.authorize(t, ns, Op.WRITE)
         return nixl.put_batch(p, rid, batch) if nixl_flag else shm.put_batch(p, rid, batch)
     elif ftype is FrameType.SHM_REGISTER:
         return shm.register(p, rid, header)
@@ -70,28 +77,26 @@ def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any]
     return None
 
 
-async def _simple(p: BulkProtocol, rid: int, field: str, fn: Any, keys: list[str]) -> None:
-    n = await p.runner.call(fn, p.namespace, keys)
+async def _simple(p: BulkProtocol, rid: int, field: str, call: Coroutine[Any, Any, int]) -> None:
+    n = await call
     p.send(FrameType.RESULT, rid, {field: n})
-
-
-def _put_all(p: BulkProtocol, batch: msg.PutBatch, views: list[StagedPayload]) -> list[bool]:
-    """Runs in an engine thread: store the batch (several records per device write). The engine
-    verifies every checksum before it writes anything: a ChecksumMismatch stores nothing. A
-    present key keeps its block unless the request carried OVERWRITE (``msg.PutBatch``)."""
-    res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
-                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds,
-                            overwrite=batch.overwrite)
-    return [r.created for r in res]
 
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[AlignedBuffer],
                     started: float) -> None:
+    """Store a socket PUT_BATCH: the engine verifies every checksum before it writes anything
+    (a ChecksumMismatch stores nothing); a present key keeps its block unless the request
+    carried OVERWRITE (``msg.PutBatch``)."""
     try:
         # payloads were received page-aligned into pool buffers: the engine writes them in place
-        views = [StagedPayload(b.view[: align_up(n)], n)
-                 for b, n in zip(bufs, batch.lengths, strict=True)]
-        created = await p.runner.call(_put_all, p, batch, views)
+        views: list[object] = [StagedPayload(b.view[: align_up(n)], n)
+                               for b, n in zip(bufs, batch.lengths, strict=True)]
+        assert p.tenant is not None
+        created = await p.blocks.put_many(p.tenant, p.namespace,
+                                          list(zip(batch.keys, views, strict=True)),
+                                          checksums=batch.checksums,
+                                          ttl_seconds=batch.ttl_seconds,
+                                          overwrite=batch.overwrite)
     finally:
         for b in bufs:
             p.ctx.pool.release(b)
@@ -99,34 +104,12 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[A
     p.observe("bulk_put", sum(batch.lengths), started)
 
 
-def _open_block(p: BulkProtocol, key: str) -> tuple[contextlib.AbstractContextManager[Any], Any] | None:
-    """Runs in an engine thread: enter ``engine.read`` (the flash read happens here)."""
-    cm = p.engine.read(p.namespace, key)
-    view = cm.__enter__()
-    if view is None:
-        cm.__exit__(None, None, None)
-        return None
-    return cm, view
-
-
-def _start_read(p: BulkProtocol, key: str) -> asyncio.Future[Any]:
-    """A DRAM-tier hit is served inline (no thread hop, no I/O); anything else is read by an
-    engine thread. Either way the result is a future of ``_open_block``'s answer."""
-    try:
-        view = p.engine.read_dram(p.namespace, key)
-    except KVStoreError:
-        view = None  # let the engine thread raise the precise error
-    if view is not None:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result((contextlib.nullcontext(), view))
-        return fut
-    return _create_task(p.runner.call(_open_block, p, key))
-
-
 async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
+    """Socket GET_BATCH (already authorized by ``dispatch``): up to ``GET_READ_AHEAD`` blocks
+    opened ahead of the socket; each lease is held until the transport flushed its bytes."""
     started = time.perf_counter()
     found = nbytes = 0
-    ahead: deque[Any] = deque()
+    ahead: deque[tuple[int, str, asyncio.Future[BlockLease | None]]] = deque()
     loop_keys = iter(enumerate(keys))
     try:
         while True:
@@ -135,17 +118,17 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 if nxt is None:
                     break
                 i, key = nxt
-                ahead.append((i, key, _start_read(p, key)))
+                ahead.append((i, key, p.blocks.open(p.namespace, key)))
             if not ahead:
                 break
             i, key, fut = ahead.popleft()
-            opened = await fut
-            if opened is None:
+            lease = await fut
+            if lease is None:
                 continue
-            cm, bv = opened
             if p.closed:
-                cm.__exit__(None, None, None)
+                lease.release()
                 continue
+            bv = lease.view
             try:
                 await p.writable()
                 payload = bv.payload
@@ -154,25 +137,21 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 p.send(FrameType.BLOCK, rid, msg.block(i, key, bv.meta.length, bv.meta.checksum),
                        (payload,))
             except BaseException:
-                cm.__exit__(None, None, None)
+                lease.release()
                 raise
-            if bv.stable:  # a DRAM-tier block is immutable and referenced by the transport
-                cm.__exit__(None, None, None)
+            if lease.stable:  # a DRAM-tier block is immutable and referenced by the transport
+                lease.release()
             else:
-                p.hold(cm)  # a pooled flash buffer: keep it until the transport flushed it
+                p.hold(lease)  # a pooled flash buffer: keep it until the transport flushed it
             found += 1
             nbytes += bv.meta.length
     finally:
-        # never abandon a read in flight: its block stays referenced until we exit it
+        # never abandon a read in flight: its block stays referenced until we release it
         while ahead:
             _, _, fut = ahead.popleft()
             with contextlib.suppress(Exception):
                 opened = await fut
                 if opened is not None:
-                    opened[0].__exit__(None, None, None)
+                    opened.release()
     p.send(FrameType.END, rid, {"n": found})
     p.observe("bulk_get", nbytes, started)
-
-
-def _create_task(coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-    return asyncio.get_running_loop().create_task(coro)

@@ -2,7 +2,7 @@
 
 Entry point for ``kvstore serve``::
 
-    server = await start_bulk_server(engine, runner, tenants, host, port, metrics=metrics)
+    server = await start_bulk_server(node, host, port)   # node: kvstore.service.Node
     ...
     await server.close(timeout)      # stop accepting, drain in-flight requests, close
 
@@ -16,14 +16,11 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Any
 
 from kvstore import limits
 from kvstore.engine.device import BufferPool
-from kvstore.engine.store import Engine
-from kvstore.tenants import Tenants
+from kvstore.service import Node
 from kvstore.transport.bulk_conn import BulkProtocol, ServerContext
-from kvstore.transport.runner import EngineRunner
 from kvstore.transport.watchdog import BulkTimeouts
 
 log = logging.getLogger("kvstore.bulk")
@@ -85,25 +82,22 @@ class BulkServer:
 
 
 async def start_bulk_server(
-    state_engine: Engine,
-    runner: EngineRunner,
-    tenants: Tenants,
+    node: Node,
     host: str,
     port: int,
     *,
-    metrics: Any = None,
     timeouts: BulkTimeouts | None = None,
     connections_max: int = limits.connections_max,
 ) -> BulkServer:
     """Listen on ``host:port`` (0 = any free port; see ``BulkServer.port``) and serve the bulk
-    protocol against ``state_engine`` (shared with the HTTP app). ``metrics`` is optional and
+    protocol through ``node`` (shared with the HTTP app). ``node.metrics`` is optional and
     duck-typed: ``observe(op, tier, nbytes, seconds)``, ``error(op, name)`` and, when present,
     ``timeout(port, kind)``, ``refused(port, reason)``, ``declare(port, kinds, reasons)``.
     ``timeouts`` bound silent and slow peers; at most ``connections_max`` connections are open
     (one more gets ``Busy`` and is closed)."""
-    runner.start()
-    ctx = ServerContext(engine=state_engine, runner=runner, tenants=tenants, metrics=metrics,
-                        pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
+    node.runner.start()
+    metrics = node.metrics
+    ctx = ServerContext(node=node, pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
                         connections_max=connections_max)
     if metrics is not None and hasattr(metrics, "declare"):
         metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))

@@ -29,6 +29,7 @@ from kvstore.protocol.frames import FrameFlags, FrameType
 from kvstore.transport.nixl_agent import NixlServerAgent, Staging, TransferStuck
 
 if TYPE_CHECKING:
+    from kvstore.service import BlockLease
     from kvstore.transport.bulk_conn import BulkProtocol
 
 
@@ -80,12 +81,12 @@ class _Open:
     key: str
     length: int
     checksum: int
-    cm: Any
+    lease: BlockLease
     payload: Any
 
     def exit(self) -> None:
         with contextlib.suppress(Exception):
-            self.cm.__exit__(None, None, None)
+            self.lease.release()
 
 
 @dataclass
@@ -99,12 +100,11 @@ class _Packer:
 
     def _open(self, i: int) -> _Open | None:
         key = self.req.keys[i]
-        cm = self.p.engine.read(self.p.namespace, key)
-        bv = cm.__enter__()
-        if bv is None:
-            cm.__exit__(None, None, None)
+        lease = self.p.blocks.lease(self.p.namespace, key)
+        if lease is None:
             return None
-        b = _Open(i, key, bv.meta.length, bv.meta.checksum, cm, bv.payload)
+        bv = lease.view
+        b = _Open(i, key, bv.meta.length, bv.meta.checksum, lease, bv.payload)
         assert self.req.capacities is not None
         if b.length > self.req.capacities[i]:
             b.exit()
@@ -261,11 +261,10 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
 
 
 def _store(p: BulkProtocol, batch: msg.PutBatch, idx: list[int], views: list[Any]) -> list[bool]:
-    res = p.engine.put_many(p.namespace, [(batch.keys[i], v) for i, v in zip(idx, views,
-                                                                             strict=True)],
-                            checksums=[batch.checksums[i] for i in idx],
-                            ttl_seconds=batch.ttl_seconds, overwrite=batch.overwrite)
-    return [r.created for r in res]
+    """Engine thread (authorized by ``bulk_ops.dispatch``)."""
+    return p.blocks.put_many_sync(p.namespace, [(batch.keys[i], v) for i, v in zip(
+        idx, views, strict=True)], [batch.checksums[i] for i in idx], batch.ttl_seconds,
+        batch.overwrite)
 
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:

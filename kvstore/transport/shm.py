@@ -116,22 +116,26 @@ def _copy(dst: memoryview, src: memoryview) -> None:
 
 def _get_range(p: BulkProtocol, req: msg.KeysRequest, lo: int,
                hi: int) -> list[tuple[int, str, int, int]]:
-    """Engine thread: copy blocks lo..hi-1 from the engine's read buffer (DRAM entry or the
-    aligned flash buffer) straight into their slots; returns (index, key, length, checksum)."""
+    """Engine thread (authorized by ``bulk_ops.dispatch``): copy blocks lo..hi-1 from the
+    engine's read buffer (DRAM entry or the aligned flash buffer) straight into their slots; returns (index, key, length, checksum)."""
     region = _region(p)
     assert req.offsets is not None and req.capacities is not None
     out = []
     for i in range(lo, hi):
         key = req.keys[i]
         slot = region.slot(req.offsets[i], req.capacities[i])
-        with p.engine.read(p.namespace, key) as bv:  # one read: payload and its checksum
-            if bv is None:
-                continue
+        lease = p.blocks.lease(p.namespace, key)  # one read: payload and its checksum
+        if lease is None:
+            continue
+        try:
+            bv = lease.view
             n = bv.meta.length
             if n > len(slot):
                 raise InvalidArgument(f"block {key} has {n} bytes; its slot holds {len(slot)}")
             _copy(slot, bv.payload)
             out.append((i, key, n, bv.meta.checksum))
+        finally:
+            lease.release()
     return out
 
 
@@ -150,13 +154,13 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
 
 
 def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
+    """Engine thread (authorized by ``bulk_ops.dispatch``): store straight from the region."""
     region = _region(p)
     assert batch.offsets is not None
-    views = [region.slot(o, n) for o, n in zip(batch.offsets, batch.lengths, strict=True)]
-    res = p.engine.put_many(p.namespace, list(zip(batch.keys, views, strict=True)),
-                            checksums=batch.checksums, ttl_seconds=batch.ttl_seconds,
-                            overwrite=batch.overwrite)
-    return [r.created for r in res]
+    views: list[object] = [region.slot(o, n)
+                           for o, n in zip(batch.offsets, batch.lengths, strict=True)]
+    return p.blocks.put_many_sync(p.namespace, list(zip(batch.keys, views, strict=True)),
+                                  batch.checksums, batch.ttl_seconds, batch.overwrite)
 
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:

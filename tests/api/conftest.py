@@ -27,12 +27,12 @@ import pytest
 import uvicorn
 
 from kvstore import limits
-from kvstore.api.state import AppState
+from kvstore.auth import Tenants
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.io_uring.posix import PosixDevice
-from kvstore.tenants import Tenants
-from kvstore.transport.runner import EngineRunner
+from kvstore.service import Node
+from kvstore.service.runner import EngineRunner
 
 # No SDK in these tests may probe the cloud metadata address.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
@@ -44,7 +44,7 @@ START_SECONDS_MAX = 10.0
 class LiveServer:
     url: str
     port: int
-    state: AppState
+    state: Node
     server: uvicorn.Server
     thread: threading.Thread
 
@@ -55,7 +55,7 @@ class LiveServer:
         self.state.engine.close()
 
 
-def build_app(state: AppState) -> Any:
+def build_app(state: Node) -> Any:
     try:
         from kvstore.api.app import create_app
     except ImportError:
@@ -74,7 +74,7 @@ def start_server(data_dir: Path, tenants: Tenants | None = None, *,
                          PosixDevice())
     runner = EngineRunner(threads=4)
     runner.start()
-    state = AppState(engine=engine, runner=runner, tenants=tenants or Tenants.development(),
+    state = Node(engine=engine, runner=runner, tenants=tenants or Tenants.development(),
                      region=region)
     app = build_app(state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

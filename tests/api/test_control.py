@@ -22,12 +22,12 @@ import uvicorn
 
 from kvstore import keys, limits
 from kvstore.api.app import create_app
-from kvstore.api.state import AppState
+from kvstore.auth import Tenants
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.io_uring.posix import PosixDevice
-from kvstore.tenants import Tenants
-from kvstore.transport.runner import EngineRunner
+from kvstore.service import Node
+from kvstore.service.runner import EngineRunner
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
@@ -38,7 +38,7 @@ LAYOUT = {"model": "test/llama-tiny", "dtype": "bfloat16", "num_layers": 2, "num
 class LiveServer:
     """create_app(state) on uvicorn in a thread, on 127.0.0.1 and a kernel-chosen port."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: Node) -> None:
         self.state = state
         self.app = create_app(state)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -96,7 +96,7 @@ def open_engine(path: Path) -> Engine:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     engine = open_engine(tmp_path_factory.mktemp("control"))
     runner = EngineRunner(threads=2)
-    srv = LiveServer(AppState(engine, runner, Tenants.development())).start()
+    srv = LiveServer(Node(engine, runner, Tenants.development())).start()
     yield srv
     srv.stop()
     runner.close()

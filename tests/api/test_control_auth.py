@@ -13,7 +13,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from kvstore.tenants import Tenants
+from kvstore.auth import Tenants
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 REGION = "us-east-1"

@@ -21,7 +21,7 @@ from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
 from kvstore import limits
 from kvstore.api.s3 import sigv4
-from kvstore.tenants import Tenants
+from kvstore.auth import Tenants
 from tests.api.conftest import TENANT_DOC, LiveServer, boto_client
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"

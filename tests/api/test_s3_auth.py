@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from kvstore.tenants import Tenants
+from kvstore.auth import Tenants
 from tests.api.conftest import TENANT_DOC, LiveServer, boto_client
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"

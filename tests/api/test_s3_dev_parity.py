@@ -27,7 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from kvstore.tenants import Tenants
+from kvstore.auth import Tenants
 from tests.api.conftest import TENANT_DOC, LiveServer, boto_client
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"

@@ -16,8 +16,8 @@ from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import sigv4
 from kvstore.api.s3.http import parse_query
+from kvstore.auth import Tenants
 from kvstore.errors import AccessDenied, AuthenticationFailed
-from kvstore.tenants import Tenants
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 

@@ -15,6 +15,7 @@ from kvstore_client import Client, _ops
 from kvstore_client.client import SyncConnection
 
 from kvstore import limits
+from kvstore.auth import Tenants
 from kvstore.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -24,7 +25,6 @@ from kvstore.errors import (
 )
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType, encode_frame
-from kvstore.tenants import Tenants
 from kvstore.transport.background import BackgroundBulkServer
 
 NS = "bulk-test"

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
+from kvstore.auth import Op, Tenant
 from kvstore.engine.device import BufferPool
-from kvstore.errors import AccessDenied
-from kvstore.tenants import Tenant
+from kvstore.errors import AccessDenied, NamespaceNotFound
 
 if TYPE_CHECKING:
-    from kvstore.api.state import AppState
+    from kvstore.service import Node
 
 log = logging.getLogger("kvstore.api.s3")
 
@@ -54,12 +54,10 @@ class Call:
 class S3App:
     """ASGI callable ``async (scope, receive, send)`` serving the S3 API over ``state``."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: Node) -> None:
         self.state = state
-        self.engine = state.engine
-        self.runner = state.runner
+        self.blocks = state.blocks
         self.tenants = state.tenants
-        self.metrics = state.metrics
         self.region = state.region
         self.uploads = multipart.Uploads()
         self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
@@ -68,12 +66,14 @@ class S3App:
     def access_denied() -> AccessDenied:
         return AccessDenied("Access Denied")
 
-    def check_bucket(self, tenant: Tenant, bucket: str) -> None:
-        """The same AccessDenied whether or not the bucket or key exists, unless it is the
-        caller's own (or one its credentials may create)."""
-        if not self.tenants.dev and not tenant.may_use(bucket):
-            raise self.access_denied()
-        buckets.check_owner(self, tenant.name, bucket)
+    def check_bucket(self, tenant: Tenant, bucket: str, op: Op = Op.READ) -> None:
+        """Ask the one policy (``BlockService.authorize``): the same AccessDenied whether or not
+        the bucket or key exists, unless it is the caller's own (or one its credentials may
+        create), which answers NoSuchBucket."""
+        try:
+            self.blocks.authorize(tenant, bucket, op)
+        except NamespaceNotFound:
+            raise NamespaceNotFound("The specified bucket does not exist") from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -88,17 +88,16 @@ class S3App:
         try:
             tenant, signing = sigv4.authenticate(self.tenants, req.method, req.raw_path,
                                                  req.query_pairs, req.headers, time.time())
-            handler, op, needs_bucket = self._route(req)
-            if needs_bucket:
-                self.check_bucket(tenant, req.bucket)
+            handler, op, needs = self._route(req)
+            if needs is not None:
+                self.check_bucket(tenant, req.bucket, needs)
             _status, nbytes = await handler(self, req, Call(tenant, signing), send)
         except ClientDisconnected:
             return
         except Exception as exc:  # every failure answers in S3 XML, never a traceback
             await self._error(req, send, exc, op)
             return
-        if self.metrics is not None:
-            self.metrics.observe(op, req.tier, nbytes, time.perf_counter() - t0)
+        self.blocks.observe(op, req.tier, nbytes, time.perf_counter() - t0)
 
     async def _error(self, req: Request, send: Send, exc: Exception, op: str) -> None:
         status, headers, body = s3_error_response(exc, req.resource, req.request_id)
@@ -109,12 +108,11 @@ class S3App:
                 ok = False
             if not ok:
                 headers.append((b"connection", b"close"))
-        if self.metrics is not None:
-            name = classify(exc)[1] if status != 500 else "InternalError"
-            if op == "get" and name == "NoSuchKey":
-                self.metrics.observe(op, "miss", 0, 0.0)
-            else:
-                self.metrics.error(op, name)
+        name = classify(exc)[1] if status != 500 else "InternalError"
+        if op == "get" and name == "NoSuchKey":
+            self.blocks.observe(op, "miss", 0, 0.0)
+        else:
+            self.blocks.failed(op, name)
         try:
             if req.method == "HEAD":
                 await respond(send, status, headers, b"", content_length=0)
@@ -123,12 +121,13 @@ class S3App:
         except Exception:  # response already started, or the client is gone
             log.debug("could not send the error answer for %s", req.request_id, exc_info=True)
 
-    def _route(self, req: Request) -> tuple[Handler, str, bool]:
-        """(handler, metrics op name, whether the bucket must exist and be the caller's)."""
+    def _route(self, req: Request) -> tuple[Handler, str, Op | None]:
+        """(handler, metrics op name, what the caller must be allowed to do to the bucket;
+        None: the handler asks the policy itself)."""
         m, q = req.method, req.query
         if not req.bucket:
             if m == "GET":
-                return buckets.list_buckets, "list_buckets", False
+                return buckets.list_buckets, "list_buckets", None
             raise S3Error("MethodNotAllowed", "The specified method is not allowed against "
                           "this resource.")
         for name in q:
@@ -138,51 +137,52 @@ class S3App:
             return self._route_bucket(req, m, q)
         if m == "GET":
             if "uploadId" in q:
-                return multipart.list_parts, "list_parts", True
-            return objects.get_object, "get", True
+                return multipart.list_parts, "list_parts", Op.READ
+            return objects.get_object, "get", Op.READ
         if m == "PUT":
             if "uploadId" in q or "partNumber" in q:
                 if "uploadId" not in q:
                     raise S3Error("InvalidArgument", "uploadId is required with partNumber")
-                return multipart.upload_part, "upload_part", True
+                return multipart.upload_part, "upload_part", Op.WRITE
             if "x-amz-copy-source" in req.headers:
-                return objects.copy_object, "copy", True
-            return objects.put_object, "put", True
+                return objects.copy_object, "copy", Op.WRITE
+            return objects.put_object, "put", Op.WRITE
         if m == "HEAD":
-            return objects.head_object, "head", True
+            return objects.head_object, "head", Op.READ
         if m == "DELETE":
             if "uploadId" in q:
-                return multipart.abort, "abort_multipart", True
-            return objects.delete_object, "delete", True
+                return multipart.abort, "abort_multipart", Op.WRITE
+            return objects.delete_object, "delete", Op.DELETE
         if m == "POST":
             if "uploads" in q:
-                return multipart.create, "create_multipart", True
+                return multipart.create, "create_multipart", Op.WRITE
             if "uploadId" in q:
-                return multipart.complete, "complete_multipart", True
+                return multipart.complete, "complete_multipart", Op.WRITE
         raise S3Error("NotImplemented" if m == "POST" else "MethodNotAllowed",
                       f"{m} is not supported on an object here")
 
-    def _route_bucket(self, req: Request, m: str, q: dict[str, str]) -> tuple[Handler, str, bool]:
+    def _route_bucket(self, req: Request, m: str,
+                      q: dict[str, str]) -> tuple[Handler, str, Op | None]:
         if m == "PUT":
             if q:
                 raise S3Error("NotImplemented", "bucket configuration is not supported")
-            return buckets.create_bucket, "create_bucket", False
+            return buckets.create_bucket, "create_bucket", None
         if m == "GET":
             if "location" in q:
-                return buckets.get_location, "get_bucket_location", True
+                return buckets.get_location, "get_bucket_location", Op.READ
             if "versioning" in q:
-                return buckets.get_versioning, "get_bucket_versioning", True
+                return buckets.get_versioning, "get_bucket_versioning", Op.READ
             if "uploads" in q:
-                return multipart.list_uploads, "list_multipart", True
-            return buckets.list_objects, "list", True
+                return multipart.list_uploads, "list_multipart", Op.READ
+            return buckets.list_objects, "list", Op.READ
         if m == "HEAD":
-            return buckets.head_bucket, "head_bucket", True
+            return buckets.head_bucket, "head_bucket", Op.READ
         if m == "DELETE":
             if q:
                 raise S3Error("NotImplemented", "bucket configuration is not supported")
-            return buckets.delete_bucket, "delete_bucket", True
+            return buckets.delete_bucket, "delete_bucket", Op.DELETE
         if m == "POST" and "delete" in q:
-            return objects.delete_objects, "delete_objects", True
+            return objects.delete_objects, "delete_objects", Op.DELETE
         raise S3Error("NotImplemented" if m == "POST" else "MethodNotAllowed",
                       f"{m} is not supported on a bucket here")
 

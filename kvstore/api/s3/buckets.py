@@ -9,8 +9,9 @@ from kvstore.api.errors import S3Error
 from kvstore.api.s3 import listing
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.xml import document, tag
+from kvstore.auth import NamespaceTaken
 from kvstore.engine.types import BlockMeta
-from kvstore.errors import AlreadyExists, NamespaceNotEmpty, NamespaceNotFound
+from kvstore.errors import NamespaceNotEmpty
 from kvstore.keys import validate_namespace
 
 if TYPE_CHECKING:
@@ -27,9 +28,7 @@ def _rid(req: Request) -> tuple[bytes, bytes]:
 
 
 async def list_buckets(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    infos = s3.engine.list_namespaces()
-    mine = sorted((i for i in infos if s3.tenants.dev or i.owner == call.tenant.name),
-                  key=lambda i: i.name)
+    mine = sorted(s3.blocks.namespaces(call.tenant), key=lambda i: i.name)
     items = "".join(f"<Bucket>{tag('Name', i.name)}"
                     f"{tag('CreationDate', listing.iso(i.created))}</Bucket>" for i in mine)
     owner = call.tenant.name or "kvstore"
@@ -42,24 +41,20 @@ async def list_buckets(s3: S3App, req: Request, call: Call, send: Send) -> tuple
 
 async def create_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     name = req.bucket
-    if not s3.tenants.dev and not call.tenant.may_use(name):
-        raise s3.access_denied()
     validate_namespace(name)
     if any(h.startswith("x-amz-object-lock") or h == "x-amz-bucket-object-lock-enabled"
            for h in req.headers):
         raise S3Error("NotImplemented", "object lock is not supported")
     await req.discard_body()
     try:
-        s3.engine.create_namespace(name, owner=call.tenant.name)
-    except AlreadyExists:
-        info = s3.engine.namespace(name)
-        if not (s3.tenants.dev or info.owner == call.tenant.name):
-            raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.") \
-                from None
-        if s3.region != LEGACY_REGION:
-            raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named "
-                          "bucket succeeded and you already own it.") from None
-        # us-east-1 answers 200 to re-creating a bucket the caller owns (AWS's legacy rule)
+        _info, created = await s3.blocks.create_namespace(call.tenant, name)
+    except NamespaceTaken:  # someone else's
+        raise S3Error("BucketAlreadyExists", "The requested bucket name is not available.") \
+            from None
+    if not created and s3.region != LEGACY_REGION:
+        raise S3Error("BucketAlreadyOwnedByYou", "Your previous request to create the named "
+                      "bucket succeeded and you already own it.")
+    # us-east-1 answers 200 to re-creating a bucket the caller owns (AWS's legacy rule)
     await respond(send, 200, [(b"location", f"/{name}".encode()), _rid(req)])
     return 200, 0
 
@@ -73,7 +68,7 @@ async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
     if s3.uploads.for_bucket(req.bucket, call.tenant.name):
         raise NamespaceNotEmpty("The bucket you tried to delete has multipart uploads open.")
     try:
-        await s3.runner.call(s3.engine.delete_namespace, req.bucket)
+        await s3.blocks.delete_namespace(call.tenant, req.bucket)
     except NamespaceNotEmpty:
         raise NamespaceNotEmpty("The bucket you tried to delete is not empty") from None
     await respond(send, 204, [_rid(req)])
@@ -82,7 +77,7 @@ async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
 
 def _lister(s3: S3App, bucket: str) -> listing.ListFn:
     def fn(prefix: str, start_after: str, limit: int) -> tuple[list[BlockMeta], bool]:
-        return s3.engine.list_blocks(bucket, prefix=prefix, start_after=start_after, limit=limit)
+        return s3.blocks.list_blocks(bucket, prefix=prefix, start_after=start_after, limit=limit)
 
     return fn
 
@@ -97,7 +92,7 @@ async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple
         raise S3Error("InvalidArgument", "list-type must be 2")
     else:
         build = listing.v1
-    body = await s3.runner.call(build, _lister(s3, b), b, q)
+    body = await s3.blocks.run(build, _lister(s3, b), b, q)
     await respond(send, 200, [_XML, _rid(req)], body)
     return 200, 0
 
@@ -112,13 +107,3 @@ async def get_location(s3: S3App, req: Request, call: Call, send: Send) -> tuple
 async def get_versioning(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     await respond(send, 200, [_XML, _rid(req)], document("VersioningConfiguration", []))
     return 200, 0
-
-
-def check_owner(s3: S3App, tenant_name: str, bucket: str) -> None:
-    """NoSuchBucket for a missing bucket, AccessDenied for someone else's."""
-    try:
-        info = s3.engine.namespace(bucket)
-    except NamespaceNotFound:
-        raise NamespaceNotFound("The specified bucket does not exist") from None
-    if not s3.tenants.dev and info.owner != tenant_name:
-        raise s3.access_denied()

@@ -155,7 +155,7 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         def verify() -> dict[str, str]:
             return checksums.verify(body.data(), req.headers, trailers, payload_hash)[0]
 
-        sums = await s3.runner.call(verify)
+        sums = await s3.blocks.run(verify)
         buf = bytes(body.data())  # parts are held until Complete; the pooled buffer goes back
     finally:
         body.release()
@@ -178,7 +178,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
     conds = objects.copy_conditions(req.headers)
 
     def work() -> bytes:
-        with s3.engine.read(src_bucket, src_key) as view:
+        with s3.blocks.reading(src_bucket, src_key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
             doc = checksums.unpack_meta(view.meta.meta)
@@ -186,7 +186,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
             r = parse_range(rng, view.meta.length) if rng else None
             return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
 
-    data = await s3.runner.call(work)
+    data = await s3.blocks.run(work)
     part = s3.uploads.add_part(u, number, data, {})
     body = document("CopyPartResult", [tag("LastModified", iso(part.modified)),
                                        f"<ETag>&quot;{part.etag}&quot;</ETag>"])
@@ -229,7 +229,7 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
             pos += len(p.data)
         objects._store(s3, u.bucket, u.key, joined, meta, overwrite=True)
 
-    await s3.runner.call(work)
+    await s3.blocks.run(work)
     s3.uploads.abort(u)  # frees the parts
     body = document("CompleteMultipartUploadResult", [
         tag("Location", f"/{u.bucket}/{u.key}"), tag("Bucket", u.bucket), tag("Key", u.key),

@@ -161,24 +161,25 @@ def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
 
 def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
            overwrite: bool) -> BlockMeta:
-    """engine.put with S3 semantics, in a worker thread. A fresh bytearray is donated to the
-    DRAM tier; a pooled Body is written in place and copied for DRAM (it returns to the pool)."""
-    eng = s3.engine
+    """A put with S3 semantics, in a worker thread (``BlockService.run``). A fresh bytearray is
+    donated to the DRAM tier; a pooled Body is written in place and copied for DRAM (it returns
+    to the pool)."""
+    b = s3.blocks
     if isinstance(buf, Body):
         data: object = buf.staged()
         donate = False
     else:
         data, donate = buf, True
-    res = eng.put(bucket, key, data, meta=meta, overwrite=overwrite, donate=donate)
+    res = b.put_sync(bucket, key, data, meta=meta, overwrite=overwrite, donate=donate)
     if res.created:
         return res.meta
     if not overwrite:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
                       "did not hold")
-    cur = eng.head(bucket, key)
+    cur = b.head_sync(bucket, key)
     if cur is not None and cur.meta != meta:  # same bytes, new metadata: rewrite the record
-        eng.delete(bucket, key)
-        res = eng.put(bucket, key, data, meta=meta, overwrite=True, donate=donate)
+        b.delete_sync(bucket, key)
+        res = b.put_sync(bucket, key, data, meta=meta, overwrite=True, donate=donate)
         return res.meta
     return cur if cur is not None else res.meta
 
@@ -205,7 +206,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
     def work() -> tuple[BlockMeta, dict[str, str], str]:
         sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash)
         if if_match is not None:
-            cur = s3.engine.head(bucket, key)
+            cur = s3.blocks.head_sync(bucket, key)
             if cur is None:
                 raise NotFound("The specified key does not exist.")
             check_conditions({"if-match": if_match}, stored_etag(
@@ -214,7 +215,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         bm = _store(s3, bucket, key, buf, meta, overwrite=inm is None)
         return bm, sums, md5_hex
 
-    bm, sums, md5_hex = await s3.runner.call(work)
+    bm, sums, md5_hex = await s3.blocks.run(work)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
     headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     headers.append((b"x-amz-request-id", req.request_id.encode()))
@@ -288,15 +289,8 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         r = parse_range(rng, meta.length)
         return meta, _payload_out(view, r), r
 
-    def work() -> tuple[BlockMeta, tuple[bytes | memoryview, str], tuple[int, int] | None]:
-        if ask is not None:  # only the chunks covering the range come off flash
-            with s3.engine.read_range(bucket, key, *ask) as view:
-                return serve(view)
-        with s3.engine.read(bucket, key) as view:
-            return serve(view)
-
-    hot = s3.engine.read_dram(bucket, key)  # a DRAM hit needs no I/O: no thread hop
-    meta, (body, req.tier), r = serve(hot) if hot is not None else await s3.runner.call(work)
+    # a DRAM hit is served inline; otherwise only the chunks covering the range come off flash
+    meta, (body, req.tier), r = await s3.blocks.read(bucket, key, serve, span=ask)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
@@ -309,9 +303,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    meta = s3.engine.head_dram(req.bucket, req.key)
-    if meta is None:
-        meta = await s3.runner.call(s3.engine.head, req.bucket, req.key)
+    meta = await s3.blocks.head(req.bucket, req.key)
     if meta is None:
         raise NotFound("The specified key does not exist.")
     doc = checksums.unpack_meta(meta.meta)
@@ -328,7 +320,7 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    await s3.runner.call(s3.engine.delete, req.bucket, req.key)
+    await s3.blocks.delete(call.tenant, req.bucket, req.key)
     await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
     return 204, 0
 
@@ -346,7 +338,7 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
         parts = []
         for k in keys:
             try:
-                s3.engine.delete(req.bucket, k)
+                s3.blocks.delete_sync(req.bucket, k)
                 if not quiet:
                     parts.append(f"<Deleted>{tag('Key', k)}</Deleted>")
             except Exception as exc:  # one bad key must not fail the batch
@@ -355,7 +347,7 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
                              f"{tag('Message', msg)}</Error>")
         return parts
 
-    parts = await s3.runner.call(work)
+    parts = await s3.blocks.run(work)
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
                   document("DeleteResult", parts))
     return 200, 0
@@ -394,7 +386,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     replace_um = checksums.user_metadata(req.headers)
 
     def work() -> tuple[BlockMeta, str]:
-        with s3.engine.read(src_bucket, src_key) as view:
+        with s3.blocks.reading(src_bucket, src_key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
             doc = checksums.unpack_meta(view.meta.meta)
@@ -407,7 +399,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
 
     try:
-        bm, etag = await s3.runner.call(work)
+        bm, etag = await s3.blocks.run(work)
     except S3Error as exc:
         if exc.name == "NotModified":  # copy preconditions answer 412, never 304
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "

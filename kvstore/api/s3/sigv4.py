@@ -18,8 +18,8 @@ from urllib.parse import quote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
+from kvstore.auth import Tenant, Tenants, constant_time_equal
 from kvstore.errors import AccessDenied, AuthenticationFailed
-from kvstore.tenants import Tenant, Tenants, constant_time_equal
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"

@@ -1,8 +1,8 @@
 """Runs synchronous engine calls off the event loop, in a small bounded thread pool.
 
 The engine is synchronous (DESIGN section 2); flash I/O blocks. The asyncio edges (HTTP API,
-bulk port) call ``await runner.call(engine.get, ns, key)``. Calls that never touch flash (index
-look-ups: exists, lookup_prefix, stats) may run inline with ``runner.inline``.
+bulk port) reach it only through ``kvstore.service.BlockService``, which decides what runs inline
+(index look-ups, DRAM hits) and what hops here.
 """
 
 from __future__ import annotations
@@ -43,10 +43,6 @@ class EngineRunner:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         finally:
             self._pending -= 1
-
-    @staticmethod
-    def inline(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return fn(*args, **kwargs)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -1,0 +1,34 @@
+"""``Node``: what every front end of one kvstore process shares, built once by the server.
+
+It replaces the HTTP side's ``AppState`` and the engine half of the bulk port's context: the
+engine, the runner (its thread pool), the tenants and their policy, the metrics, the S3 region,
+and ``blocks``, the ``BlockService`` every handler calls. Membership (the pod) joins it later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kvstore.auth import Policy, Tenants
+from kvstore.engine.store import Engine
+from kvstore.service.blocks import BlockService
+from kvstore.service.runner import EngineRunner
+
+
+@dataclass
+class Node:
+    engine: Engine
+    runner: EngineRunner
+    tenants: Tenants
+    metrics: Any = None  # kvstore.api.metrics.Metrics (duck-typed: observe, error, ...)
+    region: str = "us-east-1"
+    blocks: BlockService = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.blocks = BlockService(self.engine, self.runner, Policy(self.tenants),
+                                   lambda: self.metrics)
+
+    @property
+    def policy(self) -> Policy:
+        return self.blocks.policy
