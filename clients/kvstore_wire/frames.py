@@ -97,7 +97,8 @@ class Preamble:
 
 
 def pack_header(header: dict[str, Any] | None) -> bytes:
-    return msgpack.packb(header or {}, use_bin_type=True)
+    raw: bytes = msgpack.packb(header or {}, use_bin_type=True)
+    return raw
 
 
 def encode_frame(

@@ -70,7 +70,8 @@ class Layout:
     def canonical_bytes(self) -> bytes:
         fields = asdict(self)
         fields["scheme"] = KEY_SCHEME_VERSION
-        return msgpack.packb(dict(sorted(fields.items())), use_bin_type=True)
+        raw: bytes = msgpack.packb(dict(sorted(fields.items())), use_bin_type=True)
+        return raw
 
     def fingerprint(self) -> bytes:
         return _h(self.canonical_bytes(), _PERSON_NS)

@@ -40,7 +40,7 @@ def get_field(h: dict[str, Any], name: str, typ: type | tuple[type, ...],
 
 
 def _keys(h: dict[str, Any], bound: int = limits.batch_keys_max) -> list[str]:
-    keys = get_field(h, "keys", list)
+    keys: list[str] = get_field(h, "keys", list)
     if len(keys) > bound:
         raise LimitExceeded(f"batch of {len(keys)} keys exceeds {bound}", bound="batch_keys_max")
     for k in keys:
@@ -52,7 +52,7 @@ def _keys(h: dict[str, Any], bound: int = limits.batch_keys_max) -> list[str]:
 
 def int_list(h: dict[str, Any], name: str, n: int, lo: int, hi: int) -> list[int]:
     """``h[name]``: exactly ``n`` integers in [lo, hi], else ProtocolError."""
-    vals = get_field(h, name, list)
+    vals: list[int] = get_field(h, name, list)
     if len(vals) != n:
         raise ProtocolError(f"{name!r} must have one entry per key")
     for v in vals:
@@ -186,7 +186,7 @@ class AuthOk:
     @classmethod
     def from_header(cls, h: dict[str, Any]) -> AuthOk:
         def pos(name: str, cap: int) -> int:
-            v = get_field(h, name, int)
+            v: int = get_field(h, name, int)
             if v <= 0:
                 raise ProtocolError(f"{name} must be positive")
             return min(v, cap)

@@ -22,14 +22,14 @@ ERROR_MESSAGE_CHARS_MAX = 1024  # an ERROR frame's message is cut to this
 
 
 def _count(h: dict[str, Any], name: str, hi: int | None) -> int:
-    v = get_field(h, name, int)
+    v: int = get_field(h, name, int)
     if v < 0 or (hi is not None and v > hi):
         raise ProtocolError(f"{name!r} must be a count in [0, {hi}]")
     return v
 
 
 def _bools(h: dict[str, Any], name: str, n: int | None) -> list[bool]:
-    v = get_field(h, name, list)
+    v: list[bool] = get_field(h, name, list)
     if n is not None and len(v) != n:
         raise ProtocolError(f"{name!r} must have one entry per key")
     if not all(isinstance(x, bool) for x in v):
