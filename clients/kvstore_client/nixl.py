@@ -38,6 +38,7 @@ from kvstore_wire.errors import ChecksumMismatch, InvalidArgument, NotImplemente
 from kvstore_wire.frames import FrameFlags, FrameType
 
 from kvstore_client._core import Core, Op, as_bytes_view, checksum
+from kvstore_client.channel import Connector, TcpChannel
 from kvstore_client.client import SyncConnection
 
 UCX_TLS_DEFAULT = "sm,tcp,self"
@@ -202,9 +203,9 @@ class NixlClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect: Connector = TcpChannel.connect) -> None:
         self._conn = SyncConnection(host, port, access_key, secret_key, namespace,
-                                    create=create, timeout=timeout)
+                                    create=create, timeout=timeout, connect=connect)
         self.agent: Any = None
         self.region: NixlRegion | None = None
         self._reg: Any = None

@@ -30,6 +30,7 @@ from kvstore_wire.errors import ChecksumMismatch, InvalidArgument
 from kvstore_wire.frames import FrameFlags, FrameType
 
 from kvstore_client._core import Core, Op, checksum
+from kvstore_client.channel import Connector, TcpChannel
 from kvstore_client.client import SyncConnection
 
 SHM_DIR = "/dev/shm"
@@ -113,11 +114,11 @@ class ShmClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str, size: int,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect: Connector = TcpChannel.connect) -> None:
         self.region = ShmRegion(size)
         try:
             self._conn = SyncConnection(host, port, access_key, secret_key, namespace,
-                                        create=create, timeout=timeout)
+                                        create=create, timeout=timeout, connect=connect)
             self._conn.run(self._conn.core.request(
                 FrameType.SHM_REGISTER, msg.ShmRegister(self.region.name, size)))
         except BaseException:

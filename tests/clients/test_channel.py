@@ -138,3 +138,22 @@ def test_a_malformed_result_is_a_protocol_error(call, answer) -> None:
                 call(c)
     finally:
         peer.close()
+
+
+def test_shm_client_runs_on_the_channel_it_is_given(bulk) -> None:
+    from kvstore_client.shm import ShmClient
+
+    made: list[Counting] = []
+
+    def connect(host: str, port: int, timeout: float) -> Counting:
+        made.append(Counting(TcpChannel.connect(host, port, timeout)))
+        return made[-1]
+
+    data = os.urandom(5000)
+    with ShmClient(port=bulk.port, namespace=NS, size=1 << 16, create=True,
+                   connect=connect) as c:
+        c.region.view[:len(data)] = data
+        assert c.put_many(["s"], [0], [len(data)]) == [True]
+        assert c.get_many(["s"], [8192], [len(data)]) == [len(data)]
+        assert bytes(c.region.view[8192:8192 + len(data)]) == data
+    assert len(made) == 1 and made[0].sent and made[0].received
