@@ -39,7 +39,7 @@ class InvalidNamespace(InvalidArgument):
 
 
 class LimitExceeded(InvalidArgument):
-    """A bounded input went past its bound (see kvstore.limits)."""
+    """A bounded input went past its bound (see kvstore_wire.limits, kvstore.limits)."""
 
     code, name = 5, "LimitExceeded"
 

@@ -6,7 +6,7 @@ Preamble (32 bytes, little-endian)::
     version   B    PROTOCOL_VERSION
     type      B    FrameType
     flags     H    FrameFlags (bits no version knows must be 0; which known bits a frame type
-                   may carry is the ``FLAGS`` table of ``kvstore.protocol.state``)
+                   may carry is the ``FLAGS`` table of ``kvstore_wire.state``)
     request   Q    request id (0 = connection-level frame)
     hdr_len   I    length of the msgpack header that follows (<= limits.frame_header_bytes_max)
     pay_len   Q    length of the raw payload after the header (bounded per frame type)

@@ -76,5 +76,4 @@ nixl_region_bytes_max = 64 * GiB
 assert namespace_bytes_min <= namespace_bytes_max
 assert block_bytes_max <= batch_bytes_max, "one block must fit in a batch"
 assert block_bytes_max <= connection_inflight_bytes_max, "one PUT must fit in the window"
-assert nixl_metadata_bytes_max * 4 <= frame_header_bytes_max
-assert key_bytes_max * batch_keys_max <= 16 * frame_header_bytes_max
+assert nixl_metadata_bytes_max * 4 <= frame_header_bytes_max, "NIXL metadata rides in a header"
