@@ -5,12 +5,15 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk clean test-nixl
+.PHONY: run test lint bench bench-engine bench-http bench-bulk clean test-nixl test-client-dist
 
-$(STAMP): pyproject.toml
+# `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
+# dependency; the second line makes it editable too, so edits under clients/ apply at once.
+$(STAMP): pyproject.toml clients/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps -e ./clients
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -26,6 +29,12 @@ test-nixl: $(STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q nixl-cu12==1.5.1
 	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py tests/clients/test_client_torch.py
+
+# The client distribution on its own: fresh venvs under a temporary directory, `pip install
+# ./clients` (nothing of the server in `pip list`) and `pip install -e '.[test]'` from a clean
+# clone, then the README's client example against a real server on loopback (about a minute).
+test-client-dist: $(STAMP)
+	KVSTORE_TEST_CLIENT_DIST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_client_dist.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest

@@ -1,161 +1,24 @@
 """Deterministic keys: namespace fingerprints and chained block keys (DESIGN section 3).
 
-Pure functions over canonical bytes, the same in every process and language:
-
-- ``Layout`` is everything that makes KV bytes incompatible (model, revision, dtype, the KV
-  geometry, the tensor-parallel shard, an optional tenant salt). ``Layout.fingerprint()`` is
-  blake2b-128 over a canonical msgpack encoding of a sorted map that includes the scheme version.
-- Block keys chain: ``k[-1] = H(fingerprint)``, ``k[i] = H(k[i-1] || u32le(len) || tokens as u32le
-  || u32le(len(extra)) || extra)``. H is blake2b with a 16-byte digest and a per-purpose
-  personalization, so a root key can never equal a block key by construction.
-- Keys travel as lowercase hex (32 characters).
-
-Never use Python's ``hash()`` for keys: it is salted per process.
+Defined once, in the client distribution (``clients/kvstore_wire/keys.py``): the server and the
+SDK must compute the same keys and accept the same names. This module re-exports it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import struct
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from kvstore_wire.keys import (
+    DTYPE_BYTES,
+    KEY_BYTES,
+    KEY_SCHEME_VERSION,
+    Layout,
+    block_keys,
+    chain_root,
+    next_key,
+    validate_key,
+    validate_namespace,
+)
 
-import msgpack
-
-from kvstore import limits
-from kvstore.errors import InvalidKey, InvalidNamespace, LimitExceeded
-
-KEY_SCHEME_VERSION = 1
-KEY_BYTES = 16
-
-_PERSON_NS = b"kvstore.ns.v1"
-_PERSON_ROOT = b"kvstore.root.v1"
-_PERSON_BLOCK = b"kvstore.blk.v1"
-
-DTYPE_BYTES = {
-    "float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2,
-    "float8_e4m3fn": 1, "fp8": 1, "float8_e5m2": 1, "int8": 1, "uint8": 1,
-}
-
-
-def _h(data: bytes, person: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=KEY_BYTES, person=person).digest()
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What makes KV bytes of one model incompatible with another's."""
-
-    model: str
-    dtype: str
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    tokens_per_block: int
-    revision: str = ""
-    tp_rank: int = 0
-    tp_size: int = 1
-    tenant_salt: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("num_layers", "num_kv_heads", "head_dim", "tokens_per_block", "tp_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if not 0 <= self.tp_rank < self.tp_size:
-            raise ValueError("tp_rank must be in [0, tp_size)")
-        if not self.model:
-            raise ValueError("model must not be empty")
-
-    def canonical_bytes(self) -> bytes:
-        fields = asdict(self)
-        fields["scheme"] = KEY_SCHEME_VERSION
-        return msgpack.packb(dict(sorted(fields.items())), use_bin_type=True)
-
-    def fingerprint(self) -> bytes:
-        return _h(self.canonical_bytes(), _PERSON_NS)
-
-    def fingerprint_hex(self) -> str:
-        return self.fingerprint().hex()
-
-    def block_bytes(self) -> int | None:
-        """Bytes of one full block (K and V, all layers, this shard's heads), or None when the
-        dtype is unknown. MLA or other layouts may override this with an explicit size."""
-        width = DTYPE_BYTES.get(self.dtype.lower())
-        if width is None:
-            return None
-        heads = max(1, self.num_kv_heads // self.tp_size)
-        return 2 * self.num_layers * heads * self.head_dim * self.tokens_per_block * width
-
-
-def chain_root(fingerprint: bytes) -> bytes:
-    """k[-1]: the parent of the first block key of every chain in a namespace."""
-    if len(fingerprint) != KEY_BYTES:
-        raise ValueError("fingerprint must be 16 bytes")
-    return _h(fingerprint, _PERSON_ROOT)
-
-
-def next_key(parent: bytes, tokens: Sequence[int], extra: bytes = b"") -> bytes:
-    """One link of the chain: the key of a block given its parent key and its tokens."""
-    n = len(tokens)
-    try:
-        body = struct.pack(f"<I{n}I", n, *tokens)
-    except struct.error as exc:
-        raise ValueError("token ids must be integers in [0, 2**32)") from exc
-    return _h(parent + body + struct.pack("<I", len(extra)) + extra, _PERSON_BLOCK)
-
-
-def block_keys(
-    fingerprint: bytes,
-    tokens: Sequence[int],
-    tokens_per_block: int,
-    extras: Iterable[bytes] | None = None,
-) -> list[str]:
-    """Hex keys of every *full* block of ``tokens`` (a trailing partial block has no key).
-
-    ``extras`` optionally gives per-block extra key bytes (LoRA id, multimodal hashes), one per
-    full block.
-    """
-    if tokens_per_block <= 0:
-        raise ValueError("tokens_per_block must be positive")
-    n_blocks = len(tokens) // tokens_per_block
-    if n_blocks > limits.chain_keys_max:
-        raise LimitExceeded(f"chain of {n_blocks} blocks exceeds {limits.chain_keys_max}")
-    extra_list = list(extras) if extras is not None else [b""] * n_blocks
-    if len(extra_list) < n_blocks:
-        raise ValueError("extras must give one entry per full block")
-    key = chain_root(fingerprint)
-    out: list[str] = []
-    for i in range(n_blocks):
-        chunk = tokens[i * tokens_per_block : (i + 1) * tokens_per_block]
-        key = next_key(key, chunk, extra_list[i])
-        out.append(key.hex())
-    return out
-
-
-# --- Validation of names that arrive from the network --------------------------------------
-
-_NS_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-
-
-def validate_namespace(name: str) -> str:
-    """S3 bucket-name rules (3..63 chars, lowercase letters, digits, dots, hyphens)."""
-    if not (limits.namespace_bytes_min <= len(name) <= limits.namespace_bytes_max):
-        raise InvalidNamespace(f"namespace length must be {limits.namespace_bytes_min}.."
-                               f"{limits.namespace_bytes_max}")
-    if not _NS_RE.match(name) or ".." in name or _IP_RE.match(name):
-        raise InvalidNamespace(f"invalid namespace name: {name!r}")
-    return name
-
-
-def validate_key(key: str) -> bytes:
-    """Return the UTF-8 bytes of an object key, or raise InvalidKey."""
-    if not isinstance(key, str) or not key:
-        raise InvalidKey("key must be a non-empty string")
-    raw = key.encode("utf-8", "surrogatepass")
-    if len(raw) > limits.key_bytes_max:
-        raise InvalidKey(f"key longer than {limits.key_bytes_max} bytes")
-    if "\x00" in key:
-        raise InvalidKey("key must not contain NUL")
-    return raw
+__all__ = [
+    "DTYPE_BYTES", "KEY_BYTES", "KEY_SCHEME_VERSION", "Layout", "block_keys", "chain_root",
+    "next_key", "validate_key", "validate_namespace",
+]

@@ -8,9 +8,29 @@ never a crash and never an unbounded queue.
 
 from __future__ import annotations
 
-KiB = 1024
-MiB = 1024 * KiB
-GiB = 1024 * MiB
+# The bounds the client knows too are defined once, in the client distribution's wire package
+# (``clients/kvstore_wire/limits.py``): these names are those very values.
+from kvstore_wire.limits import (  # noqa: F401 - re-exported
+    GiB,
+    KiB,
+    MiB,
+    batch_bytes_max,
+    batch_keys_max,
+    block_bytes_max,
+    chain_keys_max,
+    connection_inflight_bytes_max,
+    connection_inflight_requests_max,
+    connections_max,
+    frame_header_bytes_max,
+    key_bytes_max,
+    lease_seconds_max,
+    namespace_bytes_max,
+    namespace_bytes_min,
+    nixl_metadata_bytes_max,
+    nixl_region_bytes_max,
+    shm_region_bytes_max,
+    ttl_seconds_max,
+)
 
 # --- Alignment and on-disk geometry -------------------------------------------------------
 
@@ -26,22 +46,10 @@ segment_bytes_max = 4 * GiB
 
 # --- Keys and namespaces ------------------------------------------------------------------
 
-# S3 caps object keys at 1024 bytes; block keys are 32 hex chars, engines' own keys (vLLM's
-# sha256 hex) are 64. The record header stores the key inline, so this also bounds the header.
-key_bytes_max = 1024
-
-# S3 bucket name rules: 3..63 characters.
-namespace_bytes_min = 3
-namespace_bytes_max = 63
-
 # Namespaces (buckets) one node holds: the per-namespace state is small, but not free.
 namespaces_max = 4096
 
 # --- Blocks -------------------------------------------------------------------------------
-
-# One KV block (one object). 64 MiB covers a 16-token block of a 405B model at fp16 with room;
-# larger values belong in several blocks. Must fit in one segment with its header.
-block_bytes_max = 64 * MiB
 
 # A record's payload is checksummed per chunk of this size too (xxh3-64 each, a table in the
 # record header), so a ranged read reads and verifies only the chunks it touches: a 100-byte
@@ -53,23 +61,9 @@ assert record_chunk_bytes & (record_chunk_bytes - 1) == 0, "chunk size must be a
 assert record_chunk_bytes % io_alignment_bytes == 0, "chunks must start on page boundaries"
 assert io_alignment_bytes <= record_chunk_bytes <= block_bytes_max
 
-# --- Batches and chains -------------------------------------------------------------------
-
-# Keys in one batch request (exists, delete, get, put). A 128k-token prompt at 16 tokens per
-# block is 8192 blocks.
-batch_keys_max = 8192
-
-# Keys in one longest-prefix lookup chain (same reasoning as the batch bound).
-chain_keys_max = 8192
-
-# Bytes of payload one batched GET or PUT may move in one request.
-batch_bytes_max = 1 * GiB
-
 # --- Leases and TTL -----------------------------------------------------------------------
 
-# A lookup may pin found blocks so eviction cannot take them before the engine reads them.
-# Leases are short: a client that dies must not pin capacity for long.
-lease_seconds_max = 60.0
+# A lookup's lease when the caller names none (at most ``lease_seconds_max``).
 lease_seconds_default = 5.0
 
 # Blocks pinned by leases at once, across all clients: pins hold capacity hostage.
@@ -83,9 +77,6 @@ leased_blocks_max = 1_000_000
 leased_fraction_of_capacity_default = 0.25
 leased_fraction_of_capacity_max = 0.4
 assert 0 < leased_fraction_of_capacity_default <= leased_fraction_of_capacity_max < 0.5
-
-# Per-block TTL: one year is "forever" for a KV cache.
-ttl_seconds_max = 365 * 24 * 3600
 
 # --- Capacity -----------------------------------------------------------------------------
 
@@ -117,23 +108,8 @@ buffer_pool_idle_bytes_max = 512 * MiB
 
 # --- Network edges ------------------------------------------------------------------------
 
-# Concurrent client connections per listener (the default of --max-connections; the highest
-# value it takes is connections_max_allowed). A connection past it is closed at accept.
-connections_max = 1024
+# The highest value --max-connections takes (its default is ``connections_max``).
 connections_max_allowed = 65536
-
-# A bulk frame's msgpack header: small, because it carries only metadata.
-frame_header_bytes_max = 1 * MiB
-
-# Bytes of requests one bulk connection may have in flight before the server stops reading.
-connection_inflight_bytes_max = 256 * MiB
-
-# Pipelined requests one bulk connection may have in flight.
-connection_inflight_requests_max = 64
-
-# A same-host client's shared-memory region (bulk shm transport): the server maps it, so it
-# counts against the server's address space; one region per connection.
-shm_region_bytes_max = 16 * GiB
 
 # Write-buffer water marks for flow control on the bulk port.
 write_buffer_high_bytes = 8 * MiB
@@ -184,14 +160,6 @@ multipart_idle_seconds_max = 3600.0
 write_chunk_bytes_max = 8 * MiB
 
 # --- NIXL transport (optional extra; kvstore.transport.nixl) -------------------------------
-
-# A client's NIXL agent metadata (UCX worker addresses, about 0.5 KiB here; more with several
-# rails/backends). It rides in a frame header, so it must stay well under frame_header_bytes_max.
-nixl_metadata_bytes_max = 64 * KiB
-
-# A client's NIXL-registered region: the server only addresses into it (never maps it), but
-# offsets and sizes are still checked against a bound, like the shm region.
-nixl_region_bytes_max = 64 * GiB
 
 # Server staging memory registered with its NIXL agent once: one-sided transfers need registered
 # memory on both ends, and engine buffers are not registered. Each request holds one chunk at a

@@ -234,7 +234,7 @@ class Servers:
     def __init__(self, work: Path, args: argparse.Namespace) -> None:
         self.kv_port, self.bare_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = str(ROOT)
+        env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{ROOT / 'clients'}"
         self.kv_log = open(work / "kvstore.log", "wb")  # noqa: SIM115 - closed in stop()
         self.kv = subprocess.Popen(
             [sys.executable, "-m", "kvstore", "serve", "--port", str(self.kv_port),

@@ -26,7 +26,13 @@ ALLOWED: dict[str, set[str]] = {
                "errors", "auth", "keys"},
     "__main__": {"server", "config", "service.admin", "limits", "errors"},
 }
-CLIENT_ALLOWED = {"protocol", "keys", "errors", "limits"}
+# The client distribution (clients/) ships without the server: it imports nothing of kvstore.
+# What it shares with the server lives in its own kvstore_wire package, which the server's
+# protocol, keys, errors and limits re-export.
+CLIENT_ALLOWED: set[str] = set()
+# server modules that may import kvstore_wire (the re-exports, and the engine's checksum)
+WIRE_IMPORTERS = {"limits.py", "errors.py", "keys.py", "engine/format.py"}
+WIRE_IMPORTERS_UNDER = ("protocol/",)
 
 
 def _imports(path: Path) -> list[str]:
@@ -63,6 +69,44 @@ def test_server_packages_import_only_downward() -> None:
     assert not bad, "layering violations:\n" + "\n".join(bad)
 
 
+def _all_imports(path: Path) -> list[str]:
+    """Every module an import statement names, relative ones resolved to their package."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    pkg = path.parent.name
+    out: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.extend(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            out.append((node.module or "") if not node.level else f"{pkg}.{node.module or ''}")
+    return out
+
+
+def test_wire_package_is_sans_io_and_knows_no_server() -> None:
+    """kvstore_wire: no asyncio, no socket, nothing of kvstore or of the SDK."""
+    bad = []
+    for path in sorted((ROOT / "clients" / "kvstore_wire").rglob("*.py")):
+        for target in _all_imports(path):
+            top = target.split(".")[0]
+            if top in ("asyncio", "socket", "selectors", "kvstore", "kvstore_client"):
+                bad.append(f"{path.relative_to(ROOT)} imports {target}")
+    assert not bad, "kvstore_wire violations:\n" + "\n".join(bad)
+
+
+def test_server_imports_the_wire_package_only_through_its_re_exports() -> None:
+    bad = []
+    for path in sorted((ROOT / "kvstore").rglob("*.py")):
+        rel = path.relative_to(ROOT / "kvstore").as_posix()
+        for target in _all_imports(path):
+            top = target.split(".")[0]
+            if top == "kvstore_client":
+                bad.append(f"kvstore/{rel} imports the SDK ({target})")
+            elif top == "kvstore_wire" and not (rel in WIRE_IMPORTERS
+                                                or rel.startswith(WIRE_IMPORTERS_UNDER)):
+                bad.append(f"kvstore/{rel} imports {target}: use kvstore.protocol/limits/...")
+    assert not bad, "\n".join(bad)
+
+
 def test_clients_import_no_server_internals() -> None:
     bad = []
     for path in sorted((ROOT / "clients").rglob("*.py")):
@@ -70,7 +114,8 @@ def test_clients_import_no_server_internals() -> None:
             if target != "kvstore" and not _allowed(target, CLIENT_ALLOWED):
                 bad.append(f"{path.relative_to(ROOT)} imports {target}")
         text = path.read_text()
-        for forbidden in ("import fastapi", "import pyuring", "from fastapi", "from pyuring"):
+        for forbidden in ("import fastapi", "import pyuring", "from fastapi", "from pyuring",
+                          "import uvicorn", "from uvicorn", "import prometheus_client"):
             if forbidden in text:
                 bad.append(f"{path.relative_to(ROOT)}: {forbidden}")
     assert not bad, "client layering violations:\n" + "\n".join(bad)

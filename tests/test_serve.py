@@ -38,7 +38,7 @@ class Serve:
         self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
         full_env.update(env or {})
-        full_env["PYTHONPATH"] = str(REPO)
+        full_env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
                                          stdout=out, stderr=err, env=full_env, cwd=tmp)

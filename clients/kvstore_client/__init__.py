@@ -1,10 +1,12 @@
 """kvstore client SDK: the bulk port from an inference node.
 
-Depends only on ``kvstore.protocol``, ``kvstore.keys``, ``kvstore.errors`` and
-``kvstore.limits`` (no FastAPI, no pyuring, no engine).
+Its own distribution, ``kvstore-client`` (``pip install ./clients``): this package and
+``kvstore_wire`` (the sans-IO protocol, keys, errors and bounds the server shares), with msgpack
+and xxhash as its only hard dependencies (no FastAPI, no pyuring, no engine; numpy and torch are
+optional, for NIXL and tensors).
 """
 
-from kvstore.errors import (
+from kvstore_wire.errors import (
     AccessDenied,
     AuthenticationFailed,
     Busy,
@@ -15,7 +17,8 @@ from kvstore.errors import (
     NotImplementedFeature,
     ProtocolError,
 )
-from kvstore.keys import Layout, block_keys, chain_root, next_key
+from kvstore_wire.keys import Layout, block_keys, chain_root, next_key
+
 from kvstore_client.aio import AsyncClient
 from kvstore_client.client import Client
 

@@ -5,29 +5,29 @@ Every operation is a generator that yields I/O requests and gets results back:
 - ``(SEND, [buffers])``: write all buffers in order (vectored; nothing is joined), result None;
 - ``(RECV, memoryview)``: ``recv_into`` that view once, result = bytes received (0 = EOF).
 
-``kvstore_client.client`` drives them with a blocking socket, ``kvstore_client.aio`` with
-asyncio. Payloads of GET land straight in the caller's memory: the decoder hands out slices of
+``kvstore_client.channel`` runs them on a ``Channel`` (blocking) or an ``AsyncChannel``
+(asyncio): the ops never touch a socket. Payloads of GET land straight in the caller's memory: the decoder hands out slices of
 the caller's buffer as receive targets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-import xxhash
-
-from kvstore.errors import (
+from kvstore_wire import messages as msg
+from kvstore_wire import results as res
+from kvstore_wire.checksum import block_checksum
+from kvstore_wire.decoder import NEED_DATA, Decoder, Frame, PayloadChunk, PayloadEnd
+from kvstore_wire.errors import (
     ChecksumMismatch,
     InvalidArgument,
     KVStoreError,
     NotImplementedFeature,
     ProtocolError,
 )
-from kvstore.protocol import messages as msg
-from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadChunk, PayloadEnd
-from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
-from kvstore.protocol.state import Connection, Role
+from kvstore_wire.frames import FrameFlags, FrameType, encode_frame
+from kvstore_wire.state import Connection, Role
 
 SEND, RECV = 0, 1
 IoReq = tuple[int, Any]
@@ -38,8 +38,13 @@ class ConnectionClosed(ConnectionError):
     """The server closed the connection."""
 
 
-def checksum(buf: Any) -> int:
-    return xxhash.xxh3_64_intdigest(buf)
+checksum = block_checksum  # the one block checksum (kvstore_wire.checksum)
+
+
+class Message(Protocol):
+    """A request or handshake message of ``kvstore_wire.messages``."""
+
+    def to_header(self) -> dict[str, Any]: ...
 
 
 def as_bytes_view(buf: Any, *, writable: bool = False) -> memoryview:
@@ -86,17 +91,19 @@ class Core:
         ev = yield from self._event()
         if not isinstance(ev, Frame):
             raise ProtocolError(f"expected a frame, got {type(ev).__name__}")
-        self.conn.received(ev.ftype, ev.request_id, ev.flags)
+        self.conn.received(ev.ftype, ev.request_id, ev.flags, ev.payload_length)
         if ev.ftype is FrameType.ERROR and ev.request_id == 0:
-            raise msg.parse_error(ev.header)
+            raise res.ErrorInfo.from_header(ev.header).exception()
         return ev
 
-    def send(self, ftype: FrameType, header: dict[str, Any] | None, payload: Sequence[Any] = (),
-             flags: int = 0, rid: int | None = None) -> Op:
+    def send(self, ftype: FrameType, header: Message | dict[str, Any] | None,
+             payload: Sequence[Any] = (), flags: int = 0, rid: int | None = None) -> Op:
         rid = self.next_rid() if rid is None else rid
         n = sum(len(p) for p in payload)
+        if header is not None and not isinstance(header, dict):
+            header = header.to_header()
         head = encode_frame(ftype, rid, header, n, flags)
-        self.conn.sent(ftype, rid, flags)
+        self.conn.sent(ftype, rid, flags, n)
         yield (SEND, [head, *payload])
         return rid
 
@@ -129,28 +136,35 @@ class Core:
 
     # -- handshake -----------------------------------------------------------------------
     def handshake(self, access_key: str, secret_key: str, namespace: str, create: bool) -> Op:
-        yield from self.send(FrameType.HELLO, msg.hello(access_key, namespace, create=create),
-                             rid=0)
+        yield from self.send(FrameType.HELLO, msg.Hello(access_key, namespace, create), rid=0)
         f = yield from self.frame()
-        nonce = msg.parse_challenge(f.header)
+        nonce = msg.Challenge.from_header(f.header).nonce
         sig = msg.sign(secret_key, nonce, access_key, namespace)
-        yield from self.send(FrameType.AUTH, {"sig": sig}, rid=0)
+        yield from self.send(FrameType.AUTH, msg.Auth(sig), rid=0)
         f = yield from self.frame()
-        self.window = msg.parse_auth_ok(f.header)
-        self.tenant = str(f.header.get("tenant", ""))
+        ok = msg.AuthOk.from_header(f.header)
+        self.window, self.tenant = ok.window, ok.tenant
 
     # -- requests ------------------------------------------------------------------------
-    def simple(self, ftype: FrameType, header: dict[str, Any], flags: int = 0) -> Op:
-        """One request answered by one RESULT (or ERROR)."""
+    def simple(self, ftype: FrameType, header: Message | dict[str, Any],
+               flags: int = 0) -> Op:
+        """One request answered by one RESULT (or ERROR); the RESULT's raw header."""
         rid = yield from self.send(ftype, header, flags=flags)
         f = yield from self.frame()
         if f.request_id != rid:
             raise ProtocolError("answer to another request")
         if f.ftype is FrameType.ERROR:
-            raise msg.parse_error(f.header)
+            raise res.ErrorInfo.from_header(f.header).exception()
         return f.header
 
-    def pipeline(self, requests: Sequence[tuple[FrameType, dict[str, Any], Sequence[Any], int]],
+    def request(self, ftype: FrameType, message: Message, keys: int | None = None,
+                flags: int = 0) -> Op:
+        """One request answered by one RESULT, parsed (``kvstore_wire.results.RESULTS``)."""
+        h = yield from self.simple(ftype, message, flags)
+        return res.parse_result(ftype, h, keys)
+
+    def pipeline(self, requests: Sequence[tuple[FrameType, Message | dict[str, Any],
+                                                Sequence[Any], int]],
                  on_frame: Callable[[int, Frame], Op | None]) -> Op:
         """Send ``requests`` keeping at most the server's window in flight; feed every answer
         frame to ``on_frame(request index, frame)`` (which may return a generator to consume a
@@ -174,7 +188,7 @@ class Core:
                 raise ProtocolError("answer to an unknown request")
             idx, size = pending[f.request_id]
             if f.ftype is FrameType.ERROR:
-                first_err = first_err or msg.parse_error(f.header)
+                first_err = first_err or res.ErrorInfo.from_header(f.header).exception()
             else:
                 try:
                     sub = on_frame(idx, f)
@@ -194,7 +208,7 @@ def receive_block(core: Core, f: Frame, target: Any | None, results: list[Any], 
                   verify: bool = True) -> Op:
     """Consume one BLOCK frame into ``target`` (a writable buffer, or None to allocate one);
     verify its checksum; ``results[idx]`` becomes the length (or the new bytearray)."""
-    b = msg.parse_block(f.header, f.payload_length)
+    b = res.BlockHeader.from_header(f.header, f.payload_length, f.flags)
     if target is None:
         out = bytearray(b.length)
         view = memoryview(out)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from kvstore import limits
-from kvstore.errors import InvalidArgument, LimitExceeded
-from kvstore.protocol import messages as msg
-from kvstore.protocol.decoder import Frame
-from kvstore.protocol.frames import FrameType
+from kvstore_wire import limits
+from kvstore_wire import messages as msg
+from kvstore_wire import results as res
+from kvstore_wire.decoder import Frame
+from kvstore_wire.errors import InvalidArgument, LimitExceeded
+from kvstore_wire.frames import FrameType
+
 from kvstore_client._core import Core, Op, as_bytes_view, checksum, receive_block
 
 # Batches of one call are cut this small so that the server stores (or reads) one batch while
@@ -43,18 +45,15 @@ def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
     if start < len(views):
         batches.append(range(start, len(views)))
     reqs = [(FrameType.PUT_BATCH,
-             msg.put_batch([keys[i] for i in r], [len(views[i]) for i in r], [sums[i] for i in r],
-                           ttl_seconds=ttl_seconds),
+             msg.PutBatch([keys[i] for i in r], [len(views[i]) for i in r], [sums[i] for i in r],
+                          ttl_seconds),
              [views[i] for i in r if len(views[i])], flags) for r in batches]
     created: list[bool] = [False] * len(keys)
 
     def on_frame(idx: int, f: Frame) -> None:
-        flags = f.header.get("created")
         r = batches[idx]
-        if not isinstance(flags, list) or len(flags) != len(r):
-            raise InvalidArgument("malformed PUT answer")
-        for j, c in zip(r, flags, strict=True):
-            created[j] = bool(c)
+        for j, c in zip(r, res.PutResult.from_header(f.header, len(r)).created, strict=True):
+            created[j] = c
 
     err = yield from core.pipeline(reqs, on_frame)
     if err is not None:
@@ -70,18 +69,19 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
         raise InvalidArgument("one buffer per key")
     views = None if bufs is None else [as_bytes_view(b, writable=True) for b in bufs]
     batches = _chunks(len(keys), max(1, min(batch_keys, limits.batch_keys_max)))
-    reqs = [(FrameType.GET_BATCH, msg.keys_request([keys[i] for i in r]), (), 0)
+    reqs = [(FrameType.GET_BATCH, msg.KeysRequest([keys[i] for i in r]), (), 0)
             for r in batches]
     results: list[Any] = [None] * len(keys)
 
     def on_frame(idx: int, f: Frame) -> Op | None:
+        r = batches[idx]
         if f.ftype is FrameType.BLOCK:
             i = f.header.get("i")
-            r = batches[idx]
             if not isinstance(i, int) or not 0 <= i < len(r):
                 raise InvalidArgument("BLOCK index outside the request")
             j = r[i]
             return receive_block(core, f, None if views is None else views[j], results, j)
+        res.End.from_header(f.header, len(r))  # END: at most one block per key
         return None
 
     err = yield from core.pipeline(reqs, on_frame)
@@ -91,25 +91,26 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
 
 
 def keyed(core: Core, ftype: FrameType, field: str, keys: Sequence[str]) -> Op:
-    """EXISTS/DELETE/PREFETCH over any number of keys, in batches, pipelined."""
+    """EXISTS/DELETE/PREFETCH over any number of keys, in batches, pipelined. ``field`` names
+    the answer's field (``exists``: a list of bools; ``deleted``, ``staged``: their sum)."""
     batches = _chunks(len(keys), limits.batch_keys_max)
-    reqs = [(ftype, msg.keys_request([keys[i] for i in r]), (), 0) for r in batches]
+    reqs = [(ftype, msg.KeysRequest([keys[i] for i in r]), (), 0) for r in batches]
     out: list[Any] = [None] * len(batches)
 
     def on_frame(idx: int, f: Frame) -> None:
-        out[idx] = f.header.get(field)
+        out[idx] = getattr(res.parse_result(ftype, f.header, len(batches[idx])), field)
 
     err = yield from core.pipeline(reqs, on_frame)
     if err is not None:
         raise err
     if field == "exists":
-        return [bool(x) for part in out for x in part]
-    return sum(int(x) for x in out)
+        return [x for part in out for x in part]
+    return sum(out)
 
 
 def lookup(core: Core, keys: Sequence[str], lease_seconds: float) -> Op:
     if len(keys) > limits.chain_keys_max:
         raise LimitExceeded(f"chain of {len(keys)} keys exceeds {limits.chain_keys_max}")
-    h = yield from core.simple(FrameType.LOOKUP,
-                               msg.keys_request(list(keys), lease=lease_seconds or None))
-    return int(h["found"])
+    r = yield from core.request(FrameType.LOOKUP, msg.KeysRequest(list(keys), lease_seconds),
+                                len(keys))
+    return r.found

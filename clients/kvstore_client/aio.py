@@ -1,71 +1,50 @@
 """asyncio client for the bulk port: same calls as ``Client``, awaitable.
 
-Drives the same protocol generators as the sync client with the event loop's socket calls
-(``sock_recv_into`` straight into caller memory, ``sock_sendall`` per buffer: nothing joined).
+Drives the same protocol generators as the sync client on an ``AsyncChannel``
+(``kvstore_client.channel``: by default the loop's ``sock_recv_into`` straight into caller
+memory and ``sock_sendall`` per buffer, nothing joined).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kvstore import limits
-from kvstore.protocol.frames import FrameType
+from kvstore_wire import limits
+from kvstore_wire import messages as msg
+from kvstore_wire.frames import FrameType
+
 from kvstore_client import _ops
-from kvstore_client._core import RECV, SEND, Core, Op
+from kvstore_client._core import Core, Op
+from kvstore_client.channel import AsyncChannel, AsyncConnector, AsyncTcpChannel, drive_async
 from kvstore_client.client import is_retryable
 
 
-async def drive(loop: asyncio.AbstractEventLoop, sock: socket.socket, op: Op) -> Any:
-    try:
-        req = next(op)
-        while True:
-            kind, arg = req
-            if kind == RECV:
-                res: Any = await loop.sock_recv_into(sock, arg)
-            elif kind == SEND:
-                for b in arg:
-                    if len(b):
-                        await loop.sock_sendall(sock, b)
-                res = None
-            else:
-                raise AssertionError(kind)
-            req = op.send(res)
-    except StopIteration as stop:
-        return stop.value
-
-
 class AsyncConnection:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
+    def __init__(self, channel: AsyncChannel) -> None:
+        self.channel = channel
         self.core = Core()
 
     @classmethod
     async def open(cls, host: str, port: int, access_key: str, secret_key: str, namespace: str,
-                   *, create: bool, timeout: float) -> AsyncConnection:
-        loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self = cls(sock)
+                   *, create: bool, timeout: float,
+                   connect: AsyncConnector = AsyncTcpChannel.connect) -> AsyncConnection:
+        self = cls(await connect(host, port, timeout))
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
             await asyncio.wait_for(
                 self.run(self.core.handshake(access_key, secret_key, namespace, create)), timeout)
         except BaseException:
-            sock.close()
+            self.channel.close()
             raise
         return self
 
     async def run(self, op: Op) -> Any:
-        return await drive(asyncio.get_running_loop(), self.sock, op)
+        return await drive_async(self.channel, op)
 
     def close(self) -> None:
-        self.sock.close()
+        self.channel.close()
 
 
 class AsyncClient:
@@ -74,8 +53,10 @@ class AsyncClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
-                 backoff_seconds: float = 0.05) -> None:
+                 backoff_seconds: float = 0.05,
+                 connect: AsyncConnector = AsyncTcpChannel.connect) -> None:
         self.host, self.port, self.namespace = host, port, namespace
+        self._channel = connect
         self._creds = (access_key, secret_key)
         self._create = create
         self.timeout = timeout
@@ -93,7 +74,7 @@ class AsyncClient:
                 if conn is None:
                     conn = await AsyncConnection.open(
                         self.host, self.port, *self._creds, self.namespace,
-                        create=self._create, timeout=self.timeout)
+                        create=self._create, timeout=self.timeout, connect=self._channel)
                 result = await asyncio.wait_for(conn.run(make(conn.core)), self.timeout)
             except BaseException as exc:
                 if conn is not None and not conn.core.usable:
@@ -130,11 +111,12 @@ class AsyncClient:
 
     async def ping(self) -> float:
         t0 = time.perf_counter()
-        await self._call(lambda c: c.simple(FrameType.PING, {}))
+        await self._call(lambda c: c.request(FrameType.PING, msg.Empty()))
         return time.perf_counter() - t0
 
     async def stats(self) -> dict[str, Any]:
-        return dict(await self._call(lambda c: c.simple(FrameType.STATS, {})))
+        r = await self._call(lambda c: c.request(FrameType.STATS, msg.Empty()))
+        return r.to_header()  # type: ignore[no-any-return]
 
     async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
                   overwrite: bool = False) -> bool:

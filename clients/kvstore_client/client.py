@@ -21,66 +21,42 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from kvstore import limits
-from kvstore.errors import KVStoreError
-from kvstore.protocol.frames import FrameType
+from kvstore_wire import limits
+from kvstore_wire import messages as msg
+from kvstore_wire.errors import KVStoreError
+from kvstore_wire.frames import FrameType
+
 from kvstore_client import _ops
-from kvstore_client._core import RECV, SEND, Core, Op
+from kvstore_client._core import Core, Op
+from kvstore_client.channel import Channel, Connector, TcpChannel, drive
 
-# sendmsg takes at most IOV_MAX (1024 on Linux) buffers per call.
-_IOV_MAX = 1024
-
-
-def drive(sock: socket.socket, op: Op) -> Any:
-    """Run a protocol generator on a blocking socket."""
-    try:
-        req = next(op)
-        while True:
-            kind, arg = req
-            if kind == RECV:
-                res: Any = sock.recv_into(arg)
-            elif kind == SEND:
-                _sendmsg_all(sock, arg)
-                res = None
-            else:
-                raise AssertionError(kind)
-            req = op.send(res)
-    except StopIteration as stop:
-        return stop.value
-
-
-def _sendmsg_all(sock: socket.socket, bufs: list[Any]) -> None:
-    views = [memoryview(b).cast("B") for b in bufs if len(b)]
-    while views:
-        n = sock.sendmsg(views[:_IOV_MAX])
-        while n and views:
-            if n >= len(views[0]):
-                n -= len(views[0])
-                views.pop(0)
-            else:
-                views[0] = views[0][n:]
-                n = 0
+__all__ = ["Client", "SyncConnection", "drive", "is_retryable"]
 
 
 class SyncConnection:
-    """One authenticated TCP connection."""
+    """One authenticated connection over a ``Channel`` (TCP unless ``connect`` says else)."""
 
     def __init__(self, host: str, port: int, access_key: str, secret_key: str, namespace: str,
-                 *, create: bool = False, timeout: float = 30.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                 *, create: bool = False, timeout: float = 30.0,
+                 connect: Connector = TcpChannel.connect) -> None:
+        self.channel: Channel = connect(host, port, timeout)
         self.core = Core()
         try:
-            drive(self.sock, self.core.handshake(access_key, secret_key, namespace, create))
+            drive(self.channel, self.core.handshake(access_key, secret_key, namespace, create))
         except BaseException:
-            self.sock.close()
+            self.channel.close()
             raise
 
+    @property
+    def sock(self) -> socket.socket:
+        """The TCP socket under the channel (tests and tools that poke at it)."""
+        return self.channel.sock  # type: ignore[attr-defined, no-any-return]
+
     def run(self, op: Op) -> Any:
-        return drive(self.sock, op)
+        return drive(self.channel, op)
 
     def close(self) -> None:
-        self.sock.close()
+        self.channel.close()
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -95,8 +71,9 @@ class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
-                 backoff_seconds: float = 0.05) -> None:
+                 backoff_seconds: float = 0.05, connect: Connector = TcpChannel.connect) -> None:
         self.host, self.port, self.namespace = host, port, namespace
+        self._channel = connect
         self._creds = (access_key, secret_key)
         self._create = create
         self.timeout = timeout
@@ -110,7 +87,7 @@ class Client:
     # -- pool and retries ----------------------------------------------------------------
     def _connect(self) -> SyncConnection:
         return SyncConnection(self.host, self.port, *self._creds, self.namespace,
-                              create=self._create, timeout=self.timeout)
+                              create=self._create, timeout=self.timeout, connect=self._channel)
 
     def _call(self, make: Callable[[Core], Op]) -> Any:
         attempt = 0
@@ -159,11 +136,12 @@ class Client:
     # -- API -----------------------------------------------------------------------------
     def ping(self) -> float:
         t0 = time.perf_counter()
-        self._call(lambda c: c.simple(FrameType.PING, {}))
+        self._call(lambda c: c.request(FrameType.PING, msg.Empty()))
         return time.perf_counter() - t0
 
     def stats(self) -> dict[str, Any]:
-        return dict(self._call(lambda c: c.simple(FrameType.STATS, {})))
+        r = self._call(lambda c: c.request(FrameType.STATS, msg.Empty()))
+        return r.to_header()  # type: ignore[no-any-return]
 
     def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
             overwrite: bool = False) -> bool:

@@ -30,13 +30,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from kvstore_wire import limits
+from kvstore_wire import messages as msg
+from kvstore_wire import results as res
+from kvstore_wire.decoder import Frame
+from kvstore_wire.errors import ChecksumMismatch, InvalidArgument, NotImplementedFeature
+from kvstore_wire.frames import FrameFlags, FrameType
 
-from kvstore import limits
-from kvstore.errors import ChecksumMismatch, InvalidArgument, NotImplementedFeature
-from kvstore.protocol import messages as msg
-from kvstore.protocol.decoder import Frame
-from kvstore.protocol.frames import FrameFlags, FrameType
 from kvstore_client._core import Core, Op, as_bytes_view, checksum
+from kvstore_client.channel import Connector, TcpChannel
 from kvstore_client.client import SyncConnection
 
 UCX_TLS_DEFAULT = "sm,tcp,self"
@@ -143,20 +145,21 @@ def _get(core: Core, region: NixlRegion, keys: Sequence[str], offsets: Sequence[
          caps: Sequence[int]) -> Op:
     runs = _batches(len(keys), [0] * len(keys))
     out: list[int | None] = [None] * len(keys)
-    seen: list[msg.BlockHeader] = []
+    seen: list[res.BlockHeader] = []
 
     def on_frame(r: int, f: Frame) -> None:
-        if f.ftype is not FrameType.BLOCK:
-            return
         lo, hi = runs[r]
-        b = msg.parse_block(f.header, f.payload_length, shm=True)
+        if f.ftype is not FrameType.BLOCK:
+            res.End.from_header(f.header, hi - lo)
+            return
+        b = res.BlockHeader.from_header(f.header, f.payload_length, f.flags)
         if not 0 <= b.index < hi - lo or b.length > caps[lo + b.index]:
             raise InvalidArgument("BLOCK outside the request")
-        seen.append(msg.BlockHeader(lo + b.index, b.key, b.length, b.checksum))
+        seen.append(res.BlockHeader(lo + b.index, b.key, b.length, b.checksum))
 
     reqs = [(FrameType.GET_BATCH,
-             msg.keys_request(list(keys[lo:hi]), offsets=list(offsets[lo:hi]),
-                              caps=list(caps[lo:hi])), (), int(FrameFlags.NIXL))
+             msg.KeysRequest(list(keys[lo:hi]), offsets=list(offsets[lo:hi]),
+                             capacities=list(caps[lo:hi])), (), int(FrameFlags.NIXL))
             for lo, hi in runs]
     err = yield from core.pipeline(reqs, on_frame)
     if err is not None:
@@ -180,12 +183,13 @@ def _put(core: Core, region: NixlRegion, keys: Sequence[str], offsets: Sequence[
     sums = [checksum(region.view[o:o + n]) for o, n in zip(offsets, lengths, strict=True)]
     created: list[list[bool]] = [[] for _ in runs]
     reqs = [(FrameType.PUT_BATCH,
-             msg.put_batch(list(keys[lo:hi]), list(lengths[lo:hi]), sums[lo:hi],
-                           ttl_seconds=ttl_seconds, offsets=list(offsets[lo:hi])),
+             msg.PutBatch(list(keys[lo:hi]), list(lengths[lo:hi]), sums[lo:hi], ttl_seconds,
+                          list(offsets[lo:hi])),
              (), flags) for lo, hi in runs]
 
     def on_frame(r: int, f: Frame) -> None:
-        created[r] = [bool(x) for x in f.header.get("created", [])]
+        lo, hi = runs[r]
+        created[r] = res.PutResult.from_header(f.header, hi - lo).created
 
     err = yield from core.pipeline(reqs, on_frame)
     if err is not None:
@@ -199,9 +203,9 @@ class NixlClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect: Connector = TcpChannel.connect) -> None:
         self._conn = SyncConnection(host, port, access_key, secret_key, namespace,
-                                    create=create, timeout=timeout)
+                                    create=create, timeout=timeout, connect=connect)
         self.agent: Any = None
         self.region: NixlRegion | None = None
         self._reg: Any = None
@@ -218,9 +222,9 @@ class NixlClient:
         self.agent = api.nixl_agent(name, api.nixl_agent_config(backends=["UCX"]))
         self._reg = self.agent.register_memory([(region.address, region.size, 0, "")], "DRAM")
         md = self.agent.get_agent_metadata()
-        res = self._conn.run(self._conn.core.simple(
-            FrameType.NIXL_REGISTER, msg.nixl_register(md, region.address, region.size)))
-        self.server_agent = str(res.get("agent", ""))
+        done = self._conn.run(self._conn.core.request(
+            FrameType.NIXL_REGISTER, msg.NixlRegister(md, region.address, region.size)))
+        self.server_agent = done.agent
         self.region = region
         return region
 

@@ -22,12 +22,15 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
-from kvstore import limits
-from kvstore.errors import ChecksumMismatch, InvalidArgument
-from kvstore.protocol import messages as msg
-from kvstore.protocol.decoder import Frame
-from kvstore.protocol.frames import FrameFlags, FrameType
+from kvstore_wire import limits
+from kvstore_wire import messages as msg
+from kvstore_wire import results as res
+from kvstore_wire.decoder import Frame
+from kvstore_wire.errors import ChecksumMismatch, InvalidArgument
+from kvstore_wire.frames import FrameFlags, FrameType
+
 from kvstore_client._core import Core, Op, checksum
+from kvstore_client.channel import Connector, TcpChannel
 from kvstore_client.client import SyncConnection
 
 SHM_DIR = "/dev/shm"
@@ -72,8 +75,9 @@ def _get(core: Core, region: ShmRegion, keys: Sequence[str], offsets: Sequence[i
 
     def on_frame(idx: int, f: Frame) -> None:
         if f.ftype is not FrameType.BLOCK:
+            res.End.from_header(f.header, len(keys))
             return
-        b = msg.parse_block(f.header, f.payload_length, shm=True)
+        b = res.BlockHeader.from_header(f.header, f.payload_length, f.flags)
         if not 0 <= b.index < len(keys) or b.length > caps[b.index]:
             raise InvalidArgument("BLOCK outside the request")
         off = offsets[b.index]
@@ -82,7 +86,7 @@ def _get(core: Core, region: ShmRegion, keys: Sequence[str], offsets: Sequence[i
             return
         out[b.index] = b.length
 
-    h = msg.keys_request(list(keys), offsets=list(offsets), caps=list(caps))
+    h = msg.KeysRequest(list(keys), offsets=list(offsets), capacities=list(caps))
     err = yield from core.pipeline([(FrameType.GET_BATCH, h, (), int(FrameFlags.SHM))], on_frame)
     if err is not None:
         raise err
@@ -95,11 +99,11 @@ def _put(core: Core, region: ShmRegion, keys: Sequence[str], offsets: Sequence[i
          lengths: Sequence[int], ttl_seconds: float, overwrite: bool) -> Op:
     flags = int(FrameFlags.SHM) | core.put_flags(overwrite)
     sums = [checksum(region.view[o:o + n]) for o, n in zip(offsets, lengths, strict=True)]
-    h = msg.put_batch(list(keys), list(lengths), sums, ttl_seconds=ttl_seconds,
-                      offsets=list(offsets))
+    h = msg.PutBatch(list(keys), list(lengths), sums, ttl_seconds, list(offsets))
     created: list[bool] = []
-    err = yield from core.pipeline([(FrameType.PUT_BATCH, h, (), flags)],
-                                   lambda i, f: created.extend(bool(x) for x in f.header["created"]))
+    err = yield from core.pipeline(
+        [(FrameType.PUT_BATCH, h, (), flags)],
+        lambda i, f: created.extend(res.PutResult.from_header(f.header, len(keys)).created))
     if err is not None:
         raise err
     return created
@@ -110,13 +114,13 @@ class ShmClient:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str, size: int,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, connect: Connector = TcpChannel.connect) -> None:
         self.region = ShmRegion(size)
         try:
             self._conn = SyncConnection(host, port, access_key, secret_key, namespace,
-                                        create=create, timeout=timeout)
-            self._conn.run(self._conn.core.simple(
-                FrameType.SHM_REGISTER, {"name": self.region.name, "size": size}))
+                                        create=create, timeout=timeout, connect=connect)
+            self._conn.run(self._conn.core.request(
+                FrameType.SHM_REGISTER, msg.ShmRegister(self.region.name, size)))
         except BaseException:
             self.region.close()
             raise

@@ -41,6 +41,7 @@ import zlib
 from dataclasses import dataclass
 
 import xxhash
+from kvstore_wire.checksum import block_checksum
 
 from kvstore import limits
 from kvstore.errors import CorruptRecord
@@ -75,9 +76,9 @@ meta_bytes_max = PAGE - _REC.size - limits.namespace_bytes_max - limits.key_byte
 assert meta_bytes_max >= 2048, "record header page too small for metadata"
 
 
-def checksum(data: object) -> int:
-    """Payload checksum: xxh3-64 (fast, releases the GIL; payloads are not adversarial)."""
-    return xxhash.xxh3_64_intdigest(data)  # type: ignore[arg-type]
+# Payload checksum: the one block checksum, shared with the wire and the SDK (xxh3-64: fast,
+# releases the GIL; payloads are not adversarial). A PUT's declared checksum is this function's.
+checksum = block_checksum
 
 
 def chunk_count(payload_len: int, chunk_log2: int) -> int:

@@ -1,7 +1,10 @@
-"""Bulk protocol, sans-IO: frames, a decoder that fills caller memory, the connection table.
+"""Bulk protocol, sans-IO: frames, a decoder that fills caller memory, the connection table, and
+every message as a frozen dataclass.
 
-No asyncio, no sockets: the server (``kvstore.transport``) and the client SDK
-(``kvstore_client``) both drive this code with bytes they move themselves.
+No asyncio, no sockets. The code is defined once, in the client distribution's
+``kvstore_wire`` package (``clients/``): the server (``kvstore.transport``) and the client SDK
+(``kvstore_client``) drive the same code with bytes they move themselves. These modules
+re-export it so that server code imports ``kvstore.protocol``.
 """
 
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadChunk, PayloadEnd

@@ -47,8 +47,8 @@ from kvstore.errors import (
 )
 from kvstore.protocol import messages as msg
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadEnd
-from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
-from kvstore.protocol.state import Connection, Role
+from kvstore.protocol.frames import FrameType, encode_frame
+from kvstore.protocol.state import Connection, Role, out_of_band
 from kvstore.service import BlockLease, Node
 from kvstore.transport import bulk_ops
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
@@ -247,27 +247,24 @@ class BulkProtocol(asyncio.BufferedProtocol):
             self.transport.resume_reading()
 
     def _on_frame(self, f: Frame) -> None:
-        self.conn.received(f.ftype, f.request_id, f.flags)
+        self.conn.received(f.ftype, f.request_id, f.flags, f.payload_length)
         if f.ftype is FrameType.HELLO:
-            self._hello = msg.parse_hello(f.header)
+            self._hello = msg.Hello.from_header(f.header)
             self._nonce = os.urandom(msg.NONCE_BYTES)
-            self.send(FrameType.CHALLENGE, 0, {"nonce": self._nonce})
+            self.send(FrameType.CHALLENGE, 0, msg.Challenge(self._nonce).to_header())
             return
         if f.ftype is FrameType.AUTH:
-            self._spawn(self._authenticate(msg.parse_auth(f.header)), None)
+            self._spawn(self._authenticate(msg.Auth.from_header(f.header).sig), None)
             return
         rid = f.request_id
         try:
             if self.ctx.closing:
                 raise ShuttingDown("server is shutting down")
-            shm = bool(f.flags & FrameFlags.SHM)
-            nixl = bool(f.flags & FrameFlags.NIXL)
-            overwrite = bool(f.flags & FrameFlags.OVERWRITE)
-            if f.ftype is FrameType.PUT_BATCH and not shm and not nixl:
-                self._start_put(rid, msg.parse_put_batch(f.header, f.payload_length,
-                                                         overwrite=overwrite))
+            if f.ftype is FrameType.PUT_BATCH and not out_of_band(f.flags):
+                self._start_put(rid, msg.PutBatch.from_header(f.header, f.payload_length,
+                                                              f.flags))
                 return
-            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, shm, nixl, overwrite)
+            coro = bulk_ops.dispatch(self, f.ftype, rid, f.header, f.flags)
         except KVStoreError as exc:
             if isinstance(exc, ProtocolError):
                 raise
@@ -343,7 +340,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
             await self.blocks.create_namespace(tenant, hello.namespace)
         self.tenant, self.namespace = tenant, hello.namespace
         self.ctx.unauthenticated.pop(self, None)
-        self.send(FrameType.AUTH_OK, 0, msg.auth_ok(tenant.name, hello.namespace, shm=True))
+        self.send(FrameType.AUTH_OK, 0, msg.AuthOk(tenant.name, hello.namespace).to_header())
 
     # -- watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -402,12 +399,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
             log.warning("bulk: dropping error for finished request %d: %s", rid, exc)
             return
         self.blocks.failed("bulk", exc.name)
-        self.send(FrameType.ERROR, rid, msg.error(exc))
+        self.send(FrameType.ERROR, rid, msg.ErrorInfo.of(exc).to_header())
 
     def _fatal(self, exc: KVStoreError) -> None:
         if not self.closed and self.transport is not None:
             with contextlib.suppress(KVStoreError):
-                self.send(FrameType.ERROR, 0, msg.error(exc))
+                self.send(FrameType.ERROR, 0, msg.ErrorInfo.of(exc).to_header())
             self.closed = True
             self.transport.close()  # flushes the error frame, then closes
 

@@ -18,7 +18,8 @@ from kvstore.auth import Op
 from kvstore.engine.device import AlignedBuffer, StagedPayload, align_up
 from kvstore.errors import ProtocolError
 from kvstore.protocol import messages as msg
-from kvstore.protocol.frames import FrameType
+from kvstore.protocol.frames import FrameFlags, FrameType
+from kvstore.protocol.state import out_of_band
 from kvstore.transport import nixl, shm
 
 if TYPE_CHECKING:
@@ -31,55 +32,57 @@ GET_READ_AHEAD = limits.engine_threads  # flash reads in flight per GET: the dev
 
 
 def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],
-             shm_flag: bool, nixl_flag: bool = False,
-             overwrite: bool = False) -> Coroutine[Any, Any, None] | None:
+             flags: int = 0) -> Coroutine[Any, Any, None] | None:
     """Validate a request header now (errors answer at once) and return its task, or None when
     it was answered inline. Which flags a frame type may carry was checked by the connection
-    table (``kvstore.protocol.state.FLAGS``) before this runs."""
+    table (``kvstore.protocol.state.FLAGS``) before this runs; what they mean for the header is
+    the parser's (``msg.*.from_header(..., flags)``)."""
     b, t, ns = p.blocks, p.tenant, p.namespace
     if t is None:  # the connection table admits requests only after AUTH_OK
         raise ProtocolError(f"{ftype.name} before AUTH_OK")
+    nixl_flag = bool(flags & FrameFlags.NIXL)
     if ftype is FrameType.PING:
-        p.send(FrameType.RESULT, rid, {})
+        p.send(FrameType.RESULT, rid, msg.PingResult().to_header())
     elif ftype is FrameType.STATS:
         stats, count = b.stats(t, ns)
-        p.send(FrameType.RESULT, rid, {"stats": stats, "namespace": ns, "blocks": count})
+        p.send(FrameType.RESULT, rid, msg.StatsResult(stats, ns, count).to_header())
     elif ftype is FrameType.EXISTS_BATCH:
-        req = msg.parse_keys_request(header)
-        p.send(FrameType.RESULT, rid, {"exists": b.exists_many(t, ns, req.keys)})
+        req = msg.KeysRequest.from_header(header, ftype)
+        p.send(FrameType.RESULT, rid, msg.ExistsResult(b.exists_many(t, ns, req.keys)).to_header())
     elif ftype is FrameType.LOOKUP:
-        req = msg.parse_keys_request(header, chain=True)
+        req = msg.KeysRequest.from_header(header, ftype)
         res = b.lookup(t, ns, req.keys, lease_seconds=req.lease_seconds)
-        p.send(FrameType.RESULT, rid, {"found": res.found, "leased": res.leased})
+        p.send(FrameType.RESULT, rid, msg.LookupResult(res.found, res.leased).to_header())
     elif ftype is FrameType.DELETE_BATCH:
-        return _simple(p, rid, "deleted", b.delete_many(t, ns, msg.parse_keys_request(
-            header).keys))
+        keys = msg.KeysRequest.from_header(header, ftype).keys
+        return _simple(p, rid, msg.DeleteResult, b.delete_many(t, ns, keys))
     elif ftype is FrameType.PREFETCH:
-        return _simple(p, rid, "staged", b.prefetch(t, ns, msg.parse_keys_request(header).keys))
+        keys = msg.KeysRequest.from_header(header, ftype).keys
+        return _simple(p, rid, msg.PrefetchResult, b.prefetch(t, ns, keys))
     elif ftype is FrameType.GET_BATCH:
-        req = msg.parse_keys_request(header, shm=shm_flag or nixl_flag)
+        req = msg.KeysRequest.from_header(header, ftype, flags)
         b.authorize(t, ns, Op.READ)
         if nixl_flag:
             return nixl.get_batch(p, rid, req)
-        if shm_flag:
+        if out_of_band(flags):
             return shm.get_batch(p, rid, req)
         return get_batch(p, rid, req.keys)
     elif ftype is FrameType.PUT_BATCH:  # SHM/NIXL put (socket puts are received by the protocol)
-        batch = msg.parse_put_batch(header, 0, shm=True, overwrite=overwrite)
+        batch = msg.PutBatch.from_header(header, 0, flags)
         b.authorize(t, ns, Op.WRITE)
         return nixl.put_batch(p, rid, batch) if nixl_flag else shm.put_batch(p, rid, batch)
     elif ftype is FrameType.SHM_REGISTER:
-        return shm.register(p, rid, header)
+        return shm.register(p, rid, msg.ShmRegister.from_header(header))
     elif ftype is FrameType.NIXL_REGISTER:
-        return nixl.register(p, rid, header)
+        return nixl.register(p, rid, msg.NixlRegister.from_header(header))
     else:
         raise ProtocolError(f"{ftype.name} is not a request")
     return None
 
 
-async def _simple(p: BulkProtocol, rid: int, field: str, call: Coroutine[Any, Any, int]) -> None:
+async def _simple(p: BulkProtocol, rid: int, result: Any, call: Coroutine[Any, Any, int]) -> None:
     n = await call
-    p.send(FrameType.RESULT, rid, {field: n})
+    p.send(FrameType.RESULT, rid, result(n).to_header())
 
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[AlignedBuffer],
@@ -100,7 +103,7 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[A
     finally:
         for b in bufs:
             p.ctx.pool.release(b)
-    p.send(FrameType.RESULT, rid, {"created": created})
+    p.send(FrameType.RESULT, rid, msg.PutResult(created).to_header())
     p.observe("bulk_put", sum(batch.lengths), started)
 
 
@@ -134,7 +137,8 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 payload = bv.payload
                 if p.ctx.block_filter is not None:
                     payload = p.ctx.block_filter(key, payload)
-                p.send(FrameType.BLOCK, rid, msg.block(i, key, bv.meta.length, bv.meta.checksum),
+                p.send(FrameType.BLOCK, rid,
+                       msg.BlockHeader(i, key, bv.meta.length, bv.meta.checksum).to_header(),
                        (payload,))
             except BaseException:
                 lease.release()
@@ -153,5 +157,5 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 opened = await fut
                 if opened is not None:
                     opened.release()
-    p.send(FrameType.END, rid, {"n": found})
+    p.send(FrameType.END, rid, msg.End(found).to_header())
     p.observe("bulk_get", nbytes, started)

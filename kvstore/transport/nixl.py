@@ -50,8 +50,7 @@ class NixlPeer:
         self.agent.remove_peer(self.name)
 
 
-async def register(p: BulkProtocol, rid: int, header: dict[str, Any]) -> None:
-    req = msg.parse_nixl_register(header)
+async def register(p: BulkProtocol, rid: int, req: msg.NixlRegister) -> None:
     if p.nixl_peer is not None:
         raise InvalidArgument("a NIXL region is already registered on this connection")
     if p.ctx.nixl is None:
@@ -63,7 +62,7 @@ async def register(p: BulkProtocol, rid: int, header: dict[str, Any]) -> None:
         agent.remove_peer(name)
         return
     p.nixl_peer = NixlPeer(agent, name, req.address, req.size)
-    p.send(FrameType.RESULT, rid, {"size": req.size, "agent": agent.name})
+    p.send(FrameType.RESULT, rid, msg.NixlRegistered(req.size, agent.name).to_header())
 
 
 def _peer(p: BulkProtocol) -> NixlPeer:
@@ -218,7 +217,8 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
         await ch.transfer(peer, c, "WRITE", [(base + off, peer.address + offsets[i], n)
                                              for i, _, n, _, off in packed])
         for i, key, n, xxh, _ in packed:  # only now are the bytes in the client's region
-            p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.NIXL)
+            p.send(FrameType.BLOCK, rid, msg.BlockHeader(i, key, n, xxh).to_header(),
+                   flags=FrameFlags.NIXL)
         return len(packed)
 
     async with _Chunks(staging) as ch:
@@ -248,8 +248,9 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
                         await ch.transfer(peer, c, "WRITE", [(base, dst + start, n)])
                 finally:
                     big.exit()
-                p.send(FrameType.BLOCK, rid, msg.block(big.index, big.key, big.length,
-                                                       big.checksum), flags=FrameFlags.NIXL)
+                p.send(FrameType.BLOCK, rid, msg.BlockHeader(big.index, big.key, big.length,
+                                                             big.checksum).to_header(),
+                       flags=FrameFlags.NIXL)
                 found += 1
             if pending is not None:
                 found += await pending
@@ -257,7 +258,7 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
         finally:
             packer.close()
             await _drain(pending)
-    p.send(FrameType.END, rid, {"n": found})
+    p.send(FrameType.END, rid, msg.End(found).to_header())
 
 
 def _store(p: BulkProtocol, batch: msg.PutBatch, idx: list[int], views: list[Any]) -> list[bool]:
@@ -306,7 +307,7 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:
                 storing = None
         finally:
             await _drain(storing)
-    p.send(FrameType.RESULT, rid, {"created": created})
+    p.send(FrameType.RESULT, rid, msg.PutResult(created).to_header())
 
 
 async def _put_large(p: BulkProtocol, batch: msg.PutBatch, i: int, peer: NixlPeer, ch: _Chunks,

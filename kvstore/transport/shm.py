@@ -18,7 +18,7 @@ import mmap
 import os
 import re
 import stat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.errors import AccessDenied, InvalidArgument, LimitExceeded
@@ -80,16 +80,13 @@ def _peer_is_local(p: BulkProtocol) -> bool:
         return False
 
 
-async def register(p: BulkProtocol, rid: int, header: dict[str, Any]) -> None:
-    name, size = header.get("name"), header.get("size")
-    if not isinstance(name, str) or not isinstance(size, int) or isinstance(size, bool):
-        raise InvalidArgument("SHM_REGISTER needs a name and a size")
+async def register(p: BulkProtocol, rid: int, req: msg.ShmRegister) -> None:
     if not _peer_is_local(p):
         raise AccessDenied("shared memory is for clients on the same host")
     if p.region is not None:
         raise InvalidArgument("a shm region is already registered on this connection")
-    p.region = Region(name, size)
-    p.send(FrameType.RESULT, rid, {"size": size})
+    p.region = Region(req.name, req.size)
+    p.send(FrameType.RESULT, rid, msg.ShmRegistered(req.size).to_header())
 
 
 def _region(p: BulkProtocol) -> Region:
@@ -148,9 +145,10 @@ async def get_batch(p: BulkProtocol, rid: int, req: msg.KeysRequest) -> None:
     for lo in range(0, len(req.keys), SHM_GET_GROUP):
         hi = min(len(req.keys), lo + SHM_GET_GROUP)
         for i, key, n, xxh in await p.runner.call(_get_range, p, req, lo, hi):
-            p.send(FrameType.BLOCK, rid, msg.block(i, key, n, xxh), flags=FrameFlags.SHM)
+            p.send(FrameType.BLOCK, rid, msg.BlockHeader(i, key, n, xxh).to_header(),
+                   flags=FrameFlags.SHM)
             found += 1
-    p.send(FrameType.END, rid, {"n": found})
+    p.send(FrameType.END, rid, msg.End(found).to_header())
 
 
 def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
@@ -165,4 +163,4 @@ def _put_all(p: BulkProtocol, batch: msg.PutBatch) -> list[bool]:
 
 async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch) -> None:
     created = await p.runner.call(_put_all, p, batch)
-    p.send(FrameType.RESULT, rid, {"created": created})
+    p.send(FrameType.RESULT, rid, msg.PutResult(created).to_header())

@@ -47,7 +47,7 @@ def test_second_engine_in_one_process_is_refused(engines: Engines, kind: str) ->
 
 def test_lock_held_by_another_process(engines: Engines) -> None:
     cfg = engines.config()
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'clients'}")
     child = subprocess.Popen([sys.executable, "-c", HOLDER, cfg.data_dir], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
