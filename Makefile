@@ -28,7 +28,7 @@ test: $(STAMP)
 test-nixl: $(STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q nixl-cu12==1.5.1
-	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py tests/clients/test_client_torch.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py tests/clients/test_client_torch.py tests/test_auth_matrix.py
 
 # The client distribution on its own: fresh venvs under a temporary directory, `pip install
 # ./clients` (nothing of the server in `pip list`) and `pip install -e '.[test]'` from a clean
