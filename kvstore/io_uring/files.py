@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from kvstore.engine.device import ALIGN, AlignedBuffer, BufferPool, Device, IoOp, align_up
 from kvstore.errors import StorageError
 from kvstore.io_uring.buffers import aligned, buffer_address, byte_view
+from kvstore.io_uring.depth import DeviceDepth
 
 log = logging.getLogger("kvstore.device")
 
@@ -73,6 +74,16 @@ class FileDevice(Device):
         self._lock = threading.Lock()
         self._pool = BufferPool()
         self._closed = False
+        self.depth = DeviceDepth()  # what is really in flight: per ring (or worker) and total
+
+    def depth_stats(self) -> dict[str, object]:
+        """In-flight ops since the last ``reset_depth``: ``total`` and per ``parts`` (ring or
+        worker), each with ``inflight``, ``peak``, time-weighted ``mean`` and ``mean_busy``,
+        ``ops`` and ``submits`` (submission calls)."""
+        return self.depth.stats()
+
+    def reset_depth(self) -> None:
+        self.depth.reset()
 
     # --- files ------------------------------------------------------------------------------
 
