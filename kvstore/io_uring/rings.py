@@ -96,13 +96,14 @@ class PerOpRing:
     def prep(self, write: bool, fd: int, addr: int, length: int, offset: int, ud: int) -> bool:
         """Queue one op; False when the submission queue is full (reap, then retry)."""
         call = self.ctx.write_async_ptr if write else self.ctx.read_async_ptr
+        self.gauge.submitted(1)  # counted before the call: it issues the op before returning
         try:
             call(fd, addr, length, offset, ud)
         except OSError as e:
+            self.gauge.completed()
             if e.errno in (errno.EAGAIN, errno.EBUSY):
                 return False
             raise
-        self.gauge.submitted(1)
         return True
 
     def flush(self) -> None:
@@ -154,6 +155,11 @@ class BatchRing(PerOpRing):
         return True
 
     def _enter(self, wait: bool) -> None:
+        if self._unsubmitted:
+            # io_uring_submit publishes the SQ tail first thing; SQEs the kernel does not consume
+            # in this call go with the next io_uring_enter, so they count as in flight from here
+            self.gauge.submitted(self._unsubmitted)
+            self._unsubmitted = 0
         for _ in range(RING_RETRIES_MAX):
             if wait:
                 ret = self._lib.io_uring_submit_and_wait(self._ring, 1)
@@ -165,11 +171,6 @@ class BatchRing(PerOpRing):
                 raise OSError(-ret, f"io_uring_enter: {errno.errorcode.get(-ret, -ret)}")
         else:
             raise OSError(errno.EAGAIN, "io_uring_enter kept answering EINTR/EAGAIN")
-        if self._unsubmitted:
-            # liburing published the SQ tail; SQEs the kernel has not consumed yet go with the
-            # next io_uring_enter, so they are in flight from here on either way
-            self.gauge.submitted(self._unsubmitted)
-            self._unsubmitted = 0
 
     def flush(self) -> None:
         if self._unsubmitted:
