@@ -16,7 +16,7 @@ import mmap
 import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvstore import limits
@@ -170,6 +170,23 @@ class IoOp:
     write: bool = False
 
 
+class Pending:
+    """A batch begun with ``Device.start``: ``wait()`` returns the per-op results ``submit``
+    would have returned (and may be called again; it returns the same list)."""
+
+    __slots__ = ("_results", "_finish")
+
+    def __init__(self, results: list[int], finish: Callable[[], None] | None = None) -> None:
+        self._results = results
+        self._finish = finish
+
+    def wait(self) -> list[int]:
+        if self._finish is not None:
+            self._finish()  # if it raises, a later wait() tries again
+            self._finish = None
+        return self._results
+
+
 class Device(ABC):
     """Positional file I/O. Handles are small ints owned by the device."""
 
@@ -199,6 +216,13 @@ class Device(ABC):
     def submit(self, ops: Sequence[IoOp]) -> list[int]:
         """Run a batch; return per-op results: bytes moved, or ``-errno``. Never raises for an
         individual op's failure; raises StorageError only when the device itself is broken."""
+
+    def start(self, ops: Sequence[IoOp]) -> Pending:
+        """Begin a batch and return while it is in flight, where the device can (io_uring:
+        SQEs submitted on the calling thread's ring; POSIX: the batch's thread pool), so the
+        caller prepares the next batch meanwhile. ``wait()`` on the result, *from the same
+        thread*, before touching the buffers again. Default: runs ``submit`` now."""
+        return Pending(self.submit(ops))
 
     # Small-file and directory helpers (catalogs, segment summaries). Buffered, not hot path.
     def unlink(self, path: str) -> None:

@@ -24,7 +24,15 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvstore.engine.device import ALIGN, AlignedBuffer, BufferPool, Device, IoOp, align_up
+from kvstore.engine.device import (
+    ALIGN,
+    AlignedBuffer,
+    BufferPool,
+    Device,
+    IoOp,
+    Pending,
+    align_up,
+)
 from kvstore.errors import StorageError
 from kvstore.io_uring.buffers import aligned, buffer_address, byte_view
 from kvstore.io_uring.depth import DeviceDepth
@@ -167,7 +175,7 @@ class FileDevice(Device):
 
     # --- batches ----------------------------------------------------------------------------
 
-    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+    def _plan_batch(self, ops: Sequence[IoOp]) -> tuple[list[Task], list[int]]:
         if self._closed:
             raise StorageError(f"{self.name}: device is closed")
         results = [0] * len(ops)
@@ -176,6 +184,10 @@ class FileDevice(Device):
             task = self._plan(i, op, results)
             if task is not None:
                 tasks.append(task)
+        return tasks, results
+
+    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        tasks, results = self._plan_batch(ops)
         try:
             if tasks:
                 self._run(tasks, results)
@@ -183,6 +195,38 @@ class FileDevice(Device):
             for t in tasks:
                 self._finish(t, results)
         return results
+
+    def start(self, ops: Sequence[IoOp]) -> Pending:
+        tasks, results = self._plan_batch(ops)
+        if not tasks:
+            return Pending(results)
+        try:
+            handle = self._start(tasks, results)
+        except BaseException:
+            for t in tasks:
+                self._finish(t, results)
+            raise
+
+        def finish() -> None:
+            self._check_wait(handle)  # raises before anything is settled or released
+            try:
+                self._wait(handle)
+            finally:
+                for t in tasks:
+                    self._finish(t, results)
+
+        return Pending(results, finish)
+
+    def _start(self, tasks: list[Task], results: list[int]) -> object:
+        """Begin ``tasks``; returns what ``_wait`` needs. Default: all of it, now."""
+        self._run(tasks, results)
+        return None
+
+    def _wait(self, handle: object) -> None:
+        """Finish what ``_start`` began."""
+
+    def _check_wait(self, handle: object) -> None:
+        """Raise StorageError if ``handle`` cannot be waited for from here."""
 
     def _plan(self, i: int, op: IoOp, results: list[int]) -> Task | None:
         """Turn one op into a Task, or settle it here (errors, empty and unaligned ops)."""

@@ -65,6 +65,22 @@ class PosixDevice(FileDevice):
             if e is not None:
                 raise e
 
+    def _start(self, tasks: list[Task], results: list[int]) -> object:
+        """Every stripe on the pool, so the caller returns while they run."""
+        if self._threads == 1:  # no pool: the batch runs now
+            return super()._start(tasks, results)
+        stripes = min(len(tasks), self._threads - 1)
+        pool = self._executor()
+        return [pool.submit(self._run_stripe, tasks[j::stripes], results, self._workers)
+                for j in range(stripes)]
+
+    def _wait(self, handle: object) -> None:
+        futures: list[Future[None]] = handle or []  # type: ignore[assignment]
+        errors = [f.exception() for f in futures]
+        for e in errors:
+            if e is not None:
+                raise e
+
     def _run_stripe(self, tasks: list[Task], results: list[int], gauge: DepthGauge) -> None:
         for t in tasks:
             while True:

@@ -25,13 +25,13 @@ import asyncio
 import errno
 import logging
 import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from kvstore import limits
 from kvstore.engine.device import IoOp
 from kvstore.errors import StorageError
+from kvstore.io_uring.driver import Batch, RingDriver
 from kvstore.io_uring.files import FileDevice, Task
 from kvstore.io_uring.rings import RING_RETRIES_MAX, PerOpRing, make_ring
 
@@ -60,8 +60,8 @@ class UringDevice(FileDevice):
     @property
     def batched(self) -> bool | None:
         """Whether this thread's ring batches submissions (None before its first batch)."""
-        ring = getattr(self._local, "ring", None)
-        return None if ring is None else ring.batched
+        drv = getattr(self._local, "driver", None)
+        return None if drv is None else drv.ring.batched
 
     def _new_ring(self, label: str) -> PerOpRing:
         with self._rings_lock:
@@ -77,26 +77,27 @@ class UringDevice(FileDevice):
 
     # --- rings ------------------------------------------------------------------------------
 
-    def _ring(self) -> PerOpRing:
-        ring = getattr(self._local, "ring", None)
-        if ring is None:
+    def _driver(self) -> RingDriver:
+        drv = getattr(self._local, "driver", None)
+        if drv is None:
             if self._closed:
                 raise StorageError("uring: device is closed")
             ring = self._new_ring(threading.current_thread().name)
-            self._local.ring = ring
-            self._local.next_ud = 1
+            drv = RingDriver(ring, self._entries, self.settle)
+            self._local.driver = drv
             with self._rings_lock:
                 self._rings.append(ring)
-        return ring
+        return drv
 
-    def _drop_ring(self, ring: PerOpRing) -> None:
-        """Forget a ring that misbehaved; the thread's next batch creates a fresh one."""
-        self._local.ring = None
+    def _drop_ring(self, drv: RingDriver) -> None:
+        """Forget a broken ring; the thread's next batch creates a fresh one."""
+        if getattr(self._local, "driver", None) is drv:
+            self._local.driver = None
         with self._rings_lock:
-            if ring in self._rings:
-                self._rings.remove(ring)
-        self.depth.forget(getattr(ring, "name", ""))
-        ring.close()
+            if drv.ring in self._rings:
+                self._rings.remove(drv.ring)
+        self.depth.forget(getattr(drv.ring, "name", ""))
+        drv.ring.close()
 
     def close(self) -> None:
         super().close()
@@ -111,73 +112,32 @@ class UringDevice(FileDevice):
     # --- batches ----------------------------------------------------------------------------
 
     def _run(self, tasks: list[Task], results: list[int]) -> None:
-        ring = self._ring()
-        pending: deque[Task] = deque(tasks)
-        inflight: dict[int, Task] = {}
-        ud = self._local.next_ud
-        broken: OSError | None = None
-        retries = 0
-        try:
-            while pending or inflight:
-                while pending and len(inflight) < self._entries and broken is None:
-                    t = pending[0]
-                    try:
-                        if not _prep(ring, t, ud):
-                            if inflight:
-                                break  # ring full for now: reap, then retry
-                            raise OSError(errno.EBUSY, "submission queue full with nothing "
-                                          "in flight")
-                    except OSError as e:
-                        if e.errno == errno.EINTR and inflight:
-                            break
-                        broken = e
-                        break
-                    pending.popleft()
-                    inflight[ud] = t
-                    ud += 1
-                if broken is not None:
-                    for t in pending:
-                        results[t.index] = -(broken.errno or errno.EIO)
-                    pending.clear()
-                if not inflight:
-                    break
-                try:
-                    got, res = ring.flush_and_wait()  # the new SQEs go out with this wait
-                    retries = 0
-                except OSError as e:
-                    retries += 1
-                    if e.errno in (errno.EINTR, errno.EAGAIN) and retries < _RING_RETRIES_MAX:
-                        continue
-                    raise StorageError(f"uring: waiting for completions failed: {e}") from e
-                self._complete(inflight, pending, got, res, results)
-                while inflight:
-                    nxt = ring.peek()
-                    if nxt is None:
-                        break
-                    self._complete(inflight, pending, nxt[0], nxt[1], results)
-        except BaseException:
-            # Ops may still be in flight: wait for them (best effort) so the kernel is done with
-            # the buffers before they are reused, then never reuse this ring.
-            for _ in range(len(inflight)):
-                try:
-                    ring.flush_and_wait()
-                except OSError:
-                    break
-            self._drop_ring(ring)
-            raise
-        finally:
-            self._local.next_ud = ud
-        if broken is not None:
-            log.warning("uring: submission failed (%s); recreating the ring", broken)
-            self._drop_ring(ring)
+        drv = self._driver()
+        batch = Batch(tasks, results)
+        drv.add(batch)
+        self._wait_batch(drv, batch)
 
-    def _complete(self, inflight: dict[int, Task], pending: deque[Task], ud: int, res: int,
-                  results: list[int]) -> None:
-        t = inflight.pop(ud, None)
-        if t is None:
-            return  # a stale completion from an earlier, aborted batch
-        if not self.settle(t, res, results):
-            pending.appendleft(t)  # short I/O: resubmit the remainder first
+    def _start(self, tasks: list[Task], results: list[int]) -> object:
+        drv = self._driver()
+        batch = Batch(tasks, results)
+        drv.add(batch)
+        return drv, batch, threading.get_ident()
+
+    def _check_wait(self, handle: object) -> None:
+        if handle[2] != threading.get_ident():  # type: ignore[index]
+            raise StorageError("uring: a started batch must be waited for on the thread that "
+                               "started it (its ring belongs to that thread)")
+
+    def _wait(self, handle: object) -> None:
+        drv, batch, _tid = handle  # type: ignore[misc]
+        self._wait_batch(drv, batch)
+
+    def _wait_batch(self, drv: RingDriver, batch: Batch) -> None:
+        try:
+            drv.wait(batch)
+        finally:
+            if drv.broken is not None and drv.idle:
+                self._drop_ring(drv)
 
     # --- asyncio ----------------------------------------------------------------------------
 

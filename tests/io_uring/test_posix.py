@@ -84,3 +84,33 @@ def test_a_failing_op_fails_alone_in_a_spread_batch(tmp_path) -> None:
     res = dev.submit(ops)
     assert res[3] == -errno.EBADF and [r for i, r in enumerate(res) if i != 3] == [ALIGN] * 5
     dev.close()
+
+
+def test_start_returns_while_the_batch_is_in_flight(tmp_path, monkeypatch) -> None:
+    dev = PosixDevice(threads=3)
+    h = dev.open(str(tmp_path / "f"))
+    meet = threading.Barrier(3)  # two pool stripes and this thread, after start() returned
+    real = os.pwritev
+
+    def rendezvous(fd: int, bufs: list[memoryview], offset: int) -> int:
+        meet.wait(timeout=10)
+        return real(fd, bufs, offset)
+
+    monkeypatch.setattr(os, "pwritev", rendezvous)
+    srcs = _bufs(2)
+    pending = dev.start([IoOp(h, i * ALIGN, s.view[:ALIGN], write=True)
+                         for i, s in enumerate(srcs)])
+    meet.wait(timeout=10)
+    assert dev.depth_stats()["total"]["inflight"] == 2  # type: ignore[index]
+    assert pending.wait() == [ALIGN, ALIGN]
+    monkeypatch.setattr(os, "pwritev", real)
+    dev.close()
+
+
+def test_memory_device_start_is_submit(tmp_path) -> None:
+    from kvstore.engine.device import MemoryDevice
+
+    dev = MemoryDevice()
+    h = dev.open("x")
+    p = dev.start([IoOp(h, 0, memoryview(b"abcd"), write=True)])
+    assert p.wait() == [4] and bytes(dev.files["x"]) == b"abcd"

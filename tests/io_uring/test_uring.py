@@ -159,3 +159,49 @@ def test_failed_layout_check_falls_back_to_per_op_and_says_so(tmp_path, monkeypa
     assert dev.read_into(h, 4 * ALIGN, dst.view[:ALIGN]) == ALIGN
     assert bytes(dst.view[:ALIGN]) == data[4]
     dev.close()
+
+
+def test_started_batches_are_in_flight_together_and_wait_in_any_order(tmp_path) -> None:
+    dev = UringDevice(entries=64)
+    h = dev.open(str(tmp_path / "f"))
+    data, srcs = _aligned_blocks(12, ALIGN)
+    dev.reset_depth()
+    first = dev.start([IoOp(h, i * ALIGN, s.view[:ALIGN], write=True)
+                       for i, s in enumerate(srcs[:8])])
+    unaligned = memoryview(bytearray(ALIGN + 1))[1:]  # bounced: copied at start
+    unaligned[:] = data[8]
+    second = dev.start([IoOp(h, 8 * ALIGN, unaligned, write=True)]
+                       + [IoOp(h, i * ALIGN, s.view[:ALIGN], write=True)
+                          for i, s in enumerate(srcs[9:], start=9)])
+    # both batches were handed to the kernel before anyone waited: nothing reaped yet
+    total = dev.depth_stats()["total"]
+    assert total["inflight"] == 12 and total["submits"] == 2
+    assert second.wait() == [ALIGN] * 4
+    assert first.wait() == [ALIGN] * 8 and first.wait() == [ALIGN] * 8
+    assert dev.depth_stats()["total"]["inflight"] == 0
+    outs = [memoryview(bytearray(ALIGN + 3))[3:] for _ in range(12)]  # bounced reads
+    reads = dev.start([IoOp(h, i * ALIGN, o) for i, o in enumerate(outs)])
+    assert reads.wait() == [ALIGN] * 12 and [bytes(o) for o in outs] == data
+    dev.close()
+
+
+def test_a_started_batch_is_waited_for_on_its_own_thread(tmp_path) -> None:
+    dev = UringDevice(entries=8)
+    h = dev.open(str(tmp_path / "f"))
+    _data, srcs = _aligned_blocks(2, ALIGN)
+    p = dev.start([IoOp(h, i * ALIGN, s.view[:ALIGN], write=True) for i, s in enumerate(srcs)])
+    errors: list[BaseException] = []
+
+    def elsewhere() -> None:
+        try:
+            p.wait()
+        except StorageError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    t.join(timeout=30)
+    assert len(errors) == 1 and "thread that started it" in str(errors[0])
+    # the wrong-thread wait settled nothing; the owner's wait still gets the results
+    assert p.wait() == [ALIGN, ALIGN]
+    dev.close()
