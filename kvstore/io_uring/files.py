@@ -34,7 +34,7 @@ from kvstore.engine.device import (
     align_up,
 )
 from kvstore.errors import StorageError
-from kvstore.io_uring.buffers import aligned, buffer_address, byte_view
+from kvstore.io_uring.buffers import aligned, buffer_address, byte_view, copy_into
 from kvstore.io_uring.depth import DeviceDepth
 
 log = logging.getLogger("kvstore.device")
@@ -254,7 +254,7 @@ class FileDevice(Device):
             task.bounce = bounce
             task.addr = bounce.address()
             if op.write:
-                bounce.view[:n] = view
+                copy_into(bounce.view, view)
             else:
                 task.target = view
         return task
@@ -285,7 +285,7 @@ class FileDevice(Device):
             return
         if t.target is not None and results[t.index] > 0:
             n = min(results[t.index], t.want)
-            t.target[:n] = t.bounce.view[:n]
+            copy_into(t.target, t.bounce.view[:n])
             results[t.index] = n
         self._pool.release(t.bounce)
         t.bounce = None
