@@ -6,7 +6,8 @@
 For each queue depth (default 1, 8, 32) and trial, in this order on the same filesystem:
 fio (ioengine=io_uring, direct=1, bs=2M, sequential write then read of --size), the bare
 UringDevice (one batch of all ops, ``depth`` kept in flight; once with batched SQE submission,
-once with pyuring's submit-per-op calls, once from 4 KiB-page buffers like fio's), PosixDevice
+once with pyuring's submit-per-op calls, once from 4 KiB-page buffers like fio's, and for writes
+once into a newly preallocated file like the engine's fresh segments), PosixDevice
 from ``depth`` threads, and the engine (DRAM tier off, so every get reads flash) doing 2 MiB puts
 then gets from ``depth`` threads, batched puts of ``depth`` blocks a call from one thread, and
 puts into a full store. Each row: median GB/s over the trials with min-max, the ratio to fio,
@@ -110,7 +111,10 @@ class _PlainBuffer:
 
 
 def uring_pass(path: Path, write: bool, depth: int, size: int, disk: str, *,
-               batch: bool = True, huge: bool = True) -> Sample:
+               batch: bool = True, huge: bool = True, fresh: bool = False) -> Sample:
+    if fresh:  # a new preallocated file, as the engine's fresh segments are (unwritten extents)
+        path.unlink(missing_ok=True)
+        prepare_file(path, size)
     dev = UringDevice(entries=depth, batch=batch)
     h = dev.open(str(path))
     bufs: list[Any] = [AlignedBuffer(BS) if huge else _PlainBuffer(BS) for _ in range(depth)]
@@ -121,6 +125,8 @@ def uring_pass(path: Path, write: bool, depth: int, size: int, disk: str, *,
     res: list[int] = []
     s = timed(lambda: res.extend(dev.submit(ops)), size, disk=disk, write=write, ops=n, dev=dev)
     dev.close()
+    if fresh:
+        path.unlink(missing_ok=True)
     assert res == [BS] * len(ops), "device pass moved fewer bytes than asked"
     return s
 
@@ -140,10 +146,18 @@ def posix_pass(path: Path, write: bool, depth: int, size: int, disk: str) -> Sam
     return s
 
 
-def prepare_file(path: Path, size: int) -> None:
-    """The device passes overwrite a fully allocated file, as fio's laid-out file is."""
+def prepare_file(path: Path, size: int, *, written: bool = False) -> None:
+    """Preallocate ``path`` (unwritten extents); ``written``: also write it once, untimed, so
+    the device passes overwrite written blocks, as fio does after laying out its file."""
     with open(path, "ab") as f:
         os.posix_fallocate(f.fileno(), 0, size)
+    if written:
+        dev = UringDevice(entries=8)
+        h = dev.open(str(path))
+        buf = AlignedBuffer(BS)
+        res = dev.submit([IoOp(h, i * BS, buf.view, write=True) for i in range(size // BS)])
+        dev.close()
+        assert res == [BS] * (size // BS), "could not lay out the device file"
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -164,7 +178,10 @@ def device_runs(bench: Path, rw: str, depth: int, size: int, disk: str,
                 ) -> list[tuple[str, Callable[[], Sample]]]:
     w = rw == "write"
     dev_file = bench / "dev.dat"
+    fresh = [("uring_device_fresh_file",
+              lambda: uring_pass(bench / "fresh.dat", w, depth, size, disk, fresh=True))]
     return [
+        *(fresh if w else []),
         ("fio", lambda: fio(bench / "fio.dat", rw, depth, size, disk)),
         ("uring_device", lambda: uring_pass(dev_file, w, depth, size, disk)),
         ("uring_device_per_op", lambda: uring_pass(dev_file, w, depth, size, disk, batch=False)),
@@ -236,14 +253,14 @@ def main() -> int:
     m = machine(bench)
     disk = str(m["disk"])
     load0 = loadavg()
-    prepare_file(bench / "dev.dat", size)
+    prepare_file(bench / "dev.dat", size, written=True)
     rows: list[dict[str, Any]] = []
     for depth in depths:
         samples = run_depth(a, bench, depth, size, disk, api)
         for (case, rw), smp in samples.items():
             rows.append({"depth": depth, "case": case, "rw": rw, **summarize(smp),
                          "samples": [x.as_dict() for x in smp]})
-    for f in ("fio.dat", "dev.dat"):
+    for f in ("fio.dat", "dev.dat", "fresh.dat"):
         (bench / f).unlink(missing_ok=True)
     index = None
     if api is not None and not a.no_index:
@@ -251,9 +268,10 @@ def main() -> int:
             a.engine_device], bench / "index", a.blocks)
         print("index:", index)
     for r in rows:
-        fio_row = next(x for x in rows if x["depth"] == r["depth"] and x["case"] == "fio"
-                       and x["rw"] == r["rw"])
-        r["over_fio"] = r["gbps"] / fio_row["gbps"] if fio_row["gbps"] else None
+        same = {x["case"]: x["gbps"] for x in rows if x["depth"] == r["depth"]
+                and x["rw"] == r["rw"]}
+        r["over_fio"] = r["gbps"] / same["fio"] if same.get("fio") else None
+        r["over_device"] = r["gbps"] / same["uring_device"] if same.get("uring_device") else None
     m["loadavg_start"], m["loadavg_end"] = load0, loadavg()
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
               "machine": m, "note": a.note,
@@ -306,9 +324,9 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                  + ("all met." if not missed else "missed: " + "; ".join(missed) + "."))
     for rw in ("write", "read"):
         lines += ["", f"### {rw.capitalize()}s", "",
-                  "| depth | case | GB/s median (min-max) | / fio | CPU cores | cores per GB/s "
-                  "| in flight mean / peak | disk aqu-sz | disk reqs/op |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| depth | case | GB/s median (min-max) | / fio | / uring_device | CPU cores "
+                  "| cores per GB/s | in flight mean / peak | disk aqu-sz | disk reqs/op |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if r["rw"] != rw:
                 continue
@@ -316,7 +334,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
                 f"{r['depth_mean']:.1f} / {r['depth_peak']}"
             lines.append(
                 f"| {r['depth']} | {r['case']} | {r['gbps']:.2f} ({r['gbps_min']:.2f}-"
-                f"{r['gbps_max']:.2f}) | {_f(r['over_fio'])} | {_f(r['cpu_cores'])} | "
+                f"{r['gbps_max']:.2f}) | {_f(r['over_fio'])} | {_f(r.get('over_device'))} | "
+                f"{_f(r['cpu_cores'])} | "
                 f"{_f(r['cores_per_gbps'])} | {depth} | {_f(r['aqu'], 1)} | "
                 f"{_f(r['reqs_per_op'])} |")
     return lines
@@ -333,8 +352,10 @@ def write_report(report: dict[str, Any], out: Path) -> None:
              "Settings: " + json.dumps(report["settings"]), ""]
     if report["note"]:
         lines += [f"Note: {report['note']}", ""]
-    lines += ["Medians over the trials, min-max beside them; / fio = ratio to fio at the same "
-              "depth. CPU cores = process CPU seconds per second (fio: its usr+sys). In flight "
+    lines += ["Medians over the trials, min-max beside them; / fio and / uring_device = ratio "
+              "to that row at the same depth. uring_device_fresh_file writes a newly "
+              "preallocated file (unwritten extents, as the engine's fresh segments; ext4 "
+              "converts them as the writes complete). CPU cores = process CPU seconds per second (fio: its usr+sys). In flight "
               "= the device's DepthGauge over the pass (ops submitted and not yet reaped: "
               "time-weighted mean / peak). Disk aqu-sz and reqs/op come from /proc/diskstats "
               "(requests, after the block layer split or merged the 2 MiB ops).", ""]
