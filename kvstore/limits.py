@@ -106,6 +106,17 @@ uring_entries = 64
 # the S3 app's). Covers a bulk connection's in-flight window; beyond it buffers are unmapped.
 buffer_pool_idle_bytes_max = 512 * MiB
 
+# Threads one PosixDevice batch spreads its ops over (the caller and a pool of the rest): the
+# queue depth a single put_many or batched get gives the POSIX fallback (it has no ring).
+posix_batch_threads = 8
+
+# Device auto-selection measures io_uring and POSIX on the data directory's disk: each writes
+# then reads this many bytes of 2 MiB ops at this depth (a few tens of milliseconds at start).
+device_probe_bytes = 32 * MiB
+device_probe_depth = 8
+# Bandwidths within this fraction of each other are a tie, broken by CPU seconds per byte.
+device_choice_margin_fraction = 0.1
+
 # --- Network edges ------------------------------------------------------------------------
 
 # The highest value --max-connections takes (its default is ``connections_max``).

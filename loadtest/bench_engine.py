@@ -1,44 +1,55 @@
-"""Engine vs fio on the same disk, plus index memory per block and reopen time.
+"""Engine vs fio on the same disk, with the queue depth each row really reached.
 
-    .venv/bin/python loadtest/bench_engine.py            # full: 2 GiB per pass, 1M blocks
+    .venv/bin/python loadtest/bench_engine.py            # full: 2 GiB per pass, 5 trials
     .venv/bin/python loadtest/bench_engine.py --quick    # small smoke run
 
 For each queue depth (default 1, 8, 32) and trial, in this order on the same filesystem:
 fio (ioengine=io_uring, direct=1, bs=2M, sequential write then read of --size), the bare
-UringDevice (one batch of all ops, ``depth`` kept in flight), PosixDevice from ``depth`` threads,
-and the engine (DRAM tier off, so every get reads flash) doing 2 MiB puts then gets from
-``depth`` threads, then (where the engine has ``put_many``) batched puts of ``depth`` blocks a
-call from one thread. Medians over trials; ratio = engine / fio. Then the index: --blocks puts of
-1-byte payloads, index bytes per block (the index's own accounting and the RSS delta), and the
-time ``Engine.open`` takes to reopen that store. Results go to loadtest/results/engine-*.md|json.
+UringDevice (one batch of all ops, ``depth`` kept in flight; once with batched SQE submission,
+once with pyuring's submit-per-op calls, once from 4 KiB-page buffers like fio's, and for writes
+once into a newly preallocated file like the engine's fresh segments), PosixDevice
+from ``depth`` threads, and the engine (DRAM tier off, so every get reads flash) doing 2 MiB puts
+then gets from ``depth`` threads, batched puts of ``depth`` blocks a call from one thread, and
+puts into a full store. Each row: median GB/s over the trials with min-max, the ratio to fio,
+CPU cores and cores per GB/s, the device's measured in-flight depth (time-weighted mean / peak,
+from its DepthGauge) and the disk queue seen by the block layer (aqu-sz, requests per op).
+A line says whether the disk rewards depth (fio QD32 / fio QD1). Then the index: --blocks puts
+of 1-byte payloads, index bytes per block and the time ``Engine.open`` takes to reopen that
+store. Results go to loadtest/results/engine-*.md|json with machine, settings and commit.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench_engine_passes import (  # noqa: E402
+    BS,
+    engine_api,
+    engine_pass,
+    index_and_reopen,
+    threaded,
+)
+from bench_measure import Sample, diskstats, summarize, timed  # noqa: E402
 
 from kvstore import limits  # noqa: E402
 from kvstore.engine.device import AlignedBuffer, IoOp  # noqa: E402
 from kvstore.io_uring.posix import PosixDevice  # noqa: E402
 from kvstore.io_uring.select import probe_uring  # noqa: E402
 from kvstore.io_uring.uring import UringDevice  # noqa: E402
-
-BS = 2 * limits.MiB
-RUN_SECONDS_MAX = 600.0  # one pass of any kind gives up after this long
 
 
 def sh(*cmd: str) -> str:
@@ -73,209 +84,80 @@ def git_commit() -> str:
 
 # --- fio and the bare devices ---------------------------------------------------------------
 
-def fio(path: Path, rw: str, depth: int, size: int) -> float:
+def fio(path: Path, rw: str, depth: int, size: int, disk: str) -> Sample:
+    d0 = diskstats(disk)
     out = sh("fio", "--name=bench", f"--filename={path}", "--ioengine=io_uring", "--direct=1",
              "--bs=2M", f"--iodepth={depth}", f"--rw={rw}", f"--size={size}",
              "--output-format=json")
+    d1 = diskstats(disk)
     job = json.loads(out[out.index("{"):])["jobs"][0]
-    return float(job["read" if rw == "read" else "write"]["bw_bytes"])
+    side = job["read" if rw == "read" else "write"]
+    runtime_s = max(float(side["runtime"]) / 1000, 1e-3)
+    s = Sample(float(side["bw_bytes"]) / 1e9,
+               (float(job["usr_cpu"]) + float(job["sys_cpu"])) / 100)
+    if d0 is not None and d1 is not None:
+        s.aqu = (d1[2] - d0[2]) / (runtime_s * 1000)
+        s.reqs_per_op = ((d1[1] - d0[1]) if rw == "write" else (d1[0] - d0[0])) / (size // BS)
+    return s
 
 
-def uring_pass(path: Path, write: bool, depth: int, size: int) -> float:
-    dev = UringDevice(entries=depth)
+class _PlainBuffer:
+    """A 2 MiB buffer of ordinary 4 KiB pages (shared anonymous mmap), as fio and the engine
+    used before huge-page buffers: shows what the buffer's page size costs on this disk."""
+
+    def __init__(self, n: int) -> None:
+        self._map = mmap.mmap(-1, n)
+        self.view = memoryview(self._map)
+
+
+def uring_pass(path: Path, write: bool, depth: int, size: int, disk: str, *,
+               batch: bool = True, huge: bool = True, fresh: bool = False) -> Sample:
+    if fresh:  # a new preallocated file, as the engine's fresh segments are (unwritten extents)
+        path.unlink(missing_ok=True)
+        prepare_file(path, size)
+    dev = UringDevice(entries=depth, batch=batch)
     h = dev.open(str(path))
-    bufs = [AlignedBuffer(BS) for _ in range(depth)]
+    bufs: list[Any] = [AlignedBuffer(BS) if huge else _PlainBuffer(BS) for _ in range(depth)]
     for b in bufs:
         b.view[:] = os.urandom(4096) * (BS // 4096)
-    ops = [IoOp(h, i * BS, bufs[i % depth].view, write=write) for i in range(size // BS)]
-    t0 = time.perf_counter()
-    res = dev.submit(ops)
-    dt = time.perf_counter() - t0
+    n = size // BS
+    ops = [IoOp(h, i * BS, bufs[i % depth].view, write=write) for i in range(n)]
+    res: list[int] = []
+    s = timed(lambda: res.extend(dev.submit(ops)), size, disk=disk, write=write, ops=n, dev=dev)
     dev.close()
+    if fresh:
+        path.unlink(missing_ok=True)
     assert res == [BS] * len(ops), "device pass moved fewer bytes than asked"
-    return size / dt
+    return s
 
 
-def threaded(depth: int, work: Callable[[int], None]) -> float:
-    """Run ``work(tid)`` on ``depth`` threads; seconds from a common start to the last end."""
-    start = threading.Barrier(depth + 1)
-    errors: list[BaseException] = []
-
-    def run(tid: int) -> None:
-        start.wait(timeout=60)
-        try:
-            work(tid)
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    ts = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(depth)]
-    for t in ts:
-        t.start()
-    start.wait(timeout=60)
-    t0 = time.perf_counter()
-    for t in ts:
-        t.join(timeout=RUN_SECONDS_MAX)
-    if errors:
-        raise errors[0]
-    return time.perf_counter() - t0
-
-
-def posix_pass(path: Path, write: bool, depth: int, size: int) -> float:
+def posix_pass(path: Path, write: bool, depth: int, size: int, disk: str) -> Sample:
     dev = PosixDevice()
     h = dev.open(str(path))
     n = size // BS
+    bufs = [AlignedBuffer(BS) for _ in range(depth)]
 
     def work(tid: int) -> None:
-        buf = AlignedBuffer(BS)
         for i in range(tid, n, depth):
-            assert dev.submit([IoOp(h, i * BS, buf.view, write=write)]) == [BS]
+            assert dev.submit([IoOp(h, i * BS, bufs[tid].view, write=write)]) == [BS]
 
-    dt = threaded(depth, work)
+    s = timed(lambda: threaded(depth, work), size, disk=disk, write=write, ops=n, dev=dev)
     dev.close()
-    return size / dt
+    return s
 
 
-# --- the engine -----------------------------------------------------------------------------
-
-def engine_api() -> tuple[type, type] | None:
-    try:
-        from kvstore.engine.store import Engine
-        from kvstore.engine.types import EngineConfig
-    except ImportError:
-        return None
-    return (Engine, EngineConfig) if hasattr(Engine, "open") else None
-
-
-def engine_config(cfg_cls: type, data_dir: Path, payload_bytes: int) -> object:
-    seg = limits.segment_bytes_default
-    cap = max(2 * seg, (int(payload_bytes * 1.3) // seg + 2) * seg)
-    return cfg_cls(data_dir=str(data_dir), capacity_bytes=cap, segment_bytes=seg,
-                   dram_bytes=0, dram_on_put=False)
-
-
-def engine_pass(api: tuple[type, type], data_dir: Path, depth: int, size: int) -> dict[str, float]:
-    Engine, Cfg = api
-    shutil.rmtree(data_dir, ignore_errors=True)
-    eng = Engine.open(engine_config(Cfg, data_dir, 2 * size), UringDevice())
-    eng.create_namespace("bench")
-    n = size // BS
-    payload = os.urandom(4096) * (BS // 4096)
-
-    def put(tid: int) -> None:
-        for i in range(tid, n, depth):
-            eng.put("bench", f"k{i:08d}", payload)
-
-    def get(tid: int) -> None:
-        buf = bytearray(BS)
-        for i in range(tid, n, depth):
-            if eng.get_into("bench", f"k{i:08d}", buf) != BS:
-                raise RuntimeError(f"engine get k{i:08d} missed")
-
-    out: dict[str, float] = {}
-    for name, fn in (("write", put), ("read", get)):
-        c0 = time.process_time()
-        dt = threaded(depth, fn)
-        out[name] = size / dt
-        out[f"{name}_cpu_cores"] = (time.process_time() - c0) / dt
-    if hasattr(eng, "put_many"):  # batched puts: ``depth`` records per call, one thread
-        keys = [f"b{i:08d}" for i in range(n)]
-        c0, t0 = time.process_time(), time.perf_counter()
-        for j in range(0, n, depth):
-            res = eng.put_many("bench", [(k, payload) for k in keys[j : j + depth]])
-            if not all(r.created for r in res):
-                raise RuntimeError("put_many did not create every block")
-        dt = time.perf_counter() - t0
-        out["batch_write"] = size / dt
-        out["batch_write_cpu_cores"] = (time.process_time() - c0) / dt
-    hits_dram = eng.stats().get("hits_dram", 0)
-    if hits_dram:
-        print(f"warning: {hits_dram} gets hit DRAM although dram_bytes=0", file=sys.stderr)
-    eng.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
-    out.update(full_store_write(api, data_dir, depth, size, payload))
-    return out
-
-
-def full_store_write(api: tuple[type, type], data_dir: Path, depth: int, size: int,
-                     payload: bytes) -> dict[str, float]:
-    """Puts into a store already at capacity: the steady state of a cache. Each new segment
-    then reuses a reclaimed segment's file (overwrites, no block allocation)."""
-    Engine, Cfg = api
-    seg = limits.segment_bytes_default
-    cap = max(4, size // seg) * seg
-    cfg = Cfg(data_dir=str(data_dir), capacity_bytes=cap, segment_bytes=seg, dram_bytes=0,
-              dram_on_put=False)
-    eng = Engine.open(cfg, UringDevice())
-    eng.create_namespace("bench")
-    n = size // BS
-    fill = [(f"f{i:08d}", payload) for i in range(cap // BS)]
-    for j in range(0, len(fill), 64):  # reach capacity (untimed)
-        eng.put_many("bench", fill[j : j + 64])
-
-    def put(tid: int) -> None:
-        for i in range(tid, n, depth):
-            eng.put("bench", f"k{i:08d}", payload)
-
-    c0 = time.process_time()
-    dt = threaded(depth, put)
-    st = eng.stats()
-    eng.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
-    if not st.get("recycled_segments"):
-        print("warning: the full-store pass recycled no segment file", file=sys.stderr)
-    return {"full_write": size / dt, "full_write_cpu_cores": (time.process_time() - c0) / dt}
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def index_bytes(eng: object) -> int | None:
-    st = eng.stats()  # type: ignore[attr-defined]
-    for k in ("index_bytes", "index_memory_bytes"):
-        if k in st:
-            return int(st[k])
-    for v in vars(eng).values():
-        if hasattr(v, "memory_bytes") and callable(v.memory_bytes):
-            return int(v.memory_bytes())
-    return None
-
-
-def index_and_reopen(api: tuple[type, type], data_dir: Path, blocks: int) -> dict[str, object]:
-    Engine, Cfg = api
-    shutil.rmtree(data_dir, ignore_errors=True)
-    cfg = engine_config(Cfg, data_dir, blocks * 2 * limits.io_alignment_bytes)
-    eng = Engine.open(cfg, UringDevice())
-    eng.create_namespace("bench")
-    rss0 = rss_bytes()
-    threads = 4
-
-    def fill(tid: int) -> None:  # batched puts: tiny blocks are bound by per-I/O latency
-        mine = range(tid, blocks, threads)
-        for j in range(0, len(mine), 1024):
-            eng.put_many("bench", [(f"k{i:08d}", b"x") for i in mine[j : j + 1024]])
-
-    fill_s = threaded(threads, fill)
-    rss1 = rss_bytes()
-    idx = index_bytes(eng)
-    count = eng.count("bench")
-    eng.close()
-    t0 = time.perf_counter()
-    eng = Engine.open(cfg, UringDevice())
-    reopen_s = time.perf_counter() - t0
-    recount = eng.count("bench")
-    sample_ok = all(eng.get("bench", f"k{i:08d}") == b"x" for i in range(0, blocks, blocks // 100 or 1))
-    rss2 = rss_bytes()
-    eng.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
-    return {"blocks": blocks, "count_after_fill": count, "count_after_reopen": recount,
-            "sample_reads_ok": sample_ok, "fill_seconds": round(fill_s, 2),
-            "puts_per_second": round(blocks / fill_s),
-            "index_bytes_per_block": None if idx is None else round(idx / blocks, 1),
-            "rss_delta_bytes_per_block": round((rss1 - rss0) / blocks, 1),
-            "rss_after_reopen_mib": round(rss2 / 2**20, 1),
-            "reopen_seconds": round(reopen_s, 3)}
+def prepare_file(path: Path, size: int, *, written: bool = False) -> None:
+    """Preallocate ``path`` (unwritten extents); ``written``: also write it once, untimed, so
+    the device passes overwrite written blocks, as fio does after laying out its file."""
+    with open(path, "ab") as f:
+        os.posix_fallocate(f.fileno(), 0, size)
+    if written:
+        dev = UringDevice(entries=8)
+        h = dev.open(str(path))
+        buf = AlignedBuffer(BS)
+        res = dev.submit([IoOp(h, i * BS, buf.view, write=True) for i in range(size // BS)])
+        dev.close()
+        assert res == [BS] * (size // BS), "could not lay out the device file"
 
 
 # --- report ---------------------------------------------------------------------------------
@@ -288,8 +170,54 @@ def parse_size(text: str) -> int:
     return int(t)
 
 
-def gbps(x: float) -> float:
-    return round(x / 1e9, 3)
+DEVICE_TARGET, ENGINE_TARGET = 0.9, 0.85  # of fio: every depth / depth >= 8 (issue 15)
+REWARDS_DEPTH = 1.2  # fio QD32 over QD1 above this: the disk rewards depth
+
+
+def device_runs(bench: Path, rw: str, depth: int, size: int, disk: str,
+                ) -> list[tuple[str, Callable[[], Sample]]]:
+    w = rw == "write"
+    dev_file = bench / "dev.dat"
+    fresh = [("uring_device_fresh_file",
+              lambda: uring_pass(bench / "fresh.dat", w, depth, size, disk, fresh=True))]
+    return [
+        *(fresh if w else []),
+        ("fio", lambda: fio(bench / "fio.dat", rw, depth, size, disk)),
+        ("uring_device", lambda: uring_pass(dev_file, w, depth, size, disk)),
+        ("uring_device_per_op", lambda: uring_pass(dev_file, w, depth, size, disk, batch=False)),
+        ("uring_device_4k_pages", lambda: uring_pass(dev_file, w, depth, size, disk, huge=False)),
+        ("posix_threads", lambda: posix_pass(dev_file, w, depth, size, disk)),
+    ]
+
+
+def run_depth(a: argparse.Namespace, bench: Path, depth: int, size: int, disk: str,
+              api: tuple[type, type] | None) -> dict[tuple[str, str], list[Sample]]:
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    make_dev = {"uring": UringDevice, "posix": PosixDevice}[a.engine_device]
+    for trial in range(a.trials):
+        for rw in ("write", "read"):
+            runs = device_runs(bench, rw, depth, size, disk)
+            k = trial % len(runs)  # rotate the order so no case always runs first
+            for name, fn in runs[k:] + runs[:k]:
+                samples.setdefault((name, rw), []).append(fn())
+        if api is not None:
+            e = engine_pass(api, make_dev, bench / "engine", depth, size, disk)
+            for key, smp in e.items():
+                case, rw = {"write": ("engine", "write"), "read": ("engine", "read"),
+                            "batch_write": ("engine_batch", "write"),
+                            "full_write": ("engine_full", "write")}[key]
+                samples.setdefault((case, rw), []).append(smp)
+        print(f"depth {depth} trial {trial + 1}: " + ", ".join(
+            f"{c}_{rw}={v[-1].gbps:.2f}" for (c, rw), v in samples.items()), flush=True)
+    return samples
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return ""
 
 
 def main() -> int:
@@ -297,10 +225,13 @@ def main() -> int:
     ap.add_argument("--dir", default=str(ROOT / "data" / "bench"), help="scratch dir (same disk)")
     ap.add_argument("--size", default="2GiB", help="bytes per pass (e.g. 2GiB, 512MiB)")
     ap.add_argument("--depths", default="1,8,32")
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--blocks", type=int, default=1_000_000, help="blocks for the index test")
     ap.add_argument("--quick", action="store_true", help="512 MiB, 1 trial, 100k blocks")
     ap.add_argument("--no-engine", action="store_true", help="fio and devices only")
+    ap.add_argument("--no-index", action="store_true", help="skip the index/reopen test")
+    ap.add_argument("--engine-device", choices=("uring", "posix"), default="uring")
+    ap.add_argument("--note", default="", help="free text recorded with the results")
     ap.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
     a = ap.parse_args()
     size = parse_size(a.size)
@@ -319,76 +250,122 @@ def main() -> int:
         return 2
     api = None if a.no_engine else engine_api()
     print(f"engine: {'available' if api else 'NOT available (fio and devices only)'}")
-    rows: list[dict[str, object]] = []
+    m = machine(bench)
+    disk = str(m["disk"])
+    load0 = loadavg()
+    prepare_file(bench / "dev.dat", size, written=True)
+    rows: list[dict[str, Any]] = []
     for depth in depths:
-        samples: dict[str, list[float]] = {}
-        for trial in range(a.trials):
-            for rw in ("write", "read"):
-                write = rw == "write"
-                runs: list[tuple[str, Callable[[], float]]] = [
-                    ("fio", lambda rw=rw, d=depth: fio(bench / "fio.dat", rw, d, size)),
-                    ("uring_device",
-                     lambda w=write, d=depth: uring_pass(bench / "dev.dat", w, d, size)),
-                    ("posix_threads",
-                     lambda w=write, d=depth: posix_pass(bench / "dev.dat", w, d, size)),
-                ]
-                for name, fn in runs:
-                    samples.setdefault(f"{name}_{rw}", []).append(fn())
-            if api is not None:
-                e = engine_pass(api, bench / "engine", depth, size)
-                for k, v in e.items():
-                    samples.setdefault(f"engine_{k}", []).append(v)
-            print(f"depth {depth} trial {trial + 1}: " + ", ".join(
-                f"{k}={gbps(v[-1]) if 'cpu' not in k else round(v[-1], 2)}"
-                for k, v in samples.items()), flush=True)
-        row: dict[str, object] = {"depth": depth}
-        for k, v in samples.items():
-            med = statistics.median(v)
-            row[k] = round(med, 2) if "cpu" in k else gbps(med)
-        for rw in ("write", "read"):
-            for name in ("uring_device", "posix_threads", "engine", "engine_batch",
-                         "engine_full"):
-                if f"{name}_{rw}" in row:
-                    row[f"ratio_{name}_{rw}"] = round(
-                        float(row[f"{name}_{rw}"]) / float(row[f"fio_{rw}"]), 3)
-        rows.append(row)
-    for f in ("fio.dat", "dev.dat"):
+        samples = run_depth(a, bench, depth, size, disk, api)
+        for (case, rw), smp in samples.items():
+            rows.append({"depth": depth, "case": case, "rw": rw, **summarize(smp),
+                         "samples": [x.as_dict() for x in smp]})
+    for f in ("fio.dat", "dev.dat", "fresh.dat"):
         (bench / f).unlink(missing_ok=True)
-    index = index_and_reopen(api, bench / "index", a.blocks) if api is not None else None
-    if index:
+    index = None
+    if api is not None and not a.no_index:
+        index = index_and_reopen(api, {"uring": UringDevice, "posix": PosixDevice}[
+            a.engine_device], bench / "index", a.blocks)
         print("index:", index)
+    for r in rows:
+        same = {x["case"]: x["gbps"] for x in rows if x["depth"] == r["depth"]
+                and x["rw"] == r["rw"]}
+        r["over_fio"] = r["gbps"] / same["fio"] if same.get("fio") else None
+        r["over_device"] = r["gbps"] / same["uring_device"] if same.get("uring_device") else None
+    m["loadavg_start"], m["loadavg_end"] = load0, loadavg()
     report = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
-              "machine": machine(bench),
+              "machine": m, "note": a.note,
               "settings": {"size_bytes": size, "block_bytes": BS, "depths": depths,
                            "trials": a.trials, "quick": a.quick, "engine": api is not None,
-                           "dram_bytes": 0},
-              "throughput_gbps": rows, "index": index,
-              "targets": {"engine_over_fio_at_depth_ge_8": 0.85, "index_bytes_per_block": 100,
-                          "reopen_seconds": 10}}
+                           "engine_device": a.engine_device, "dram_bytes": 0},
+              "rows": rows, "depth_reward": depth_reward(rows), "index": index,
+              "targets": {"device_over_fio_every_depth": DEVICE_TARGET,
+                          "engine_over_fio_at_depth_ge_8": ENGINE_TARGET,
+                          "index_bytes_per_block": 100, "reopen_seconds": 10}}
     write_report(report, Path(a.out))
     return 0
 
 
-def write_report(report: dict[str, object], out: Path) -> None:
+def depth_reward(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for rw in ("write", "read"):
+        fio = {r["depth"]: r["gbps"] for r in rows if r["case"] == "fio" and r["rw"] == rw}
+        lo, hi = min(fio, default=None), max(fio, default=None)
+        out[rw] = fio[hi] / fio[lo] if lo is not None and hi != lo and fio[lo] else None
+    return out
+
+
+def _f(x: float | None, nd: int = 2) -> str:
+    return "" if x is None else f"{x:.{nd}f}"
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    rows = report["rows"]
+    depths = report["settings"]["depths"]
+    lines: list[str] = []
+    dr = report["depth_reward"]
+    for rw in ("write", "read"):
+        if dr.get(rw):
+            verdict = "rewards depth" if dr[rw] >= REWARDS_DEPTH else "does not reward depth"
+            lines.append(f"- Disk {verdict} for {rw}s: fio QD{max(depths)} / QD{min(depths)} "
+                         f"= {dr[rw]:.2f}.")
+    checks = []
+    for r in rows:
+        if r["case"] == "fio" or r.get("over_fio") is None:
+            continue
+        if r["case"] == "uring_device":
+            checks.append((r, DEVICE_TARGET))
+        elif r["case"].startswith("engine") and r["depth"] >= 8:
+            checks.append((r, ENGINE_TARGET))
+    missed = [f"{r['case']} {r['rw']} QD{r['depth']} {r['over_fio']:.2f} < {t}"
+              for r, t in checks if r["over_fio"] < t]
+    lines.append(f"- Targets (device >= {DEVICE_TARGET} of fio at every depth, engine >= "
+                 f"{ENGINE_TARGET} at depth >= 8): "
+                 + ("all met." if not missed else "missed: " + "; ".join(missed) + "."))
+    for rw in ("write", "read"):
+        lines += ["", f"### {rw.capitalize()}s", "",
+                  "| depth | case | GB/s median (min-max) | / fio | / uring_device | CPU cores "
+                  "| cores per GB/s | in flight mean / peak | disk aqu-sz | disk reqs/op |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if r["rw"] != rw:
+                continue
+            depth = "" if r["depth_mean"] is None else \
+                f"{r['depth_mean']:.1f} / {r['depth_peak']}"
+            lines.append(
+                f"| {r['depth']} | {r['case']} | {r['gbps']:.2f} ({r['gbps_min']:.2f}-"
+                f"{r['gbps_max']:.2f}) | {_f(r['over_fio'])} | {_f(r.get('over_device'))} | "
+                f"{_f(r['cpu_cores'])} | "
+                f"{_f(r['cores_per_gbps'])} | {depth} | {_f(r['aqu'], 1)} | "
+                f"{_f(r['reqs_per_op'])} |")
+    return lines
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    stem = "engine-" + ("quick-" if report["settings"]["quick"] else "")  # type: ignore[index]
+    stem = "engine-" + ("quick-" if report["settings"]["quick"] else "")
     stem += time.strftime("%Y%m%d-%H%M%S")
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     m = report["machine"]
     lines = [f"# Engine vs fio ({report['when']}, commit {report['commit']})", "",
-             "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()),  # type: ignore[union-attr]
-             "", "Settings: " + json.dumps(report["settings"]), "",
-             "Throughput in GB/s (medians); ratio = x / fio at the same depth.", ""]
-    rows = report["throughput_gbps"]
-    cols = [k for k in rows[0] if k != "depth"] if rows else []  # type: ignore[index]
-    lines += ["| depth | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for r in rows:  # type: ignore[union-attr]
-        lines.append(f"| {r['depth']} | " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
+             "Machine: " + ", ".join(f"{k}={v}" for k, v in m.items()), "",
+             "Settings: " + json.dumps(report["settings"]), ""]
+    if report["note"]:
+        lines += [f"Note: {report['note']}", ""]
+    lines += ["Medians over the trials, min-max beside them; / fio and / uring_device = ratio "
+              "to that row at the same depth. uring_device_fresh_file writes a newly "
+              "preallocated file (unwritten extents, as the engine's fresh segments; ext4 "
+              "converts them as the writes complete). CPU cores = process CPU seconds per second (fio: its usr+sys). In flight "
+              "= the device's DepthGauge over the pass (ops submitted and not yet reaped: "
+              "time-weighted mean / peak). Disk aqu-sz and reqs/op come from /proc/diskstats "
+              "(requests, after the block layer split or merged the 2 MiB ops).", ""]
+    lines += report_lines(report)
     if report["index"]:
         lines += ["", "Index and reopen:", ""] + [f"- {k}: {v}" for k, v in
-                                                  report["index"].items()]  # type: ignore[union-attr]
+                                                  report["index"].items()]
     lines += ["", "Targets: " + json.dumps(report["targets"]), ""]
     (out / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(report_lines(report)))
     print(f"wrote {out / stem}.md and .json")
 
 

@@ -24,9 +24,18 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvstore.engine.device import ALIGN, AlignedBuffer, BufferPool, Device, IoOp, align_up
+from kvstore.engine.device import (
+    ALIGN,
+    AlignedBuffer,
+    BufferPool,
+    Device,
+    IoOp,
+    Pending,
+    align_up,
+)
 from kvstore.errors import StorageError
-from kvstore.io_uring.buffers import aligned, buffer_address, byte_view
+from kvstore.io_uring.buffers import aligned, buffer_address, byte_view, copy_into
+from kvstore.io_uring.depth import DeviceDepth
 
 log = logging.getLogger("kvstore.device")
 
@@ -73,6 +82,16 @@ class FileDevice(Device):
         self._lock = threading.Lock()
         self._pool = BufferPool()
         self._closed = False
+        self.depth = DeviceDepth()  # what is really in flight: per ring (or worker) and total
+
+    def depth_stats(self) -> dict[str, object]:
+        """In-flight ops since the last ``reset_depth``: ``total`` and per ``parts`` (ring or
+        worker), each with ``inflight``, ``peak``, time-weighted ``mean`` and ``mean_busy``,
+        ``ops`` and ``submits`` (submission calls)."""
+        return self.depth.stats()
+
+    def reset_depth(self) -> None:
+        self.depth.reset()
 
     # --- files ------------------------------------------------------------------------------
 
@@ -156,7 +175,7 @@ class FileDevice(Device):
 
     # --- batches ----------------------------------------------------------------------------
 
-    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+    def _plan_batch(self, ops: Sequence[IoOp]) -> tuple[list[Task], list[int]]:
         if self._closed:
             raise StorageError(f"{self.name}: device is closed")
         results = [0] * len(ops)
@@ -165,6 +184,10 @@ class FileDevice(Device):
             task = self._plan(i, op, results)
             if task is not None:
                 tasks.append(task)
+        return tasks, results
+
+    def submit(self, ops: Sequence[IoOp]) -> list[int]:
+        tasks, results = self._plan_batch(ops)
         try:
             if tasks:
                 self._run(tasks, results)
@@ -172,6 +195,38 @@ class FileDevice(Device):
             for t in tasks:
                 self._finish(t, results)
         return results
+
+    def start(self, ops: Sequence[IoOp]) -> Pending:
+        tasks, results = self._plan_batch(ops)
+        if not tasks:
+            return Pending(results)
+        try:
+            handle = self._start(tasks, results)
+        except BaseException:
+            for t in tasks:
+                self._finish(t, results)
+            raise
+
+        def finish() -> None:
+            self._check_wait(handle)  # raises before anything is settled or released
+            try:
+                self._wait(handle)
+            finally:
+                for t in tasks:
+                    self._finish(t, results)
+
+        return Pending(results, finish)
+
+    def _start(self, tasks: list[Task], results: list[int]) -> object:
+        """Begin ``tasks``; returns what ``_wait`` needs. Default: all of it, now."""
+        self._run(tasks, results)
+        return None
+
+    def _wait(self, handle: object) -> None:
+        """Finish what ``_start`` began."""
+
+    def _check_wait(self, handle: object) -> None:
+        """Raise StorageError if ``handle`` cannot be waited for from here."""
 
     def _plan(self, i: int, op: IoOp, results: list[int]) -> Task | None:
         """Turn one op into a Task, or settle it here (errors, empty and unaligned ops)."""
@@ -199,7 +254,7 @@ class FileDevice(Device):
             task.bounce = bounce
             task.addr = bounce.address()
             if op.write:
-                bounce.view[:n] = view
+                copy_into(bounce.view, view)
             else:
                 task.target = view
         return task
@@ -230,7 +285,7 @@ class FileDevice(Device):
             return
         if t.target is not None and results[t.index] > 0:
             n = min(results[t.index], t.want)
-            t.target[:n] = t.bounce.view[:n]
+            copy_into(t.target, t.bounce.view[:n])
             results[t.index] = n
         self._pool.release(t.bounce)
         t.bounce = None

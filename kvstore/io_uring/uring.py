@@ -1,14 +1,18 @@
 """UringDevice: O_DIRECT positional I/O through io_uring (pyuring 0.3.0).
 
-How pyuring is used (see the project notes on pyuring): ``read_async_ptr``/``write_async_ptr``
-with the int address of a page-aligned buffer (each call submits at once), completions from
-``wait_completion``/``peek_completion`` matched by ``user_data``. We never wait with nothing in
-flight: that blocks forever.
+Rings come from ``rings.make_ring``: a ``BatchRing`` prepares every SQE of a batch in the ring's
+memory and submits them with one ``io_uring_enter`` that also waits for the first completion
+(pyuring's own ``*_async_ptr`` calls submit each op on its own; ``PerOpRing`` keeps that path
+for builds whose layout does not check out). Completions are matched by ``user_data``. We never
+wait with nothing in flight: that blocks forever.
 
 A ``UringCtx`` may only be used from the thread that created it, so the device keeps one ring
 per thread (``threading.local``), created on that thread's first batch. ``submit`` keeps up to
-``limits.uring_entries`` ops in flight and refills the ring as completions arrive, so a batch of
-any size runs in waves. A short read or write resubmits the remainder.
+``entries`` ops in flight and refills the ring as completions arrive: the refills of one reaping
+round go out together with the next wait, so the queue never drains between rounds. A short read
+or write resubmits the remainder.
+
+``depth_stats()`` reports what was really in flight (per ring and in total; ``depth.py``).
 
 ``submit_async`` is the asyncio variant: one ring owned by the event loop's thread, its
 ``ring_fd`` watched with ``loop.add_reader``, completions dispatched to futures by
@@ -21,64 +25,79 @@ import asyncio
 import errno
 import logging
 import threading
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from kvstore import limits
 from kvstore.engine.device import IoOp
 from kvstore.errors import StorageError
+from kvstore.io_uring.driver import Batch, RingDriver
 from kvstore.io_uring.files import FileDevice, Task
+from kvstore.io_uring.rings import RING_RETRIES_MAX, PerOpRing, make_ring
 
 log = logging.getLogger("kvstore.device")
 
-# Consecutive EINTR/EAGAIN answers from the ring before the device declares it broken.
-_RING_RETRIES_MAX = 100
-
-
-def _uring_ctx(entries: int) -> Any:
-    from pyuring import UringCtx
-
-    return UringCtx(entries=entries)
+_RING_RETRIES_MAX = RING_RETRIES_MAX
 
 
 class UringDevice(FileDevice):
     name = "uring"
 
-    def __init__(self, *, entries: int = limits.uring_entries, direct: bool = True) -> None:
+    def __init__(self, *, entries: int = limits.uring_entries, direct: bool = True,
+                 batch: bool = True) -> None:
+        """``batch=False`` forces pyuring's submit-per-op path (for comparison runs)."""
         super().__init__(direct=direct)
         if not 1 <= entries <= 4096:
             raise ValueError("entries must be in 1..4096")
         self._entries = entries
+        self._batch = batch
         self._local = threading.local()
-        self._rings: list[Any] = []  # every ring created, closed by close()
+        self._rings: list[PerOpRing] = []  # every ring created, closed by close()
         self._rings_lock = threading.Lock()
+        self._ring_seq = 0
         self._aio: _AsyncRing | None = None
+
+    @property
+    def batched(self) -> bool | None:
+        """Whether this thread's ring batches submissions (None before its first batch)."""
+        drv = getattr(self._local, "driver", None)
+        return None if drv is None else drv.ring.batched
+
+    def _new_ring(self, label: str) -> PerOpRing:
+        with self._rings_lock:
+            self._ring_seq += 1
+            name = f"ring{self._ring_seq}-{label}"
+        try:
+            ring = make_ring(self._entries, self.depth.part(name), batch=self._batch)
+        except OSError as e:
+            self.depth.forget(name)
+            raise StorageError(f"uring: cannot create a ring: {e}") from e
+        ring.name = name  # type: ignore[attr-defined]
+        return ring
 
     # --- rings ------------------------------------------------------------------------------
 
-    def _ring(self) -> Any:
-        ring = getattr(self._local, "ring", None)
-        if ring is None:
+    def _driver(self) -> RingDriver:
+        drv = getattr(self._local, "driver", None)
+        if drv is None:
             if self._closed:
                 raise StorageError("uring: device is closed")
-            try:
-                ring = _uring_ctx(self._entries)
-            except OSError as e:
-                raise StorageError(f"uring: cannot create a ring: {e}") from e
-            self._local.ring = ring
-            self._local.next_ud = 1
+            ring = self._new_ring(threading.current_thread().name)
+            drv = RingDriver(ring, self._entries, self.settle)
+            self._local.driver = drv
             with self._rings_lock:
                 self._rings.append(ring)
-        return ring
+        return drv
 
-    def _drop_ring(self, ring: Any) -> None:
-        """Forget a ring that misbehaved; the thread's next batch creates a fresh one."""
-        self._local.ring = None
+    def _drop_ring(self, drv: RingDriver) -> None:
+        """Forget a broken ring; the thread's next batch creates a fresh one."""
+        if getattr(self._local, "driver", None) is drv:
+            self._local.driver = None
         with self._rings_lock:
-            if ring in self._rings:
-                self._rings.remove(ring)
-        ring.close()
+            if drv.ring in self._rings:
+                self._rings.remove(drv.ring)
+        self.depth.forget(getattr(drv.ring, "name", ""))
+        drv.ring.close()
 
     def close(self) -> None:
         super().close()
@@ -93,69 +112,32 @@ class UringDevice(FileDevice):
     # --- batches ----------------------------------------------------------------------------
 
     def _run(self, tasks: list[Task], results: list[int]) -> None:
-        ring = self._ring()
-        pending: deque[Task] = deque(tasks)
-        inflight: dict[int, Task] = {}
-        ud = self._local.next_ud
-        broken: OSError | None = None
-        retries = 0
-        try:
-            while pending or inflight:
-                while pending and len(inflight) < self._entries and broken is None:
-                    t = pending[0]
-                    try:
-                        _prep(ring, t, ud)
-                    except OSError as e:
-                        if e.errno in (errno.EAGAIN, errno.EBUSY, errno.EINTR) and inflight:
-                            break  # ring full for now: reap, then retry
-                        broken = e
-                        break
-                    pending.popleft()
-                    inflight[ud] = t
-                    ud += 1
-                if broken is not None:
-                    for t in pending:
-                        results[t.index] = -(broken.errno or errno.EIO)
-                    pending.clear()
-                if not inflight:
-                    break
-                try:
-                    got, res = ring.wait_completion()
-                    retries = 0
-                except OSError as e:
-                    retries += 1
-                    if e.errno in (errno.EINTR, errno.EAGAIN) and retries < _RING_RETRIES_MAX:
-                        continue
-                    raise StorageError(f"uring: waiting for completions failed: {e}") from e
-                self._complete(inflight, pending, got, res, results)
-                while inflight:
-                    nxt = ring.peek_completion()
-                    if nxt is None:
-                        break
-                    self._complete(inflight, pending, nxt[0], nxt[1], results)
-        except BaseException:
-            # Ops may still be in flight: wait for them (best effort) so the kernel is done with
-            # the buffers before they are reused, then never reuse this ring.
-            for _ in range(len(inflight)):
-                try:
-                    ring.wait_completion()
-                except OSError:
-                    break
-            self._drop_ring(ring)
-            raise
-        finally:
-            self._local.next_ud = ud
-        if broken is not None:
-            log.warning("uring: submission failed (%s); recreating the ring", broken)
-            self._drop_ring(ring)
+        drv = self._driver()
+        batch = Batch(tasks, results)
+        drv.add(batch)
+        self._wait_batch(drv, batch)
 
-    def _complete(self, inflight: dict[int, Task], pending: deque[Task], ud: int, res: int,
-                  results: list[int]) -> None:
-        t = inflight.pop(ud, None)
-        if t is None:
-            return  # a stale completion from an earlier, aborted batch
-        if not self.settle(t, res, results):
-            pending.appendleft(t)  # short I/O: resubmit the remainder first
+    def _start(self, tasks: list[Task], results: list[int]) -> object:
+        drv = self._driver()
+        batch = Batch(tasks, results)
+        drv.add(batch)
+        return drv, batch, threading.get_ident()
+
+    def _check_wait(self, handle: object) -> None:
+        if handle[2] != threading.get_ident():  # type: ignore[index]
+            raise StorageError("uring: a started batch must be waited for on the thread that "
+                               "started it (its ring belongs to that thread)")
+
+    def _wait(self, handle: object) -> None:
+        drv, batch, _tid = handle  # type: ignore[misc]
+        self._wait_batch(drv, batch)
+
+    def _wait_batch(self, drv: RingDriver, batch: Batch) -> None:
+        try:
+            drv.wait(batch)
+        finally:
+            if drv.broken is not None and drv.idle:
+                self._drop_ring(drv)
 
     # --- asyncio ----------------------------------------------------------------------------
 
@@ -169,7 +151,7 @@ class UringDevice(FileDevice):
         if self._aio is None or self._aio.loop is not loop:
             if self._aio is not None:
                 self._aio.close()
-            self._aio = _AsyncRing(_uring_ctx(self._entries), loop, self._entries)
+            self._aio = _AsyncRing(self._new_ring("asyncio"), loop, self._entries)
         results = [0] * len(ops)
         tasks: list[Task] = []
         for i, op in enumerate(ops):
@@ -184,11 +166,9 @@ class UringDevice(FileDevice):
         return results
 
 
-def _prep(ring: Any, t: Task, ud: int) -> None:
-    if t.write:
-        ring.write_async_ptr(t.fd, t.addr + t.done, t.length - t.done, t.offset + t.done, ud)
-    else:
-        ring.read_async_ptr(t.fd, t.addr + t.done, t.length - t.done, t.offset + t.done, ud)
+def _prep(ring: PerOpRing, t: Task, ud: int) -> bool:
+    """Queue the rest of ``t``; False when the ring's submission queue is full."""
+    return ring.prep(t.write, t.fd, t.addr + t.done, t.length - t.done, t.offset + t.done, ud)
 
 
 async def _await_io(fut: asyncio.Future[int]) -> int:
@@ -210,7 +190,7 @@ async def _await_io(fut: asyncio.Future[int]) -> int:
 class _AsyncRing:
     """A ring driven by the event loop: ``ring_fd`` readable -> drain CQEs -> resolve futures."""
 
-    def __init__(self, ring: Any, loop: asyncio.AbstractEventLoop, entries: int) -> None:
+    def __init__(self, ring: PerOpRing, loop: asyncio.AbstractEventLoop, entries: int) -> None:
         self.ring = ring
         self.loop = loop
         self._futures: dict[int, asyncio.Future[int]] = {}
@@ -220,7 +200,7 @@ class _AsyncRing:
 
     def _drain(self) -> None:
         while True:
-            cqe = self.ring.peek_completion()
+            cqe = self.ring.peek()
             if cqe is None:
                 return
             fut = self._futures.pop(cqe[0], None)
@@ -235,7 +215,9 @@ class _AsyncRing:
                 fut: asyncio.Future[int] = self.loop.create_future()
                 self._futures[ud] = fut
                 try:
-                    _prep(self.ring, t, ud)
+                    if not _prep(self.ring, t, ud):  # cannot happen: the semaphore bounds it
+                        raise OSError(errno.EBUSY, "submission queue full")
+                    self.ring.flush()
                 except OSError as e:
                     self._futures.pop(ud, None)
                     results[t.index] = -(e.errno or errno.EIO)

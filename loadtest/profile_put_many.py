@@ -1,0 +1,242 @@
+"""Where the engine's write path loses queue depth: a per-stage timing of put_many and of
+concurrent single puts, with the device's measured in-flight depth.
+
+    .venv/bin/python loadtest/profile_put_many.py                # 32 x 2 MiB, 5 calls
+    .venv/bin/python loadtest/profile_put_many.py --threads 32   # + 32 threads of single puts
+
+Stages are timed by wrapping the engine's own functions for the run (nothing in the engine is
+changed): ``_prepare`` (validation and the checksum, per record, before any I/O), batch
+``_pack``, ``_build`` (payload copy into the chunk buffer), waiting for ``_wlock``, ``_reserve``
+(under it), ``device.submit`` (the I/O), ``_complete`` (marking the range written and waiting
+for every earlier byte of the segment: the log-order acknowledgement) and ``_publish_chunk``.
+"Device idle" is the part of the call with nothing in flight at the device (its DepthGauge).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kvstore import limits  # noqa: E402
+from kvstore.engine import batch as batch_mod  # noqa: E402
+from kvstore.engine import format as fmt  # noqa: E402
+from kvstore.engine.device import StagedPayload  # noqa: E402
+from kvstore.engine.store import Engine  # noqa: E402
+from kvstore.engine.types import EngineConfig  # noqa: E402
+from kvstore.io_uring.posix import PosixDevice  # noqa: E402
+from kvstore.io_uring.uring import UringDevice  # noqa: E402
+
+BS = 2 * limits.MiB
+
+
+class Stages:
+    """Seconds per stage, summed over calls and threads."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, dt: float) -> None:
+        with self._lock:
+            self.seconds[name] += dt
+            self.calls[name] += 1
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """``fn``, timed into ``name``."""
+        def timed(*a: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.add(name, time.perf_counter() - t0)
+        return timed
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+
+class TimedLock:
+    """Stands in for the engine's write lock: times the wait to acquire it and the hold."""
+
+    def __init__(self, lock: Any, stages: Stages) -> None:
+        self._lock, self._stages = lock, stages
+        self._held = threading.local()
+
+    def __enter__(self) -> TimedLock:
+        t0 = time.perf_counter()
+        self._lock.acquire()
+        now = time.perf_counter()
+        self._stages.add("wlock wait", now - t0)
+        self._held.t = now
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stages.add("wlock held", time.perf_counter() - self._held.t)
+        self._lock.release()
+
+    def acquire(self, *a: Any, **kw: Any) -> bool:
+        return bool(self._lock.acquire(*a, **kw))
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class _TimedPending:
+    def __init__(self, wait: Callable[[], list[int]]) -> None:
+        self.wait = wait
+
+
+def instrument(eng: Engine, stages: Stages) -> None:
+    eng._prepare = stages.wrap("prepare+checksum", eng._prepare)  # type: ignore[method-assign]
+    eng._complete = stages.wrap("complete (log-order wait)", eng._complete)  # type: ignore[method-assign]
+    eng._wlock = TimedLock(eng._wlock, stages)  # type: ignore[assignment]
+    eng.device.submit = stages.wrap("device.submit", eng.device.submit)  # type: ignore[method-assign]
+    start = eng.device.start
+
+    def timed_start(ops: Any) -> Any:
+        t0 = time.perf_counter()
+        pending = start(ops)
+        stages.add("device.start", time.perf_counter() - t0)
+        return _TimedPending(stages.wrap("device wait (Pending)", pending.wait))
+
+    eng.device.start = timed_start  # type: ignore[method-assign]
+    for name, label in (("_pack", "pack"), ("_build", "build (payload copy)"),
+                        ("_reserve", "reserve (under wlock)"),
+                        ("_publish_chunk", "publish")):
+        setattr(batch_mod, name, stages.wrap(label, getattr(batch_mod, name)))
+    fmt.checksum = stages.wrap("  of which checksum", fmt.checksum)  # type: ignore[assignment]
+
+
+def payloads(n: int, staged: bool) -> list[object]:
+    from kvstore.engine.device import AlignedBuffer
+
+    out: list[object] = []
+    for i in range(n):
+        data = bytes([i & 0xFF]) * 4096 * (BS // 4096)
+        if staged:  # page-aligned caller memory: written in place, no copy
+            buf = AlignedBuffer(BS)
+            buf.view[:BS] = data
+            out.append(StagedPayload(buf.view, BS))
+        else:
+            out.append(data)
+    return out
+
+
+def report(title: str, stages: Stages, wall: float, calls: int, threads: int,
+           depth: dict[str, Any]) -> None:
+    print(f"\n{title}: {calls} call(s), {wall * 1000 / calls:.1f} ms per call wall, "
+          f"{calls * BS * (threads if threads else args.blocks) / wall / 1e9:.2f} GB/s")
+    print(f"  device in flight: mean {depth['mean']:.1f}, mean while busy "
+          f"{depth['mean_busy']:.1f}, peak {depth['peak']}, submits {depth['submits']} for "
+          f"{depth['ops']} ops; device idle {max(0.0, 1 - depth['busy_fraction']) * 100:.0f}% "
+          f"of the wall time")
+    basis = wall * max(threads, 1)
+    print(f"  {'stage':28s} {'ms/call':>9s} {'% of ' + ('thread time' if threads else 'wall'):>16s}"
+          f" {'count/call':>10s}")
+    for name, secs in sorted(stages.seconds.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:28s} {secs * 1000 / calls:9.2f} {secs / basis * 100:15.0f}% "
+              f"{stages.calls[name] / calls:10.1f}")
+
+
+def depth_of(dev: Any) -> dict[str, Any]:
+    t = dict(dev.depth_stats()["total"])
+    t["busy_fraction"] = t["mean"] / t["mean_busy"] if t["mean_busy"] else 0.0
+    return t
+
+
+def main() -> int:
+    global args
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dir", default=str(ROOT / "data" / "profile"))
+    ap.add_argument("--blocks", type=int, default=32, help="records per put_many")
+    ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="also: single puts from N threads")
+    ap.add_argument("--device", choices=("uring", "posix"), default="uring")
+    ap.add_argument("--staged", action="store_true", help="StagedPayload (no payload copy)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="put_many through the pipelined-waves prototype (proto_pipeline.py)")
+    ap.add_argument("--wave-chunks", type=int, default=0,
+                    help="override limits.write_wave_chunks_max for this run")
+    ap.add_argument("--nogil-copy", action="store_true",
+                    help="payload copy by ctypes.memmove (releases the GIL; proto_pipeline.py)")
+    args = ap.parse_args()
+    if args.nogil_copy:
+        import proto_pipeline
+
+        batch_mod._build = proto_pipeline.build_nogil  # type: ignore[assignment]
+    if args.wave_chunks:
+        limits.write_wave_chunks_max = args.wave_chunks
+    if args.pipeline:
+        import proto_pipeline
+
+        batch_mod.write_batch = proto_pipeline.write_batch  # type: ignore[assignment]
+    d = Path(args.dir)
+    shutil.rmtree(d, ignore_errors=True)
+    dev = UringDevice() if args.device == "uring" else PosixDevice()
+    total = (args.calls + 1) * args.blocks * BS + args.calls * max(args.threads, 1) * BS * 8
+    seg = limits.segment_bytes_default
+    cfg = EngineConfig(data_dir=str(d), capacity_bytes=(total * 2 // seg + 2) * seg,
+                       segment_bytes=seg, dram_bytes=0, dram_on_put=False)
+    eng = Engine.open(cfg, dev)
+    eng.create_namespace("prof")
+    stages = Stages()
+    instrument(eng, stages)
+    data = payloads(args.blocks, args.staged)
+    eng.put_many("prof", [(f"warm{i}", data[i]) for i in range(args.blocks)])  # segment, buffers
+    print(f"limits: write_chunk_bytes_max {limits.write_chunk_bytes_max >> 20} MiB, "
+          f"write_wave_chunks_max {limits.write_wave_chunks_max}; device {dev.name} "
+          f"(batched SQEs: {getattr(dev, 'batched', None)}); payloads "
+          f"{'staged (in place)' if args.staged else 'bytes (copied)'}; waves "
+          f"{'pipelined (prototype)' if args.pipeline else 'as in batch.py'}; payload copy "
+          f"{'ctypes.memmove (GIL released)' if args.nogil_copy else 'under the GIL'}")
+    stages.reset()
+    dev.reset_depth()
+    t0 = time.perf_counter()
+    for c in range(args.calls):
+        res = eng.put_many("prof", [(f"c{c}-{i}", data[i]) for i in range(args.blocks)])
+        assert all(r.created for r in res)
+    wall = time.perf_counter() - t0
+    report(f"put_many of {args.blocks} x 2 MiB", stages, wall, args.calls, 0, depth_of(dev))
+    if args.threads:
+        stages.reset()
+        dev.reset_depth()
+        per = 8
+        start = threading.Barrier(args.threads + 1)
+
+        def work(tid: int) -> None:
+            start.wait(timeout=60)
+            for j in range(per):
+                eng.put("prof", f"t{tid}-{j}", data[(tid + j) % len(data)])
+
+        ts = [threading.Thread(target=work, args=(t,)) for t in range(args.threads)]
+        for t in ts:
+            t.start()
+        start.wait(timeout=60)
+        t0 = time.perf_counter()
+        for t in ts:
+            t.join(timeout=600)
+        wall = time.perf_counter() - t0
+        report(f"{args.threads} threads x {per} single puts of 2 MiB", stages, wall / per * per,
+               per, args.threads, depth_of(dev))
+    eng.close()
+    dev.close()
+    shutil.rmtree(d, ignore_errors=True)
+    return 0
+
+
+args: argparse.Namespace
+
+if __name__ == "__main__":
+    sys.exit(main())
