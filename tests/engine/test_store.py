@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from kvstore import limits
-from kvstore.engine import format as fmt
 from kvstore.engine import batch, reader, recovery, state, store
+from kvstore.engine import format as fmt
 from kvstore.engine.store import STAT_NAMES, Engine
 from kvstore.errors import (
     ChecksumMismatch,
