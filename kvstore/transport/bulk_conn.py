@@ -118,7 +118,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._write_ok: asyncio.Event | None = None
         self._written = 0
-        self._held: deque[tuple[int, contextlib.AbstractContextManager[Any]]] = deque()
+        self._held: deque[tuple[int, Any]] = deque()  # (bytes written, engine read lease)
         self._poll: asyncio.TimerHandle | None = None
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watchdog: BulkWatch | None = None
@@ -431,10 +431,10 @@ class BulkProtocol(asyncio.BufferedProtocol):
         if not self._write_ok.is_set():
             await self._write_ok.wait()
 
-    def hold(self, cm: contextlib.AbstractContextManager[Any]) -> None:
+    def hold(self, cm: Any) -> None:
         """Keep an engine view alive until the transport has flushed it."""
         if self.transport is None or self.transport.get_write_buffer_size() == 0 or self.closed:
-            cm.__exit__(None, None, None)
+            cm.release()
             return
         self._held.append((self._written, cm))
         self._release_held()
@@ -448,7 +448,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         while self._held and (all_ or self._held[0][0] <= flushed):
             _, cm = self._held.popleft()
             with contextlib.suppress(Exception):
-                cm.__exit__(None, None, None)
+                cm.release()
         if self._held and not self.closed:
             self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
                                                               self._release_held)

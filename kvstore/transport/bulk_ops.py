@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
 from kvstore.engine.device import AlignedBuffer, StagedPayload, align_up
+from kvstore.engine.reader import BlockLease
 from kvstore.errors import KVStoreError, ProtocolError
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
@@ -99,12 +100,12 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[A
     p.observe("bulk_put", sum(batch.lengths), started)
 
 
-def _open_block(p: BulkProtocol, key: str) -> tuple[contextlib.AbstractContextManager[Any], Any] | None:
+def _open_block(p: BulkProtocol, key: str) -> tuple[BlockLease, Any] | None:
     """Runs in an engine thread: enter ``engine.read`` (the flash read happens here)."""
-    cm = p.engine.read(p.namespace, key)
-    view = cm.__enter__()
+    cm = p.engine.acquire(p.namespace, key)
+    view = cm.view
     if view is None:
-        cm.__exit__(None, None, None)
+        cm.release()
         return None
     return cm, view
 
@@ -118,7 +119,7 @@ def _start_read(p: BulkProtocol, key: str) -> asyncio.Future[Any]:
         view = None  # let the engine thread raise the precise error
     if view is not None:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result((contextlib.nullcontext(), view))
+        fut.set_result((BlockLease.of(view), view))
         return fut
     return _create_task(p.runner.call(_open_block, p, key))
 
@@ -144,7 +145,7 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 continue
             cm, bv = opened
             if p.closed:
-                cm.__exit__(None, None, None)
+                cm.release()
                 continue
             try:
                 await p.writable()
@@ -154,10 +155,10 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 p.send(FrameType.BLOCK, rid, msg.block(i, key, bv.meta.length, bv.meta.checksum),
                        (payload,))
             except BaseException:
-                cm.__exit__(None, None, None)
+                cm.release()
                 raise
             if bv.stable:  # a DRAM-tier block is immutable and referenced by the transport
-                cm.__exit__(None, None, None)
+                cm.release()
             else:
                 p.hold(cm)  # a pooled flash buffer: keep it until the transport flushed it
             found += 1
@@ -169,7 +170,7 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
             with contextlib.suppress(Exception):
                 opened = await fut
                 if opened is not None:
-                    opened[0].__exit__(None, None, None)
+                    opened[0].release()
     p.send(FrameType.END, rid, {"n": found})
     p.observe("bulk_get", nbytes, started)
 

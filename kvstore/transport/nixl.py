@@ -85,7 +85,7 @@ class _Open:
 
     def exit(self) -> None:
         with contextlib.suppress(Exception):
-            self.cm.__exit__(None, None, None)
+            self.cm.release()
 
 
 @dataclass
@@ -99,10 +99,10 @@ class _Packer:
 
     def _open(self, i: int) -> _Open | None:
         key = self.req.keys[i]
-        cm = self.p.engine.read(self.p.namespace, key)
-        bv = cm.__enter__()
+        cm = self.p.engine.acquire(self.p.namespace, key)
+        bv = cm.view
         if bv is None:
-            cm.__exit__(None, None, None)
+            cm.release()
             return None
         b = _Open(i, key, bv.meta.length, bv.meta.checksum, cm, bv.payload)
         assert self.req.capacities is not None
