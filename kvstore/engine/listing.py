@@ -12,7 +12,6 @@ import heapq
 from typing import TYPE_CHECKING
 
 from kvstore import limits
-from kvstore.engine.segments import load_summary
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import InvalidArgument
 
@@ -28,13 +27,10 @@ def list_blocks(lg: SegmentLog, ns: str, prefix: str, start_after: str,
     nsb = ns.encode()
     pre = prefix.encode("utf-8", "surrogatepass")
     after = start_after.encode("utf-8", "surrogatepass")
-    with lg.wlock, st.lock:  # _add_rows appends builder rows under _wlock only
+    with st.lock:
         ns_id = st.catalog.get(ns)[0]
-        segs = list(lg.segments.values())
-        snaps = {s.id: s.builder.build(s.end) for s in segs if s.builder is not None}
     found: list[tuple[bytes, BlockMeta]] = []
-    for seg in segs:
-        summary = snaps.get(seg.id) or load_summary(st.device, st.config.data_dir, seg.id)
+    for seg_id, summary in lg.summaries():
         if summary is None or nsb not in summary.namespaces:
             continue
         want_ns = summary.namespaces.index(nsb)
@@ -44,7 +40,7 @@ def list_blocks(lg: SegmentLog, ns: str, prefix: str, start_after: str,
                 continue
             with st.lock:
                 e = st.index.get(bytes(c["digest"][i]))
-            if e is None or e.seg != seg.id or e.page != int(c["page"][i]) or e.ns != ns_id:
+            if e is None or e.seg != seg_id or e.page != int(c["page"][i]) or e.ns != ns_id:
                 continue
             found.append((key, BlockMeta(ns, key.decode("utf-8", "surrogatepass"), e.length,
                                          e.csum, int(c["seq"][i]), float(c["created"][i]),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -204,6 +205,16 @@ class SegmentLog:
         if seg.builder is not None:
             return seg.builder.build(seg.end)
         return load_summary(self.state.device, self.state.config.data_dir, seg.id)
+
+    def summaries(self) -> Iterator[tuple[int, SegmentSummary | None]]:
+        """(id, summary) of every live segment, oldest first: the active one as of this call
+        (its builder, snapshotted under ``wlock``, which ``add_rows`` runs under), sealed ones
+        loaded from their files as the caller iterates (None: unreadable)."""
+        with self.wlock, self.state.lock:
+            segs = list(self.segments.values())
+            snaps = {s.id: s.builder.build(s.end) for s in segs if s.builder is not None}
+        dev, data_dir = self.state.device, self.state.config.data_dir
+        return ((s.id, snaps.get(s.id) or load_summary(dev, data_dir, s.id)) for s in segs)
 
     def flash_used_bytes(self) -> int:
         dev = self.state.device
