@@ -30,12 +30,12 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
         entries = list(st.index.items())
         for digest, e in entries:
             counts[e.ns] = counts.get(e.ns, 0) + 1
-            seg = lg.segments.get(e.seg)
-            if seg is None:
+            owner = lg.segments.get(e.seg)
+            if owner is None:
                 problems.append(f"index entry {digest.hex()} points at missing segment {e.seg}")
                 continue
             end = e.page * fmt.PAGE + fmt.PAGE
-            if e.page < 1 or end > seg.end:
+            if e.page < 1 or end > owner.end:
                 problems.append(f"index entry {digest.hex()} beyond end of segment {e.seg}")
             if e.ns not in ids:
                 problems.append(f"index entry {digest.hex()} in unknown namespace id {e.ns}")
@@ -78,10 +78,10 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
         if deep:
             names = {i: n.encode() for i, n in ids.items()}
             for digest, e in entries:
-                seg = lg.segments.get(e.seg)
-                if seg is None or e.ns not in names:
+                owner = lg.segments.get(e.seg)
+                if owner is None or e.ns not in names:
                     continue
-                problems.extend(_verify(lg, seg, e, digest))
+                problems.extend(_verify(lg, owner, e, digest))
     return problems
 
 

@@ -57,8 +57,8 @@ def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: in
     header, where byte ``a`` is in the buffer); the caller releases the buffer. Raises
     CorruptRecord (and StorageError)."""
     if a < b and e.length <= 1 << fmt.CHUNK_LOG2:
-        buf, hdr = io.read_record(seg, e, nsb, kb)
-        return buf, hdr, hdr.payload_offset + a
+        whole, hdr = io.read_record(seg, e, nsb, kb)
+        return whole, hdr, hdr.payload_offset + a
     off = e.page * PAGE
     if a == b:  # no payload wanted: the verified header is the answer
         page = io.pool.acquire(PAGE)
@@ -71,7 +71,8 @@ def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: in
             io.pool.release(page)
             raise
     p0, p1, end = _chunks(fmt.CHUNK_LOG2, a, b, e.length)  # the usual chunk size: a guess
-    buf: AlignedBuffer | None = io.pool.acquire(PAGE + end - p0)
+    buf = io.pool.acquire(PAGE + end - p0)
+    held: AlignedBuffer | None = buf  # what to give back if this raises
     try:
         if p0 == 0:  # header page and chunks are adjacent: one I/O
             ops = [IoOp(seg.handle, off, buf.view[: PAGE + end])]
@@ -83,23 +84,23 @@ def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: in
         io.check_header(hdr, nsb, kb, e)
         got = res[0] - PAGE if p0 == 0 else res[1]
         if not hdr.chunks:  # no table (version 1, or a full header page): verify it all
+            held = None
             io.pool.release(buf)
-            buf = None
-            buf, hdr = io.read_record(seg, e, nsb, kb)
-            return buf, hdr, hdr.payload_offset + a
+            whole, hdr = io.read_record(seg, e, nsb, kb)
+            return whole, hdr, hdr.payload_offset + a
         if hdr.chunk_log2 != fmt.CHUNK_LOG2:  # larger chunks (a header page with little room)
             p0, p1, end = _chunks(hdr.chunk_log2, a, b, e.length)
+            held = None
             io.pool.release(buf)
-            buf = None
-            buf = io.pool.acquire(PAGE + end - p0)
+            buf = held = io.pool.acquire(PAGE + end - p0)
             got = io.read(seg.handle, off + PAGE + p0, buf.view[PAGE : PAGE + end - p0])
         if got < p1 - p0:
             raise CorruptRecord("record truncated")
         verify_chunks(hdr, buf.view[PAGE : PAGE + p1 - p0], p0)
         return buf, hdr, PAGE + a - p0
     except BaseException:
-        if buf is not None:
-            io.pool.release(buf)
+        if held is not None:
+            io.pool.release(held)
         raise
 
 

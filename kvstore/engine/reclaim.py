@@ -124,11 +124,11 @@ def _reclaim(lg: SegmentLog, v: Segment, hot_left: list[int]) -> None:
             st.leases.moving.discard(v.id)
 
 
-def _names(lg: SegmentLog, v: Segment, wanted: dict[bytes, Entry | None]) -> dict[bytes, tuple]:
+def _names(lg: SegmentLog, v: Segment, wanted: dict[bytes, Entry | None]) -> dict[bytes, tuple[bytes, bytes]]:
     """(namespace, key) of the wanted blocks, from the segment's summary."""
     st = lg.state
     summary = load_summary(st.device, st.config.data_dir, v.id)
-    out: dict[bytes, tuple] = {}
+    out: dict[bytes, tuple[bytes, bytes]] = {}
     if summary is None:
         return out
     for i, d in enumerate(summary.cols["digest"]):
@@ -138,7 +138,7 @@ def _names(lg: SegmentLog, v: Segment, wanted: dict[bytes, Entry | None]) -> dic
     return out
 
 
-def _header_names(lg: SegmentLog, v: Segment, e: Entry, digest: bytes) -> tuple | None:
+def _header_names(lg: SegmentLog, v: Segment, e: Entry, digest: bytes) -> tuple[bytes, bytes] | None:
     """(namespace, key) read from the record's header page, when the summary lacks them."""
     st = lg.state
     buf = st.pool.acquire(PAGE)
@@ -152,7 +152,7 @@ def _header_names(lg: SegmentLog, v: Segment, e: Entry, digest: bytes) -> tuple 
     return (hdr.namespace, hdr.key) if fmt.digest_of(hdr.namespace, hdr.key) == digest else None
 
 
-def _move(lg: SegmentLog, v: Segment, d: bytes, e: Entry, names: tuple | None) -> int:
+def _move(lg: SegmentLog, v: Segment, d: bytes, e: Entry, names: tuple[bytes, bytes] | None) -> int:
     """Read one block from ``v``, verify it and append it to the active segment (a fresh one
     when it does not fit). Returns the bytes written, 0 when the block could not be moved."""
     st = lg.state
