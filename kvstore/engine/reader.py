@@ -90,9 +90,15 @@ class BlockReader:
                 rng: tuple[int, int | None] | None = None) -> BlockLease:
         """Locate and read a block (or the payload range ``rng`` = (offset, length) of it, as
         ``ranges.span_of`` reads it). Never returns with a lock held."""
+        with self.state.lock:
+            _ns_id, _info, kb, digest = self.state.resolve(ns, key)
+        return self._read(ns, key, kb, digest, rng)
+
+    def _read(self, ns: str, key: str, kb: bytes, digest: bytes,
+              rng: tuple[int, int | None] | None) -> BlockLease:
+        """``acquire`` for a key resolved already (``kb``, ``digest``)."""
         st = self.state
         with st.lock:
-            _ns_id, _info, kb, digest = st.resolve(ns, key)
             st.counters["gets"] += 1
             e, outcome = st.find(digest, time.time())
             seg = None if e is None else self.log.segments.get(e.seg)
@@ -299,14 +305,14 @@ class BlockReader:
         staged = 0
         for k in keys:
             with st.lock:
-                _i, _n, _kb, digest = st.resolve(ns, k)
+                _i, _n, kb, digest = st.resolve(ns, k)
                 e = st.live(digest, time.time())
                 if e is None:
                     continue
                 if st.dram.get(digest, (e.seg, e.page)) is not None:
                     staged += 1
                     continue
-            with self.acquire(ns, k) as v:
+            with self._read(ns, k, kb, digest, None) as v:
                 if v is None or len(v.payload) > st.dram.capacity_bytes:
                     continue
                 data = bytes(v.payload)
