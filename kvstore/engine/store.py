@@ -52,7 +52,6 @@ class Engine:
 
     def __init__(self, config: EngineConfig, device: Device) -> None:
         self.config = config
-        self.device = device
         self.state = EngineState(config, device)
         self.records = RecordIO(self.state)
         self.log = SegmentLog(self.state, self.records)
@@ -94,6 +93,14 @@ class Engine:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def device(self) -> Device:
+        return self.state.device
+
+    @device.setter
+    def device(self, device: Device) -> None:  # tests wrap it to count or fail I/O
+        self.state.device = device
 
     @property
     def device_name(self) -> str:
