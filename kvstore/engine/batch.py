@@ -8,7 +8,7 @@ then go to the device in one ``submit`` with no lock held, so one ``put_many`` k
 queue as deep as several writer threads would, and several writers keep it deeper.
 
 A put is acknowledged, and its blocks published in the index, only when every earlier byte of
-the segment is written (``Engine._complete``), and never after a failed write in the same
+the segment is written (``SegmentLog.complete``), and never after a failed write in the same
 segment: recovery stops at the first bad header, so an acknowledged block must never sit
 behind a hole. A record whose key another writer stored
 between build and reservation is written as a void record (``FLAG_VOID``), never indexed.
@@ -16,20 +16,99 @@ between build and reservation is written as a void record (``FLAG_VOID``), never
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.engine import format as fmt
-from kvstore.engine.device import IoOp
+from kvstore.engine.device import IoOp, StagedPayload, is_aligned_view
+from kvstore.engine.state import EngineState, meta_of
 from kvstore.engine.types import BlockMeta, PutResult
+from kvstore.errors import (
+    ChecksumMismatch,
+    EntityTooLarge,
+    InvalidArgument,
+    LimitExceeded,
+    StorageError,
+)
 
 if TYPE_CHECKING:
-    from kvstore.engine.device import AlignedBuffer
+    from kvstore.engine.device import AlignedBuffer, BufferPool
+    from kvstore.engine.log import SegmentLog
     from kvstore.engine.segments import Segment
-    from kvstore.engine.store import Engine, _Prepared
 
 PAGE = fmt.PAGE
+
+
+def check_batch(keys: Sequence[object]) -> None:
+    if len(keys) > limits.batch_keys_max:
+        raise LimitExceeded(f"batch larger than {limits.batch_keys_max} keys")
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A validated put, ready to be written."""
+
+    ns: str
+    key: str
+    ns_id: int
+    digest: bytes
+    hdr: fmt.RecordHeader
+    data: memoryview
+    staged: memoryview | None = None  # page-aligned, padded payload to write in place
+
+
+def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | None,
+            ttl_seconds: float, meta: bytes) -> Prepared:
+    """Validate one put and compute its checksum (outside all locks)."""
+    staged = None
+    if isinstance(data, StagedPayload):
+        n = data.length
+        view = data.view.cast("B")
+        if n > len(view):
+            raise InvalidArgument("staged payload shorter than its length")
+        mv = view[:n]
+        if n >= PAGE:  # small payloads go inline in the header page: copied as usual
+            staged = view
+            if len(staged) != fmt.align_up(n) or not is_aligned_view(staged):
+                raise InvalidArgument("a staged payload must be page aligned and padded")
+            staged[n:] = bytes(len(staged) - n)  # never write stale scratch to disk
+    else:
+        mv = memoryview(data).cast("B")  # type: ignore[arg-type]
+        n = len(mv)
+    with st.lock:
+        ns_id, info, kb, digest = st.resolve(ns, key)
+    if n > limits.block_bytes_max:
+        raise EntityTooLarge(f"block of {n} bytes exceeds {limits.block_bytes_max}")
+    if info.block_bytes and n != info.block_bytes:
+        raise InvalidArgument(f"namespace {ns} takes blocks of exactly {info.block_bytes} bytes")
+    if len(meta) > fmt.meta_bytes_max:
+        raise LimitExceeded(f"metadata over {fmt.meta_bytes_max} bytes")
+    if not 0 <= ttl_seconds <= limits.ttl_seconds_max:
+        raise InvalidArgument("ttl_seconds out of range")
+    nsb = ns.encode()
+    log2 = fmt.chunk_log2_for(fmt.header_len_for(nsb, kb, meta), n)
+    csum, chunks = fmt.checksums(mv, log2)
+    if checksum is not None and checksum != csum:
+        raise ChecksumMismatch("payload does not match its checksum")
+    now = time.time()
+    hdr = fmt.RecordHeader(nsb, kb, n, csum, 0, now,
+                           now + ttl_seconds if ttl_seconds else 0.0, meta,
+                           chunk_log2=log2 if chunks else 0, chunks=chunks)
+    if hdr.span + PAGE > st.config.segment_bytes:
+        raise EntityTooLarge("block does not fit in one segment")
+    return Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged)
+
+
+def existing(st: EngineState, p: Prepared, overwrite: bool) -> PutResult | None:
+    """The answer for a put that must not write (key present). Caller holds ``st.lock``."""
+    e = st.live(p.digest, time.time())
+    if e is None or (overwrite and (e.length != p.hdr.payload_len or e.csum != p.hdr.checksum)):
+        return None
+    st.counters["puts_existing"] += 1
+    return PutResult(False, BlockMeta(p.ns, p.key, e.length, e.csum, 0, 0.0, e.exp, b""))
 
 
 @dataclass
@@ -53,24 +132,25 @@ class _Chunk:
                 IoOp(h, self.off + PAGE, self.staged, write=True)]
 
 
-def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
+def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
                 donate: bool = False) -> list[PutResult]:
     results: list[PutResult | None] = [None] * len(preps)
     todo: list[int] = []
     seen: set[bytes] = set()
-    with eng._lock:  # cheap early answer for keys already present
+    st = lg.state
+    with st.lock:  # cheap early answer for keys already present
         for i, p in enumerate(preps):
-            results[i] = eng._existing(p, overwrite)
+            results[i] = existing(st, p, overwrite)
             if results[i] is None:
                 if p.digest in seen:  # a key repeated within the batch is stored once
                     results[i] = _not_written(p)
                 else:
                     seen.add(p.digest)
                     todo.append(i)
-    chunks = _pack(eng, preps, todo)
+    chunks = _pack(st.config.segment_bytes, preps, todo)
     done = 0
     while done < len(chunks):
-        done += _write_wave(eng, preps, chunks[done : done + limits.write_wave_chunks_max],
+        done += _write_wave(lg, preps, chunks[done : done + limits.write_wave_chunks_max],
                             results, overwrite, donate)
     out = []
     for r in results:
@@ -79,12 +159,12 @@ def write_batch(eng: Engine, preps: list[_Prepared], overwrite: bool,
     return out
 
 
-def _not_written(p: _Prepared) -> PutResult:
+def _not_written(p: Prepared) -> PutResult:
     return PutResult(False, BlockMeta(p.ns, p.key, p.hdr.payload_len, p.hdr.checksum, 0, 0.0))
 
 
-def _pack(eng: Engine, preps: list[_Prepared], todo: list[int]) -> list[_Chunk]:
-    cap = max(PAGE, min(limits.write_chunk_bytes_max, eng.config.segment_bytes - PAGE))
+def _pack(segment_bytes: int, preps: list[Prepared], todo: list[int]) -> list[_Chunk]:
+    cap = max(PAGE, min(limits.write_chunk_bytes_max, segment_bytes - PAGE))
     chunks: list[_Chunk] = []
     for i in todo:
         span = preps[i].hdr.span
@@ -98,13 +178,13 @@ def _pack(eng: Engine, preps: list[_Prepared], todo: list[int]) -> list[_Chunk]:
     return chunks
 
 
-def _build(eng: Engine, preps: list[_Prepared], c: _Chunk) -> None:
+def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk) -> None:
     """Payloads and padding into an aligned buffer, outside every lock."""
     if c.staged is not None:
-        c.buf = eng.pool.acquire(PAGE)  # the header page; the payload stays where it is
+        c.buf = pool.acquire(PAGE)  # the header page; the payload stays where it is
         c.offs = [0]
         return
-    c.buf = eng.pool.acquire(c.total)
+    c.buf = pool.acquire(c.total)
     c.offs = []
     o = 0
     for i in c.items:
@@ -118,106 +198,106 @@ def _build(eng: Engine, preps: list[_Prepared], c: _Chunk) -> None:
         o += h.span
 
 
-def _reserve(eng: Engine, preps: list[_Prepared], c: _Chunk, overwrite: bool,
+def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool,
              first: bool) -> bool:
-    """Claim the chunk's range in the active segment. Caller holds _wlock. Only the first
+    """Claim the chunk's range in the active segment. Caller holds ``wlock``. Only the first
     chunk of a wave may roll the segment: rolling waits for writes in flight, and the wave's
     earlier chunks are reserved but not yet submitted."""
-    seg = eng.active
-    if seg is None or seg.broken or seg.end + c.total > eng.config.segment_bytes:
-        if not first:
-            return False
-        seg = eng._room_for(c.total)
+    if not lg.fits(c.total) and not first:
+        return False
+    seg = lg.room_for(c.total)
+    st = lg.state
     assert c.buf is not None and c.offs is not None
-    with eng._lock:
-        c.live = [not (preps[i].digest in eng._pending
-                       or eng._existing(preps[i], overwrite) is not None) for i in c.items]
-        eng._pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
-    c.seg, c.off = seg, eng._reserve(seg, c.total)
-    seq0 = eng._next_seqs(len(c.items))
+    with st.lock:
+        c.live = [not (preps[i].digest in lg.pending
+                       or existing(st, preps[i], overwrite) is not None) for i in c.items]
+        lg.pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
+    c.seg, c.off = seg, lg.reserve(seg, c.total)
+    seq0 = lg.next_seqs(len(c.items))
     c.hdrs = []
     for n, i in enumerate(c.items):
         flags = preps[i].hdr.flags | (0 if c.live[n] else fmt.FLAG_VOID)
         hdr = replace(preps[i].hdr, seq=seq0 + n, flags=flags)
         hdr.encode_into(c.buf.view[c.offs[n] :])
         if c.live[n]:
-            eng._add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
+            lg.add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
         c.hdrs.append(hdr)
     return True
 
 
-def _write_wave(eng: Engine, preps: list[_Prepared], wave: list[_Chunk],
+def _write_wave(lg: SegmentLog, preps: list[Prepared], wave: list[_Chunk],
                 results: list[PutResult | None], overwrite: bool, donate: bool) -> int:
     """Write up to ``len(wave)`` chunks; returns how many were written (at least one)."""
+    pool = lg.state.pool
     for c in wave:
-        _build(eng, preps, c)
+        _build(pool, preps, c)
     taken: list[_Chunk] = []
     try:
-        with eng._wlock:
+        with lg.wlock:
             for c in wave:
-                if not _reserve(eng, preps, c, overwrite, first=not taken):
+                if not _reserve(lg, preps, c, overwrite, first=not taken):
                     break
                 taken.append(c)
-        _submit_and_publish(eng, preps, taken, results, donate)
+        _submit_and_publish(lg, preps, taken, results, donate)
     finally:
         for c in wave:
             if c.buf is not None:
-                eng.pool.release(c.buf)
+                pool.release(c.buf)
                 c.buf = None
     return len(taken)
 
 
-def _submit_and_publish(eng: Engine, preps: list[_Prepared], taken: list[_Chunk],
+def _submit_and_publish(lg: SegmentLog, preps: list[Prepared], taken: list[_Chunk],
                         results: list[PutResult | None], donate: bool) -> None:
+    st = lg.state
     published: set[int] = set()
     try:
         ok = [False] * len(taken)
         try:
             ops = [c.ops() for c in taken]
-            res = iter(eng.device.submit([op for group in ops for op in group]))
+            res = iter(st.device.submit([op for group in ops for op in group]))
             ok = [all(next(res) == len(op.buf) for op in group) for group in ops]
         finally:
             for n, c in enumerate(taken):  # every reserved range completes, even on failure
                 assert c.seg is not None
-                ok[n] = eng._complete(c.seg, c.off, c.off + c.total, ok[n])
+                ok[n] = lg.complete(c.seg, c.off, c.off + c.total, ok[n])
         bad = [c for n, c in enumerate(taken) if not ok[n]]
         if bad:
-            from kvstore.errors import StorageError
-
-            raise StorageError(f"{eng.device.name}: write of {bad[0].total} bytes at "
+            raise StorageError(f"{st.device.name}: write of {bad[0].total} bytes at "
                                f"{bad[0].off} failed")
-        if eng.config.sync_on_put:
+        if st.config.sync_on_put:
             for seg in {id(c.seg): c.seg for c in taken}.values():
-                eng.device.sync(seg.handle)  # type: ignore[union-attr]
+                st.device.sync(seg.handle)  # type: ignore[union-attr]
         for c in taken:
-            _publish_chunk(eng, preps, c, results, donate)
+            _publish_chunk(lg, preps, c, results, donate)
             published.add(id(c))
     finally:
         stale = [preps[i].digest for c in taken if id(c) not in published
                  for n, i in enumerate(c.items) if c.live and c.live[n]]
         if stale:
-            with eng._lock:
-                eng._pending.difference_update(stale)
+            with st.lock:
+                lg.pending.difference_update(stale)
 
 
-def _publish_chunk(eng: Engine, preps: list[_Prepared], c: _Chunk,
+def _publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
                    results: list[PutResult | None], donate: bool) -> None:
     assert c.seg is not None and c.offs is not None and c.hdrs is not None and c.live is not None
+    st = lg.state
     keeps: list[object] = []
     for n, i in enumerate(c.items):  # DRAM copies outside the lock
         p = preps[i]
         keep: object = None
-        if c.live[n] and eng.config.dram_on_put and p.hdr.payload_len <= eng.dram.capacity_bytes:
+        if c.live[n] and st.config.dram_on_put and p.hdr.payload_len <= st.dram.capacity_bytes:
             keep = p.data.toreadonly() if donate else bytes(p.data)
         keeps.append(keep)
-    with eng._lock:
+    with st.lock:
         for n, i in enumerate(c.items):
             p = preps[i]
             if not c.live[n]:
                 results[i] = _not_written(p)
                 continue
-            eng._publish(c.seg, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
-            eng._pending.discard(p.digest)
-            results[i] = PutResult(True, eng._meta(c.hdrs[n]))
-            eng.counters["puts"] += 1
-            eng.counters["bytes_written"] += p.hdr.payload_len
+            st.publish(c.seg.id, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
+            lg.pending.discard(p.digest)
+            results[i] = PutResult(True, meta_of(c.hdrs[n]))
+            st.counters["puts"] += 1
+            st.counters["bytes_written"] += p.hdr.payload_len

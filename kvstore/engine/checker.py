@@ -16,84 +16,86 @@ from kvstore.engine.ranges import verify_chunks
 from kvstore.engine.segments import parse_segment_name
 
 if TYPE_CHECKING:
-    from kvstore.engine.store import Engine
+    from kvstore.engine.log import SegmentLog
 
 
-def check(eng: Engine, *, deep: bool = False) -> list[str]:
+def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
+    st = lg.state
     problems: list[str] = []
-    with eng._wlock, eng._lock:
-        for seg in eng.segments.values():  # let writes in flight land first
-            eng._quiesce(seg)
+    with lg.wlock, st.lock:
+        for seg in lg.segments.values():  # let writes in flight land first
+            lg.quiesce(seg)
         counts: dict[int, int] = {}
-        ids = eng.catalog.id_to_name()
-        entries = list(eng.index.items())
+        ids = st.catalog.id_to_name()
+        entries = list(st.index.items())
         for digest, e in entries:
             counts[e.ns] = counts.get(e.ns, 0) + 1
-            seg = eng.segments.get(e.seg)
-            if seg is None:
+            owner = lg.segments.get(e.seg)
+            if owner is None:
                 problems.append(f"index entry {digest.hex()} points at missing segment {e.seg}")
                 continue
             end = e.page * fmt.PAGE + fmt.PAGE
-            if e.page < 1 or end > seg.end:
+            if e.page < 1 or end > owner.end:
                 problems.append(f"index entry {digest.hex()} beyond end of segment {e.seg}")
             if e.ns not in ids:
                 problems.append(f"index entry {digest.hex()} in unknown namespace id {e.ns}")
-        if len(entries) != len(eng.index):
-            problems.append(f"index length {len(eng.index)} != entries {len(entries)}")
-        live_counts = {k: v for k, v in eng.ns_count.items() if v}
+        if len(entries) != len(st.index):
+            problems.append(f"index length {len(st.index)} != entries {len(entries)}")
+        live_counts = {k: v for k, v in st.ns_count.items() if v}
         if counts != live_counts:
             problems.append(f"namespace counts {live_counts} != index {counts}")
-        if eng._pending:
-            problems.append(f"{len(eng._pending)} keys pending with no write in flight")
-        if eng.active is None or eng.active.id not in eng.segments:
+        if lg.pending:
+            problems.append(f"{len(lg.pending)} keys pending with no write in flight")
+        if lg.active is None or lg.active.id not in lg.segments:
             problems.append("no active segment")
-        for seg in eng.segments.values():
+        for seg in lg.segments.values():
             if seg.retired:
                 problems.append(f"retired segment {seg.id} still live")
-            if seg.end > eng.config.segment_bytes:
+            if seg.end > st.config.segment_bytes:
                 problems.append(f"segment {seg.id} end {seg.end} over segment size")
-            size = eng.device.size(seg.handle)
-            if size != seg.end and not (seg is eng.active and size > seg.end):
+            size = st.device.size(seg.handle)
+            if size != seg.end and not (seg is lg.active and size > seg.end):
                 problems.append(f"segment {seg.id} file size {size} != end {seg.end}")
-            if (seg is eng.active) != (seg.builder is not None):
+            if (seg is lg.active) != (seg.builder is not None):
                 problems.append(f"segment {seg.id}: only the active segment may be unsealed")
-        for seg in eng.retired.values():
+        for seg in lg.retired.values():
             if seg.refs <= 0:
                 problems.append(f"retired segment {seg.id} with no readers was not freed")
-        if len(eng.segments) > eng.max_segments:
-            problems.append(f"{len(eng.segments)} segments over the budget of {eng.max_segments}")
-        files = len(eng.segments) + len(eng.retired) + len(eng.free_files)
-        if files > eng.max_segments + len(eng.retired):
-            problems.append(f"{files} segment files over the budget of {eng.max_segments}")
-        for seg in eng.free_files:
+        if len(lg.segments) > st.budget.max:
+            problems.append(f"{len(lg.segments)} segments over the budget of {st.budget.max}")
+        files = len(lg.segments) + len(lg.retired) + len(lg.free_files)
+        if files > st.budget.max + len(lg.retired):
+            problems.append(f"{files} segment files over the budget of {st.budget.max}")
+        for seg in lg.free_files:
             if seg.refs or not seg.retired:
                 problems.append(f"free file of segment {seg.id} still referenced")
-        used = sum(s.end for s in eng.segments.values())
-        if used > eng.config.capacity_bytes:
-            problems.append(f"flash used {used} over capacity {eng.config.capacity_bytes}")
-        problems.extend(_foreign_files(eng))
-        problems.extend(eng.dram.check())
-        problems.extend(eng.leases.check())
+        used = sum(s.end for s in lg.segments.values())
+        if used > st.config.capacity_bytes:
+            problems.append(f"flash used {used} over capacity {st.config.capacity_bytes}")
+        problems.extend(_foreign_files(lg))
+        problems.extend(st.dram.check())
+        problems.extend(st.leases.check())
         if deep:
             names = {i: n.encode() for i, n in ids.items()}
             for digest, e in entries:
-                seg = eng.segments.get(e.seg)
-                if seg is None or e.ns not in names:
+                owner = lg.segments.get(e.seg)
+                if owner is None or e.ns not in names:
                     continue
-                problems.extend(_verify(eng, seg, e, digest))
+                problems.extend(_verify(lg, owner, e, digest))
     return problems
 
 
-def _foreign_files(eng: Engine) -> list[str]:
+def _foreign_files(lg: SegmentLog) -> list[str]:
     """Segment and summary files in the data directory that this engine did not write: another
     process on the same directory, or files copied in by hand. Recovery would load them."""
-    data_dir = eng.config.data_dir
+    st = lg.state
+    data_dir = st.config.data_dir
     known = {os.path.basename(s.path)
-             for s in [*eng.segments.values(), *eng.retired.values(), *eng.free_files]}
-    sealed = {s.id for s in eng.segments.values() if s.builder is None} | set(eng.retired)
+             for s in [*lg.segments.values(), *lg.retired.values(), *lg.free_files]}
+    sealed = {s.id for s in lg.segments.values() if s.builder is None} | set(lg.retired)
     out = []
     try:
-        names = eng.device.listdir(data_dir)
+        names = st.device.listdir(data_dir)
     except OSError as exc:
         return [f"cannot list data directory {data_dir}: {exc}"]
     for name in names:
@@ -109,25 +111,26 @@ def _foreign_files(eng: Engine) -> list[str]:
     return out
 
 
-def _verify(eng: Engine, seg: object, e: object, digest: bytes) -> list[str]:
-    buf = eng.pool.acquire(fmt.PAGE)
+def _verify(lg: SegmentLog, seg: object, e: object, digest: bytes) -> list[str]:
+    st = lg.state
+    buf = st.pool.acquire(fmt.PAGE)
     try:
-        eng.device.read_into(seg.handle, e.page * fmt.PAGE, buf.view[: fmt.PAGE])  # type: ignore[attr-defined]
+        st.device.read_into(seg.handle, e.page * fmt.PAGE, buf.view[: fmt.PAGE])  # type: ignore[attr-defined]
         hdr = fmt.RecordHeader.decode(buf.view[: fmt.PAGE])
     except Exception as exc:  # noqa: BLE001 - a checker reports, never raises
         return [f"block {digest.hex()}: unreadable header ({exc})"]
     finally:
-        eng.pool.release(buf)
+        st.pool.release(buf)
     if fmt.digest_of(hdr.namespace, hdr.key) != digest:
         return [f"block {digest.hex()}: header names another block"]
     try:
-        b, h = eng._read_record(seg, e, hdr.namespace, hdr.key)  # type: ignore[arg-type]
+        b, h = lg.records.read_record(seg, e, hdr.namespace, hdr.key)  # type: ignore[arg-type]
         try:  # the chunk table ranged reads trust must match the verified payload
             if h.chunks:
                 po = h.payload_offset
                 verify_chunks(h, b.view[po : po + h.payload_len], 0)
         finally:
-            eng.pool.release(b)
+            st.pool.release(b)
     except Exception as exc:  # noqa: BLE001
         return [f"block {digest.hex()}: {exc}"]
     return []

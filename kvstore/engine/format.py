@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import xxhash
@@ -121,7 +122,7 @@ def digest_of(namespace: bytes, key: bytes) -> bytes:
                            person=b"kvstore.idx.v1").digest()
 
 
-def digests_of(namespace: bytes, keys: list[str] | tuple[str, ...]) -> list[bytes]:
+def digests_of(namespace: bytes, keys: Sequence[str]) -> list[bytes]:
     """``digest_of`` for a batch of keys, validated; the shared prefix is hashed once."""
     base = hashlib.blake2b(namespace + b"\x00", digest_size=16, person=b"kvstore.idx.v1")
     out = []

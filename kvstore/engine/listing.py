@@ -12,28 +12,25 @@ import heapq
 from typing import TYPE_CHECKING
 
 from kvstore import limits
-from kvstore.engine.segments import load_summary
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import InvalidArgument
 
 if TYPE_CHECKING:
-    from kvstore.engine.store import Engine
+    from kvstore.engine.log import SegmentLog
 
 
-def list_blocks(eng: Engine, ns: str, prefix: str, start_after: str,
+def list_blocks(lg: SegmentLog, ns: str, prefix: str, start_after: str,
                 limit: int) -> tuple[list[BlockMeta], bool]:
+    st = lg.state
     if not 0 <= limit <= limits.list_keys_max:
         raise InvalidArgument(f"limit must be in [0, {limits.list_keys_max}]")
     nsb = ns.encode()
     pre = prefix.encode("utf-8", "surrogatepass")
     after = start_after.encode("utf-8", "surrogatepass")
-    with eng._wlock, eng._lock:  # _add_rows appends builder rows under _wlock only
-        ns_id = eng.catalog.get(ns)[0]
-        segs = list(eng.segments.values())
-        snaps = {s.id: s.builder.build(s.end) for s in segs if s.builder is not None}
+    with st.lock:
+        ns_id = st.catalog.get(ns)[0]
     found: list[tuple[bytes, BlockMeta]] = []
-    for seg in segs:
-        summary = snaps.get(seg.id) or load_summary(eng.device, eng.config.data_dir, seg.id)
+    for seg_id, summary in lg.summaries():
         if summary is None or nsb not in summary.namespaces:
             continue
         want_ns = summary.namespaces.index(nsb)
@@ -41,9 +38,9 @@ def list_blocks(eng: Engine, ns: str, prefix: str, start_after: str,
         for i, key in enumerate(summary.keys):
             if int(c["ns"][i]) != want_ns or key <= after or not key.startswith(pre):
                 continue
-            with eng._lock:
-                e = eng.index.get(bytes(c["digest"][i]))
-            if e is None or e.seg != seg.id or e.page != int(c["page"][i]) or e.ns != ns_id:
+            with st.lock:
+                e = st.index.get(bytes(c["digest"][i]))
+            if e is None or e.seg != seg_id or e.page != int(c["page"][i]) or e.ns != ns_id:
                 continue
             found.append((key, BlockMeta(ns, key.decode("utf-8", "surrogatepass"), e.length,
                                          e.csum, int(c["seq"][i]), float(c["created"][i]),

@@ -24,8 +24,8 @@ from kvstore.errors import CorruptRecord, InvalidArgument
 
 if TYPE_CHECKING:
     from kvstore.engine.index import Entry
+    from kvstore.engine.records import RecordIO
     from kvstore.engine.segments import Segment
-    from kvstore.engine.store import Engine
 
 PAGE = fmt.PAGE
 
@@ -51,55 +51,56 @@ def _chunks(log2: int, a: int, b: int, size: int) -> tuple[int, int, int]:
     return p0, p1, fmt.align_up(p1)
 
 
-def read_span(eng: Engine, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: int,
+def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: int,
               b: int) -> tuple[AlignedBuffer, fmt.RecordHeader, int]:
     """Read and verify what covers payload bytes ``[a, b)`` of a record. Returns (buffer,
     header, where byte ``a`` is in the buffer); the caller releases the buffer. Raises
     CorruptRecord (and StorageError)."""
     if a < b and e.length <= 1 << fmt.CHUNK_LOG2:
-        buf, hdr = eng._read_record(seg, e, nsb, kb)
-        return buf, hdr, hdr.payload_offset + a
+        whole, hdr = io.read_record(seg, e, nsb, kb)
+        return whole, hdr, hdr.payload_offset + a
     off = e.page * PAGE
     if a == b:  # no payload wanted: the verified header is the answer
-        page = eng.pool.acquire(PAGE)
+        page = io.pool.acquire(PAGE)
         try:
-            got = eng._flash_read(seg.handle, off, page.view[:PAGE])
+            got = io.read(seg.handle, off, page.view[:PAGE])
             hdr = fmt.RecordHeader.decode(page.view[: min(got, PAGE)])
-            eng._check_header(hdr, nsb, kb, e)
+            io.check_header(hdr, nsb, kb, e)
             return page, hdr, 0
         except BaseException:
-            eng.pool.release(page)
+            io.pool.release(page)
             raise
     p0, p1, end = _chunks(fmt.CHUNK_LOG2, a, b, e.length)  # the usual chunk size: a guess
-    buf: AlignedBuffer | None = eng.pool.acquire(PAGE + end - p0)
+    buf = io.pool.acquire(PAGE + end - p0)
+    held: AlignedBuffer | None = buf  # what to give back if this raises
     try:
         if p0 == 0:  # header page and chunks are adjacent: one I/O
             ops = [IoOp(seg.handle, off, buf.view[: PAGE + end])]
         else:
             ops = [IoOp(seg.handle, off, buf.view[:PAGE]),
                    IoOp(seg.handle, off + PAGE + p0, buf.view[PAGE : PAGE + end - p0])]
-        res = eng._flash_submit(ops)
+        res = io.submit(ops)
         hdr = fmt.RecordHeader.decode(buf.view[: min(res[0], PAGE)])
-        eng._check_header(hdr, nsb, kb, e)
+        io.check_header(hdr, nsb, kb, e)
         got = res[0] - PAGE if p0 == 0 else res[1]
         if not hdr.chunks:  # no table (version 1, or a full header page): verify it all
-            eng.pool.release(buf)
-            buf = None
-            buf, hdr = eng._read_record(seg, e, nsb, kb)
-            return buf, hdr, hdr.payload_offset + a
+            held = None
+            io.pool.release(buf)
+            whole, hdr = io.read_record(seg, e, nsb, kb)
+            return whole, hdr, hdr.payload_offset + a
         if hdr.chunk_log2 != fmt.CHUNK_LOG2:  # larger chunks (a header page with little room)
             p0, p1, end = _chunks(hdr.chunk_log2, a, b, e.length)
-            eng.pool.release(buf)
-            buf = None
-            buf = eng.pool.acquire(PAGE + end - p0)
-            got = eng._flash_read(seg.handle, off + PAGE + p0, buf.view[PAGE : PAGE + end - p0])
+            held = None
+            io.pool.release(buf)
+            buf = held = io.pool.acquire(PAGE + end - p0)
+            got = io.read(seg.handle, off + PAGE + p0, buf.view[PAGE : PAGE + end - p0])
         if got < p1 - p0:
             raise CorruptRecord("record truncated")
         verify_chunks(hdr, buf.view[PAGE : PAGE + p1 - p0], p0)
         return buf, hdr, PAGE + a - p0
     except BaseException:
-        if buf is not None:
-            eng.pool.release(buf)
+        if held is not None:
+            io.pool.release(held)
         raise
 
 

@@ -30,105 +30,105 @@ from kvstore.engine.segments import (
 from kvstore.errors import CapacityExhausted, CorruptRecord, StorageError
 
 if TYPE_CHECKING:
-    from kvstore.engine.store import Engine
+    from kvstore.engine.log import SegmentLog
 
 log = logging.getLogger("kvstore.engine")
 PAGE = fmt.PAGE
 
 
-def seal(eng: Engine, seg: Segment) -> None:
+def seal(lg: SegmentLog, seg: Segment) -> None:
+    st = lg.state
     assert seg.builder is not None, "sealing a sealed segment"
-    eng._quiesce(seg)
-    if eng.device.size(seg.handle) > seg.end:  # a recycled file: drop its old tail
-        eng.device.truncate(seg.handle, seg.end)
+    lg.quiesce(seg)
+    if st.device.size(seg.handle) > seg.end:  # a recycled file: drop its old tail
+        st.device.truncate(seg.handle, seg.end)
     if seg.failed_at is not None:  # nothing from a failed write on was acknowledged
         seg.builder.drop_from(seg.failed_at // fmt.PAGE)
     summary = seg.builder.build(seg.end)
-    eng.device.sync(seg.handle)
-    eng.device.write_file_atomic(summary_path(eng.config.data_dir, seg.id), summary.encode())
+    st.device.sync(seg.handle)
+    st.device.write_file_atomic(summary_path(st.config.data_dir, seg.id), summary.encode())
     seg.sealed = True
     seg.builder = None
 
 
-def roll(eng: Engine, span: int = 0) -> Segment:
+def roll(lg: SegmentLog, span: int = 0) -> Segment:
     """Seal the active segment and return a new active one with room for ``span`` bytes."""
-    if eng.active is not None:
-        seal(eng, eng.active)
-        eng.active = None
-    if len(eng.segments) + 1 > eng.high_segments:
-        hot = [hot_budget_bytes(eng.config, eng.high_segments, eng.max_segments,
-                                eng.leases.budget_bytes)]
-        for v in list(eng.segments.values()):  # oldest first; never one this roll creates
-            if len(eng.segments) + (0 if _fits(eng, span) else 1) <= eng.low_segments:
+    st = lg.state
+    if lg.active is not None:
+        seal(lg, lg.active)
+        lg.active = None
+    if len(lg.segments) + 1 > st.budget.high:
+        hot = [hot_budget_bytes(st.config, st.budget.high, st.budget.max,
+                                st.leases.budget_bytes)]
+        for v in list(lg.segments.values()):  # oldest first; never one this roll creates
+            if len(lg.segments) + (0 if lg.fits(span) else 1) <= st.budget.low:
                 break
-            _reclaim(eng, v, hot)
-    if not _fits(eng, span):
-        if len(eng.segments) + 1 > eng.max_segments:  # the lease budget rules this out
+            _reclaim(lg, v, hot)
+    if not lg.fits(span):
+        if len(lg.segments) + 1 > st.budget.max:  # the lease budget rules this out
             raise CapacityExhausted("no segment can be reclaimed: leases pin the store")
-        _next_segment(eng)
-    assert eng.active is not None
-    return eng.active
+        _next_segment(lg)
+    assert lg.active is not None
+    return lg.active
 
 
-def _fits(eng: Engine, span: int) -> bool:
-    seg = eng.active
-    return seg is not None and not seg.broken and seg.end + span <= eng.config.segment_bytes
-
-
-def _next_segment(eng: Engine) -> Segment:
+def _next_segment(lg: SegmentLog) -> Segment:
     """Seal the active segment (if any) and open a fresh one, recycling a reclaimed file."""
-    if eng.active is not None:
-        seal(eng, eng.active)
-        eng.active = None
-    with eng._lock:
-        reuse = eng.free_files.pop(0) if eng.free_files else None
+    st = lg.state
+    if lg.active is not None:
+        seal(lg, lg.active)
+        lg.active = None
+    with st.lock:
+        reuse = lg.free_files.pop(0) if lg.free_files else None
         if reuse is not None:
-            eng.counters["recycled_segments"] += 1
-    seg = create_segment(eng.device, eng.config.data_dir, eng.next_segment_id,
-                         eng.config.segment_bytes, eng.pool, eng._next_seqs(0), reuse)
-    eng.next_segment_id += 1
-    with eng._lock:
-        eng.segments[seg.id] = seg
-        eng.active = seg
+            st.counters["recycled_segments"] += 1
+    seg = create_segment(st.device, st.config.data_dir, lg.next_segment_id,
+                         st.config.segment_bytes, st.pool, lg.next_seqs(0), reuse)
+    lg.next_segment_id += 1
+    with st.lock:
+        lg.segments[seg.id] = seg
+        lg.active = seg
     return seg
 
 
-def _reclaim(eng: Engine, v: Segment, hot_left: list[int]) -> None:
+def _reclaim(lg: SegmentLog, v: Segment, hot_left: list[int]) -> None:
     """Move ``v``'s pinned blocks (and hot ones while ``hot_left[0]`` lasts) forward, then
     retire it. While it is being moved, lookups take no new pins on its blocks."""
-    now, wall = eng.leases.now(), time.time()
-    with eng._lock:
-        eng.leases.moving.add(v.id)
-        digests = eng.index.segment_digests(v.id)
+    st = lg.state
+    now, wall = st.leases.now(), time.time()
+    with st.lock:
+        st.leases.moving.add(v.id)
+        digests = st.index.segment_digests(v.id)
         # A key with a put in flight (reserved before this roll) is superseded: leave it.
-        digests = [d for d in digests if d not in eng._pending]
-        leased = [d for d in digests if eng.leases.pinned(d, now)]
+        digests = [d for d in digests if d not in lg.pending]
+        leased = [d for d in digests if st.leases.pinned(d, now)]
         pinned = set(leased)
-        hot = [d for d in digests if d not in pinned and eng.config.reinsert
-               and eng.index.hits(d) > 0] if hot_left[0] > 0 else []
-        wanted = {d: eng.index.get(d) for d in leased + hot}
+        hot = [d for d in digests if d not in pinned and st.config.reinsert
+               and st.index.hits(d) > 0] if hot_left[0] > 0 else []
+        wanted = {d: st.index.get(d) for d in leased + hot}
     try:
-        names = _names(eng, v, wanted) if wanted else {}
+        names = _names(lg, v, wanted) if wanted else {}
         for d in leased + hot:
             e = wanted[d]
             if e is None or (e.exp and e.exp <= wall):
                 continue
             if d in pinned:
-                if _move(eng, v, d, e, names.get(d)):
-                    eng.counters["leased_moved_blocks"] += 1
+                if _move(lg, v, d, e, names.get(d)):
+                    st.counters["leased_moved_blocks"] += 1
             elif d in names:
                 if fmt.record_span(fmt.header_len_for(*names[d], b""), e.length) <= hot_left[0]:
-                    hot_left[0] -= _move(eng, v, d, e, names[d])
-        _retire(eng, v)
+                    hot_left[0] -= _move(lg, v, d, e, names[d])
+        _retire(lg, v)
     finally:
-        with eng._lock:
-            eng.leases.moving.discard(v.id)
+        with st.lock:
+            st.leases.moving.discard(v.id)
 
 
-def _names(eng: Engine, v: Segment, wanted: dict[bytes, Entry | None]) -> dict[bytes, tuple]:
+def _names(lg: SegmentLog, v: Segment, wanted: dict[bytes, Entry | None]) -> dict[bytes, tuple[bytes, bytes]]:
     """(namespace, key) of the wanted blocks, from the segment's summary."""
-    summary = load_summary(eng.device, eng.config.data_dir, v.id)
-    out: dict[bytes, tuple] = {}
+    st = lg.state
+    summary = load_summary(st.device, st.config.data_dir, v.id)
+    out: dict[bytes, tuple[bytes, bytes]] = {}
     if summary is None:
         return out
     for i, d in enumerate(summary.cols["digest"]):
@@ -138,64 +138,67 @@ def _names(eng: Engine, v: Segment, wanted: dict[bytes, Entry | None]) -> dict[b
     return out
 
 
-def _header_names(eng: Engine, v: Segment, e: Entry, digest: bytes) -> tuple | None:
+def _header_names(lg: SegmentLog, v: Segment, e: Entry, digest: bytes) -> tuple[bytes, bytes] | None:
     """(namespace, key) read from the record's header page, when the summary lacks them."""
-    buf = eng.pool.acquire(PAGE)
+    st = lg.state
+    buf = st.pool.acquire(PAGE)
     try:
-        eng.device.read_into(v.handle, e.page * PAGE, buf.view[:PAGE])
+        st.device.read_into(v.handle, e.page * PAGE, buf.view[:PAGE])
         hdr = fmt.RecordHeader.decode(buf.view[:PAGE])
     except (CorruptRecord, StorageError):
         return None
     finally:
-        eng.pool.release(buf)
+        st.pool.release(buf)
     return (hdr.namespace, hdr.key) if fmt.digest_of(hdr.namespace, hdr.key) == digest else None
 
 
-def _move(eng: Engine, v: Segment, d: bytes, e: Entry, names: tuple | None) -> int:
+def _move(lg: SegmentLog, v: Segment, d: bytes, e: Entry, names: tuple[bytes, bytes] | None) -> int:
     """Read one block from ``v``, verify it and append it to the active segment (a fresh one
     when it does not fit). Returns the bytes written, 0 when the block could not be moved."""
-    names = names or _header_names(eng, v, e, d)
+    st = lg.state
+    names = names or _header_names(lg, v, e, d)
     if names is None:
         log.warning("reclaim could not name block %s in segment %08x", d.hex(), v.id)
         return 0
     try:
-        buf, hdr = eng._read_record(v, e, *names)
+        buf, hdr = lg.records.read_record(v, e, *names)
     except (CorruptRecord, StorageError) as exc:
         log.warning("reinsert skipped a bad block in segment %08x: %s", v.id, exc)
         return 0
     try:
-        with eng._lock:
-            if eng.index.get(d) != e:  # dropped meanwhile (a reader found it expired)
+        with st.lock:
+            if st.index.get(d) != e:  # dropped meanwhile (a reader found it expired)
                 return 0
-        if not _fits(eng, hdr.span):
-            if len(eng.segments) + 1 > eng.max_segments:
+        if not lg.fits(hdr.span):
+            if len(lg.segments) + 1 > st.budget.max:
                 # unreachable: a store without a segment beyond its high watermark moves nothing
                 log.error("no room to move block %s out of segment %08x", d.hex(), v.id)
                 return 0
-            _next_segment(eng)
-        eng._append(buf, hdr, hdr.span, d, e.ns, None)
-        eng.counters["reinserted_blocks"] += 1
+            _next_segment(lg)
+        lg.append(buf, hdr, hdr.span, d, e.ns, None)
+        st.counters["reinserted_blocks"] += 1
         return hdr.span
     finally:
-        eng.pool.release(buf)
+        st.pool.release(buf)
 
 
-def _retire(eng: Engine, v: Segment) -> None:
+def _retire(lg: SegmentLog, v: Segment) -> None:
     """Take ``v`` out of the index. Without readers its file is kept, renamed ``free-*``, to
     become a later segment (recycling); otherwise it goes when the last reader leaves."""
-    with eng._lock:
-        for d in eng.index.segment_digests(v.id):
-            eng._drop(d, eng.index.get(d))
-            eng.counters["evicted_blocks"] += 1
-        del eng.segments[v.id]
+    st = lg.state
+    with st.lock:
+        for d in st.index.segment_digests(v.id):
+            st.drop(d, st.index.get(d))
+            st.counters["evicted_blocks"] += 1
+        del lg.segments[v.id]
         v.retired = True
-        eng.counters["evicted_segments"] += 1
+        st.counters["evicted_segments"] += 1
         log.info("reclaimed segment %08x", v.id)
         if v.refs == 0:
-            free = free_path(eng.config.data_dir, v.id)
-            eng.device.rename(v.path, free)  # first: a crash now leaves no segment to scan
-            eng.device.unlink(summary_path(eng.config.data_dir, v.id))
+            free = free_path(st.config.data_dir, v.id)
+            st.device.rename(v.path, free)  # first: a crash now leaves no segment to scan
+            st.device.unlink(summary_path(st.config.data_dir, v.id))
             v.path = free
-            eng.free_files.append(v)
+            lg.free_files.append(v)
             return
-        eng.retired[v.id] = v
+        lg.retired[v.id] = v

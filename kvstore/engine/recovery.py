@@ -35,16 +35,17 @@ from kvstore.engine.summary import SegmentSummary
 from kvstore.errors import StorageError
 
 if TYPE_CHECKING:
-    from kvstore.engine.store import Engine
+    from kvstore.engine.log import SegmentLog
 
 log = logging.getLogger("kvstore.engine")
 UNKNOWN_NS = NS_ID_MAX + 1
 
 
-def recover(eng: Engine) -> None:
-    cfg, dev = eng.config, eng.device
+def recover(lg: SegmentLog) -> None:
+    st = lg.state
+    cfg, dev = st.config, st.device
     t0 = time.monotonic()
-    eng.catalog = Catalog.decode(dev.read_file(os.path.join(cfg.data_dir, CATALOG_FILE)))
+    st.catalog = Catalog.decode(dev.read_file(os.path.join(cfg.data_dir, CATALOG_FILE)))
     names = dev.listdir(cfg.data_dir)
     ids = sorted(i for i in (parse_segment_name(n) for n in names) if i is not None)
     for n in names:  # leftovers: interrupted writes, orphan summaries, files kept to recycle
@@ -54,8 +55,8 @@ def recover(eng: Engine) -> None:
     summaries: list[SegmentSummary] = []
     unsealed = []
     for sid in ids:
-        seg = open_existing(dev, cfg.data_dir, sid, eng.pool)
-        eng.next_segment_id = max(eng.next_segment_id, sid + 1)
+        seg = open_existing(dev, cfg.data_dir, sid, st.pool)
+        lg.next_segment_id = max(lg.next_segment_id, sid + 1)
         if seg is None:
             continue
         summary = load_summary(dev, cfg.data_dir, sid)
@@ -66,7 +67,7 @@ def recover(eng: Engine) -> None:
             # A summary not used (bad, or ending past the file) must not outlive the scan: a
             # later open would take the grown segment for sealed at the old end.
             dev.unlink(summary_path(cfg.data_dir, sid))
-            scan = scan_segment(dev, seg, eng.pool)
+            scan = scan_segment(dev, seg, st.pool)
             builder, end = scan.builder, scan.end
             if scan.read_error is not None:
                 # A read error says nothing about the bytes behind it: truncating there could
@@ -80,10 +81,10 @@ def recover(eng: Engine) -> None:
             for off in scan.corrupt:
                 log.warning("segment %08x: record at %d fails its payload checksum; skipped "
                             "and its block dropped", sid, off)
-            eng.counters["checksum_failures"] += len(scan.corrupt)
+            st.counters["checksum_failures"] += len(scan.corrupt)
             size = dev.size(seg.handle)
             if end < size:
-                if _zeros_at(eng, seg.handle, end, size):  # preallocated, never written
+                if _zeros_at(lg, seg.handle, end, size):  # preallocated, never written
                     log.info("segment %08x: %d preallocated bytes after %d", sid, size - end, end)
                 else:
                     log.warning("segment %08x: truncating torn tail at %d (file had %d bytes)",
@@ -95,48 +96,50 @@ def recover(eng: Engine) -> None:
             unsealed.append(seg)
         seg.records = summary.count
         summaries.append(summary)
-        eng.segments[sid] = seg
-    _build_index(eng, summaries)
+        lg.segments[sid] = seg
+    _build_index(lg, summaries)
     # Keep appending to the newest unsealed segment; seal the others (crash between roll steps).
     for seg in unsealed[:-1]:
-        seal(eng, seg)
+        seal(lg, seg)
     last = unsealed[-1] if unsealed else None
-    if last is not None and last.id == max(eng.segments):
-        eng.active = last
+    if last is not None and last.id == max(lg.segments):
+        lg.active = last
         dev.allocate(last.handle, cfg.segment_bytes)  # keep appending into reserved blocks
     else:
         if last is not None:
-            seal(eng, last)
-        with eng._wlock:
+            seal(lg, last)
+        with lg.wlock:
             from kvstore.engine.reclaim import roll
 
-            roll(eng)
-    if not eng.segments or eng.active is None:
-        seg = create_segment(dev, cfg.data_dir, eng.next_segment_id, cfg.segment_bytes, eng.pool,
-                             eng.next_seq)
-        eng.next_segment_id += 1
-        eng.segments[seg.id] = seg
-        eng.active = seg
-    log.info("recovery: %d segments, %d blocks in %.2fs", len(eng.segments), len(eng.index),
+            roll(lg)
+    if not lg.segments or lg.active is None:
+        seg = create_segment(dev, cfg.data_dir, lg.next_segment_id, cfg.segment_bytes, st.pool,
+                             lg.next_seq)
+        lg.next_segment_id += 1
+        lg.segments[seg.id] = seg
+        lg.active = seg
+    log.info("recovery: %d segments, %d blocks in %.2fs", len(lg.segments), len(st.index),
              time.monotonic() - t0)
 
 
-def _zeros_at(eng: Engine, handle: int, off: int, size: int) -> bool:
+def _zeros_at(lg: SegmentLog, handle: int, off: int, size: int) -> bool:
     """True when the page at ``off`` (where a scan stopped) is all zeros: the unwritten rest of
     a preallocated segment rather than a torn record."""
+    st = lg.state
     n = min(fmt.PAGE, size - off)
-    buf = eng.pool.acquire(fmt.PAGE)
+    buf = st.pool.acquire(fmt.PAGE)
     try:
-        got = eng.device.read_into(handle, off - off % fmt.PAGE, buf.view[: fmt.PAGE])
+        got = st.device.read_into(handle, off - off % fmt.PAGE, buf.view[: fmt.PAGE])
         return got >= n and not any(buf.view[off % fmt.PAGE : off % fmt.PAGE + n])
     except StorageError:
         return False
     finally:
-        eng.pool.release(buf)
+        st.pool.release(buf)
 
 
-def _build_index(eng: Engine, summaries: list[SegmentSummary]) -> None:
-    ns_ids = {name.encode(): i for name, (i, _info) in eng.catalog.by_name.items()}
+def _build_index(lg: SegmentLog, summaries: list[SegmentSummary]) -> None:
+    st = lg.state
+    ns_ids = {name.encode(): i for name, (i, _info) in st.catalog.by_name.items()}
     parts: dict[str, list[np.ndarray]] = {k: [] for k in
                                           ("digest", "seg", "page", "length", "checksum",
                                            "expires", "flags", "ns", "seq")}
@@ -152,7 +155,7 @@ def _build_index(eng: Engine, summaries: list[SegmentSummary]) -> None:
     if not parts["digest"]:
         return
     col = {k: np.concatenate(v) for k, v in parts.items()}
-    eng.next_seq = max(eng.next_seq, int(col["seq"].max()) + 1)
+    lg.next_seq = max(lg.next_seq, int(col["seq"].max()) + 1)
     raw = np.frombuffer(col["digest"].tobytes(), dtype=np.uint64).reshape(-1, 2)
     order = np.arange(len(raw))
     idx = np.lexsort((order, raw[:, 1], raw[:, 0]))  # by digest, then log order
@@ -164,11 +167,11 @@ def _build_index(eng: Engine, summaries: list[SegmentSummary]) -> None:
     alive = ((col["flags"][pick] & fmt.FLAG_TOMBSTONE) == 0) & (col["ns"][pick] != UNKNOWN_NS)
     exp = col["expires"][pick]
     fresh = (exp == 0) | (exp > now)
-    eng.counters["expired_blocks"] += int(np.count_nonzero(alive & ~fresh))
+    st.counters["expired_blocks"] += int(np.count_nonzero(alive & ~fresh))
     pick = pick[alive & fresh]
-    eng.index.bulk_load(col["digest"][pick], col["seg"][pick], col["page"][pick],
+    st.index.bulk_load(col["digest"][pick], col["seg"][pick], col["page"][pick],
                         col["length"][pick], col["checksum"][pick],
                         np.ceil(col["expires"][pick]).astype(np.uint32), col["ns"][pick])
     counts = np.bincount(col["ns"][pick].astype(np.int64))
-    eng.ns_count = {int(i): int(c) for i, c in enumerate(counts) if c}
+    st.ns_count = {int(i): int(c) for i, c in enumerate(counts) if c}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from kvstore import limits
@@ -84,3 +85,14 @@ class NamespaceInfo:
     layout: dict[str, object] = field(default_factory=dict)  # keys.Layout fields, if given
     fingerprint: str = ""  # hex layout fingerprint, if a layout was given
     block_bytes: int = 0  # exact block size the layout fixes, 0 = any
+
+
+class ReadOutcome(enum.Enum):
+    """What a read found. Every miss is one of the last four, counted in ``misses`` and in
+    ``misses_<value>`` (``Engine.stats()``), so callers and metrics can tell them apart."""
+
+    HIT = "hit"
+    ABSENT = "absent"  # no such block (never written, deleted, evicted)
+    EXPIRED = "expired"  # its TTL ran out (the block is dropped now)
+    CORRUPT = "corrupt"  # failed verification: dropped and tombstoned
+    IO_ERROR = "io_error"  # the device failed the read; the block stays (maybe transient)

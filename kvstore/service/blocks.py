@@ -6,7 +6,7 @@ Every front end calls this instead of the engine:
   policy (``kvstore.auth.Policy``) against the namespace's owner, here and nowhere else;
 - **inline or thread**: index look-ups (exists, lookup, head of a DRAM block) and DRAM hits run
   on the event loop; anything that may touch flash hops to ``EngineRunner``;
-- **leases**: a read hands out a ``BlockLease`` (the engine's read context, entered once and
+- **leases**: a read hands out the engine's ``BlockLease`` (``engine.acquire``: one read,
   released once), which a transport may hold until its socket flushed the bytes;
 - **errors -> metrics**: ``failed(op, exc)`` classifies and counts every error answer.
 """
@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from kvstore import limits
 from kvstore.auth import Op, Policy, Tenant
+from kvstore.engine.reader import BlockLease
 from kvstore.engine.store import Engine
 from kvstore.engine.types import BlockMeta, NamespaceInfo, PutResult
 from kvstore.errors import AlreadyExists, KVStoreError, NamespaceNotFound
@@ -27,26 +28,6 @@ from kvstore.keys import validate_namespace
 from kvstore.service.runner import EngineRunner
 
 T = TypeVar("T")
-
-
-class BlockLease:
-    """An open engine read: ``view`` (a ``BlockView``) is valid until ``release()``."""
-
-    __slots__ = ("_cm", "view")
-
-    def __init__(self, cm: contextlib.AbstractContextManager[Any] | None, view: Any) -> None:
-        self._cm = cm
-        self.view = view
-
-    @property
-    def stable(self) -> bool:
-        """A DRAM-tier view: immutable, valid after release (the transport keeps a reference)."""
-        return bool(self.view.stable)
-
-    def release(self) -> None:
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
 
 
 class BlockService:
@@ -164,18 +145,17 @@ class BlockService:
             view = None  # let the engine thread raise the precise error
         if view is not None:
             fut: asyncio.Future[BlockLease | None] = asyncio.get_running_loop().create_future()
-            fut.set_result(BlockLease(None, view))
+            fut.set_result(BlockLease.of(view))
             return fut
         return asyncio.ensure_future(self.runner.call(self.lease, ns, key))
 
     def lease(self, ns: str, key: str) -> BlockLease | None:
         """Engine thread: open a block (the flash read happens here); None on a miss."""
-        cm = self.engine.read(ns, key)
-        view = cm.__enter__()
-        if view is None:
-            cm.__exit__(None, None, None)
+        lease = self.engine.acquire(ns, key)
+        if lease.view is None:
+            lease.release()
             return None
-        return BlockLease(cm, view)
+        return lease
 
     async def read(self, ns: str, key: str, fn: Callable[[Any], T], *,
                    span: tuple[int, int | None] | None = None) -> T:
@@ -187,9 +167,9 @@ class BlockService:
             return fn(hot)
 
         def work() -> T:
-            cm = self.engine.read(ns, key) if span is None else \
-                self.engine.read_range(ns, key, *span)
-            with cm as view:
+            lease = self.engine.acquire(ns, key) if span is None else \
+                self.engine.acquire_range(ns, key, *span)
+            with lease as view:
                 return fn(view)
 
         return await self.runner.call(work)
@@ -210,9 +190,9 @@ class BlockService:
     def delete_sync(self, ns: str, key: str) -> bool:
         return self.engine.delete(ns, key)
 
-    def reading(self, ns: str, key: str) -> contextlib.AbstractContextManager[Any]:
+    def reading(self, ns: str, key: str) -> BlockLease:
         """``with blocks.reading(ns, key) as view:`` (a ``BlockView`` or None on a miss)."""
-        return self.engine.read(ns, key)
+        return self.engine.acquire(ns, key)
 
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
                     limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:

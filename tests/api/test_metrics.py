@@ -82,3 +82,22 @@ def test_missing_stats_are_skipped() -> None:
     s = samples(Metrics(src))
     assert s[("kvstore_blocks", ())] == 1
     assert not any(name.startswith("kvstore_engine_hits") for name, _ in s)
+
+
+def test_engine_read_misses_are_one_counter_family_by_outcome(tmp_path: object) -> None:
+    from kvstore.engine.device import MemoryDevice
+    from kvstore.engine.store import Engine
+    from kvstore.engine.types import EngineConfig
+
+    eng = Engine.open(EngineConfig(data_dir=f"{tmp_path}/d", capacity_bytes=8 << 20,
+                                   segment_bytes=1 << 20, dram_bytes=0), MemoryDevice())
+    try:
+        eng.create_namespace("ns1")
+        eng.put("ns1", "k", b"x" * 100)
+        assert eng.get("ns1", "nope") is None and eng.get("ns1", "k") == b"x" * 100
+        s = samples(Metrics(eng))
+        assert s[("kvstore_engine_read_misses_total", (("outcome", "absent"),))] == 1
+        assert s[("kvstore_engine_read_misses_total", (("outcome", "corrupt"),))] == 0
+        assert s[("kvstore_engine_misses_total", ())] == 1
+    finally:
+        eng.close()

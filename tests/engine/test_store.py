@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from kvstore import limits
+from kvstore.engine import batch, reader, recovery, state, store
 from kvstore.engine import format as fmt
-from kvstore.engine import reads, recovery, store
 from kvstore.engine.store import STAT_NAMES, Engine
 from kvstore.errors import (
     ChecksumMismatch,
@@ -327,7 +327,7 @@ def test_prefetch_into_a_zero_dram_tier_stages_nothing(engine: Engine) -> None:
 
 def test_ttl_expiry(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock(1_800_000_000.0)
-    for mod in (store, reads, recovery):
+    for mod in (store, batch, state, reader, recovery):
         monkeypatch.setattr(mod, "time", clock)
     eng = engines.open()
     eng.put(NS, "short", b"s", ttl_seconds=10)
@@ -351,7 +351,8 @@ def test_ttl_expiry(engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_delete_namespace_with_only_expired_blocks(engines: Engines,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock(1_800_000_000.0)
-    monkeypatch.setattr(store, "time", clock)
+    for mod in (batch, state):
+        monkeypatch.setattr(mod, "time", clock)
     eng = engines.open()
     eng.put(NS, "k", b"x", ttl_seconds=1)
     with pytest.raises(NamespaceNotEmpty):
