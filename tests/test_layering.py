@@ -31,7 +31,8 @@ ALLOWED: dict[str, set[str]] = {
 # protocol, keys, errors and limits re-export.
 CLIENT_ALLOWED: set[str] = set()
 # server modules that may import kvstore_wire (the re-exports, and the engine's checksum)
-WIRE_IMPORTERS = {"limits.py", "errors.py", "keys.py", "engine/format.py"}
+WIRE_IMPORTERS = {"limits.py", "errors.py", "keys.py", "engine/format.py",
+                  "cluster/placement.py"}
 WIRE_IMPORTERS_UNDER = ("protocol/",)
 
 
