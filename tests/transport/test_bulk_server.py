@@ -25,7 +25,7 @@ from kvstore.errors import (
 )
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType, encode_frame
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "bulk-test"
 
