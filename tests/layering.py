@@ -107,7 +107,7 @@ def imports(root: Path, path: Path) -> list[str]:
                 module = node.module or ""
             if node.module:
                 out.append(module)
-            out.extend(f"{module}.{a.name}" for a in node.names if a.name != "*")
+            out.extend(f"{module}.{a.name}".lstrip(".") for a in node.names if a.name != "*")
     return out
 
 
