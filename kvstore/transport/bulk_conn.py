@@ -70,8 +70,6 @@ class ServerContext:
     # connections not past AUTH_OK yet, oldest first: the ones evicted at the cap
     unauthenticated: dict[BulkProtocol, None] = field(default_factory=dict)
     closing: bool = False
-    # test hook: called with (key, payload view) before a BLOCK frame is written
-    block_filter: Any = None
     # kvstore.transport.nixl_agent.NixlServerAgent, created on the first NIXL_REGISTER
     nixl: Any = None
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)

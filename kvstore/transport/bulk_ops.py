@@ -134,12 +134,9 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
             bv = lease.view
             try:
                 await p.writable()
-                payload = bv.payload
-                if p.ctx.block_filter is not None:
-                    payload = p.ctx.block_filter(key, payload)
                 p.send(FrameType.BLOCK, rid,
                        msg.BlockHeader(i, key, bv.meta.length, bv.meta.checksum).to_header(),
-                       (payload,))
+                       (bv.payload,))
             except BaseException:
                 lease.release()
                 raise

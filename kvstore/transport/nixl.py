@@ -109,8 +109,6 @@ class _Packer:
             b.exit()
             raise InvalidArgument(f"block {key} has {b.length} bytes; its slot holds "
                                   f"{self.req.capacities[i]}")
-        if self.p.ctx.block_filter is not None:  # test hook: corrupt bytes on the way
-            b.payload = self.p.ctx.block_filter(key, b.payload)
         return b
 
     @property
