@@ -217,8 +217,8 @@ class Server:
             await asyncio.sleep(0.01)
         if task.done():
             await self._close_bulk(bulk, 1.0)
-            exc = task.exception()
-            raise StartupError(f"HTTP server failed to start: {exc!r}")
+            err = task.exception()
+            raise StartupError(f"HTTP server failed to start: {err!r}")
         self._announce(http_sock, bulk_port, state)
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
