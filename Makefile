@@ -21,6 +21,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
+	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The optional NIXL extra: the CPU torch build first (plain torch would pull a CUDA build), then
@@ -38,6 +39,7 @@ test-client-dist: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
+	$(PY) -m mypy
 
 bench: bench-engine bench-http bench-bulk
 

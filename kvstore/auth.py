@@ -34,6 +34,7 @@ import fnmatch
 import hmac
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from kvstore.errors import AccessDenied, InvalidArgument, NamespaceNotFound
 
@@ -84,7 +85,7 @@ class Tenants:
         return cls.from_dict(doc)
 
     @classmethod
-    def from_dict(cls, doc: dict) -> Tenants:
+    def from_dict(cls, doc: dict[str, Any]) -> Tenants:
         out = []
         for i, t in enumerate(doc.get("tenants", [])):
             try:

@@ -240,22 +240,22 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{what}: expected true or false (1/0, yes/no, on/off), got {raw!r}")
     if kind == "seconds":
         try:
-            v = float(raw)
+            secs = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{what}: expected seconds, got {raw!r}") from None
-        if not 0 < v <= limits.shutdown_seconds_max:
+        if not 0 < secs <= limits.shutdown_seconds_max:
             raise ConfigError(
                 f"{what}: must be in (0, {limits.shutdown_seconds_max:g}] seconds, got {raw!r}")
-        return v
+        return secs
     if kind == "timeout":
         lo, hi = limits.connection_timeout_seconds_min, limits.connection_timeout_seconds_max
         try:
-            v = float(raw)
+            secs = float(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{what}: expected seconds, got {raw!r}") from None
-        if isinstance(raw, bool) or not lo <= v <= hi:
+        if isinstance(raw, bool) or not lo <= secs <= hi:
             raise ConfigError(f"{what}: must be in [{lo:g}, {hi:g}] seconds, got {raw!r}")
-        return v
+        return secs
     if kind == "count":
         try:
             n = int(raw)

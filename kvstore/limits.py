@@ -63,9 +63,6 @@ assert io_alignment_bytes <= record_chunk_bytes <= block_bytes_max
 
 # --- Leases and TTL -----------------------------------------------------------------------
 
-# A lookup's lease when the caller names none (at most ``lease_seconds_max``).
-lease_seconds_default = 5.0
-
 # Blocks pinned by leases at once, across all clients: pins hold capacity hostage.
 leased_blocks_max = 1_000_000
 
@@ -89,9 +86,6 @@ capacity_segments_min = 2
 
 # Default DRAM tier: small enough to start anywhere.
 dram_bytes_default = 256 * MiB
-
-# Blocks the index may hold: bounds memory at ~100 bytes/block => ~1.6 GB at the max.
-index_blocks_max = 16_000_000
 
 # Reads recently enough to be re-inserted when their segment is reclaimed (Navy "reinsertion").
 # Bounded so reclaim cannot rewrite the whole store.
@@ -263,3 +257,48 @@ assert all(connection_timeout_seconds_min <= t <= connection_timeout_seconds_max
     bulk_idle_timeout_seconds_default))
 # The slowest legal body still ends: a maximal block at the floor rate within a day.
 assert http_body_bytes_max / body_min_rate_bytes_per_second_default < 24 * 3600
+
+# --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
+
+# On-disk geometry: segments are whole pages, and a default segment holds a maximal block with
+# its header page (a --segment-size below that refuses the largest blocks: EntityTooLarge).
+assert all(b % io_alignment_bytes == 0 for b in (
+    segment_bytes_min, segment_bytes_default, segment_bytes_max, write_chunk_bytes_max,
+    nixl_staging_chunk_bytes)), "segments, write chunks and NIXL chunks are whole pages"
+assert segment_bytes_min <= segment_bytes_default <= segment_bytes_max
+assert block_bytes_max + io_alignment_bytes <= segment_bytes_default, "a block fits a segment"
+assert capacity_segments_min >= 2, "one segment to write, one to reclaim"
+# A record's header is one page: its namespace, key and S3 user metadata fit in it with room
+# for the fixed fields and S3's own metadata (content type, checksums); the chunk-checksum table
+# takes what is left, its chunks larger than record_chunk_bytes when that is short (format.py).
+assert (namespace_bytes_max + key_bytes_max + s3_user_metadata_bytes_max + 512
+        <= io_alignment_bytes)
+assert 0 < capacity_low_watermark < capacity_high_watermark <= 1.0
+assert 0 < reinsert_fraction_max < 1 and 0 < dram_fraction_of_memory_max < 1
+assert block_bytes_max <= dram_bytes_default, "the default DRAM tier holds a maximal block"
+
+# Batches: what one request may carry fits what carries it.
+assert 1 <= delete_objects_max <= batch_keys_max, "DeleteObjects is one batched delete"
+assert list_keys_max <= batch_keys_max
+# A /v1 body holds a full batch or chain of maximal keys, JSON-quoted and comma-separated.
+assert max(batch_keys_max, chain_keys_max) * (key_bytes_max + 3) <= control_body_bytes_max
+# A bulk frame header holds a full batch of 64-character keys (vLLM's sha256 hex) with their
+# lengths and checksums (msgpack: a 2-byte string header, 9-byte integers): maximal 1 KiB keys
+# fill it sooner, and a header past frame_header_bytes_max is refused (a FrameTooLarge).
+assert batch_keys_max * (64 + 2 + 9 + 9) <= frame_header_bytes_max
+assert http_body_bytes_max >= block_bytes_max and multipart_staged_bytes_max >= block_bytes_max
+assert 1 <= multipart_parts_max and 1 <= multipart_uploads_max
+
+# Windows, buffers and regions: each holds at least one maximal block or one request's work.
+assert 0 < write_buffer_low_bytes < write_buffer_high_bytes
+assert write_chunk_bytes_max * write_wave_chunks_max <= buffer_pool_idle_bytes_max
+assert min(shm_region_bytes_max, nixl_region_bytes_max) >= block_bytes_max
+assert nixl_staging_chunks >= 1 and nixl_staging_chunk_bytes <= nixl_region_bytes_max
+assert connection_inflight_requests_max >= 1 and engine_threads >= 1
+assert uring_entries & (uring_entries - 1) == 0 and 1 <= uring_entries <= 4096
+
+# Timeouts: the bounds they are checked against, and the order they fire in.
+assert body_rate_grace_seconds_default <= body_rate_window_seconds_default
+assert 0 < timeout_close_grace_seconds < shutdown_seconds_max
+assert 0 < lease_seconds_max <= ttl_seconds_max
+assert clock_skew_seconds_max < presign_seconds_max

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import signal
@@ -40,6 +39,7 @@ from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.service import Node
 from kvstore.service.runner import EngineRunner
+from kvstore.transport.bulk_server import BulkServer, start_bulk_server
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -112,29 +112,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _load_bulk_starter() -> Any:
-    try:
-        from kvstore.transport.bulk_server import start_bulk_server
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("kvstore.transport."):
-            raise
-        log.error("bulk server unavailable (%s missing); serving HTTP only", exc.name)
-        return None
-    return start_bulk_server
-
-
-def _bound_port(server: Any, default: int) -> int:
-    for attr in ("port",):
-        value = getattr(server, attr, None)
-        if isinstance(value, int) and value:
-            return value
-    socks = getattr(server, "sockets", None) or ()
-    for s in socks:
-        with contextlib.suppress(OSError, IndexError, TypeError):
-            return int(s.getsockname()[1])
-    return default
-
-
 def connection_bounds(cfg: ServeConfig) -> tuple[HttpGuardSettings, BulkTimeouts]:
     """The HTTP guard's settings and the bulk port's timeouts, from the resolved config."""
     body = BodyLimits(idle_seconds=cfg.body_idle_timeout_seconds,
@@ -148,10 +125,6 @@ def connection_bounds(cfg: ServeConfig) -> tuple[HttpGuardSettings, BulkTimeouts
     bulk = BulkTimeouts(handshake_seconds=cfg.bulk_handshake_timeout_seconds,
                         idle_seconds=cfg.bulk_idle_timeout_seconds, body=body)
     return http, bulk
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
 
 
 class Server:
@@ -222,19 +195,15 @@ class Server:
 
     async def _serve(self, state: Node, http_sock: socket.socket, metrics: Metrics) -> int:
         cfg = self.cfg
-        bulk = None
-        bulk_port = 0
         http_guard, bulk_timeouts = connection_bounds(cfg)
-        start_bulk = _load_bulk_starter()
-        if start_bulk is not None:
-            try:
-                bulk = await _maybe_await(start_bulk(state, cfg.host, cfg.bulk_port,
-                                                     timeouts=bulk_timeouts,
-                                                     connections_max=cfg.connections_max))
-            except OSError as exc:
-                raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
-                                   f"{exc.strerror or exc}") from None
-            bulk_port = _bound_port(bulk, cfg.bulk_port)
+        try:
+            bulk = await start_bulk_server(state, cfg.host, cfg.bulk_port,
+                                           timeouts=bulk_timeouts,
+                                           connections_max=cfg.connections_max)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
+                               f"{exc.strerror or exc}") from None
+        bulk_port = bulk.port
         app: Any = create_app(state, self.health)
         if cfg.access_log:
             app = AccessLog(app)
@@ -248,8 +217,8 @@ class Server:
             await asyncio.sleep(0.01)
         if task.done():
             await self._close_bulk(bulk, 1.0)
-            exc = task.exception()
-            raise StartupError(f"HTTP server failed to start: {exc!r}")
+            err = task.exception()
+            raise StartupError(f"HTTP server failed to start: {err!r}")
         self._announce(http_sock, bulk_port, state)
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -309,10 +278,10 @@ class Server:
         log.warning("drain bound reached: closed %d HTTP connection(s) still in a request (%s)",
                     len(conns), shown or "no request read yet")
 
-    async def _close_bulk(self, bulk: Any, timeout: float) -> None:
+    async def _close_bulk(self, bulk: BulkServer | None, timeout: float) -> None:
         """Stop accepting bulk connections and drain them (``BulkServer.close``)."""
         if bulk is not None:
-            await _maybe_await(bulk.close(timeout=timeout))
+            await bulk.close(timeout=timeout)
 
     async def _close(self, engine: Engine | None, runner: EngineRunner | None,
                      device: Any) -> None:
@@ -331,8 +300,7 @@ class Server:
         lines = [
             f"kvstore: HTTP (S3 API and /v1) on http://{host}:{http_port}"
             f"  (docs http://{host}:{http_port}/docs)",
-            f"kvstore: bulk on tcp://{host}:{bulk_port}" if bulk_port
-            else "kvstore: bulk server not available in this build",
+            f"kvstore: bulk on tcp://{host}:{bulk_port}",
             f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
         ]

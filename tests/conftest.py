@@ -11,7 +11,7 @@ from kvstore import limits
 from kvstore.auth import Tenants
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 
 @pytest.fixture

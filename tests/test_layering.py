@@ -1,122 +1,118 @@
-"""The import direction of DESIGN section 2, enforced by parsing imports with ``ast``."""
+"""The may-import rules of the layout (``tests/layering.py``) hold on this tree, and the check
+catches each kind of violation: each case plants one in a copy of the tree and expects exactly
+that violation to be reported."""
 
 from __future__ import annotations
 
-import ast
+import shutil
 from pathlib import Path
+
+import layering
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# package -> the kvstore packages/modules it may import (besides itself)
-ALLOWED: dict[str, set[str]] = {
-    "limits": set(),
-    "errors": set(),
-    "keys": {"limits", "errors"},
-    "auth": {"limits", "errors"},
-    "service": {"engine", "io_uring", "auth", "cluster", "limits", "errors", "keys"},
-    "protocol": {"limits", "errors", "keys"},
-    "engine": {"limits", "errors", "keys"},
-    "io_uring": {"engine.device", "limits", "errors"},
-    "transport": {"protocol", "service", "engine", "io_uring", "limits", "errors", "keys",
-                  "auth"},
-    "api": {"transport", "service", "engine", "errors", "limits", "keys", "auth"},
-    "cluster": {"limits", "errors", "keys"},
-    "config": {"limits", "errors"},
-    "server": {"api", "transport", "service", "engine", "io_uring", "config", "limits",
-               "errors", "auth", "keys"},
-    "__main__": {"server", "config", "service.admin", "limits", "errors"},
-}
-# The client distribution (clients/) ships without the server: it imports nothing of kvstore.
-# What it shares with the server lives in its own kvstore_wire package, which the server's
-# protocol, keys, errors and limits re-export.
-CLIENT_ALLOWED: set[str] = set()
-# server modules that may import kvstore_wire (the re-exports, and the engine's checksum)
-WIRE_IMPORTERS = {"limits.py", "errors.py", "keys.py", "engine/format.py",
-                  "cluster/placement.py"}
-WIRE_IMPORTERS_UNDER = ("protocol/",)
 
-
-def _imports(path: Path) -> list[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    out: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.extend(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.append(node.module)
-            out.extend(f"{node.module}.{a.name}" for a in node.names)
-    return [m for m in out if m == "kvstore" or m.startswith("kvstore.")]
-
-
-def _allowed(target: str, allowed: set[str]) -> bool:
-    rest = target[len("kvstore."):] if target.startswith("kvstore.") else ""
-    return any(rest == a or rest.startswith(a + ".") for a in allowed)
-
-
-def test_server_packages_import_only_downward() -> None:
-    bad = []
-    for path in sorted((ROOT / "kvstore").rglob("*.py")):
-        rel = path.relative_to(ROOT / "kvstore")
-        part = rel.parts[0].removesuffix(".py")
-        if part == "__init__":
-            continue
-        assert part in ALLOWED, f"{rel}: module {part!r} has no layering rule; add one"
-        allowed = ALLOWED[part] | {part}
-        for target in _imports(path):
-            if target == "kvstore":
-                continue
-            if not _allowed(target, allowed):
-                bad.append(f"{rel} imports {target}")
+def test_this_tree_holds_the_layering_rules() -> None:
+    bad = layering.check(ROOT)
     assert not bad, "layering violations:\n" + "\n".join(bad)
 
 
-def _all_imports(path: Path) -> list[str]:
-    """Every module an import statement names, relative ones resolved to their package."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    pkg = path.parent.name
-    out: list[str] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.extend(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            out.append((node.module or "") if not node.level else f"{pkg}.{node.module or ''}")
-    return out
+def test_every_departure_is_still_needed() -> None:
+    """A recorded exception that no module uses any more is removed, so it cannot hide a new
+    import later."""
+    saved = dict(layering.DEPARTURES)
+    try:
+        for key in saved:
+            layering.DEPARTURES.clear()
+            layering.DEPARTURES.update({k: v for k, v in saved.items() if k != key})
+            assert layering.check(ROOT), f"departure {key} is not needed any more: remove it"
+    finally:
+        layering.DEPARTURES.clear()
+        layering.DEPARTURES.update(saved)
+    for (rel, top) in layering.FORBIDDEN_DEPARTURES:
+        path = ROOT / rel
+        assert path.exists() and any(t.split(".")[0] == top
+                                     for t in layering.imports(ROOT, path)), (
+            f"forbidden-import departure {(rel, top)} is not needed any more: remove it")
 
 
-def test_wire_package_is_sans_io_and_knows_no_server() -> None:
-    """kvstore_wire: no asyncio, no socket, nothing of kvstore or of the SDK."""
-    bad = []
-    for path in sorted((ROOT / "clients" / "kvstore_wire").rglob("*.py")):
-        for target in _all_imports(path):
-            top = target.split(".")[0]
-            if top in ("asyncio", "socket", "selectors", "kvstore", "kvstore_client"):
-                bad.append(f"{path.relative_to(ROOT)} imports {target}")
-    assert not bad, "kvstore_wire violations:\n" + "\n".join(bad)
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the Python sources of kvstore/ and clients/ (shared by the cases below, each
+    of which restores the file it changed)."""
+    root = tmp_path_factory.mktemp("tree")
+    for top in ("kvstore", "clients"):
+        shutil.copytree(ROOT / top, root / top,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    assert layering.check(root) == []
+    return root
 
 
-def test_server_imports_the_wire_package_only_through_its_re_exports() -> None:
-    bad = []
-    for path in sorted((ROOT / "kvstore").rglob("*.py")):
-        rel = path.relative_to(ROOT / "kvstore").as_posix()
-        for target in _all_imports(path):
-            top = target.split(".")[0]
-            if top == "kvstore_client":
-                bad.append(f"kvstore/{rel} imports the SDK ({target})")
-            elif top == "kvstore_wire" and not (rel in WIRE_IMPORTERS
-                                                or rel.startswith(WIRE_IMPORTERS_UNDER)):
-                bad.append(f"kvstore/{rel} imports {target}: use kvstore.protocol/limits/...")
-    assert not bad, "\n".join(bad)
+# (file to plant in, line to add, a fragment of the one violation expected)
+PLANTED = [
+    # upward / sideways imports, absolute
+    ("kvstore/limits.py", "from kvstore import errors", "kvstore/limits.py imports kvstore.errors"),
+    ("kvstore/keys.py", "import kvstore.auth", "kvstore/keys.py imports kvstore.auth"),
+    ("kvstore/auth.py", "from kvstore.engine.store import Engine",
+     "kvstore/auth.py imports kvstore.engine.store"),
+    ("kvstore/engine/index.py", "from kvstore.service import Node",
+     "kvstore/engine/index.py imports kvstore.service"),
+    ("kvstore/protocol/frames.py", "from kvstore.transport import bulk_conn",
+     "kvstore/protocol/frames.py imports kvstore.transport"),
+    ("kvstore/service/blocks.py", "from kvstore.api import errors",
+     "kvstore/service/blocks.py imports kvstore.api"),
+    # the edges may not reach the engine directly (beyond the recorded departures)
+    ("kvstore/transport/bulk_ops.py", "from kvstore.engine.store import Engine",
+     "kvstore/transport/bulk_ops.py imports kvstore.engine.store"),
+    ("kvstore/api/s3/app.py", "from kvstore.engine import reclaim",
+     "kvstore/api/s3/app.py imports kvstore.engine.reclaim"),
+    # relative imports are resolved and held to the same rules
+    ("kvstore/engine/index.py", "from ..service import node",
+     "kvstore/engine/index.py imports kvstore.service"),
+    ("kvstore/transport/shm.py", "from ..engine import store",
+     "kvstore/transport/shm.py imports kvstore.engine.store"),
+    ("kvstore/api/s3/objects.py", "from ...engine.recovery import recover",
+     "kvstore/api/s3/objects.py imports kvstore.engine.recovery"),
+    ("kvstore/keys.py", "from . import config", "kvstore/keys.py imports kvstore.config"),
+    # a new top-level module needs a rule
+    ("kvstore/newthing.py", "X = 1", "package 'newthing' has no layering rule"),
+    # no asyncio in the synchronous floors, no asyncio/socket in the sans-IO protocol
+    ("kvstore/engine/store.py", "import asyncio", "no asyncio under kvstore/engine/"),
+    ("kvstore/io_uring/posix.py", "from asyncio import get_running_loop",
+     "no asyncio under kvstore/io_uring/"),
+    ("kvstore/protocol/state.py", "import asyncio", "no asyncio under kvstore/protocol/"),
+    ("kvstore/protocol/decoder.py", "import socket", "no socket under kvstore/protocol/"),
+    ("clients/kvstore_wire/frames.py", "import socket", "no socket under clients/kvstore_wire/"),
+    ("clients/kvstore_wire/state.py", "import asyncio",
+     "no asyncio under clients/kvstore_wire/"),
+    # the client distribution ships without the server; the wire package without the SDK
+    ("clients/kvstore_client/client.py", "from kvstore.engine import store",
+     "clients/kvstore_client/client.py imports kvstore.engine"),
+    ("clients/kvstore_client/aio.py", "import fastapi", "clients/kvstore_client/aio.py imports"),
+    ("clients/kvstore_wire/messages.py", "from kvstore_client import client",
+     "kvstore_wire knows nothing of the SDK"),
+    ("clients/kvstore_wire/keys.py", "from .. import kvstore_client",
+     "kvstore_wire knows nothing of the SDK"),
+    # the server reaches the wire package only through its re-exports, never the SDK
+    ("kvstore/transport/bulk_conn.py", "from kvstore_wire import frames",
+     "use kvstore.protocol/limits"),
+    ("kvstore/api/control.py", "import kvstore_client", "imports the SDK"),
+]
 
 
-def test_clients_import_no_server_internals() -> None:
-    bad = []
-    for path in sorted((ROOT / "clients").rglob("*.py")):
-        for target in _imports(path):
-            if target != "kvstore" and not _allowed(target, CLIENT_ALLOWED):
-                bad.append(f"{path.relative_to(ROOT)} imports {target}")
-        text = path.read_text()
-        for forbidden in ("import fastapi", "import pyuring", "from fastapi", "from pyuring",
-                          "import uvicorn", "from uvicorn", "import prometheus_client"):
-            if forbidden in text:
-                bad.append(f"{path.relative_to(ROOT)}: {forbidden}")
-    assert not bad, "client layering violations:\n" + "\n".join(bad)
+@pytest.mark.parametrize(("rel", "line", "expected"), PLANTED,
+                         ids=[f"{r}:{line}" for r, line, _ in PLANTED])
+def test_a_planted_violation_is_caught(tree: Path, rel: str, line: str, expected: str) -> None:
+    path = tree / rel
+    old = path.read_text() if path.exists() else None
+    path.write_text((old or "") + f"\n{line}\n")
+    try:
+        bad = layering.check(tree)
+    finally:
+        if old is None:
+            path.unlink()
+        else:
+            path.write_text(old)
+    assert len(bad) >= 1 and all(rel in b for b in bad), bad
+    assert any(expected in b for b in bad), bad

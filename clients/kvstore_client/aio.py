@@ -116,7 +116,7 @@ class AsyncClient:
 
     async def stats(self) -> dict[str, Any]:
         r = await self._call(lambda c: c.request(FrameType.STATS, msg.Empty()))
-        return r.to_header()  # type: ignore[no-any-return]
+        return r.to_header()
 
     async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
                   overwrite: bool = False) -> bool:

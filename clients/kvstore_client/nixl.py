@@ -100,7 +100,7 @@ class NixlRegion:
         if not 0 < self.size <= limits.nixl_region_bytes_max:
             raise InvalidArgument(f"region must be 1..{limits.nixl_region_bytes_max} bytes")
         self.address = int(self.array.ctypes.data)
-        self.view = memoryview(self.array).cast("B")
+        self.view = self.array.data.cast("B")
 
 
 def _slots(region: NixlRegion, offsets: Sequence[int], sizes: Sequence[int],

@@ -22,8 +22,9 @@ from typing import Any
 from kvstore import errors as E
 from kvstore import limits
 from kvstore.api.control import ServerHealth, create_control_app
-from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
+from kvstore.api.errors import json_error_bytes, request_ids
 from kvstore.api.metrics import Metrics
+from kvstore.api.s3.app import S3App
 from kvstore.service import Node
 
 log = logging.getLogger("kvstore.api")
@@ -63,24 +64,6 @@ async def _drain(receive: Receive, limit: int, last: Message) -> bool:
         if seen > limit:
             return False
     return True
-
-
-async def s3_not_available(scope: Scope, receive: Receive, send: Send) -> None:
-    """Stand-in for the S3 surface when ``kvstore.api.s3.app`` is not part of this build."""
-    exc = E.NotImplementedFeature("the S3 API is not available in this build")
-    status, headers, body = s3_error_response(exc, scope.get("path", "/"), request_ids.next())
-    await _respond(send, status, headers, body)
-
-
-def _load_s3_app(state: Node) -> ASGIApp:
-    try:
-        from kvstore.api.s3.app import S3App
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("kvstore.api.s3", "kvstore.api.s3.app"):
-            raise  # the S3 module exists but is broken: fail loudly, do not hide it
-        log.warning("S3 routes unavailable (%s); S3 paths answer NotImplemented", exc.name)
-        return s3_not_available
-    return S3App(state)
 
 
 class KVStoreApp:
@@ -184,4 +167,4 @@ def create_app(state: Node, health: ServerHealth | None = None) -> KVStoreApp:
         state.metrics = Metrics(state.engine)
     health = health or ServerHealth()
     control = create_control_app(state, health)
-    return KVStoreApp(state, control, _load_s3_app(state), health)
+    return KVStoreApp(state, control, S3App(state), health)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, Request
@@ -61,10 +62,11 @@ class ServerHealth:
         self.ready, self.reason = False, "draining"
 
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 403, 404, 409, 413, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 403, 404, 409, 413, 503)}
 
 
-def _headers(scope: dict) -> dict[str, str]:
+def _headers(scope: Mapping[str, Any]) -> dict[str, str]:
     """Lowercase header names; repeated headers joined with commas (SigV4's canonical form)."""
     out: dict[str, str] = {}
     for k, v in scope["headers"]:

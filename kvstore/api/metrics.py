@@ -102,7 +102,7 @@ class EngineCollector:
 
     def collect(self) -> Iterator[Metric]:
         stats = dict(self._source.stats())
-        families: dict[str, Metric] = {}
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {}
         for table, kind in ((_ENGINE_COUNTERS, "counter"), (_ENGINE_GAUGES, "gauge")):
             for stat, (name, doc, labels) in table.items():
                 if stat not in stats:
@@ -142,7 +142,7 @@ class Metrics:
                                 "by port and reason", ["port", "reason"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
-            self.registry.register(EngineCollector(engine))  # type: ignore[arg-type]
+            self.registry.register(EngineCollector(engine))
 
     def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
         """Record one served operation of ``nbytes`` payload that took ``seconds``."""

@@ -3,7 +3,8 @@ engine, its thread pool, the auth policy and the metrics; ``BlockService`` autho
 with ``kvstore.auth``, decides what runs inline and what hops to the engine's threads, and counts
 errors."""
 
-from kvstore.service.blocks import BlockLease, BlockService
+from kvstore.engine.reader import BlockLease
+from kvstore.service.blocks import BlockService
 from kvstore.service.node import Node
 
 __all__ = ["BlockLease", "BlockService", "Node"]

@@ -50,7 +50,7 @@ def set_namespace_owner(data_dir: str, name: str, owner: str, *, force: bool = F
         lock.release()
 
 
-def add_namespace_arguments(sub: argparse._SubParsersAction) -> None:
+def add_namespace_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ns = sub.add_parser("namespace", help="operator commands on a stopped server's namespaces")
     cmds = ns.add_subparsers(dest="ns_command", metavar="NS_COMMAND")
     so = cmds.add_parser(

@@ -60,7 +60,7 @@ class BlockService:
         return [i for i in self.engine.list_namespaces()
                 if self.policy.visible(tenant, i.name, i.owner)]
 
-    async def create_namespace(self, tenant: Tenant, ns: str, *, layout: dict | None = None,
+    async def create_namespace(self, tenant: Tenant, ns: str, *, layout: dict[str, Any] | None = None,
                                block_bytes: int = 0) -> tuple[NamespaceInfo, bool]:
         """(namespace, created). An existing namespace the caller owns comes back with False;
         someone else's is ``NamespaceTaken`` (an AccessDenied), an ownerless one AccessDenied."""

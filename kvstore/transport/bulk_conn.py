@@ -31,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from kvstore import limits
 from kvstore.auth import Op, Tenant
@@ -70,8 +70,6 @@ class ServerContext:
     # connections not past AUTH_OK yet, oldest first: the ones evicted at the cap
     unauthenticated: dict[BulkProtocol, None] = field(default_factory=dict)
     closing: bool = False
-    # test hook: called with (key, payload view) before a BLOCK frame is written
-    block_filter: Any = None
     # kvstore.transport.nixl_agent.NixlServerAgent, created on the first NIXL_REGISTER
     nixl: Any = None
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
@@ -124,10 +122,12 @@ class BulkProtocol(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment] - uvloop's is not a subclass
+        # uvloop's transports are not subclasses of asyncio.Transport, but they are ones
+        t = cast(asyncio.Transport, transport)
+        self.transport = t
         self._write_ok = asyncio.Event()
         self._write_ok.set()
-        transport.set_write_buffer_limits(high=limits.write_buffer_high_bytes,
+        t.set_write_buffer_limits(high=limits.write_buffer_high_bytes,
                                           low=limits.write_buffer_low_bytes)
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -315,7 +315,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
             self._fatal(err) if rid is None else self.send_error(rid, err)
         finally:
             self.inflight_bytes -= nbytes
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._tasks.discard(asyncio.current_task())
             if self.closed:
                 if not self._tasks:
                     self.close_region()

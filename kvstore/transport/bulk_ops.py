@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
@@ -23,6 +23,7 @@ from kvstore.protocol.state import out_of_band
 from kvstore.transport import nixl, shm
 
 if TYPE_CHECKING:
+    from kvstore.auth import Tenant
     from kvstore.service import BlockLease
     from kvstore.transport.bulk_conn import BulkProtocol
 
@@ -31,53 +32,104 @@ if TYPE_CHECKING:
 GET_READ_AHEAD = limits.engine_threads  # flash reads in flight per GET: the device's queue depth
 
 
+# A request handler: validates the header now (a bad one raises, answered at once) and either
+# answers inline (returns None) or returns the coroutine the connection runs as its task.
+Handler = Callable[["BulkProtocol", "Tenant", int, dict[str, Any], int],
+                   Coroutine[Any, Any, None] | None]
+
+
+def _ping(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any], flags: int) -> None:
+    p.send(FrameType.RESULT, rid, msg.PingResult().to_header())
+
+
+def _stats(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any], flags: int) -> None:
+    stats, count = p.blocks.stats(t, p.namespace)
+    p.send(FrameType.RESULT, rid, msg.StatsResult(stats, p.namespace, count).to_header())
+
+
+def _exists(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any], flags: int) -> None:
+    req = msg.KeysRequest.from_header(header, FrameType.EXISTS_BATCH)
+    found = p.blocks.exists_many(t, p.namespace, req.keys)
+    p.send(FrameType.RESULT, rid, msg.ExistsResult(found).to_header())
+
+
+def _lookup(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any], flags: int) -> None:
+    req = msg.KeysRequest.from_header(header, FrameType.LOOKUP)
+    res = p.blocks.lookup(t, p.namespace, req.keys, lease_seconds=req.lease_seconds)
+    p.send(FrameType.RESULT, rid, msg.LookupResult(res.found, res.leased).to_header())
+
+
+def _delete(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+            flags: int) -> Coroutine[Any, Any, None]:
+    keys = msg.KeysRequest.from_header(header, FrameType.DELETE_BATCH).keys
+    return _simple(p, rid, msg.DeleteResult, p.blocks.delete_many(t, p.namespace, keys))
+
+
+def _prefetch(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+              flags: int) -> Coroutine[Any, Any, None]:
+    keys = msg.KeysRequest.from_header(header, FrameType.PREFETCH).keys
+    return _simple(p, rid, msg.PrefetchResult, p.blocks.prefetch(t, p.namespace, keys))
+
+
+def _get(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+         flags: int) -> Coroutine[Any, Any, None]:
+    req = msg.KeysRequest.from_header(header, FrameType.GET_BATCH, flags)
+    p.blocks.authorize(t, p.namespace, Op.READ)
+    if flags & FrameFlags.NIXL:
+        return nixl.get_batch(p, rid, req)
+    if out_of_band(flags):
+        return shm.get_batch(p, rid, req)
+    return get_batch(p, rid, req.keys)
+
+
+def _put_oob(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+             flags: int) -> Coroutine[Any, Any, None]:
+    """SHM/NIXL PUT_BATCH (socket puts are received by the protocol, payload and all)."""
+    batch = msg.PutBatch.from_header(header, 0, flags)
+    p.blocks.authorize(t, p.namespace, Op.WRITE)
+    if flags & FrameFlags.NIXL:
+        return nixl.put_batch(p, rid, batch)
+    return shm.put_batch(p, rid, batch)
+
+
+def _shm_register(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+                  flags: int) -> Coroutine[Any, Any, None]:
+    return shm.register(p, rid, msg.ShmRegister.from_header(header))
+
+
+def _nixl_register(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
+                   flags: int) -> Coroutine[Any, Any, None]:
+    return nixl.register(p, rid, msg.NixlRegister.from_header(header))
+
+
+# Every request a client may send once authenticated, and its handler (h11-style: the table
+# is the protocol's surface; a frame type missing here is not a request).
+HANDLERS: dict[FrameType, Handler] = {
+    FrameType.PING: _ping,
+    FrameType.STATS: _stats,
+    FrameType.EXISTS_BATCH: _exists,
+    FrameType.LOOKUP: _lookup,
+    FrameType.DELETE_BATCH: _delete,
+    FrameType.PREFETCH: _prefetch,
+    FrameType.GET_BATCH: _get,
+    FrameType.PUT_BATCH: _put_oob,
+    FrameType.SHM_REGISTER: _shm_register,
+    FrameType.NIXL_REGISTER: _nixl_register,
+}
+
+
 def dispatch(p: BulkProtocol, ftype: FrameType, rid: int, header: dict[str, Any],
              flags: int = 0) -> Coroutine[Any, Any, None] | None:
     """Validate a request header now (errors answer at once) and return its task, or None when
     it was answered inline. Which flags a frame type may carry was checked by the connection
     table (``kvstore.protocol.state.FLAGS``) before this runs; what they mean for the header is
     the parser's (``msg.*.from_header(..., flags)``)."""
-    b, t, ns = p.blocks, p.tenant, p.namespace
-    if t is None:  # the connection table admits requests only after AUTH_OK
+    if p.tenant is None:  # the connection table admits requests only after AUTH_OK
         raise ProtocolError(f"{ftype.name} before AUTH_OK")
-    nixl_flag = bool(flags & FrameFlags.NIXL)
-    if ftype is FrameType.PING:
-        p.send(FrameType.RESULT, rid, msg.PingResult().to_header())
-    elif ftype is FrameType.STATS:
-        stats, count = b.stats(t, ns)
-        p.send(FrameType.RESULT, rid, msg.StatsResult(stats, ns, count).to_header())
-    elif ftype is FrameType.EXISTS_BATCH:
-        req = msg.KeysRequest.from_header(header, ftype)
-        p.send(FrameType.RESULT, rid, msg.ExistsResult(b.exists_many(t, ns, req.keys)).to_header())
-    elif ftype is FrameType.LOOKUP:
-        req = msg.KeysRequest.from_header(header, ftype)
-        res = b.lookup(t, ns, req.keys, lease_seconds=req.lease_seconds)
-        p.send(FrameType.RESULT, rid, msg.LookupResult(res.found, res.leased).to_header())
-    elif ftype is FrameType.DELETE_BATCH:
-        keys = msg.KeysRequest.from_header(header, ftype).keys
-        return _simple(p, rid, msg.DeleteResult, b.delete_many(t, ns, keys))
-    elif ftype is FrameType.PREFETCH:
-        keys = msg.KeysRequest.from_header(header, ftype).keys
-        return _simple(p, rid, msg.PrefetchResult, b.prefetch(t, ns, keys))
-    elif ftype is FrameType.GET_BATCH:
-        req = msg.KeysRequest.from_header(header, ftype, flags)
-        b.authorize(t, ns, Op.READ)
-        if nixl_flag:
-            return nixl.get_batch(p, rid, req)
-        if out_of_band(flags):
-            return shm.get_batch(p, rid, req)
-        return get_batch(p, rid, req.keys)
-    elif ftype is FrameType.PUT_BATCH:  # SHM/NIXL put (socket puts are received by the protocol)
-        batch = msg.PutBatch.from_header(header, 0, flags)
-        b.authorize(t, ns, Op.WRITE)
-        return nixl.put_batch(p, rid, batch) if nixl_flag else shm.put_batch(p, rid, batch)
-    elif ftype is FrameType.SHM_REGISTER:
-        return shm.register(p, rid, msg.ShmRegister.from_header(header))
-    elif ftype is FrameType.NIXL_REGISTER:
-        return nixl.register(p, rid, msg.NixlRegister.from_header(header))
-    else:
+    handler = HANDLERS.get(ftype)
+    if handler is None:
         raise ProtocolError(f"{ftype.name} is not a request")
-    return None
+    return handler(p, p.tenant, rid, header, flags)
 
 
 async def _simple(p: BulkProtocol, rid: int, result: Any, call: Coroutine[Any, Any, int]) -> None:
@@ -132,14 +184,12 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
                 lease.release()
                 continue
             bv = lease.view
+            assert bv is not None  # the service answers a miss with no lease
             try:
                 await p.writable()
-                payload = bv.payload
-                if p.ctx.block_filter is not None:
-                    payload = p.ctx.block_filter(key, payload)
                 p.send(FrameType.BLOCK, rid,
                        msg.BlockHeader(i, key, bv.meta.length, bv.meta.checksum).to_header(),
-                       (payload,))
+                       (bv.payload,))
             except BaseException:
                 lease.release()
                 raise

@@ -88,7 +88,7 @@ class Staging:
         self.chunk_bytes = chunk_bytes
         self.arena = np.zeros(chunks * chunk_bytes, dtype=np.uint8)
         self.base = int(self.arena.ctypes.data)
-        self.view = memoryview(self.arena).cast("B")
+        self.view = self.arena.data.cast("B")
         self.chunks = chunks
         self._free: asyncio.Queue[int] | None = None
 

@@ -126,6 +126,7 @@ def _get_range(p: BulkProtocol, req: msg.KeysRequest, lo: int,
             continue
         try:
             bv = lease.view
+            assert bv is not None  # the service answers a miss with no lease
             n = bv.meta.length
             if n > len(slot):
                 raise InvalidArgument(f"block {key} has {n} bytes; its slot holds {len(slot)}")

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from corrupt import corrupt_reads
 from kvstore_client import AsyncClient
 
 from kvstore.errors import ChecksumMismatch
@@ -37,10 +38,9 @@ async def test_async_calls(bulk) -> None:
 async def test_async_detects_corruption(bulk) -> None:
     async with AsyncClient(port=bulk.port, namespace=NS, create=True) as c:
         await c.put("x", b"y" * 1000)
-        bulk.server.ctx.block_filter = lambda k, v: memoryview(bytes(v)[:-1] + b"z")
-        with pytest.raises(ChecksumMismatch):
-            await c.get("x")
-        bulk.server.ctx.block_filter = None
+        with corrupt_reads(bulk.node.blocks, lambda k, v: memoryview(bytes(v)[:-1] + b"z")):
+            with pytest.raises(ChecksumMismatch):
+                await c.get("x")
         assert await c.get("x") == b"y" * 1000
 
 

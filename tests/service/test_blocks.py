@@ -16,7 +16,7 @@ from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.service import Node
 from kvstore.service.runner import EngineRunner
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 TENANTS = {"tenants": [
     {"name": "acme", "access_key": "AKIDACME", "secret_key": "acme-secret",

@@ -12,7 +12,7 @@ from kvstore import limits
 from kvstore.engine.leases import lease_span
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "bulk-leases"
 

@@ -17,7 +17,7 @@ from kvstore.errors import NotImplementedFeature, ProtocolError
 from kvstore.io_uring.select import open_device
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FLAGS_V1, FrameFlags, FrameType, encode_frame
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "bulk-put"
 OVERWRITE = int(FrameFlags.OVERWRITE)

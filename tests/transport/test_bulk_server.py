@@ -11,6 +11,7 @@ import zlib
 
 import pytest
 import xxhash
+from corrupt import corrupt_reads, flip_byte
 from kvstore_client import Client, _ops
 from kvstore_client.client import SyncConnection
 
@@ -25,7 +26,7 @@ from kvstore.errors import (
 )
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameType, encode_frame
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "bulk-test"
 
@@ -213,16 +214,9 @@ def test_corrupted_get_is_detected_by_the_client(bulk) -> None:
     data = os.urandom(50_000)
     with Client(port=bulk.port, namespace=NS, create=True) as c:
         c.put("blk", data)
-
-        def flip(key: str, view: memoryview) -> memoryview:
-            b = bytearray(view)
-            b[123] ^= 0xFF
-            return memoryview(b)
-
-        bulk.server.ctx.block_filter = flip
-        with pytest.raises(ChecksumMismatch):
-            c.get_into("blk", bytearray(len(data)))
-        bulk.server.ctx.block_filter = None
+        with corrupt_reads(bulk.node.blocks, flip_byte(123)):
+            with pytest.raises(ChecksumMismatch):
+                c.get_into("blk", bytearray(len(data)))
         assert c.get("blk") == data  # the connection (and the stored block) are fine
 
 

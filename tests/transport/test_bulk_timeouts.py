@@ -22,7 +22,7 @@ from kvstore.errors import RequestTimeout
 from kvstore.protocol import messages as msg
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame
 from kvstore.protocol.frames import FrameType, encode_frame
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 NS = "bulk-timeouts"

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from corrupt import corrupt_reads, flip_byte
 from kvstore_client import Client
 from kvstore_client.client import SyncConnection
 from kvstore_client.nixl import NixlClient, nixl_available
@@ -28,7 +29,7 @@ from kvstore.errors import (
 )
 from kvstore.protocol import messages as msg
 from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "nixl-test"
 MiB = limits.MiB
@@ -193,16 +194,10 @@ def test_checksums_verified_both_ways(bulk) -> None:
         reg = c.register(region)
         reg.view[:len(data)] = data
         assert c.put_from_region(["ck"], [0], [len(data)]) == [True]
-
-        def flip(key: str, payload: memoryview) -> memoryview:
-            b = bytearray(payload)
-            b[777] ^= 0x01
-            return memoryview(b)
-
-        bulk.server.ctx.block_filter = flip  # corrupt on the server, after the checksum
-        with pytest.raises(ChecksumMismatch):
-            c.get_into_region(["ck"], [4 * MiB])
-        bulk.server.ctx.block_filter = None
+        # corrupt on the server, after the engine verified the block
+        with corrupt_reads(bulk.node.blocks, flip_byte(777, 0x01)):
+            with pytest.raises(ChecksumMismatch):
+                c.get_into_region(["ck"], [4 * MiB])
         assert c.get_into_region(["ck"], [4 * MiB]) == [len(data)]
         assert region[4 * MiB:4 * MiB + len(data)] == data
         # a PUT whose declared checksum is not the region's bytes: refused, nothing stored

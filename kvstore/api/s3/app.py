@@ -1,6 +1,7 @@
 """The S3-compatible surface as a raw ASGI app: ``S3App(state)``.
 
-No framework: one dict look-up of the method and sub-resource picks the handler, so GET and PUT
+No framework: a route table (``ROUTES``, one row per operation, looked up by target and
+method) picks the handler, so GET and PUT
 of an object pay only for SigV4, one engine call and the socket. Path-style addressing
 (``/bucket/key``). Every failure becomes an S3 XML error through ``kvstore.api.errors`` (the one
 mapper); an unexpected exception answers 500 InternalError and is logged, and the server stays
@@ -88,7 +89,7 @@ class S3App:
         try:
             tenant, signing = sigv4.authenticate(self.tenants, req.method, req.raw_path,
                                                  req.query_pairs, req.headers, time.time())
-            handler, op, needs = self._route(req)
+            handler, op, needs = route(req)
             if needs is not None:
                 self.check_bucket(tenant, req.bucket, needs)
             _status, nbytes = await handler(self, req, Call(tenant, signing), send)
@@ -121,70 +122,109 @@ class S3App:
         except Exception:  # response already started, or the client is gone
             log.debug("could not send the error answer for %s", req.request_id, exc_info=True)
 
-    def _route(self, req: Request) -> tuple[Handler, str, Op | None]:
-        """(handler, metrics op name, what the caller must be allowed to do to the bucket;
-        None: the handler asks the policy itself)."""
-        m, q = req.method, req.query
-        if not req.bucket:
-            if m == "GET":
-                return buckets.list_buckets, "list_buckets", None
-            raise S3Error("MethodNotAllowed", "The specified method is not allowed against "
-                          "this resource.")
-        for name in q:
+
+def route(req: Request) -> tuple[Handler, str, Op | None]:
+    """(handler, metrics op name, what the caller must be allowed to do to the bucket; None:
+    the handler asks the policy itself), from ``ROUTES``; an S3Error when no row takes it."""
+    m = req.method
+    if not req.bucket:
+        target = "service"
+    else:
+        for name in req.query:
             if name in UNSUPPORTED:
                 raise S3Error("NotImplemented", f"the ?{name} sub-resource is not supported")
-        if not req.key:
-            return self._route_bucket(req, m, q)
-        if m == "GET":
-            if "uploadId" in q:
-                return multipart.list_parts, "list_parts", Op.READ
-            return objects.get_object, "get", Op.READ
-        if m == "PUT":
-            if "uploadId" in q or "partNumber" in q:
-                if "uploadId" not in q:
-                    raise S3Error("InvalidArgument", "uploadId is required with partNumber")
-                return multipart.upload_part, "upload_part", Op.WRITE
-            if "x-amz-copy-source" in req.headers:
-                return objects.copy_object, "copy", Op.WRITE
-            return objects.put_object, "put", Op.WRITE
-        if m == "HEAD":
-            return objects.head_object, "head", Op.READ
-        if m == "DELETE":
-            if "uploadId" in q:
-                return multipart.abort, "abort_multipart", Op.WRITE
-            return objects.delete_object, "delete", Op.DELETE
-        if m == "POST":
-            if "uploads" in q:
-                return multipart.create, "create_multipart", Op.WRITE
-            if "uploadId" in q:
-                return multipart.complete, "complete_multipart", Op.WRITE
-        raise S3Error("NotImplemented" if m == "POST" else "MethodNotAllowed",
-                      f"{m} is not supported on an object here")
+        target = "object" if req.key else "bucket"
+    for row in ROUTE_TABLE.get((target, m), ()):
+        if row.when(req):
+            if row.handler is None:
+                assert row.refuse is not None
+                raise S3Error(*row.refuse)
+            return row.handler, row.op, row.needs
+    if target == "service":
+        raise S3Error("MethodNotAllowed", "The specified method is not allowed against "
+                      "this resource.")
+    raise S3Error("NotImplemented" if m == "POST" else "MethodNotAllowed",
+                  f"{m} is not supported on {'an object' if req.key else 'a bucket'} here")
 
-    def _route_bucket(self, req: Request, m: str,
-                      q: dict[str, str]) -> tuple[Handler, str, Op | None]:
-        if m == "PUT":
-            if q:
-                raise S3Error("NotImplemented", "bucket configuration is not supported")
-            return buckets.create_bucket, "create_bucket", None
-        if m == "GET":
-            if "location" in q:
-                return buckets.get_location, "get_bucket_location", Op.READ
-            if "versioning" in q:
-                return buckets.get_versioning, "get_bucket_versioning", Op.READ
-            if "uploads" in q:
-                return multipart.list_uploads, "list_multipart", Op.READ
-            return buckets.list_objects, "list", Op.READ
-        if m == "HEAD":
-            return buckets.head_bucket, "head_bucket", Op.READ
-        if m == "DELETE":
-            if q:
-                raise S3Error("NotImplemented", "bucket configuration is not supported")
-            return buckets.delete_bucket, "delete_bucket", Op.DELETE
-        if m == "POST" and "delete" in q:
-            return objects.delete_objects, "delete_objects", Op.DELETE
-        raise S3Error("NotImplemented" if m == "POST" else "MethodNotAllowed",
-                      f"{m} is not supported on a bucket here")
+
+def _always(req: Request) -> bool:
+    return True
+
+
+def _query(*names: str) -> Callable[[Request], bool]:
+    def when(req: Request) -> bool:
+        return any(n in req.query for n in names)
+    return when
+
+
+def _any_query(req: Request) -> bool:
+    return bool(req.query)
+
+
+def _header(name: str) -> Callable[[Request], bool]:
+    def when(req: Request) -> bool:
+        return name in req.headers
+    return when
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One row of the S3 route table: a request on ``target`` (the service, a bucket or an
+    object) with ``method`` for which ``when`` holds goes to ``handler``, counted as ``op``,
+    after the policy allowed ``needs`` on the bucket (None: the handler asks it). A row without
+    a handler refuses the request with ``refuse`` (S3 code, message)."""
+
+    target: str
+    method: str
+    when: Callable[[Request], bool]
+    handler: Handler | None
+    op: str
+    needs: Op | None
+    refuse: tuple[str, str] | None = None
+
+
+_NO_BUCKET_CONFIG = ("NotImplemented", "bucket configuration is not supported")
+
+# Rows are tried in order within one (target, method); the first whose ``when`` holds wins.
+ROUTES: tuple[Route, ...] = (
+    Route("service", "GET", _always, buckets.list_buckets, "list_buckets", None),
+    # buckets
+    Route("bucket", "PUT", _any_query, None, "create_bucket", None, _NO_BUCKET_CONFIG),
+    Route("bucket", "PUT", _always, buckets.create_bucket, "create_bucket", None),
+    Route("bucket", "GET", _query("location"), buckets.get_location, "get_bucket_location",
+          Op.READ),
+    Route("bucket", "GET", _query("versioning"), buckets.get_versioning,
+          "get_bucket_versioning", Op.READ),
+    Route("bucket", "GET", _query("uploads"), multipart.list_uploads, "list_multipart",
+          Op.READ),
+    Route("bucket", "GET", _always, buckets.list_objects, "list", Op.READ),
+    Route("bucket", "HEAD", _always, buckets.head_bucket, "head_bucket", Op.READ),
+    Route("bucket", "DELETE", _any_query, None, "delete_bucket", None, _NO_BUCKET_CONFIG),
+    Route("bucket", "DELETE", _always, buckets.delete_bucket, "delete_bucket", Op.DELETE),
+    Route("bucket", "POST", _query("delete"), objects.delete_objects, "delete_objects",
+          Op.DELETE),
+    # objects
+    Route("object", "GET", _query("uploadId"), multipart.list_parts, "list_parts", Op.READ),
+    Route("object", "GET", _always, objects.get_object, "get", Op.READ),
+    Route("object", "PUT", _query("uploadId"), multipart.upload_part, "upload_part", Op.WRITE),
+    Route("object", "PUT", _query("partNumber"), None, "upload_part", Op.WRITE,
+          ("InvalidArgument", "uploadId is required with partNumber")),
+    Route("object", "PUT", _header("x-amz-copy-source"), objects.copy_object, "copy",
+          Op.WRITE),
+    Route("object", "PUT", _always, objects.put_object, "put", Op.WRITE),
+    Route("object", "HEAD", _always, objects.head_object, "head", Op.READ),
+    Route("object", "DELETE", _query("uploadId"), multipart.abort, "abort_multipart",
+          Op.WRITE),
+    Route("object", "DELETE", _always, objects.delete_object, "delete", Op.DELETE),
+    Route("object", "POST", _query("uploads"), multipart.create, "create_multipart", Op.WRITE),
+    Route("object", "POST", _query("uploadId"), multipart.complete, "complete_multipart",
+          Op.WRITE),
+)
+
+ROUTE_TABLE: dict[tuple[str, str], tuple[Route, ...]] = {}
+for _r in ROUTES:
+    ROUTE_TABLE[(_r.target, _r.method)] = (*ROUTE_TABLE.get((_r.target, _r.method), ()), _r)
+del _r
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

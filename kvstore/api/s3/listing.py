@@ -41,8 +41,8 @@ def list_page(fn: ListFn, prefix: str, delimiter: str, start_after: str, max_key
             break
         room = max_keys - len(page.items) - len(page.prefixes)
         if room <= 0:
-            more, _ = fn(prefix, page.cursor, 1)
-            page.truncated = bool(more)
+            beyond, _ = fn(prefix, page.cursor, 1)
+            page.truncated = bool(beyond)
             break
         blocks, more = fn(prefix, page.cursor, room)
         if not blocks:

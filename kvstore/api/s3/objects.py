@@ -132,9 +132,10 @@ async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[
         except BaseException:
             body.release()
             raise
-    n = req.content_length()
-    if n is None:
+    length = req.content_length()
+    if length is None:
         raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
+    n = length
     _check_size(n)
     body = Body(s3.pool, n)
     try:

@@ -1,7 +1,9 @@
-"""Run an engine and a bulk server on a background event-loop thread.
+"""An embedded node: an engine and a bulk server on a background event-loop thread.
 
 For tests and benchmarks that drive the server with blocking clients from the main thread, and
-for embedding. The constructor only records settings; ``start()`` opens the engine and starts
+for embedding. A composition root like ``kvstore.server`` (it wires engine, service and
+transport together), so it lives beside it, not in ``transport/``, which may not import the
+engine. The constructor only records settings; ``start()`` opens the engine and starts
 the loop thread; ``stop()`` drains and closes everything.
 """
 
