@@ -15,7 +15,7 @@ Deletes from ``base`` clear the live flag; dead rows are dropped at the next mer
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +41,8 @@ class Index:
     def __init__(self, delta_max: int = 65536) -> None:
         self.delta_max = delta_max
         self.delta: dict[bytes, list] = {}  # digest -> [Entry, hits]
-        self.base = {name: np.zeros(0, dtype=dt) for name, dt in _COLS}
+        self.base: dict[str, np.ndarray[Any, np.dtype[Any]]] = {
+            name: np.zeros(0, dtype=dt) for name, dt in _COLS}
         self._base_live = 0
 
     # --- lookups ---------------------------------------------------------------------------
@@ -84,9 +85,9 @@ class Index:
             exp = b["exp"][pos]
             out = (hit_hi & (b["lo"][pos] == raw[:, 1]) & b["live"][pos]
                    & ((exp == 0) | (exp > now)))
-            for i in np.flatnonzero(hit_hi & ~out):  # rare: dead row or hi collision
-                e = self.get(digests[i])
-                out[i] = e is not None and (e.exp == 0 or e.exp > now)
+            for j in np.flatnonzero(hit_hi & ~out):  # rare: dead row or hi collision
+                e = self.get(digests[j])
+                out[j] = e is not None and (e.exp == 0 or e.exp > now)
         for i, d in enumerate(digests):
             item = self.delta.get(d)
             if item is not None:
@@ -108,10 +109,10 @@ class Index:
             hit = hit_hi & (b["lo"][pos] == raw[:, 1]) & b["live"][pos]
             seg[hit] = (b["loc"][pos[hit]] >> np.uint64(32)).astype(np.int64)
             length[hit] = b["length"][pos[hit]]
-            for i in np.flatnonzero(hit_hi & ~hit):  # rare: dead row or hi collision
-                e = self.get(digests[i])
+            for j in np.flatnonzero(hit_hi & ~hit):  # rare: dead row or hi collision
+                e = self.get(digests[j])
                 if e is not None:
-                    seg[i], length[i] = e.seg, e.length
+                    seg[j], length[j] = e.seg, e.length
         if self.delta:
             for i, d in enumerate(digests):
                 item = self.delta.get(d)

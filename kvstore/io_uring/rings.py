@@ -207,7 +207,7 @@ _warned = False
 def make_ring(entries: int, gauge: DepthGauge, *, batch: bool = True) -> PerOpRing:
     """A ring of ``entries``; batched submission where the layout check passes."""
     global _warned
-    from pyuring import UringCtx
+    from pyuring import UringCtx  # type: ignore[attr-defined]  # missing from its .pyi
 
     ctx = UringCtx(entries=entries)
     if not batch:

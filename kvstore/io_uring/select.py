@@ -51,7 +51,7 @@ def probe_uring(probe_dir: str | None = None) -> tuple[bool, str]:
     if sysctl is not None and "= 2" in sysctl:
         return False, sysctl
     try:
-        from pyuring import UringCtx
+        from pyuring import UringCtx  # type: ignore[attr-defined]  # missing from its .pyi
     except Exception as e:  # noqa: BLE001 - any import failure means "not available"
         return False, f"pyuring cannot load: {e!r}"
     try:

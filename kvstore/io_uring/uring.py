@@ -26,7 +26,7 @@ import errno
 import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from kvstore import limits
 from kvstore.engine.device import IoOp
@@ -129,7 +129,7 @@ class UringDevice(FileDevice):
                                "started it (its ring belongs to that thread)")
 
     def _wait(self, handle: object) -> None:
-        drv, batch, _tid = handle  # type: ignore[misc]
+        drv, batch, _tid = cast("tuple[RingDriver, Batch, int]", handle)
         self._wait_batch(drv, batch)
 
     def _wait_batch(self, drv: RingDriver, batch: Batch) -> None:
