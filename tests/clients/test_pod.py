@@ -11,12 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from kvstore_client import AsyncPodClient, Client, PodClient
+from kvstore_client import AsyncPodClient, Client, NodeSpec, PodClient
+from kvstore_client._pod import Breaker
 from kvstore_wire import placement
 
 from kvstore import limits
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
+from kvstore.errors import InvalidArgument
 from kvstore.transport.background import BackgroundBulkServer
 
 NS = "pod-test"
@@ -212,3 +214,34 @@ def test_async_pod_client(make_node) -> None:
             assert await pod.delete_many(keys) == len(keys) - sum(lost)
 
     asyncio.run(run())
+
+
+def test_breaker_states_and_a_failed_probe_reopens_for_longer() -> None:
+    now = [100.0]
+    b = Breaker("n1", failures=2, open_seconds=1.0, clock=lambda: now[0])
+    assert b.allow() and not b.failure() and b.state == "closed"
+    assert b.failure() and b.state == "open" and not b.allow()
+    now[0] += 1.0
+    assert b.state == "half-open"
+    assert b.allow() and not b.allow()  # one probe at a time
+    assert b.failure() and b.state == "open" and b.cooldown == 2.0
+    now[0] += 1.5
+    assert not b.allow()  # still open: the cooldown doubled
+    now[0] += 0.5
+    assert b.allow()
+    b.success()
+    assert b.state == "closed" and b.cooldown == 1.0 and b.allow() and b.allow()
+
+
+def test_node_specs_and_bad_arguments() -> None:
+    assert NodeSpec.parse("n1=127.0.0.11:8701@2") == NodeSpec("n1", "127.0.0.11", 8701, 2.0)
+    assert NodeSpec.parse({"id": "n2", "host": "h", "port": 1}) == NodeSpec("n2", "h", 1)
+    for bad in ("n1=nohost", ("", "h:1"), ("n1", "h:1", 0.0)):
+        with pytest.raises(InvalidArgument):
+            NodeSpec.parse(bad)
+    with pytest.raises(InvalidArgument):
+        PodClient(nodes=[("a", "h:1"), ("a", "h:2")], namespace=NS)
+    with pytest.raises(InvalidArgument):
+        PodClient(nodes=[("a", "h:1")], namespace=NS, replicas=0)
+    with pytest.raises(InvalidArgument):
+        PodClient(nodes=[("a", "h:1")], namespace=NS, timeout=0.0)
