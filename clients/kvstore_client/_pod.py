@@ -54,9 +54,9 @@ class NodeSpec:
             return cls(str(spec.get("node_id", spec.get("id"))), str(spec["host"]),
                        int(spec["port"]), float(spec.get("weight", 1.0)))
         if isinstance(spec, str):
-            node_id, _, rest = spec.partition("=")
-            addr, _, weight = rest.partition("@")
-            spec = (node_id, addr, float(weight or 1.0))
+            name, _, rest = spec.partition("=")
+            where, _, w = rest.partition("@")
+            spec = (name, where, float(w or 1.0))
         node_id, addr, *weight = spec
         host, _, port = str(addr).rpartition(":")
         if not host or not port.isdigit():

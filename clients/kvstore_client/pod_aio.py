@@ -42,9 +42,10 @@ class AsyncPodClient(PodBase):
                            retries=0, **self._client_kw)
 
     async def _part(self, node: str, call: PartCall, idxs: list[int]) -> Any:
-        client = self._clients.get(node)
-        if client is None:
+        found: AsyncClient | None = self._clients.get(node)
+        if found is None:
             return FAILED
+        client: AsyncClient = found
         try:
             got = await asyncio.wait_for(call(client, idxs), self.timeout)
         except Exception as exc:  # TimeoutError included
