@@ -34,7 +34,8 @@ class PodBase:
         self.counters = _pod.PodCounters()
         self.breakers: dict[str, _pod.Breaker] = {}
         self._clients: dict[str, Any] = {}
-        self._members: list[Member] = []
+        # (members, owners memo) swapped as one object: a batch never mixes two views
+        self._view: tuple[list[Member], dict[str, list[str]]] = ([], {})
         self._specs: dict[str, NodeSpec] = {}
         self._version: int | None = None
         self._view_lock = threading.Lock()
@@ -59,7 +60,7 @@ class PodBase:
                         self._drop_client(node_id)
                     self._clients[node_id] = self._new_client(spec)
                     self.breakers.setdefault(node_id, _pod.Breaker(node_id, *self._breaker_args))
-            self._members = [Member(s.node_id, s.weight) for s in specs.values()]
+            self._view = ([Member(s.node_id, s.weight) for s in specs.values()], {})
             self._specs = specs
             self._version = version
 
@@ -67,8 +68,24 @@ class PodBase:
         return self._clients.pop(node_id, None)
 
     def _owners(self, keys: Sequence[str]) -> list[list[str]]:
+        """Each key's owners, best first (``placement.owners``), memoized per view."""
         self._refresh()
-        return _pod.owners_of(self.namespace, keys, self._members, self.replicas)
+        members, memo = self._view
+        out = []
+        missing = []
+        for i, k in enumerate(keys):
+            got = memo.get(k)
+            out.append(got)
+            if got is None:
+                missing.append(i)
+        if missing:
+            placed = _pod.owners_of(self.namespace, [keys[i] for i in missing], members,
+                                    self.replicas)
+            if len(memo) + len(missing) > podlimits.placement_cache_entries_max:
+                memo.clear()
+            for i, own in zip(missing, placed, strict=True):
+                out[i] = memo[keys[i]] = own
+        return out  # type: ignore[return-value]
 
     def _allow(self, node_id: str) -> bool:
         b = self.breakers.get(node_id)

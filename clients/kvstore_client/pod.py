@@ -90,13 +90,12 @@ class PodClient(PodBase):
             parts = next(plan)
             while True:
                 items = [(p.lstrip("\0"), p, idxs) for p, idxs in parts.items()]
-                if len(items) == 1:  # one node: no thread hop
-                    node, p, idxs = items[0]
-                    answers = {p: self._part(node, call, idxs)}
-                else:
-                    futs = {p: self._pool.submit(self._part, node, call, idxs)
-                            for node, p, idxs in items}
-                    answers = {p: f.result() for p, f in futs.items()}
+                # the caller's thread takes the first part itself (one node: no thread hop)
+                futs = {p: self._pool.submit(self._part, node, call, idxs)
+                        for node, p, idxs in items[1:]}
+                node, p, idxs = items[0]
+                answers = {p: self._part(node, call, idxs)}
+                answers.update((q, f.result()) for q, f in futs.items())
                 parts = plan.send(answers)
         except StopIteration as stop:
             return stop.value

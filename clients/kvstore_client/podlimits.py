@@ -31,6 +31,13 @@ breaker_open_seconds_max = 60.0
 pod_threads_default = 16
 pod_threads_max = 256
 
+# Owners remembered per client (key -> its owner ids, for the current membership view):
+# placement is pure Python, about 2 us per (key, node), so a 1,000-key chain over 3 nodes costs
+# ~6 ms to place; chains are looked up again and again, so a bounded memo makes the repeat
+# lookups cost a dict probe. About 250 bytes an entry: 64 MiB at the bound. Cleared whenever
+# the membership changes, and wholesale when full (bounded, no LRU bookkeeping per hit).
+placement_cache_entries_max = 1 << 18
+
 # A namespace's replica count (copies of each block on distinct nodes).
 replicas_max = 8
 
@@ -39,3 +46,4 @@ assert 1 <= breaker_failures_default <= breaker_failures_max
 assert 0 < breaker_open_seconds_default <= breaker_open_seconds_max
 assert 1 <= pod_threads_default <= pod_threads_max
 assert replicas_max >= 1
+assert placement_cache_entries_max >= 1
