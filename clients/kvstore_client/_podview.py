@@ -23,7 +23,7 @@ class PodBase:
                  namespace: str, replicas: int, timeout: float, breaker_failures: int,
                  breaker_open_seconds: float, client_kw: dict[str, Any]) -> None:
         if (nodes is None) == (membership is None):
-            raise _pod.InvalidArgument("give exactly one of nodes=[...] or membership=")
+            raise _pod.InvalidArgument("give exactly one of nodes=[...], etcd= or membership=")
         self.membership: MembershipSource = membership or StaticMembership(nodes or [])
         self.namespace = namespace
         self.replicas = _pod.check_replicas(replicas)

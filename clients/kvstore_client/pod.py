@@ -36,7 +36,8 @@ class PodClient(PodBase):
     """Blocking pod client; thread-safe. Per-node parts of a batch run on a thread pool."""
 
     def __init__(self, nodes: Iterable[NodeArg] | None = None, *, namespace: str,
-                 membership: MembershipSource | None = None, replicas: int = 1,
+                 membership: MembershipSource | None = None, etcd: str | Sequence[str] = "",
+                 pod: str = "", replicas: int = 1,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
@@ -46,6 +47,12 @@ class PodClient(PodBase):
                   pool_size=pool_size)
         self._pool = ThreadPoolExecutor(max(1, min(threads, podlimits.pod_threads_max)),
                                         thread_name_prefix="kvstore-pod")
+        if etcd:
+            if membership is not None or not pod:
+                raise _pod.InvalidArgument("etcd= needs pod= and no membership=")
+            from kvstore_client.pod_etcd import EtcdMembership
+
+            membership = EtcdMembership(etcd, pod)
         super().__init__(nodes, membership, namespace, replicas, timeout, breaker_failures,
                          breaker_open_seconds, kw)
 

@@ -26,7 +26,8 @@ class AsyncPodClient(PodBase):
     """Safe to use from many tasks of one loop."""
 
     def __init__(self, nodes: Iterable[NodeArg] | None = None, *, namespace: str,
-                 membership: MembershipSource | None = None, replicas: int = 1,
+                 membership: MembershipSource | None = None, etcd: str | Sequence[str] = "",
+                 pod: str = "", replicas: int = 1,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
@@ -34,6 +35,12 @@ class AsyncPodClient(PodBase):
                  pool_size: int = 4) -> None:
         kw = dict(access_key=access_key, secret_key=secret_key, create=create,
                   pool_size=pool_size)
+        if etcd:
+            if membership is not None or not pod:
+                raise _pod.InvalidArgument("etcd= needs pod= and no membership=")
+            from kvstore_client.pod_etcd import EtcdMembership
+
+            membership = EtcdMembership(etcd, pod)
         super().__init__(nodes, membership, namespace, replicas, timeout, breaker_failures,
                          breaker_open_seconds, kw)
 

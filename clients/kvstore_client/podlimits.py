@@ -38,6 +38,15 @@ pod_threads_max = 256
 # the membership changes, and wholesale when full (bounded, no LRU bookkeeping per hit).
 placement_cache_entries_max = 1 << 18
 
+# etcd membership (kvstore_client.pod_etcd): one etcd call's bound; how often the watcher
+# thread looks at its stop flag; a full re-list as a safety net under the watch; the retry
+# backoff while etcd is unreachable (the last view is kept meanwhile).
+etcd_timeout_seconds_default = 2.0
+etcd_poll_seconds = 0.1
+etcd_relist_seconds = 5.0
+etcd_retry_seconds_min = 0.1
+etcd_retry_seconds_max = 2.0
+
 # A namespace's replica count (copies of each block on distinct nodes).
 replicas_max = 8
 
@@ -47,3 +56,5 @@ assert 0 < breaker_open_seconds_default <= breaker_open_seconds_max
 assert 1 <= pod_threads_default <= pod_threads_max
 assert replicas_max >= 1
 assert placement_cache_entries_max >= 1
+assert 0 < etcd_poll_seconds <= etcd_relist_seconds
+assert 0 < etcd_retry_seconds_min <= etcd_retry_seconds_max
