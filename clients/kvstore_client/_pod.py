@@ -113,6 +113,7 @@ class Breaker:
         self.opened_at: float | None = None
         self.cooldown = open_seconds
         self.probing = False
+        self.probe_at = 0.0
 
     @property
     def state(self) -> str:
@@ -124,13 +125,17 @@ class Breaker:
             return "open"
 
     def allow(self) -> bool:
-        """May a call go to this node now? In half-open, only the first caller (the probe)."""
+        """May a call go to this node now? In half-open, only the first caller (the probe); a
+        probe that never reported back (its caller died) is written off after a cooldown."""
         with self._lock:
             if self.opened_at is None:
                 return True
-            if self.probing or self._clock() - self.opened_at < self.cooldown:
+            now = self._clock()
+            if now - self.opened_at < self.cooldown:
                 return False
-            self.probing = True
+            if self.probing and now - self.probe_at < self.cooldown:
+                return False
+            self.probing, self.probe_at = True, now
             return True
 
     def success(self) -> None:

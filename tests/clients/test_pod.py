@@ -245,3 +245,13 @@ def test_node_specs_and_bad_arguments() -> None:
         PodClient(nodes=[("a", "h:1")], namespace=NS, replicas=0)
     with pytest.raises(InvalidArgument):
         PodClient(nodes=[("a", "h:1")], namespace=NS, timeout=0.0)
+
+
+def test_a_lost_half_open_probe_is_written_off_after_a_cooldown() -> None:
+    now = [0.0]
+    b = Breaker("n1", failures=1, open_seconds=1.0, clock=lambda: now[0])
+    assert b.failure()
+    now[0] = 1.0
+    assert b.allow() and not b.allow()  # the probe's caller never reports back...
+    now[0] = 2.0
+    assert b.allow()  # ...so another probe goes after a cooldown
