@@ -255,3 +255,29 @@ def test_a_lost_half_open_probe_is_written_off_after_a_cooldown() -> None:
     assert b.allow() and not b.allow()  # the probe's caller never reports back...
     now[0] = 2.0
     assert b.allow()  # ...so another probe goes after a cooldown
+
+
+def test_async_silent_node_is_a_miss_and_a_skipped_write(make_node) -> None:
+    live = make_node(HOSTS[0])
+    silent = socket.socket()  # accepts (backlog), never answers: only the timeout ends a call
+    silent.bind((HOSTS[1], 0))
+    silent.listen(16)
+    nodes = [("n1", f"{live.host}:{live.port}"), ("n2", f"{HOSTS[1]}:{silent.getsockname()[1]}")]
+    keys, vals = _blocks(30)
+    members = [placement.Member("n1"), placement.Member("n2")]
+    on_live = [placement.owners(NS, k, members)[0].node_id == "n1" for k in keys]
+
+    async def run() -> None:
+        async with AsyncPodClient(nodes=nodes, namespace=NS, create=True, timeout=0.2) as pod:
+            assert await pod.put_many(keys, vals) == on_live
+            assert await pod.get_many(keys) == [v if ok else None
+                                                for v, ok in zip(vals, on_live, strict=True)]
+            assert await pod.lookup(keys) == on_live.index(False)
+            c = (await pod.stats())["client"]
+            assert c["writes_skipped"] == len(keys) - sum(on_live)
+            assert c["breakers"]["n2"] == "open"  # three failures in a row
+
+    try:
+        asyncio.run(run())
+    finally:
+        silent.close()
