@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk clean test-nixl test-client-dist
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -41,7 +41,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m mypy
 
-bench: bench-engine bench-http bench-bulk
+bench: bench-engine bench-http bench-bulk bench-pod
 
 bench-engine: $(STAMP)
 	$(PY) loadtest/bench_engine.py
@@ -51,6 +51,9 @@ bench-http: $(STAMP)
 
 bench-bulk: $(STAMP)
 	$(PY) loadtest/bench_bulk.py
+
+bench-pod: $(STAMP)
+	$(PY) loadtest/bench_pod.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -21,9 +21,11 @@ from kvstore_wire.keys import Layout, block_keys, chain_root, next_key
 
 from kvstore_client.aio import AsyncClient
 from kvstore_client.client import Client
+from kvstore_client.pod import AsyncPodClient, NodeSpec, PodClient, StaticMembership
 
 __all__ = [
-    "AccessDenied", "AsyncClient", "AuthenticationFailed", "Busy", "ChecksumMismatch", "Client",
-    "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NotImplementedFeature",
-    "ProtocolError", "block_keys", "chain_root", "next_key",
+    "AccessDenied", "AsyncClient", "AsyncPodClient", "AuthenticationFailed", "Busy",
+    "ChecksumMismatch", "Client",
+    "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NodeSpec", "NotImplementedFeature",
+    "PodClient", "ProtocolError", "StaticMembership", "block_keys", "chain_root", "next_key",
 ]

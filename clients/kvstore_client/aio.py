@@ -136,6 +136,10 @@ class AsyncClient:
         r = (await self._call(lambda c: _ops.get_many_into(c, [key], None)))[0]
         return None if r is None else bytes(r)
 
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        got = await self._call(lambda c: _ops.get_many_into(c, keys, None))
+        return [None if r is None else bytes(r) for r in got]
+
     async def get_into(self, key: str, buf: Any) -> int | None:
         return (await self.get_many_into([key], [buf]))[0]
 

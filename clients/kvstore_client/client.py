@@ -171,6 +171,11 @@ class Client:
         r = self._call(lambda c: _ops.get_many_into(c, [key], None))[0]
         return None if r is None else bytes(r)
 
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """The blocks of ``keys`` as bytes (None on a miss), one batched round trip."""
+        got = self._call(lambda c: _ops.get_many_into(c, keys, None))
+        return [None if r is None else bytes(r) for r in got]
+
     def get_into(self, key: str, buf: Any) -> int | None:
         return self.get_many_into([key], [buf])[0]
 
