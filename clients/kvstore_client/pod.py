@@ -144,7 +144,7 @@ class PodClient(PodBase):
         plan = _pod.write_plan(self._owners(keys), self._allow, self.counters)
         return self._drive(plan, lambda c, ix: c.put_many(
             [keys[i] for i in ix], [values[i] for i in ix], ttl_seconds=ttl_seconds,
-            overwrite=overwrite))  # type: ignore[no-any-return]
+            overwrite=overwrite))
 
     def get(self, key: str) -> bytes | None:
         return self.get_many([key])[0]
@@ -152,7 +152,7 @@ class PodClient(PodBase):
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         plan = _pod.read_plan(self._owners(keys), self._allow, lambda v: v is not None, None,
                               self.counters)
-        return self._drive(plan, lambda c, ix: c.get_many(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.get_many(
             [keys[i] for i in ix]))
 
     def get_into(self, key: str, buf: Any) -> int | None:
@@ -163,28 +163,28 @@ class PodClient(PodBase):
         None on a miss, also when no owner answered."""
         plan = _pod.read_plan(self._owners(keys), self._allow, lambda v: v is not None, None,
                               self.counters)
-        return self._drive(plan, lambda c, ix: c.get_many_into(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.get_many_into(
             [keys[i] for i in ix], [bufs[i] for i in ix]))
 
     def exists_many(self, keys: Sequence[str]) -> list[bool]:
         plan = _pod.read_plan(self._owners(keys), self._allow, bool, False, self.counters)
-        return self._drive(plan, lambda c, ix: c.exists_many(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.exists_many(
             [keys[i] for i in ix]))
 
     def delete_many(self, keys: Sequence[str]) -> int:
         plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
-        return self._drive(plan, lambda c, ix: c.delete_many(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 
     def prefetch(self, keys: Sequence[str]) -> int:
         """Stage blocks in their owners' DRAM tiers; how many were staged."""
         plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=False)
-        return self._drive(plan, lambda c, ix: c.prefetch(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.prefetch(
             [keys[i] for i in ix]))
 
     def lookup(self, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
         """Longest present prefix of the chain ``keys`` across the pod, every owner asked in
         one parallel round (a lease, if asked, pins what each owner found)."""
         plan = _pod.lookup_plan(self._owners(keys), self._allow, self.counters)
-        return self._drive(plan, lambda c, ix: c.lookup(  # type: ignore[no-any-return]
+        return self._drive(plan, lambda c, ix: c.lookup(
             [keys[i] for i in ix], lease_seconds=lease_seconds))

@@ -108,7 +108,7 @@ class AsyncPodClient(PodBase):
         if len(keys) != len(values):
             raise _pod.InvalidArgument("keys and values differ in length")
         plan = _pod.write_plan(self._owners(keys), self._allow, self.counters)
-        return await self._drive(plan, lambda c, ix: c.put_many(  # type: ignore[no-any-return]
+        return await self._drive(plan, lambda c, ix: c.put_many(
             [keys[i] for i in ix], [values[i] for i in ix], ttl_seconds=ttl_seconds,
             overwrite=overwrite))
 
@@ -118,7 +118,7 @@ class AsyncPodClient(PodBase):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         plan = _pod.read_plan(self._owners(keys), self._allow, lambda v: v is not None, None,
                               self.counters)
-        return await self._drive(plan, lambda c, ix: c.get_many(  # type: ignore[no-any-return]
+        return await self._drive(plan, lambda c, ix: c.get_many(
             [keys[i] for i in ix]))
 
     async def get_into(self, key: str, buf: Any) -> int | None:
@@ -127,25 +127,25 @@ class AsyncPodClient(PodBase):
     async def get_many_into(self, keys: Sequence[str], bufs: Sequence[Any]) -> list[int | None]:
         plan = _pod.read_plan(self._owners(keys), self._allow, lambda v: v is not None, None,
                               self.counters)
-        return await self._drive(plan, lambda c, ix: c.get_many_into(  # type: ignore
+        return await self._drive(plan, lambda c, ix: c.get_many_into(
             [keys[i] for i in ix], [bufs[i] for i in ix]))
 
     async def exists_many(self, keys: Sequence[str]) -> list[bool]:
         plan = _pod.read_plan(self._owners(keys), self._allow, bool, False, self.counters)
-        return await self._drive(plan, lambda c, ix: c.exists_many(  # type: ignore
+        return await self._drive(plan, lambda c, ix: c.exists_many(
             [keys[i] for i in ix]))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
         plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
-        return await self._drive(plan, lambda c, ix: c.delete_many(  # type: ignore
+        return await self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 
     async def prefetch(self, keys: Sequence[str]) -> int:
         plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=False)
-        return await self._drive(plan, lambda c, ix: c.prefetch(  # type: ignore
+        return await self._drive(plan, lambda c, ix: c.prefetch(
             [keys[i] for i in ix]))
 
     async def lookup(self, keys: Sequence[str], *, lease_seconds: float = 0.0) -> int:
         plan = _pod.lookup_plan(self._owners(keys), self._allow, self.counters)
-        return await self._drive(plan, lambda c, ix: c.lookup(  # type: ignore
+        return await self._drive(plan, lambda c, ix: c.lookup(
             [keys[i] for i in ix], lease_seconds=lease_seconds))

@@ -121,7 +121,7 @@ class EtcdMembership:
             await self._list(client)
 
     async def _run(self) -> None:
-        import aetcd  # type: ignore[import-untyped]
+        import aetcd
 
         retry, i = podlimits.etcd_retry_seconds_min, 0
         while not self._stop.is_set():

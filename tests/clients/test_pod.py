@@ -19,7 +19,7 @@ from kvstore import limits
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import InvalidArgument
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 NS = "pod-test"
 HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]

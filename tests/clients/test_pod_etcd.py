@@ -23,7 +23,7 @@ from kvstore_client.pod_etcd import parse_registration
 from kvstore import limits
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
-from kvstore.transport.background import BackgroundBulkServer
+from kvstore.testing import BackgroundBulkServer
 
 aetcd = pytest.importorskip("aetcd", reason="the etcd extra (aetcd) is not installed")
 ETCD = shutil.which("etcd")
