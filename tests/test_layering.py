@@ -23,8 +23,8 @@ ALLOWED: dict[str, set[str]] = {
     "cluster": {"limits", "errors", "keys"},
     "config": {"limits", "errors"},
     "server": {"api", "transport", "service", "engine", "io_uring", "config", "limits",
-               "errors", "auth", "keys"},
-    "__main__": {"server", "config", "service.admin", "limits", "errors"},
+               "errors", "auth", "keys", "cluster"},
+    "__main__": {"server", "config", "service.admin", "cluster.pod_cli", "limits", "errors"},
 }
 # The client distribution (clients/) ships without the server: it imports nothing of kvstore.
 # What it shares with the server lives in its own kvstore_wire package, which the server's
