@@ -273,8 +273,7 @@ class EtcdMembership(Membership):
         while True:
             await asyncio.sleep(self.keepalive_s)
             res = await self._call(lease.refresh())
-            ttl = getattr(res[0] if isinstance(res, list | tuple) and res else res, "TTL", 1)
-            if ttl is not None and ttl <= 0:
+            if int(getattr(res, "TTL", 0)) <= 0:  # lapsed or revoked: register again
                 raise ConnectionError("etcd: this node's lease is gone")
 
     async def _watch(self, watch: Any) -> None:

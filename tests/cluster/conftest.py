@@ -4,12 +4,15 @@ back on the same ports and data."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,18 +71,18 @@ class Etcd:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def keys(self, prefix: str) -> dict[str, str]:
-        """The keys under ``prefix`` via etcdctl-free HTTP: etcd's v3 JSON gateway."""
-        import base64
-        import json
-        import urllib.request
+    def post(self, path: str, body: dict) -> dict:
+        """One call to etcd's v3 JSON gateway (no etcdctl needed)."""
+        req = urllib.request.Request(f"{self.url}{path}", method="POST",
+                                     data=json.dumps(body).encode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
 
+    def keys(self, prefix: str) -> dict[str, str]:
+        """The keys under ``prefix``, decoded."""
         b64 = base64.b64encode(prefix.encode()).decode()
         end = base64.b64encode(prefix[:-1].encode() + bytes([prefix.encode()[-1] + 1])).decode()
-        req = urllib.request.Request(f"{self.url}/v3/kv/range", method="POST",
-                                     data=json.dumps({"key": b64, "range_end": end}).encode())
-        with urllib.request.urlopen(req, timeout=5) as r:
-            doc = json.loads(r.read())
+        doc = self.post("/v3/kv/range", {"key": b64, "range_end": end})
         return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
                 for kv in doc.get("kvs", [])}
 

@@ -70,6 +70,18 @@ async def test_lapsed_lease_drops_the_node(etcd: Etcd) -> None:
     await a.stop()
 
 
+async def test_lease_gone_behind_its_back_registers_again(etcd: Etcd) -> None:
+    a = member(etcd, 1, ttl=3.0)
+    await a.start()
+    assert a._lease is not None
+    etcd.post("/v3/lease/revoke", {"ID": str(a._lease.id)})  # what a lapse during a pause does
+    assert etcd.keys("/kvstore/p/nodes/") == {}
+    await until(lambda: a.registrations >= 2, "a registers again")
+    await until(lambda: "/kvstore/p/nodes/n1" in etcd.keys("/kvstore/p/nodes/"), "key is back")
+    await until(lambda: "n1" in a.view(), "a sees itself again")
+    await a.stop()
+
+
 async def test_etcd_down_keeps_the_view_and_back_reregisters(etcd: Etcd) -> None:
     a, b = member(etcd, 1), member(etcd, 2)
     await a.start()
