@@ -246,13 +246,14 @@ class EtcdMembership(Membership):
         log.info("etcd %s:%d: registered %s in pod %s (lease %ds), %d node(s)", host, port,
                  self.me.node_id, self.pod, ttl, len(nodes))
         self._set_view(nodes)
-        for name in sorted(set(self.namespaces) - set(namespaces)):
+        # etcd's namespaces win, except those this node changed while etcd was away (pending)
+        for name in sorted(set(self.namespaces) - set(namespaces) - set(self._pending)):
             await self._apply_namespace(name, None)
-        for name, value in sorted(namespaces.items()):
-            if self.namespaces.get(name) != value:
-                await self._apply_namespace(name, value)
-        for name, value in list(self._pending.items()):
-            await self._flush_one(name, value)
+        for name, ns_value in sorted(namespaces.items()):
+            if self.namespaces.get(name) != ns_value and name not in self._pending:
+                await self._apply_namespace(name, ns_value)
+        for name, pending in list(self._pending.items()):
+            await self._flush_one(name, pending)
         self._registered.set()
         watch = await self._call(client.watch_prefix(pod_prefix(self.pod).encode(),
                                                      start_revision=revision + 1))

@@ -138,3 +138,23 @@ def test_parse_endpoints() -> None:
         parse_endpoints("https://x:1")
     with pytest.raises(InvalidArgument):
         parse_endpoints("")
+
+
+async def test_namespace_written_while_etcd_is_down_is_made_when_it_is_back(etcd: Etcd) -> None:
+    a, b = member(etcd, 1), member(etcd, 2)
+    got: list[tuple[str, object]] = []
+
+    async def on_ns(name: str, value: object) -> None:
+        got.append((name, value))
+
+    b.on_namespace(on_ns)
+    await a.start()
+    await b.start()
+    etcd.kill()
+    await until(lambda: not a.connected, "a notices etcd is gone")
+    assert not await a.publish_namespace("late", {"owner": ""})  # kept, not lost
+    etcd.start()
+    await until(lambda: ("late", {"owner": ""}) in got, "b gets it once etcd is back")
+    assert "/kvstore/p/namespaces/late" in etcd.keys("/kvstore/p/namespaces/")
+    await a.stop()
+    await b.stop()
