@@ -281,6 +281,7 @@ class Server:
         membership = build_membership(cfg, http_sock.getsockname()[1], bulk_port)
         if membership is not None:
             state.membership = membership
+            metrics.watch_pod(membership)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()

@@ -49,6 +49,10 @@ def test_nodes_register_and_see_each_other(etcd: Etcd, pod: list[PodNode]) -> No
     assert view["kind"] == "etcd" and view["self"] == "node2" and view["connected"]
     assert view["nodes"]["node1"]["http"] == a.url
     assert "pod: t (etcd)  node: node1" in a.out
+    until(lambda: b"kvstore_pod_nodes 2.0" in a.request("GET", "/metrics")[1], "metrics")
+    text = a.request("GET", "/metrics")[1]
+    assert b"kvstore_pod_membership_connected 1.0" in text
+    assert b"kvstore_pod_registrations_total 1.0" in text
 
 
 def test_sigkill_lapses_graceful_stop_deregisters(etcd: Etcd, tmp_path: Path,
