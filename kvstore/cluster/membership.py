@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kvstore.cluster.placement import Member
+from kvstore.cluster.placement import Member, owners
 from kvstore.errors import InvalidArgument
 
 log = logging.getLogger("kvstore.cluster")
@@ -82,6 +82,19 @@ class Membership:
     def members(self) -> list[Member]:
         """The live nodes as placement's ``Member``s, by id."""
         return [self._view[k].member() for k in sorted(self._view)]
+
+    def owners(self, ns: str, key: str, replicas: int = 1) -> list[NodeInfo]:
+        """The live nodes that own block ``key`` of ``ns``, best first (weighted rendezvous
+        over the current view: what the SDK's placement computes for the same view)."""
+        view = self._view
+        return [view[m.node_id] for m in owners(ns, key, self.members(), replicas)]
+
+    def is_mine(self, ns: str, key: str, replicas: int = 1) -> bool:
+        """Whether this node is one of the block's owners (True while the view is empty or
+        lacks this node: a node alone serves everything)."""
+        if self.self_id not in self._view:
+            return True
+        return any(n.node_id == self.self_id for n in self.owners(ns, key, replicas))
 
     @property
     def connected(self) -> bool:

@@ -158,3 +158,20 @@ async def test_namespace_written_while_etcd_is_down_is_made_when_it_is_back(etcd
     assert "/kvstore/p/namespaces/late" in etcd.keys("/kvstore/p/namespaces/")
     await a.stop()
     await b.stop()
+
+
+def test_owners_follow_the_shared_placement() -> None:
+    from kvstore.cluster.placement import owners
+
+    nodes = [info(i) for i in range(3)]
+    m = StaticMembership(nodes, self_id="n1")
+    members = [n.member() for n in nodes]
+    mine = 0
+    for k in range(300):
+        key = f"blk-{k}"
+        want = [x.node_id for x in owners("ns", key, members, 2)]
+        assert [n.node_id for n in m.owners("ns", key, 2)] == want
+        mine += m.is_mine("ns", key)
+        assert m.is_mine("ns", key) == (want[0] == "n1")
+    assert 0 < mine < 300
+    assert StaticMembership(nodes, self_id="other").is_mine("ns", "k")  # not in the view
