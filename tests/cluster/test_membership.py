@@ -175,3 +175,14 @@ def test_owners_follow_the_shared_placement() -> None:
         assert m.is_mine("ns", key) == (want[0] == "n1")
     assert 0 < mine < 300
     assert StaticMembership(nodes, self_id="other").is_mine("ns", "k")  # not in the view
+
+
+async def test_a_dead_first_etcd_url_fails_over_to_the_next(etcd: Etcd) -> None:
+    from .conftest import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    a = EtcdMembership("p", parse_endpoints(f"{dead},{etcd.url}"), info(1), lease_ttl_s=2.0,
+                       call_timeout_s=0.3)
+    await a.start()
+    assert a.connected and "/kvstore/p/nodes/n1" in etcd.keys("/kvstore/p/nodes/")
+    await a.stop()
