@@ -1,5 +1,6 @@
 """Command line: ``kvstore serve`` (also ``python -m kvstore serve``) and the operator command
-``kvstore namespace set-owner --data-dir DIR NAME TENANT`` (run on a stopped server's data dir).
+``kvstore namespace set-owner --data-dir DIR NAME TENANT`` (run on a stopped server's data dir),
+and ``kvstore pod up --nodes N`` / ``kvstore pod status --etcd URL`` (``kvstore.cluster.pod_cli``).
 
 Exit status: 0 after a clean stop, 1 when the server cannot start (port in use, store cannot be
 opened, data directory held by another process), 2 for invalid configuration (including a non-loopback address without credentials).
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     from kvstore.service.admin import add_namespace_arguments
 
     add_namespace_arguments(sub)
+    from kvstore.cluster.pod_cli import add_pod_arguments
+
+    add_pod_arguments(sub)
     return p
 
 
@@ -35,6 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvstore.service.admin import run_namespace_command
 
         return run_namespace_command(args)
+    if args.command == "pod":
+        from kvstore.cluster.pod_cli import run_pod_command
+
+        return run_pod_command(args)
     if args.command != "serve":
         parser.print_help()
         return 2

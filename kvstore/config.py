@@ -42,6 +42,8 @@ _UNITS = {
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 # Sizes past this are typos, not disks (1 PiB).
 _SIZE_MAX = 1024 * 1024 * limits.GiB
+# Pod and node names: they become etcd key segments.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 
 
 def parse_size(value: str | int, *, what: str = "size") -> int:
@@ -113,6 +115,14 @@ class ServeConfig:
     body_rate_grace_seconds: float = limits.body_rate_grace_seconds_default
     bulk_handshake_timeout_seconds: float = limits.bulk_handshake_timeout_seconds_default
     bulk_idle_timeout_seconds: float = limits.bulk_idle_timeout_seconds_default
+    # the pod (kvstore.cluster): membership from etcd (pod + etcd) or a static --peers file
+    pod: str | None = None
+    etcd: str | None = None  # comma-separated etcd client URLs
+    node_id: str | None = None  # default: ADVERTISE:PORT
+    advertise: str | None = None  # the host other nodes and clients reach; default --host
+    peers: str | None = None
+    etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
+    etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -148,6 +158,13 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "bulk_handshake_timeout_seconds": ("--bulk-handshake-timeout",
                                        "KVSTORE_BULK_HANDSHAKE_TIMEOUT", "timeout"),
     "bulk_idle_timeout_seconds": ("--bulk-idle-timeout", "KVSTORE_BULK_IDLE_TIMEOUT", "timeout"),
+    "pod": ("--pod", "KVSTORE_POD", "name"),
+    "etcd": ("--etcd", "KVSTORE_ETCD", "str"),
+    "node_id": ("--node-id", "KVSTORE_NODE_ID", "name"),
+    "advertise": ("--advertise", "KVSTORE_ADVERTISE", "str"),
+    "peers": ("--peers", "KVSTORE_PEERS", "path"),
+    "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
+    "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -195,6 +212,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                           f"(default {d.bulk_handshake_timeout_seconds:g})",
         "bulk_idle_timeout_seconds": "seconds an authenticated bulk connection may sit idle "
                                      f"(default {d.bulk_idle_timeout_seconds:g})",
+        "pod": "pod name: with --etcd, register under /kvstore/POD/nodes/NODE_ID and share "
+               "namespaces pod-wide",
+        "etcd": "etcd client URLs, comma-separated, e.g. http://127.0.0.1:2379",
+        "node_id": "this node's id in the pod (default ADVERTISE:PORT)",
+        "advertise": "host other nodes and clients reach this node at (default --host)",
+        "peers": "static pod membership: JSON list of nodes (node_id, http, bulk, "
+                 "capacity_bytes), instead of --etcd",
+        "etcd_lease_ttl_seconds": "seconds a dead node stays in the pod's view (its etcd lease; "
+                                  f"default {d.etcd_lease_ttl_seconds:g})",
+        "etcd_timeout_seconds": "seconds for one etcd call before etcd counts as down "
+                                f"(default {d.etcd_timeout_seconds:g})",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":
@@ -256,6 +284,23 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         if isinstance(raw, bool) or not lo <= secs <= hi:
             raise ConfigError(f"{what}: must be in [{lo:g}, {hi:g}] seconds, got {raw!r}")
         return secs
+    if kind in ("lease_ttl", "etcd_timeout"):
+        lo, hi = ((limits.etcd_lease_ttl_seconds_min, limits.etcd_lease_ttl_seconds_max)
+                  if kind == "lease_ttl" else
+                  (limits.etcd_call_timeout_seconds_min, limits.etcd_call_timeout_seconds_max))
+        try:
+            bounded = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what}: expected seconds, got {raw!r}") from None
+        if isinstance(raw, bool) or not lo <= bounded <= hi:
+            raise ConfigError(f"{what}: must be in [{lo:g}, {hi:g}] seconds, got {raw!r}")
+        return bounded
+    if kind == "name":
+        name = str(raw)
+        if not _NAME_RE.match(name):
+            raise ConfigError(f"{what}: use 1-64 letters, digits, '.', '_', '-' or ':', "
+                              f"got {raw!r}")
+        return name
     if kind == "count":
         try:
             n = int(raw)
@@ -360,6 +405,33 @@ def validate(cfg: ServeConfig) -> None:
             "Pass --credentials FILE to serve other addresses.")
     if cfg.credentials is not None and not os.path.isfile(cfg.credentials):
         raise ConfigError(f"credentials file {cfg.credentials!r} does not exist")
+    validate_pod(cfg)
+
+
+def validate_pod(cfg: ServeConfig) -> None:
+    """The pod flags' relations: etcd needs a pod name; etcd and a static list exclude each
+    other; a wildcard listen address needs --advertise."""
+    if cfg.etcd is not None:
+        if not any(u.strip() for u in cfg.etcd.split(",")):
+            raise ConfigError("--etcd: give at least one URL, e.g. http://127.0.0.1:2379")
+        if cfg.pod is None:
+            raise ConfigError("--etcd needs --pod NAME (the pod's key prefix in etcd)")
+        if cfg.peers is not None:
+            raise ConfigError("--etcd and --peers exclude each other: membership comes from "
+                              "one of them")
+    elif cfg.pod is not None and cfg.peers is None:
+        raise ConfigError("--pod needs --etcd URL (or --peers FILE for a static pod)")
+    if cfg.peers is not None and not os.path.isfile(cfg.peers):
+        raise ConfigError(f"peers file {cfg.peers!r} does not exist")
+    in_pod = cfg.etcd is not None or cfg.peers is not None
+    if in_pod and cfg.advertise is None and cfg.host in ("0.0.0.0", "::", ""):
+        raise ConfigError(f"--host {cfg.host} is every address: pass --advertise HOST, the "
+                          "address other nodes and clients reach this node at")
+    if cfg.etcd_timeout_seconds >= cfg.etcd_lease_ttl_seconds / limits.etcd_keepalives_per_ttl:
+        raise ConfigError(
+            f"--etcd-timeout {cfg.etcd_timeout_seconds:g} must be less than a third of "
+            f"--etcd-lease-ttl {cfg.etcd_lease_ttl_seconds:g}: a keep-alive must end before "
+            "the next is due")
 
 
 def validate_connections(cfg: ServeConfig) -> None:

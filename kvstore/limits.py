@@ -258,6 +258,37 @@ assert all(connection_timeout_seconds_min <= t <= connection_timeout_seconds_max
 # The slowest legal body still ends: a maximal block at the floor rate within a day.
 assert http_body_bytes_max / body_min_rate_bytes_per_second_default < 24 * 3600
 
+# --- The pod (etcd membership; kvstore.cluster) -------------------------------------------
+
+# A node's etcd lease: how long after its last keep-alive a dead node stays in every view. Short
+# enough that a SIGKILLed node turns into misses quickly, long enough that a busy loop or a GC
+# pause does not drop a live node. etcd grants at least its own minimum (about 2 s for one member).
+etcd_lease_ttl_seconds_default = 10.0
+etcd_lease_ttl_seconds_min = 1.0
+etcd_lease_ttl_seconds_max = 300.0
+# Keep-alives per lease TTL: three, so two lost in a row still leave the lease alive.
+etcd_keepalives_per_ttl = 3
+# One etcd call (grant, put, get, refresh, revoke): past it etcd counts as down for this node,
+# which keeps its last view and keeps serving.
+etcd_call_timeout_seconds_default = 2.0
+etcd_call_timeout_seconds_min = 0.05
+etcd_call_timeout_seconds_max = 30.0
+# Pause between attempts to reach etcd again after it went away (then each etcd URL in turn).
+etcd_retry_seconds = 0.5
+# How long `kvstore serve` waits at start for its first registration before it serves anyway
+# (etcd down at start is not fatal: the node serves alone and registers when etcd is back).
+etcd_start_wait_seconds = 5.0
+# Nodes and namespaces one pod view holds (a bound on what a watch may make a node keep).
+pod_nodes_max = 1024
+
+assert etcd_lease_ttl_seconds_min <= etcd_lease_ttl_seconds_default <= etcd_lease_ttl_seconds_max
+assert etcd_keepalives_per_ttl >= 2
+# A keep-alive must be able to finish before the next one is due, even at the shortest TTL.
+assert etcd_call_timeout_seconds_default < etcd_lease_ttl_seconds_default / etcd_keepalives_per_ttl
+assert etcd_call_timeout_seconds_min < etcd_lease_ttl_seconds_min / etcd_keepalives_per_ttl
+assert 0 < etcd_retry_seconds < etcd_lease_ttl_seconds_default
+assert namespaces_max <= 1_000_000 and pod_nodes_max >= 1
+
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 
 # On-disk geometry: segments are whole pages, and a default segment holds a maximal block with

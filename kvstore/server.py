@@ -32,12 +32,14 @@ from kvstore.api.control import ServerHealth
 from kvstore.api.http_guard import HttpGuardSettings, guarded_protocol
 from kvstore.api.metrics import Metrics
 from kvstore.auth import Tenants
+from kvstore.cluster.membership import Membership, StaticMembership, load_peers
 from kvstore.config import ConfigError, ServeConfig, format_size
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.service import Node
+from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
@@ -125,6 +127,32 @@ def connection_bounds(cfg: ServeConfig) -> tuple[HttpGuardSettings, BulkTimeouts
     bulk = BulkTimeouts(handshake_seconds=cfg.bulk_handshake_timeout_seconds,
                         idle_seconds=cfg.bulk_idle_timeout_seconds, body=body)
     return http, bulk
+
+
+def build_membership(cfg: ServeConfig, http_port: int, bulk_port: int) -> Membership | None:
+    """The pod membership the flags ask for (None: a node on its own). Ports are the bound
+    ones, so port 0 advertises what the kernel picked."""
+    if cfg.etcd is None and cfg.peers is None:
+        return None
+    host = _url_host(cfg.advertise or cfg.host)
+    node_id = cfg.node_id or f"{cfg.advertise or cfg.host}:{http_port}"
+    try:
+        if cfg.peers is not None:
+            nodes = load_peers(cfg.peers)
+            if node_id not in {n.node_id for n in nodes}:
+                raise StartupError(f"--node-id {node_id!r} is not in the peers file "
+                                   f"{cfg.peers!r}")
+            return StaticMembership(nodes, self_id=node_id)
+        from kvstore.cluster.etcd import EtcdMembership, node_info, parse_endpoints
+
+        assert cfg.pod is not None and cfg.etcd is not None  # validate_pod
+        me = node_info(node_id, f"http://{host}:{http_port}",
+                       f"{host}:{bulk_port}" if bulk_port else "", cfg.capacity_bytes)
+        return EtcdMembership(cfg.pod, parse_endpoints(cfg.etcd), me,
+                              lease_ttl_s=cfg.etcd_lease_ttl_seconds,
+                              call_timeout_s=cfg.etcd_timeout_seconds)
+    except KVStoreError as exc:
+        raise StartupError(str(exc)) from None
 
 
 class Server:
@@ -219,6 +247,13 @@ class Server:
             await self._close_bulk(bulk, 1.0)
             err = task.exception()
             raise StartupError(f"HTTP server failed to start: {err!r}")
+        membership = build_membership(cfg, http_sock.getsockname()[1], bulk_port)
+        if membership is not None:
+            state.membership = membership
+            metrics.watch_pod(membership)
+            if hasattr(membership, "publish_namespace"):
+                PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
+            await membership.start()
         self._announce(http_sock, bulk_port, state)
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -226,6 +261,8 @@ class Server:
         crashed = task.done() and not self._stop.is_set()
         if crashed:
             log.error("HTTP server stopped unexpectedly: %r", task.exception())
+        if membership is not None:  # leave the pod first, so clients stop choosing this node
+            await membership.stop()
         deadline = asyncio.get_running_loop().time() + cfg.shutdown_seconds - 1.0
         self.health.set_draining()
         self._http.should_exit = True
@@ -304,6 +341,11 @@ class Server:
             f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
         ]
+        m = state.membership
+        if m is not None:
+            lines.append(f"kvstore: pod: {cfg.pod or 'static'} ({m.kind})  node: {m.self_id}  "
+                         f"nodes: {len(m.view())}" + ("" if m.connected else "  (etcd not "
+                                                     "reachable yet)"))
         if state.tenants.dev:
             lines.append("kvstore: DEVELOPMENT MODE (no credentials): signatures not checked")
         lines.append("kvstore: ready")

@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "testing": {"service", "engine", "auth", "transport", "limits", "errors", "keys"},
     "server": {"api", "transport", "service", "engine", "io_uring", "devices", "protocol", "cluster",
                "config", "auth", "limits", "errors", "keys"},
-    "__main__": {"server", "config", "service.admin", "limits", "errors"},
+    "__main__": {"server", "config", "service.admin", "cluster.pod_cli", "limits", "errors"},
 }
 
 # Where today's code still departs from the layout: (importing package, imported module). Each

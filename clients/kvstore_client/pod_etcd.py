@@ -59,7 +59,7 @@ class EtcdMembership:
     def __init__(self, urls: str | Sequence[str], pod: str, *,
                  timeout: float = podlimits.etcd_timeout_seconds_default) -> None:
         try:
-            import aetcd  # type: ignore[import-untyped]  # noqa: F401
+            import aetcd  # noqa: F401
         except ImportError:
             raise ImportError('etcd membership needs aetcd: pip install "kvstore-client[etcd]"'
                               ) from None

@@ -195,6 +195,14 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         return StatsResponse(device=engine.device_name, ready=health.ready,
                              stats=dict(engine.stats()))
 
+    @app.get("/v1/pod", tags=["admin"], responses=_ERRORS)
+    async def pod(tenant: Tenant = Depends(caller)) -> dict[str, object]:
+        """This node's view of its pod: the membership source, whether it is current (etcd
+        reachable), this node's id and the live nodes with their endpoints and capacity."""
+        m = state.membership
+        return {"kind": "none", "self": "", "connected": True, "nodes": {}} if m is None \
+            else m.describe()
+
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
         """Cross-check index, segments and byte accounting."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -121,6 +121,28 @@ class EngineCollector:
         yield from families.values()
 
 
+class PodCollector:
+    """The pod membership's gauges at scrape time (``kvstore.cluster.membership``, duck-typed:
+    ``view()``, ``connected``, ``registrations``)."""
+
+    def __init__(self, membership: Any) -> None:
+        self._m = membership
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        yield GaugeMetricFamily("kvstore_pod_nodes", "Live nodes in this node's view of the pod",
+                                value=len(m.view()))
+        yield GaugeMetricFamily("kvstore_pod_membership_connected",
+                                "1 while the membership source (etcd) is reachable",
+                                value=1.0 if m.connected else 0.0)
+        yield CounterMetricFamily("kvstore_pod_registrations",
+                                  "Times this node registered in etcd (1 + re-registrations)",
+                                  value=float(getattr(m, "registrations", 0)))
+
+
 class Metrics:
     """Counters and histograms for one app, plus the engine's stats on scrape."""
 
@@ -174,6 +196,10 @@ class Metrics:
     def refused(self, port: str, reason: str) -> None:
         """Record one connection refused (``cap``) or answered 503 on a probe slot."""
         self._refused.labels(port, reason).inc()
+
+    def watch_pod(self, membership: Any) -> None:
+        """Export the pod membership's gauges (``PodCollector``) from now on."""
+        self.registry.register(PodCollector(membership))
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything in this app's registry."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from kvstore import limits
@@ -37,6 +37,9 @@ class BlockService:
         self.runner = runner
         self.policy = policy
         self._metrics = metrics
+        # Told after a namespace is created (info) or deleted (None) here: the pod records it
+        # pod-wide (kvstore.service.pod). None: a node on its own.
+        self.namespace_hook: Callable[[str, NamespaceInfo | None], Awaitable[None]] | None = None
 
     # -- authorization -------------------------------------------------------------------
     def authorize(self, tenant: Tenant, ns: str, op: Op) -> NamespaceInfo | None:
@@ -76,11 +79,15 @@ class BlockService:
             if info is None:
                 raise
             return info, False
+        if self.namespace_hook is not None:
+            await self.namespace_hook(ns, info)
         return info, True
 
     async def delete_namespace(self, tenant: Tenant, ns: str) -> None:
         self.authorize(tenant, ns, Op.DELETE)
         await self.runner.call(self.engine.delete_namespace, ns)
+        if self.namespace_hook is not None:
+            await self.namespace_hook(ns, None)
 
     # -- blocks ----------------------------------------------------------------------------
     async def put_many(self, tenant: Tenant, ns: str, items: list[tuple[str, object]], *,

@@ -2,7 +2,8 @@
 
 It replaces the HTTP side's ``AppState`` and the engine half of the bulk port's context: the
 engine, the runner (its thread pool), the tenants and their policy, the metrics, the S3 region,
-and ``blocks``, the ``BlockService`` every handler calls. Membership (the pod) joins it later.
+``blocks``, the ``BlockService`` every handler calls, and ``membership``, the pod's view of
+live nodes (``kvstore.cluster.membership``; None for a node on its own).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.auth import Policy, Tenants
+from kvstore.cluster.membership import Membership
 from kvstore.engine.store import Engine
 from kvstore.service.blocks import BlockService
 from kvstore.service.runner import EngineRunner
@@ -23,6 +25,7 @@ class Node:
     tenants: Tenants
     metrics: Any = None  # kvstore.api.metrics.Metrics (duck-typed: observe, error, ...)
     region: str = "us-east-1"
+    membership: Membership | None = None
     blocks: BlockService = field(init=False)
 
     def __post_init__(self) -> None:

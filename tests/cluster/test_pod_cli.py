@@ -1,0 +1,90 @@
+"""``kvstore pod up --nodes 2`` for real (etcd + two serve processes on 127.0.0.11/12), then
+``kvstore pod status --json``, then SIGTERM stops everything; and the message without etcd."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .nodes import env
+
+START_S = 60.0
+
+
+def _listening(hostport: str) -> bool:
+    host, port = hostport.rsplit(":", 1)
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) == 0
+
+
+def test_pod_up_status_and_sigterm(tmp_path: Path) -> None:
+    out = tmp_path / "up.out"
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kvstore", "pod", "up", "--nodes", "2", "--port", "0",
+             "--bulk-port", "0", "--capacity", "32MiB", "--segment-size", "4MiB", "--dram",
+             "8MiB", "--device", "posix", "--pod", "cli"],
+            stdout=f, stderr=subprocess.STDOUT, env=env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + START_S
+        while "kvstore pod: ready" not in out.read_text():
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)
+        text = out.read_text()
+        etcd_url = re.search(r"kvstore pod: etcd on (\S+)", text).group(1)  # type: ignore[union-attr]
+        urls = re.findall(r"kvstore pod: node\d\s+(http://\S+)\s+bulk (\S+)", text)
+        assert [u.split("//")[1].split(":")[0] for u, _ in urls] == ["127.0.0.11", "127.0.0.12"]
+        # a block through node 1 so status has something to count
+        req = urllib.request.Request(f"{urls[0][0]}/bkt", method="PUT", data=b"")
+        urllib.request.urlopen(req, timeout=5).close()
+        req = urllib.request.Request(f"{urls[0][0]}/bkt/k", method="PUT", data=b"z" * 100)
+        urllib.request.urlopen(req, timeout=5).close()
+        st = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
+                             etcd_url, "--pod", "cli", "--json"], capture_output=True,
+                            text=True, env=env(), timeout=30)
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        assert [n["node_id"] for n in doc["nodes"]] == ["node1", "node2"]
+        assert all(n["reachable"] and n["registered"] for n in doc["nodes"])
+        assert doc["nodes"][0]["blocks"] == 1 and doc["total"]["blocks"] == 1
+        assert doc["total"]["capacity_bytes"] == 2 * 32 << 20 and "bkt" in doc["namespaces"]
+        human = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
+                                etcd_url, "--pod", "cli"], capture_output=True, text=True,
+                               env=env(), timeout=30)
+        assert "2 node(s), 2 reachable" in human.stdout, human.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0, out.read_text()
+        assert "kvstore pod: stopped" in out.read_text()
+        assert not any(_listening(u.split("//")[1]) or _listening(b) for u, b in urls)
+        assert not _listening(etcd_url.split("//")[1])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_pod_up_without_etcd_names_the_package(tmp_path: Path) -> None:
+    e = env()
+    e["PATH"] = str(tmp_path)  # no etcd on it
+    res = subprocess.run([sys.executable, "-m", "kvstore", "pod", "up", "--nodes", "1"],
+                         capture_output=True, text=True, env=e, timeout=30)
+    assert res.returncode == 1 and "etcd-server" in res.stderr
+
+
+def test_pod_status_with_etcd_down_exits_1() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True,
+                         env=env(), timeout=30)
+    assert res.returncode == 1 and "no etcd answered" in res.stderr
