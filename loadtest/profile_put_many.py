@@ -5,9 +5,9 @@ concurrent single puts, with the device's measured in-flight depth.
     .venv/bin/python loadtest/profile_put_many.py --threads 32   # + 32 threads of single puts
 
 Stages are timed by wrapping the engine's own functions for the run (nothing in the engine is
-changed): ``_prepare`` (validation and the checksum, per record, before any I/O), batch
-``_pack``, ``_build`` (payload copy into the chunk buffer), waiting for ``_wlock``, ``_reserve``
-(under it), ``device.submit`` (the I/O), ``_complete`` (marking the range written and waiting
+changed): ``prepare`` (validation and the checksum, per record, before any I/O), batch
+``_pack``, ``_build`` (payload copy into the chunk buffer), waiting for ``SegmentLog.wlock``, ``_reserve``
+(under it), ``device.submit`` (the I/O), ``SegmentLog.complete`` (marking the range written and waiting
 for every earlier byte of the segment: the log-order acknowledgement) and ``_publish_chunk``.
 "Device idle" is the part of the call with nothing in flight at the device (its DepthGauge).
 """
@@ -99,9 +99,12 @@ class _TimedPending:
 
 
 def instrument(eng: Engine, stages: Stages) -> None:
-    eng._prepare = stages.wrap("prepare+checksum", eng._prepare)  # type: ignore[method-assign]
-    eng._complete = stages.wrap("complete (log-order wait)", eng._complete)  # type: ignore[method-assign]
-    eng._wlock = TimedLock(eng._wlock, stages)  # type: ignore[assignment]
+    from kvstore.engine import store as store_mod
+
+    store_mod.prepare = stages.wrap("prepare+checksum", store_mod.prepare)  # type: ignore[assignment]
+    lg = eng.log
+    lg.complete = stages.wrap("complete (log-order wait)", lg.complete)  # type: ignore[method-assign]
+    lg.wlock = TimedLock(lg.wlock, stages)  # type: ignore[assignment]
     eng.device.submit = stages.wrap("device.submit", eng.device.submit)  # type: ignore[method-assign]
     start = eng.device.start
 
@@ -200,7 +203,7 @@ def main() -> int:
           f"(batched SQEs: {getattr(dev, 'batched', None)}); payloads "
           f"{'staged (in place)' if args.staged else 'bytes (copied)'}; waves "
           f"{'pipelined (prototype)' if args.pipeline else 'as in batch.py'}; payload copy "
-          f"{'ctypes.memmove (GIL released)' if args.nogil_copy else 'under the GIL'}")
+          f"{'proto_pipeline.build_nogil' if args.nogil_copy else 'as in batch.py'}")
     stages.reset()
     dev.reset_depth()
     t0 = time.perf_counter()

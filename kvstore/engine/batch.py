@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.engine import format as fmt
-from kvstore.engine.device import IoOp, StagedPayload, is_aligned_view
+from kvstore.engine.device import IoOp, StagedPayload, copy_into, is_aligned_view
 from kvstore.engine.state import EngineState, meta_of
 from kvstore.engine.types import BlockMeta, PutResult
 from kvstore.errors import (
@@ -179,7 +179,9 @@ def _pack(segment_bytes: int, preps: list[Prepared], todo: list[int]) -> list[_C
 
 
 def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk) -> None:
-    """Payloads and padding into an aligned buffer, outside every lock."""
+    """Payloads and padding into an aligned buffer, outside every lock. Large copies release
+    the GIL (``copy_into``): a slice assignment held it ~0.3 ms per 2 MiB, stalling the write
+    lock's holder and every completion behind it (96% of the engine's GIL time)."""
     if c.staged is not None:
         c.buf = pool.acquire(PAGE)  # the header page; the payload stays where it is
         c.offs = [0]
@@ -191,7 +193,7 @@ def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk) -> None:
         h = preps[i].hdr
         po, ln = h.payload_offset, h.payload_len
         view = c.buf.view[o : o + h.span]
-        view[po : po + ln] = preps[i].data
+        copy_into(view[po:], preps[i].data)  # GIL released: other writers run meanwhile
         tail = min(h.span, fmt.align_up(po + ln))
         view[po + ln : tail] = bytes(tail - po - ln)
         c.offs.append(o)
