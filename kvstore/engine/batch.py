@@ -1,10 +1,12 @@
 """Writing puts: records packed into chunks, chunks written concurrently, acks in log order.
 
-A chunk (one record, or many small ones up to ``limits.write_chunk_bytes_max``) is built in an
-aligned buffer outside every lock: payload copy and padding. Under the write lock a *wave* of
-chunks (up to ``limits.write_wave_chunks_max``, all in the active segment) only reserves its byte
-ranges, takes sequence numbers, encodes header pages and adds summary rows. The wave's writes
-then go to the device in one ``submit`` with no lock held, so one ``put_many`` keeps the device
+A chunk (one record, or many small ones up to ``limits.write_chunk_bytes_max``; a call is cut
+into at least ``limits.write_wave_chunks_max`` chunks where its records allow) is built in an
+aligned buffer outside every lock: payload copy (GIL released) and padding. Under the write
+lock a chunk only reserves its byte range, takes sequence numbers and adds summary rows; its
+header pages are encoded after the lock and it is handed to the device (``Device.start``) with
+no lock held. Chunks are pipelined (``_Pipeline``): up to ``limits.write_wave_chunks_max`` of one
+call are in flight while the next is built and reserved, so one ``put_many`` keeps the device
 queue as deep as several writer threads would, and several writers keep it deeper.
 
 A put is acknowledged, and its blocks published in the index, only when every earlier byte of
@@ -16,7 +18,9 @@ between build and reservation is written as a void record (``FLAG_VOID``), never
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -35,7 +39,7 @@ from kvstore.errors import (
 )
 
 if TYPE_CHECKING:
-    from kvstore.engine.device import AlignedBuffer, BufferPool
+    from kvstore.engine.device import AlignedBuffer, BufferPool, Pending
     from kvstore.engine.log import SegmentLog
     from kvstore.engine.segments import Segment
 
@@ -122,6 +126,7 @@ class _Chunk:
     hdrs: list[fmt.RecordHeader] | None = None
     live: list[bool] | None = None  # False: written void (another writer stored the key)
     staged: memoryview | None = None  # one record whose payload is written in place
+    published: bool = False
 
     def ops(self) -> list[IoOp]:
         assert self.seg is not None and self.buf is not None
@@ -148,10 +153,7 @@ def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
                     seen.add(p.digest)
                     todo.append(i)
     chunks = _pack(st.config.segment_bytes, preps, todo)
-    done = 0
-    while done < len(chunks):
-        done += _write_wave(lg, preps, chunks[done : done + limits.write_wave_chunks_max],
-                            results, overwrite, donate)
+    _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
     out = []
     for r in results:
         assert r is not None
@@ -165,6 +167,10 @@ def _not_written(p: Prepared) -> PutResult:
 
 def _pack(segment_bytes: int, preps: list[Prepared], todo: list[int]) -> list[_Chunk]:
     cap = max(PAGE, min(limits.write_chunk_bytes_max, segment_bytes - PAGE))
+    # at least write_wave_chunks_max chunks where the records allow it: a put_many of 8 x 2 MiB
+    # is 8 ops in flight, not 3 of 6 MiB (the device queue is the call's depth)
+    total = sum(preps[i].hdr.span for i in todo)
+    cap = max(PAGE, min(cap, fmt.align_up(-(-total // limits.write_wave_chunks_max))))
     chunks: list[_Chunk] = []
     for i in todo:
         span = preps[i].hdr.span
@@ -200,85 +206,135 @@ def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk) -> None:
         o += h.span
 
 
-def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool,
-             first: bool) -> bool:
-    """Claim the chunk's range in the active segment. Caller holds ``wlock``. Only the first
-    chunk of a wave may roll the segment: rolling waits for writes in flight, and the wave's
-    earlier chunks are reserved but not yet submitted."""
-    if not lg.fits(c.total) and not first:
-        return False
+def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) -> None:
+    """Claim the chunk's range in the active segment (rolling it when the chunk does not fit),
+    take sequence numbers and add summary rows. Caller holds ``wlock``; the header pages are
+    encoded after it is released (``_encode``)."""
     seg = lg.room_for(c.total)
     st = lg.state
-    assert c.buf is not None and c.offs is not None
     with st.lock:
         c.live = [not (preps[i].digest in lg.pending
                        or existing(st, preps[i], overwrite) is not None) for i in c.items]
         lg.pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
     c.seg, c.off = seg, lg.reserve(seg, c.total)
     seq0 = lg.next_seqs(len(c.items))
+    assert c.offs is not None
     c.hdrs = []
     for n, i in enumerate(c.items):
         flags = preps[i].hdr.flags | (0 if c.live[n] else fmt.FLAG_VOID)
         hdr = replace(preps[i].hdr, seq=seq0 + n, flags=flags)
-        hdr.encode_into(c.buf.view[c.offs[n] :])
         if c.live[n]:
             lg.add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
         c.hdrs.append(hdr)
-    return True
 
 
-def _write_wave(lg: SegmentLog, preps: list[Prepared], wave: list[_Chunk],
-                results: list[PutResult | None], overwrite: bool, donate: bool) -> int:
-    """Write up to ``len(wave)`` chunks; returns how many were written (at least one)."""
-    pool = lg.state.pool
-    for c in wave:
-        _build(pool, preps, c)
-    taken: list[_Chunk] = []
-    try:
-        with lg.wlock:
-            for c in wave:
-                if not _reserve(lg, preps, c, overwrite, first=not taken):
-                    break
-                taken.append(c)
-        _submit_and_publish(lg, preps, taken, results, donate)
-    finally:
-        for c in wave:
-            if c.buf is not None:
-                pool.release(c.buf)
-                c.buf = None
-    return len(taken)
+def _encode(c: _Chunk) -> None:
+    assert c.buf is not None and c.offs is not None and c.hdrs is not None
+    for o, hdr in zip(c.offs, c.hdrs, strict=True):
+        hdr.encode_into(c.buf.view[o:])
 
 
-def _submit_and_publish(lg: SegmentLog, preps: list[Prepared], taken: list[_Chunk],
-                        results: list[PutResult | None], donate: bool) -> None:
-    st = lg.state
-    published: set[int] = set()
-    try:
-        ok = [False] * len(taken)
+class _Pipeline:
+    """One call's chunks through the device, up to ``limits.write_wave_chunks_max`` in flight:
+    chunk N+1 is built (payload copy, GIL released), reserved and started while chunks up to N
+    are in flight, so the queue does not drain between waves; chunks finish (wait, complete in
+    log order, publish) oldest first.
+
+    Deadlock rules, since only this thread reaps what it started (io_uring: its own ring):
+    never *block* on ``wlock`` with a chunk in flight (its holder may be rolling the segment,
+    which waits for every write in it, or appending a tombstone, which waits for every earlier
+    byte): try it, and reap the oldest chunk when it is taken; and never roll the segment with
+    a chunk in flight (reap them all first).
+    """
+
+    def __init__(self, lg: SegmentLog, preps: list[Prepared], results: list[PutResult | None],
+                 overwrite: bool, donate: bool) -> None:
+        self.lg, self.preps, self.results = lg, preps, results
+        self.overwrite, self.donate = overwrite, donate
+        self.inflight: deque[tuple[_Chunk, Pending]] = deque()
+
+    def run(self, chunks: list[_Chunk]) -> None:
+        lg, pool = self.lg, self.lg.state.pool
+        reserved: list[_Chunk] = []
         try:
-            ops = [c.ops() for c in taken]
-            res = iter(st.device.submit([op for group in ops for op in group]))
-            ok = [all(next(res) == len(op.buf) for op in group) for group in ops]
+            i = 0
+            while i < len(chunks) or self.inflight:
+                if i == len(chunks) or len(self.inflight) >= limits.write_wave_chunks_max:
+                    self._finish_oldest()
+                    continue
+                c = chunks[i]
+                if c.buf is None:
+                    _build(pool, self.preps, c)
+                if not self._try_reserve(c):
+                    self._finish_oldest()  # reap before waiting for the lock or rolling
+                    continue
+                reserved.append(c)
+                i += 1
+                self._start(c)
         finally:
-            for n, c in enumerate(taken):  # every reserved range completes, even on failure
-                assert c.seg is not None
-                ok[n] = lg.complete(c.seg, c.off, c.off + c.total, ok[n])
-        bad = [c for n, c in enumerate(taken) if not ok[n]]
-        if bad:
-            raise StorageError(f"{st.device.name}: write of {bad[0].total} bytes at "
-                               f"{bad[0].off} failed")
+            self._drain()
+            stale = [self.preps[i].digest for c in reserved if not c.published
+                     for n, i in enumerate(c.items) if c.live and c.live[n]]
+            if stale:
+                with lg.state.lock:
+                    lg.pending.difference_update(stale)
+            for c in chunks:
+                if c.buf is not None:
+                    pool.release(c.buf)
+                    c.buf = None
+
+    def _try_reserve(self, c: _Chunk) -> bool:
+        lg = self.lg
+        if not lg.wlock.acquire(blocking=not self.inflight):
+            return False
+        try:
+            if self.inflight and not lg.fits(c.total):
+                return False  # rolling waits for our own unreaped writes
+            _reserve(lg, self.preps, c, self.overwrite)
+        finally:
+            lg.wlock.release()
+        return True
+
+    def _start(self, c: _Chunk) -> None:
+        assert c.seg is not None
+        try:
+            _encode(c)
+            pending = self.lg.state.device.start(c.ops())
+        except BaseException:
+            # every reserved range completes, even on failure
+            self.lg.complete(c.seg, c.off, c.off + c.total, False)
+            raise
+        self.inflight.append((c, pending))
+
+    def _finish_oldest(self) -> None:
+        c, pending = self.inflight.popleft()
+        lg, st = self.lg, self.lg.state
+        assert c.seg is not None
+        ok = False
+        try:
+            res = pending.wait()
+            ok = all(r == len(op.buf) for r, op in zip(res, c.ops(), strict=True))
+        finally:
+            ok = lg.complete(c.seg, c.off, c.off + c.total, ok)
+        if not ok:
+            raise StorageError(f"{st.device.name}: write of {c.total} bytes at {c.off} failed")
         if st.config.sync_on_put:
-            for seg in {id(c.seg): c.seg for c in taken}.values():
-                st.device.sync(seg.handle)  # type: ignore[union-attr]
-        for c in taken:
-            _publish_chunk(lg, preps, c, results, donate)
-            published.add(id(c))
-    finally:
-        stale = [preps[i].digest for c in taken if id(c) not in published
-                 for n, i in enumerate(c.items) if c.live and c.live[n]]
-        if stale:
-            with st.lock:
-                lg.pending.difference_update(stale)
+            st.device.sync(c.seg.handle)
+        _publish_chunk(lg, self.preps, c, self.results, self.donate)
+        c.published = True
+
+    def _drain(self) -> None:
+        """After a failure: wait for and complete what is still in flight, acknowledging
+        nothing (the caller raises)."""
+        while self.inflight:
+            c, pending = self.inflight.popleft()
+            assert c.seg is not None
+            ok = False
+            with contextlib.suppress(Exception):
+                res = pending.wait()
+                ok = all(r == len(op.buf) for r, op in zip(res, c.ops(), strict=True))
+            with contextlib.suppress(StorageError):
+                self.lg.complete(c.seg, c.off, c.off + c.total, ok)
 
 
 def _publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
