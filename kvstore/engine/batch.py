@@ -216,8 +216,9 @@ def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) 
         c.live = [not (preps[i].digest in lg.pending
                        or existing(st, preps[i], overwrite) is not None) for i in c.items]
         lg.pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
+        seq0 = lg.next_seq  # as lg.next_seqs, in the same short section of the contended lock
+        lg.next_seq += len(c.items)
     c.seg, c.off = seg, lg.reserve(seg, c.total)
-    seq0 = lg.next_seqs(len(c.items))
     assert c.offs is not None
     c.hdrs = []
     for n, i in enumerate(c.items):
