@@ -168,23 +168,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="also: single puts from N threads")
     ap.add_argument("--device", choices=("uring", "posix"), default="uring")
     ap.add_argument("--staged", action="store_true", help="StagedPayload (no payload copy)")
-    ap.add_argument("--pipeline", action="store_true",
-                    help="put_many through the pipelined-waves prototype (proto_pipeline.py)")
     ap.add_argument("--wave-chunks", type=int, default=0,
                     help="override limits.write_wave_chunks_max for this run")
-    ap.add_argument("--nogil-copy", action="store_true",
-                    help="payload copy by ctypes.memmove (releases the GIL; proto_pipeline.py)")
     args = ap.parse_args()
-    if args.nogil_copy:
-        import proto_pipeline
-
-        batch_mod._build = proto_pipeline.build_nogil  # type: ignore[assignment]
     if args.wave_chunks:
         limits.write_wave_chunks_max = args.wave_chunks
-    if args.pipeline:
-        import proto_pipeline
-
-        batch_mod.write_batch = proto_pipeline.write_batch  # type: ignore[assignment]
     d = Path(args.dir)
     shutil.rmtree(d, ignore_errors=True)
     dev = UringDevice() if args.device == "uring" else PosixDevice()
@@ -201,9 +189,7 @@ def main() -> int:
     print(f"limits: write_chunk_bytes_max {limits.write_chunk_bytes_max >> 20} MiB, "
           f"write_wave_chunks_max {limits.write_wave_chunks_max}; device {dev.name} "
           f"(batched SQEs: {getattr(dev, 'batched', None)}); payloads "
-          f"{'staged (in place)' if args.staged else 'bytes (copied)'}; waves "
-          f"{'pipelined (prototype)' if args.pipeline else 'as in batch.py'}; payload copy "
-          f"{'proto_pipeline.build_nogil' if args.nogil_copy else 'as in batch.py'}")
+          f"{'staged (in place)' if args.staged else 'bytes (copied)'}")
     stages.reset()
     dev.reset_depth()
     t0 = time.perf_counter()
