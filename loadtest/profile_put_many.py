@@ -86,10 +86,17 @@ class TimedLock:
         self._stages.add("wlock held", time.perf_counter() - self._held.t)
         self._lock.release()
 
-    def acquire(self, *a: Any, **kw: Any) -> bool:
-        return bool(self._lock.acquire(*a, **kw))
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        t0 = time.perf_counter()
+        got = bool(self._lock.acquire(blocking, timeout))
+        now = time.perf_counter()
+        self._stages.add("wlock wait" if got else "wlock try (busy)", now - t0)
+        if got:
+            self._held.t = now
+        return got
 
     def release(self) -> None:
+        self._stages.add("wlock held", time.perf_counter() - self._held.t)
         self._lock.release()
 
 
@@ -116,7 +123,8 @@ def instrument(eng: Engine, stages: Stages) -> None:
 
     eng.device.start = timed_start  # type: ignore[method-assign]
     for name, label in (("_pack", "pack"), ("_build", "build (payload copy)"),
-                        ("_reserve", "reserve (under wlock)"),
+                        ("_reserve", "reserve (pipeline, under wlock)"),
+                        ("_reserve_in", "reserve (combined, under wlock)"),
                         ("_publish_chunk", "publish")):
         setattr(batch_mod, name, stages.wrap(label, getattr(batch_mod, name)))
     fmt.checksum = stages.wrap("  of which checksum", fmt.checksum)  # type: ignore[assignment]

@@ -19,6 +19,7 @@ between build and reservation is written as a void record (``FLAG_VOID``), never
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -210,29 +211,116 @@ def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) 
     """Claim the chunk's range in the active segment (rolling it when the chunk does not fit),
     take sequence numbers and add summary rows. Caller holds ``wlock``; the header pages are
     encoded after it is released (``_encode``)."""
-    seg = lg.room_for(c.total)
+    _reserve_in(lg, lg.room_for(c.total), [(preps, c, overwrite)])
+
+
+def _reserve_in(lg: SegmentLog, seg: Segment,
+                jobs: list[tuple[list[Prepared], _Chunk, bool]]) -> None:
+    """``_reserve`` for chunks that all fit in ``seg``, the active segment, in order, with one
+    section of the state's (contended) lock for them all. Caller holds ``wlock``."""
     st = lg.state
+    seqs = []
     with st.lock:
-        c.live = [not (preps[i].digest in lg.pending
-                       or existing(st, preps[i], overwrite) is not None) for i in c.items]
-        lg.pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
-        seq0 = lg.next_seq  # as lg.next_seqs, in the same short section of the contended lock
-        lg.next_seq += len(c.items)
-    c.seg, c.off = seg, lg.reserve(seg, c.total)
-    assert c.offs is not None
-    c.hdrs = []
-    for n, i in enumerate(c.items):
-        flags = preps[i].hdr.flags | (0 if c.live[n] else fmt.FLAG_VOID)
-        hdr = replace(preps[i].hdr, seq=seq0 + n, flags=flags)
-        if c.live[n]:
-            lg.add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
-        c.hdrs.append(hdr)
+        for preps, c, overwrite in jobs:
+            c.live = [not (preps[i].digest in lg.pending
+                           or existing(st, preps[i], overwrite) is not None) for i in c.items]
+            lg.pending.update(preps[i].digest for n, i in enumerate(c.items) if c.live[n])
+            seqs.append(lg.next_seq)  # as lg.next_seqs, inside this one section
+            lg.next_seq += len(c.items)
+    for (preps, c, _overwrite), seq0 in zip(jobs, seqs, strict=True):
+        c.seg, c.off = seg, lg.reserve(seg, c.total)
+        assert c.offs is not None and c.live is not None
+        c.hdrs = []
+        for n, i in enumerate(c.items):
+            flags = preps[i].hdr.flags | (0 if c.live[n] else fmt.FLAG_VOID)
+            hdr = replace(preps[i].hdr, seq=seq0 + n, flags=flags)
+            if c.live[n]:
+                lg.add_rows(seg, c.off + c.offs[n], hdr, preps[i].digest)
+            c.hdrs.append(hdr)
 
 
 def _encode(c: _Chunk) -> None:
     assert c.buf is not None and c.offs is not None and c.hdrs is not None
     for o, hdr in zip(c.offs, c.hdrs, strict=True):
         hdr.encode_into(c.buf.view[o:])
+
+
+@dataclass(eq=False)
+class _Request:
+    """A chunk waiting for a combiner to reserve it (``_reserve_combined``)."""
+
+    preps: list[Prepared]
+    chunk: _Chunk
+    overwrite: bool
+    cond: threading.Condition
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) -> None:
+    """``_reserve`` through a combining queue. The write lock's holder stalls ~1 ms per hold
+    on a busy 2-core host (it waits for the GIL at each lock and allocation), which capped 32
+    single-put writers at ~900 reservations/s, ~1.8 GB/s of 2 MiB blocks, while the device
+    idled. So a writer queues its chunk; one writer at a time (the combiner) takes ``wlock``
+    once and reserves the queue in order, waking each owner to encode and start its own write.
+
+    Only the combiner's first reservation of a hold may roll the segment: after it, chunks it
+    reserved are not yet started (their owners are waking up, itself included), and rolling
+    waits for every write in the segment. A chunk that does not fit ends the hold; its owner
+    becomes the next combiner and rolls. Callers have no write of theirs in flight."""
+    me = _Request(preps, c, overwrite, threading.Condition(lg.combine_lock))
+    with lg.combine_lock:
+        lg.combine_queue.append(me)
+    while True:
+        with lg.combine_lock:
+            while lg.combining and not me.done:
+                me.cond.wait()
+            if me.done:
+                break
+            lg.combining = True
+        try:
+            _combine(lg)
+        finally:
+            with lg.combine_lock:
+                lg.combining = False
+                if lg.combine_queue:  # the head (not served: it did not fit) combines next
+                    lg.combine_queue[0].cond.notify()
+    if me.error is not None:
+        raise me.error
+
+
+def _combine(lg: SegmentLog) -> None:
+    """Reserve the queue's chunks in order under one hold of ``wlock``: the head (which may
+    roll the segment, on the first round only), then every following chunk that still fits,
+    in one state-lock section."""
+    cap = lg.state.config.segment_bytes
+    with lg.wlock:
+        first = True
+        while True:
+            with lg.combine_lock:
+                if not lg.combine_queue:
+                    return
+                head = lg.combine_queue[0]
+                if not first and not lg.fits(head.chunk.total):
+                    return
+                lg.combine_queue.popleft()
+            batch = [head]
+            try:
+                seg = lg.room_for(head.chunk.total)
+                with lg.combine_lock:
+                    room = cap - seg.end - head.chunk.total
+                    while lg.combine_queue and lg.combine_queue[0].chunk.total <= room:
+                        room -= lg.combine_queue[0].chunk.total
+                        batch.append(lg.combine_queue.popleft())
+                _reserve_in(lg, seg, [(r.preps, r.chunk, r.overwrite) for r in batch])
+            except BaseException as e:  # those writers' error (e.g. out of capacity)
+                for r in batch:
+                    r.error = e
+            first = False
+            with lg.combine_lock:
+                for r in batch:
+                    r.done = True
+                    r.cond.notify()
 
 
 class _Pipeline:
@@ -286,7 +374,10 @@ class _Pipeline:
 
     def _try_reserve(self, c: _Chunk) -> bool:
         lg = self.lg
-        if not lg.wlock.acquire(blocking=not self.inflight):
+        if not self.inflight:
+            _reserve_combined(lg, self.preps, c, self.overwrite)
+            return True
+        if not lg.wlock.acquire(blocking=False):
             return False
         try:
             if self.inflight and not lg.fits(c.total):

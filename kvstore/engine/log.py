@@ -22,9 +22,10 @@ import contextlib
 import heapq
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
 from kvstore.engine import format as fmt
@@ -56,6 +57,11 @@ class SegmentLog:
         self.next_seq = 1
         self.pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self.wlock = threading.Lock()
+        # combined reservations (batch._reserve_combined): writers queue their chunk and one of
+        # them, the combiner, reserves the queue under one hold of wlock
+        self.combine_lock = threading.Lock()
+        self.combine_queue: deque[Any] = deque()
+        self.combining = False
         # complete()/quiesce() sleepers per segment id: (end they wait for, ticket, condition)
         self._waiters: dict[int, list[tuple[int, int, threading.Condition]]] = {}
         self._ticket = 0
