@@ -181,8 +181,9 @@ nixl_transfer_seconds_max = 30.0
 # it gives up with a StorageError (a device that hangs this long is broken).
 write_wait_seconds_max = 60.0
 
-# Chunks one batched put reserves and submits together (write_chunk_bytes_max each): the queue
-# depth one put_many gives the device, and the buffers it holds at once (64 MiB).
+# Chunks one batched put keeps in flight at once (write_chunk_bytes_max each; a call is cut into
+# at least this many where its records allow): the queue depth one put_many gives the device,
+# and the buffers it holds at once (64 MiB).
 write_wave_chunks_max = 8
 
 # Threads that run engine calls for the asyncio edges. Flash I/O blocks a thread per request,

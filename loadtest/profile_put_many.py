@@ -5,9 +5,9 @@ concurrent single puts, with the device's measured in-flight depth.
     .venv/bin/python loadtest/profile_put_many.py --threads 32   # + 32 threads of single puts
 
 Stages are timed by wrapping the engine's own functions for the run (nothing in the engine is
-changed): ``_prepare`` (validation and the checksum, per record, before any I/O), batch
-``_pack``, ``_build`` (payload copy into the chunk buffer), waiting for ``_wlock``, ``_reserve``
-(under it), ``device.submit`` (the I/O), ``_complete`` (marking the range written and waiting
+changed): ``prepare`` (validation and the checksum, per record, before any I/O), batch
+``_pack``, ``_build`` (payload copy into the chunk buffer), waiting for ``SegmentLog.wlock``, ``_reserve``
+(under it), ``device.submit`` (the I/O), ``SegmentLog.complete`` (marking the range written and waiting
 for every earlier byte of the segment: the log-order acknowledgement) and ``_publish_chunk``.
 "Device idle" is the part of the call with nothing in flight at the device (its DepthGauge).
 """
@@ -86,10 +86,17 @@ class TimedLock:
         self._stages.add("wlock held", time.perf_counter() - self._held.t)
         self._lock.release()
 
-    def acquire(self, *a: Any, **kw: Any) -> bool:
-        return bool(self._lock.acquire(*a, **kw))
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        t0 = time.perf_counter()
+        got = bool(self._lock.acquire(blocking, timeout))
+        now = time.perf_counter()
+        self._stages.add("wlock wait" if got else "wlock try (busy)", now - t0)
+        if got:
+            self._held.t = now
+        return got
 
     def release(self) -> None:
+        self._stages.add("wlock held", time.perf_counter() - self._held.t)
         self._lock.release()
 
 
@@ -99,9 +106,12 @@ class _TimedPending:
 
 
 def instrument(eng: Engine, stages: Stages) -> None:
-    eng._prepare = stages.wrap("prepare+checksum", eng._prepare)  # type: ignore[method-assign]
-    eng._complete = stages.wrap("complete (log-order wait)", eng._complete)  # type: ignore[method-assign]
-    eng._wlock = TimedLock(eng._wlock, stages)  # type: ignore[assignment]
+    from kvstore.engine import store as store_mod
+
+    store_mod.prepare = stages.wrap("prepare+checksum", store_mod.prepare)  # type: ignore[assignment]
+    lg = eng.log
+    lg.complete = stages.wrap("complete (log-order wait)", lg.complete)  # type: ignore[method-assign]
+    lg.wlock = TimedLock(lg.wlock, stages)  # type: ignore[assignment]
     eng.device.submit = stages.wrap("device.submit", eng.device.submit)  # type: ignore[method-assign]
     start = eng.device.start
 
@@ -113,7 +123,8 @@ def instrument(eng: Engine, stages: Stages) -> None:
 
     eng.device.start = timed_start  # type: ignore[method-assign]
     for name, label in (("_pack", "pack"), ("_build", "build (payload copy)"),
-                        ("_reserve", "reserve (under wlock)"),
+                        ("_reserve", "reserve (pipeline, under wlock)"),
+                        ("_reserve_in", "reserve (combined, under wlock)"),
                         ("_publish_chunk", "publish")):
         setattr(batch_mod, name, stages.wrap(label, getattr(batch_mod, name)))
     fmt.checksum = stages.wrap("  of which checksum", fmt.checksum)  # type: ignore[assignment]
@@ -165,23 +176,11 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="also: single puts from N threads")
     ap.add_argument("--device", choices=("uring", "posix"), default="uring")
     ap.add_argument("--staged", action="store_true", help="StagedPayload (no payload copy)")
-    ap.add_argument("--pipeline", action="store_true",
-                    help="put_many through the pipelined-waves prototype (proto_pipeline.py)")
     ap.add_argument("--wave-chunks", type=int, default=0,
                     help="override limits.write_wave_chunks_max for this run")
-    ap.add_argument("--nogil-copy", action="store_true",
-                    help="payload copy by ctypes.memmove (releases the GIL; proto_pipeline.py)")
     args = ap.parse_args()
-    if args.nogil_copy:
-        import proto_pipeline
-
-        batch_mod._build = proto_pipeline.build_nogil  # type: ignore[assignment]
     if args.wave_chunks:
         limits.write_wave_chunks_max = args.wave_chunks
-    if args.pipeline:
-        import proto_pipeline
-
-        batch_mod.write_batch = proto_pipeline.write_batch  # type: ignore[assignment]
     d = Path(args.dir)
     shutil.rmtree(d, ignore_errors=True)
     dev = UringDevice() if args.device == "uring" else PosixDevice()
@@ -198,9 +197,7 @@ def main() -> int:
     print(f"limits: write_chunk_bytes_max {limits.write_chunk_bytes_max >> 20} MiB, "
           f"write_wave_chunks_max {limits.write_wave_chunks_max}; device {dev.name} "
           f"(batched SQEs: {getattr(dev, 'batched', None)}); payloads "
-          f"{'staged (in place)' if args.staged else 'bytes (copied)'}; waves "
-          f"{'pipelined (prototype)' if args.pipeline else 'as in batch.py'}; payload copy "
-          f"{'ctypes.memmove (GIL released)' if args.nogil_copy else 'under the GIL'}")
+          f"{'staged (in place)' if args.staged else 'bytes (copied)'}")
     stages.reset()
     dev.reset_depth()
     t0 = time.perf_counter()

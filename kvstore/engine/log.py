@@ -19,11 +19,13 @@ Segments a reader holds (``pin``) outlive their reclaim until the last ``unpin``
 from __future__ import annotations
 
 import contextlib
+import heapq
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
 from kvstore.engine import format as fmt
@@ -55,7 +57,14 @@ class SegmentLog:
         self.next_seq = 1
         self.pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self.wlock = threading.Lock()
-        self.io_done = threading.Condition(state.lock)
+        # combined reservations (batch._reserve_combined): writers queue their chunk and one of
+        # them, the combiner, reserves the queue under one hold of wlock
+        self.combine_lock = threading.Lock()
+        self.combine_queue: deque[Any] = deque()
+        self.combining = False
+        # complete()/quiesce() sleepers per segment id: (end they wait for, ticket, condition)
+        self._waiters: dict[int, list[tuple[int, int, threading.Condition]]] = {}
+        self._ticket = 0
 
     # ------------------------------------------------------------------ 1. reserve
     def fits(self, span: int) -> bool:
@@ -99,32 +108,50 @@ class SegmentLog:
         written, so acknowledgements follow log order. False when this range or an earlier one
         of the segment failed: the caller must not acknowledge it, since recovery's scan may
         stop at the failed range and never reach this one."""
-        deadline = time.monotonic() + limits.write_wait_seconds_max
-        with self.io_done:
+        with self.state.lock:
             seg.done[start] = end
             if not ok:
                 seg.broken = True
                 if seg.failed_at is None or start < seg.failed_at:
                     seg.failed_at = start
+            advanced = seg.durable in seg.done
             while seg.durable in seg.done:
                 seg.durable = seg.done.pop(seg.durable)
-            self.io_done.notify_all()
-            while seg.durable < end:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StorageError("an earlier write in this segment did not complete")
-                self.io_done.wait(left)
+            if advanced:
+                self._wake(seg)
+            self._wait_durable(seg, end, "an earlier write in this segment did not complete")
             return ok and (seg.failed_at is None or seg.failed_at >= end)
 
     def quiesce(self, seg: Segment) -> None:
         """Wait until no write to ``seg`` is in flight. Caller holds ``wlock`` (no new ones)."""
+        with self.state.lock:
+            self._wait_durable(seg, seg.end, f"writes to segment {seg.id} did not complete")
+
+    def _wait_durable(self, seg: Segment, end: int, why: str) -> None:
+        """Sleep until ``seg.durable >= end``. Caller holds the state's ``lock``. Each waiter has
+        its own condition, woken by ``_wake`` only once its range is covered: with 32 writers a
+        shared ``notify_all`` per completion woke all 32 to find 31 still waiting, each wake a
+        GIL handoff (and a lock acquisition) on the write path."""
+        if seg.durable >= end:
+            return
         deadline = time.monotonic() + limits.write_wait_seconds_max
-        with self.io_done:
-            while seg.durable < seg.end:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StorageError(f"writes to segment {seg.id} did not complete")
-                self.io_done.wait(left)
+        cond = threading.Condition(self.state.lock)
+        self._ticket += 1
+        heapq.heappush(self._waiters.setdefault(seg.id, []), (end, self._ticket, cond))
+        while seg.durable < end:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StorageError(why)  # the heap entry goes when durable passes it
+            cond.wait(left)
+
+    def _wake(self, seg: Segment) -> None:
+        """Notify the waiters of ``seg`` whose ranges ``durable`` now covers. Caller holds the
+        state's ``lock``."""
+        heap = self._waiters.get(seg.id)
+        while heap and heap[0][0] <= seg.durable:
+            heapq.heappop(heap)[2].notify()
+        if heap is not None and not heap:
+            del self._waiters[seg.id]
 
     # ------------------------------------------------------------------ whole appends
     def write(self, preps: list[Prepared], overwrite: bool, donate: bool) -> list[PutResult]:

@@ -19,7 +19,7 @@ import numpy as np
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.batch import check_batch
-from kvstore.engine.device import AlignedBuffer
+from kvstore.engine.device import AlignedBuffer, copy_into
 from kvstore.engine.log import SegmentLog
 from kvstore.engine.ranges import span_of
 from kvstore.engine.records import RecordIO
@@ -224,7 +224,7 @@ class BlockReader:
             n = len(v.payload)
             if len(target) < n:
                 raise InvalidArgument(f"buffer of {len(target)} bytes is smaller than {n}")
-            target[:n] = v.payload
+            copy_into(target, v.payload)  # GIL released for large blocks
             return n
 
     def head(self, ns: str, key: str) -> BlockMeta | None:
