@@ -286,8 +286,9 @@ def main() -> int:
 
         if shutil.which("fio"):
             size = n * BS
-            res["fio_write"] = fio(work / "fio.dat", "write", args.depth, size) / 1e9
-            res["fio_read"] = fio(work / "fio.dat", "read", args.depth, size) / 1e9
+            disk = str(machine(work)["disk"])
+            res["fio_write"] = fio(work / "fio.dat", "write", args.depth, size, disk).gbps
+            res["fio_read"] = fio(work / "fio.dat", "read", args.depth, size, disk).gbps
             print(f"fio O_DIRECT QD{args.depth} read / write: {res['fio_read']:.2f} / "
                   f"{res['fio_write']:.2f} GB/s", flush=True)
     finally:
