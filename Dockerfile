@@ -28,8 +28,16 @@ COPY clients ./clients
 COPY kvstore ./kvstore
 COPY loadtest ./loadtest
 COPY deploy ./deploy
-# The server with boto3 (the load generator's S3 client) from the test extra.
-RUN python3 -m venv /opt/venv \
+# The server with boto3 (the load generator's S3 client) from the test extra. Hosts that reach
+# PyPI only through a mirror or a TLS-intercepting proxy pass their pip settings in:
+#   --build-arg PIP_INDEX_URL=... --build-arg PIP_EXTRA_INDEX_URL=...
+#   --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt   (the CA bundle pip trusts)
+# (deploy/compose-test.sh does this from the host's own pip configuration).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip \
  && /opt/venv/bin/pip install -q './clients' '.[test]'
 ENV PATH=/opt/venv/bin:$PATH
