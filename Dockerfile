@@ -13,8 +13,9 @@
 #
 # The base image is plain Debian bookworm; where no image registry is reachable, build a local
 # base from Debian packages (e.g. mmdebstrap with the host's apt sources, then `podman import`)
-# and tag it debian:bookworm-slim.
+# and tag it debian:bookworm-slim (deploy/build-base-image.sh; `make compose-test` runs it).
 FROM debian:bookworm-slim
+LABEL org.opencontainers.image.title=kvstore
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update -qq \

@@ -103,6 +103,8 @@ set -- --pull=never --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -t kvstor
 [ ! -s "$cert" ] || set -- "$@" --secret "id=pip_cert,src=$cert"
 say "building kvstore:latest (pip index: ${index:-default}${extra:+, extra: $extra})"
 $PODMAN build -q "$@" . >/dev/null
+# The kvstore images that earlier builds left untagged (the layer cache stays: it is referenced).
+podman image prune -f --filter label=org.opencontainers.image.title=kvstore >/dev/null 2>&1 || true
 say "images ready after $(elapsed)"
 
 # 4. The pod.
