@@ -74,7 +74,8 @@ cleanup() {
     exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # A pod left over from an interrupted run would hold the ports.
 $COMPOSE down -v >/dev/null 2>&1 || true
@@ -109,7 +110,11 @@ say "images ready after $(elapsed)"
 
 # 4. The pod.
 say "bringing the pod up (project $PROJECT, load generator for ${LOADGEN_SECONDS}s)"
-KVSTORE_LOADGEN_SECONDS="$LOADGEN_SECONDS" $COMPOSE up -d >/dev/null 2>&1
+uplog="$(mktemp)"
+if ! KVSTORE_LOADGEN_SECONDS="$LOADGEN_SECONDS" $COMPOSE up -d > "$uplog" 2>&1; then
+    tail -n 30 "$uplog"; rm -f "$uplog"; say "podman-compose up failed"; exit 1
+fi
+rm -f "$uplog"
 
 # 5. The checks. Every node answers on its 127.0.0.1 port from the host...
 for port in 8711 8712 8713; do
