@@ -13,8 +13,9 @@
 #
 # The base image is plain Debian bookworm; where no image registry is reachable, build a local
 # base from Debian packages (e.g. mmdebstrap with the host's apt sources, then `podman import`)
-# and tag it debian:bookworm-slim.
+# and tag it debian:bookworm-slim (deploy/build-base-image.sh; `make compose-test` runs it).
 FROM debian:bookworm-slim
+LABEL org.opencontainers.image.title=kvstore
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update -qq \
@@ -28,8 +29,16 @@ COPY clients ./clients
 COPY kvstore ./kvstore
 COPY loadtest ./loadtest
 COPY deploy ./deploy
-# The server with boto3 (the load generator's S3 client) from the test extra.
-RUN python3 -m venv /opt/venv \
+# The server with boto3 (the load generator's S3 client) from the test extra. Hosts that reach
+# PyPI only through a mirror or a TLS-intercepting proxy pass their pip settings in:
+#   --build-arg PIP_INDEX_URL=... --build-arg PIP_EXTRA_INDEX_URL=...
+#   --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt   (the CA bundle pip trusts)
+# (deploy/compose-test.sh does this from the host's own pip configuration).
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+ && python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install -q --upgrade pip \
  && /opt/venv/bin/pip install -q './clients' '.[test]'
 ENV PATH=/opt/venv/bin:$PATH

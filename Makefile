@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist compose-test
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -36,6 +36,12 @@ test-nixl: $(STAMP)
 # clone, then the README's client example against a real server on loopback (about a minute).
 test-client-dist: $(STAMP)
 	KVSTORE_TEST_CLIENT_DIST=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_client_dist.py
+
+# The real docker-compose.yml (etcd, three nodes, a load generator) under podman-compose, checked
+# end to end and always taken down; as root (it apt-installs podman, podman-compose, runc and
+# mmdebstrap if missing and builds the base image from Debian packages). About a minute warm.
+compose-test:
+	sh deploy/compose-test.sh
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
