@@ -1,5 +1,5 @@
 """``kvstore pod up`` (a test pod on this machine) and ``kvstore pod status`` (what a pod is
-doing, from etcd and each node's ``/v1/stats``).
+doing, from etcd and each node's ``/metrics``).
 
 ``pod up --nodes N`` starts Debian's ``etcd`` on 127.0.0.1 (temporary data directory) and N
 ``kvstore serve`` processes, node *i* on its own loopback address 127.0.0.(10+i), so node
@@ -36,7 +36,7 @@ from kvstore import limits
 POD_UP_NODES_MAX = 64
 # Seconds for etcd to listen and for each node to print its ready line.
 START_S = 60.0
-# Seconds `pod status` waits for one node's /v1/stats.
+# Seconds `pod status` waits for one node's /metrics.
 STATUS_HTTP_TIMEOUT_S = 2.0
 ETCD_PACKAGE = "etcd-server"
 
@@ -219,11 +219,35 @@ def _tail(path: str, n: int = 2000) -> str:
 
 # -- pod status ----------------------------------------------------------------------------
 
+# What `pod status` reads of each node's /metrics (the Prometheus names kvstore.api.metrics
+# exports for these engine stats). /metrics, unlike /v1/stats, needs no signature, so the
+# status of a pod that runs with credentials needs none either.
+_STATUS_SAMPLES = {
+    ("kvstore_blocks", ""): "blocks",
+    ("kvstore_used_bytes", "flash"): "flash_used_bytes",
+    ("kvstore_engine_hits_total", "dram"): "hits_dram",
+    ("kvstore_engine_hits_total", "flash"): "hits_flash",
+    ("kvstore_engine_misses_total", ""): "misses",
+}
+
+
+def parse_status_metrics(text: str) -> dict[str, float]:
+    """The engine stats `pod status` shows, from a node's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            stat = _STATUS_SAMPLES.get((sample.name, sample.labels.get("tier", "")))
+            if stat is not None:
+                out[stat] = float(sample.value)
+    return out
+
+
 def _node_stats(http: str) -> tuple[dict[str, Any] | None, str]:
     try:
-        with urllib.request.urlopen(f"{http}/v1/stats", timeout=STATUS_HTTP_TIMEOUT_S) as r:
-            doc = json.loads(r.read())
-        return doc.get("stats", {}), ""
+        with urllib.request.urlopen(f"{http}/metrics", timeout=STATUS_HTTP_TIMEOUT_S) as r:
+            return parse_status_metrics(r.read().decode()), ""
     except urllib.error.HTTPError as exc:
         return None, f"HTTP {exc.code}"
     except (OSError, ValueError) as exc:

@@ -13,7 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .nodes import env
+from .conftest import Etcd
+from .nodes import PodNode, env, until
 
 START_S = 60.0
 
@@ -88,3 +89,33 @@ def test_pod_status_with_etcd_down_exits_1() -> None:
                           f"http://127.0.0.1:{port}"], capture_output=True, text=True,
                          env=env(), timeout=30)
     assert res.returncode == 1 and "no etcd answered" in res.stderr
+
+
+def test_pod_status_reaches_nodes_that_require_signatures(etcd: Etcd, tmp_path: Path) -> None:
+    """Nodes served with credentials refuse unsigned /v1 calls; `pod status` reads their
+    /metrics instead (unsigned, as Prometheus scrapes it), so they show as reachable."""
+    creds = tmp_path / "credentials.json"
+    creds.write_text(json.dumps({"tenants": [{"name": "acme", "access_key": "AKIDACME",
+                                              "secret_key": "acme-secret-key"}]}))
+    node = PodNode(tmp_path, 1, ["--pod", "signed", "--etcd", etcd.url, "--etcd-lease-ttl", "2",
+                    "--etcd-timeout", "0.3"],
+                   "--credentials", str(creds))
+    try:
+        node.wait_ready()
+        assert node.request("GET", "/v1/stats")[0] == 403  # unsigned: refused
+        until(lambda: _registered(etcd.url, "signed"), "node1 registered")
+        st = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
+                             etcd.url, "--pod", "signed", "--json"], capture_output=True,
+                            text=True, env=env(), timeout=30)
+        assert st.returncode == 0, st.stderr
+        (row,) = json.loads(st.stdout)["nodes"]
+        assert row["reachable"] and row["registered"] and row["blocks"] == 0, row
+    finally:
+        node.kill()
+
+
+def _registered(etcd_url: str, pod: str) -> bool:
+    st = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd", etcd_url,
+                         "--pod", pod, "--json"], capture_output=True, text=True, env=env(),
+                        timeout=30)
+    return st.returncode == 0 and len(json.loads(st.stdout)["nodes"]) == 1
