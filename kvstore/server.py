@@ -39,6 +39,7 @@ from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.service import Node
+from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
@@ -251,6 +252,8 @@ class Server:
         if membership is not None:
             state.membership = membership
             metrics.watch_pod(membership)
+            state.blocks.forward = Forwarder(membership, timeout_s=cfg.forward_timeout_seconds,
+                                             metrics=lambda: metrics)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()

@@ -271,7 +271,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         if body.lease_seconds > limits.lease_seconds_max:
             raise E.LimitExceeded(
                 f"lease_seconds {body.lease_seconds:g} exceeds {limits.lease_seconds_max:g}")
-        res = blocks.lookup(tenant, ns, body.keys, lease_seconds=body.lease_seconds)
+        res = await blocks.lookup_pod(tenant, ns, body.keys, lease_seconds=body.lease_seconds)
         blocks.observe("lookup", "-", 0, time.perf_counter() - t0)
         return LookupResponse(prefix_len=res.found, keys=len(body.keys), leased=res.leased,
                               lease_seconds=body.lease_seconds,
@@ -295,7 +295,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """One boolean per key."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        found = blocks.exists_many(tenant, ns, body.keys)
+        found = await blocks.exists_pod(tenant, ns, body.keys)
         blocks.observe("exists", "-", 0, time.perf_counter() - t0)
         return ExistsResponse(exists=list(found))
 

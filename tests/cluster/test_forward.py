@@ -1,0 +1,136 @@
+"""Any-node access with real ``kvstore serve`` processes on 127.0.0.11-13 (static ``--peers``)
+and boto3: a block PUT through one node is read byte-exact through another and lands on its
+owner; a SIGKILLed owner's blocks turn into 404s while every other block keeps serving, with
+no 5xx; the forwarded-request counter counts; a previous owner is asked after a join."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from kvstore_client import Client
+
+from kvstore.cluster.membership import StaticMembership, load_peers
+
+from .conftest import free_port
+from .nodes import PodNode
+
+BUCKET = "pod"
+
+
+def s3(node: PodNode):  # noqa: ANN201 - a boto3 client
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    return boto3.client("s3", endpoint_url=node.url, region_name="us-east-1",
+                        aws_access_key_id="dev", aws_secret_access_key="dev",
+                        config=Config(s3={"addressing_style": "path"},
+                                      retries={"max_attempts": 1}))
+
+
+def write_peers(path: Path, ports: dict[int, tuple[int, int]]) -> Path:
+    path.write_text(json.dumps([
+        {"node_id": f"node{i}", "http": f"http://127.0.0.{10 + i}:{h}",
+         "bulk": f"127.0.0.{10 + i}:{b}", "capacity_bytes": 32 << 20}
+        for i, (h, b) in sorted(ports.items())]))
+    return path
+
+
+def start(tmp: Path, peers: Path, ports: dict[int, tuple[int, int]], ids: list[int]) -> list[PodNode]:
+    nodes = [PodNode(tmp, i, ["--peers", str(peers), "--forward-timeout", "0.5"],
+                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1])) for i in ids]
+    return [n.wait_ready() for n in nodes]
+
+
+def ports_for(ids: list[int]) -> dict[int, tuple[int, int]]:
+    return {i: (free_port(f"127.0.0.{10 + i}"), free_port(f"127.0.0.{10 + i}")) for i in ids}
+
+
+@pytest.fixture
+def pod3(tmp_path: Path) -> Iterator[tuple[list[PodNode], StaticMembership]]:
+    ports = ports_for([1, 2, 3])
+    peers = write_peers(tmp_path / "peers.json", ports)
+    nodes: list[PodNode] = []
+    try:
+        nodes = start(tmp_path, peers, ports, [1, 2, 3])
+        for n in nodes:  # static membership: namespaces are not pod-wide, create on each
+            s3(n).create_bucket(Bucket=BUCKET)
+        yield nodes, StaticMembership(load_peers(str(peers)))
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def local_has(node: PodNode, keys: list[str]) -> list[bool]:
+    """What ``node`` itself stores: its bulk port, which never forwards."""
+    m = re.search(rf"bulk .*?{re.escape(node.host)}:(\d+)", node.out)
+    assert m, node.out
+    with Client(node.host, int(m.group(1)), namespace=BUCKET, timeout=5) as c:
+        return c.exists_many(keys)
+
+
+def forwarded(node: PodNode, op: str, outcome: str) -> float:
+    text = node.request("GET", "/metrics")[1].decode()
+    m = re.search(rf'kvstore_forwarded_requests_total{{op="{op}",outcome="{outcome}"}} (\S+)',
+                  text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> None:  # noqa: ANN001
+    nodes, view = pod3
+    a, b, c = nodes
+    by_id = {n.node_id: n for n in nodes}
+    keys = [f"blk{i:03d}" for i in range(24)]
+    data = {k: os.urandom(1000 + 4099 * i) for i, k in enumerate(keys)}
+    data[keys[0]] = os.urandom(3 << 20)
+    owner = {k: view.owners(BUCKET, k)[0].node_id for k in keys}
+    assert set(owner.values()) == {"node1", "node2", "node3"}
+    for k in keys:
+        assert s3(a).put_object(Bucket=BUCKET, Key=k, Body=data[k])["ResponseMetadata"][
+            "HTTPStatusCode"] == 200
+    for k in keys:  # byte-exact through another node; HEAD through a third
+        assert s3(b).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+        assert s3(c).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+    got = s3(b).get_object(Bucket=BUCKET, Key=keys[1], Range="bytes=10-99")["Body"].read()
+    assert got == data[keys[1]][10:100]
+    for n in nodes:  # each block is on its owner, and only there
+        assert local_has(n, keys) == [owner[k] == n.node_id for k in keys]
+    assert forwarded(b, "get", "ok") >= sum(1 for k in keys if owner[k] != "node2")
+    assert forwarded(a, "put", "ok") == sum(1 for k in keys if owner[k] != "node1")
+    # /v1 through any node sees the pod
+    st, doc = c.request("POST", f"/v1/{BUCKET}/exists",
+                        json.dumps({"keys": [*keys, "absent"]}).encode())
+    assert st == 200 and doc["exists"] == [True] * len(keys) + [False], doc
+    st, doc = a.request("POST", f"/v1/{BUCKET}/lookup", json.dumps({"keys": keys}).encode())
+    assert st == 200 and doc["prefix_len"] == len(keys), doc
+    st, doc = b.request("POST", f"/v1/{BUCKET}/prefetch", json.dumps({"keys": keys}).encode())
+    assert st == 200, doc
+    gone = next(k for k in keys if owner[k] == "node3")
+    s3(a).delete_object(Bucket=BUCKET, Key=gone)
+    assert local_has(c, [gone]) == [False]
+    keys.remove(gone)
+
+    c.kill()  # SIGKILL: node3's blocks are misses, everything else keeps serving
+    for k in keys:
+        for n in (a, b):
+            if owner[k] == "node3":
+                with pytest.raises(ClientError) as e:
+                    s3(n).get_object(Bucket=BUCKET, Key=k)
+                assert e.value.response["Error"]["Code"] == "NoSuchKey"
+                assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+            else:
+                assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+    new = next(f"new{i}" for i in range(1000)
+               if view.owners(BUCKET, f"new{i}")[0].node_id == "node3")
+    r = s3(a).put_object(Bucket=BUCKET, Key=new, Body=b"x" * 100)  # a skipped write, not a 5xx
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    st, doc = a.request("POST", f"/v1/{BUCKET}/exists", json.dumps({"keys": keys}).encode())
+    assert st == 200 and doc["exists"] == [owner[k] != "node3" for k in keys]
+    assert forwarded(a, "get", "failed") + forwarded(a, "get", "breaker_open") >= 1
+    assert forwarded(a, "put", "failed") + forwarded(a, "put", "breaker_open") == 1
+    assert by_id["node1"].proc.poll() is None and by_id["node2"].proc.poll() is None
