@@ -134,3 +134,41 @@ def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> 
     assert forwarded(a, "get", "failed") + forwarded(a, "get", "breaker_open") >= 1
     assert forwarded(a, "put", "failed") + forwarded(a, "put", "breaker_open") == 1
     assert by_id["node1"].proc.poll() is None and by_id["node2"].proc.poll() is None
+
+
+def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> None:
+    """Blocks written to a 2-node pod; the pod restarts as 3 nodes (same data dirs): a block
+    whose owner is now the new node is still read, from its previous owner (one extra hop)."""
+    ports = ports_for([1, 2, 3])
+    two = write_peers(tmp_path / "two.json", {i: ports[i] for i in (1, 2)})
+    three = write_peers(tmp_path / "three.json", ports)
+    keys = [f"chain{i:03d}" for i in range(30)]
+    data = {k: os.urandom(2000 + i) for i, k in enumerate(keys)}
+    nodes = start(tmp_path, two, ports, [1, 2])
+    try:
+        for n in nodes:
+            s3(n).create_bucket(Bucket=BUCKET)
+        for k in keys:
+            s3(nodes[0]).put_object(Bucket=BUCKET, Key=k, Body=data[k])
+        for n in nodes:
+            assert n.stop() == 0
+    finally:
+        for n in nodes:
+            n.kill()
+    after = StaticMembership(load_peers(str(three)))
+    before = StaticMembership(load_peers(str(two)))
+    moved = [k for k in keys if after.owners(BUCKET, k)[0].node_id == "node3"]
+    assert moved  # about a third
+    for k in moved:  # the previous owner in the 3-node rank is the 2-node owner
+        assert after.owners(BUCKET, k, 2)[1].node_id == before.owners(BUCKET, k)[0].node_id
+    nodes = start(tmp_path, three, ports, [1, 2, 3])
+    try:
+        s3(nodes[2]).create_bucket(Bucket=BUCKET)
+        for n in nodes:
+            assert local_has(nodes[2], moved) == [False] * len(moved)
+            for k in keys:  # every block of the warm pod still hits, through every node
+                assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+                assert s3(n).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+    finally:
+        for n in nodes:
+            n.kill()
