@@ -304,10 +304,14 @@ forward_breaker_open_seconds = 1.0
 # Cached bulk clients, one per (node, tenant, namespace); each keeps this many idle connections.
 forward_clients_max = 256
 forward_pool_connections = 4
+# One peer's answer to a whole-pod listing's page (GET /v1/{ns}/blocks: at most list_keys_max
+# keys of up to key_bytes_max each, plus their S3 metadata and JSON framing).
+forward_list_response_bytes_max = 16 * MiB
 
 assert (forward_timeout_seconds_min <= forward_timeout_seconds_default
         <= forward_timeout_seconds_max)
 assert forward_breaker_failures >= 1 and forward_breaker_open_seconds > 0
+assert forward_list_response_bytes_max >= list_keys_max * 4 * KiB
 assert forward_clients_max >= 1 and 1 <= forward_pool_connections <= connections_max
 
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------

@@ -42,7 +42,7 @@ from kvstore.api.control_models import (
 from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
-from kvstore.auth import Tenant
+from kvstore.auth import Op, Tenant
 from kvstore.engine.types import NamespaceInfo
 from kvstore.service import Node
 
@@ -276,6 +276,19 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         return LookupResponse(prefix_len=res.found, keys=len(body.keys), leased=res.leased,
                               lease_seconds=body.lease_seconds,
                               lease_limited=res.lease_limited(body.lease_seconds))
+
+    @app.get("/v1/{ns}/blocks", tags=["blocks"], responses=_ERRORS,
+             summary="This node's own blocks, sorted (a page of a whole-pod S3 listing)")
+    async def local_blocks(ns: str, prefix: str = "", start_after: str = "",
+                           limit: int = limits.list_keys_max,
+                           tenant: Tenant = Depends(caller)) -> dict[str, object]:
+        from kvstore.api.s3.pod_listing import meta_doc
+
+        blocks.authorize(tenant, ns, Op.READ)
+        _check_count(limit, limits.list_keys_max, "limit")
+        items, more = await blocks.run(lambda: blocks.list_blocks(
+            ns, prefix=prefix, start_after=start_after, limit=max(1, limit)))
+        return {"blocks": [meta_doc(b) for b in items], "truncated": more}
 
     @app.post("/v1/{ns}/prefetch", response_model=PrefetchResponse, tags=["blocks"],
               responses=_ERRORS)

@@ -40,6 +40,8 @@ from kvstore import limits
 from kvstore.auth import Tenant
 from kvstore.cluster.membership import Membership, NodeInfo
 
+__all__ = ["Forwarder", "NodeInfo", "checksum_of"]
+
 log = logging.getLogger("kvstore.forward")
 T = TypeVar("T")
 
@@ -100,7 +102,7 @@ class Forwarder:
         return [v[k] for k in sorted(v) if k != self.membership.self_id]
 
     # -- calls -----------------------------------------------------------------------------
-    def _breaker(self, node: NodeInfo) -> Breaker:
+    def breaker(self, node: NodeInfo) -> Breaker:
         b = self._breakers.get(node.node_id)
         if b is None:
             b = self._breakers[node.node_id] = Breaker(
@@ -138,7 +140,7 @@ class Forwarder:
                    fn: Callable[[AsyncClient], Awaitable[T]], failed: T) -> tuple[T, bool]:
         """``fn(client)`` at ``node``: (its answer, True), or (``failed``, False) when the node
         did not answer in time or its breaker is open (counted, logged)."""
-        b = self._breaker(node)
+        b = self.breaker(node)
         if not node.bulk or not b.allow():
             self.count(op, "breaker_open")
             return failed, False

@@ -110,6 +110,14 @@ def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> 
     assert st == 200 and doc["prefix_len"] == len(keys), doc
     st, doc = b.request("POST", f"/v1/{BUCKET}/prefetch", json.dumps({"keys": keys}).encode())
     assert st == 200, doc
+    for n in nodes:  # a listing through any node shows the whole pod, in order, paged too
+        listed = s3(n).list_objects_v2(Bucket=BUCKET)["Contents"]
+        assert [o["Key"] for o in listed] == sorted(keys)
+        assert {o["Key"]: o["Size"] for o in listed} == {k: len(v) for k, v in data.items()}
+    pages = s3(b).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, PaginationConfig={
+        "PageSize": 5})
+    assert [o["Key"] for p in pages for o in p["Contents"]] == sorted(keys)
+    assert forwarded(b, "list", "ok") >= 2
     gone = next(k for k in keys if owner[k] == "node3")
     s3(a).delete_object(Bucket=BUCKET, Key=gone)
     assert local_has(c, [gone]) == [False]
@@ -131,6 +139,8 @@ def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> 
     assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
     st, doc = a.request("POST", f"/v1/{BUCKET}/exists", json.dumps({"keys": keys}).encode())
     assert st == 200 and doc["exists"] == [owner[k] != "node3" for k in keys]
+    listed = s3(b).list_objects_v2(Bucket=BUCKET)["Contents"]  # the live nodes' keys
+    assert [o["Key"] for o in listed] == sorted(k for k in keys if owner[k] != "node3")
     assert forwarded(a, "get", "failed") + forwarded(a, "get", "breaker_open") >= 1
     assert forwarded(a, "put", "failed") + forwarded(a, "put", "breaker_open") == 1
     assert by_id["node1"].proc.poll() is None and by_id["node2"].proc.poll() is None
@@ -169,6 +179,49 @@ def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> 
             for k in keys:  # every block of the warm pod still hits, through every node
                 assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
                 assert s3(n).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_with_credentials_peers_act_as_the_caller(tmp_path: Path) -> None:
+    """Every node reads the same credentials file: the entry node reaches the owner as the
+    caller (bulk HELLO for blocks, a SigV4-signed /v1 listing), and the owner's policy holds."""
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"tenants": [
+        {"name": "acme", "access_key": "AKIAACME", "secret_key": "acme-secret"},
+        {"name": "other", "access_key": "AKIAOTHER", "secret_key": "other-secret"}]}))
+    ports = ports_for([1, 2])
+    peers = write_peers(tmp_path / "peers.json", ports)
+    nodes = [PodNode(tmp_path, i, ["--peers", str(peers), "--credentials", str(creds)],
+                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1]))
+             for i in (1, 2)]
+    try:
+        a, b = (n.wait_ready() for n in nodes)
+
+        def client(n: PodNode, ak: str, sk: str):  # noqa: ANN202
+            os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+            return boto3.client("s3", endpoint_url=n.url, region_name="us-east-1",
+                                aws_access_key_id=ak, aws_secret_access_key=sk,
+                                config=Config(s3={"addressing_style": "path"},
+                                              retries={"max_attempts": 1}))
+
+        for n in (a, b):
+            client(n, "AKIAACME", "acme-secret").create_bucket(Bucket=BUCKET)
+        view = StaticMembership(load_peers(str(peers)))
+        keys = [f"k{i}" for i in range(12)]
+        assert {view.owners(BUCKET, k)[0].node_id for k in keys} == {"node1", "node2"}
+        for k in keys:
+            client(a, "AKIAACME", "acme-secret").put_object(Bucket=BUCKET, Key=k, Body=k.encode())
+        for k in keys:
+            got = client(b, "AKIAACME", "acme-secret").get_object(Bucket=BUCKET, Key=k)
+            assert got["Body"].read() == k.encode()
+        listed = client(b, "AKIAACME", "acme-secret").list_objects_v2(Bucket=BUCKET)
+        assert [o["Key"] for o in listed["Contents"]] == sorted(keys)
+        assert forwarded(b, "list", "ok") >= 1 and forwarded(b, "list", "failed") == 0
+        with pytest.raises(ClientError) as e:  # another tenant is refused at the entry
+            client(b, "AKIAOTHER", "other-secret").get_object(Bucket=BUCKET, Key=keys[0])
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
     finally:
         for n in nodes:
             n.kill()
