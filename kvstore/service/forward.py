@@ -116,10 +116,13 @@ class Forwarder:
             self._clients.move_to_end(ck)
             return c
         host, _, port = node.bulk.rpartition(":")
-        # an unsigned /v1 call in development mode has no access key: the dev key then
+        # an unsigned /v1 call in development mode has no access key: the dev key then. One
+        # retry, at once: a pooled connection the owner closed while idle is not a dead owner;
+        # the whole call stays bounded by timeout_s (``call``'s wait_for).
         c = AsyncClient(host, int(port), namespace=ns, access_key=tenant.access_key or "dev",
                         secret_key=tenant.secret_key, timeout=self.timeout_s,
-                        pool_size=limits.forward_pool_connections, retries=0)
+                        pool_size=limits.forward_pool_connections, retries=1,
+                        backoff_seconds=0.0)
         self._clients[ck] = c
         while len(self._clients) > limits.forward_clients_max:
             _, old = self._clients.popitem(last=False)
