@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -123,6 +124,16 @@ def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> 
     assert local_has(c, [gone]) == [False]
     keys.remove(gone)
 
+    c.proc.send_signal(signal.SIGSTOP)  # a node that accepts but never answers: the timeout
+    try:
+        k3 = next(k for k in keys if owner[k] == "node3")
+        for _ in range(4):  # misses within --forward-timeout; then the breaker skips node3
+            with pytest.raises(ClientError) as e:
+                s3(a).get_object(Bucket=BUCKET, Key=k3)
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert forwarded(a, "get", "failed") >= 3 and forwarded(a, "get", "breaker_open") >= 1
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
     c.kill()  # SIGKILL: node3's blocks are misses, everything else keeps serving
     for k in keys:
         for n in (a, b):
