@@ -282,6 +282,8 @@ class Server:
             except Exception:  # noqa: BLE001 - keep shutting down
                 log.exception("error while draining")
         cutter.cancel()
+        if state.blocks.forward is not None:  # after the drain: requests in flight used them
+            await state.blocks.forward.close()
         return 1 if crashed else 0
 
     def _cut_delay_s(self, drain_s: float) -> float:
