@@ -123,6 +123,7 @@ class ServeConfig:
     peers: str | None = None
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
+    forward_timeout_seconds: float = limits.forward_timeout_seconds_default
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -165,6 +166,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "peers": ("--peers", "KVSTORE_PEERS", "path"),
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
+    "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -223,6 +225,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                   f"default {d.etcd_lease_ttl_seconds:g})",
         "etcd_timeout_seconds": "seconds for one etcd call before etcd counts as down "
                                 f"(default {d.etcd_timeout_seconds:g})",
+        "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
+                                   "that node counts as a miss (default "
+                                   f"{d.forward_timeout_seconds:g})",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":
@@ -284,10 +289,13 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         if isinstance(raw, bool) or not lo <= secs <= hi:
             raise ConfigError(f"{what}: must be in [{lo:g}, {hi:g}] seconds, got {raw!r}")
         return secs
-    if kind in ("lease_ttl", "etcd_timeout"):
-        lo, hi = ((limits.etcd_lease_ttl_seconds_min, limits.etcd_lease_ttl_seconds_max)
-                  if kind == "lease_ttl" else
-                  (limits.etcd_call_timeout_seconds_min, limits.etcd_call_timeout_seconds_max))
+    if kind in ("lease_ttl", "etcd_timeout", "forward_timeout"):
+        lo, hi = {"lease_ttl": (limits.etcd_lease_ttl_seconds_min,
+                                limits.etcd_lease_ttl_seconds_max),
+                  "etcd_timeout": (limits.etcd_call_timeout_seconds_min,
+                                   limits.etcd_call_timeout_seconds_max),
+                  "forward_timeout": (limits.forward_timeout_seconds_min,
+                                      limits.forward_timeout_seconds_max)}[kind]
         try:
             bounded = float(raw)
         except (TypeError, ValueError):

@@ -290,6 +290,30 @@ assert etcd_call_timeout_seconds_min < etcd_lease_ttl_seconds_min / etcd_keepali
 assert 0 < etcd_retry_seconds < etcd_lease_ttl_seconds_default
 assert namespaces_max <= 1_000_000 and pod_nodes_max >= 1
 
+# Any-node access (kvstore.service.forward): a request for a block another node owns is done at
+# that owner over its bulk port. One forwarded call (connect, HELLO, the call) is bounded by
+# the forward timeout: past it the owner is a miss (reads) or a skipped write. Short, since a
+# miss only costs a recomputation; long enough for a 64 MiB block over a busy link.
+forward_timeout_seconds_default = 1.0
+forward_timeout_seconds_min = 0.05
+forward_timeout_seconds_max = 30.0
+# The circuit breaker per owner (the SDK's): this many failures in a row open it; for
+# forward_breaker_open_seconds calls skip that node (a miss at once), then one probe goes through.
+forward_breaker_failures = 3
+forward_breaker_open_seconds = 1.0
+# Cached bulk clients, one per (node, tenant, namespace); each keeps this many idle connections.
+forward_clients_max = 256
+forward_pool_connections = 4
+# One peer's answer to a whole-pod listing's page (GET /v1/{ns}/blocks: at most list_keys_max
+# keys of up to key_bytes_max each, plus their S3 metadata and JSON framing).
+forward_list_response_bytes_max = 16 * MiB
+
+assert (forward_timeout_seconds_min <= forward_timeout_seconds_default
+        <= forward_timeout_seconds_max)
+assert forward_breaker_failures >= 1 and forward_breaker_open_seconds > 0
+assert forward_list_response_bytes_max >= list_keys_max * 4 * KiB
+assert forward_clients_max >= 1 and 1 <= forward_pool_connections <= connections_max
+
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 
 # On-disk geometry: segments are whole pages, and a default segment holds a maximal block with

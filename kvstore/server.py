@@ -39,6 +39,7 @@ from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
 from kvstore.io_uring.select import open_device
 from kvstore.service import Node
+from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
@@ -251,6 +252,8 @@ class Server:
         if membership is not None:
             state.membership = membership
             metrics.watch_pod(membership)
+            state.blocks.forward = Forwarder(membership, timeout_s=cfg.forward_timeout_seconds,
+                                             metrics=lambda: metrics)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()
@@ -279,6 +282,8 @@ class Server:
             except Exception:  # noqa: BLE001 - keep shutting down
                 log.exception("error while draining")
         cutter.cancel()
+        if state.blocks.forward is not None:  # after the drain: requests in flight used them
+            await state.blocks.forward.close()
         return 1 if crashed else 0
 
     def _cut_delay_s(self, drain_s: float) -> float:

@@ -42,7 +42,7 @@ from kvstore.api.control_models import (
 from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
-from kvstore.auth import Tenant
+from kvstore.auth import Op, Tenant
 from kvstore.engine.types import NamespaceInfo
 from kvstore.service import Node
 
@@ -271,11 +271,24 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         if body.lease_seconds > limits.lease_seconds_max:
             raise E.LimitExceeded(
                 f"lease_seconds {body.lease_seconds:g} exceeds {limits.lease_seconds_max:g}")
-        res = blocks.lookup(tenant, ns, body.keys, lease_seconds=body.lease_seconds)
+        res = await blocks.lookup_pod(tenant, ns, body.keys, lease_seconds=body.lease_seconds)
         blocks.observe("lookup", "-", 0, time.perf_counter() - t0)
         return LookupResponse(prefix_len=res.found, keys=len(body.keys), leased=res.leased,
                               lease_seconds=body.lease_seconds,
                               lease_limited=res.lease_limited(body.lease_seconds))
+
+    @app.get("/v1/{ns}/blocks", tags=["blocks"], responses=_ERRORS,
+             summary="This node's own blocks, sorted (a page of a whole-pod S3 listing)")
+    async def local_blocks(ns: str, prefix: str = "", start_after: str = "",
+                           limit: int = limits.list_keys_max,
+                           tenant: Tenant = Depends(caller)) -> dict[str, object]:
+        from kvstore.api.s3.pod_listing import meta_doc
+
+        blocks.authorize(tenant, ns, Op.READ)
+        _check_count(limit, limits.list_keys_max, "limit")
+        items, more = await blocks.run(lambda: blocks.list_blocks(
+            ns, prefix=prefix, start_after=start_after, limit=max(1, limit)))
+        return {"blocks": [meta_doc(b) for b in items], "truncated": more}
 
     @app.post("/v1/{ns}/prefetch", response_model=PrefetchResponse, tags=["blocks"],
               responses=_ERRORS)
@@ -295,7 +308,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """One boolean per key."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        found = blocks.exists_many(tenant, ns, body.keys)
+        found = await blocks.exists_pod(tenant, ns, body.keys)
         blocks.observe("exists", "-", 0, time.perf_counter() - t0)
         return ExistsResponse(exists=list(found))
 

@@ -162,6 +162,10 @@ class Metrics:
         self._refused = Counter("kvstore_connections_refused",
                                 "Connections refused at the cap or limited to health probes, "
                                 "by port and reason", ["port", "reason"], registry=self.registry)
+        self._forwarded = Counter("kvstore_forwarded_requests",
+                                  "Requests forwarded to the block's owner in the pod, by "
+                                  "operation and outcome", ["op", "outcome"],
+                                  registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
             self.registry.register(EngineCollector(engine))
@@ -196,6 +200,11 @@ class Metrics:
     def refused(self, port: str, reason: str) -> None:
         """Record one connection refused (``cap``) or answered 503 on a probe slot."""
         self._refused.labels(port, reason).inc()
+
+    def forwarded(self, op: str, outcome: str) -> None:
+        """Record one request forwarded to another node (``outcome``: ok, miss, failed,
+        breaker_open)."""
+        self._forwarded.labels(op, outcome).inc()
 
     def watch_pod(self, membership: Any) -> None:
         """Export the pod membership's gauges (``PodCollector``) from now on."""

@@ -77,7 +77,7 @@ async def read_pod(endpoints: Sequence[tuple[str, int]], pod: str,
             last = exc
         finally:
             with contextlib.suppress(Exception):
-                await client.close()
+                await asyncio.wait_for(client.close(), timeout_s)  # a grpc close can hang
     raise ConnectionError(f"no etcd answered at {endpoints}: {last!r}")
 
 
@@ -200,8 +200,12 @@ class EtcdMembership(Membership):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # bounded: the session's own cleanup (closing the client) is bounded too, so this
+            # only waits long when something below ignores cancellation
+            await asyncio.wait({task}, timeout=2 * self.call_timeout_s + 1.0)
+            if task.done() and not task.cancelled():
+                with contextlib.suppress(Exception):
+                    task.result()
         self._connected = False
 
     def _urls(self) -> str:
@@ -225,7 +229,7 @@ class EtcdMembership(Membership):
                 client, self._client, self._lease = self._client, None, None
                 if client is not None:
                     with contextlib.suppress(Exception):
-                        await client.close()
+                        await asyncio.wait_for(client.close(), self.call_timeout_s)
             self._next += 1
             await asyncio.sleep(limits.etcd_retry_seconds)
 

@@ -16,16 +16,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kvstore import limits
 from kvstore.auth import Op, Policy, Tenant
 from kvstore.engine.reader import BlockLease
 from kvstore.engine.store import Engine
-from kvstore.engine.types import BlockMeta, NamespaceInfo, PutResult
+from kvstore.engine.types import BlockMeta, LookupResult, NamespaceInfo, PutResult
 from kvstore.errors import AlreadyExists, KVStoreError, NamespaceNotFound
 from kvstore.keys import validate_namespace
+from kvstore.service import pod_blocks
 from kvstore.service.runner import EngineRunner
+
+if TYPE_CHECKING:
+    from kvstore.service.forward import Forwarder
 
 T = TypeVar("T")
 
@@ -40,6 +44,10 @@ class BlockService:
         # Told after a namespace is created (info) or deleted (None) here: the pod records it
         # pod-wide (kvstore.service.pod). None: a node on its own.
         self.namespace_hook: Callable[[str, NamespaceInfo | None], Awaitable[None]] | None = None
+        # Any-node access (kvstore.service.forward): set by the server for a node in a pod.
+        # Only calls that name the caller's tenant (the S3 and /v1 front ends) forward; the
+        # bulk, shm and NIXL transports never do (one hop). None: a node on its own.
+        self.forward: Forwarder | None = None
 
     # -- authorization -------------------------------------------------------------------
     def authorize(self, tenant: Tenant, ns: str, op: Op) -> NamespaceInfo | None:
@@ -113,7 +121,7 @@ class BlockService:
         return self.engine.exists_many(ns, keys)
 
     def lookup(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
-               lease_seconds: float = 0.0) -> Any:
+               lease_seconds: float = 0.0) -> LookupResult:
         """Index only: inline. The engine's ``LookupResult`` (found, leased)."""
         self.authorize(tenant, ns, Op.READ)
         return self.engine.lookup(ns, keys, lease_seconds=lease_seconds)
@@ -122,20 +130,58 @@ class BlockService:
         self.authorize(tenant, ns, Op.READ)
         return self.engine.stats(), self.engine.count(ns)
 
+    async def exists_pod(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> list[bool]:
+        """``exists_many`` over the pod: each key asked at its owner (a node that does not
+        answer: absent)."""
+        if self.forward is None:
+            return self.exists_many(tenant, ns, keys)
+        self.authorize(tenant, ns, Op.READ)
+        return await pod_blocks.exists(self, self.forward, tenant, ns, keys)
+
+    async def lookup_pod(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
+                         lease_seconds: float = 0.0) -> LookupResult:
+        """``lookup`` over the pod: the longest prefix of the chain present at its owners."""
+        if self.forward is None:
+            return self.lookup(tenant, ns, keys, lease_seconds=lease_seconds)
+        self.authorize(tenant, ns, Op.READ)
+        return await pod_blocks.lookup(self, self.forward, tenant, ns, keys, lease_seconds)
+
     async def delete_many(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
         self.authorize(tenant, ns, Op.DELETE)
+        if self.forward is not None:
+            return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, keys)
         return await self.runner.call(self.engine.delete_many, ns, keys)
 
     async def delete(self, tenant: Tenant, ns: str, key: str) -> bool:
         self.authorize(tenant, ns, Op.DELETE)
+        if self.forward is not None and self.forward.owner(ns, key) is not None:
+            return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, [key]) > 0
         return await self.runner.call(self.engine.delete, ns, key)
 
     async def prefetch(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
         self.authorize(tenant, ns, Op.READ)
+        if self.forward is not None:
+            return await pod_blocks.count_op(self, self.forward, "prefetch", tenant, ns, keys)
         return await self.runner.call(self.engine.prefetch, ns, keys)
 
-    async def head(self, ns: str, key: str) -> BlockMeta | None:
-        """After ``authorize`` for READ: from DRAM inline, else one header read on a thread."""
+    async def put_remote(self, tenant: Tenant, ns: str, key: str, data: object, *,
+                         overwrite: bool) -> tuple[bool, bool | None]:
+        """After ``authorize`` for WRITE: store at the block's owner when that is another node.
+        (False, None): the block is this node's, store it here; (True, created): forwarded,
+        ``created`` None when the owner did not answer (a skipped write, counted)."""
+        owner = None if self.forward is None else self.forward.owner(ns, key)
+        if owner is None:
+            return False, None
+        assert self.forward is not None
+        return True, await self.forward.put(owner, tenant, ns, key, data, overwrite=overwrite)
+
+    async def head(self, ns: str, key: str, *, tenant: Tenant | None = None) -> BlockMeta | None:
+        """After ``authorize`` for READ: from DRAM inline, else one header read on a thread.
+        With ``tenant`` (an HTTP front end), a block of another node is asked there."""
+        if tenant is not None and self.forward is not None:
+            view = await pod_blocks.remote_view(self, self.forward, tenant, ns, key, "head")
+            if view is not pod_blocks.LOCAL:
+                return None if view is None else view.meta
         meta = self.engine.head_dram(ns, key)
         if meta is None:
             meta = await self.runner.call(self.engine.head, ns, key)
@@ -165,10 +211,15 @@ class BlockService:
         return lease
 
     async def read(self, ns: str, key: str, fn: Callable[[Any], T], *,
-                   span: tuple[int, int | None] | None = None) -> T:
+                   span: tuple[int, int | None] | None = None, tenant: Tenant | None = None) -> T:
         """After ``authorize`` for READ: ``fn(view or None)`` over one block, inline for a DRAM
         hit, else on an engine thread (``span`` = (offset, length) reads only the chunks
-        covering it). ``fn`` must not keep the view of a non-stable block."""
+        covering it). ``fn`` must not keep the view of a non-stable block. With ``tenant`` (an
+        HTTP front end), a block of another node is read there (``fn`` gets its whole bytes)."""
+        if tenant is not None and self.forward is not None:
+            view = await pod_blocks.remote_view(self, self.forward, tenant, ns, key, "get")
+            if view is not pod_blocks.LOCAL:
+                return fn(view)
         hot = self.engine.read_dram(ns, key)
         if hot is not None:
             return fn(hot)

@@ -3,10 +3,11 @@ two read-only bucket subresources generic tools ask for (location, versioning)."
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import listing
+from kvstore.api.s3 import listing, pod_listing
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.xml import document, tag
 from kvstore.auth import NamespaceTaken
@@ -92,7 +93,11 @@ async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple
         raise S3Error("InvalidArgument", "list-type must be 2")
     else:
         build = listing.v1
-    body = await s3.blocks.run(build, _lister(s3, b), b, q)
+    fn = _lister(s3, b)
+    if s3.blocks.forward is not None:  # the whole pod's keys, merged in order
+        fn = pod_listing.pod_lister(fn, s3.blocks.forward, call.tenant, s3.region, b,
+                                    asyncio.get_running_loop())
+    body = await s3.blocks.run(build, fn, b, q)
     await respond(send, 200, [_XML, _rid(req)], body)
     return 200, 0
 

@@ -31,6 +31,7 @@ from kvstore.api.s3.xml import document, esc, parse_delete, tag
 from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import NotFound
+from kvstore.service.forward import checksum_of
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
@@ -193,6 +194,9 @@ async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     if_match = req.headers.get("if-match")
     buf, trailers, payload_hash = await read_payload(s3, req, call)
     try:
+        if s3.blocks.forward is not None and s3.blocks.forward.owner(req.bucket, req.key):
+            return await _put_owner(s3, req, call, send, buf, trailers, payload_hash, inm,
+                                    if_match)
         return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match)
     finally:
         buf.release()
@@ -275,6 +279,29 @@ def _payload_out(view: BlockView,
     return (part, "dram") if view.stable else (bytes(part), "flash")
 
 
+async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
+                     trailers: dict[str, str], payload_hash: str, inm: str | None,
+                     if_match: str | None) -> tuple[int, int]:
+    """PUT of a block another node owns: verified here (signature payload hash, checksums),
+    stored there over its bulk port. The bulk protocol carries no S3 metadata: the owner keeps
+    the bytes, and the ETag is the block checksum it reports on GET. An owner that does not
+    answer is a skipped write (200, counted in kvstore_forwarded_requests_total, logged)."""
+    if if_match is not None:
+        raise S3Error("NotImplemented", "If-Match on PUT of a block another node owns")
+    data = buf.data()
+    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash)
+    done, created = await s3.blocks.put_remote(call.tenant, req.bucket, req.key, data,
+                                               overwrite=inm is None)
+    assert done
+    if inm is not None and created is False:
+        raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
+                      "did not hold")
+    headers = [(b"etag", f'"{checksum_of(data):016x}"'.encode())] + _checksum_headers(sums)
+    headers.append((b"x-amz-request-id", req.request_id.encode()))
+    await respond(send, 200, headers)
+    return 200, len(buf)
+
+
 async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
@@ -291,7 +318,8 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         return meta, _payload_out(view, r), r
 
     # a DRAM hit is served inline; otherwise only the chunks covering the range come off flash
-    meta, (body, req.tier), r = await s3.blocks.read(bucket, key, serve, span=ask)
+    meta, (body, req.tier), r = await s3.blocks.read(bucket, key, serve, span=ask,
+                                                     tenant=call.tenant)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
@@ -304,7 +332,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     _check_version(req)
-    meta = await s3.blocks.head(req.bucket, req.key)
+    meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
     if meta is None:
         raise NotFound("The specified key does not exist.")
     doc = checksums.unpack_meta(meta.meta)

@@ -1,0 +1,200 @@
+"""Any-node access: a request for a block another live node owns is forwarded to that owner.
+
+``Forwarder`` is asked by ``BlockService`` (S3 object calls and the ``/v1`` block calls, after
+the entry node authorized the tenant) "whose block is this?" (``owner``: None when it is this
+node's, or when there is no pod) and then does the call at the owner over its **bulk port**
+with the SDK's ``AsyncClient`` (one client implementation of the protocol, not a second one in
+the server) and the SDK's per-node circuit breaker (``kvstore_client._pod.Breaker``).
+
+- **One hop**: only the HTTP front ends (S3 and ``/v1``) forward; a forwarded request arrives
+  on the owner's bulk port, whose handlers call the local engine only. The bulk port is the
+  marker: a request that came over it is never forwarded again.
+- **Peers authenticate as the caller**: every node of a pod reads the same credentials file,
+  so the entry node opens the owner's bulk port with the caller's own access key (HELLO proves
+  the secret as any SDK client does); the owner authorizes the same tenant with the same
+  policy over the same pod-wide namespaces. No pod-wide super-credential exists to leak.
+- **Failure is a miss**: each call is bounded by ``timeout_s`` (``--forward-timeout``); a node
+  that does not answer (refused, reset, timed out, protocol error, bad digest) or whose breaker
+  is open makes a read a miss and a write a skipped write, counted in
+  ``kvstore_forwarded_requests_total{op, outcome}`` and logged; the caller's own mistakes
+  (access denied, a bad key) still raise.
+- **Bounded memory**: a forwarded block is one bulk GET/PUT of at most the block limit
+  (64 MiB); clients are cached per (node, tenant, namespace), at most
+  ``limits.forward_clients_max``, each with ``limits.forward_pool_connections`` idle sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from kvstore_client._pod import Breaker, is_node_failure
+from kvstore_client.aio import AsyncClient
+from kvstore_wire.checksum import block_checksum
+
+from kvstore import limits
+from kvstore.auth import Tenant
+from kvstore.cluster.membership import Membership, NodeInfo
+
+__all__ = ["Forwarder", "NodeInfo", "checksum_of"]
+
+log = logging.getLogger("kvstore.forward")
+T = TypeVar("T")
+
+OUTCOMES = ("ok", "miss", "failed", "breaker_open")
+OPS = ("get", "head", "put", "delete", "exists", "lookup", "prefetch", "list")
+
+
+class Forwarder:
+    def __init__(self, membership: Membership, *,
+                 timeout_s: float = limits.forward_timeout_seconds_default,
+                 metrics: Callable[[], Any] = lambda: None) -> None:
+        self.membership = membership
+        self.timeout_s = timeout_s
+        self._metrics = metrics
+        self._clients: OrderedDict[tuple[str, str, str, str], AsyncClient] = OrderedDict()
+        self._breakers: dict[str, Breaker] = {}
+
+    # -- placement -------------------------------------------------------------------------
+    def ranked(self, ns: str, key: str, n: int = 1) -> list[NodeInfo]:
+        """The block's ``n`` best owners in rendezvous order (empty: no pod view with us)."""
+        m = self.membership
+        if m.self_id not in m.view():
+            return []
+        return m.owners(ns, key, n)
+
+    def owner(self, ns: str, key: str) -> NodeInfo | None:
+        """The live node that owns the block when it is not this one (None: serve locally)."""
+        best = self.ranked(ns, key, 1)
+        if not best or best[0].node_id == self.membership.self_id:
+            return None
+        return best[0]
+
+    def previous_owner(self, ns: str, key: str) -> NodeInfo | None:
+        """The next node in rendezvous order (the owner before the last join), None when that
+        is this node or there is none: the one extra hop a miss at the owner may take."""
+        ranked = self.ranked(ns, key, 2)
+        if len(ranked) < 2:
+            return None
+        return ranked[1]
+
+    def is_self(self, node: NodeInfo) -> bool:
+        return node.node_id == self.membership.self_id
+
+    def group(self, ns: str, keys: Sequence[str]) -> dict[str | None, list[int]]:
+        """Key indexes by owner (None: this node's), in the caller's order."""
+        out: dict[str | None, list[int]] = {}
+        for i, k in enumerate(keys):
+            o = self.owner(ns, k)
+            out.setdefault(None if o is None else o.node_id, []).append(i)
+        return out
+
+    def node(self, node_id: str) -> NodeInfo | None:
+        return self.membership.view().get(node_id)
+
+    def peers(self) -> list[NodeInfo]:
+        """Every live node but this one, by id."""
+        v = self.membership.view()
+        return [v[k] for k in sorted(v) if k != self.membership.self_id]
+
+    # -- calls -----------------------------------------------------------------------------
+    def breaker(self, node: NodeInfo) -> Breaker:
+        b = self._breakers.get(node.node_id)
+        if b is None:
+            b = self._breakers[node.node_id] = Breaker(
+                node.node_id, limits.forward_breaker_failures, limits.forward_breaker_open_seconds)
+        return b
+
+    def _client(self, node: NodeInfo, tenant: Tenant, ns: str) -> AsyncClient:
+        ck = (node.node_id, node.bulk, tenant.access_key, ns)
+        c = self._clients.get(ck)
+        if c is not None:
+            self._clients.move_to_end(ck)
+            return c
+        host, _, port = node.bulk.rpartition(":")
+        # an unsigned /v1 call in development mode has no access key: the dev key then. One
+        # retry, at once: a pooled connection the owner closed while idle is not a dead owner;
+        # the whole call stays bounded by timeout_s (``call``'s wait_for).
+        c = AsyncClient(host, int(port), namespace=ns, access_key=tenant.access_key or "dev",
+                        secret_key=tenant.secret_key, timeout=self.timeout_s,
+                        pool_size=limits.forward_pool_connections, retries=1,
+                        backoff_seconds=0.0)
+        self._clients[ck] = c
+        while len(self._clients) > limits.forward_clients_max:
+            _, old = self._clients.popitem(last=False)
+            asyncio.ensure_future(old.close())
+        return c
+
+    def _drop(self, node: NodeInfo) -> None:
+        for ck in [ck for ck in self._clients if ck[0] == node.node_id]:
+            asyncio.ensure_future(self._clients.pop(ck).close())
+
+    def count(self, op: str, outcome: str) -> None:
+        m = self._metrics()
+        if m is not None:
+            with contextlib.suppress(Exception):
+                m.forwarded(op, outcome)
+
+    async def call(self, op: str, node: NodeInfo, tenant: Tenant, ns: str,
+                   fn: Callable[[AsyncClient], Awaitable[T]], failed: T) -> tuple[T, bool]:
+        """``fn(client)`` at ``node``: (its answer, True), or (``failed``, False) when the node
+        did not answer in time or its breaker is open (counted, logged)."""
+        b = self.breaker(node)
+        if not node.bulk or not b.allow():
+            self.count(op, "breaker_open")
+            return failed, False
+        try:
+            res = await asyncio.wait_for(fn(self._client(node, tenant, ns)), self.timeout_s)
+        except Exception as exc:
+            if not is_node_failure(exc):
+                b.success()  # it answered: the caller's mistake, raised as at the owner
+                raise
+            b.failure()
+            self._drop(node)
+            self.count(op, "failed")
+            log.warning("forward %s %s/... to %s (%s) failed: %r", op, ns, node.node_id,
+                        node.bulk, exc)
+            return failed, False
+        b.success()
+        return res, True
+
+    # -- the forwarded operations (each one node, one round) -------------------------------
+    async def get(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, *,
+                  op: str = "get") -> bytes | None:
+        """The block's bytes at ``node`` (None: a miss, or the node did not answer)."""
+        data, ok = await self.call(op, node, tenant, ns, lambda c: c.get(key), None)
+        if ok:
+            self.count(op, "ok" if data is not None else "miss")
+        return data
+
+    async def put(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, data: Any, *,
+                  overwrite: bool) -> bool | None:
+        """Store at ``node``: the created flag, or None for a skipped write."""
+        created, ok = await self.call(
+            "put", node, tenant, ns, lambda c: c.put(key, data, overwrite=overwrite), None)
+        if ok:
+            self.count("put", "ok")
+        else:
+            log.warning("write of %s/%s skipped: owner %s did not answer", ns, key, node.node_id)
+        return created
+
+    async def keyed(self, op: str, node: NodeInfo, tenant: Tenant, ns: str,
+                    fn: Callable[[AsyncClient], Awaitable[T]], failed: T) -> T:
+        res, ok = await self.call(op, node, tenant, ns, fn, failed)
+        if ok:
+            self.count(op, "ok")
+        return res
+
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), OrderedDict()
+        for c in clients:
+            await c.close()
+
+
+def checksum_of(data: bytes | memoryview) -> int:
+    """The engine's block checksum (xxh3-64) of forwarded bytes: the ETag the owner reports."""
+    return int(block_checksum(data))

@@ -1,0 +1,238 @@
+"""Any-node access with real ``kvstore serve`` processes on 127.0.0.11-13 (static ``--peers``)
+and boto3: a block PUT through one node is read byte-exact through another and lands on its
+owner; a SIGKILLed owner's blocks turn into 404s while every other block keeps serving, with
+no 5xx; the forwarded-request counter counts; a previous owner is asked after a join."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+from kvstore_client import Client
+
+from kvstore.cluster.membership import StaticMembership, load_peers
+
+from .conftest import free_port
+from .nodes import PodNode
+
+BUCKET = "pod"
+
+
+def s3(node: PodNode):  # noqa: ANN201 - a boto3 client
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    return boto3.client("s3", endpoint_url=node.url, region_name="us-east-1",
+                        aws_access_key_id="dev", aws_secret_access_key="dev",
+                        config=Config(s3={"addressing_style": "path"},
+                                      retries={"max_attempts": 1}))
+
+
+def write_peers(path: Path, ports: dict[int, tuple[int, int]]) -> Path:
+    path.write_text(json.dumps([
+        {"node_id": f"node{i}", "http": f"http://127.0.0.{10 + i}:{h}",
+         "bulk": f"127.0.0.{10 + i}:{b}", "capacity_bytes": 32 << 20}
+        for i, (h, b) in sorted(ports.items())]))
+    return path
+
+
+def start(tmp: Path, peers: Path, ports: dict[int, tuple[int, int]], ids: list[int]) -> list[PodNode]:
+    nodes = [PodNode(tmp, i, ["--peers", str(peers), "--forward-timeout", "0.5"],
+                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1])) for i in ids]
+    return [n.wait_ready() for n in nodes]
+
+
+def ports_for(ids: list[int]) -> dict[int, tuple[int, int]]:
+    return {i: (free_port(f"127.0.0.{10 + i}"), free_port(f"127.0.0.{10 + i}")) for i in ids}
+
+
+@pytest.fixture
+def pod3(tmp_path: Path) -> Iterator[tuple[list[PodNode], StaticMembership]]:
+    ports = ports_for([1, 2, 3])
+    peers = write_peers(tmp_path / "peers.json", ports)
+    nodes: list[PodNode] = []
+    try:
+        nodes = start(tmp_path, peers, ports, [1, 2, 3])
+        for n in nodes:  # static membership: namespaces are not pod-wide, create on each
+            s3(n).create_bucket(Bucket=BUCKET)
+        yield nodes, StaticMembership(load_peers(str(peers)))
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def local_has(node: PodNode, keys: list[str]) -> list[bool]:
+    """What ``node`` itself stores: its bulk port, which never forwards."""
+    m = re.search(rf"bulk .*?{re.escape(node.host)}:(\d+)", node.out)
+    assert m, node.out
+    with Client(node.host, int(m.group(1)), namespace=BUCKET, timeout=5) as c:
+        return c.exists_many(keys)
+
+
+def forwarded(node: PodNode, op: str, outcome: str) -> float:
+    text = node.request("GET", "/metrics")[1].decode()
+    m = re.search(rf'kvstore_forwarded_requests_total{{op="{op}",outcome="{outcome}"}} (\S+)',
+                  text)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_put_through_a_get_through_b_lands_on_owner_and_kill_is_a_miss(pod3) -> None:  # noqa: ANN001
+    nodes, view = pod3
+    a, b, c = nodes
+    by_id = {n.node_id: n for n in nodes}
+    keys = [f"blk{i:03d}" for i in range(24)]
+    data = {k: os.urandom(1000 + 4099 * i) for i, k in enumerate(keys)}
+    data[keys[0]] = os.urandom(3 << 20)
+    owner = {k: view.owners(BUCKET, k)[0].node_id for k in keys}
+    assert set(owner.values()) == {"node1", "node2", "node3"}
+    for k in keys:
+        assert s3(a).put_object(Bucket=BUCKET, Key=k, Body=data[k])["ResponseMetadata"][
+            "HTTPStatusCode"] == 200
+    for k in keys:  # byte-exact through another node; HEAD through a third
+        assert s3(b).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+        assert s3(c).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+    got = s3(b).get_object(Bucket=BUCKET, Key=keys[1], Range="bytes=10-99")["Body"].read()
+    assert got == data[keys[1]][10:100]
+    for n in nodes:  # each block is on its owner, and only there
+        assert local_has(n, keys) == [owner[k] == n.node_id for k in keys]
+    assert forwarded(b, "get", "ok") >= sum(1 for k in keys if owner[k] != "node2")
+    assert forwarded(a, "put", "ok") == sum(1 for k in keys if owner[k] != "node1")
+    # /v1 through any node sees the pod
+    st, doc = c.request("POST", f"/v1/{BUCKET}/exists",
+                        json.dumps({"keys": [*keys, "absent"]}).encode())
+    assert st == 200 and doc["exists"] == [True] * len(keys) + [False], doc
+    st, doc = a.request("POST", f"/v1/{BUCKET}/lookup", json.dumps({"keys": keys}).encode())
+    assert st == 200 and doc["prefix_len"] == len(keys), doc
+    st, doc = b.request("POST", f"/v1/{BUCKET}/prefetch", json.dumps({"keys": keys}).encode())
+    assert st == 200, doc
+    for n in nodes:  # a listing through any node shows the whole pod, in order, paged too
+        listed = s3(n).list_objects_v2(Bucket=BUCKET)["Contents"]
+        assert [o["Key"] for o in listed] == sorted(keys)
+        assert {o["Key"]: o["Size"] for o in listed} == {k: len(v) for k, v in data.items()}
+    pages = s3(b).get_paginator("list_objects_v2").paginate(Bucket=BUCKET, PaginationConfig={
+        "PageSize": 5})
+    assert [o["Key"] for p in pages for o in p["Contents"]] == sorted(keys)
+    assert forwarded(b, "list", "ok") >= 2
+    gone = next(k for k in keys if owner[k] == "node3")
+    s3(a).delete_object(Bucket=BUCKET, Key=gone)
+    assert local_has(c, [gone]) == [False]
+    keys.remove(gone)
+
+    c.proc.send_signal(signal.SIGSTOP)  # a node that accepts but never answers: the timeout
+    try:
+        k3 = next(k for k in keys if owner[k] == "node3")
+        for _ in range(4):  # misses within --forward-timeout; then the breaker skips node3
+            with pytest.raises(ClientError) as e:
+                s3(a).get_object(Bucket=BUCKET, Key=k3)
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        assert forwarded(a, "get", "failed") >= 3 and forwarded(a, "get", "breaker_open") >= 1
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
+    c.kill()  # SIGKILL: node3's blocks are misses, everything else keeps serving
+    for k in keys:
+        for n in (a, b):
+            if owner[k] == "node3":
+                with pytest.raises(ClientError) as e:
+                    s3(n).get_object(Bucket=BUCKET, Key=k)
+                assert e.value.response["Error"]["Code"] == "NoSuchKey"
+                assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+            else:
+                assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+    new = next(f"new{i}" for i in range(1000)
+               if view.owners(BUCKET, f"new{i}")[0].node_id == "node3")
+    r = s3(a).put_object(Bucket=BUCKET, Key=new, Body=b"x" * 100)  # a skipped write, not a 5xx
+    assert r["ResponseMetadata"]["HTTPStatusCode"] == 200
+    st, doc = a.request("POST", f"/v1/{BUCKET}/exists", json.dumps({"keys": keys}).encode())
+    assert st == 200 and doc["exists"] == [owner[k] != "node3" for k in keys]
+    listed = s3(b).list_objects_v2(Bucket=BUCKET)["Contents"]  # the live nodes' keys
+    assert [o["Key"] for o in listed] == sorted(k for k in keys if owner[k] != "node3")
+    assert forwarded(a, "get", "failed") + forwarded(a, "get", "breaker_open") >= 1
+    assert forwarded(a, "put", "failed") + forwarded(a, "put", "breaker_open") == 1
+    assert by_id["node1"].proc.poll() is None and by_id["node2"].proc.poll() is None
+
+
+def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> None:
+    """Blocks written to a 2-node pod; the pod restarts as 3 nodes (same data dirs): a block
+    whose owner is now the new node is still read, from its previous owner (one extra hop)."""
+    ports = ports_for([1, 2, 3])
+    two = write_peers(tmp_path / "two.json", {i: ports[i] for i in (1, 2)})
+    three = write_peers(tmp_path / "three.json", ports)
+    keys = [f"chain{i:03d}" for i in range(30)]
+    data = {k: os.urandom(2000 + i) for i, k in enumerate(keys)}
+    nodes = start(tmp_path, two, ports, [1, 2])
+    try:
+        for n in nodes:
+            s3(n).create_bucket(Bucket=BUCKET)
+        for k in keys:
+            s3(nodes[0]).put_object(Bucket=BUCKET, Key=k, Body=data[k])
+        for n in nodes:
+            assert n.stop() == 0
+    finally:
+        for n in nodes:
+            n.kill()
+    after = StaticMembership(load_peers(str(three)))
+    before = StaticMembership(load_peers(str(two)))
+    moved = [k for k in keys if after.owners(BUCKET, k)[0].node_id == "node3"]
+    assert moved  # about a third
+    for k in moved:  # the previous owner in the 3-node rank is the 2-node owner
+        assert after.owners(BUCKET, k, 2)[1].node_id == before.owners(BUCKET, k)[0].node_id
+    nodes = start(tmp_path, three, ports, [1, 2, 3])
+    try:
+        s3(nodes[2]).create_bucket(Bucket=BUCKET)
+        for n in nodes:
+            assert local_has(nodes[2], moved) == [False] * len(moved)
+            for k in keys:  # every block of the warm pod still hits, through every node
+                assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
+                assert s3(n).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+def test_with_credentials_peers_act_as_the_caller(tmp_path: Path) -> None:
+    """Every node reads the same credentials file: the entry node reaches the owner as the
+    caller (bulk HELLO for blocks, a SigV4-signed /v1 listing), and the owner's policy holds."""
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"tenants": [
+        {"name": "acme", "access_key": "AKIAACME", "secret_key": "acme-secret"},
+        {"name": "other", "access_key": "AKIAOTHER", "secret_key": "other-secret"}]}))
+    ports = ports_for([1, 2])
+    peers = write_peers(tmp_path / "peers.json", ports)
+    nodes = [PodNode(tmp_path, i, ["--peers", str(peers), "--credentials", str(creds)],
+                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1]))
+             for i in (1, 2)]
+    try:
+        a, b = (n.wait_ready() for n in nodes)
+
+        def client(n: PodNode, ak: str, sk: str):  # noqa: ANN202
+            os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+            return boto3.client("s3", endpoint_url=n.url, region_name="us-east-1",
+                                aws_access_key_id=ak, aws_secret_access_key=sk,
+                                config=Config(s3={"addressing_style": "path"},
+                                              retries={"max_attempts": 1}))
+
+        for n in (a, b):
+            client(n, "AKIAACME", "acme-secret").create_bucket(Bucket=BUCKET)
+        view = StaticMembership(load_peers(str(peers)))
+        keys = [f"k{i}" for i in range(12)]
+        assert {view.owners(BUCKET, k)[0].node_id for k in keys} == {"node1", "node2"}
+        for k in keys:
+            client(a, "AKIAACME", "acme-secret").put_object(Bucket=BUCKET, Key=k, Body=k.encode())
+        for k in keys:
+            got = client(b, "AKIAACME", "acme-secret").get_object(Bucket=BUCKET, Key=k)
+            assert got["Body"].read() == k.encode()
+        listed = client(b, "AKIAACME", "acme-secret").list_objects_v2(Bucket=BUCKET)
+        assert [o["Key"] for o in listed["Contents"]] == sorted(keys)
+        assert forwarded(b, "list", "ok") >= 1 and forwarded(b, "list", "failed") == 0
+        with pytest.raises(ClientError) as e:  # another tenant is refused at the entry
+            client(b, "AKIAOTHER", "other-secret").get_object(Bucket=BUCKET, Key=keys[0])
+        assert e.value.response["Error"]["Code"] == "AccessDenied"
+    finally:
+        for n in nodes:
+            n.kill()
