@@ -186,6 +186,19 @@ class PodCounters:
                     if k != "lock"}
 
 
+def etcd_membership(etcd: str | Sequence[str] | None, pod: str | None,
+                    membership: MembershipSource | None) -> MembershipSource | None:
+    """The membership a pod client was asked for: ``etcd=`` (with ``pod=``, the optional etcd
+    extra) or whatever ``membership=`` was given."""
+    if not etcd:
+        return membership
+    if membership is not None or not pod:
+        raise InvalidArgument("etcd= needs pod= and no membership=")
+    from kvstore_client.pod_etcd import EtcdMembership
+
+    return EtcdMembership(etcd, pod)
+
+
 def is_node_failure(exc: BaseException) -> bool:
     """Errors that mean "this node did not answer properly" (a miss / a skipped write), as
     opposed to the caller's mistakes (bad key, access denied, limit), which are raised."""

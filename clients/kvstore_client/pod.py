@@ -47,12 +47,7 @@ class PodClient(PodBase):
                   pool_size=pool_size)
         self._pool = ThreadPoolExecutor(max(1, min(threads, podlimits.pod_threads_max)),
                                         thread_name_prefix="kvstore-pod")
-        if etcd:
-            if membership is not None or not pod:
-                raise _pod.InvalidArgument("etcd= needs pod= and no membership=")
-            from kvstore_client.pod_etcd import EtcdMembership
-
-            membership = EtcdMembership(etcd, pod)
+        membership = _pod.etcd_membership(etcd, pod, membership)
         super().__init__(nodes, membership, namespace, replicas, timeout, breaker_failures,
                          breaker_open_seconds, kw)
 

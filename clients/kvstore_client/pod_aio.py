@@ -35,12 +35,7 @@ class AsyncPodClient(PodBase):
                  pool_size: int = 4) -> None:
         kw = dict(access_key=access_key, secret_key=secret_key, create=create,
                   pool_size=pool_size)
-        if etcd:
-            if membership is not None or not pod:
-                raise _pod.InvalidArgument("etcd= needs pod= and no membership=")
-            from kvstore_client.pod_etcd import EtcdMembership
-
-            membership = EtcdMembership(etcd, pod)
+        membership = _pod.etcd_membership(etcd, pod, membership)
         super().__init__(nodes, membership, namespace, replicas, timeout, breaker_failures,
                          breaker_open_seconds, kw)
 
