@@ -200,7 +200,7 @@ def main() -> None:
     args = ap.parse_args()
 
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
-                              "settings": vars(args)}
+                              "settings": {k: v for k, v in vars(args).items() if k != "out"}}
     print("placement balance ...", flush=True)
     report["balance_equal"] = balance(args.keys, [1.0, 1.0, 1.0])
     report["balance_weighted"] = balance(args.keys, [1.0, 2.0, 3.0])
