@@ -126,9 +126,9 @@ def test_pod_client_learns_membership_from_etcd(etcd, servers) -> None:
 
 
 def test_registration_values_are_parsed_leniently() -> None:
-    spec = parse_registration("n1", b'{"endpoints": {"bulk": "tcp://10.0.0.5:8701"}, '
+    spec = parse_registration("n1", b'{"endpoints": {"bulk": "tcp://127.0.0.5:8701"}, '
                                     b'"capacity_bytes": 2048}')
-    assert spec is not None and (spec.host, spec.port, spec.weight) == ("10.0.0.5", 8701, 2048.0)
+    assert spec is not None and (spec.host, spec.port, spec.weight) == ("127.0.0.5", 8701, 2048.0)
     spec = parse_registration("n2", b'{"endpoints": {"bulk": {"host": "h", "port": 9}}}')
     assert spec is not None and (spec.node_id, spec.weight) == ("n2", 1.0)
     assert parse_registration("n3", b"not json") is None
