@@ -446,6 +446,14 @@ def _publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
             if not c.live[n]:
                 results[i] = _not_written(p)
                 continue
+            if c.seg.retired:
+                # Reclaimed between this chunk's write and its publish (a pipelined caller can
+                # reap late): the block was written and is evicted at once. Publishing it would
+                # leave an index entry pointing at a segment that is gone (or recycled).
+                lg.pending.discard(p.digest)
+                results[i] = PutResult(True, meta_of(c.hdrs[n]))
+                st.counters["evicted_blocks"] += 1
+                continue
             st.publish(c.seg.id, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
             lg.pending.discard(p.digest)
             results[i] = PutResult(True, meta_of(c.hdrs[n]))
