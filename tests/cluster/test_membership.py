@@ -38,7 +38,9 @@ def member(etcd: Etcd, i: int, ttl: float = 2.0) -> EtcdMembership:
 
 
 async def test_register_watch_and_graceful_deregister(etcd: Etcd) -> None:
-    a, b = member(etcd, 1), member(etcd, 2)
+    # a TTL well above a loaded machine's keep-alive delays: this test is about the revoke at
+    # stop, and a lease lapsed under load would have the node re-registering instead
+    a, b = member(etcd, 1, ttl=6.0), member(etcd, 2, ttl=6.0)
     await a.start()
     assert json.loads(etcd.keys("/kvstore/p/nodes/")["/kvstore/p/nodes/n1"])["http"] == \
         "http://127.0.0.11:8700"
