@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kvstore_wire import results as r
 
 from kvstore import limits
 from kvstore.errors import ChecksumMismatch, KVStoreError, ProtocolError
 from kvstore.protocol import messages as m
-from kvstore.protocol import results as r
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame
 from kvstore.protocol.frames import FrameFlags, FrameType, encode_frame
 from kvstore.protocol.state import FLAGS, OUT_OF_BAND_FLAGS, out_of_band
