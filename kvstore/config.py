@@ -230,6 +230,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                    f"{d.forward_timeout_seconds:g})",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
+        # argparse %-formats help text: a literal "%" (e.g. "25% of --capacity") must be "%%",
+        # or `kvstore serve --help` raises instead of printing.
+        helps[name] = helps[name].replace("%", "%%")
         if kind == "bool":
             p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
                            help=f"{helps[name]} [env {env}=1|0]")
