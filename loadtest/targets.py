@@ -75,16 +75,21 @@ def _wait_for(log: Path, proc: subprocess.Popen[bytes], marker: str, what: str) 
         time.sleep(0.05)
 
 
+def segment_for(capacity: str) -> int:
+    """Segments of an eighth of the capacity (a power of two, 1-64 MiB): whole-segment eviction
+    then frees an eighth at a time."""
+    cap = parse_size(capacity)
+    segment = 2**20
+    while segment * 2 <= min(64 * 2**20, cap // 8):
+        segment *= 2
+    return segment
+
+
 class KvstoreServer:
     """One ``kvstore serve`` process on 127.0.0.1 in a temp directory."""
 
     def __init__(self, capacity: str, dram: str = "64MiB") -> None:
-        # segments of an eighth of the capacity (a power of two, 1-64 MiB): whole-segment
-        # eviction then frees an eighth at a time
-        cap = parse_size(capacity)
-        segment = 2**20
-        while segment * 2 <= min(64 * 2**20, cap // 8):
-            segment *= 2
+        segment = segment_for(capacity)
         self.tmp = Path(tempfile.mkdtemp(prefix="kvs-replay-"))
         self.host = "127.0.0.1"
         self.port, self.bulk_port = free_port(), free_port()
@@ -186,6 +191,7 @@ class KvstorePod:
                 [sys.executable, "-m", "kvstore", "pod", "up", "--nodes", str(nodes),
                  "--pod", NS, "--port", "0", "--bulk-port", "0",
                  "--data-dir", str(self.tmp / "data"), "--capacity", capacity,
+                 "--segment-size", str(segment_for(capacity)), "--dram", "64MiB",
                  "--etcd-port", str(self.etcd_port)],
                 stdout=out, stderr=subprocess.STDOUT, env=_env())
         _wait_for(self.log, self.proc, "kvstore pod: ready", "kvstore pod up")
