@@ -8,8 +8,10 @@ it lists the prefix, then watches it from the listed revision and lists again on
 (a few nodes: a re-list is cheaper than being clever). When etcd is unreachable it keeps the
 last view and retries (clients keep serving with what they knew).
 
-The value's fields read here: ``endpoints.bulk`` (``"host:port"``, ``"tcp://host:port"`` or
-``{"host": ..., "port": ...}``), and for the placement weight ``weight`` if present, else
+The value's fields read here: ``bulk`` — what ``kvstore serve`` writes (see
+``kvstore.cluster.membership.NodeInfo.to_json``): ``{"bulk": "host:port", "http": URL,
+"capacity_bytes": N, "epoch": T}`` — or ``endpoints.bulk``, as ``"host:port"``,
+``"tcp://host:port"`` or ``{"host": ..., "port": ...}``; and for the placement weight ``weight`` if present, else
 ``capacity_bytes`` (rendezvous ranks do not change when every weight is scaled by one factor,
 so capacity in bytes and capacity in GiB place alike), else 1.
 """
@@ -40,7 +42,7 @@ def parse_registration(node_id: str, value: bytes) -> NodeSpec | None:
     """The ``NodeSpec`` of one registration value, or None (logged) if it cannot be read."""
     try:
         d = json.loads(value)
-        bulk = d["endpoints"]["bulk"]
+        bulk = d["bulk"] if "bulk" in d else d["endpoints"]["bulk"]
         if isinstance(bulk, dict):
             host, port = str(bulk["host"]), int(bulk["port"])
         else:

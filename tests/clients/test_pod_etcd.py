@@ -6,7 +6,6 @@ out, and with etcd killed the client keeps its last view and keeps serving."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -21,6 +20,7 @@ from kvstore_client import PodClient
 from kvstore_client.pod_etcd import parse_registration
 
 from kvstore import limits
+from kvstore.cluster.membership import NodeInfo
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
 from kvstore.testing import BackgroundBulkServer
@@ -77,9 +77,9 @@ async def _etcd(url: str, op: str, key: str = "", value: bytes = b"", lease: int
 
 
 def _register(url: str, node_id: str, srv: BackgroundBulkServer) -> int:
-    value = json.dumps({"node_id": node_id, "endpoints": {"bulk": f"{srv.host}:{srv.port}",
-                                                          "http": "127.0.0.1:1"},
-                        "capacity_bytes": 64 * limits.MiB, "epoch": 1}).encode()
+    # the value exactly as `kvstore serve` registers it (the server's own encoder)
+    value = NodeInfo(node_id=node_id, http="http://127.0.0.1:1", bulk=f"{srv.host}:{srv.port}",
+                     capacity_bytes=64 * limits.MiB, epoch=1.0).to_json()
     return asyncio.run(_etcd(url, "register", f"/kvstore/{POD}/nodes/{node_id}", value))
 
 
