@@ -35,6 +35,7 @@ from kvstore.api.control_models import (
     NamespaceCreate,
     NamespaceList,
     NamespaceOut,
+    NamespaceUsage,
     PrefetchResponse,
     Readiness,
     StatsResponse,
@@ -191,9 +192,14 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
 
     @app.get("/v1/stats", response_model=StatsResponse, tags=["admin"], responses=_ERRORS)
     async def stats(tenant: Tenant = Depends(caller)) -> StatsResponse:
-        """Engine counters and gauges (the same numbers /metrics exports)."""
+        """Engine counters and gauges (the same numbers /metrics exports), and the live blocks
+        and bytes of each namespace the caller may see."""
+        usage = engine.namespace_usage()
+        mine = {i.name: NamespaceUsage(blocks=usage.get(i.name, (0, 0))[0],
+                                       bytes=usage.get(i.name, (0, 0))[1])
+                for i in blocks.namespaces(tenant)}
         return StatsResponse(device=engine.device_name, ready=health.ready,
-                             stats=dict(engine.stats()))
+                             stats=dict(engine.stats()), namespaces=mine)
 
     @app.get("/v1/pod", tags=["admin"], responses=_ERRORS)
     async def pod(tenant: Tenant = Depends(caller)) -> dict[str, object]:

@@ -89,10 +89,17 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
+class NamespaceUsage(BaseModel):
+    blocks: int
+    bytes: int
+
+
 class StatsResponse(BaseModel):
     device: str
     ready: bool
     stats: dict[str, float | int]
+    # the namespaces the caller may see: live blocks and payload bytes of each
+    namespaces: dict[str, NamespaceUsage] = {}
 
 
 class CheckResponse(BaseModel):

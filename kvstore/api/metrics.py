@@ -119,6 +119,17 @@ class EngineCollector:
                 name = "kvstore_engine_" + _NAME_RE.sub("_", stat)
                 families[name] = GaugeMetricFamily(name, f"engine stat {stat}", value=value)
         yield from families.values()
+        usage = getattr(self._source, "namespace_usage", None)
+        if usage is not None:  # namespace names are validated and bounded (namespaces_max)
+            blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Live blocks, by namespace",
+                                       labels=["namespace"])
+            nbytes = GaugeMetricFamily("kvstore_namespace_bytes",
+                                       "Live payload bytes, by namespace", labels=["namespace"])
+            for ns, (n, b) in sorted(usage().items()):
+                blocks.add_metric([ns], n)
+                nbytes.add_metric([ns], b)
+            yield blocks
+            yield nbytes
 
 
 class PodCollector:

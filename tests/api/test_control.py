@@ -317,6 +317,10 @@ def test_stats_and_metrics_follow_traffic(live: LiveServer) -> None:
     assert metric(after, "kvstore_engine_misses_total") >= metric(before,
                                                                   "kvstore_engine_misses_total") + 1
     assert metric(after, "kvstore_blocks") == metric(before, "kvstore_blocks") + 1
+    assert metric(after, "kvstore_namespace_bytes", namespace="ns-metrics") == 1000
+    assert metric(after, "kvstore_namespace_blocks", namespace="ns-metrics") == 1
+    assert live.json("GET", "/v1/stats")[1]["namespaces"]["ns-metrics"] == {
+        "blocks": 1, "bytes": 1000}
     assert metric(after, "kvstore_errors_total", error="LimitExceeded") >= 1
 
 
