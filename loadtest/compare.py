@@ -13,6 +13,8 @@ PNG plots, with the machine, settings and commit. About five minutes on a 2-core
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,13 +39,33 @@ SWEEP_BLOCKS = (16 * 1024, 256 * 1024, 1024 * 1024)
 SWEEP_REQUESTS = 80
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def screenshot(url: str, path: Path) -> bool:
+    """A PNG of kvstore's /ui after the replay (Debian's chromium; skipped when absent)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return False
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               "--virtual-time-budget=5000", "--window-size=1280,900",
+                               f"--screenshot={path}", f"{url}/ui"],
+                              capture_output=True, timeout=60, check=False)
+    return done.returncode == 0 and path.exists()
+
+
 def run(target: str, reqs: list[traces.Request], block: int, concurrency: int,
-        capacity_bytes: int | None) -> dict[str, Any]:
+        capacity_bytes: int | None, ui_png: Path | None = None) -> dict[str, Any]:
     working = traces.offline_hits(reqs).unique_blocks * block
     capacity = str(capacity_bytes) if capacity_bytes else str(max(64 * 2**20, 2 * working))
     t = targets.start(target, capacity, concurrency)
     try:
         tally, wall = replay.replay(t, reqs, block, concurrency, None)
+        server = getattr(t, "server", None)
+        if ui_png is not None and isinstance(server, targets.KvstoreServer):
+            screenshot(f"http://{server.host}:{server.port}", ui_png)
     finally:
         t.close()
     out = replay.summarize(tally, wall, reqs, block, capacity_bytes, target)
@@ -69,8 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     reqs = workloads.agentic(spec)
     block = targets.parse_size(a.block_bytes)
     names = [n for n in a.targets.split(",") if n]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = a.out or HERE / "results" / f"loadtest-{stamp}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ui_png = out.with_name(out.name + "-ui.png")
     t0 = time.time()
-    runs = [run(n, reqs, block, a.concurrency, None) for n in names]
+    runs = [run(n, reqs, block, a.concurrency, None, ui_png if n == "kvstore" else None)
+            for n in names]
     working = traces.offline_hits(reqs).unique_blocks * block
     tenth = max(2 * 2**20, working // 10)
     runs += [run(n, reqs, block, a.concurrency, tenth) | {"target": f"{n} (1/10 capacity)"}
@@ -81,8 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if n in SWEEP_TARGETS:
                 sweep += [run(n, reqs[:SWEEP_REQUESTS], b, a.concurrency, None)
                           for b in SWEEP_BLOCKS]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = a.out or HERE / "results" / f"loadtest-{stamp}"
     with tempfile.TemporaryDirectory() as tmp:
         m = machine(Path(tmp))
     header = [f"# Loadtest {stamp}", "",
@@ -97,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "- the model (loadtest/model.py) scales to each layout's real 512-token block at "
               "the GET bandwidth and latency measured here; its GPU figures are public "
               "datasheet numbers, not measurements"]
+    if ui_png.exists():
+        header.append(f"- kvstore's /ui after its replay: ![ui]({ui_png.name})")
     for p in report.write(runs, out, sweep=sweep, header=header):
         print(p)
     print("\n".join(report.table(runs)))
