@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist compose-test
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod loadtest clean test-nixl test-client-dist compose-test
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -60,6 +60,11 @@ bench-bulk: $(STAMP)
 
 bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py
+
+# A generated agentic trace against every target (kvstore bulk/S3/pod, Redis), ~5 min;
+# report (markdown, JSON, PNG plots) in loadtest/results/loadtest-*.
+loadtest: $(STAMP)
+	$(PY) loadtest/compare.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -180,6 +180,14 @@ def summarize(tally: Tally, wall: float, reqs: Sequence[traces.Request], block_b
         out["offline_lru_hit_ratio"] = lru.hit_ratio
         out["capacity_blocks"] = capacity_bytes // block_bytes
     out["model"] = model_figures(tally, out)
+    # raw series for the plots (report.py): per request in trace order
+    order = sorted(range(len(tally.per_request)), key=lambda i: tally.per_request[i][0])
+    out["series"] = {
+        "hit_blocks": [tally.per_request[i][3] for i in order],
+        "chain_blocks": [len(reqs[tally.per_request[i][0]].hash_ids) for i in order],
+        "request_ms": [round(tally.request_ms[i], 3) for i in order],
+        "lookup_ms": [round(tally.lookup_ms[i], 3) for i in order],
+    }
     return out
 
 

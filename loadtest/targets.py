@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 START_SECONDS_MAX = 60.0
 STOP_SECONDS_MAX = 30.0
 NS = "replay"
+REDIS_BASELINE_BYTES = 2 * 2**20
 
 
 class Target(Protocol):
@@ -229,10 +230,14 @@ class Redis:
             self.proc = subprocess.Popen(
                 [exe, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                  "--appendonly", "no", "--dir", str(self.tmp),
-                 "--maxmemory", str(parse_size(capacity)), "--maxmemory-policy", "allkeys-lru",
+                 # the data budget plus Redis' own baseline (~1 MiB empty), so that both stores
+                 # hold about the same number of blocks
+                 "--maxmemory", str(parse_size(capacity) + REDIS_BASELINE_BYTES),
+                 "--maxmemory-policy", "allkeys-lru",
                  "--proto-max-bulk-len", str(512 * 2**20)],
                 stdout=out, stderr=subprocess.STDOUT)
         _wait_for(self.log, self.proc, "Ready to accept connections", "redis-server")
+        self.refused = 0
         self.r = redis.Redis(host="127.0.0.1", port=self.port,
                              max_connections=max(2, concurrency * 2))
 
@@ -251,8 +256,16 @@ class Redis:
         return list(self.r.mget(list(keys))) if keys else []
 
     def put_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
-        if keys:
-            self.r.mset(dict(zip(keys, values, strict=True)))
+        import redis
+
+        pipe = self.r.pipeline(transaction=False)
+        for k, v in zip(keys, values, strict=True):
+            pipe.set(k, v)
+        for res in pipe.execute(raise_on_error=False):
+            if isinstance(res, redis.exceptions.OutOfMemoryError):
+                self.refused += 1  # a full cache refusing a write: a miss later, not a failure
+            elif isinstance(res, Exception):
+                raise res
 
     def close(self) -> None:
         self.r.close()

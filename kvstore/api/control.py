@@ -35,6 +35,8 @@ from kvstore.api.control_models import (
     NamespaceCreate,
     NamespaceList,
     NamespaceOut,
+    NamespaceUsage,
+    OpStats,
     PrefetchResponse,
     Readiness,
     StatsResponse,
@@ -42,6 +44,7 @@ from kvstore.api.control_models import (
 from kvstore.api.docs import install_docs
 from kvstore.api.errors import S3Error, json_error, request_ids
 from kvstore.api.metrics import CONTENT_TYPE, Metrics
+from kvstore.api.ui import install_ui
 from kvstore.auth import Op, Tenant
 from kvstore.engine.types import NamespaceInfo
 from kvstore.service import Node
@@ -104,6 +107,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
     """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
     engine, tenants, blocks = state.engine, state.tenants, state.blocks
     metrics: Metrics = state.metrics
+    started = time.monotonic()
     app = FastAPI(title="kvstore control plane", version="1",
                   description="Health, metrics, namespaces with layout fingerprints, and the "
                               "KV-specific calls S3 lacks (longest-prefix lookup with leases, "
@@ -191,9 +195,16 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
 
     @app.get("/v1/stats", response_model=StatsResponse, tags=["admin"], responses=_ERRORS)
     async def stats(tenant: Tenant = Depends(caller)) -> StatsResponse:
-        """Engine counters and gauges (the same numbers /metrics exports)."""
+        """Engine counters and gauges (the same numbers /metrics exports), and the live blocks
+        and bytes of each namespace the caller may see."""
+        usage = engine.namespace_usage()
+        mine = {i.name: NamespaceUsage(blocks=usage.get(i.name, (0, 0))[0],
+                                       bytes=usage.get(i.name, (0, 0))[1])
+                for i in blocks.namespaces(tenant)}
         return StatsResponse(device=engine.device_name, ready=health.ready,
-                             stats=dict(engine.stats()))
+                             stats=dict(engine.stats()), namespaces=mine,
+                             ops={op: OpStats(**v) for op, v in metrics.op_summary().items()},
+                             uptime_seconds=time.monotonic() - started)
 
     @app.get("/v1/pod", tags=["admin"], responses=_ERRORS)
     async def pod(tenant: Tenant = Depends(caller)) -> dict[str, object]:
@@ -324,4 +335,5 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         return DeleteResponse(requested=len(body.keys), deleted=n)
 
     install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)
+    install_ui(app)  # /ui: the live status page (static files; its data comes from /v1/stats)
     return app

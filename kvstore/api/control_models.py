@@ -89,10 +89,27 @@ class DeleteResponse(BaseModel):
     deleted: int
 
 
+class NamespaceUsage(BaseModel):
+    blocks: int
+    bytes: int
+
+
+class OpStats(BaseModel):
+    count: float
+    bytes: float
+    # cumulative latency histogram: [upper bound in seconds, operations at or under it]
+    buckets: list[tuple[float, float]]
+
+
 class StatsResponse(BaseModel):
     device: str
     ready: bool
     stats: dict[str, float | int]
+    # the namespaces the caller may see: live blocks and payload bytes of each
+    namespaces: dict[str, NamespaceUsage] = {}
+    # operations served by this node since it started (S3, /v1 and bulk), by operation
+    ops: dict[str, OpStats] = {}
+    uptime_seconds: float = 0.0
 
 
 class CheckResponse(BaseModel):

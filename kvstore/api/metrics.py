@@ -119,6 +119,17 @@ class EngineCollector:
                 name = "kvstore_engine_" + _NAME_RE.sub("_", stat)
                 families[name] = GaugeMetricFamily(name, f"engine stat {stat}", value=value)
         yield from families.values()
+        usage = getattr(self._source, "namespace_usage", None)
+        if usage is not None:  # namespace names are validated and bounded (namespaces_max)
+            blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Live blocks, by namespace",
+                                       labels=["namespace"])
+            nbytes = GaugeMetricFamily("kvstore_namespace_bytes",
+                                       "Live payload bytes, by namespace", labels=["namespace"])
+            for ns, (n, b) in sorted(usage().items()):
+                blocks.add_metric([ns], n)
+                nbytes.add_metric([ns], b)
+            yield blocks
+            yield nbytes
 
 
 class PodCollector:
@@ -181,6 +192,33 @@ class Metrics:
         if nbytes:
             child[1].inc(nbytes)
         child[2].observe(seconds)
+
+    def op_summary(self) -> dict[str, dict[str, Any]]:
+        """Per operation, summed over tiers: ``count``, payload ``bytes``, and the latency
+        histogram's cumulative ``buckets`` as [upper bound seconds, count] (without +Inf: the
+        count is the total). Cumulative since start; a client diffs two reads for a window."""
+        out: dict[str, dict[str, Any]] = {}
+
+        def entry(op: str) -> dict[str, Any]:
+            return out.setdefault(op, {"count": 0.0, "bytes": 0.0,
+                                       "buckets": [[le, 0.0] for le in LATENCY_BUCKETS]})
+
+        for fam in self._ops.collect():
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    entry(s.labels["op"])["count"] += s.value
+        for fam in self._bytes.collect():
+            for s in fam.samples:
+                if s.name.endswith("_total"):
+                    entry(s.labels["op"])["bytes"] += s.value
+        index = {le: i for i, le in enumerate(LATENCY_BUCKETS)}
+        for fam in self._latency.collect():
+            for s in fam.samples:
+                if s.name.endswith("_bucket") and s.labels["le"] != "+Inf":
+                    i = index.get(float(s.labels["le"]))
+                    if i is not None:
+                        entry(s.labels["op"])["buckets"][i][1] += s.value
+        return out
 
     def error(self, op: str, error: str) -> None:
         """Record one failed operation by its error name (``KVStoreError.name``)."""

@@ -26,10 +26,12 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
         for seg in lg.segments.values():  # let writes in flight land first
             lg.quiesce(seg)
         counts: dict[int, int] = {}
+        nbytes: dict[int, int] = {}
         ids = st.catalog.id_to_name()
         entries = list(st.index.items())
         for digest, e in entries:
             counts[e.ns] = counts.get(e.ns, 0) + 1
+            nbytes[e.ns] = nbytes.get(e.ns, 0) + e.length
             owner = lg.segments.get(e.seg)
             if owner is None:
                 problems.append(f"index entry {digest.hex()} points at missing segment {e.seg}")
@@ -44,6 +46,8 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
         live_counts = {k: v for k, v in st.ns_count.items() if v}
         if counts != live_counts:
             problems.append(f"namespace counts {live_counts} != index {counts}")
+        if st.ns_bytes != nbytes:
+            problems.append(f"namespace bytes {st.ns_bytes} != index {nbytes}")
         if lg.pending:
             problems.append(f"{len(lg.pending)} keys pending with no write in flight")
         if lg.active is None or lg.active.id not in lg.segments:

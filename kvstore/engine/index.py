@@ -44,6 +44,20 @@ class Index:
         self.base: dict[str, np.ndarray[Any, np.dtype[Any]]] = {
             name: np.zeros(0, dtype=dt) for name, dt in _COLS}
         self._base_live = 0
+        # live blocks and payload bytes per namespace id: kept by insert/remove/bulk_load, the
+        # only ways an entry comes or goes, so usage per namespace costs no scan
+        self.ns_blocks: dict[int, int] = {}
+        self.ns_bytes: dict[int, int] = {}
+
+    def _account(self, e: Entry, sign: int) -> None:
+        blocks = self.ns_blocks.get(e.ns, 0) + sign
+        nbytes = self.ns_bytes.get(e.ns, 0) + sign * e.length
+        assert blocks >= 0 and nbytes >= 0, "namespace usage went negative"
+        if blocks:
+            self.ns_blocks[e.ns], self.ns_bytes[e.ns] = blocks, nbytes
+        else:
+            self.ns_blocks.pop(e.ns, None)
+            self.ns_bytes.pop(e.ns, None)
 
     # --- lookups ---------------------------------------------------------------------------
     def _find(self, digest: bytes) -> int:
@@ -147,6 +161,7 @@ class Index:
         """Insert or replace; returns the replaced entry."""
         old = self.remove(digest)
         self.delta[digest] = [entry, 0]
+        self._account(entry, +1)
         if len(self.delta) >= self.delta_max:
             self.merge()
         return old
@@ -154,6 +169,7 @@ class Index:
     def remove(self, digest: bytes) -> Entry | None:
         d = self.delta.pop(digest, None)
         if d is not None:
+            self._account(d[0], -1)
             return d[0]
         i = self._find(digest)
         if i < 0:
@@ -161,6 +177,7 @@ class Index:
         e = self._row(i)
         self.base["live"][i] = False
         self._base_live -= 1
+        self._account(e, -1)
         return e
 
     def merge(self) -> None:
@@ -201,6 +218,11 @@ class Index:
         self.base = {name: arr[order] for name, arr in cols.items()}
         self._base_live = n
         self.delta.clear()
+        ns_ids = cols["ns"].astype(np.int64)
+        blocks = np.bincount(ns_ids)
+        nbytes = np.bincount(ns_ids, weights=cols["length"].astype(np.float64))
+        self.ns_blocks = {int(i): int(blocks[i]) for i in np.flatnonzero(blocks)}
+        self.ns_bytes = {i: int(nbytes[i]) for i in self.ns_blocks}
 
     # --- scans -----------------------------------------------------------------------------
     def items(self) -> Iterator[tuple[bytes, Entry]]:

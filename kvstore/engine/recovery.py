@@ -172,6 +172,4 @@ def _build_index(lg: SegmentLog, summaries: list[SegmentSummary]) -> None:
     st.index.bulk_load(col["digest"][pick], col["seg"][pick], col["page"][pick],
                         col["length"][pick], col["checksum"][pick],
                         np.ceil(col["expires"][pick]).astype(np.uint32), col["ns"][pick])
-    counts = np.bincount(col["ns"][pick].astype(np.int64))
-    st.ns_count = {int(i): int(c) for i, c in enumerate(counts) if c}
 

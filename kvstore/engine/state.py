@@ -63,7 +63,6 @@ class EngineState:
         self.index = Index()
         self.dram = DramTier(config.dram_bytes)
         self.catalog = Catalog()
-        self.ns_count: dict[int, int] = {}
         self.counters = dict.fromkeys(STAT_NAMES, 0)
         self.lock = threading.RLock()
         self.budget = SegmentBudget.of(config)
@@ -98,13 +97,22 @@ class EngineState:
         self.counters["misses"] += 1
         self.counters[MISS_COUNTERS[outcome]] += 1
 
+    @property
+    def ns_count(self) -> dict[int, int]:
+        """Live blocks per namespace id (the index keeps it; read-only here)."""
+        return self.index.ns_blocks
+
+    @property
+    def ns_bytes(self) -> dict[int, int]:
+        """Live payload bytes per namespace id (the index keeps it)."""
+        return self.index.ns_bytes
+
     # ------------------------------------------------------------------ index changes
     def drop(self, digest: bytes, e: Entry | None = None) -> None:
         """Remove a block from the index and DRAM (only if it is still ``e``, when given).
         Caller holds ``lock``."""
-        old = self.index.remove(digest) if e is None or self.index.get(digest) == e else None
-        if old is not None:
-            self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
+        if e is None or self.index.get(digest) == e:
+            self.index.remove(digest)
         self.dram.discard(digest)
         self.leases.pop(digest, None)
 
@@ -118,11 +126,9 @@ class EngineState:
         old = self.index.insert(digest, Entry(seg_id, off // fmt.PAGE, hdr.payload_len,
                                               hdr.checksum, math.ceil(hdr.expires), ns_id))
         if old is not None:
-            self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
             self.dram.discard(digest)
             if (old.length, old.csum) != (hdr.payload_len, hdr.checksum):
                 self.leases.pop(digest, None)  # overwritten: the leased version is gone
-        self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
         if keep is not None:
             self.dram.put(digest, (seg_id, off // fmt.PAGE), keep, meta_of(hdr))
 

@@ -124,7 +124,6 @@ class Engine:
             if st.ns_count.get(ns_id, 0):
                 raise NamespaceNotEmpty(f"namespace {name} is not empty")
             st.catalog.remove(name)
-            st.ns_count.pop(ns_id, None)
             st.save_catalog()
 
     def namespace(self, name: str) -> NamespaceInfo:
@@ -258,6 +257,14 @@ class Engine:
                 index_memory_bytes=st.index.memory_bytes(),
             )
             return out
+
+    def namespace_usage(self) -> dict[str, tuple[int, int]]:
+        """Live (blocks, payload bytes) per namespace name, from the index's own counters."""
+        st = self.state
+        with st.lock:
+            names = st.catalog.id_to_name()
+            return {name: (st.ns_count.get(i, 0), st.ns_bytes.get(i, 0))
+                    for i, name in names.items()}
 
     def flash_used_bytes(self) -> int:
         return self.log.flash_used_bytes()

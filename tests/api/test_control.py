@@ -292,6 +292,8 @@ def test_bounds_are_typed_4xx_and_server_stays_up(live: LiveServer) -> None:
 
 
 def test_stats_and_metrics_follow_traffic(live: LiveServer) -> None:
+    live.json("POST", "/v1/namespaces", {"name": "ns-metrics"})
+    live.json("POST", "/v1/ns-metrics/lookup", {"keys": ["a"]})  # histograms exist once used
     status, st = live.json("GET", "/v1/stats")
     assert status == 200 and st["device"] == "posix" and st["ready"] is True
     assert {"blocks", "hits_dram", "misses", "flash_capacity_bytes"} <= set(st["stats"])
@@ -303,7 +305,6 @@ def test_stats_and_metrics_follow_traffic(live: LiveServer) -> None:
                  "kvstore_capacity_bytes", "kvstore_used_bytes", "kvstore_op_seconds_bucket",
                  "kvstore_blocks"):
         assert name in before, name
-    live.json("POST", "/v1/namespaces", {"name": "ns-metrics"})
     live.state.engine.put("ns-metrics", "a", b"q" * 1000)
     assert live.state.engine.get("ns-metrics", "a") == b"q" * 1000
     assert live.state.engine.get("ns-metrics", "b") is None
@@ -317,6 +318,10 @@ def test_stats_and_metrics_follow_traffic(live: LiveServer) -> None:
     assert metric(after, "kvstore_engine_misses_total") >= metric(before,
                                                                   "kvstore_engine_misses_total") + 1
     assert metric(after, "kvstore_blocks") == metric(before, "kvstore_blocks") + 1
+    assert metric(after, "kvstore_namespace_bytes", namespace="ns-metrics") == 1000
+    assert metric(after, "kvstore_namespace_blocks", namespace="ns-metrics") == 1
+    assert live.json("GET", "/v1/stats")[1]["namespaces"]["ns-metrics"] == {
+        "blocks": 1, "bytes": 1000}
     assert metric(after, "kvstore_errors_total", error="LimitExceeded") >= 1
 
 

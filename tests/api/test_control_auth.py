@@ -110,3 +110,16 @@ def test_bad_signatures_and_tampered_bodies(srv: Any) -> None:
                         send_body=json.dumps({"name": "acme-two"}).encode())
     assert status in (400, 403)
     assert call(srv, "GET", "/v1/namespaces", None, ACME)[1] == {"namespaces": []}
+
+
+def test_stats_show_usage_of_the_callers_namespaces_only(srv: Any) -> None:
+    assert call(srv, "POST", "/v1/namespaces", {"name": "acme-u"}, ACME)[0] == 201
+    assert call(srv, "POST", "/v1/namespaces", {"name": "beta-u"}, BETA)[0] == 201
+    srv.state.engine.put("acme-u", "k1", b"v" * 100)
+    srv.state.engine.put("acme-u", "k2", b"v" * 50)
+    srv.state.engine.put("beta-u", "k1", b"v" * 7)
+    status, st = call(srv, "GET", "/v1/stats", None, ACME)
+    assert status == 200
+    assert st["namespaces"] == {"acme-u": {"blocks": 2, "bytes": 150}}
+    assert call(srv, "GET", "/v1/stats", None, BETA)[1]["namespaces"] == {
+        "beta-u": {"blocks": 1, "bytes": 7}}

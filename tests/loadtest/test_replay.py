@@ -60,3 +60,20 @@ def test_a_tenth_of_the_working_set_is_reported_beside_an_offline_lru(tmp_path: 
     assert s["hit_ratio"] < s["offline_hit_ratio"]  # eviction cost hits
     print(f"hit ratio {s['hit_ratio']:.3f}, offline LRU {lru:.3f}, "
           f"unlimited {s['offline_hit_ratio']:.3f}")
+
+
+def test_report_writes_tables_and_plots(tmp_path: Path) -> None:
+    import report
+
+    p = _trace(tmp_path)
+    out = tmp_path / "summary.json"
+    assert replay.main(["--trace", str(p), "--target", "kvstore", "--block-bytes", "8KiB",
+                        "--concurrency", "2", "--as-fast-as-possible", "--json", str(out),
+                        "--no-progress"]) == 0
+    run = json.loads(out.read_text())
+    paths = report.write([run], tmp_path / "rep", sweep=[run], header=["# test"])
+    md = (tmp_path / "rep.md").read_text()
+    assert "| kvstore | 8 KiB |" in md and "llama-3.1-70b" in md
+    pngs = [q for q in paths if q.suffix == ".png"]
+    assert len(pngs) == 4
+    assert all(q.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for q in pngs)
