@@ -1,5 +1,9 @@
 """Stores that replay drives, each started on loopback by the script and stopped after.
 
+kvstore's lookups take a lease on the prefix they found (what its engine connectors do), so
+eviction cannot take a promised block before its GET; S3 and Redis have no such thing, and a
+replay counts the blocks they promised and then lost (``lost_hits``).
+
 A target answers three calls on a chain of block keys, as an engine connector would:
 ``lookup(keys) -> n`` (the longest stored prefix), ``get_many(keys) -> values or None``, and
 ``put_many(keys, values)``. Each runs the store's own way of doing it: the bulk SDK's one-round
@@ -34,6 +38,7 @@ START_SECONDS_MAX = 60.0
 STOP_SECONDS_MAX = 30.0
 NS = "replay"
 REDIS_BASELINE_BYTES = 2 * 2**20
+LEASE_SECONDS = 10.0
 
 
 class Target(Protocol):
@@ -120,7 +125,8 @@ class KvstoreBulk:
                              pool_size=max(1, concurrency))
 
     def lookup(self, keys: Sequence[str]) -> int:
-        return int(self.client.lookup(list(keys)))
+        # a lease pins the found prefix until the GET, as an engine connector asks for
+        return int(self.client.lookup(list(keys), lease_seconds=LEASE_SECONDS))
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return list(self.client.get_many(list(keys)))
@@ -200,7 +206,8 @@ class KvstorePod:
                                 namespace=NS, create=True)
 
     def lookup(self, keys: Sequence[str]) -> int:
-        return int(self.client.lookup(list(keys)))
+        # a lease pins the found prefix until the GET, as an engine connector asks for
+        return int(self.client.lookup(list(keys), lease_seconds=LEASE_SECONDS))
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         return list(self.client.get_many(list(keys)))
