@@ -103,6 +103,18 @@ def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
         f"fingerprint {want_fp or 'none'}, block_bytes {want_bytes})")
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route of ``app`` serves at the request's path (Starlette's own 405
+    names only the first route that matched the path, and each method is its own route)."""
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route.methods or ())
+    return sorted(methods)
+
+
 def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
     """The FastAPI app for /healthz, /readyz, /metrics, /docs and /v1/*."""
     engine, tenants, blocks = state.engine, state.tenants, state.blocks
@@ -162,8 +174,10 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if exc.status_code == 405:
-            return error_response(S3Error("MethodNotAllowed", "method not allowed here"), "v1")
+        if exc.status_code == 405:  # with an Allow header (RFC 9110 requires it)
+            resp = error_response(S3Error("MethodNotAllowed", "method not allowed here"), "v1")
+            resp.headers["allow"] = ", ".join(_allowed_methods(app, request))
+            return resp
         if exc.status_code == 404:
             return error_response(E.NotFound(f"no such route: {request.url.path}"), "v1")
         return error_response(E.InvalidArgument(str(exc.detail)), "v1")

@@ -332,3 +332,13 @@ def test_lookup_of_a_maximal_chain(live: LiveServer) -> None:
     status, body = live.json("POST", "/v1/ns-full/lookup", {"keys": ks})
     assert status == 200 and body["prefix_len"] == 0 and body["keys"] == limits.chain_keys_max
     assert live.json("GET", "/healthz")[0] == 200
+
+
+def test_405_names_every_allowed_method(live: LiveServer) -> None:
+    """RFC 9110: a 405 carries Allow; each method of a path is its own route, so Starlette's
+    own header named only the first (schemathesis found both)."""
+    status, headers, _ = live.request("PUT", "/v1/namespaces/some-ns", b"")
+    assert status == 405
+    assert headers["allow"] == "DELETE, GET"
+    status, headers, _ = live.request("TRACE", "/v1/namespaces", b"")
+    assert status == 405 and headers["allow"] == "GET, POST"
