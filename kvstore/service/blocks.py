@@ -52,11 +52,13 @@ class BlockService:
     # -- authorization -------------------------------------------------------------------
     def authorize(self, tenant: Tenant, ns: str, op: Op) -> NamespaceInfo | None:
         """Raise unless ``tenant`` may do ``op`` to ``ns``; the namespace (None: absent, which
-        only CREATE accepts)."""
-        validate_namespace(ns)
+        only CREATE accepts). A name is checked against the naming rules only when it is not
+        in the catalog: one created under older, looser rules stays reachable (to read, move
+        and delete), and a new one must keep today's."""
         try:
             info: NamespaceInfo | None = self.engine.namespace(ns)
         except NamespaceNotFound:
+            validate_namespace(ns)
             info = None
         self.policy.check(tenant, ns, op, None if info is None else info.owner)
         return info
