@@ -3,7 +3,8 @@
 No framework: a route table (``ROUTES``, one row per operation, looked up by target and
 method) picks the handler, so GET and PUT
 of an object pay only for SigV4, one engine call and the socket. Path-style addressing
-(``/bucket/key``). Every failure becomes an S3 XML error through ``kvstore.api.errors`` (the one
+(``/bucket/key``), and virtual-host style (Host ``bucket.DOMAIN``, path ``/key``) when the node
+has a ``domain`` (``kvstore serve --domain``). Every failure becomes an S3 XML error through ``kvstore.api.errors`` (the one
 mapper); an unexpected exception answers 500 InternalError and is logged, and the server stays
 up.
 """
@@ -60,6 +61,7 @@ class S3App:
         self.blocks = state.blocks
         self.tenants = state.tenants
         self.region = state.region
+        self.domain = state.domain
         self.uploads = multipart.Uploads()
         self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
 
@@ -83,7 +85,7 @@ class S3App:
             return
         if kind != "http":
             return
-        req = Request(scope, receive, request_ids.next())
+        req = Request(scope, receive, request_ids.next(), self.domain)
         t0 = time.perf_counter()
         op = "s3"
         try:

@@ -37,13 +37,33 @@ def parse_query(qs: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def host_bucket(host: str | None, domain: str) -> str | None:
+    """The bucket a virtual-host-style request names: ``BUCKET`` of a Host header
+    ``BUCKET.DOMAIN[:port]`` (case-insensitive, a trailing dot allowed); None for any other
+    host (the domain itself, an IP address, another name), which is then path-style."""
+    if not host:
+        return None
+    name = host.lower()
+    if name.startswith("["):  # an IPv6 literal is never virtual-host style
+        return None
+    name = name.rpartition(":")[0] if ":" in name else name
+    name = name.rstrip(".")
+    if len(name) <= len(domain) + 1 or not name.endswith(domain) \
+            or name[-len(domain) - 1] != ".":
+        return None
+    return name[:-len(domain) - 1]
+
+
 class Request:
-    """What a handler needs from one ASGI HTTP scope."""
+    """What a handler needs from one ASGI HTTP scope. With ``domain`` set, a Host header
+    ``BUCKET.DOMAIN`` names the bucket and the whole path (less its leading slash) is the key
+    (virtual-host style); otherwise the path is ``/bucket/key`` (path style)."""
 
     __slots__ = ("method", "raw_path", "path", "query_pairs", "query", "headers", "bucket",
                  "key", "receive", "request_id", "client", "body_done", "tier")
 
-    def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
+    def __init__(self, scope: Scope, receive: Receive, request_id: str,
+                 domain: str | None = None) -> None:
         self.method: str = scope["method"]
         raw = scope.get("raw_path")
         self.raw_path: str = raw.decode("latin-1") if raw else scope["path"]
@@ -56,7 +76,11 @@ class Request:
             val = v.decode("latin-1")
             headers[name] = f"{headers[name]},{val}" if name in headers else val
         self.headers = headers
-        bucket, _, key = self.path.lstrip("/").partition("/")
+        vhost = host_bucket(headers.get("host"), domain) if domain else None
+        if vhost is None:
+            bucket, _, key = self.path.lstrip("/").partition("/")
+        else:
+            bucket, key = vhost, self.path[1:] if self.path.startswith("/") else self.path
         self.bucket = bucket
         self.key = key
         self.receive = receive
