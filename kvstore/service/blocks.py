@@ -14,7 +14,7 @@ Every front end calls this instead of the engine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from kvstore.service.forward import Forwarder
 
 T = TypeVar("T")
+log = logging.getLogger("kvstore.service")
 
 
 class BlockService:
@@ -275,11 +276,15 @@ class BlockService:
         """Count one error answer (``kvstore_errors_total{op, error}``)."""
         m = self._metrics()
         if m is not None:
-            with contextlib.suppress(Exception):
+            try:
                 m.error(op, name)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.debug("metrics error() failed", exc_info=True)
 
     def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
         m = self._metrics()
-        if m is not None:
-            with contextlib.suppress(Exception):
+        if m is not None:  # once per request: a try costs nothing, a suppress() a context
+            try:
                 m.observe(op, tier, nbytes, seconds)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.debug("metrics observe() failed", exc_info=True)

@@ -8,6 +8,7 @@ one preallocated buffer of Content-Length bytes.
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -70,11 +71,14 @@ class Request:
         self.path: str = scope["path"]
         self.query_pairs = parse_query(scope.get("query_string", b""))
         self.query = dict(self.query_pairs)
-        headers: dict[str, str] = {}
-        for k, v in scope["headers"]:
-            name = k.decode("latin-1").lower()
-            val = v.decode("latin-1")
-            headers[name] = f"{headers[name]},{val}" if name in headers else val
+        raw_headers = scope["headers"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        if len(headers) != len(raw_headers):  # a repeated header: its values, comma-joined
+            headers = {}
+            for k, v in raw_headers:
+                name = k.decode("latin-1").lower()
+                val = v.decode("latin-1")
+                headers[name] = f"{headers[name]},{val}" if name in headers else val
         self.headers = headers
         vhost = host_bucket(headers.get("host"), domain) if domain else None
         if vhost is None:
@@ -248,6 +252,12 @@ def _invalid_range(size: int) -> S3Error:
 
 
 def http_date(ts: float) -> str:
+    """An IMF-fixdate (RFC 9110), whole seconds: Last-Modified of every HEAD and GET."""
+    return _http_date_s(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date_s(ts: int) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
 

@@ -231,8 +231,12 @@ def authenticate(
     in development, not first in production: SigV2 is refused, a malformed Authorization header
     or presigned query is refused, X-Amz-Date, the clock skew and presigned expiry are checked,
     x-amz-content-sha256 is required and the host header must be signed."""
-    query = dict(query_pairs)
     auth_header = headers.get("authorization")
+    if auth_header is None and not query_pairs:  # unsigned, and no query to hold a signature
+        if tenants.dev:
+            return tenants.by_access_key(""), None
+        raise AccessDenied("Anonymous access is not allowed")
+    query = dict(query_pairs)
     if auth_header is not None:
         if auth_header.startswith("AWS "):
             raise S3Error("InvalidRequest", SIGV2_REFUSED)
