@@ -139,3 +139,25 @@ def test_the_message_says_which_rule() -> None:
         validate_namespace("a.-b")
     with pytest.raises(InvalidNamespace, match="IP address"):
         validate_namespace("10.1.2.3")
+
+
+def test_a_namespace_from_the_looser_rules_stays_reachable(
+        live_server: Callable[..., LiveServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace whose name the old validator let through (here ``old.-name``, created with
+    the catalog's check switched off, as an older release would have) can still be read,
+    listed and emptied over S3; a new one of that name cannot be made."""
+    from kvstore.engine import catalog
+
+    srv = live_server()
+    monkeypatch.setattr(catalog, "validate_namespace", lambda name: name)
+    srv.state.engine.create_namespace("old.-name", owner="")
+    monkeypatch.undo()
+    s3 = boto_client(srv.url)
+    s3.put_object(Bucket="old.-name", Key="k", Body=b"kept")
+    assert s3.get_object(Bucket="old.-name", Key="k")["Body"].read() == b"kept"
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="old.-name")["Contents"]] == ["k"]
+    s3.delete_object(Bucket="old.-name", Key="k")
+    s3.delete_bucket(Bucket="old.-name")
+    with pytest.raises(ClientError) as ei:
+        s3.create_bucket(Bucket="old.-name")
+    assert ei.value.response["Error"]["Code"] == "InvalidBucketName"
