@@ -44,6 +44,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 _SIZE_MAX = 1024 * 1024 * limits.GiB
 # Pod and node names: they become etcd key segments.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_DOMAIN_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def parse_size(value: str | int, *, what: str = "size") -> int:
@@ -124,6 +125,8 @@ class ServeConfig:
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
+    # S3 virtual-host-style addressing: BUCKET.DOMAIN in the Host header names the bucket
+    domain: str | None = None
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -167,6 +170,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
+    "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -228,6 +232,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
                                    "that node counts as a miss (default "
                                    f"{d.forward_timeout_seconds:g})",
+        "domain": "S3 virtual-host-style addressing: a request whose Host is BUCKET.DOMAIN "
+                  "(any port) names the bucket, its path the key; path-style keeps working "
+                  "(default: path-style only)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         # argparse %-formats help text: a literal "%" (e.g. "25% of --capacity") must be "%%",
@@ -312,6 +319,14 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
             raise ConfigError(f"{what}: use 1-64 letters, digits, '.', '_', '-' or ':', "
                               f"got {raw!r}")
         return name
+    if kind == "domain":
+        dom = str(raw).strip().lower().rstrip(".")
+        if len(dom) > limits.s3_domain_bytes_max or not all(
+                _DOMAIN_LABEL_RE.fullmatch(label) for label in dom.split(".")):
+            raise ConfigError(f"{what}: expected a DNS name such as s3.example.com (labels of "
+                              f"letters, digits and '-', at most {limits.s3_domain_bytes_max} "
+                              f"characters, no port), got {raw!r}")
+        return dom
     if kind == "count":
         try:
             n = int(raw)

@@ -136,17 +136,48 @@ def block_keys(
 
 # --- Validation of names that arrive from the network --------------------------------------
 
-_NS_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
-_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_NS_RE = re.compile(r"[a-z0-9][a-z0-9.\-]*[a-z0-9]")
+_IP_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+# Prefixes and suffixes AWS reserves (access points, Object Lambda, multi-region access points,
+# directory and table buckets, punycode labels, documentation examples): refused here as S3 does,
+# so a name that works on kvstore works on AWS and back.
+NAMESPACE_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+NAMESPACE_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def namespace_problem(name: str) -> str | None:
+    """Why ``name`` breaks the S3 general-purpose bucket naming rules, or None when it keeps
+    them: 3..63 characters of lowercase letters, digits, dots and hyphens; beginning and ending
+    with a letter or digit; no two adjacent dots, no dot next to a hyphen; not an IPv4 address;
+    none of AWS's reserved prefixes and suffixes. Every front end (S3, /v1, the bulk port) and the
+    catalog ask this one function."""
+    if not isinstance(name, str):
+        return "a namespace name must be a string"
+    if not limits.namespace_bytes_min <= len(name) <= limits.namespace_bytes_max:
+        return (f"a namespace name must be {limits.namespace_bytes_min}.."
+                f"{limits.namespace_bytes_max} characters long")
+    if not _NS_RE.fullmatch(name):
+        return ("a namespace name may hold only lowercase letters, digits, dots and hyphens, "
+                "and must begin and end with a letter or digit")
+    if ".." in name or ".-" in name or "-." in name:
+        return "a namespace name must not hold two adjacent dots or a dot next to a hyphen"
+    if _IP_RE.fullmatch(name):
+        return "a namespace name must not be formatted as an IP address"
+    for p in NAMESPACE_RESERVED_PREFIXES:
+        if name.startswith(p):
+            return f"a namespace name must not begin with {p!r} (reserved by S3)"
+    for sfx in NAMESPACE_RESERVED_SUFFIXES:
+        if name.endswith(sfx):
+            return f"a namespace name must not end with {sfx!r} (reserved by S3)"
+    return None
 
 
 def validate_namespace(name: str) -> str:
-    """S3 bucket-name rules (3..63 chars, lowercase letters, digits, dots, hyphens)."""
-    if not (limits.namespace_bytes_min <= len(name) <= limits.namespace_bytes_max):
-        raise InvalidNamespace(f"namespace length must be {limits.namespace_bytes_min}.."
-                               f"{limits.namespace_bytes_max}")
-    if not _NS_RE.match(name) or ".." in name or _IP_RE.match(name):
-        raise InvalidNamespace(f"invalid namespace name: {name!r}")
+    """``name`` when it keeps the S3 bucket naming rules (``namespace_problem``), else
+    InvalidNamespace (S3 InvalidBucketName) saying which rule it breaks."""
+    problem = namespace_problem(name)
+    if problem is not None:
+        raise InvalidNamespace(f"invalid namespace name {name!r}: {problem}")
     return name
 
 

@@ -8,6 +8,8 @@
 
 Bucket names of 3+ characters cannot collide with ``/v1``; the exact paths above shadow only
 bucket-level requests on buckets named ``healthz``, ``readyz``, ``metrics``, ``docs`` or ``redoc``.
+A virtual-host-style request (Host ``bucket.DOMAIN`` under ``--domain``) always goes to S3: its
+path is a key.
 
 Lifespan is handled here, once: startup marks the server ready (the engine in ``Node`` has
 already finished recovery), shutdown marks it draining.
@@ -25,6 +27,7 @@ from kvstore.api.control import ServerHealth, create_control_app
 from kvstore.api.errors import json_error_bytes, request_ids
 from kvstore.api.metrics import Metrics
 from kvstore.api.s3.app import S3App
+from kvstore.api.s3.http import host_bucket
 from kvstore.service import Node
 
 log = logging.getLogger("kvstore.api")
@@ -79,7 +82,7 @@ class KVStoreApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            if is_control_path(scope["path"]):
+            if is_control_path(scope["path"]) and not self._virtual_host(scope):
                 await self._control(scope, receive, send)
             else:
                 await self.s3(scope, receive, send)
@@ -87,6 +90,17 @@ class KVStoreApp:
             await self._lifespan(receive, send)
         elif kind == "websocket":
             await send({"type": "websocket.close", "code": 1003})
+
+    def _virtual_host(self, scope: Scope) -> bool:
+        """A virtual-host-style S3 request (Host ``bucket.DOMAIN``): its path is an object key,
+        even one that reads like a control path (``/v1/...``, ``/metrics``)."""
+        domain = self.state.domain
+        if not domain:
+            return False
+        for name, value in scope.get("headers", ()):
+            if name == b"host":
+                return host_bucket(value.decode("latin-1"), domain) is not None
+        return False
 
     async def _control(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Bound the JSON body before FastAPI buffers it, then hand it over already read."""

@@ -122,6 +122,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.guard.keepalive_seconds, self.guard.header_seconds)
         self.limit_concurrency = None  # the cap is enforced at accept, below
         self._header_timer: asyncio.TimerHandle | None = None
+        self._header_deadline: float | None = None  # loop time; None inside a request
         self._body_timer: asyncio.TimerHandle | None = None
         self._body: BodyWatch | None = None
         self._body_clock = 0.0
@@ -212,20 +213,42 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return False
         return path in PROBE_PATHS and self.parser.get_method() in _PROBE_METHODS
 
+    # The header deadline is lazy: a keep-alive connection re-arms it after every answer and
+    # drops it at every request's headers, so instead of a timer per request (call_later and
+    # cancel each time) one timer stays pending and, when it fires, compares the clock with
+    # the deadline now in force (none while a request is being served).
     def _arm_header(self, seconds: float) -> None:
-        self._cancel_header()
-        self._header_timer = self.loop.call_later(seconds, self._header_timeout)
-        self.slots.waiting[self] = None
+        self.slots.waiting.pop(self, None)
+        self.slots.waiting[self] = None  # the newest deadline goes last
+        deadline = self._header_deadline = self.loop.time() + seconds
+        timer = self._header_timer
+        if timer is not None and timer.when() > deadline:  # a shorter deadline than pending
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._header_timer = self.loop.call_later(seconds, self._header_check)
 
     def _cancel_header(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        self._header_deadline = None
         self.slots.waiting.pop(self, None)
+
+    def _header_check(self) -> None:
+        self._header_timer = None
+        deadline = self._header_deadline
+        if deadline is None:  # inside a request; the answer's end arms a new timer
+            return
+        left = deadline - self.loop.time()
+        if left > 0:
+            self._header_timer = self.loop.call_later(left, self._header_check)
+            return
+        self._header_timeout()
 
     def _release(self) -> None:
         """This connection no longer holds a slot (closed, or being closed by us)."""
         self._cancel_header()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         self._stop_body()
         self.slots.active.discard(self)
 
@@ -236,7 +259,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer = None
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._header_deadline = None
         self.slots.waiting.pop(self, None)
         if self.transport.is_closing():
             return

@@ -14,7 +14,7 @@ Every front end calls this instead of the engine:
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from kvstore.service.forward import Forwarder
 
 T = TypeVar("T")
+log = logging.getLogger("kvstore.service")
 
 
 class BlockService:
@@ -52,11 +53,13 @@ class BlockService:
     # -- authorization -------------------------------------------------------------------
     def authorize(self, tenant: Tenant, ns: str, op: Op) -> NamespaceInfo | None:
         """Raise unless ``tenant`` may do ``op`` to ``ns``; the namespace (None: absent, which
-        only CREATE accepts)."""
-        validate_namespace(ns)
+        only CREATE accepts). A name is checked against the naming rules only when it is not
+        in the catalog: one created under older, looser rules stays reachable (to read, move
+        and delete), and a new one must keep today's."""
         try:
             info: NamespaceInfo | None = self.engine.namespace(ns)
         except NamespaceNotFound:
+            validate_namespace(ns)
             info = None
         self.policy.check(tenant, ns, op, None if info is None else info.owner)
         return info
@@ -254,18 +257,34 @@ class BlockService:
 
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
                     limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:
-        return self.engine.list_blocks(ns, prefix=prefix, start_after=start_after, limit=limit)
+        """A page of the namespace's blocks, each with its caller metadata. The engine's
+        listing comes from segment summaries, which hold no metadata; the S3 ETag of a
+        multipart (and MD5-tagged) object lives there, and a listing must show the ETag HEAD
+        and GET show (aws s3 sync sends it back as If-Match). So each listed block's header is
+        read (from DRAM, or one 4 KiB read): at most ``limit`` reads, on this engine thread.
+        A block gone since the summary was read keeps its summary row."""
+        items, more = self.engine.list_blocks(ns, prefix=prefix, start_after=start_after,
+                                              limit=limit)
+        out = []
+        for b in items:
+            full = self.engine.head(ns, b.key)
+            out.append(b if full is None else full)
+        return out, more
 
     # -- errors ----------------------------------------------------------------------------
     def failed(self, op: str, name: str) -> None:
         """Count one error answer (``kvstore_errors_total{op, error}``)."""
         m = self._metrics()
         if m is not None:
-            with contextlib.suppress(Exception):
+            try:
                 m.error(op, name)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.debug("metrics error() failed", exc_info=True)
 
     def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
         m = self._metrics()
-        if m is not None:
-            with contextlib.suppress(Exception):
+        if m is not None:  # once per request: a try costs nothing, a suppress() a context
+            try:
                 m.observe(op, tier, nbytes, seconds)
+            except Exception:  # noqa: BLE001 - metrics never fail a request
+                log.debug("metrics observe() failed", exc_info=True)

@@ -1,7 +1,8 @@
 """``Node``: what every front end of one kvstore process shares, built once by the server.
 
 It replaces the HTTP side's ``AppState`` and the engine half of the bulk port's context: the
-engine, the runner (its thread pool), the tenants and their policy, the metrics, the S3 region,
+engine, the runner (its thread pool), the tenants and their policy, the metrics, the S3 region and
+virtual-host domain,
 ``blocks``, the ``BlockService`` every handler calls, and ``membership``, the pod's view of
 live nodes (``kvstore.cluster.membership``; None for a node on its own).
 """
@@ -25,6 +26,8 @@ class Node:
     tenants: Tenants
     metrics: Any = None  # kvstore.api.metrics.Metrics (duck-typed: observe, error, ...)
     region: str = "us-east-1"
+    # S3 virtual-host-style addressing: the DOMAIN of BUCKET.DOMAIN Host headers (None: off)
+    domain: str | None = None
     membership: Membership | None = None
     blocks: BlockService = field(init=False)
 

@@ -3,7 +3,8 @@
 No framework: a route table (``ROUTES``, one row per operation, looked up by target and
 method) picks the handler, so GET and PUT
 of an object pay only for SigV4, one engine call and the socket. Path-style addressing
-(``/bucket/key``). Every failure becomes an S3 XML error through ``kvstore.api.errors`` (the one
+(``/bucket/key``), and virtual-host style (Host ``bucket.DOMAIN``, path ``/key``) when the node
+has a ``domain`` (``kvstore serve --domain``). Every failure becomes an S3 XML error through ``kvstore.api.errors`` (the one
 mapper); an unexpected exception answers 500 InternalError and is logged, and the server stays
 up.
 """
@@ -14,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, multipart, objects, sigv4
@@ -44,9 +45,9 @@ UNSUPPORTED = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Who is calling, and the signing context for aws-chunked chunk signatures."""
+class Call(NamedTuple):
+    """Who is calling, and the signing context for aws-chunked chunk signatures (a tuple: one
+    is built per request, and a frozen dataclass costs several times as much to build)."""
 
     tenant: Tenant
     signing: sigv4.SigningContext | None
@@ -60,6 +61,7 @@ class S3App:
         self.blocks = state.blocks
         self.tenants = state.tenants
         self.region = state.region
+        self.domain = state.domain
         self.uploads = multipart.Uploads()
         self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
 
@@ -83,7 +85,7 @@ class S3App:
             return
         if kind != "http":
             return
-        req = Request(scope, receive, request_ids.next())
+        req = Request(scope, receive, request_ids.next(), self.domain)
         t0 = time.perf_counter()
         op = "s3"
         try:

@@ -8,6 +8,7 @@ one preallocated buffer of Content-Length bytes.
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote
@@ -37,26 +38,53 @@ def parse_query(qs: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def host_bucket(host: str | None, domain: str) -> str | None:
+    """The bucket a virtual-host-style request names: ``BUCKET`` of a Host header
+    ``BUCKET.DOMAIN[:port]`` (case-insensitive, a trailing dot allowed); None for any other
+    host (the domain itself, an IP address, another name), which is then path-style."""
+    if not host:
+        return None
+    name = host.lower()
+    if name.startswith("["):  # an IPv6 literal is never virtual-host style
+        return None
+    name = name.rpartition(":")[0] if ":" in name else name
+    name = name.rstrip(".")
+    if len(name) <= len(domain) + 1 or not name.endswith(domain) \
+            or name[-len(domain) - 1] != ".":
+        return None
+    return name[:-len(domain) - 1]
+
+
 class Request:
-    """What a handler needs from one ASGI HTTP scope."""
+    """What a handler needs from one ASGI HTTP scope. With ``domain`` set, a Host header
+    ``BUCKET.DOMAIN`` names the bucket and the whole path (less its leading slash) is the key
+    (virtual-host style); otherwise the path is ``/bucket/key`` (path style)."""
 
     __slots__ = ("method", "raw_path", "path", "query_pairs", "query", "headers", "bucket",
                  "key", "receive", "request_id", "client", "body_done", "tier")
 
-    def __init__(self, scope: Scope, receive: Receive, request_id: str) -> None:
+    def __init__(self, scope: Scope, receive: Receive, request_id: str,
+                 domain: str | None = None) -> None:
         self.method: str = scope["method"]
         raw = scope.get("raw_path")
         self.raw_path: str = raw.decode("latin-1") if raw else scope["path"]
         self.path: str = scope["path"]
         self.query_pairs = parse_query(scope.get("query_string", b""))
         self.query = dict(self.query_pairs)
-        headers: dict[str, str] = {}
-        for k, v in scope["headers"]:
-            name = k.decode("latin-1").lower()
-            val = v.decode("latin-1")
-            headers[name] = f"{headers[name]},{val}" if name in headers else val
+        raw_headers = scope["headers"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+        if len(headers) != len(raw_headers):  # a repeated header: its values, comma-joined
+            headers = {}
+            for k, v in raw_headers:
+                name = k.decode("latin-1").lower()
+                val = v.decode("latin-1")
+                headers[name] = f"{headers[name]},{val}" if name in headers else val
         self.headers = headers
-        bucket, _, key = self.path.lstrip("/").partition("/")
+        vhost = host_bucket(headers.get("host"), domain) if domain else None
+        if vhost is None:
+            bucket, _, key = self.path.lstrip("/").partition("/")
+        else:
+            bucket, key = vhost, self.path[1:] if self.path.startswith("/") else self.path
         self.bucket = bucket
         self.key = key
         self.receive = receive
@@ -224,6 +252,12 @@ def _invalid_range(size: int) -> S3Error:
 
 
 def http_date(ts: float) -> str:
+    """An IMF-fixdate (RFC 9110), whole seconds: Last-Modified of every HEAD and GET."""
+    return _http_date_s(int(ts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date_s(ts: int) -> str:
     return email.utils.formatdate(ts, usegmt=True)
 
 

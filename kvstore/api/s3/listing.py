@@ -33,7 +33,12 @@ class Page:
 
 
 def list_page(fn: ListFn, prefix: str, delimiter: str, start_after: str, max_keys: int) -> Page:
+    """One page of at most ``max_keys`` entries (keys and common prefixes) after
+    ``start_after``. ``max_keys`` 0 is an empty page that is not truncated, as S3 answers it
+    (there is no cursor to go on from)."""
     page = Page(cursor=start_after)
+    if max_keys <= 0:
+        return page
     rounds = 0
     while True:
         rounds += 1
@@ -131,7 +136,7 @@ def v2(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
         parts.append(f"<Delimiter>{enc(delim, url)}</Delimiter>")
     parts += [tag("MaxKeys", n), tag("KeyCount", len(page.items) + len(page.prefixes)),
               tag("IsTruncated", "true" if page.truncated else "false")]
-    if token:
+    if token is not None:  # echoed as sent, an empty one too (S3 does)
         parts.append(tag("ContinuationToken", token))
     if start_after:
         parts.append(f"<StartAfter>{enc(start_after, url)}</StartAfter>")

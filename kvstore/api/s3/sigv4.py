@@ -8,6 +8,8 @@ verify per-chunk signatures (``STREAMING-AWS4-HMAC-SHA256-PAYLOAD``).
 from __future__ import annotations
 
 import calendar
+import datetime
+import email.utils
 import functools
 import hashlib
 import hmac
@@ -77,6 +79,27 @@ def parse_amz_date(s: str) -> float:
         return float(calendar.timegm(time.strptime(s, _AMZ_DATE_FMT)))
     except ValueError:
         raise AccessDenied("invalid X-Amz-Date") from None
+
+
+def request_time(headers: Mapping[str, str]) -> str:
+    """The request time of a header-signed request as SigV4's string to sign holds it
+    (yyyymmddThhmmssZ): X-Amz-Date when sent, else the ``Date`` header, which SigV4 allows in
+    its place (an HTTP-date, or the same basic ISO 8601 form); "" when neither is there."""
+    amz = headers.get("x-amz-date")
+    if amz is not None:
+        return amz
+    date = headers.get("date", "").strip()
+    if not date:
+        return ""
+    if len(date) == 16 and date[8] == "T" and date.endswith("Z"):
+        return date
+    try:
+        dt = email.utils.parsedate_to_datetime(date)
+    except (TypeError, ValueError, IndexError):
+        raise AccessDenied("the Date header is not a valid HTTP date") from None
+    if dt.tzinfo is None:  # RFC 9110: an HTTP-date is in GMT
+        dt = dt.replace(tzinfo=datetime.UTC)
+    return dt.astimezone(datetime.UTC).strftime(_AMZ_DATE_FMT)
 
 
 def _parse_credential(cred: str, err: str) -> tuple[str, str, str, str]:
@@ -208,12 +231,16 @@ def authenticate(
     in development, not first in production: SigV2 is refused, a malformed Authorization header
     or presigned query is refused, X-Amz-Date, the clock skew and presigned expiry are checked,
     x-amz-content-sha256 is required and the host header must be signed."""
-    query = dict(query_pairs)
     auth_header = headers.get("authorization")
+    if auth_header is None and not query_pairs:  # unsigned, and no query to hold a signature
+        if tenants.dev:
+            return tenants.by_access_key(""), None
+        raise AccessDenied("Anonymous access is not allowed")
+    query = dict(query_pairs)
     if auth_header is not None:
         if auth_header.startswith("AWS "):
             raise S3Error("InvalidRequest", SIGV2_REFUSED)
-        params = parse_authorization(auth_header, headers.get("x-amz-date", ""))
+        params = parse_authorization(auth_header, request_time(headers))
     elif "X-Amz-Signature" in query or "X-Amz-Credential" in query:
         params = parse_presigned(query)
     elif "AWSAccessKeyId" in query and "Signature" in query:
@@ -228,7 +255,7 @@ def authenticate(
         raise S3Error("InvalidAccessKeyId",
                       "The AWS Access Key Id you provided does not exist in our records.") from None
     if not params.amz_date:
-        raise AccessDenied("X-Amz-Date is required")
+        raise AccessDenied("X-Amz-Date or Date is required")
     t = parse_amz_date(params.amz_date)
     if params.amz_date[:8] != params.date:
         raise AuthenticationFailed("credential date does not match X-Amz-Date")
@@ -241,7 +268,7 @@ def authenticate(
     else:
         if abs(now - t) > limits.clock_skew_seconds_max:
             raise S3Error("RequestTimeTooSkewed",
-                          "The difference between the request time and the server's time is "
+                          "The difference between the request time and the current time is "
                           "too large.")
         payload_hash = headers.get("x-amz-content-sha256", "")
         if not payload_hash:
