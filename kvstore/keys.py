@@ -13,6 +13,7 @@ from kvstore_wire.keys import (
     Layout,
     block_keys,
     chain_root,
+    namespace_pattern,
     next_key,
     validate_key,
     validate_namespace,
@@ -20,5 +21,5 @@ from kvstore_wire.keys import (
 
 __all__ = [
     "DTYPE_BYTES", "KEY_BYTES", "KEY_SCHEME_VERSION", "Layout", "block_keys", "chain_root",
-    "next_key", "validate_key", "validate_namespace",
+    "namespace_pattern", "next_key", "validate_key", "validate_namespace",
 ]

@@ -23,6 +23,8 @@ from kvstore_wire.limits import (  # noqa: F401 - re-exported
     connections_max,
     frame_header_bytes_max,
     key_bytes_max,
+    layout_int_max,
+    layout_str_chars_max,
     lease_seconds_max,
     namespace_bytes_max,
     namespace_bytes_min,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -16,6 +17,9 @@ from pathlib import Path
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kvstore_wire import keys
 
 from kvstore import limits
 from kvstore.errors import InvalidKey, InvalidNamespace, LimitExceeded
@@ -202,3 +206,17 @@ def test_validate_namespace_and_key() -> None:
             validate_key(bad)
     with pytest.raises(InvalidKey):
         validate_key(b"bytes")  # type: ignore[arg-type]
+
+
+_NS_ALPHABET = "abcz09.-xnsthre3dmoliapbxX_ "
+
+
+@given(st.one_of(st.text(alphabet=_NS_ALPHABET, min_size=0, max_size=70),
+                 st.from_regex(keys.namespace_pattern(), fullmatch=True),
+                 st.sampled_from(["xn--abc", "abc-s3alias", "1.2.3.4", "a..b", "a.-b", "ab",
+                                  "a" * 63, "a" * 64, "bucket.mrap", "amzn-s3-demo-x"])))
+@settings(max_examples=600)
+def test_namespace_pattern_is_the_validator(name: str) -> None:
+    """The regular expression OpenAPI documents is exactly the rules the server applies."""
+    assert (re.fullmatch(keys.namespace_pattern(), name) is not None) == \
+        (keys.namespace_problem(name) is None), name

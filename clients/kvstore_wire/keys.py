@@ -59,9 +59,19 @@ class Layout:
     tenant_salt: str = ""
 
     def __post_init__(self) -> None:
+        for name in ("num_layers", "num_kv_heads", "head_dim", "tokens_per_block", "tp_size",
+                     "tp_rank"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v > limits.layout_int_max:
+                raise ValueError(f"{name} must be an integer of at most {limits.layout_int_max}")
         for name in ("num_layers", "num_kv_heads", "head_dim", "tokens_per_block", "tp_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        for name in ("model", "dtype", "revision", "tenant_salt"):
+            v = getattr(self, name)
+            if not isinstance(v, str) or len(v) > limits.layout_str_chars_max:
+                raise ValueError(f"{name} must be a string of at most "
+                                 f"{limits.layout_str_chars_max} characters")
         if not 0 <= self.tp_rank < self.tp_size:
             raise ValueError("tp_rank must be in [0, tp_size)")
         if not self.model:
@@ -143,6 +153,21 @@ _IP_RE = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
 # so a name that works on kvstore works on AWS and back.
 NAMESPACE_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 NAMESPACE_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def namespace_pattern() -> str:
+    """The same rules as ``namespace_problem``, as one ECMA-262 / Python regular expression
+    (lookaheads for the "must not" rules), for OpenAPI documents and other languages. A test
+    pins ``re.fullmatch(namespace_pattern(), n)`` to ``namespace_problem(n) is None``."""
+    lo, hi = limits.namespace_bytes_min, limits.namespace_bytes_max
+    def esc(text: str) -> str:  # only '.' is special in these; '\\-' is invalid ECMA-262 (u flag)
+        assert re.fullmatch(r"[a-z0-9.-]+", text), text
+        return text.replace(".", r"\.")
+
+    prefixes = "|".join(esc(p) for p in NAMESPACE_RESERVED_PREFIXES)
+    suffixes = "|".join(esc(x) for x in NAMESPACE_RESERVED_SUFFIXES)
+    return (rf"^(?!(?:{prefixes}))(?!.*(?:{suffixes})$)(?![0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$)"
+            rf"(?!.*(?:\.\.|\.-|-\.))[a-z0-9][a-z0-9.-]{{{lo - 2},{hi - 2}}}[a-z0-9]$")
 
 
 def namespace_problem(name: str) -> str | None:

@@ -37,6 +37,13 @@ chain_keys_max = 8192
 # Bytes of payload one batched GET or PUT may move in one request.
 batch_bytes_max = 1 * GiB
 
+# Every integer of a model layout (layers, heads, head size, tokens per block, TP size and rank)
+# is at most this: far past any model, and well inside what the fingerprint's msgpack encoding
+# and every language's 32-bit integers hold.
+layout_int_max = 2**31 - 1
+# Every string of a layout (model, dtype, revision, tenant salt), in characters.
+layout_str_chars_max = 256
+
 # --- Leases and TTL -----------------------------------------------------------------------
 
 # A lookup may pin found blocks so eviction cannot take them before the engine reads them.
@@ -77,3 +84,4 @@ assert namespace_bytes_min <= namespace_bytes_max
 assert block_bytes_max <= batch_bytes_max, "one block must fit in a batch"
 assert block_bytes_max <= connection_inflight_bytes_max, "one PUT must fit in the window"
 assert nixl_metadata_bytes_max * 4 <= frame_header_bytes_max, "NIXL metadata rides in a header"
+assert 0 < layout_int_max < 2**32, "layout integers fit every language's 32-bit types"

@@ -103,6 +103,34 @@ def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
         f"fingerprint {want_fp or 'none'}, block_bytes {want_bytes})")
 
 
+def _document_namespace_names(app: FastAPI) -> None:
+    """Give every ``ns`` path parameter and ``NamespaceCreate.name`` the exact naming rules
+    (``keys.namespace_pattern``) in the OpenAPI document, so a schema-valid name is one the
+    server accepts. The check stays in ``keys.validate_namespace`` (S3's InvalidBucketName);
+    this only documents it (schemathesis found names the schema allowed and the server
+    refused)."""
+    base = app.openapi
+    rule = {"pattern": keys.namespace_pattern(), "minLength": limits.namespace_bytes_min,
+            "maxLength": limits.namespace_bytes_max}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                for param in op.get("parameters", []) if isinstance(op, dict) else []:
+                    if param.get("name") == "ns" and param.get("in") == "path":
+                        param.setdefault("schema", {}).update(rule)
+        model = schema.get("components", {}).get("schemas", {}).get("NamespaceCreate", {})
+        if "name" in model.get("properties", {}):
+            model["properties"]["name"].update(rule)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
     """Every method some route of ``app`` serves at the request's path (Starlette's own 405
     names only the first route that matched the path, and each method is its own route)."""
@@ -348,6 +376,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         blocks.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 
+    _document_namespace_names(app)
     install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)
     install_ui(app)  # /ui: the live status page (static files; its data comes from /v1/stats)
     return app

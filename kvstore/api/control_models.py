@@ -6,27 +6,37 @@ a typed ``LimitExceeded``; pydantic only checks shapes and types.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from kvstore import limits
+
+_INT_MAX = limits.layout_int_max
+_STR_MAX = limits.layout_str_chars_max
 
 
 class LayoutModel(BaseModel):
     """What makes KV bytes of one model incompatible with another's (``kvstore.keys.Layout``)."""
 
-    model: str = Field(..., min_length=1, max_length=256, examples=["meta-llama/Llama-3.1-8B"])
+    # strict: a JSON true is not a tp_rank of 1, 168.0 is not a head count (schemathesis)
+    model_config = ConfigDict(strict=True)
+
+    model: str = Field(..., min_length=1, max_length=_STR_MAX,
+                       examples=["meta-llama/Llama-3.1-8B"])
     dtype: str = Field(..., min_length=1, max_length=32, examples=["bfloat16"])
-    num_layers: int = Field(..., gt=0, examples=[32])
-    num_kv_heads: int = Field(..., gt=0, examples=[8])
-    head_dim: int = Field(..., gt=0, examples=[128])
-    tokens_per_block: int = Field(..., gt=0, examples=[16])
-    tp_rank: int = Field(0, ge=0)
-    tp_size: int = Field(1, gt=0)
-    revision: str = Field("", max_length=256)
-    tenant_salt: str = Field("", max_length=256)
+    num_layers: int = Field(..., gt=0, le=_INT_MAX, examples=[32])
+    num_kv_heads: int = Field(..., gt=0, le=_INT_MAX, examples=[8])
+    head_dim: int = Field(..., gt=0, le=_INT_MAX, examples=[128])
+    tokens_per_block: int = Field(..., gt=0, le=_INT_MAX, examples=[16])
+    tp_rank: int = Field(0, ge=0, le=_INT_MAX, description="in [0, tp_size)")
+    tp_size: int = Field(1, gt=0, le=_INT_MAX)
+    revision: str = Field("", max_length=_STR_MAX)
+    tenant_salt: str = Field("", max_length=_STR_MAX)
 
 
 class NamespaceCreate(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(..., examples=["llama3-8b-bf16"], description="S3 bucket-name rules")
     layout: LayoutModel | None = None
     block_bytes: int = Field(
@@ -49,14 +59,28 @@ class NamespaceList(BaseModel):
     namespaces: list[NamespaceOut]
 
 
+# An object key as the server accepts it: 1..key_bytes_max UTF-8 bytes, no NUL. JSON Schema counts
+# characters, not bytes: maxLength is the byte bound, so a schema-valid key of multi-byte
+# characters may still be refused as too long (LimitExceeded/InvalidKey); the description says so.
+_KEY_SCHEMA: JsonDict = {"items": {"type": "string", "minLength": 1, "maxLength": limits.key_bytes_max,
+                         "pattern": "^[^\u0000]+$",
+                         "description": f"1..{limits.key_bytes_max} UTF-8 bytes, no NUL"}}
+
+
 class KeysRequest(BaseModel):
-    keys: list[str] = Field(..., description=f"at most {limits.batch_keys_max} keys")
+    model_config = ConfigDict(strict=True)
+
+    keys: list[str] = Field(..., description=f"at most {limits.batch_keys_max} keys",
+                            json_schema_extra={**_KEY_SCHEMA, "maxItems": limits.batch_keys_max})
 
 
 class LookupRequest(BaseModel):
-    keys: list[str] = Field(..., description=f"a key chain, at most {limits.chain_keys_max} keys")
+    model_config = ConfigDict(strict=True)
+
+    keys: list[str] = Field(..., description=f"a key chain, at most {limits.chain_keys_max} keys",
+                            json_schema_extra={**_KEY_SCHEMA, "maxItems": limits.chain_keys_max})
     lease_seconds: float = Field(
-        0.0, ge=0.0,
+        0.0, ge=0.0, json_schema_extra={"maximum": limits.lease_seconds_max},
         description=f"pin the found prefix this long (at most {limits.lease_seconds_max:g} s): "
                     "eviction cannot take a pinned block before the lease expires (reads do not "
                     "end it; a delete or an overwrite does). The server's leased-bytes budget "
