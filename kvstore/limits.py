@@ -149,9 +149,8 @@ presign_seconds_max = 7 * 24 * 3600
 clock_skew_seconds_max = 15 * 60
 
 # `--domain` of virtual-host-style addressing: BUCKET.DOMAIN must still be a DNS name (at most
-# dns_name_bytes_max characters) for the longest bucket name.
-dns_name_bytes_max = 253
-s3_domain_bytes_max = dns_name_bytes_max - namespace_bytes_max - 1
+# 253 characters) for the longest bucket name.
+s3_domain_bytes_max = 253 - namespace_bytes_max - 1
 
 # S3 user metadata (x-amz-meta-*) per object: S3's own cap; it rides in the record's meta bytes.
 s3_user_metadata_bytes_max = 2 * KiB
@@ -365,5 +364,4 @@ assert body_rate_grace_seconds_default <= body_rate_window_seconds_default
 assert 0 < timeout_close_grace_seconds < shutdown_seconds_max
 assert 0 < lease_seconds_max <= ttl_seconds_max
 assert clock_skew_seconds_max < presign_seconds_max
-assert 0 < s3_domain_bytes_max and s3_domain_bytes_max + namespace_bytes_max + 1 <= \
-    dns_name_bytes_max
+assert 0 < s3_domain_bytes_max and s3_domain_bytes_max + namespace_bytes_max + 1 <= 253
