@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 DEVICES = ("auto", "uring", "posix", "memory")
+ETAGS = ("md5", "xxh3")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -124,6 +125,9 @@ class ServeConfig:
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
+    # S3 ETags: "md5" as S3 computes them; "xxh3" (opt-in) skips the MD5 pass for bulk-only
+    # deployments and breaks sync tools (aws s3 sync, rclone) that compare ETags with MD5s
+    etag: str = "md5"
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -167,6 +171,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
+    "etag": ("--etag", "KVSTORE_ETAG", "etag"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -228,6 +233,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
                                    "that node counts as a miss (default "
                                    f"{d.forward_timeout_seconds:g})",
+        "etag": f"S3 ETags: {'|'.join(ETAGS)} (default {d.etag}); xxh3 skips the MD5 pass but "
+                "breaks sync tools (aws s3 sync, rclone, s3cmd) that compare ETags with MD5s",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":
@@ -252,6 +259,11 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         if isinstance(raw, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"{what}: port must be in 0..65535, got {raw!r}")
         return port
+    if kind == "etag":
+        v = str(raw).lower()
+        if v not in ETAGS:
+            raise ConfigError(f"{what}: etag must be one of {', '.join(ETAGS)}, got {raw!r}")
+        return v
     if kind == "device":
         v = str(raw).lower()
         if v not in DEVICES:

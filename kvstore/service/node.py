@@ -25,6 +25,7 @@ class Node:
     tenants: Tenants
     metrics: Any = None  # kvstore.api.metrics.Metrics (duck-typed: observe, error, ...)
     region: str = "us-east-1"
+    etag: str = "md5"  # S3 ETags: "md5" (as S3) or "xxh3" (--etag xxh3; breaks sync tools)
     membership: Membership | None = None
     blocks: BlockService = field(init=False)
 

@@ -11,11 +11,13 @@ up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvstore import limits
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
@@ -62,6 +64,10 @@ class S3App:
         self.region = state.region
         self.uploads = multipart.Uploads()
         self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
+        # ETags: the MD5 of the bytes as S3 has them (what sync tools compare), or, opt-in
+        # (--etag xxh3), the block's xxh3 checksum, which costs no extra pass over the bytes
+        self.etag_md5 = state.etag == "md5"
+        self.write_locks = [threading.Lock() for _ in range(limits.conditional_write_locks)]
 
     @staticmethod
     def access_denied() -> AccessDenied:

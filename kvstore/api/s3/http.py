@@ -110,6 +110,25 @@ class Request:
                           "Content-Length HTTP header.")
         return chunks
 
+    async def body_chunks_upto(self, limit: int) -> list[bytes] | None:
+        """A body of unknown length (``Transfer-Encoding: chunked``) as the server's chunks;
+        None as soon as it is past ``limit`` bytes (the rest stays unread)."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = msg.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    return None
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                self.body_done = True
+                return chunks
+
     async def small_body(self, limit: int) -> bytes:
         """A whole small body (XML requests) of at most ``limit`` bytes."""
         n = self.content_length()
