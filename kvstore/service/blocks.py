@@ -253,8 +253,17 @@ class BlockService:
         return self.engine.acquire(ns, key)
 
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
-                    limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:
-        return self.engine.list_blocks(ns, prefix=prefix, start_after=start_after, limit=limit)
+                    limit: int = limits.list_keys_max,
+                    with_meta: bool = False) -> tuple[list[BlockMeta], bool]:
+        """A page of the namespace's blocks, sorted. ``with_meta``: with each block's caller
+        metadata (the S3 ETag, content type...), which the segment summaries a listing reads do
+        not hold: one header read per block not in DRAM. A block gone since it was listed is
+        listed as it was."""
+        items, more = self.engine.list_blocks(ns, prefix=prefix, start_after=start_after,
+                                              limit=limit)
+        if with_meta:
+            items = [b if b.meta else (self.engine.head(ns, b.key) or b) for b in items]
+        return items, more
 
     # -- errors ----------------------------------------------------------------------------
     def failed(self, op: str, name: str) -> None:

@@ -150,6 +150,13 @@ def test_composite_checksum(s3: Any, algo: str, fn: Callable[[bytes], bytes]) ->
     key = f"composite-{algo}"
     uid, listed = _upload(s3, key, parts, ChecksumAlgorithm=algo)
     assert [p[f"Checksum{algo}"] for p in listed] == [_b64(fn(p)) for p in parts]
+    lp = s3.list_parts(Bucket=BUCKET, Key=key, UploadId=uid)
+    assert (lp["ChecksumAlgorithm"], lp["ChecksumType"]) == (algo, "COMPOSITE")
+    assert [p[f"Checksum{algo}"] for p in lp["Parts"]] == [_b64(fn(p)) for p in parts]
+    with pytest.raises(ClientError) as ei:  # not the type the upload was created with
+        s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,
+                                     MultipartUpload={"Parts": listed}, ChecksumType="FULL_OBJECT")
+    assert _code(ei.value) == "InvalidRequest"
     done = s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,
                                         MultipartUpload={"Parts": listed})
     want = _b64(fn(b"".join(fn(p) for p in parts))) + "-2"

@@ -78,21 +78,11 @@ async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
 
 def _lister(s3: S3App, bucket: str) -> listing.ListFn:
     def fn(prefix: str, start_after: str, limit: int) -> tuple[list[BlockMeta], bool]:
-        blocks, more = s3.blocks.list_blocks(bucket, prefix=prefix, start_after=start_after,
-                                             limit=limit)
-        return [_with_meta(s3, b) for b in blocks], more
+        # with the metadata: a listing answers each object's stored ETag (its MD5)
+        return s3.blocks.list_blocks(bucket, prefix=prefix, start_after=start_after,
+                                     limit=limit, with_meta=True)
 
     return fn
-
-
-def _with_meta(s3: S3App, b: BlockMeta) -> BlockMeta:
-    """A listed block with its S3 metadata: the segment summaries a listing reads hold no
-    ETag, the record header does (one header read, or none from DRAM). A block gone since it
-    was listed is listed as it was."""
-    if b.meta:
-        return b
-    head = s3.blocks.head_sync(b.namespace, b.key)
-    return head if head is not None else b
 
 
 async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:

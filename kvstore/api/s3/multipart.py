@@ -225,6 +225,10 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
         raise S3Error("NotImplemented", "If-None-Match on CompleteMultipartUpload supports "
                       "only *")
     declared = checksums.declared(req.headers, {})
+    ctype = req.headers.get("x-amz-checksum-type", "").strip().upper()
+    if ctype and u.algo and ctype != u.kind:
+        raise S3Error("InvalidRequest", f"The upload was created with the {u.kind} checksum "
+                      f"type, not {ctype}.")
     parts = _chosen_parts(u, listed)
     total = sum(len(p.data) for p in parts)
     if total > limits.block_bytes_max:
@@ -293,7 +297,9 @@ async def list_parts(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         tag("PartNumberMarker", marker),
         tag("NextPartNumberMarker", page[-1] if page else marker),
         tag("MaxParts", max_parts), tag("IsTruncated", "true" if truncated else "false"),
-        "<StorageClass>STANDARD</StorageClass>", *items])
+        "<StorageClass>STANDARD</StorageClass>", *items,
+        *([tag("ChecksumAlgorithm", u.algo.upper()), tag("ChecksumType", u.kind)]
+          if u.algo else [])])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
     return 200, 0
 
