@@ -176,3 +176,16 @@ def test_crc64nvme(s3: Any) -> None:
         s3.put_object(Bucket=BUCKET, Key="crc64-bad", Body=data,
                       ChecksumCRC64NVME=base64.b64encode(b"\0" * 8).decode())
     assert ei.value.response["Error"]["Code"] == "BadDigest"
+
+
+@pytest.mark.parametrize("algo", ["SHA512", "XXHASH64", "XXHASH3", "XXHASH128", "CRC32C"])
+def test_the_other_sdk_checksums(s3: Any, algo: str) -> None:
+    """botocore computes these (with the CRT); the server verifies and keeps them."""
+    data = hashlib.shake_256(algo.encode()).digest(100_000)
+    put = s3.put_object(Bucket=BUCKET, Key=f"sum-{algo}", Body=data, ChecksumAlgorithm=algo)
+    head = s3.head_object(Bucket=BUCKET, Key=f"sum-{algo}", ChecksumMode="ENABLED")
+    assert head[f"Checksum{algo}"] == put[f"Checksum{algo}"]
+    with pytest.raises(ClientError) as ei:  # a value computed over other bytes
+        s3.put_object(Bucket=BUCKET, Key=f"sum-{algo}", Body=data[1:],
+                      **{f"Checksum{algo}": put[f"Checksum{algo}"]})
+    assert ei.value.response["Error"]["Code"] == "BadDigest"

@@ -15,6 +15,7 @@ from typing import Any
 
 import crc32c as _crc32c
 import msgpack
+import xxhash
 from awscrt import checksums as _crt
 
 from kvstore import limits
@@ -42,12 +43,32 @@ def _sha256(data: memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _sha512(data: memoryview) -> bytes:
+    return hashlib.sha512(data).digest()
+
+
+def _xxhash64(data: memoryview) -> bytes:
+    return xxhash.xxh64_digest(data)
+
+
+def _xxhash3(data: memoryview) -> bytes:
+    return xxhash.xxh3_64_digest(data)
+
+
+def _xxhash128(data: memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
 ALGORITHMS: dict[str, tuple[Callable[[memoryview], bytes], int]] = {
     "crc32": (_crc32, 4),
     "crc32c": (_crc32c_fn, 4),
     "crc64nvme": (_crc64nvme, 8),
     "sha1": (_sha1, 20),
     "sha256": (_sha256, 32),
+    "sha512": (_sha512, 64),
+    "xxhash64": (_xxhash64, 8),
+    "xxhash3": (_xxhash3, 8),
+    "xxhash128": (_xxhash128, 16),
 }
 # The checksum types a multipart upload of each algorithm may have (the first is the default),
 # as S3 allows them: CRCs combine into a full-object value, digests only into a composite one.
@@ -55,6 +76,8 @@ COMPOSITE, FULL_OBJECT = "COMPOSITE", "FULL_OBJECT"
 MPU_TYPES: dict[str, tuple[str, ...]] = {
     "crc32": (COMPOSITE, FULL_OBJECT), "crc32c": (COMPOSITE, FULL_OBJECT),
     "crc64nvme": (FULL_OBJECT,), "sha1": (COMPOSITE,), "sha256": (COMPOSITE,),
+    "sha512": (COMPOSITE,), "xxhash64": (COMPOSITE,), "xxhash3": (COMPOSITE,),
+    "xxhash128": (COMPOSITE,),
 }
 
 # Headers stored with the object and returned by GET/HEAD.

@@ -14,7 +14,6 @@ from urllib.parse import unquote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.errors import EntityTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -167,13 +166,6 @@ async def respond(send: Send, status: int, headers: Headers, body: bytes | memor
     headers.append((b"content-length", str(n).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def check_body_size(n: int) -> None:
-    if n > limits.http_body_bytes_max:
-        raise EntityTooLarge(
-            f"Your proposed upload exceeds the maximum allowed size "
-            f"({limits.http_body_bytes_max} bytes)")
 
 
 # --- Range ---------------------------------------------------------------------------------
