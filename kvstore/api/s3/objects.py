@@ -240,7 +240,9 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     if if_match is not None:
         raise S3Error("NotImplemented", "If-Match on PUT of a block another node owns")
     data = buf.data()
-    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash)
+    # no MD5: the owner's answer (and every later GET of it) carries the block checksum
+    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash,
+                                  False)
     done, created = await s3.blocks.put_remote(call.tenant, req.bucket, req.key, data,
                                                overwrite=inm is None)
     assert done
@@ -310,6 +312,8 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 
 async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    if "partNumber" in req.query:
+        raise S3Error("NotImplemented", "DELETE by partNumber is not supported")
     _check_version(req)
     await s3.blocks.delete(call.tenant, req.bucket, req.key)
     await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
