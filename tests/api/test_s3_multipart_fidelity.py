@@ -240,3 +240,31 @@ def test_the_part_that_crosses_the_block_limit_is_refused_before_its_body(
     # replacing a part within the room left is fine
     s3.upload_part(Bucket=BUCKET, Key="cross", UploadId=uid, PartNumber=2, Body=b"y")
     s3.abort_multipart_upload(Bucket=BUCKET, Key="cross", UploadId=uid)
+
+
+def test_checksum_given_only_on_complete(s3: Any) -> None:
+    """No algorithm on Create (boto3's parts carry CRC32 by default): a full-object CRC32C or a
+    composite CRC32 of the parts' own checksums given on Complete is checked and kept."""
+    import zlib
+
+    import crc32c
+
+    parts = [_data(MIN, 16), _data(10, 17)]
+    whole = _b64(crc32c.crc32c(b"".join(parts)).to_bytes(4, "big"))
+    uid, listed = _upload(s3, "late-full", parts)
+    done = s3.complete_multipart_upload(Bucket=BUCKET, Key="late-full", UploadId=uid,
+                                        MultipartUpload={"Parts": listed}, ChecksumCRC32C=whole)
+    assert (done["ChecksumCRC32C"], done["ChecksumType"]) == (whole, "FULL_OBJECT")
+    uid, listed = _upload(s3, "late-composite", parts)
+    crcs = [zlib.crc32(p).to_bytes(4, "big") for p in parts]
+    # botocore's default (when_supported) sends a CRC32 with each part
+    assert [p["ChecksumCRC32"] for p in listed] == [_b64(c) for c in crcs]
+    comp = _b64(zlib.crc32(b"".join(crcs)).to_bytes(4, "big")) + "-2"
+    with pytest.raises(ClientError) as ei:
+        s3.complete_multipart_upload(Bucket=BUCKET, Key="late-composite", UploadId=uid,
+                                     MultipartUpload={"Parts": listed},
+                                     ChecksumCRC32=_b64(b"\0" * 4) + "-2")
+    assert _code(ei.value) == "BadDigest"
+    done = s3.complete_multipart_upload(Bucket=BUCKET, Key="late-composite", UploadId=uid,
+                                        MultipartUpload={"Parts": listed}, ChecksumCRC32=comp)
+    assert (done["ChecksumCRC32"], done["ChecksumType"]) == (comp, "COMPOSITE")

@@ -196,7 +196,15 @@ def _object_checksum(u: Upload, parts: list[Part], joined: bytearray,
             raise S3Error("InvalidRequest", f"The upload was created with the {u.algo} "
                           f"checksum algorithm, not {algo}.")
         want = out.get(algo)
-        if want is None:  # no algorithm on Create: a full-object checksum given at the end
+        if want is None and value.rpartition("-")[2].isdigit():
+            # no algorithm on Create, a composite checksum at the end: of the parts' own
+            raw = [checksums.decode(algo, p.sums.get(algo, "")) for p in parts]
+            if any(r is None for r in raw):
+                raise S3Error("InvalidRequest", f"a composite {algo} checksum needs every "
+                              f"part uploaded with a {algo} checksum")
+            kind = checksums.COMPOSITE
+            want = out[algo] = checksums.composite(algo, [r for r in raw if r is not None])
+        elif want is None:  # no algorithm on Create: a full-object checksum given at the end
             kind = checksums.FULL_OBJECT
             want = out[algo] = checksums.b64(checksums.digest(algo, memoryview(joined)))
         if value != want:
