@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
-from kvstore.api.s3 import buckets, multipart, objects, sigv4
+from kvstore.api.s3 import buckets, copying, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
 from kvstore.engine.device import BufferPool
@@ -215,7 +215,7 @@ ROUTES: tuple[Route, ...] = (
     Route("object", "PUT", _query("uploadId"), multipart.upload_part, "upload_part", Op.WRITE),
     Route("object", "PUT", _query("partNumber"), None, "upload_part", Op.WRITE,
           ("InvalidArgument", "uploadId is required with partNumber")),
-    Route("object", "PUT", _header("x-amz-copy-source"), objects.copy_object, "copy",
+    Route("object", "PUT", _header("x-amz-copy-source"), copying.copy_object, "copy",
           Op.WRITE),
     Route("object", "PUT", _always, objects.put_object, "put", Op.WRITE),
     Route("object", "HEAD", _always, objects.head_object, "head", Op.READ),

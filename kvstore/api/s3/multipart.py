@@ -21,7 +21,7 @@ import xxhash
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import checksums, objects
+from kvstore.api.s3 import checksums, copying, objects
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.listing import iso
 from kvstore.api.s3.payload import too_large
@@ -133,11 +133,11 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
                             number: int) -> tuple[int, int]:
     from kvstore.api.s3.http import check_conditions, parse_range
 
-    src_bucket, src_key = objects.parse_copy_source(req.headers["x-amz-copy-source"])
+    src_bucket, src_key = copying.parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
     await req.discard_body()
     rng = req.headers.get("x-amz-copy-source-range")
-    conds = objects.copy_conditions(req.headers)
+    conds = copying.copy_conditions(req.headers)
 
     def work() -> Part:
         with s3.blocks.reading(src_bucket, src_key) as view:
