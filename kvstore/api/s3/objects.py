@@ -252,11 +252,28 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     return 200, len(buf)
 
 
+class _Replaced(Exception):
+    """The object changed between the HEAD that located a part and the read of it."""
+
+
+async def _part_span(s3: S3App, req: Request, call: Call,
+                     number: int) -> tuple[int, int | None] | None:
+    """What to read for ?partNumber: its offsets are in the record, so a HEAD (DRAM, or one
+    header read) locates the part first; None (the whole block) when it cannot."""
+    meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
+    if meta is None or not meta.length:
+        return None
+    try:
+        lo, hi, _ = part_range(number, meta, checksums.unpack_meta(meta.meta))
+    except S3Error:  # answered by the read, after the preconditions
+        return None
+    return lo, hi - lo
+
+
 async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     number = _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
-    # a part's offsets are known only from the record: read the block whole for it
-    ask = None if number else range_request(rng)
+    ask = await _part_span(s3, req, call, number) if number else range_request(rng)
 
     def serve(view: BlockView | None) -> tuple[BlockMeta, tuple[bytes | memoryview, str],
                                                tuple[int, int] | None, int]:
@@ -269,13 +286,19 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         if number:
             lo, hi, count = part_range(number, meta, doc)
             r: tuple[int, int] | None = (lo, hi) if meta.length else None
+            if r and not view.offset <= lo <= hi <= view.offset + len(view.payload):
+                raise _Replaced()
         else:
             r = parse_range(rng, meta.length)
         return meta, _payload_out(view, r), r, count
 
     # a DRAM hit is served inline; otherwise only the chunks covering the range come off flash
-    meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve, span=ask,
-                                                            tenant=call.tenant)
+    try:
+        meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve, span=ask,
+                                                                tenant=call.tenant)
+    except _Replaced:  # rewritten since its part was located: read the new one whole
+        meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve,
+                                                                tenant=call.tenant)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
