@@ -237,12 +237,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                 "breaks sync tools (aws s3 sync, rclone, s3cmd) that compare ETags with MD5s",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
+        text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
         if kind == "bool":
             p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"{helps[name]} [env {env}=1|0]")
+                           help=f"{text} [env {env}=1|0]")
             continue
         p.add_argument(flag, dest=name, default=None, metavar=flag[2:].upper().replace("-", "_"),
-                       help=f"{helps[name]} [env {env}]")
+                       help=f"{text} [env {env}]")
     p.add_argument("--config", dest="config", default=None, metavar="FILE",
                    help="TOML config file with the same option names [env KVSTORE_CONFIG]")
 
