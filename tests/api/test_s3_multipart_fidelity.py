@@ -152,6 +152,9 @@ def test_composite_checksum(s3: Any, algo: str, fn: Callable[[bytes], bytes]) ->
     assert [p[f"Checksum{algo}"] for p in listed] == [_b64(fn(p)) for p in parts]
     lp = s3.list_parts(Bucket=BUCKET, Key=key, UploadId=uid)
     assert (lp["ChecksumAlgorithm"], lp["ChecksumType"]) == (algo, "COMPOSITE")
+    ups = s3.list_multipart_uploads(Bucket=BUCKET, Prefix=key)["Uploads"]
+    assert [(u["UploadId"], u["ChecksumAlgorithm"], u["ChecksumType"]) for u in ups] == [
+        (uid, algo, "COMPOSITE")]
     assert [p[f"Checksum{algo}"] for p in lp["Parts"]] == [_b64(fn(p)) for p in parts]
     with pytest.raises(ClientError) as ei:  # not the type the upload was created with
         s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,

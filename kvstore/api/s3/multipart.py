@@ -320,7 +320,9 @@ async def list_uploads(s3: S3App, req: Request, call: Call, send: Send) -> tuple
     n = min(int(max_s), limits.list_keys_max) if max_s.isdigit() else limits.list_keys_max
     page = ups[:n]
     items = [f"<Upload>{tag('Key', u.key)}{tag('UploadId', u.upload_id)}"
-             f"{tag('Initiated', iso(u.initiated))}<StorageClass>STANDARD</StorageClass></Upload>"
+             f"{tag('Initiated', iso(u.initiated))}<StorageClass>STANDARD</StorageClass>"
+             + (f"{tag('ChecksumAlgorithm', u.algo.upper())}{tag('ChecksumType', u.kind)}"
+                if u.algo else "") + "</Upload>"
              for u in page]
     body = document("ListMultipartUploadsResult", [
         tag("Bucket", req.bucket), "<KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>",
