@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 
 DEVICES = ("auto", "uring", "posix", "memory")
+ETAGS = ("md5", "xxh3")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -127,6 +128,9 @@ class ServeConfig:
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
     # S3 virtual-host-style addressing: BUCKET.DOMAIN in the Host header names the bucket
     domain: str | None = None
+    # S3 ETags: "md5" as S3 computes them; "xxh3" (opt-in) skips the MD5 pass for bulk-only
+    # deployments and breaks sync tools (aws s3 sync, rclone) that compare ETags with MD5s
+    etag: str = "md5"
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -171,6 +175,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
     "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
+    "etag": ("--etag", "KVSTORE_ETAG", "etag"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -235,17 +240,17 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "domain": "S3 virtual-host-style addressing: a request whose Host is BUCKET.DOMAIN "
                   "(any port) names the bucket, its path the key; path-style keeps working "
                   "(default: path-style only)",
+        "etag": f"S3 ETags: {'|'.join(ETAGS)} (default {d.etag}); xxh3 skips the MD5 pass but "
+                "breaks sync tools (aws s3 sync, rclone, s3cmd) that compare ETags with MD5s",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
-        # argparse %-formats help text: a literal "%" (e.g. "25% of --capacity") must be "%%",
-        # or `kvstore serve --help` raises instead of printing.
-        helps[name] = helps[name].replace("%", "%%")
+        text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
         if kind == "bool":
             p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"{helps[name]} [env {env}=1|0]")
+                           help=f"{text} [env {env}=1|0]")
             continue
         p.add_argument(flag, dest=name, default=None, metavar=flag[2:].upper().replace("-", "_"),
-                       help=f"{helps[name]} [env {env}]")
+                       help=f"{text} [env {env}]")
     p.add_argument("--config", dest="config", default=None, metavar="FILE",
                    help="TOML config file with the same option names [env KVSTORE_CONFIG]")
 
@@ -262,6 +267,11 @@ def _convert(kind: str, raw: Any, source: str) -> Any:
         if isinstance(raw, bool) or not 0 <= port <= 65535:
             raise ConfigError(f"{what}: port must be in 0..65535, got {raw!r}")
         return port
+    if kind == "etag":
+        v = str(raw).lower()
+        if v not in ETAGS:
+            raise ConfigError(f"{what}: etag must be one of {', '.join(ETAGS)}, got {raw!r}")
+        return v
     if kind == "device":
         v = str(raw).lower()
         if v not in DEVICES:

@@ -166,6 +166,19 @@ multipart_staged_bytes_max = 2 * GiB
 # An upload untouched this long is dropped (its parts freed) when room is needed.
 multipart_idle_seconds_max = 3600.0
 
+# S3's minimum size of a multipart part other than the last (CompleteMultipartUpload answers
+# EntityTooSmall below it). With ``block_bytes_max`` it also bounds the parts an object has.
+multipart_part_bytes_min = 5 * MiB
+
+# Completed uploads remembered (their answer) so that a repeated CompleteMultipartUpload of the
+# same parts answers the same result, as S3 does; the oldest are forgotten first, and none is
+# kept longer than ``multipart_idle_seconds_max``.
+multipart_completed_remembered_max = 1024
+
+# Conditional writes (If-Match) of one key are serialized by one of this many locks (striped by
+# key), so that two writers holding the same ETag cannot both succeed.
+conditional_write_locks = 64
+
 # One device write of a batched put: packs many small records into one I/O (a 4 KiB O_DIRECT
 # write costs about as much as a 1 MiB one here) without holding huge buffers.
 write_chunk_bytes_max = 8 * MiB
@@ -350,6 +363,10 @@ assert max(batch_keys_max, chain_keys_max) * (key_bytes_max + 3) <= control_body
 assert batch_keys_max * (64 + 2 + 9 + 9) <= frame_header_bytes_max
 assert http_body_bytes_max >= block_bytes_max and multipart_staged_bytes_max >= block_bytes_max
 assert 1 <= multipart_parts_max and 1 <= multipart_uploads_max
+assert 0 < multipart_part_bytes_min <= block_bytes_max
+assert multipart_completed_remembered_max >= 1 and conditional_write_locks >= 1
+# a completed object's part sizes ride in its record header: few enough parts to fit
+assert block_bytes_max // multipart_part_bytes_min + 1 <= 64
 
 # Windows, buffers and regions: each holds at least one maximal block or one request's work.
 assert 0 < write_buffer_low_bytes < write_buffer_high_bytes

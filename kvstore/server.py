@@ -214,7 +214,8 @@ class Server:
             runner = EngineRunner()
             runner.start()
             metrics = Metrics(engine)
-            state = Node(engine, runner, tenants, metrics=metrics, domain=cfg.domain)
+            state = Node(engine, runner, tenants, metrics=metrics, domain=cfg.domain,
+                         etag=cfg.etag)
             if self._stop.is_set():
                 return 0  # stopped during recovery: nothing is serving yet
             return await self._serve(state, http_sock, metrics)

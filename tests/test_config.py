@@ -201,3 +201,16 @@ def test_connection_bounds_default_flag_env_and_file(tmp_path: Path) -> None:
 def test_invalid_connection_bounds_are_refused(argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         from_argv(argv, {})
+
+
+def test_serve_help_renders() -> None:
+    """`kvstore serve --help` prints every flag (a bare % in a help text made argparse fail)."""
+    import argparse
+
+    from kvstore.config import add_serve_arguments
+
+    p = argparse.ArgumentParser(prog="kvstore serve")
+    add_serve_arguments(p)
+    text = p.format_help()
+    share = f"{limits.leased_fraction_of_capacity_default:.0%} of --capacity"
+    assert "--lease-budget" in text and share in text and "--etag" in text

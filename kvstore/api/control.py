@@ -340,7 +340,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         blocks.authorize(tenant, ns, Op.READ)
         _check_count(limit, limits.list_keys_max, "limit")
         items, more = await blocks.run(lambda: blocks.list_blocks(
-            ns, prefix=prefix, start_after=start_after, limit=max(1, limit)))
+            ns, prefix=prefix, start_after=start_after, limit=max(1, limit), with_meta=True))
         return {"blocks": [meta_doc(b) for b in items], "truncated": more}
 
     @app.post("/v1/{ns}/prefetch", response_model=PrefetchResponse, tags=["blocks"],

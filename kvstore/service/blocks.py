@@ -256,20 +256,17 @@ class BlockService:
         return self.engine.acquire(ns, key)
 
     def list_blocks(self, ns: str, *, prefix: str = "", start_after: str = "",
-                    limit: int = limits.list_keys_max) -> tuple[list[BlockMeta], bool]:
-        """A page of the namespace's blocks, each with its caller metadata. The engine's
-        listing comes from segment summaries, which hold no metadata; the S3 ETag of a
-        multipart (and MD5-tagged) object lives there, and a listing must show the ETag HEAD
-        and GET show (aws s3 sync sends it back as If-Match). So each listed block's header is
-        read (from DRAM, or one 4 KiB read): at most ``limit`` reads, on this engine thread.
-        A block gone since the summary was read keeps its summary row."""
+                    limit: int = limits.list_keys_max,
+                    with_meta: bool = False) -> tuple[list[BlockMeta], bool]:
+        """A page of the namespace's blocks, sorted. ``with_meta``: with each block's caller
+        metadata (the S3 ETag, content type...), which the segment summaries a listing reads do
+        not hold: one header read per block not in DRAM. A block gone since it was listed is
+        listed as it was."""
         items, more = self.engine.list_blocks(ns, prefix=prefix, start_after=start_after,
                                               limit=limit)
-        out = []
-        for b in items:
-            full = self.engine.head(ns, b.key)
-            out.append(b if full is None else full)
-        return out, more
+        if with_meta:
+            items = [b if b.meta else (self.engine.head(ns, b.key) or b) for b in items]
+        return items, more
 
     # -- errors ----------------------------------------------------------------------------
     def failed(self, op: str, name: str) -> None:

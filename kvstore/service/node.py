@@ -28,6 +28,7 @@ class Node:
     region: str = "us-east-1"
     # S3 virtual-host-style addressing: the DOMAIN of BUCKET.DOMAIN Host headers (None: off)
     domain: str | None = None
+    etag: str = "md5"  # S3 ETags: "md5" (as S3) or "xxh3" (--etag xxh3; breaks sync tools)
     membership: Membership | None = None
     blocks: BlockService = field(init=False)
 

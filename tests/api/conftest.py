@@ -68,7 +68,7 @@ def build_app(state: Node) -> Any:
 def start_server(data_dir: Path, tenants: Tenants | None = None, *,
                  capacity_bytes: int = 512 * limits.MiB, segment_bytes: int = 64 * limits.MiB,
                  dram_bytes: int = 128 * limits.MiB, region: str = "us-east-1",
-                 domain: str | None = None) -> LiveServer:
+                 domain: str | None = None, etag: str = "md5") -> LiveServer:
     data_dir.mkdir(parents=True, exist_ok=True)
     engine = Engine.open(EngineConfig(data_dir=str(data_dir), capacity_bytes=capacity_bytes,
                                       segment_bytes=segment_bytes, dram_bytes=dram_bytes),
@@ -76,7 +76,7 @@ def start_server(data_dir: Path, tenants: Tenants | None = None, *,
     runner = EngineRunner(threads=4)
     runner.start()
     state = Node(engine=engine, runner=runner, tenants=tenants or Tenants.development(),
-                 region=region, domain=domain)
+                 region=region, domain=domain, etag=etag)
     app = build_app(state)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

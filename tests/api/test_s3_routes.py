@@ -8,7 +8,7 @@ import pytest
 
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import app as s3app
-from kvstore.api.s3 import buckets, multipart, objects
+from kvstore.api.s3 import buckets, copying, multipart, objects
 from kvstore.api.s3.http import Request
 from kvstore.auth import Op
 
@@ -38,7 +38,7 @@ ROUTED = [
     ("GET", "/b/k", "", {}, objects.get_object, "get", Op.READ),
     ("PUT", "/b/k", "uploadId=u&partNumber=1", {}, multipart.upload_part, "upload_part",
      Op.WRITE),
-    ("PUT", "/b/k", "", {"x-amz-copy-source": "/b/j"}, objects.copy_object, "copy", Op.WRITE),
+    ("PUT", "/b/k", "", {"x-amz-copy-source": "/b/j"}, copying.copy_object, "copy", Op.WRITE),
     ("PUT", "/b/k/deeper", "", {}, objects.put_object, "put", Op.WRITE),
     ("HEAD", "/b/k", "", {}, objects.head_object, "head", Op.READ),
     ("DELETE", "/b/k", "uploadId=u", {}, multipart.abort, "abort_multipart", Op.WRITE),

@@ -12,13 +12,15 @@ up.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from kvstore import limits
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
-from kvstore.api.s3 import buckets, multipart, objects, sigv4
+from kvstore.api.s3 import buckets, copying, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
 from kvstore.engine.device import BufferPool
@@ -64,6 +66,10 @@ class S3App:
         self.domain = state.domain
         self.uploads = multipart.Uploads()
         self.pool = BufferPool()  # request bodies, page-aligned so the engine writes in place
+        # ETags: the MD5 of the bytes as S3 has them (what sync tools compare), or, opt-in
+        # (--etag xxh3), the block's xxh3 checksum, which costs no extra pass over the bytes
+        self.etag_md5 = state.etag == "md5"
+        self.write_locks = [threading.Lock() for _ in range(limits.conditional_write_locks)]
 
     @staticmethod
     def access_denied() -> AccessDenied:
@@ -211,7 +217,7 @@ ROUTES: tuple[Route, ...] = (
     Route("object", "PUT", _query("uploadId"), multipart.upload_part, "upload_part", Op.WRITE),
     Route("object", "PUT", _query("partNumber"), None, "upload_part", Op.WRITE,
           ("InvalidArgument", "uploadId is required with partNumber")),
-    Route("object", "PUT", _header("x-amz-copy-source"), objects.copy_object, "copy",
+    Route("object", "PUT", _header("x-amz-copy-source"), copying.copy_object, "copy",
           Op.WRITE),
     Route("object", "PUT", _always, objects.put_object, "put", Op.WRITE),
     Route("object", "HEAD", _always, objects.head_object, "head", Op.READ),

@@ -78,7 +78,9 @@ async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
 
 def _lister(s3: S3App, bucket: str) -> listing.ListFn:
     def fn(prefix: str, start_after: str, limit: int) -> tuple[list[BlockMeta], bool]:
-        return s3.blocks.list_blocks(bucket, prefix=prefix, start_after=start_after, limit=limit)
+        # with the metadata: a listing answers each object's stored ETag (its MD5)
+        return s3.blocks.list_blocks(bucket, prefix=prefix, start_after=start_after,
+                                     limit=limit, with_meta=True)
 
     return fn
 

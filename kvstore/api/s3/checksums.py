@@ -15,6 +15,8 @@ from typing import Any
 
 import crc32c as _crc32c
 import msgpack
+import xxhash
+from awscrt import checksums as _crt
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
@@ -29,6 +31,10 @@ def _crc32c_fn(data: memoryview) -> bytes:
     return _crc32c.crc32c(data).to_bytes(4, "big")
 
 
+def _crc64nvme(data: memoryview) -> bytes:
+    return _crt.crc64nvme(data).to_bytes(8, "big")
+
+
 def _sha1(data: memoryview) -> bytes:
     return hashlib.sha1(data).digest()
 
@@ -37,13 +43,42 @@ def _sha256(data: memoryview) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def _sha512(data: memoryview) -> bytes:
+    return hashlib.sha512(data).digest()
+
+
+def _xxhash64(data: memoryview) -> bytes:
+    return xxhash.xxh64_digest(data)
+
+
+def _xxhash3(data: memoryview) -> bytes:
+    return xxhash.xxh3_64_digest(data)
+
+
+def _xxhash128(data: memoryview) -> bytes:
+    return xxhash.xxh3_128_digest(data)
+
+
 ALGORITHMS: dict[str, tuple[Callable[[memoryview], bytes], int]] = {
     "crc32": (_crc32, 4),
     "crc32c": (_crc32c_fn, 4),
+    "crc64nvme": (_crc64nvme, 8),
     "sha1": (_sha1, 20),
     "sha256": (_sha256, 32),
+    "sha512": (_sha512, 64),
+    "xxhash64": (_xxhash64, 8),
+    "xxhash3": (_xxhash3, 8),
+    "xxhash128": (_xxhash128, 16),
 }
-_UNSUPPORTED = ("crc64nvme",)
+# The checksum types a multipart upload of each algorithm may have (the first is the default),
+# as S3 allows them: CRCs combine into a full-object value, digests only into a composite one.
+COMPOSITE, FULL_OBJECT = "COMPOSITE", "FULL_OBJECT"
+MPU_TYPES: dict[str, tuple[str, ...]] = {
+    "crc32": (COMPOSITE, FULL_OBJECT), "crc32c": (COMPOSITE, FULL_OBJECT),
+    "crc64nvme": (FULL_OBJECT,), "sha1": (COMPOSITE,), "sha256": (COMPOSITE,),
+    "sha512": (COMPOSITE,), "xxhash64": (COMPOSITE,), "xxhash3": (COMPOSITE,),
+    "xxhash128": (COMPOSITE,),
+}
 
 # Headers stored with the object and returned by GET/HEAD.
 STORED_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language",
@@ -54,15 +89,18 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def _b64decode(value: str, size: int, name: str) -> bytes:
+def digest(algo: str, data: memoryview) -> bytes:
+    """The raw ``algo`` checksum of ``data`` (an ``ALGORITHMS`` name)."""
+    return ALGORITHMS[algo][0](data)
+
+
+def _b64decode(value: str, size: int) -> bytes | None:
+    """The raw digest in a base64 header value, None when it is not one of ``size`` bytes."""
     try:
         raw = base64.b64decode(value.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raw = b""
-    if len(raw) != size:
-        raise S3Error("InvalidDigest" if name == "Content-MD5" else "InvalidRequest",
-                      f"Value for {name} header is invalid.")
-    return raw
+        return None
+    return raw if len(raw) == size else None
 
 
 def declared(headers: Mapping[str, str], trailers: Mapping[str, str]) -> dict[str, str]:
@@ -75,8 +113,6 @@ def declared(headers: Mapping[str, str], trailers: Mapping[str, str]) -> dict[st
             algo = name[len("x-amz-checksum-"):]
             if algo in ("algorithm", "mode", "type"):
                 continue
-            if algo in _UNSUPPORTED:
-                raise S3Error("NotImplemented", f"checksum algorithm {algo} is not supported")
             if algo not in ALGORITHMS:
                 raise S3Error("InvalidRequest", f"unknown checksum header {name}")
             out[algo] = value.strip()
@@ -84,17 +120,22 @@ def declared(headers: Mapping[str, str], trailers: Mapping[str, str]) -> dict[st
 
 
 def verify(data: memoryview, headers: Mapping[str, str], trailers: Mapping[str, str],
-           payload_hash: str) -> tuple[dict[str, str], str]:
-    """Check every digest the client declared. Returns (checksums to store, md5 hex or "")."""
+           payload_hash: str, md5: bool = True) -> tuple[dict[str, str], str]:
+    """Check every digest the client declared (call off the event loop). Returns (checksums to
+    store, md5 hex: the ETag; "" when ``md5`` is False and no Content-MD5 was sent)."""
     md5_hex = ""
     cmd5 = headers.get("content-md5")
     if cmd5 is not None:
-        want = _b64decode(cmd5, 16, "Content-MD5")
+        want = _b64decode(cmd5, 16)
+        if want is None:
+            raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
         got = hashlib.md5(data).digest()
         if got != want:
             raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
                           "received.")
         md5_hex = got.hex()
+    elif md5:
+        md5_hex = hashlib.md5(data).hexdigest()
     if payload_hash and payload_hash != sigv4.UNSIGNED_PAYLOAD \
             and payload_hash not in sigv4.STREAMING_MODES:
         if hashlib.sha256(data).hexdigest() != payload_hash.lower():
@@ -104,11 +145,40 @@ def verify(data: memoryview, headers: Mapping[str, str], trailers: Mapping[str, 
     sums = declared(headers, trailers)
     for algo, value in sums.items():
         fn, size = ALGORITHMS[algo]
-        want = _b64decode(value, size, f"x-amz-checksum-{algo}")
-        if fn(data) != want:
+        # a value that is not even a digest of the right size cannot match either: BadDigest
+        if _b64decode(value, size) != fn(data):
             raise S3Error("BadDigest", f"The {algo.upper()} you specified did not match the "
                           "calculated checksum.")
     return sums, md5_hex
+
+
+def decode(algo: str, value: str) -> bytes | None:
+    """The raw digest of an ``algo`` checksum header value (None: not a valid one)."""
+    return _b64decode(value, ALGORITHMS[algo][1])
+
+
+def composite(algo: str, part_digests: list[bytes]) -> str:
+    """A COMPOSITE multipart checksum: the checksum of the parts' raw checksums, ``-N``."""
+    return f"{b64(digest(algo, memoryview(b''.join(part_digests))))}-{len(part_digests)}"
+
+
+def mpu_checksum(headers: Mapping[str, str]) -> tuple[str, str]:
+    """CreateMultipartUpload's x-amz-checksum-algorithm and -type: (algo, type), ("", "")
+    without an algorithm. A pair S3 does not allow is InvalidRequest."""
+    algo = headers.get("x-amz-checksum-algorithm", "").strip().lower()
+    kind = headers.get("x-amz-checksum-type", "").strip().upper()
+    if not algo:
+        if kind:
+            raise S3Error("InvalidRequest", "x-amz-checksum-type needs "
+                          "x-amz-checksum-algorithm")
+        return "", ""
+    if algo not in MPU_TYPES:
+        raise S3Error("InvalidRequest", f"Checksum algorithm {algo} is not supported.")
+    allowed = MPU_TYPES[algo]
+    if kind and kind not in allowed:
+        raise S3Error("InvalidRequest", f"The {kind} checksum type cannot be used with the "
+                      f"{algo} checksum algorithm.")
+    return algo, kind or allowed[0]
 
 
 def check_payload_hash_syntax(payload_hash: str) -> None:
@@ -141,19 +211,30 @@ def object_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out = {h: headers[h] for h in STORED_HEADERS if h in headers}
     enc = out.get("content-encoding")
     if enc is not None:  # aws-chunked is a transfer detail, not the object's encoding
-        rest = [e.strip() for e in enc.split(",") if e.strip() and e.strip() != "aws-chunked"]
-        if rest:
-            out["content-encoding"] = ",".join(rest)
+        items = enc.split(",")
+        rest = [e for e in items if e.strip().lower() != "aws-chunked"]
+        if len(rest) != len(items):  # otherwise kept exactly as sent
+            enc = ",".join(rest).strip()
+        if enc:
+            out["content-encoding"] = enc
         else:
             del out["content-encoding"]
     return out
 
 
 def pack_meta(hdrs: dict[str, str], um: dict[str, str], sums: dict[str, str],
-              etag: str = "") -> bytes:
+              etag: str = "", *, parts: list[int] | None = None, kind: str = "") -> bytes:
+    """The S3 side of a record, kept in its header (so it survives restarts): ``h`` stored
+    headers, ``u`` user metadata, ``c`` checksums, ``e`` the ETag (absent: the block's xxh3,
+    as objects written before MD5 ETags have it), ``p`` a multipart object's part sizes, ``t``
+    its checksum type (absent: FULL_OBJECT)."""
     doc: dict[str, Any] = {"h": hdrs, "u": um, "c": sums}
     if etag:
         doc["e"] = etag
+    if parts:
+        doc["p"] = parts
+    if kind and kind != FULL_OBJECT:
+        doc["t"] = kind
     return msgpack.packb(doc, use_bin_type=True)
 
 

@@ -15,7 +15,6 @@ from urllib.parse import unquote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.errors import EntityTooLarge
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -138,6 +137,25 @@ class Request:
                           "Content-Length HTTP header.")
         return chunks
 
+    async def body_chunks_upto(self, limit: int) -> list[bytes] | None:
+        """A body of unknown length (``Transfer-Encoding: chunked``) as the server's chunks;
+        None as soon as it is past ``limit`` bytes (the rest stays unread)."""
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            msg = await self.receive()
+            if msg["type"] == "http.disconnect":
+                raise ClientDisconnected()
+            chunk = msg.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    return None
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                self.body_done = True
+                return chunks
+
     async def small_body(self, limit: int) -> bytes:
         """A whole small body (XML requests) of at most ``limit`` bytes."""
         n = self.content_length()
@@ -176,13 +194,6 @@ async def respond(send: Send, status: int, headers: Headers, body: bytes | memor
     headers.append((b"content-length", str(n).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-def check_body_size(n: int) -> None:
-    if n > limits.http_body_bytes_max:
-        raise EntityTooLarge(
-            f"Your proposed upload exceeds the maximum allowed size "
-            f"({limits.http_body_bytes_max} bytes)")
 
 
 # --- Range ---------------------------------------------------------------------------------

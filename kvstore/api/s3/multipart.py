@@ -1,124 +1,55 @@
 """Multipart upload: Create, UploadPart (and UploadPartCopy), Complete, Abort, ListParts,
 ListMultipartUploads.
 
-Parts wait in memory until Complete joins them into one block (one copy) and stores it with a
-single ``engine.put``. Bounded: ``limits.multipart_uploads_max`` open uploads,
-``limits.multipart_parts_max`` parts each, ``limits.block_bytes_max`` per upload and
-``limits.multipart_staged_bytes_max`` across all uploads; uploads idle for
-``limits.multipart_idle_seconds_max`` are dropped when room is needed. The completed object's
-ETag is ``md5(part etags)-<parts>`` as S3 computes it.
+Parts wait in memory (``uploads.Uploads``) until Complete joins them into one block (one copy)
+and stores it with a single ``engine.put``. As S3: each part's ETag is its MD5, the object's
+``md5(part MD5s)-N``; parts but the last hold at least ``limits.multipart_part_bytes_min``
+(EntityTooSmall at Complete); the object is bounded by the block limit, refused as soon as a
+part would pass it (EntityTooLarge, before its body is read when its length is declared); a
+``ChecksumAlgorithm`` of Create makes every part carry (or get) that checksum and the object a
+COMPOSITE or FULL_OBJECT one; If-Match / If-None-Match on Complete are conditional writes; a
+repeated Complete of the same parts answers the same result.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import xxhash
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import checksums, objects
+from kvstore.api.s3 import checksums, copying, objects
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.listing import iso
+from kvstore.api.s3.payload import too_large
+from kvstore.api.s3.uploads import Completed, Part, Upload, Uploads
 from kvstore.api.s3.xml import document, esc, parse_complete, tag
-from kvstore.errors import Busy, EntityTooLarge, NotFound
+from kvstore.errors import NotFound
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
 
+__all__ = ["Uploads"]
 _XML = (b"content-type", b"application/xml")
 
 
-@dataclass
-class Part:
-    number: int
-    data: bytes | bytearray
-    etag: str
-    sums: dict[str, str]
-    modified: float
+def _invalid_part() -> S3Error:
+    return S3Error("InvalidPart", "One or more of the specified parts could not be found. The "
+                   "part may not have been uploaded, or the specified entity tag may not match "
+                   "the part's entity tag.")
 
 
-@dataclass
-class Upload:
-    upload_id: str
-    bucket: str
-    key: str
-    owner: str
-    initiated: float
-    hdrs: dict[str, str]
-    um: dict[str, str]
-    parts: dict[int, Part] = field(default_factory=dict)
-    used: float = 0.0
-
-    @property
-    def size(self) -> int:
-        return sum(len(p.data) for p in self.parts.values())
-
-
-class Uploads:
-    """Open uploads of one server. Touched only from the event loop."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[str, Upload] = {}
-        self.staged_bytes = 0
-
-    def __len__(self) -> int:
-        return len(self._by_id)
-
-    def _reap(self, now: float) -> None:
-        for u in [u for u in self._by_id.values()
-                  if now - u.used > limits.multipart_idle_seconds_max]:
-            self.abort(u)
-
-    def create(self, bucket: str, key: str, owner: str, hdrs: dict[str, str],
-               um: dict[str, str]) -> Upload:
-        now = time.time()
-        if len(self._by_id) >= limits.multipart_uploads_max:
-            self._reap(now)
-        if len(self._by_id) >= limits.multipart_uploads_max:
-            raise Busy(f"more than {limits.multipart_uploads_max} multipart uploads are open")
-        u = Upload(os.urandom(16).hex(), bucket, key, owner, now, hdrs, um, used=now)
-        self._by_id[u.upload_id] = u
-        return u
-
-    def get(self, upload_id: str, bucket: str, key: str | None, owner: str) -> Upload:
-        u = self._by_id.get(upload_id)
-        if u is None or u.bucket != bucket or (key is not None and u.key != key) \
-                or u.owner != owner:
-            raise S3Error("NoSuchUpload", "The specified upload does not exist. The upload ID "
-                          "may be invalid, or the upload may have been aborted or completed.")
-        u.used = time.time()
-        return u
-
-    def add_part(self, u: Upload, number: int, data: bytes | bytearray,
-                 sums: dict[str, str]) -> Part:
-        old = u.parts.get(number)
-        delta = len(data) - (len(old.data) if old else 0)
-        if u.size + delta > limits.block_bytes_max:
-            raise EntityTooLarge(f"an object may hold at most {limits.block_bytes_max} bytes")
-        if self.staged_bytes + delta > limits.multipart_staged_bytes_max:
-            self._reap(time.time())
-            if self.staged_bytes + delta > limits.multipart_staged_bytes_max:
-                raise Busy("too many multipart bytes staged; complete or abort uploads")
-        if u.upload_id not in self._by_id:  # aborted while the body was arriving
-            raise S3Error("NoSuchUpload", "The specified upload does not exist.")
-        part = Part(number, data, xxhash.xxh3_64_hexdigest(data), sums, time.time())
-        u.parts[number] = part
-        self.staged_bytes += delta
-        return part
-
-    def abort(self, u: Upload) -> None:
-        if self._by_id.pop(u.upload_id, None) is not None:
-            self.staged_bytes -= u.size
-            u.parts.clear()
-
-    def for_bucket(self, bucket: str, owner: str) -> list[Upload]:
-        return sorted((u for u in self._by_id.values() if u.bucket == bucket and u.owner == owner),
-                      key=lambda u: (u.key, u.initiated))
+def _object_size(req: Request) -> int | None:
+    """x-amz-mp-object-size: the object's total size, when the client says it."""
+    v = req.headers.get("x-amz-mp-object-size")
+    if v is None:
+        return None
+    if not v.strip().isdigit():
+        raise S3Error("InvalidArgument", "x-amz-mp-object-size must be a byte count")
+    return int(v)
 
 
 def _part_number(req: Request) -> int:
@@ -132,17 +63,45 @@ def _part_number(req: Request) -> int:
 async def create(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     objects.check_unsupported(req)
     await req.discard_body()
+    algo, kind = checksums.mpu_checksum(req.headers)
+    size = _object_size(req)
+    if size is not None and size > limits.block_bytes_max:
+        raise too_large()
     u = s3.uploads.create(req.bucket, req.key, call.tenant.name,
                           checksums.object_headers(req.headers),
-                          checksums.user_metadata(req.headers))
+                          checksums.user_metadata(req.headers), algo, kind)
     body = document("InitiateMultipartUploadResult", [
         tag("Bucket", req.bucket), tag("Key", req.key), tag("UploadId", u.upload_id)])
     headers = [_XML, (b"x-amz-request-id", req.request_id.encode())]
-    algo = req.headers.get("x-amz-checksum-algorithm")
     if algo:
-        headers.append((b"x-amz-checksum-algorithm", algo.encode()))
+        headers += [(b"x-amz-checksum-algorithm", algo.upper().encode()),
+                    (b"x-amz-checksum-type", kind.encode())]
     await respond(send, 200, headers, body)
     return 200, 0
+
+
+def _part_sums(u: Upload, data: memoryview, sums: dict[str, str]) -> bytes:
+    """The part's raw checksum of the upload's algorithm: the client's (verified), else computed
+    here (added to ``sums``); a part checksummed with another algorithm is refused."""
+    if not u.algo:
+        return b""
+    if u.algo not in sums:
+        if sums:
+            raise S3Error("InvalidRequest", "Checksum Type mismatch occurred, expected "
+                          f"checksum Type: {u.algo}, actual checksum Type: {next(iter(sums))}")
+        raw = checksums.digest(u.algo, data)
+        sums[u.algo] = checksums.b64(raw)
+        return raw
+    raw_or_none = checksums.decode(u.algo, sums[u.algo])
+    assert raw_or_none is not None  # verify() checked it
+    return raw_or_none
+
+
+def _new_part(u: Upload, number: int, data: bytes, sums: dict[str, str],
+              md5_hex: str) -> Part:
+    etag = md5_hex or xxhash.xxh3_64_hexdigest(data)
+    digest = _part_sums(u, memoryview(data), sums)
+    return Part(number, data, etag, sums, digest, time.time())
 
 
 async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
@@ -150,91 +109,172 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     u = s3.uploads.get(req.query["uploadId"], req.bucket, req.key, call.tenant.name)
     if "x-amz-copy-source" in req.headers:
         return await _upload_part_copy(s3, req, call, send, u, number)
-    body, trailers, payload_hash = await objects.read_payload(s3, req, call)
+    # a part that would take the object past the block limit is refused before it is read
+    body, trailers, payload_hash = await objects.read_payload(s3, req, call, u.room(number))
     try:
-        def verify() -> dict[str, str]:
-            return checksums.verify(body.data(), req.headers, trailers, payload_hash)[0]
+        def work() -> Part:
+            sums, md5_hex = checksums.verify(body.data(), req.headers, trailers, payload_hash,
+                                             md5=s3.etag_md5)
+            # parts are held until Complete; the pooled buffer goes back
+            return _new_part(u, number, bytes(body.data()), sums, md5_hex)
 
-        sums = await s3.blocks.run(verify)
-        buf = bytes(body.data())  # parts are held until Complete; the pooled buffer goes back
+        part = await s3.blocks.run(work)
     finally:
         body.release()
-    part = s3.uploads.add_part(u, number, buf, sums)
+    s3.uploads.add_part(u, part)
     headers = [(b"etag", f'"{part.etag}"'.encode()),
                (b"x-amz-request-id", req.request_id.encode())]
-    headers += [(f"x-amz-checksum-{a}".encode(), v.encode()) for a, v in sums.items()]
+    headers += [(f"x-amz-checksum-{a}".encode(), v.encode()) for a, v in part.sums.items()]
     await respond(send, 200, headers)
-    return 200, len(buf)
+    return 200, len(part.data)
 
 
 async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: Upload,
                             number: int) -> tuple[int, int]:
     from kvstore.api.s3.http import check_conditions, parse_range
 
-    src_bucket, src_key = objects.parse_copy_source(req.headers["x-amz-copy-source"])
+    src_bucket, src_key = copying.parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
     await req.discard_body()
     rng = req.headers.get("x-amz-copy-source-range")
-    conds = objects.copy_conditions(req.headers)
+    conds = copying.copy_conditions(req.headers)
 
-    def work() -> bytes:
+    def work() -> Part:
         with s3.blocks.reading(src_bucket, src_key) as view:
             if view is None:
                 raise NotFound("The specified key does not exist.")
             doc = checksums.unpack_meta(view.meta.meta)
             check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
             r = parse_range(rng, view.meta.length) if rng else None
-            return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
+            data = bytes(view.payload if r is None else view.payload[r[0]:r[1]])
+        md5_hex = hashlib.md5(data).hexdigest() if s3.etag_md5 else ""
+        return _new_part(u, number, data, {}, md5_hex)
 
-    data = await s3.blocks.run(work)
-    part = s3.uploads.add_part(u, number, data, {})
+    part = s3.uploads.add_part(u, await s3.blocks.run(work))
     body = document("CopyPartResult", [tag("LastModified", iso(part.modified)),
                                        f"<ETag>&quot;{part.etag}&quot;</ETag>"])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
-    return 200, len(data)
+    return 200, len(part.data)
 
 
-async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    u = s3.uploads.get(req.query["uploadId"], req.bucket, req.key, call.tenant.name)
-    listed = parse_complete(await req.small_body(limits.s3_xml_body_bytes_max))
-    if not listed:
-        raise S3Error("MalformedXML", "You must specify at least one part")
-    if len(listed) > limits.multipart_parts_max:
-        raise S3Error("MalformedXML", f"at most {limits.multipart_parts_max} parts")
+def _chosen_parts(u: Upload, listed: list[tuple[int, str, dict[str, str]]]) -> list[Part]:
+    """The parts Complete lists, checked as S3 does: ascending numbers, each uploaded with that
+    ETag (and those checksums), each but the last at least the minimum part size."""
     parts: list[Part] = []
     prev = 0
-    for number, etag in listed:
+    for number, etag, sums in listed:
         if number <= prev:
             raise S3Error("InvalidPartOrder", "The list of parts was not in ascending order. "
                           "Parts must be ordered by part number.")
         prev = number
         p = u.parts.get(number)
-        if p is None or p.etag != etag:
-            raise S3Error("InvalidPart", "One or more of the specified parts could not be found. "
-                          "The part may not have been uploaded, or the specified entity tag may "
-                          "not match the part's entity tag.")
+        if p is None or p.etag != etag or any(p.sums.get(a) != v for a, v in sums.items()):
+            raise _invalid_part()
         parts.append(p)
+    for p in parts[:-1]:
+        if len(p.data) < limits.multipart_part_bytes_min:
+            raise S3Error("EntityTooSmall", "Your proposed upload is smaller than the minimum "
+                          f"allowed object size: part {p.number} has {len(p.data)} bytes; "
+                          f"each part but the last needs {limits.multipart_part_bytes_min}.")
+    return parts
+
+
+def _object_checksum(u: Upload, parts: list[Part], joined: bytearray,
+                     declared: dict[str, str]) -> tuple[dict[str, str], str]:
+    """(checksums to store, checksum type) of the completed object: the upload's algorithm as
+    COMPOSITE (of the parts' checksums) or FULL_OBJECT (of its bytes); a checksum the client
+    declared on Complete must match what it describes (BadDigest). In a worker thread."""
+    out: dict[str, str] = {}
+    kind = u.kind or checksums.FULL_OBJECT
+    if u.algo:
+        if u.kind == checksums.COMPOSITE:
+            out[u.algo] = checksums.composite(u.algo, [p.digest for p in parts])
+        else:
+            out[u.algo] = checksums.b64(checksums.digest(u.algo, memoryview(joined)))
+    for algo, value in declared.items():
+        if u.algo and algo != u.algo:
+            raise S3Error("InvalidRequest", f"The upload was created with the {u.algo} "
+                          f"checksum algorithm, not {algo}.")
+        want = out.get(algo)
+        if want is None and value.rpartition("-")[2].isdigit():
+            # no algorithm on Create, a composite checksum at the end: of the parts' own
+            raw = [checksums.decode(algo, p.sums.get(algo, "")) for p in parts]
+            if any(r is None for r in raw):
+                raise S3Error("InvalidRequest", f"a composite {algo} checksum needs every "
+                              f"part uploaded with a {algo} checksum")
+            kind = checksums.COMPOSITE
+            want = out[algo] = checksums.composite(algo, [r for r in raw if r is not None])
+        elif want is None:  # no algorithm on Create: a full-object checksum given at the end
+            kind = checksums.FULL_OBJECT
+            want = out[algo] = checksums.b64(checksums.digest(algo, memoryview(joined)))
+        if value != want:
+            raise S3Error("BadDigest", f"The {algo.upper()} you specified did not match the "
+                          "calculated checksum.")
+    return out, kind
+
+
+async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    upload_id = req.query["uploadId"]
+    listed = parse_complete(await req.small_body(limits.s3_xml_body_bytes_max))
+    if not listed:
+        raise S3Error("MalformedXML", "You must specify at least one part")
+    if len(listed) > limits.multipart_parts_max:
+        raise S3Error("MalformedXML", f"at most {limits.multipart_parts_max} parts")
+    rid = (b"x-amz-request-id", req.request_id.encode())
+    done = s3.uploads.completed(upload_id, req.bucket, req.key, call.tenant.name)
+    if done is not None:  # a repeated Complete: the same answer for the same parts
+        if done.listed != tuple((n, e) for n, e, _ in listed):
+            raise _invalid_part()
+        await respond(send, 200, [_XML, rid], done.body)
+        return 200, 0
+    u = s3.uploads.get(upload_id, req.bucket, req.key, call.tenant.name)
+    if_match, inm = req.headers.get("if-match"), req.headers.get("if-none-match")
+    if inm is not None and inm.strip() != "*":
+        raise S3Error("NotImplemented", "If-None-Match on CompleteMultipartUpload supports "
+                      "only *")
+    declared = checksums.declared(req.headers, {})
+    ctype = req.headers.get("x-amz-checksum-type", "").strip().upper()
+    if ctype and u.algo and ctype != u.kind:
+        raise S3Error("InvalidRequest", f"The upload was created with the {u.kind} checksum "
+                      f"type, not {ctype}.")
+    parts = _chosen_parts(u, listed)
     total = sum(len(p.data) for p in parts)
     if total > limits.block_bytes_max:
-        raise EntityTooLarge(f"an object may hold at most {limits.block_bytes_max} bytes")
-    etag = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p in parts)).hexdigest()
-    etag = f"{etag}-{len(parts)}"
-    meta = checksums.pack_meta(u.hdrs, u.um, {}, etag)
+        raise too_large()
+    size = _object_size(req)
+    if size is not None and size != total:
+        raise S3Error("InvalidRequest", f"x-amz-mp-object-size is {size} but the parts hold "
+                      f"{total} bytes")
+    digests = b"".join(bytes.fromhex(p.etag) for p in parts)
+    etag = f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
 
-    def work() -> None:
+    def work() -> tuple[dict[str, str], str]:
         joined = bytearray(total)
         pos = 0
         for p in parts:
             joined[pos:pos + len(p.data)] = p.data
             pos += len(p.data)
-        objects._store(s3, u.bucket, u.key, joined, meta, overwrite=True)
+        sums, kind = _object_checksum(u, parts, joined, declared)
+        meta = checksums.pack_meta(u.hdrs, u.um, sums, etag,
+                                   parts=[len(p.data) for p in parts], kind=kind)
+        if if_match is None:
+            objects._store(s3, u.bucket, u.key, joined, meta, overwrite=inm is None)
+        else:
+            with objects.write_lock(s3, u.bucket, u.key):
+                objects.check_if_match(s3, u.bucket, u.key, if_match)
+                objects._store(s3, u.bucket, u.key, joined, meta, overwrite=inm is None)
+        return sums, kind
 
-    await s3.blocks.run(work)
-    s3.uploads.abort(u)  # frees the parts
-    body = document("CompleteMultipartUploadResult", [
-        tag("Location", f"/{u.bucket}/{u.key}"), tag("Bucket", u.bucket), tag("Key", u.key),
-        f"<ETag>&quot;{esc(etag)}&quot;</ETag>"])
-    await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
+    sums, kind = await s3.blocks.run(work)
+    fields = [tag("Location", f"/{u.bucket}/{u.key}"), tag("Bucket", u.bucket),
+              tag("Key", u.key), f"<ETag>&quot;{esc(etag)}&quot;</ETag>"]
+    fields += [tag(f"Checksum{a.upper()}", v) for a, v in sums.items()]
+    if sums:
+        fields.append(tag("ChecksumType", kind))
+    body = document("CompleteMultipartUploadResult", fields)
+    s3.uploads.finish(u, Completed(u.bucket, u.key, u.owner,
+                                   tuple((n, e) for n, e, _ in listed), body, total, time.time()))
+    await respond(send, 200, [_XML, rid], body)
     return 200, total
 
 
@@ -265,7 +305,9 @@ async def list_parts(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         tag("PartNumberMarker", marker),
         tag("NextPartNumberMarker", page[-1] if page else marker),
         tag("MaxParts", max_parts), tag("IsTruncated", "true" if truncated else "false"),
-        "<StorageClass>STANDARD</StorageClass>", *items])
+        "<StorageClass>STANDARD</StorageClass>", *items,
+        *([tag("ChecksumAlgorithm", u.algo.upper()), tag("ChecksumType", u.kind)]
+          if u.algo else [])])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
     return 200, 0
 
@@ -278,7 +320,9 @@ async def list_uploads(s3: S3App, req: Request, call: Call, send: Send) -> tuple
     n = min(int(max_s), limits.list_keys_max) if max_s.isdigit() else limits.list_keys_max
     page = ups[:n]
     items = [f"<Upload>{tag('Key', u.key)}{tag('UploadId', u.upload_id)}"
-             f"{tag('Initiated', iso(u.initiated))}<StorageClass>STANDARD</StorageClass></Upload>"
+             f"{tag('Initiated', iso(u.initiated))}<StorageClass>STANDARD</StorageClass>"
+             + (f"{tag('ChecksumAlgorithm', u.algo.upper())}{tag('ChecksumType', u.kind)}"
+                if u.algo else "") + "</Upload>"
              for u in page]
     body = document("ListMultipartUploadsResult", [
         tag("Bucket", req.bucket), "<KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>",

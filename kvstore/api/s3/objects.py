@@ -1,4 +1,5 @@
-"""Object handlers: PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects, CopyObject.
+"""Object handlers: PutObject, GetObject, HeadObject, DeleteObject, DeleteObjects (CopyObject is in
+``copying.py``, request bodies in ``payload.py``).
 
 The hot paths (PUT, GET) do one engine call each, in the runner's thread pool: PUT verifies the
 client's digests and stores in the same call (nothing is stored unless every digest matches);
@@ -9,13 +10,13 @@ the chunks covering the range instead of the whole block.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error, classify
-from kvstore.api.s3 import checksums, chunked, sigv4
+from kvstore.api.s3 import checksums
 from kvstore.api.s3.http import (
     Headers,
     Request,
@@ -26,9 +27,8 @@ from kvstore.api.s3.http import (
     range_request,
     respond,
 )
-from kvstore.api.s3.listing import iso
-from kvstore.api.s3.xml import document, esc, parse_delete, tag
-from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
+from kvstore.api.s3.payload import Body, check_unsupported, read_payload
+from kvstore.api.s3.xml import document, parse_delete, tag
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import NotFound
 from kvstore.service.forward import checksum_of
@@ -37,120 +37,9 @@ if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
     from kvstore.engine.store import BlockView
 
+__all__ = ["Body", "check_unsupported", "read_payload"]  # re-exported for multipart
+
 _XML = (b"content-type", b"application/xml")
-# Headers that ask for features this store does not have: refused, never silently ignored.
-_UNSUPPORTED_PUT_HEADERS = (
-    "x-amz-server-side-encryption", "x-amz-server-side-encryption-customer-algorithm",
-    "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-object-lock-mode",
-    "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold", "x-amz-tagging",
-    "x-amz-website-redirect-location", "x-amz-grant-full-control", "x-amz-grant-read",
-    "x-amz-grant-read-acp", "x-amz-grant-write-acp",
-)
-_OK_ACLS = ("private", "bucket-owner-full-control")
-
-
-def check_unsupported(req: Request) -> None:
-    for h in _UNSUPPORTED_PUT_HEADERS:
-        if h in req.headers:
-            raise S3Error("NotImplemented", f"{h} is not supported")
-    acl = req.headers.get("x-amz-acl")
-    if acl is not None and acl not in _OK_ACLS:
-        raise S3Error("NotImplemented", f"x-amz-acl {acl} is not supported")
-    sc = req.headers.get("x-amz-storage-class", "STANDARD")
-    if sc != "STANDARD":
-        raise S3Error("NotImplemented", f"storage class {sc} is not supported")
-
-
-class Body:
-    """A request body received into a pooled, page-aligned buffer (no zero-filled bytearray per
-    request): the engine writes it to flash in place (``staged``), then it goes back to the
-    pool with ``release``. A plain body arrives as the server's chunks and is copied into the
-    buffer by ``data()`` in a worker thread, keeping that 2 MiB copy off the event loop."""
-
-    __slots__ = ("_pool", "_buf", "_n", "_chunks")
-
-    def __init__(self, pool: BufferPool, n: int) -> None:
-        self._pool = pool
-        self._buf: AlignedBuffer | None = pool.acquire(align_up(n))
-        self._n = n
-        self._chunks: list[bytes] | None = None
-
-    def target(self) -> memoryview:
-        """Where a decoder writes the body (aws-chunked)."""
-        assert self._buf is not None
-        return self._buf.view[: self._n]
-
-    def data(self) -> memoryview:
-        """The body bytes; copies pending chunks in first (call off the event loop)."""
-        view = self.target()
-        if self._chunks is not None:
-            pos = 0
-            for c in self._chunks:
-                view[pos : pos + len(c)] = c
-                pos += len(c)
-            self._chunks = None
-        return view
-
-    def staged(self) -> StagedPayload:
-        self.data()
-        assert self._buf is not None
-        return StagedPayload(self._buf.view[: align_up(self._n)], self._n)
-
-    def release(self) -> None:
-        self._chunks = None
-        if self._buf is not None:
-            self._pool.release(self._buf)
-            self._buf = None
-
-    def __len__(self) -> int:
-        return self._n
-
-
-async def read_payload(s3: S3App, req: Request, call: Call) -> tuple[Body, dict[str, str], str]:
-    """The request body in one pooled buffer: (payload, trailers, payload hash). The caller
-    releases the body."""
-    payload_hash = req.headers.get("x-amz-content-sha256", "")
-    checksums.check_payload_hash_syntax(payload_hash)
-    if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
-            "content-encoding", ""):
-        if payload_hash not in sigv4.STREAMING_MODES:
-            raise S3Error("InvalidRequest", "aws-chunked bodies need x-amz-content-sha256 "
-                          "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] or "
-                          "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
-        declared = req.headers.get("x-amz-decoded-content-length")
-        if declared is None or not declared.isdigit():
-            raise S3Error("MissingContentLength",
-                          "aws-chunked bodies need x-amz-decoded-content-length")
-        n = int(declared)
-        _check_size(n)
-        body = Body(s3.pool, n)
-        try:
-            dec = chunked.AwsChunkedDecoder(body.target(), payload_hash, call.signing)
-            # the encoded stream is the payload plus chunk headers and signatures (each chunk but
-            # the last is at least 8 KiB, and its framing is under 100 bytes)
-            await req.body_feed(dec.feed, n + n // 64 + 64 * limits.KiB)
-            return body, dec.finish(), payload_hash
-        except BaseException:
-            body.release()
-            raise
-    length = req.content_length()
-    if length is None:
-        raise S3Error("MissingContentLength", "You must provide the Content-Length HTTP header.")
-    n = length
-    _check_size(n)
-    body = Body(s3.pool, n)
-    try:
-        body._chunks = await req.body_chunks(n)
-    except BaseException:
-        body.release()
-        raise
-    return body, {}, payload_hash
-
-
-def _check_size(n: int) -> None:
-    from kvstore.api.s3.http import check_body_size
-
-    check_body_size(n)
 
 
 def _checksum_headers(sums: dict[str, str]) -> Headers:
@@ -158,7 +47,36 @@ def _checksum_headers(sums: dict[str, str]) -> Headers:
 
 
 def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
+    """The object's ETag: the one stored with it (MD5, or md5-of-part-MD5s-N), else the block's
+    xxh3 (objects written before MD5 ETags, under ``--etag xxh3``, or by the bulk port)."""
     return doc.get("e") or meta.etag
+
+
+def _sum_headers(doc: dict[str, Any]) -> Headers:
+    """x-amz-checksum-* and x-amz-checksum-type of a stored object (none without checksums)."""
+    if not doc["c"]:
+        return []
+    return _checksum_headers(doc["c"]) + [
+        (b"x-amz-checksum-type", str(doc.get("t", checksums.FULL_OBJECT)).encode())]
+
+
+@contextmanager
+def write_lock(s3: S3App, bucket: str, key: str) -> Iterator[None]:
+    """Serializes the conditional writes (If-Match) of one key, check and store together (in a
+    worker thread): two writers holding the same ETag cannot both succeed."""
+    locks = s3.write_locks
+    with locks[hash((bucket, key)) % len(locks)]:
+        yield
+
+
+def check_if_match(s3: S3App, bucket: str, key: str, if_match: str) -> None:
+    """If-Match on a write (under ``write_lock``): 404 NoSuchKey when the object is absent, 412
+    PreconditionFailed when its ETag is not one of those listed."""
+    cur = s3.blocks.head_sync(bucket, key)
+    if cur is None:
+        raise NotFound("The specified key does not exist.")
+    check_conditions({"if-match": if_match}, stored_etag(cur, checksums.unpack_meta(cur.meta)),
+                     cur.created)
 
 
 def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
@@ -209,20 +127,22 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
     um = checksums.user_metadata(req.headers)
 
     def work() -> tuple[BlockMeta, dict[str, str], str]:
-        sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash)
-        if if_match is not None:
-            cur = s3.blocks.head_sync(bucket, key)
-            if cur is None:
-                raise NotFound("The specified key does not exist.")
-            check_conditions({"if-match": if_match}, stored_etag(
-                cur, checksums.unpack_meta(cur.meta)), cur.created)
+        # the MD5 ETag (and any client digest) is computed here, in a worker thread: hashlib
+        # releases the GIL, so concurrent PUTs hash on as many cores as the pool has threads
+        sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash,
+                                         md5=s3.etag_md5)
         meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
-        bm = _store(s3, bucket, key, buf, meta, overwrite=inm is None)
-        return bm, sums, md5_hex
+        if if_match is None:
+            return _store(s3, bucket, key, buf, meta, overwrite=inm is None), sums, md5_hex
+        with write_lock(s3, bucket, key):
+            check_if_match(s3, bucket, key, if_match)
+            return _store(s3, bucket, key, buf, meta, overwrite=inm is None), sums, md5_hex
 
     bm, sums, md5_hex = await s3.blocks.run(work)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
     headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
+    if sums:
+        headers.append((b"x-amz-checksum-type", checksums.FULL_OBJECT.encode()))
     headers.append((b"x-amz-request-id", req.request_id.encode()))
     await respond(send, 200, headers)
     return 200, len(buf)
@@ -249,18 +169,46 @@ def _object_headers(req: Request, meta: BlockMeta, doc: dict[str, Any], ranged: 
     out += [(f"x-amz-meta-{k}".encode(), v.encode("latin-1", "replace"))
             for k, v in doc["u"].items()]
     if not ranged and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-        out += _checksum_headers(doc["c"])
+        out += _sum_headers(doc)
     if meta.expires:
         out.append((b"x-amz-expiration", http_date(meta.expires).encode()))
     return out
 
 
-def _check_version(req: Request) -> None:
+def _check_version(req: Request) -> int:
+    """Refuses a version other than "null"; the partNumber asked for (0: none)."""
     vid = req.query.get("versionId")
     if vid is not None and vid != "null":
         raise S3Error("InvalidArgument", "Invalid version id specified")
-    if "partNumber" in req.query:
-        raise S3Error("NotImplemented", "GET/HEAD by partNumber is not supported")
+    pn = req.query.get("partNumber")
+    if pn is None:
+        return 0
+    if not pn.isdigit() or not 1 <= int(pn) <= limits.multipart_parts_max:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
+                      f"{limits.multipart_parts_max}, inclusive")
+    if "range" in req.headers:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                      "query parameter")
+    return int(pn)
+
+
+def part_range(number: int, meta: BlockMeta, doc: dict[str, Any]) -> tuple[int, int, int]:
+    """GET/HEAD ?partNumber: (start, end exclusive, parts count; 0 for an object not uploaded
+    in parts, whose only part, 1, is the whole object). InvalidPartNumber past the last."""
+    parts: list[int] = doc.get("p") or []
+    if number > max(len(parts), 1):
+        raise S3Error("InvalidPartNumber", "The requested partnumber is not satisfiable")
+    if not parts:
+        return 0, meta.length, 0
+    lo = sum(parts[: number - 1])
+    return lo, lo + parts[number - 1], len(parts)
+
+
+def _part_headers(r: tuple[int, int], count: int, length: int) -> Headers:
+    out: Headers = [(b"content-range", f"bytes {r[0]}-{r[1] - 1}/{length}".encode())]
+    if count:
+        out.append((b"x-amz-mp-parts-count", str(count).encode()))
+    return out
 
 
 def _payload_out(view: BlockView,
@@ -289,7 +237,9 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     if if_match is not None:
         raise S3Error("NotImplemented", "If-Match on PUT of a block another node owns")
     data = buf.data()
-    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash)
+    # no MD5: the owner's answer (and every later GET of it) carries the block checksum
+    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash,
+                                  False)
     done, created = await s3.blocks.put_remote(call.tenant, req.bucket, req.key, data,
                                                overwrite=inm is None)
     assert done
@@ -302,52 +252,88 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     return 200, len(buf)
 
 
+class _Replaced(Exception):
+    """The object changed between the HEAD that located a part and the read of it."""
+
+
+async def _part_span(s3: S3App, req: Request, call: Call,
+                     number: int) -> tuple[int, int | None] | None:
+    """What to read for ?partNumber: its offsets are in the record, so a HEAD (DRAM, or one
+    header read) locates the part first; None (the whole block) when it cannot."""
+    meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
+    if meta is None or not meta.length:
+        return None
+    try:
+        lo, hi, _ = part_range(number, meta, checksums.unpack_meta(meta.meta))
+    except S3Error:  # answered by the read, after the preconditions
+        return None
+    return lo, hi - lo
+
+
 async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    _check_version(req)
+    number = _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
-    ask = range_request(rng)
+    ask = await _part_span(s3, req, call, number) if number else range_request(rng)
 
     def serve(view: BlockView | None) -> tuple[BlockMeta, tuple[bytes | memoryview, str],
-                                               tuple[int, int] | None]:
+                                               tuple[int, int] | None, int]:
         if view is None:
             raise NotFound("The specified key does not exist.")
         meta = view.meta
         doc = checksums.unpack_meta(meta.meta)
         check_conditions(req.headers, stored_etag(meta, doc), meta.created)
-        r = parse_range(rng, meta.length)
-        return meta, _payload_out(view, r), r
+        count = 0
+        if number:
+            lo, hi, count = part_range(number, meta, doc)
+            r: tuple[int, int] | None = (lo, hi) if meta.length else None
+            if r and not view.offset <= lo <= hi <= view.offset + len(view.payload):
+                raise _Replaced()
+        else:
+            r = parse_range(rng, meta.length)
+        return meta, _payload_out(view, r), r, count
 
     # a DRAM hit is served inline; otherwise only the chunks covering the range come off flash
-    meta, (body, req.tier), r = await s3.blocks.read(bucket, key, serve, span=ask,
-                                                     tenant=call.tenant)
+    try:
+        meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve, span=ask,
+                                                                tenant=call.tenant)
+    except _Replaced:  # rewritten since its part was located: read the new one whole
+        meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve,
+                                                                tenant=call.tenant)
     doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
     headers = _object_headers(req, meta, doc, r is not None)
     status = 200
     if r is not None:
         status = 206
-        headers.append((b"content-range", f"bytes {r[0]}-{r[1] - 1}/{meta.length}".encode()))
+        headers += _part_headers(r, count, meta.length)
     await respond(send, status, headers, body)
     return status, len(body)
 
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    _check_version(req)
+    number = _check_version(req)
     meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
     if meta is None:
         raise NotFound("The specified key does not exist.")
     doc = checksums.unpack_meta(meta.meta)
     check_conditions(req.headers, stored_etag(meta, doc), meta.created)
-    r = parse_range(req.headers.get("range"), meta.length)
+    count = 0
+    if number:
+        lo, hi, count = part_range(number, meta, doc)
+        r: tuple[int, int] | None = (lo, hi) if meta.length else None
+    else:
+        r = parse_range(req.headers.get("range"), meta.length)
     headers = _object_headers(req, meta, doc, r is not None)
     status, n = 200, meta.length
     if r is not None:
         status, n = 206, r[1] - r[0]
-        headers.append((b"content-range", f"bytes {r[0]}-{r[1] - 1}/{meta.length}".encode()))
+        headers += _part_headers(r, count, meta.length)
     await respond(send, status, headers, b"", content_length=n)
     return status, 0
 
 
 async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
+    if "partNumber" in req.query:
+        raise S3Error("NotImplemented", "DELETE by partNumber is not supported")
     _check_version(req)
     await s3.blocks.delete(call.tenant, req.bucket, req.key)
     await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
@@ -380,61 +366,3 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
                   document("DeleteResult", parts))
     return 200, 0
-
-
-def parse_copy_source(value: str) -> tuple[str, str]:
-    src = unquote(value.split("?", 1)[0]).lstrip("/")
-    if "?versionId=" in value and not value.endswith("?versionId=null"):
-        raise S3Error("NotImplemented", "copying a specific version is not supported")
-    bucket, _, key = src.partition("/")
-    if not bucket or not key:
-        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
-                      "sourcebucket/sourcekey")
-    return bucket, key
-
-
-def copy_conditions(headers: dict[str, str]) -> dict[str, str]:
-    pre = "x-amz-copy-source-"
-    return {k[len(pre):]: v for k, v in headers.items()
-            if k.startswith(pre) and k[len(pre):].startswith("if-")}
-
-
-async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    check_unsupported(req)
-    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    s3.check_bucket(call.tenant, src_bucket)
-    directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()
-    if directive not in ("COPY", "REPLACE"):
-        raise S3Error("InvalidArgument", "Unknown metadata directive.")
-    if (src_bucket, src_key) == (req.bucket, req.key) and directive == "COPY":
-        raise S3Error("InvalidRequest", "This copy request is illegal because it is trying to "
-                      "copy an object to itself without changing the object's metadata.")
-    await req.discard_body()
-    conds = copy_conditions(req.headers)
-    replace_hdrs = checksums.object_headers(req.headers)
-    replace_um = checksums.user_metadata(req.headers)
-
-    def work() -> tuple[BlockMeta, str]:
-        with s3.blocks.reading(src_bucket, src_key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            doc = checksums.unpack_meta(view.meta.meta)
-            check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
-            data = bytes(view.payload)
-        if directive == "REPLACE":
-            doc["h"], doc["u"] = replace_hdrs, replace_um
-        meta = checksums.pack_meta(doc["h"], doc["u"], doc["c"], doc.get("e", ""))
-        bm = _store(s3, req.bucket, req.key, bytearray(data), meta, overwrite=True)
-        return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
-
-    try:
-        bm, etag = await s3.blocks.run(work)
-    except S3Error as exc:
-        if exc.name == "NotModified":  # copy preconditions answer 412, never 304
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
-                          "specified did not hold") from None
-        raise
-    body = document("CopyObjectResult", [tag("LastModified", iso(bm.created or time.time())),
-                                         f"<ETag>&quot;{esc(etag)}&quot;</ETag>"])
-    await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
-    return 200, bm.length

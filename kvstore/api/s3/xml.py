@@ -73,13 +73,17 @@ def parse_delete(body: bytes) -> tuple[list[str], bool]:
     return keys, quiet
 
 
-def parse_complete(body: bytes) -> list[tuple[int, str]]:
-    """CompleteMultipartUpload body -> [(part number, etag without quotes)]."""
+def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
+    """CompleteMultipartUpload body -> [(part number, etag without quotes, {algorithm: the
+    part's checksum listed, e.g. ChecksumCRC32 as "crc32"})]."""
     el = parse(body, "CompleteMultipartUpload")
     out = []
     for p in children(el, "Part"):
         n = text(p, "PartNumber").strip()
         if not n.isdigit():
             raise S3Error("MalformedXML", "PartNumber must be a positive integer")
-        out.append((int(n), text(p, "ETag").strip().strip('"')))
+        sums = {_local(c.tag)[len("Checksum"):].lower(): (c.text or "").strip()
+                for c in p if _local(c.tag).startswith("Checksum")
+                and _local(c.tag) != "ChecksumType"}
+        out.append((int(n), text(p, "ETag").strip().strip('"'), sums))
     return out

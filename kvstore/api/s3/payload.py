@@ -1,0 +1,153 @@
+"""Request bodies of the object writes (PutObject, UploadPart): received into one pooled,
+page-aligned buffer, whatever the framing: ``Content-Length``, ``aws-chunked`` (SigV4 streaming,
+its chunk signatures checked as they arrive) or plain ``Transfer-Encoding: chunked`` with no
+length (bounded by the room the object has left, EntityTooLarge past it). Also the refusal of
+write headers that ask for features this store does not have."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kvstore import limits
+from kvstore.api.errors import S3Error
+from kvstore.api.s3 import checksums, chunked, sigv4
+from kvstore.api.s3.http import Request
+from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
+from kvstore.errors import EntityTooLarge
+
+if TYPE_CHECKING:
+    from kvstore.api.s3.app import Call, S3App
+
+# Headers that ask for features this store does not have: refused, never silently ignored.
+_UNSUPPORTED_PUT_HEADERS = (
+    "x-amz-server-side-encryption", "x-amz-server-side-encryption-customer-algorithm",
+    "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-object-lock-mode",
+    "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold", "x-amz-tagging",
+    "x-amz-website-redirect-location", "x-amz-grant-full-control", "x-amz-grant-read",
+    "x-amz-grant-read-acp", "x-amz-grant-write-acp",
+)
+_OK_ACLS = ("private", "bucket-owner-full-control")
+
+
+def check_unsupported(req: Request) -> None:
+    for h in _UNSUPPORTED_PUT_HEADERS:
+        if h in req.headers:
+            raise S3Error("NotImplemented", f"{h} is not supported")
+    acl = req.headers.get("x-amz-acl")
+    if acl is not None and acl not in _OK_ACLS:
+        raise S3Error("NotImplemented", f"x-amz-acl {acl} is not supported")
+    sc = req.headers.get("x-amz-storage-class", "STANDARD")
+    if sc != "STANDARD":
+        raise S3Error("NotImplemented", f"storage class {sc} is not supported")
+
+
+def too_large(room: int = limits.block_bytes_max) -> EntityTooLarge:
+    """The one EntityTooLarge of object writes, naming the block limit (and, for a multipart
+    part, the room its upload has left)."""
+    msg = (f"Your proposed upload exceeds the maximum allowed size: an object here holds at "
+           f"most {limits.block_bytes_max} bytes ({limits.block_bytes_max // limits.MiB} MiB, "
+           "the block limit)")
+    if room < limits.block_bytes_max:
+        msg += f"; this upload's parts leave room for {max(room, 0)} more bytes"
+    return EntityTooLarge(msg)
+
+
+class Body:
+    """A request body received into a pooled, page-aligned buffer (no zero-filled bytearray per
+    request): the engine writes it to flash in place (``staged``), then it goes back to the
+    pool with ``release``. A plain body arrives as the server's chunks and is copied into the
+    buffer by ``data()`` in a worker thread, keeping that 2 MiB copy off the event loop."""
+
+    __slots__ = ("_pool", "_buf", "_n", "_chunks")
+
+    def __init__(self, pool: BufferPool, n: int) -> None:
+        self._pool = pool
+        self._buf: AlignedBuffer | None = pool.acquire(align_up(n))
+        self._n = n
+        self._chunks: list[bytes] | None = None
+
+    def target(self) -> memoryview:
+        """Where a decoder writes the body (aws-chunked)."""
+        assert self._buf is not None
+        return self._buf.view[: self._n]
+
+    def data(self) -> memoryview:
+        """The body bytes; copies pending chunks in first (call off the event loop)."""
+        view = self.target()
+        if self._chunks is not None:
+            pos = 0
+            for c in self._chunks:
+                view[pos : pos + len(c)] = c
+                pos += len(c)
+            self._chunks = None
+        return view
+
+    def staged(self) -> StagedPayload:
+        self.data()
+        assert self._buf is not None
+        return StagedPayload(self._buf.view[: align_up(self._n)], self._n)
+
+    def release(self) -> None:
+        self._chunks = None
+        if self._buf is not None:
+            self._pool.release(self._buf)
+            self._buf = None
+
+    def __len__(self) -> int:
+        return self._n
+
+
+async def read_payload(s3: S3App, req: Request, call: Call,
+                       room: int = limits.http_body_bytes_max
+                       ) -> tuple[Body, dict[str, str], str]:
+    """The request body in one pooled buffer: (payload, trailers, payload hash). ``room``: the
+    most bytes the body may have (EntityTooLarge past it, before reading when the length is
+    declared). The caller releases the body."""
+    room = min(room, limits.http_body_bytes_max)
+    payload_hash = req.headers.get("x-amz-content-sha256", "")
+    checksums.check_payload_hash_syntax(payload_hash)
+    if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
+            "content-encoding", ""):
+        if payload_hash not in sigv4.STREAMING_MODES:
+            raise S3Error("InvalidRequest", "aws-chunked bodies need x-amz-content-sha256 "
+                          "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] or "
+                          "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+        declared = req.headers.get("x-amz-decoded-content-length")
+        if declared is None or not declared.isdigit():
+            raise S3Error("MissingContentLength",
+                          "aws-chunked bodies need x-amz-decoded-content-length")
+        n = int(declared)
+        if n > room:
+            raise too_large(room)
+        body = Body(s3.pool, n)
+        try:
+            dec = chunked.AwsChunkedDecoder(body.target(), payload_hash, call.signing)
+            # the encoded stream is the payload plus chunk headers and signatures (each chunk but
+            # the last is at least 8 KiB, and its framing is under 100 bytes)
+            await req.body_feed(dec.feed, n + n // 64 + 64 * limits.KiB)
+            return body, dec.finish(), payload_hash
+        except BaseException:
+            body.release()
+            raise
+    length = req.content_length()
+    if length is None:
+        if "chunked" not in req.headers.get("transfer-encoding", "").lower():
+            raise S3Error("MissingContentLength",
+                          "You must provide the Content-Length HTTP header.")
+        # HTTP/1.1 chunked framing without a length (the server decodes it): read up to room
+        pieces = await req.body_chunks_upto(room)
+        if pieces is None:
+            raise too_large(room)
+        length = sum(len(c) for c in pieces)
+        body = Body(s3.pool, length)
+        body._chunks = pieces
+        return body, {}, payload_hash
+    if length > room:
+        raise too_large(room)
+    body = Body(s3.pool, length)
+    try:
+        body._chunks = await req.body_chunks(length)
+    except BaseException:
+        body.release()
+        raise
+    return body, {}, payload_hash
