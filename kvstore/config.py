@@ -124,6 +124,7 @@ class ServeConfig:
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
+    previous_owner_read: bool = True  # a read that misses at the replicas asks the next node
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -167,6 +168,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
+    "previous_owner_read": ("--previous-owner-read", "KVSTORE_PREVIOUS_OWNER_READ", "bool"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -228,6 +230,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
                                    "that node counts as a miss (default "
                                    f"{d.forward_timeout_seconds:g})",
+        "previous_owner_read": "in a pod, a read that misses at a block's replicas also asks "
+                               "the node that owned it before the last join, and copies a hit "
+                               "forward (default on; --no-previous-owner-read turns it off)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":

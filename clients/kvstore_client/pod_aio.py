@@ -27,7 +27,7 @@ class AsyncPodClient(PodBase):
 
     def __init__(self, nodes: Iterable[NodeArg] | None = None, *, namespace: str,
                  membership: MembershipSource | None = None, etcd: str | Sequence[str] = "",
-                 pod: str = "", replicas: int = 1,
+                 pod: str = "", replicas: int | None = None,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,

@@ -83,7 +83,7 @@ def _check_count(n: int, bound: int, what: str) -> None:
 def _ns_out(info: NamespaceInfo, blocks: int | None = None) -> NamespaceOut:
     return NamespaceOut(name=info.name, created=info.created, owner=info.owner,
                         layout=dict(info.layout), fingerprint=info.fingerprint,
-                        block_bytes=info.block_bytes, blocks=blocks)
+                        block_bytes=info.block_bytes, replicas=info.replicas, blocks=blocks)
 
 
 def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
@@ -230,7 +230,11 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
             except ValueError as exc:
                 raise E.InvalidArgument(f"layout: {exc}") from None
         info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
-                                                      block_bytes=body.block_bytes)
+                                                      block_bytes=body.block_bytes,
+                                                      replicas=body.replicas)
+        if not created and info.replicas != body.replicas:
+            raise E.AlreadyExists(f"namespace {info.name} exists with {info.replicas} "
+                                  f"replica(s), not {body.replicas}")
         if not created:
             _check_same_namespace(info, layout, layout_d or {}, body.block_bytes)
             response.status_code = 200

@@ -1,7 +1,7 @@
 """Any-node access with real ``kvstore serve`` processes on 127.0.0.11-13 (static ``--peers``)
 and boto3: a block PUT through one node is read byte-exact through another and lands on its
 owner; a SIGKILLed owner's blocks turn into 404s while every other block keeps serving, with
-no 5xx; the forwarded-request counter counts; a previous owner is asked after a join."""
+no 5xx; the forwarded-request counter counts; a previous owner is asked after a join, and its hits are copied forward to the new owner."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from kvstore_client import Client
 from kvstore.cluster.membership import StaticMembership, load_peers
 
 from .conftest import free_port
-from .nodes import PodNode
+from .nodes import PodNode, until
 
 BUCKET = "pod"
 
@@ -67,11 +67,11 @@ def pod3(tmp_path: Path) -> Iterator[tuple[list[PodNode], StaticMembership]]:
             n.kill()
 
 
-def local_has(node: PodNode, keys: list[str]) -> list[bool]:
+def local_has(node: PodNode, keys: list[str], ns: str = BUCKET) -> list[bool]:
     """What ``node`` itself stores: its bulk port, which never forwards."""
     m = re.search(rf"bulk .*?{re.escape(node.host)}:(\d+)", node.out)
     assert m, node.out
-    with Client(node.host, int(m.group(1)), namespace=BUCKET, timeout=5) as c:
+    with Client(node.host, int(m.group(1)), namespace=ns, timeout=5) as c:
         return c.exists_many(keys)
 
 
@@ -79,6 +79,12 @@ def forwarded(node: PodNode, op: str, outcome: str) -> float:
     text = node.request("GET", "/metrics")[1].decode()
     m = re.search(rf'kvstore_forwarded_requests_total{{op="{op}",outcome="{outcome}"}} (\S+)',
                   text)
+    return float(m.group(1)) if m else 0.0
+
+
+def copies(node: PodNode, outcome: str) -> float:
+    text = node.request("GET", "/metrics")[1].decode()
+    m = re.search(rf'kvstore_copy_forward_total{{outcome="{outcome}"}} (\S+)', text)
     return float(m.group(1)) if m else 0.0
 
 
@@ -185,11 +191,19 @@ def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> 
     nodes = start(tmp_path, three, ports, [1, 2, 3])
     try:
         s3(nodes[2]).create_bucket(Bucket=BUCKET)
+        assert local_has(nodes[2], moved) == [False] * len(moved)
         for n in nodes:
-            assert local_has(nodes[2], moved) == [False] * len(moved)
             for k in keys:  # every block of the warm pod still hits, through every node
                 assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
                 assert s3(n).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+        # copy-forward: each hit at the previous owner was copied to the new owner, node3
+        until(lambda: local_has(nodes[2], moved) == [True] * len(moved), "blocks copied forward")
+        assert sum(copies(n, "ok") for n in nodes) >= len(moved)
+        assert sum(copies(n, "failed") + copies(n, "dropped") for n in nodes) == 0
+        for n in nodes[:2]:  # the previous owners gone: node3 serves the moved blocks itself
+            n.kill()
+        for k in moved:
+            assert s3(nodes[2]).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
     finally:
         for n in nodes:
             n.kill()

@@ -10,6 +10,7 @@ the chunks covering the range instead of the whole block.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -35,6 +36,7 @@ from kvstore.service.forward import checksum_of
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
+    from kvstore.service.forward import NodeInfo
     from kvstore.engine.store import BlockView
 
 _XML = (b"content-type", b"application/xml")
@@ -194,16 +196,20 @@ async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     if_match = req.headers.get("if-match")
     buf, trailers, payload_hash = await read_payload(s3, req, call)
     try:
-        if s3.blocks.forward is not None and s3.blocks.forward.owner(req.bucket, req.key):
+        local, others = s3.blocks.pod_targets(req.bucket, req.key)
+        if not local:
             return await _put_owner(s3, req, call, send, buf, trailers, payload_hash, inm,
-                                    if_match)
-        return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match)
+                                    if_match, others)
+        return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match,
+                               call, others)
     finally:
         buf.release()
 
 
 async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: dict[str, str],
-                    payload_hash: str, inm: str | None, if_match: str | None) -> tuple[int, int]:
+                    payload_hash: str, inm: str | None, if_match: str | None,
+                    call: Call | None = None, others: Sequence[NodeInfo] = ()) -> tuple[int, int]:
+    """A PUT stored here; in a pod with replicas, also at the other replicas ``others``."""
     bucket, key = req.bucket, req.key
     hdrs = checksums.object_headers(req.headers)
     um = checksums.user_metadata(req.headers)
@@ -221,6 +227,9 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         return bm, sums, md5_hex
 
     bm, sums, md5_hex = await s3.blocks.run(work)
+    if others and call is not None:
+        await s3.blocks.put_replicas(call.tenant, bucket, key, buf.data(), list(others),
+                                     overwrite=inm is None, meta=bm.meta)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
     headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     headers.append((b"x-amz-request-id", req.request_id.encode()))
@@ -281,22 +290,27 @@ def _payload_out(view: BlockView,
 
 async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
                      trailers: dict[str, str], payload_hash: str, inm: str | None,
-                     if_match: str | None) -> tuple[int, int]:
-    """PUT of a block another node owns: verified here (signature payload hash, checksums),
-    stored there over its bulk port. The bulk protocol carries no S3 metadata: the owner keeps
-    the bytes, and the ETag is the block checksum it reports on GET. An owner that does not
-    answer is a skipped write (200, counted in kvstore_forwarded_requests_total, logged)."""
+                     if_match: str | None, owners: Sequence[NodeInfo]) -> tuple[int, int]:
+    """PUT of a block other nodes own: verified here (signature payload hash, checksums),
+    stored at each live replica over its bulk port with its S3 metadata (content type,
+    x-amz-meta-*, checksums, the MD5 ETag: ``PutBatch.metas``), so a GET or HEAD through any
+    node answers the same headers. An owner that does not answer is a skipped write (200,
+    counted in kvstore_forwarded_requests_total, logged)."""
     if if_match is not None:
         raise S3Error("NotImplemented", "If-Match on PUT of a block another node owns")
     data = buf.data()
-    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash)
-    done, created = await s3.blocks.put_remote(call.tenant, req.bucket, req.key, data,
-                                               overwrite=inm is None)
-    assert done
+    hdrs = checksums.object_headers(req.headers)
+    um = checksums.user_metadata(req.headers)
+    sums, md5_hex = await s3.blocks.run(checksums.verify, data, req.headers, trailers,
+                                        payload_hash)
+    meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
+    created = await s3.blocks.put_replicas(call.tenant, req.bucket, req.key, data,
+                                           list(owners), overwrite=inm is None, meta=meta)
     if inm is not None and created is False:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
                       "did not hold")
-    headers = [(b"etag", f'"{checksum_of(data):016x}"'.encode())] + _checksum_headers(sums)
+    etag = md5_hex or f"{checksum_of(data):016x}"
+    headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     headers.append((b"x-amz-request-id", req.request_id.encode()))
     await respond(send, 200, headers)
     return 200, len(buf)
