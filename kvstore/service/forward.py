@@ -245,6 +245,6 @@ class Forwarder:
             await c.close()
 
 
-def checksum_of(data: bytes | memoryview) -> int:
+def checksum_of(data: bytes | bytearray | memoryview) -> int:
     """The engine's block checksum (xxh3-64) of forwarded bytes: the ETag the owner reports."""
     return int(block_checksum(data))

@@ -250,3 +250,88 @@ def test_with_credentials_peers_act_as_the_caller(tmp_path: Path) -> None:
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_a_forwarded_put_keeps_its_s3_metadata(pod3) -> None:  # noqa: ANN001
+    """PUT through a node that does not own the block: the owner stores the S3 metadata it
+    came with (carried in the bulk PUT), so HEAD and GET through the owner and through a third
+    node answer the same content type, encoding, user metadata, ETag and Last-Modified."""
+    nodes, view = pod3
+    by_id = {n.node_id: n for n in nodes}
+    key = next(f"meta{i}" for i in range(1000) if view.owners(BUCKET, f"meta{i}")[0].node_id
+               == "node2")
+    a, b, c = by_id["node1"], by_id["node2"], by_id["node3"]
+    body = os.urandom(5000)
+    put = s3(a).put_object(Bucket=BUCKET, Key=key, Body=body, ContentType="text/x-kv",
+                           ContentEncoding="identity", Metadata={"model": "llama", "layer": "7"})
+    assert local_has(b, [key]) == [True] and local_has(a, [key]) == [False]
+    seen = []
+    for n in (b, c, a):
+        for got in (s3(n).head_object(Bucket=BUCKET, Key=key),
+                    s3(n).get_object(Bucket=BUCKET, Key=key)):
+            seen.append((got["ContentType"], got.get("ContentEncoding"), got["Metadata"],
+                         got["ETag"], got["LastModified"]))
+        assert s3(n).get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+    assert seen[0] == ("text/x-kv", "identity", {"model": "llama", "layer": "7"}, put["ETag"],
+                       seen[0][4])
+    assert all(s == seen[0] for s in seen), seen
+
+
+def test_multipart_copy_and_delete_objects_through_a_non_owner(pod3) -> None:  # noqa: ANN001
+    """Through node1, for blocks node2 owns: a multipart upload's parts stay on node1 and the
+    completed object lands on node2; CopyObject reads its source through the pod and writes
+    its destination through the pod; DeleteObjects deletes each key at its owner."""
+    nodes, view = pod3
+    by_id = {n.node_id: n for n in nodes}
+    a, b, c = by_id["node1"], by_id["node2"], by_id["node3"]
+
+    def owned_by(node_id: str, stem: str, n: int = 1) -> list[str]:
+        return [k for k in (f"{stem}{i}" for i in range(2000))
+                if view.owners(BUCKET, k)[0].node_id == node_id][:n]
+
+    cl = s3(a)
+    mp_key = owned_by("node2", "mp")[0]
+    up = cl.create_multipart_upload(Bucket=BUCKET, Key=mp_key, ContentType="text/x-mp",
+                                    Metadata={"kind": "multipart"})
+    parts_data = [os.urandom(1 << 20), os.urandom(1234)]  # the nodes take 4 MiB segments
+    done = []
+    for i, pd in enumerate(parts_data, 1):
+        r = cl.upload_part(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"], PartNumber=i,
+                           Body=pd)
+        done.append({"PartNumber": i, "ETag": r["ETag"]})
+    fin = cl.complete_multipart_upload(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"],
+                                       MultipartUpload={"Parts": done})
+    assert local_has(b, [mp_key]) == [True] and local_has(a, [mp_key]) == [False]
+    got = s3(c).get_object(Bucket=BUCKET, Key=mp_key)
+    assert got["Body"].read() == b"".join(parts_data)
+    assert got["ETag"] == fin["ETag"] and got["ETag"].endswith('-2"')
+    assert got["ContentType"] == "text/x-mp" and got["Metadata"] == {"kind": "multipart"}
+
+    src = owned_by("node3", "src")[0]  # source on node3, destination on node2, through node1
+    dst = owned_by("node2", "dst")[0]
+    body = os.urandom(7000)
+    cl.put_object(Bucket=BUCKET, Key=src, Body=body, ContentType="text/x-src",
+                  Metadata={"from": "src"})
+    cp = cl.copy_object(Bucket=BUCKET, Key=dst, CopySource={"Bucket": BUCKET, "Key": src})
+    assert local_has(b, [dst]) == [True] and local_has(a, [dst]) == [False]
+    got = s3(c).get_object(Bucket=BUCKET, Key=dst)
+    assert got["Body"].read() == body and got["ETag"] == cp["CopyObjectResult"]["ETag"]
+    assert got["ContentType"] == "text/x-src" and got["Metadata"] == {"from": "src"}
+    part_src = owned_by("node3", "psrc")[0]  # UploadPartCopy reads its source through the pod
+    cl.put_object(Bucket=BUCKET, Key=part_src, Body=body)
+    up2 = cl.create_multipart_upload(Bucket=BUCKET, Key=dst)
+    pc = cl.upload_part_copy(Bucket=BUCKET, Key=dst, UploadId=up2["UploadId"], PartNumber=1,
+                             CopySource={"Bucket": BUCKET, "Key": part_src},
+                             CopySourceRange="bytes=0-999")
+    cl.complete_multipart_upload(Bucket=BUCKET, Key=dst, UploadId=up2["UploadId"],
+                                 MultipartUpload={"Parts": [
+                                     {"PartNumber": 1, "ETag": pc["CopyPartResult"]["ETag"]}]})
+    assert s3(b).get_object(Bucket=BUCKET, Key=dst)["Body"].read() == body[:1000]
+
+    doomed = owned_by("node2", "del", 3) + owned_by("node3", "del", 3) + owned_by("node1", "del", 2)
+    for k in doomed:
+        cl.put_object(Bucket=BUCKET, Key=k, Body=k.encode())
+    r = cl.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in doomed]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == sorted(doomed) and not r.get("Errors")
+    for n in nodes:
+        assert local_has(n, doomed) == [False] * len(doomed)

@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -177,16 +177,16 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
     rng = req.headers.get("x-amz-copy-source-range")
     conds = objects.copy_conditions(req.headers)
 
-    def work() -> bytes:
-        with s3.blocks.reading(src_bucket, src_key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            doc = checksums.unpack_meta(view.meta.meta)
-            check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
-            r = parse_range(rng, view.meta.length) if rng else None
-            return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
+    def work(view: Any) -> bytes:
+        if view is None:
+            raise NotFound("The specified key does not exist.")
+        doc = checksums.unpack_meta(view.meta.meta)
+        check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
+        r = parse_range(rng, view.meta.length) if rng else None
+        return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
 
-    data = await s3.blocks.run(work)
+    # the source read through the pod (its owner may be another node)
+    data = await s3.blocks.read(src_bucket, src_key, work, tenant=call.tenant)
     part = s3.uploads.add_part(u, number, data, {})
     body = document("CopyPartResult", [tag("LastModified", iso(part.modified)),
                                        f"<ETag>&quot;{part.etag}&quot;</ETag>"])
@@ -221,15 +221,16 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
     etag = f"{etag}-{len(parts)}"
     meta = checksums.pack_meta(u.hdrs, u.um, {}, etag)
 
-    def work() -> None:
+    def join() -> bytearray:
         joined = bytearray(total)
         pos = 0
         for p in parts:
             joined[pos:pos + len(p.data)] = p.data
             pos += len(p.data)
-        objects._store(s3, u.bucket, u.key, joined, meta, overwrite=True)
+        return joined
 
-    await s3.blocks.run(work)
+    # the parts stayed on this node; the finished object goes to its replicas in the pod
+    await objects.store_pod(s3, call.tenant, u.bucket, u.key, await s3.blocks.run(join), meta)
     s3.uploads.abort(u)  # frees the parts
     body = document("CompleteMultipartUploadResult", [
         tag("Location", f"/{u.bucket}/{u.key}"), tag("Bucket", u.bucket), tag("Key", u.key),

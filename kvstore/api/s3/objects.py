@@ -36,8 +36,9 @@ from kvstore.service.forward import checksum_of
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
-    from kvstore.service.forward import NodeInfo
+    from kvstore.auth import Tenant
     from kvstore.engine.store import BlockView
+    from kvstore.service.forward import NodeInfo
 
 _XML = (b"content-type", b"application/xml")
 # Headers that ask for features this store does not have: refused, never silently ignored.
@@ -186,6 +187,20 @@ def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
         res = b.put_sync(bucket, key, data, meta=meta, overwrite=True, donate=donate)
         return res.meta
     return cur if cur is not None else res.meta
+
+
+async def store_pod(s3: S3App, tenant: Tenant, bucket: str, key: str, data: bytearray,
+                    meta: bytes) -> BlockMeta | None:
+    """An overwriting put of a whole object (CopyObject, CompleteMultipartUpload) in the pod:
+    stored here when this node is a replica (``_store``), and at the block's other live
+    replicas over their bulk ports with the same S3 metadata. The stored ``BlockMeta`` when
+    this node keeps a copy, else None (the caller reports what it sent)."""
+    local, others = s3.blocks.pod_targets(bucket, key)
+    bm = await s3.blocks.run(_store, s3, bucket, key, data, meta, True) if local else None
+    if others:
+        await s3.blocks.put_replicas(tenant, bucket, key, data, others, overwrite=True,
+                                     meta=meta)
+    return bm
 
 
 async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
@@ -390,7 +405,20 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
                              f"{tag('Message', msg)}</Error>")
         return parts
 
-    parts = await s3.blocks.run(work)
+    async def pod_work() -> list[str]:  # in a pod: each key at its replicas
+        parts = []
+        for k in keys:
+            try:
+                await s3.blocks.delete(call.tenant, req.bucket, k)
+                if not quiet:
+                    parts.append(f"<Deleted>{tag('Key', k)}</Deleted>")
+            except Exception as exc:  # one bad key must not fail the batch
+                _status, name, msg = classify(exc)
+                parts.append(f"<Error>{tag('Key', k)}{tag('Code', name)}"
+                             f"{tag('Message', msg)}</Error>")
+        return parts
+
+    parts = await (pod_work() if s3.blocks.forward is not None else s3.blocks.run(work))
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
                   document("DeleteResult", parts))
     return 200, 0
@@ -428,26 +456,27 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     replace_hdrs = checksums.object_headers(req.headers)
     replace_um = checksums.user_metadata(req.headers)
 
-    def work() -> tuple[BlockMeta, str]:
-        with s3.blocks.reading(src_bucket, src_key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            doc = checksums.unpack_meta(view.meta.meta)
-            check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
-            data = bytes(view.payload)
-        if directive == "REPLACE":
-            doc["h"], doc["u"] = replace_hdrs, replace_um
-        meta = checksums.pack_meta(doc["h"], doc["u"], doc["c"], doc.get("e", ""))
-        bm = _store(s3, req.bucket, req.key, bytearray(data), meta, overwrite=True)
-        return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
+    def source(view: BlockView | None) -> tuple[dict[str, Any], bytearray]:
+        if view is None:
+            raise NotFound("The specified key does not exist.")
+        doc = checksums.unpack_meta(view.meta.meta)
+        check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
+        return doc, bytearray(view.payload)
 
-    try:
-        bm, etag = await s3.blocks.run(work)
+    try:  # the source read through the pod, the destination written through it
+        doc, data = await s3.blocks.read(src_bucket, src_key, source, tenant=call.tenant)
     except S3Error as exc:
         if exc.name == "NotModified":  # copy preconditions answer 412, never 304
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
                           "specified did not hold") from None
         raise
+    if directive == "REPLACE":
+        doc["h"], doc["u"] = replace_hdrs, replace_um
+    meta = checksums.pack_meta(doc["h"], doc["u"], doc["c"], doc.get("e", ""))
+    stored = await store_pod(s3, call.tenant, req.bucket, req.key, data, meta)
+    bm = stored or BlockMeta(req.bucket, req.key, len(data), checksum_of(data), 0, time.time(),
+                             0.0, meta)
+    etag = stored_etag(bm, checksums.unpack_meta(bm.meta))
     body = document("CopyObjectResult", [tag("LastModified", iso(bm.created or time.time())),
                                          f"<ETag>&quot;{esc(etag)}&quot;</ETag>"])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
