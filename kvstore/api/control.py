@@ -301,7 +301,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """Stage blocks into the DRAM tier ahead of reads."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        staged = await blocks.prefetch(tenant, ns, body.keys)
+        staged = await blocks.prefetch(tenant, ns, body.keys, pod=True)
         blocks.observe("prefetch", "dram", 0, time.perf_counter() - t0)
         return PrefetchResponse(requested=len(body.keys), staged=staged)
 
@@ -323,7 +323,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """Delete a batch of blocks; absent keys are not an error."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        n = await blocks.delete_many(tenant, ns, body.keys)
+        n = await blocks.delete_many(tenant, ns, body.keys, pod=True)
         blocks.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 

@@ -158,9 +158,13 @@ class BlockService:
         self.authorize(tenant, ns, Op.READ)
         return await pod_blocks.lookup(self, self.forward, tenant, ns, keys, lease_seconds)
 
-    async def delete_many(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
+    async def delete_many(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
+                          pod: bool = False) -> int:
+        """Delete here; with ``pod`` (the HTTP front ends) at each key's replicas and previous
+        owner. The bulk port calls it without ``pod``: a forwarded request is never forwarded
+        again (one hop)."""
         self.authorize(tenant, ns, Op.DELETE)
-        if self.forward is not None:
+        if pod and self.forward is not None:
             return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, keys)
         return await self.runner.call(self.engine.delete_many, ns, keys)
 
@@ -170,9 +174,11 @@ class BlockService:
             return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, [key]) > 0
         return await self.runner.call(self.engine.delete, ns, key)
 
-    async def prefetch(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
+    async def prefetch(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
+                       pod: bool = False) -> int:
+        """Stage blocks in DRAM here; with ``pod`` (the HTTP front ends) at their owners."""
         self.authorize(tenant, ns, Op.READ)
-        if self.forward is not None:
+        if pod and self.forward is not None:
             return await pod_blocks.count_op(self, self.forward, "prefetch", tenant, ns, keys)
         return await self.runner.call(self.engine.prefetch, ns, keys)
 
@@ -193,8 +199,9 @@ class BlockService:
         """After ``authorize`` for WRITE: store at the other replicas ``nodes``
         (``pod_targets``), with ``meta`` (the S3 metadata), in parallel. True: some node
         created it; False: every node that answered had it; None: none answered (a skipped
-        write, counted and logged) or there was none."""
-        if self.forward is None or not nodes:
+        write, counted and logged) or there was none. An overwrite also deletes the block at
+        its previous owner (``pod_blocks.put``); call it with no ``nodes`` for that alone."""
+        if self.forward is None:
             return None
         return await pod_blocks.put(self, self.forward, tenant, ns, key, data, nodes,
                                     overwrite=overwrite, meta=meta)

@@ -110,12 +110,13 @@ class Forwarder:
               every_replica: bool = False) -> dict[str | None, list[int]]:
         """Key indexes by the node to ask (None: this node), in the caller's order: one node
         per key (this one when it is a replica, else the first replica), or with
-        ``every_replica`` each of its replicas."""
+        ``every_replica`` each of its replicas and its previous owner (a delete)."""
         out: dict[str | None, list[int]] = {}
         for i, k in enumerate(keys):
-            if every_replica:
-                reps, _ = self.owners(ns, k)
-                ids = {None if self.is_self(n) else n.node_id for n in reps} or {None}
+            if every_replica:  # and the previous owner: a delete must not leave a copy there
+                reps, prev = self.owners(ns, k)
+                nodes = [*reps, prev] if prev is not None else reps
+                ids = {None if self.is_self(n) else n.node_id for n in nodes} or {None}
             else:
                 o = self.owner(ns, k)
                 ids = {None if o is None else o.node_id}

@@ -126,13 +126,33 @@ async def _copy(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: s
 async def put(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str, data: Any,
               nodes: list[NodeInfo], *, overwrite: bool, meta: bytes = b"") -> bool | None:
     """Store at each of ``nodes`` (other nodes' replicas), in parallel: True when some node
-    created it, False when every node that answered had it, None when none answered."""
-    if not nodes:
-        return None
-    got = await asyncio.gather(*(fw.put(n, tenant, ns, key, data, overwrite=overwrite,
-                                        meta=meta) for n in nodes))
-    answered = [g for g in got if g is not None]
+    created it, False when every node that answered had it, None when none answered (or there
+    was none). An overwrite also deletes the block at its previous owner, in the same round:
+    else a later miss at the replicas (an eviction) would read the old bytes back there."""
+    stale = _stale(fw, ns, key, nodes) if overwrite else None
+    got = await asyncio.gather(
+        *(fw.put(n, tenant, ns, key, data, overwrite=overwrite, meta=meta) for n in nodes),
+        _drop_stale(bs, fw, tenant, ns, key, stale))
+    answered = [g for g in got[:len(nodes)] if g is not None]
     return any(answered) if answered else None
+
+
+def _stale(fw: Forwarder, ns: str, key: str, nodes: list[NodeInfo]) -> Any:
+    """The previous owner when it is not a replica (``SELF`` for this node), else None."""
+    reps, prev = fw.owners(ns, key)
+    if prev is None or any(prev.node_id == n.node_id for n in reps):
+        return None
+    return SELF if fw.is_self(prev) else prev
+
+
+async def _drop_stale(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
+                      stale: Any) -> None:
+    if stale is None:
+        return
+    if stale is SELF:
+        await bs.runner.call(bs.engine.delete, ns, key)
+        return
+    await fw.keyed("delete", stale, tenant, ns, lambda c: c.delete_many([key]), 0)
 
 
 def _parts(fw: Forwarder, ns: str, keys: Sequence[str], every_replica: bool = False,
@@ -199,7 +219,7 @@ async def count_op(bs: BlockService, fw: Forwarder, op: str, tenant: Tenant, ns:
     """``delete`` (at every replica) or ``prefetch`` (at one) of each key: the sum of the
     nodes' counts (a node that does not answer counts 0; with replicas, a delete counts each
     copy it removed)."""
-    local, remote = _parts(fw, ns, keys, every_replica=op == "delete")
+    local, remote = _parts(fw, ns, keys, every_replica=op == "delete")  # + previous owner
     local_fn = bs.engine.delete_many if op == "delete" else bs.engine.prefetch
 
     async def mine() -> int:

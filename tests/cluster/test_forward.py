@@ -200,6 +200,20 @@ def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> 
         until(lambda: local_has(nodes[2], moved) == [True] * len(moved), "blocks copied forward")
         assert sum(copies(n, "ok") for n in nodes) >= len(moved)
         assert sum(copies(n, "failed") + copies(n, "dropped") for n in nodes) == 0
+        by_id = {n.node_id: n for n in nodes}
+        prev = {k: by_id[before.owners(BUCKET, k)[0].node_id] for k in moved}
+        assert all(local_has(prev[k], [k]) == [True] for k in moved)  # copies, not moves
+        gone, rewritten = moved[0], moved[1]
+        s3(nodes[0]).delete_object(Bucket=BUCKET, Key=gone)  # at the owner and the previous one
+        data[rewritten] = b"new bytes"
+        s3(nodes[1]).put_object(Bucket=BUCKET, Key=rewritten, Body=data[rewritten])
+        assert local_has(prev[gone], [gone]) == [False]  # nothing to come back from
+        assert local_has(prev[rewritten], [rewritten]) == [False]  # no stale copy left there
+        for n in nodes:
+            with pytest.raises(ClientError) as e:
+                s3(n).get_object(Bucket=BUCKET, Key=gone)
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        moved.remove(gone)
         for n in nodes[:2]:  # the previous owners gone: node3 serves the moved blocks itself
             n.kill()
         for k in moved:

@@ -197,9 +197,7 @@ async def store_pod(s3: S3App, tenant: Tenant, bucket: str, key: str, data: byte
     this node keeps a copy, else None (the caller reports what it sent)."""
     local, others = s3.blocks.pod_targets(bucket, key)
     bm = await s3.blocks.run(_store, s3, bucket, key, data, meta, True) if local else None
-    if others:
-        await s3.blocks.put_replicas(tenant, bucket, key, data, others, overwrite=True,
-                                     meta=meta)
+    await s3.blocks.put_replicas(tenant, bucket, key, data, others, overwrite=True, meta=meta)
     return bm
 
 
@@ -242,7 +240,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         return bm, sums, md5_hex
 
     bm, sums, md5_hex = await s3.blocks.run(work)
-    if others and call is not None:
+    if call is not None:  # the other replicas (and a stale copy at the previous owner)
         await s3.blocks.put_replicas(call.tenant, bucket, key, buf.data(), list(others),
                                      overwrite=inm is None, meta=bm.meta)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
