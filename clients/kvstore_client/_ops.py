@@ -68,7 +68,7 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
                   batch_keys: int = GET_BATCH_KEYS, with_meta: bool = False) -> Op:
     """``bufs[i]`` receives ``keys[i]``; result[i] = its length, or None on a miss. With
     ``bufs`` None, result[i] is a new bytearray (or None). ``with_meta`` (``bufs`` None):
-    result[i] is (bytearray, stored metadata, creation time) or None."""
+    result[i] is (bytearray, stored metadata, creation time, expiry) or None."""
     if bufs is not None and len(bufs) != len(keys):
         raise InvalidArgument("one buffer per key")
     views = None if bufs is None else [as_bytes_view(b, writable=True) for b in bufs]
@@ -99,7 +99,7 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
 def _block_with_meta(core: Core, f: Frame, results: list[Any], j: int) -> Op:
     b = res.BlockHeader.from_header(f.header, f.payload_length, f.flags)
     yield from receive_block(core, f, None, results, j)
-    results[j] = (results[j], b.meta, b.created)
+    results[j] = (results[j], b.meta, b.created, b.expires)
 
 
 def keyed(core: Core, ftype: FrameType, field: str, keys: Sequence[str]) -> Op:

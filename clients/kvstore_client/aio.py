@@ -136,11 +136,11 @@ class AsyncClient:
         return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite,
                                                         metas))
 
-    async def get_record(self, key: str) -> tuple[bytes, bytes, float] | None:
-        """(bytes, stored metadata, creation time) of one block, or None on a miss. A server
-        that predates metadata on the wire answers b"" and 0.0 for the last two."""
+    async def get_record(self, key: str) -> tuple[bytes, bytes, float, float] | None:
+        """(bytes, stored metadata, creation time, expiry or 0) of one block, or None on a
+        miss. A server that predates metadata on the wire answers b"", 0.0 and 0.0."""
         r = (await self._call(lambda c: _ops.get_many_into(c, [key], None, with_meta=True)))[0]
-        return None if r is None else (bytes(r[0]), r[1], r[2])
+        return None if r is None else (bytes(r[0]), r[1], r[2], r[3])
 
     async def get(self, key: str) -> bytes | None:
         r = (await self._call(lambda c: _ops.get_many_into(c, [key], None)))[0]

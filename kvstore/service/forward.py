@@ -44,7 +44,8 @@ __all__ = ["Forwarder", "NodeInfo", "checksum_of"]
 
 log = logging.getLogger("kvstore.forward")
 T = TypeVar("T")
-Record = tuple[bytes, bytes, float]  # a forwarded block: (bytes, stored metadata, created)
+# a forwarded block: (bytes, stored metadata, created, expires: 0 = never)
+Record = tuple[bytes, bytes, float, float]
 
 OUTCOMES = ("ok", "miss", "failed", "breaker_open")
 OPS = ("get", "head", "put", "delete", "exists", "lookup", "prefetch", "list", "copy")
@@ -216,12 +217,14 @@ class Forwarder:
         return None if rec is None else rec[0]
 
     async def put(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, data: Any, *,
-                  overwrite: bool, meta: bytes = b"", op: str = "put") -> bool | None:
+                  overwrite: bool, meta: bytes = b"", op: str = "put",
+                  ttl_seconds: float = 0.0) -> bool | None:
         """Store at ``node`` (with ``meta``, the S3 metadata): the created flag, or None for a
         skipped write."""
         created, ok = await self.call(
             op, node, tenant, ns,
-            lambda c: c.put_many([key], [data], overwrite=overwrite, metas=[meta]), None)
+            lambda c: c.put_many([key], [data], overwrite=overwrite, metas=[meta],
+                                 ttl_seconds=ttl_seconds), None)
         if ok:
             self.count(op, "ok")
             return bool(created[0]) if created else False

@@ -11,6 +11,7 @@ previous owner is copied forward to the replicas that missed it, in the backgrou
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -35,8 +36,9 @@ SELF: Any = object()  # "this node" among the replicas a copy-forward writes to
 def _view(ns: str, key: str, rec: Record) -> BlockView:
     """A view over a forwarded block: immutable (``stable``), checksum, metadata and creation
     time as the owner stores them."""
-    data, meta, created = rec
-    bm = BlockMeta(ns, key, len(data), checksum_of(data), 0, created or time.time(), 0.0, meta)
+    data, meta, created, expires = rec
+    bm = BlockMeta(ns, key, len(data), checksum_of(data), 0, created or time.time(), expires,
+                   meta)
     return BlockView(bm, memoryview(data), stable=True)
 
 
@@ -103,20 +105,27 @@ async def _copy(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: s
         if rec is None:
             def read() -> Record | None:
                 with bs.engine.acquire(ns, key) as v:
-                    return None if v is None else (bytes(v.payload), v.meta.meta, v.meta.created)
+                    return None if v is None else (bytes(v.payload), v.meta.meta,
+                                                   v.meta.created, v.meta.expires)
 
             rec = await bs.runner.call(read)
             if rec is None:
                 fw.count_copy("failed")
                 return
-        data, meta, _ = rec
+        data, meta, _, expires = rec
+        ttl = 0.0
+        if expires:  # the copy expires when the original does
+            ttl = expires - time.time()
+            if ttl <= 0:
+                return
         for node in targets:
             if node is SELF:
-                await bs.runner.call(bs.engine.put, ns, key, data, meta=meta)
+                await bs.runner.call(functools.partial(bs.engine.put, ns, key, data, meta=meta,
+                                                       ttl_seconds=ttl))
                 ok = True
             else:
                 ok = await fw.put(node, tenant, ns, key, data, overwrite=False, meta=meta,
-                                  op="copy") is not None
+                                  op="copy", ttl_seconds=ttl) is not None
             fw.count_copy("ok" if ok else "failed")
     except Exception as exc:  # noqa: BLE001 - a background copy must never surface
         fw.count_copy("failed")

@@ -190,8 +190,9 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str], *,
             try:
                 await p.writable()
                 m = bv.meta
-                bh = msg.BlockHeader(i, key, m.length, m.checksum, m.meta, m.created) \
-                    if with_meta else msg.BlockHeader(i, key, m.length, m.checksum)
+                bh = msg.BlockHeader(i, key, m.length, m.checksum, m.meta, m.created,
+                                     m.expires) if with_meta \
+                    else msg.BlockHeader(i, key, m.length, m.checksum)
                 p.send(FrameType.BLOCK, rid, bh.to_header(), (bv.payload,))
             except BaseException:
                 lease.release()

@@ -109,7 +109,7 @@ def test_put_batch_metas_are_optional_and_bounded() -> None:
     req = KeysRequest(["k1"], with_meta=True).to_header()
     assert KeysRequest.from_header(req).with_meta and not KeysRequest.from_header(
         {"keys": ["k1"]}).with_meta
-    bh = BlockHeader(0, "k1", 3, 7, b"meta", 12.5)
+    bh = BlockHeader(0, "k1", 3, 7, b"meta", 12.5, 99.0)
     assert BlockHeader.from_header(bh.to_header(), 3) == bh
     old = BlockHeader(0, "k1", 3, 7).to_header()
     assert "meta" not in old and BlockHeader.from_header(old, 3).meta == b""

@@ -32,7 +32,7 @@ def test_copies_past_the_bound_are_dropped_and_counted() -> None:
         fw.copies.update(busy)  # the bound is reached: copies still running
         bs: Any = None  # not reached: a dropped copy reads nothing
         pod_blocks.copy_forward(bs, fw, Tenant("t", "ak", "sk"), "ns", "k",
-                                (b"x", b"", 0.0), [nodes[1]])
+                                (b"x", b"", 0.0, 0.0), [nodes[1]])
         assert _count(metrics, "dropped") == 1 and _count(metrics, "started") == 0
         assert len(fw.copies) == limits.copy_forward_inflight_max
         for f in busy:
