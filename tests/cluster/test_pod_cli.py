@@ -58,7 +58,8 @@ def test_pod_up_status_and_sigterm(tmp_path: Path) -> None:
         doc = json.loads(st.stdout)
         assert [n["node_id"] for n in doc["nodes"]] == ["node1", "node2"]
         assert doc["nodes"][1]["forwarded"]["get"]["ok"] == 1  # per node, by op and outcome
-        assert doc["nodes"][1]["forwarded_requests"] >= 1 and doc["nodes"][0]["forwarded"] == {}
+        assert doc["nodes"][1]["forwarded_requests"] >= 1 and "get" not in doc["nodes"][0][
+            "forwarded"]  # node1 owns the block (its PUT dropped a stale copy at node2: delete)
         assert doc["total"]["forwarded_requests"] == sum(n["forwarded_requests"]
                                                          for n in doc["nodes"])
         assert all(n["reachable"] and n["registered"] for n in doc["nodes"])
