@@ -232,7 +232,8 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
                                                       block_bytes=body.block_bytes,
                                                       replicas=body.replicas)
-        if not created and info.replicas != body.replicas:
+        if not created and "replicas" in body.model_fields_set and \
+                info.replicas != body.replicas:  # asked for another count (unsaid: any)
             raise E.AlreadyExists(f"namespace {info.name} exists with {info.replicas} "
                                   f"replica(s), not {body.replicas}")
         if not created:
