@@ -94,6 +94,13 @@ class PodBase:
                 out[i] = memo[keys[i]] = own
         return out  # type: ignore[return-value]
 
+    def _delete_owners(self, keys: Sequence[str]) -> list[list[str]]:
+        """Each key's owners and the next node in rank (the owner before the last join, which
+        a server's previous-owner read may still find a copy at): what a delete must reach."""
+        self._refresh()
+        members, _ = self._view
+        return _pod.owners_of(self.namespace, list(keys), members, self.replicas + 1)
+
     def _allow(self, node_id: str) -> bool:
         b = self.breakers.get(node_id)
         if b is not None and b.allow():

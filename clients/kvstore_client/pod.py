@@ -169,7 +169,7 @@ class PodClient(PodBase):
             [keys[i] for i in ix]))
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
+        plan = _pod.count_plan(self._delete_owners(keys), self._allow, every_replica=True)
         return self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 

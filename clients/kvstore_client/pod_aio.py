@@ -131,7 +131,7 @@ class AsyncPodClient(PodBase):
             [keys[i] for i in ix]))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
+        plan = _pod.count_plan(self._delete_owners(keys), self._allow, every_replica=True)
         return await self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 

@@ -50,8 +50,9 @@ async def remote_view(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, 
                       op: str) -> BlockView | None | Any:
     """The block read in the pod (a view, or None for a miss), or ``LOCAL`` when this node
     should read it itself. The replicas are asked one after the other (this node first when it
-    is one), then the previous owner once: one extra hop. A hit there is copied forward to the
-    replicas that answered a miss (``copy_forward``, in the background)."""
+    is one), then the previous owner once: one extra hop. A hit is copied forward to the
+    replicas asked before it that answered a miss (``copy_forward``, in the background): a
+    replica that missed a write, or the new owner after a join."""
     reps, prev = fw.owners(ns, key)
     if not reps:
         return LOCAL
@@ -63,7 +64,8 @@ async def remote_view(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, 
         if fw.is_self(node):
             continue
         rec, answered = await fw.fetch(node, tenant, ns, key, op=op)
-        if rec is not None:
+        if rec is not None:  # repair the replicas before it that answered a miss
+            copy_forward(bs, fw, tenant, ns, key, rec, missed)
             return _view(ns, key, rec)
         if answered:
             missed.append(node)
@@ -83,8 +85,8 @@ async def remote_view(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, 
 
 def copy_forward(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
                  rec: Record | None, targets: list[Any]) -> None:
-    """Copy a block found at its previous owner to the replicas that missed it (``SELF``: this
-    node), in the background; ``rec`` None: the block is this node's (read here). At most
+    """Copy a block found at its previous owner (or at a later replica) to the replicas that
+    missed it (``SELF``: this node), in the background; ``rec`` None: the block is this node's (read here). At most
     ``limits.copy_forward_inflight_max`` copies run at once on a node; one past it is dropped
     (the next read finds the block at the previous owner again). Counted in
     ``kvstore_copy_forward_total{outcome}`` (started, dropped, ok, failed)."""

@@ -66,7 +66,20 @@ def test_two_replicas_a_sigkill_costs_no_miss(etcd: Etcd, pod3: list[PodNode]) -
         for k in keys:  # zero misses through S3 on another node, before and after the lapse
             assert s3(c).get_object(Bucket=NS, Key=k)["Body"].read() == data[k]
         assert pod.get_many(keys) == [data[k] for k in keys]
-        until(lambda: "node2" not in c.view()["nodes"], "b's lease lapses")
+        until(lambda: "node2" not in a.view()["nodes"] and "node2" not in c.view()["nodes"],
+              "b's lease lapses")
         for k in keys:
-            assert s3(a).get_object(Bucket=NS, Key=k)["Body"].read() == data[k]
+            for n in (a, c):
+                assert s3(n).get_object(Bucket=NS, Key=k)["Body"].read() == data[k]
         assert pod.get_many(keys) == [data[k] for k in keys]
+        # node1 and node3 are now both replicas of every key: a read at the replica that lacks
+        # one (node2 held it) found it at the other and copied it over
+        until(lambda: local_has(a, keys, NS) == [True] * len(keys)
+              and local_has(c, keys, NS) == [True] * len(keys), "replicas repaired")
+    # a delete through the pod reaches every replica (and the previous owner)
+    doomed = keys[:5]
+    with PodClient(etcd=etcd.url, pod="t", namespace=NS, timeout=0.5) as pod:
+        until(lambda: len(pod.membership.nodes()) == 2, "sdk sees the two live nodes")
+        assert pod.delete_many(doomed) == len(doomed)
+    for n in (a, c):
+        assert local_has(n, doomed, NS) == [False] * len(doomed)
