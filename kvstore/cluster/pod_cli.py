@@ -303,10 +303,16 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
         out_nodes.append(row)
     seen = total["hits"] + total["misses"]
     return {"pod": pod, "etcd": etcd, "nodes": out_nodes, "namespaces": sorted(namespaces),
+            "replicas": {name: int(doc.get("replicas", 1) or 1)
+                         for name, doc in sorted(namespaces.items())},
             "total": {**{k: int(v) for k, v in total.items()},
                       "nodes": len(out_nodes),
                       "reachable": sum(1 for n in out_nodes if n["reachable"]),
                       "hit_rate": round(total["hits"] / seen, 4) if seen else None}}
+
+
+def _ns_label(name: str, replicas: int) -> str:
+    return name if replicas == 1 else f"{name} (x{replicas})"
 
 
 def pod_status(args: argparse.Namespace) -> int:
@@ -320,7 +326,7 @@ def pod_status(args: argparse.Namespace) -> int:
         return 0
     print(f"pod {doc['pod']} (etcd {doc['etcd']}): {doc['total']['nodes']} node(s), "
           f"{doc['total']['reachable']} reachable, namespaces: "
-          f"{', '.join(doc['namespaces']) or '-'}")
+          f"{', '.join(_ns_label(n, doc['replicas'].get(n, 1)) for n in doc['namespaces']) or '-'}")
     for n in doc["nodes"]:
         if n["reachable"]:
             rate = "-" if n["hit_rate"] is None else f"{n['hit_rate']:.1%}"

@@ -65,6 +65,7 @@ def test_pod_up_status_and_sigterm(tmp_path: Path) -> None:
         assert all(n["reachable"] and n["registered"] for n in doc["nodes"])
         assert doc["nodes"][0]["blocks"] == 1 and doc["total"]["blocks"] == 1
         assert doc["total"]["capacity_bytes"] == 2 * 32 << 20 and "bkt" in doc["namespaces"]
+        assert doc["replicas"]["bkt"] == 1
         human = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
                                 etcd_url, "--pod", "cli"], capture_output=True, text=True,
                                env=env(), timeout=30)
