@@ -64,7 +64,8 @@ class Forwarder:
         self._metrics = metrics
         self._clients: OrderedDict[tuple[str, str, str, str], AsyncClient] = OrderedDict()
         self._breakers: dict[str, Breaker] = {}
-        self.copies: set[asyncio.Future[None]] = set()  # copy-forwards in flight (pod_blocks)
+        # copy-forwards in flight (pod_blocks.copy_forward), one per block at most
+        self.copies: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- placement -------------------------------------------------------------------------
     def replicas(self, ns: str) -> int:
@@ -238,8 +239,18 @@ class Forwarder:
             self.count(op, "ok")
         return res
 
+    def cancel_copies(self, ns: str, keys: Sequence[str]) -> None:
+        """Stop this node's copy-forwards of blocks being deleted (a copy that lands after the
+        delete would bring the block back)."""
+        if not self.copies:
+            return
+        for k in keys:
+            task = self.copies.pop((ns, k), None)
+            if task is not None:
+                task.cancel()
+
     async def close(self) -> None:
-        copies, self.copies = list(self.copies), set()
+        copies, self.copies = list(self.copies.values()), {}
         for t in copies:
             t.cancel()
         if copies:

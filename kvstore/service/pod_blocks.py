@@ -90,15 +90,16 @@ def copy_forward(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: 
     ``limits.copy_forward_inflight_max`` copies run at once on a node; one past it is dropped
     (the next read finds the block at the previous owner again). Counted in
     ``kvstore_copy_forward_total{outcome}`` (started, dropped, ok, failed)."""
-    if not targets:
+    if not targets or (ns, key) in fw.copies:  # nothing to do, or already being copied
         return
     if len(fw.copies) >= limits.copy_forward_inflight_max:
         fw.count_copy("dropped")
         return
     fw.count_copy("started")
     task = asyncio.ensure_future(_copy(bs, fw, tenant, ns, key, rec, targets))
-    fw.copies.add(task)
-    task.add_done_callback(fw.copies.discard)
+    fw.copies[(ns, key)] = task
+    task.add_done_callback(lambda t: fw.copies.pop((ns, key), None) if fw.copies.get(
+        (ns, key)) is t else None)
 
 
 async def _copy(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
@@ -129,6 +130,9 @@ async def _copy(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: s
                 ok = await fw.put(node, tenant, ns, key, data, overwrite=False, meta=meta,
                                   op="copy", ttl_seconds=ttl) is not None
             fw.count_copy("ok" if ok else "failed")
+    except asyncio.CancelledError:  # the block is being deleted
+        fw.count_copy("failed")
+        raise
     except Exception as exc:  # noqa: BLE001 - a background copy must never surface
         fw.count_copy("failed")
         log.warning("copy-forward of %s/%s failed: %r", ns, key, exc)
@@ -230,6 +234,8 @@ async def count_op(bs: BlockService, fw: Forwarder, op: str, tenant: Tenant, ns:
     """``delete`` (at every replica) or ``prefetch`` (at one) of each key: the sum of the
     nodes' counts (a node that does not answer counts 0; with replicas, a delete counts each
     copy it removed)."""
+    if op == "delete":
+        fw.cancel_copies(ns, keys)
     local, remote = _parts(fw, ns, keys, every_replica=op == "delete")  # + previous owner
     local_fn = bs.engine.delete_many if op == "delete" else bs.engine.prefetch
 

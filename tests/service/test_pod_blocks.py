@@ -29,12 +29,14 @@ def test_copies_past_the_bound_are_dropped_and_counted() -> None:
         fw = Forwarder(StaticMembership(nodes, "n1"), metrics=lambda: metrics)
         loop = asyncio.get_running_loop()
         busy = [loop.create_future() for _ in range(limits.copy_forward_inflight_max)]
-        fw.copies.update(busy)  # the bound is reached: copies still running
+        fw.copies.update({("ns", f"busy{i}"): f for i, f in enumerate(busy)})  # at the bound
         bs: Any = None  # not reached: a dropped copy reads nothing
         pod_blocks.copy_forward(bs, fw, Tenant("t", "ak", "sk"), "ns", "k",
                                 (b"x", b"", 0.0, 0.0), [nodes[1]])
         assert _count(metrics, "dropped") == 1 and _count(metrics, "started") == 0
         assert len(fw.copies) == limits.copy_forward_inflight_max
+        fw.cancel_copies("ns", ["busy0"])  # a delete of a block being copied cancels its copy
+        assert busy[0].cancelled() and ("ns", "busy0") not in fw.copies
         for f in busy:
             f.cancel()
 
