@@ -131,6 +131,7 @@ class ServeConfig:
     # S3 ETags: "md5" as S3 computes them; "xxh3" (opt-in) skips the MD5 pass for bulk-only
     # deployments and breaks sync tools (aws s3 sync, rclone) that compare ETags with MD5s
     etag: str = "md5"
+    previous_owner_read: bool = True  # a read that misses at the replicas asks the next node
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -176,6 +177,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
     "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
     "etag": ("--etag", "KVSTORE_ETAG", "etag"),
+    "previous_owner_read": ("--previous-owner-read", "KVSTORE_PREVIOUS_OWNER_READ", "bool"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -242,6 +244,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                   "(default: path-style only)",
         "etag": f"S3 ETags: {'|'.join(ETAGS)} (default {d.etag}); xxh3 skips the MD5 pass but "
                 "breaks sync tools (aws s3 sync, rclone, s3cmd) that compare ETags with MD5s",
+        "previous_owner_read": "in a pod, a read that misses at a block's replicas also asks "
+                               "the node that owned it before the last join, and copies a hit "
+                               "forward (default on; --no-previous-owner-read turns it off)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")

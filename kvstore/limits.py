@@ -17,6 +17,7 @@ from kvstore_wire.limits import (  # noqa: F401 - re-exported
     batch_bytes_max,
     batch_keys_max,
     block_bytes_max,
+    block_meta_bytes_max,
     chain_keys_max,
     connection_inflight_bytes_max,
     connection_inflight_requests_max,
@@ -332,6 +333,18 @@ assert (forward_timeout_seconds_min <= forward_timeout_seconds_default
 assert forward_breaker_failures >= 1 and forward_breaker_open_seconds > 0
 assert forward_list_response_bytes_max >= list_keys_max * 4 * KiB
 assert forward_clients_max >= 1 and 1 <= forward_pool_connections <= connections_max
+
+# A namespace's replica count in a pod (copies of each block on distinct nodes; the SDK's
+# kvstore_client.podlimits.replicas_max is the same bound).
+namespace_replicas_max = 8
+# Copy-forward: after a read that missed at a block's owner and hit at its previous owner, the
+# block is copied to the owner in the background. At most this many copies run at once on one
+# node; a copy past it is dropped (counted: kvstore_copy_forward_total{outcome="dropped"}): the
+# next read of the block finds it at the previous owner again and tries once more.
+copy_forward_inflight_max = 16
+
+assert 1 <= namespace_replicas_max <= pod_nodes_max
+assert copy_forward_inflight_max >= 1
 
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 

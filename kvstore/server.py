@@ -253,8 +253,10 @@ class Server:
         if membership is not None:
             state.membership = membership
             metrics.watch_pod(membership)
-            state.blocks.forward = Forwarder(membership, timeout_s=cfg.forward_timeout_seconds,
-                                             metrics=lambda: metrics)
+            state.blocks.forward = Forwarder(
+                membership, timeout_s=cfg.forward_timeout_seconds, metrics=lambda: metrics,
+                replicas_of=lambda ns: state.engine.namespace(ns).replicas,
+                previous_owner_read=cfg.previous_owner_read)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()

@@ -15,6 +15,9 @@
 - p99 of ``lookup`` of a 1,000-key chain across 3 nodes, all present (``--lookups`` calls; the
   client has placed the chain before, as an engine asking about the same prefixes does), and
   the same for chains never seen (placement computed inside the call).
+- The hit rate of a warm 3-node pod (etcd membership) before and after a 4th node joins,
+  through one node's S3 API and through the SDK, with the server's previous-owner read on and
+  off (``pod_join.py``; ``--join-keys`` blocks). ``--only join`` runs just this part.
 
 A script, not a test: figures depend on the machine and its load. Writes
 loadtest/results/pod-*.{json,md} with the machine, the settings and the commit.
@@ -39,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import pod_join  # noqa: E402
 from bench_engine import git_commit, machine  # noqa: E402
 from kvstore_client import Client, PodClient  # noqa: E402
 from kvstore_wire import placement  # noqa: E402
@@ -196,11 +200,22 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=1.0, help="length of one trial")
     ap.add_argument("--lookups", type=int, default=500, help="lookup calls for the p99")
+    ap.add_argument("--join-keys", type=int, default=3000,
+                    help="blocks of the warm pod a 4th node joins")
+    ap.add_argument("--join-block", type=int, default=4096, help="their size (bytes)")
+    ap.add_argument("--only", choices=["all", "join"], default="all")
     ap.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
     args = ap.parse_args()
 
     report: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
                               "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    if args.only == "join":
+        with tempfile.TemporaryDirectory(prefix="bench-pod-") as tmp:
+            report["machine"] = machine(Path(tmp))
+            report["join"] = [pod_join.join(Path(tmp) / f"por-{on}", args.join_keys,
+                                            args.join_block, on) for on in (True, False)]
+        _write(args.out, report)
+        return
     print("placement balance ...", flush=True)
     report["balance_equal"] = balance(args.keys, [1.0, 1.0, 1.0])
     report["balance_weighted"] = balance(args.keys, [1.0, 2.0, 3.0])
@@ -224,7 +239,14 @@ def main() -> None:
         finally:
             for n in nodes:
                 n.stop()
-    out = Path(args.out)
+        print("join ...", flush=True)
+        report["join"] = [pod_join.join(Path(tmp) / f"por-{on}", args.join_keys,
+                                        args.join_block, on) for on in (True, False)]
+    _write(args.out, report)
+
+
+def _write(out_dir: str, report: dict[str, Any]) -> None:
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"pod-{time.strftime('%Y%m%d-%H%M%S')}"
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
@@ -235,6 +257,14 @@ def main() -> None:
 
 def render(r: dict[str, Any]) -> str:
     m, s = r["machine"], r["settings"]
+    if "balance_equal" not in r:  # --only join
+        return "\n".join([
+            f"# Pod: a 4th node joins a warm pod ({r['when']}, commit {r['commit']})", "",
+            f"Machine: {m['nproc']} cores, {m['cpu']}, {m['mem_gib']} GiB, Python "
+            f"{m['python']}, kernel {m['kernel']}. etcd and `kvstore serve` on 127.0.0.11-14, "
+            "client in this process; all share the cores.", "",
+            f"Settings: {json.dumps(s)}", "", "| measure | result | target |", "|---|---|---|",
+            *pod_join.render_rows(r["join"]), ""])
     be, bw, o, o4, lk = (r["balance_equal"], r["balance_weighted"], r["overhead"],
                          r["overhead_4k"], r["lookup"])
     lines = [f"# Pod client ({r['when']}, commit {r['commit']})", "",
@@ -261,7 +291,7 @@ def render(r: dict[str, Any]) -> str:
               "p99 < 3 ms |",
               f"| same, cold (a new chain each call: placement computed in the call, all absent;"
               f" {lk['cold']['calls']} calls) | p50 {lk['cold']['p50_ms']} ms, p99 "
-              f"{lk['cold']['p99_ms']} ms | |", ""]
+              f"{lk['cold']['p99_ms']} ms | |", *pod_join.render_rows(r.get("join", [])), ""]
     return "\n".join(lines)
 
 

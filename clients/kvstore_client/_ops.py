@@ -25,9 +25,11 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
-             ttl_seconds: float = 0.0, overwrite: bool = False) -> Op:
-    """result[i]: see ``Client.put_many`` (write-once unless ``overwrite``)."""
-    if len(keys) != len(values):
+             ttl_seconds: float = 0.0, overwrite: bool = False,
+             metas: Sequence[bytes] | None = None) -> Op:
+    """result[i]: see ``Client.put_many`` (write-once unless ``overwrite``). ``metas[i]``:
+    opaque metadata stored with keys[i] (``msg.PutBatch.metas``)."""
+    if len(keys) != len(values) or (metas is not None and len(metas) != len(keys)):
         raise InvalidArgument("one value per key")
     flags = core.put_flags(overwrite)
     views = [as_bytes_view(v) for v in values]
@@ -46,7 +48,8 @@ def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
         batches.append(range(start, len(views)))
     reqs = [(FrameType.PUT_BATCH,
              msg.PutBatch([keys[i] for i in r], [len(views[i]) for i in r], [sums[i] for i in r],
-                          ttl_seconds),
+                          ttl_seconds,
+                          metas=None if metas is None else [bytes(metas[i]) for i in r]),
              [views[i] for i in r if len(views[i])], flags) for r in batches]
     created: list[bool] = [False] * len(keys)
 
@@ -62,15 +65,16 @@ def put_many(core: Core, keys: Sequence[str], values: Sequence[Any],
 
 
 def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
-                  batch_keys: int = GET_BATCH_KEYS) -> Op:
+                  batch_keys: int = GET_BATCH_KEYS, with_meta: bool = False) -> Op:
     """``bufs[i]`` receives ``keys[i]``; result[i] = its length, or None on a miss. With
-    ``bufs`` None, result[i] is a new bytearray (or None)."""
+    ``bufs`` None, result[i] is a new bytearray (or None). ``with_meta`` (``bufs`` None):
+    result[i] is (bytearray, stored metadata, creation time, expiry) or None."""
     if bufs is not None and len(bufs) != len(keys):
         raise InvalidArgument("one buffer per key")
     views = None if bufs is None else [as_bytes_view(b, writable=True) for b in bufs]
     batches = _chunks(len(keys), max(1, min(batch_keys, limits.batch_keys_max)))
-    reqs = [(FrameType.GET_BATCH, msg.KeysRequest([keys[i] for i in r]), (), 0)
-            for r in batches]
+    reqs = [(FrameType.GET_BATCH, msg.KeysRequest([keys[i] for i in r], with_meta=with_meta),
+             (), 0) for r in batches]
     results: list[Any] = [None] * len(keys)
 
     def on_frame(idx: int, f: Frame) -> Op | None:
@@ -80,6 +84,8 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
             if not isinstance(i, int) or not 0 <= i < len(r):
                 raise InvalidArgument("BLOCK index outside the request")
             j = r[i]
+            if with_meta:
+                return _block_with_meta(core, f, results, j)
             return receive_block(core, f, None if views is None else views[j], results, j)
         res.End.from_header(f.header, len(r))  # END: at most one block per key
         return None
@@ -88,6 +94,12 @@ def get_many_into(core: Core, keys: Sequence[str], bufs: Sequence[Any] | None,
     if err is not None:
         raise err
     return results
+
+
+def _block_with_meta(core: Core, f: Frame, results: list[Any], j: int) -> Op:
+    b = res.BlockHeader.from_header(f.header, f.payload_length, f.flags)
+    yield from receive_block(core, f, None, results, j)
+    results[j] = (results[j], b.meta, b.created, b.expires)
 
 
 def keyed(core: Core, ftype: FrameType, field: str, keys: Sequence[str]) -> Op:

@@ -20,13 +20,15 @@ class PodBase:
     """Membership view, breakers and counters, shared by the sync and async clients."""
 
     def __init__(self, nodes: Iterable[NodeArg] | None, membership: MembershipSource | None,
-                 namespace: str, replicas: int, timeout: float, breaker_failures: int,
+                 namespace: str, replicas: int | None, timeout: float, breaker_failures: int,
                  breaker_open_seconds: float, client_kw: dict[str, Any]) -> None:
         if (nodes is None) == (membership is None):
             raise _pod.InvalidArgument("give exactly one of nodes=[...], etcd= or membership=")
         self.membership: MembershipSource = membership or StaticMembership(nodes or [])
         self.namespace = namespace
-        self.replicas = _pod.check_replicas(replicas)
+        # None: the namespace's own count, as the membership source knows it (etcd), else 1
+        self._replicas_arg = None if replicas is None else _pod.check_replicas(replicas)
+        self.replicas = self._replicas_arg or 1
         self.timeout = _pod.check_timeout(timeout)
         self._breaker_args = (max(1, min(breaker_failures, podlimits.breaker_failures_max)),
                               min(breaker_open_seconds, podlimits.breaker_open_seconds_max))
@@ -60,6 +62,11 @@ class PodBase:
                         self._drop_client(node_id)
                     self._clients[node_id] = self._new_client(spec)
                     self.breakers.setdefault(node_id, _pod.Breaker(node_id, *self._breaker_args))
+            if self._replicas_arg is None:
+                learned = getattr(self.membership, "replicas", None)
+                n = learned(self.namespace) if callable(learned) else None
+                self.replicas = n if isinstance(n, int) and 1 <= n <= podlimits.replicas_max \
+                    else 1
             self._view = ([Member(s.node_id, s.weight) for s in specs.values()], {})
             self._specs = specs
             self._version = version
@@ -86,6 +93,13 @@ class PodBase:
             for i, own in zip(missing, placed, strict=True):
                 out[i] = memo[keys[i]] = own
         return out  # type: ignore[return-value]
+
+    def _delete_owners(self, keys: Sequence[str]) -> list[list[str]]:
+        """Each key's owners and the next node in rank (the owner before the last join, which
+        a server's previous-owner read may still find a copy at): what a delete must reach."""
+        self._refresh()
+        members, _ = self._view
+        return _pod.owners_of(self.namespace, list(keys), members, self.replicas + 1)
 
     def _allow(self, node_id: str) -> bool:
         b = self.breakers.get(node_id)

@@ -126,11 +126,21 @@ class AsyncClient:
                                     overwrite=overwrite))[0]
 
     async def put_many(self, keys: Sequence[str], values: Sequence[Any], *,
-                       ttl_seconds: float = 0.0, overwrite: bool = False) -> list[bool]:
+                       ttl_seconds: float = 0.0, overwrite: bool = False,
+                       metas: Sequence[bytes] | None = None) -> list[bool]:
         """Same answers as ``Client.put_many``: blocks are write-once (a present key keeps its
         bytes, result False) unless ``overwrite=True`` replaces them (result True when written,
-        False when the stored block was already identical)."""
-        return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite))
+        False when the stored block was already identical). ``metas[i]``: opaque metadata
+        (at most ``limits.block_meta_bytes_max`` bytes) stored with keys[i]; ``get_record``
+        reads it back."""
+        return await self._call(lambda c: _ops.put_many(c, keys, values, ttl_seconds, overwrite,
+                                                        metas))
+
+    async def get_record(self, key: str) -> tuple[bytes, bytes, float, float] | None:
+        """(bytes, stored metadata, creation time, expiry or 0) of one block, or None on a
+        miss. A server that predates metadata on the wire answers b"", 0.0 and 0.0."""
+        r = (await self._call(lambda c: _ops.get_many_into(c, [key], None, with_meta=True)))[0]
+        return None if r is None else (bytes(r[0]), r[1], r[2], r[3])
 
     async def get(self, key: str) -> bytes | None:
         r = (await self._call(lambda c: _ops.get_many_into(c, [key], None)))[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -54,12 +55,21 @@ class TcpChannel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.timeout = sock.gettimeout()  # each wait's own bound
 
     @classmethod
     def connect(cls, host: str, port: int, timeout: float) -> TcpChannel:
         sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return cls(sock)
+
+    def bound(self, remaining: float | None) -> None:
+        """Bound the next waits by ``remaining`` seconds too (a caller's deadline); None: by
+        the channel's own timeout only."""
+        t = self.timeout
+        if remaining is not None:
+            t = remaining if t is None else min(t, remaining)
+        self.sock.settimeout(t)
 
     def send_all(self, bufs: Sequence[Any]) -> None:
         views = _views(bufs)
@@ -117,12 +127,21 @@ Connector = Callable[[str, int, float], Channel]
 AsyncConnector = Callable[[str, int, float], Any]  # -> Awaitable[AsyncChannel]
 
 
-def drive(channel: Channel, op: Op) -> Any:
-    """Run a protocol generator on a blocking channel; its return value."""
+def drive(channel: Channel, op: Op, deadline: float | None = None) -> Any:
+    """Run a protocol generator on a blocking channel; its return value. ``deadline``
+    (``time.monotonic()`` seconds): every wait ends by then (``TimeoutError`` past it), on a
+    channel that can bound its waits (``bound``)."""
+    bound = getattr(channel, "bound", None) if deadline is not None else None
     try:
         req = next(op)
         while True:
             kind, arg = req
+            if bound is not None:
+                assert deadline is not None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("deadline passed")
+                bound(remaining)
             if kind == RECV:
                 res: Any = channel.recv_into(arg)
             elif kind == SEND:
@@ -133,6 +152,9 @@ def drive(channel: Channel, op: Op) -> Any:
             req = op.send(res)
     except StopIteration as stop:
         return stop.value
+    finally:
+        if bound is not None:
+            bound(None)
 
 
 async def drive_async(channel: AsyncChannel, op: Op) -> Any:

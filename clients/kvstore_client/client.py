@@ -30,7 +30,40 @@ from kvstore_client import _ops
 from kvstore_client._core import Core, Op
 from kvstore_client.channel import Channel, Connector, TcpChannel, drive
 
-__all__ = ["Client", "SyncConnection", "drive", "is_retryable"]
+__all__ = ["Client", "SyncConnection", "deadline", "drive", "is_retryable"]
+
+_local = threading.local()
+
+
+class deadline:  # noqa: N801 - used as a function: ``with deadline(seconds):``
+    """``with deadline(seconds):`` every ``Client`` call made on this thread inside the block
+    ends within ``seconds`` of entering it, however many waits it takes (connect, handshake,
+    each batch): past it the call raises ``TimeoutError``. A connection left mid-answer is
+    closed, not pooled. Nested blocks keep the earlier deadline."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + max(0.0, seconds)
+        self._outer: float | None = None
+
+    def __enter__(self) -> deadline:
+        self._outer = getattr(_local, "at", None)
+        if self._outer is not None:
+            self.at = min(self.at, self._outer)
+        _local.at = self.at
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _local.at = self._outer
+
+
+def _remaining(at: float | None, timeout: float) -> float:
+    """The connect/handshake bound: the timeout, cut to what is left of the deadline."""
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    return min(timeout, left)
 
 
 class SyncConnection:
@@ -38,11 +71,14 @@ class SyncConnection:
 
     def __init__(self, host: str, port: int, access_key: str, secret_key: str, namespace: str,
                  *, create: bool = False, timeout: float = 30.0,
-                 connect: Connector = TcpChannel.connect) -> None:
-        self.channel: Channel = connect(host, port, timeout)
+                 connect: Connector = TcpChannel.connect, at: float | None = None) -> None:
+        self.channel: Channel = connect(host, port, _remaining(at, timeout))
+        if isinstance(self.channel, TcpChannel):
+            self.channel.timeout = timeout  # the connect may have been cut by the deadline
         self.core = Core()
         try:
-            drive(self.channel, self.core.handshake(access_key, secret_key, namespace, create))
+            drive(self.channel, self.core.handshake(access_key, secret_key, namespace, create),
+                  at)
         except BaseException:
             self.channel.close()
             raise
@@ -52,8 +88,8 @@ class SyncConnection:
         """The TCP socket under the channel (tests and tools that poke at it)."""
         return self.channel.sock  # type: ignore[attr-defined]
 
-    def run(self, op: Op) -> Any:
-        return drive(self.channel, op)
+    def run(self, op: Op, at: float | None = None) -> Any:
+        return drive(self.channel, op, at)
 
     def close(self) -> None:
         self.channel.close()
@@ -85,19 +121,21 @@ class Client:
         self._closed = False
 
     # -- pool and retries ----------------------------------------------------------------
-    def _connect(self) -> SyncConnection:
+    def _connect(self, at: float | None = None) -> SyncConnection:
         return SyncConnection(self.host, self.port, *self._creds, self.namespace,
-                              create=self._create, timeout=self.timeout, connect=self._channel)
+                              create=self._create, timeout=self.timeout, connect=self._channel,
+                              at=at)
 
     def _call(self, make: Callable[[Core], Op]) -> Any:
         attempt = 0
+        at: float | None = getattr(_local, "at", None)  # ``with deadline(...)`` on this thread
         while True:
             with self._lock:
                 conn = self._idle.pop() if self._idle else None
             try:
                 if conn is None:
-                    conn = self._connect()
-                result = conn.run(make(conn.core))
+                    conn = self._connect(at)
+                result = conn.run(make(conn.core), at)
             except BaseException as exc:
                 if conn is not None and not conn.core.usable:  # mid-stream: state unknown
                     conn.close()

@@ -11,7 +11,8 @@
 Each batch is split by owner (``kvstore_wire.placement.owners``: weighted rendezvous over the
 pod's nodes with the namespace's replica count), the per-node parts run in parallel (threads
 here, tasks in ``AsyncPodClient``) and the answers are merged in the caller's order. A node that
-fails or does not answer within ``timeout`` is a miss for reads and a skipped write (counted in
+fails or does not answer within ``timeout`` (a deadline for its whole part of the batch:
+connect, handshake and every wait) is a miss for reads and a skipped write (counted in
 ``stats()["client"]``, logged), never an exception; after ``breaker_failures`` failures in a row
 its breaker opens and calls skip it for ``breaker_open_seconds``, then one half-open probe
 decides. With replicas, reads go to the first live replica and fall back to the next on a miss
@@ -27,7 +28,7 @@ from typing import Any
 from kvstore_client import _pod, podlimits
 from kvstore_client._pod import FAILED, MembershipSource, NodeSpec, Plan, StaticMembership
 from kvstore_client._podview import NodeArg, PodBase
-from kvstore_client.client import Client
+from kvstore_client.client import Client, deadline
 from kvstore_client.pod_aio import AsyncPodClient
 
 __all__ = ["AsyncPodClient", "MembershipSource", "NodeSpec", "PodClient", "StaticMembership"]
@@ -37,7 +38,7 @@ class PodClient(PodBase):
 
     def __init__(self, nodes: Iterable[NodeArg] | None = None, *, namespace: str,
                  membership: MembershipSource | None = None, etcd: str | Sequence[str] = "",
-                 pod: str = "", replicas: int = 1,
+                 pod: str = "", replicas: int | None = None,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
@@ -77,7 +78,8 @@ class PodClient(PodBase):
         if client is None:
             return FAILED
         try:
-            got = call(client, idxs)
+            with deadline(self.timeout):  # the timeout bounds the whole part, every wait in it
+                got = call(client, idxs)
         except BaseException as exc:
             if not _pod.is_node_failure(exc):
                 raise
@@ -167,7 +169,7 @@ class PodClient(PodBase):
             [keys[i] for i in ix]))
 
     def delete_many(self, keys: Sequence[str]) -> int:
-        plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
+        plan = _pod.count_plan(self._delete_owners(keys), self._allow, every_replica=True)
         return self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 

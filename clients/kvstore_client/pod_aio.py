@@ -27,7 +27,7 @@ class AsyncPodClient(PodBase):
 
     def __init__(self, nodes: Iterable[NodeArg] | None = None, *, namespace: str,
                  membership: MembershipSource | None = None, etcd: str | Sequence[str] = "",
-                 pod: str = "", replicas: int = 1,
+                 pod: str = "", replicas: int | None = None,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
@@ -131,7 +131,7 @@ class AsyncPodClient(PodBase):
             [keys[i] for i in ix]))
 
     async def delete_many(self, keys: Sequence[str]) -> int:
-        plan = _pod.count_plan(self._owners(keys), self._allow, every_replica=True)
+        plan = _pod.count_plan(self._delete_owners(keys), self._allow, every_replica=True)
         return await self._drive(plan, lambda c, ix: c.delete_many(
             [keys[i] for i in ix]))
 

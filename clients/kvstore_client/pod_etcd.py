@@ -8,6 +8,10 @@ it lists the prefix, then watches it from the listed revision and lists again on
 (a few nodes: a re-list is cheaper than being clever). When etcd is unreachable it keeps the
 last view and retries (clients keep serving with what they knew).
 
+It also reads the pod's namespaces (``/kvstore/<pod>/namespaces/<name>``, whose ``replicas``
+field is the namespace's replica count: ``replicas(namespace)``, what a pod client uses unless
+it was given ``replicas=``).
+
 The value's fields read here: ``bulk`` — what ``kvstore serve`` writes (see
 ``kvstore.cluster.membership.NodeInfo.to_json``): ``{"bulk": "host:port", "http": URL,
 "capacity_bytes": N, "epoch": T}`` — or ``endpoints.bulk``, as ``"host:port"``,
@@ -38,11 +42,25 @@ def nodes_prefix(pod: str) -> str:
     return f"/kvstore/{pod}/nodes/"
 
 
+def pod_prefix(pod: str) -> str:
+    return f"/kvstore/{pod}/"
+
+
+def parse_replicas(value: bytes) -> int | None:
+    """A namespace record's replica count (None: unreadable or out of range)."""
+    try:
+        n = int(json.loads(value).get("replicas", 1) or 1)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return n if 1 <= n <= podlimits.replicas_max else None
+
+
 def parse_registration(node_id: str, value: bytes) -> NodeSpec | None:
     """The ``NodeSpec`` of one registration value, or None (logged) if it cannot be read."""
     try:
         d = json.loads(value)
-        bulk = d["bulk"] if "bulk" in d else d["endpoints"]["bulk"]
+        # a kvstore server writes {"http", "bulk", ...}; {"endpoints": {"bulk"}} is accepted too
+        bulk = d["endpoints"]["bulk"] if "endpoints" in d else d["bulk"]
         if isinstance(bulk, dict):
             host, port = str(bulk["host"]), int(bulk["port"])
         else:
@@ -70,8 +88,11 @@ class EtcdMembership:
         if not self.urls:
             raise InvalidArgument("etcd= needs at least one URL")
         self.pod, self.timeout = pod, timeout
-        self.prefix = nodes_prefix(pod).encode()
+        self.prefix = pod_prefix(pod).encode()  # nodes and namespaces
+        self._nodes_prefix = nodes_prefix(pod).encode()
+        self._ns_prefix = f"{pod_prefix(pod)}namespaces/".encode()
         self._nodes: list[NodeSpec] = []
+        self._replicas: dict[str, int] = {}
         self._version = 0
         self._lock = threading.Lock()
         self._first = threading.Event()
@@ -93,15 +114,22 @@ class EtcdMembership:
         with self._lock:
             return list(self._nodes)
 
+    def replicas(self, namespace: str) -> int | None:
+        """The namespace's replica count as recorded in etcd (None: not recorded)."""
+        with self._lock:
+            return self._replicas.get(namespace)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(self.timeout + podlimits.etcd_retry_seconds_max + 1)
 
     # -- the watcher thread --------------------------------------------------------------------
-    def _set(self, nodes: list[NodeSpec]) -> None:
+    def _set(self, nodes: list[NodeSpec], replicas: dict[str, int] | None = None) -> None:
         with self._lock:
-            if nodes != self._nodes:
+            if nodes != self._nodes or (replicas is not None and replicas != self._replicas):
                 self._nodes = nodes
+                if replicas is not None:
+                    self._replicas = replicas
                 self._version += 1
                 log.info("pod %s: %d node(s): %s", self.pod, len(nodes),
                          ", ".join(n.node_id for n in nodes))
@@ -110,12 +138,20 @@ class EtcdMembership:
     async def _list(self, client: Any) -> int:
         got = await asyncio.wait_for(client.get_prefix(self.prefix), self.timeout)
         nodes = []
+        replicas: dict[str, int] = {}
         for kv in got:
-            node_id = kv.key[len(self.prefix):].decode(errors="replace")
+            if kv.key.startswith(self._ns_prefix):
+                r = parse_replicas(kv.value)
+                if r is not None:
+                    replicas[kv.key[len(self._ns_prefix):].decode(errors="replace")] = r
+                continue
+            if not kv.key.startswith(self._nodes_prefix):
+                continue
+            node_id = kv.key[len(self._nodes_prefix):].decode(errors="replace")
             spec = parse_registration(node_id, kv.value)
             if spec is not None:
                 nodes.append(spec)
-        self._set(sorted(nodes, key=lambda n: n.node_id))
+        self._set(sorted(nodes, key=lambda n: n.node_id), replicas)
         return int(got.header.revision)
 
     async def _pump(self, client: Any, watch: Any) -> None:

@@ -62,6 +62,11 @@ connections_max = 1024
 # A bulk frame's msgpack header: small, because it carries only metadata.
 frame_header_bytes_max = 1 * MiB
 
+# A block's opaque metadata on the wire (PUT_BATCH ``metas``, BLOCK ``meta``: the S3 headers a
+# node forwards to the block's owner). It rides in a frame header; a server stores it in the
+# block's record header page, whose own bound is tighter.
+block_meta_bytes_max = 4 * KiB
+
 # Bytes of requests one bulk connection may have in flight before the server stops reading.
 connection_inflight_bytes_max = 256 * MiB
 
@@ -85,3 +90,4 @@ assert block_bytes_max <= batch_bytes_max, "one block must fit in a batch"
 assert block_bytes_max <= connection_inflight_bytes_max, "one PUT must fit in the window"
 assert nixl_metadata_bytes_max * 4 <= frame_header_bytes_max, "NIXL metadata rides in a header"
 assert 0 < layout_int_max < 2**32, "layout integers fit every language's 32-bit types"
+assert block_meta_bytes_max * 64 <= frame_header_bytes_max, "a batch's metadata rides in a header"

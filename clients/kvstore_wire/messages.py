@@ -223,6 +223,11 @@ class PutBatch:
     ttl_seconds: float = 0.0
     offsets: list[int] | None = None  # out of band (SHM/NIXL): where each block sits
     overwrite: bool = False  # OVERWRITE flag: replace a stored block of the same key
+    # Optional, one opaque byte string per key (``metas``, each at most
+    # limits.block_meta_bytes_max): stored with the block and sent back by a GET that asks for
+    # it (``KeysRequest.with_meta``). A node forwarding an S3 PUT carries the object's S3
+    # metadata here. A server that predates the field ignores it (stores no metadata).
+    metas: list[bytes] | None = None
 
     def to_header(self) -> dict[str, Any]:
         h: dict[str, Any] = {"keys": self.keys, "lengths": self.lengths,
@@ -231,6 +236,8 @@ class PutBatch:
             h["ttl"] = float(self.ttl_seconds)
         if self.offsets is not None:
             h["offsets"] = self.offsets
+        if self.metas is not None and any(self.metas):
+            h["metas"] = [bytes(m) for m in self.metas]
         return h
 
     @classmethod
@@ -250,7 +257,15 @@ class PutBatch:
             offsets = int_list(h, "offsets", len(keys), 0, OFFSET_MAX)
         elif total != payload_length:
             raise ProtocolError("payload length differs from the sum of block lengths")
-        return cls(keys, lengths, checksums, ttl, offsets, overwrite(flags))
+        metas = None
+        if "metas" in h:
+            metas = get_field(h, "metas", list)
+            if len(metas) != len(keys) or not all(isinstance(m, bytes) for m in metas):
+                raise ProtocolError("'metas' must have one byte string per key")
+            if any(len(m) > limits.block_meta_bytes_max for m in metas):
+                raise LimitExceeded(f"block metadata exceeds {limits.block_meta_bytes_max} "
+                                    "bytes", bound="block_meta_bytes_max")
+        return cls(keys, lengths, checksums, ttl, offsets, overwrite(flags), metas)
 
 
 # Requests whose header is a list of keys (``KeysRequest``); LOOKUP's keys are one chain.
@@ -266,6 +281,9 @@ class KeysRequest:
     lease_seconds: float = 0.0  # LOOKUP: pin the found blocks this long
     offsets: list[int] | None = None  # out-of-band GET: where each block goes in the region
     capacities: list[int] | None = None  # ... and how many bytes each slot holds
+    # GET_BATCH on the socket: each BLOCK also carries the block's stored metadata and creation
+    # time (``BlockHeader.meta``, ``created``). A server that predates it sends neither.
+    with_meta: bool = False
 
     def to_header(self) -> dict[str, Any]:
         h: dict[str, Any] = {"keys": self.keys}
@@ -275,6 +293,8 @@ class KeysRequest:
             h["offsets"] = self.offsets
         if self.capacities is not None:
             h["caps"] = self.capacities
+        if self.with_meta:
+            h["meta"] = True
         return h
 
     @classmethod
@@ -287,7 +307,8 @@ class KeysRequest:
             offsets = int_list(h, "offsets", len(keys), 0, OFFSET_MAX)
             caps = int_list(h, "caps", len(keys), 0, limits.block_bytes_max)
             return cls(keys, lease, offsets, caps)
-        return cls(keys, lease)
+        with_meta = ftype is FrameType.GET_BATCH and bool(get_field(h, "meta", bool, False))
+        return cls(keys, lease, with_meta=with_meta)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,16 +49,32 @@ class BlockHeader:
     key: str
     length: int
     checksum: int
+    # Only when the GET asked for them (``KeysRequest.with_meta``): the block's stored opaque
+    # metadata, its creation time and its expiry (Unix seconds); b"" and 0.0 otherwise.
+    meta: bytes = b""
+    created: float = 0.0
+    expires: float = 0.0  # Unix seconds, 0 = never (only with ``with_meta`` too)
 
     def to_header(self) -> dict[str, Any]:
-        return {"i": self.index, "key": self.key, "len": self.length, "xxh": self.checksum}
+        h: dict[str, Any] = {"i": self.index, "key": self.key, "len": self.length,
+                             "xxh": self.checksum}
+        if self.meta:
+            h["meta"] = bytes(self.meta)
+        if self.created:
+            h["created"] = float(self.created)
+        if self.expires:
+            h["expires"] = float(self.expires)
+        return h
 
     @classmethod
     def from_header(cls, h: dict[str, Any], payload_length: int, flags: int = 0) -> BlockHeader:
         b = cls(get_field(h, "i", int), get_field(h, "key", str), get_field(h, "len", int),
-                get_field(h, "xxh", int))
+                get_field(h, "xxh", int), get_field(h, "meta", bytes, b""),
+                float(get_field(h, "created", (int, float), 0.0)),
+                float(get_field(h, "expires", (int, float), 0.0)))
         if not (0 <= b.length <= limits.block_bytes_max and 0 <= b.checksum <= CHECKSUM_MAX
-                and 0 <= b.index < limits.batch_keys_max):
+                and 0 <= b.index < limits.batch_keys_max
+                and len(b.meta) <= limits.block_meta_bytes_max):
             raise ProtocolError("block header out of range")
         if not out_of_band(flags) and b.length != payload_length:
             raise ProtocolError("block length differs from the frame's payload length")

@@ -86,7 +86,7 @@ def _check_count(n: int, bound: int, what: str) -> None:
 def _ns_out(info: NamespaceInfo, blocks: int | None = None) -> NamespaceOut:
     return NamespaceOut(name=info.name, created=info.created, owner=info.owner,
                         layout=dict(info.layout), fingerprint=info.fingerprint,
-                        block_bytes=info.block_bytes, blocks=blocks)
+                        block_bytes=info.block_bytes, replicas=info.replicas, blocks=blocks)
 
 
 def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
@@ -283,7 +283,12 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
             except ValueError as exc:
                 raise E.InvalidArgument(f"layout: {exc}") from None
         info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
-                                                      block_bytes=body.block_bytes)
+                                                      block_bytes=body.block_bytes,
+                                                      replicas=body.replicas)
+        if not created and "replicas" in body.model_fields_set and \
+                info.replicas != body.replicas:  # asked for another count (unsaid: any)
+            raise E.AlreadyExists(f"namespace {info.name} exists with {info.replicas} "
+                                  f"replica(s), not {body.replicas}")
         if not created:
             _check_same_namespace(info, layout, layout_d or {}, body.block_bytes)
             response.status_code = 200
@@ -350,7 +355,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """Stage blocks into the DRAM tier ahead of reads."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        staged = await blocks.prefetch(tenant, ns, body.keys)
+        staged = await blocks.prefetch(tenant, ns, body.keys, pod=True)
         blocks.observe("prefetch", "dram", 0, time.perf_counter() - t0)
         return PrefetchResponse(requested=len(body.keys), staged=staged)
 
@@ -372,7 +377,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         """Delete a batch of blocks; absent keys are not an error."""
         t0 = time.perf_counter()
         checked_keys(ns, tenant, body.keys, limits.batch_keys_max)
-        n = await blocks.delete_many(tenant, ns, body.keys)
+        n = await blocks.delete_many(tenant, ns, body.keys, pod=True)
         blocks.observe("delete", "-", 0, time.perf_counter() - t0)
         return DeleteResponse(requested=len(body.keys), deleted=n)
 

@@ -43,6 +43,10 @@ class NamespaceCreate(BaseModel):
         0, ge=0, le=limits.block_bytes_max,
         description="exact payload size every PUT must have; 0 = derived from the layout's "
                     "dtype when known, else any size")
+    replicas: int = Field(
+        1, ge=1, le=limits.namespace_replicas_max,
+        description="copies of each block in a pod, on distinct nodes (recorded pod-wide): "
+                    "writes go to every live replica, reads to any live one")
 
 
 class NamespaceOut(BaseModel):
@@ -52,6 +56,7 @@ class NamespaceOut(BaseModel):
     layout: dict[str, object]
     fingerprint: str = Field(description="hex blake2b-128 layout fingerprint ('' without layout)")
     block_bytes: int
+    replicas: int = 1
     blocks: int | None = Field(None, description="live blocks (single-namespace GET only)")
 
 

@@ -177,6 +177,10 @@ class Metrics:
                                   "Requests forwarded to the block's owner in the pod, by "
                                   "operation and outcome", ["op", "outcome"],
                                   registry=self.registry)
+        self._copies = Counter("kvstore_copy_forward",
+                               "Blocks copied to their owner after a hit at the previous owner, "
+                               "by outcome (started, dropped: past the in-flight bound, ok, "
+                               "failed)", ["outcome"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
             self.registry.register(EngineCollector(engine))
@@ -243,6 +247,10 @@ class Metrics:
         """Record one request forwarded to another node (``outcome``: ok, miss, failed,
         breaker_open)."""
         self._forwarded.labels(op, outcome).inc()
+
+    def copy_forward(self, outcome: str) -> None:
+        """Record one copy-forward event (``kvstore.service.pod_blocks.copy_forward``)."""
+        self._copies.labels(outcome).inc()
 
     def watch_pod(self, membership: Any) -> None:
         """Export the pod membership's gauges (``PodCollector``) from now on."""

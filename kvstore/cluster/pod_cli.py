@@ -231,16 +231,30 @@ _STATUS_SAMPLES = {
 }
 
 
-def parse_status_metrics(text: str) -> dict[str, float]:
-    """The engine stats `pod status` shows, from a node's Prometheus text."""
+def parse_status_metrics(text: str) -> dict[str, Any]:
+    """The engine stats `pod status` shows, from a node's Prometheus text, and the requests
+    it forwarded to other nodes (``forwarded``: {op: {outcome: count}}, from
+    kvstore_forwarded_requests_total) and its copy-forwards (``copy_forward``: {outcome:
+    count})."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
+    forwarded: dict[str, dict[str, int]] = {}
+    copies: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
+            if sample.name == "kvstore_forwarded_requests_total":
+                op, outcome = sample.labels.get("op", ""), sample.labels.get("outcome", "")
+                forwarded.setdefault(op, {})[outcome] = int(sample.value)
+                continue
+            if sample.name == "kvstore_copy_forward_total":
+                copies[sample.labels.get("outcome", "")] = int(sample.value)
+                continue
             stat = _STATUS_SAMPLES.get((sample.name, sample.labels.get("tier", "")))
             if stat is not None:
                 out[stat] = float(sample.value)
+    out["forwarded"] = forwarded
+    out["copy_forward"] = copies
     return out
 
 
@@ -261,7 +275,8 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
     nodes, namespaces = asyncio.run(read_pod(parse_endpoints(etcd), pod))
     out_nodes = []
     total: dict[str, float] = {"blocks": 0, "flash_used_bytes": 0, "capacity_bytes": 0,
-                               "hits": 0, "misses": 0}
+                               "hits": 0, "misses": 0, "forwarded_requests": 0,
+                               "forwarded_failed": 0}
     for node_id, info in sorted(nodes.items()):
         stats, error = _node_stats(info.http)
         row: dict[str, Any] = {"node_id": node_id, "http": info.http, "bulk": info.bulk,
@@ -273,8 +288,14 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
             row.update(blocks=int(stats.get("blocks", 0)),
                        flash_used_bytes=int(stats.get("flash_used_bytes", 0)),
                        hits=hits, misses=misses,
-                       hit_rate=round(hits / (hits + misses), 4) if hits + misses else None)
-            for k in ("blocks", "flash_used_bytes", "hits", "misses"):
+                       hit_rate=round(hits / (hits + misses), 4) if hits + misses else None,
+                       forwarded=stats["forwarded"], copy_forward=stats["copy_forward"],
+                       forwarded_requests=sum(n for by in stats["forwarded"].values()
+                                              for n in by.values()),
+                       forwarded_failed=sum(by.get("failed", 0) + by.get("breaker_open", 0)
+                                            for by in stats["forwarded"].values()))
+            for k in ("blocks", "flash_used_bytes", "hits", "misses", "forwarded_requests",
+                      "forwarded_failed"):
                 total[k] += row[k]
         else:
             row["error"] = error
@@ -282,10 +303,16 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
         out_nodes.append(row)
     seen = total["hits"] + total["misses"]
     return {"pod": pod, "etcd": etcd, "nodes": out_nodes, "namespaces": sorted(namespaces),
+            "replicas": {name: int(doc.get("replicas", 1) or 1)
+                         for name, doc in sorted(namespaces.items())},
             "total": {**{k: int(v) for k, v in total.items()},
                       "nodes": len(out_nodes),
                       "reachable": sum(1 for n in out_nodes if n["reachable"]),
                       "hit_rate": round(total["hits"] / seen, 4) if seen else None}}
+
+
+def _ns_label(name: str, replicas: int) -> str:
+    return name if replicas == 1 else f"{name} (x{replicas})"
 
 
 def pod_status(args: argparse.Namespace) -> int:
@@ -299,12 +326,16 @@ def pod_status(args: argparse.Namespace) -> int:
         return 0
     print(f"pod {doc['pod']} (etcd {doc['etcd']}): {doc['total']['nodes']} node(s), "
           f"{doc['total']['reachable']} reachable, namespaces: "
-          f"{', '.join(doc['namespaces']) or '-'}")
+          f"{', '.join(_ns_label(n, doc['replicas'].get(n, 1)) for n in doc['namespaces']) or '-'}")
     for n in doc["nodes"]:
         if n["reachable"]:
             rate = "-" if n["hit_rate"] is None else f"{n['hit_rate']:.1%}"
+            ops = ", ".join(f"{op} {sum(by.values())}" for op, by in sorted(n["forwarded"].items())
+                            if sum(by.values()))
             print(f"  {n['node_id']:<12} {n['http']:<28} up    blocks {n['blocks']:<8} "
-                  f"flash {n['flash_used_bytes']}/{n['capacity_bytes']}  hit rate {rate}")
+                  f"flash {n['flash_used_bytes']}/{n['capacity_bytes']}  hit rate {rate}  "
+                  f"forwarded {n['forwarded_requests']} ({n['forwarded_failed']} failed"
+                  f"{'; ' + ops if ops else ''})")
         else:
             print(f"  {n['node_id']:<12} {n['http']:<28} DOWN  ({n['error']})")
     return 0

@@ -32,7 +32,7 @@ class Catalog:
         for d in doc["namespaces"]:
             info = NamespaceInfo(d["name"], d["created"], d.get("owner", ""),
                                  dict(d.get("layout") or {}), d.get("fingerprint", ""),
-                                 int(d.get("block_bytes", 0)))
+                                 int(d.get("block_bytes", 0)), int(d.get("replicas", 1)))
             cat.by_name[info.name] = (int(d["id"]), info)
         return cat
 
@@ -41,12 +41,14 @@ class Catalog:
             "next_id": self.next_id,
             "namespaces": [
                 {"id": i, "name": n.name, "created": n.created, "owner": n.owner,
-                 "layout": n.layout, "fingerprint": n.fingerprint, "block_bytes": n.block_bytes}
+                 "layout": n.layout, "fingerprint": n.fingerprint, "block_bytes": n.block_bytes,
+                 "replicas": n.replicas}
                 for i, n in self.by_name.values()
             ],
         }, use_bin_type=True)
 
-    def create(self, name: str, owner: str, layout: dict | None, block_bytes: int) -> NamespaceInfo:
+    def create(self, name: str, owner: str, layout: dict | None, block_bytes: int,
+               replicas: int = 1) -> NamespaceInfo:
         validate_namespace(name)
         if name in self.by_name:
             raise AlreadyExists(f"namespace {name} exists", owner=self.by_name[name][1].owner)
@@ -56,6 +58,8 @@ class Catalog:
             raise LimitExceeded("namespace ids exhausted")
         if block_bytes < 0 or block_bytes > limits.block_bytes_max:
             raise InvalidArgument("block_bytes out of range")
+        if not 1 <= replicas <= limits.namespace_replicas_max:
+            raise InvalidArgument(f"replicas must be 1..{limits.namespace_replicas_max}")
         fingerprint = ""
         layout_d: dict[str, object] = {}
         if layout:
@@ -69,7 +73,8 @@ class Catalog:
                 block_bytes = lay.block_bytes() or 0
             if block_bytes > limits.block_bytes_max:
                 raise InvalidArgument("layout's block size exceeds block_bytes_max")
-        info = NamespaceInfo(name, time.time(), owner, layout_d, fingerprint, block_bytes)
+        info = NamespaceInfo(name, time.time(), owner, layout_d, fingerprint, block_bytes,
+                             replicas)
         self.by_name[name] = (self.next_id, info)
         self.next_id += 1
         return info

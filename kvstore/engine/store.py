@@ -108,10 +108,10 @@ class Engine:
 
     # ------------------------------------------------------------------ namespaces
     def create_namespace(self, name: str, *, owner: str = "", layout: dict | None = None,
-                         block_bytes: int = 0) -> NamespaceInfo:
+                         block_bytes: int = 0, replicas: int = 1) -> NamespaceInfo:
         st = self.state
         with st.lock:
-            info = st.catalog.create(name, owner, layout, block_bytes)
+            info = st.catalog.create(name, owner, layout, block_bytes, replicas)
             st.save_catalog()
             return info
 

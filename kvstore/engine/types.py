@@ -85,6 +85,7 @@ class NamespaceInfo:
     layout: dict[str, object] = field(default_factory=dict)  # keys.Layout fields, if given
     fingerprint: str = ""  # hex layout fingerprint, if a layout was given
     block_bytes: int = 0  # exact block size the layout fixes, 0 = any
+    replicas: int = 1  # copies of each block in a pod (distinct nodes); 1 on a node alone
 
 
 class ReadOutcome(enum.Enum):

@@ -29,6 +29,7 @@ from kvstore.service import pod_blocks
 from kvstore.service.runner import EngineRunner
 
 if TYPE_CHECKING:
+    from kvstore.cluster.membership import NodeInfo
     from kvstore.service.forward import Forwarder
 
 T = TypeVar("T")
@@ -75,16 +76,18 @@ class BlockService:
                 if self.policy.visible(tenant, i.name, i.owner)]
 
     async def create_namespace(self, tenant: Tenant, ns: str, *, layout: dict[str, Any] | None = None,
-                               block_bytes: int = 0) -> tuple[NamespaceInfo, bool]:
+                               block_bytes: int = 0, replicas: int = 1,
+                               ) -> tuple[NamespaceInfo, bool]:
         """(namespace, created). An existing namespace the caller owns comes back with False;
-        someone else's is ``NamespaceTaken`` (an AccessDenied), an ownerless one AccessDenied."""
+        someone else's is ``NamespaceTaken`` (an AccessDenied), an ownerless one AccessDenied.
+        ``replicas``: copies of each block in a pod (recorded pod-wide with the namespace)."""
         info = self.authorize(tenant, ns, Op.CREATE)
         if info is not None:
             return info, False
         try:
             info = await self.runner.call(self.engine.create_namespace, ns,
                                           owner=self.policy.owner_for_new(tenant), layout=layout,
-                                          block_bytes=block_bytes)
+                                          block_bytes=block_bytes, replicas=replicas)
         except AlreadyExists:  # created meanwhile: the policy decides again
             info = self.authorize(tenant, ns, Op.CREATE)
             if info is None:
@@ -103,20 +106,29 @@ class BlockService:
     # -- blocks ----------------------------------------------------------------------------
     async def put_many(self, tenant: Tenant, ns: str, items: list[tuple[str, object]], *,
                        checksums: Sequence[int] | None = None, ttl_seconds: float = 0.0,
-                       overwrite: bool = False) -> list[bool]:
-        """Store a batch in one engine call on a thread; one ``created`` flag per block."""
+                       overwrite: bool = False,
+                       metas: Sequence[bytes] | None = None) -> list[bool]:
+        """Store a batch in one engine call on a thread; one ``created`` flag per block.
+        ``metas``: each block's opaque metadata (a forwarded S3 PUT's headers)."""
         self.authorize(tenant, ns, Op.WRITE)
         return await self.runner.call(self.put_many_sync, ns, items, checksums, ttl_seconds,
-                                      overwrite)
+                                      overwrite, metas)
 
     def put_many_sync(self, ns: str, items: list[tuple[str, object]],
                       checksums: Sequence[int] | None, ttl_seconds: float,
-                      overwrite: bool) -> list[bool]:
+                      overwrite: bool, metas: Sequence[bytes] | None = None) -> list[bool]:
         """Engine thread side of ``put_many`` (for callers already on a thread, after
         ``authorize``)."""
         res = self.engine.put_many(ns, items, checksums=checksums, ttl_seconds=ttl_seconds,
-                                   overwrite=overwrite)
-        return [r.created for r in res]
+                                   overwrite=overwrite, metas=metas)
+        out = [r.created for r in res]
+        if overwrite and metas:  # same bytes, new metadata (a forwarded S3 PUT): rewrite it
+            for i, (key, data) in enumerate(items):
+                if not out[i] and res[i].meta.meta != metas[i]:
+                    self.engine.delete(ns, key)
+                    out[i] = self.engine.put(ns, key, data, meta=metas[i],
+                                             ttl_seconds=ttl_seconds, overwrite=True).created
+        return out
 
     def exists_many(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> list[bool]:
         """Index only: inline."""
@@ -149,34 +161,53 @@ class BlockService:
         self.authorize(tenant, ns, Op.READ)
         return await pod_blocks.lookup(self, self.forward, tenant, ns, keys, lease_seconds)
 
-    async def delete_many(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
+    async def delete_many(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
+                          pod: bool = False) -> int:
+        """Delete here; with ``pod`` (the HTTP front ends) at each key's replicas and previous
+        owner. The bulk port calls it without ``pod``: a forwarded request is never forwarded
+        again (one hop)."""
         self.authorize(tenant, ns, Op.DELETE)
-        if self.forward is not None:
+        if pod and self.forward is not None:
             return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, keys)
         return await self.runner.call(self.engine.delete_many, ns, keys)
 
     async def delete(self, tenant: Tenant, ns: str, key: str) -> bool:
         self.authorize(tenant, ns, Op.DELETE)
-        if self.forward is not None and self.forward.owner(ns, key) is not None:
+        if self.forward is not None:  # at every replica (this node's copy too, if any)
             return await pod_blocks.count_op(self, self.forward, "delete", tenant, ns, [key]) > 0
         return await self.runner.call(self.engine.delete, ns, key)
 
-    async def prefetch(self, tenant: Tenant, ns: str, keys: Sequence[str]) -> int:
+    async def prefetch(self, tenant: Tenant, ns: str, keys: Sequence[str], *,
+                       pod: bool = False) -> int:
+        """Stage blocks in DRAM here; with ``pod`` (the HTTP front ends) at their owners."""
         self.authorize(tenant, ns, Op.READ)
-        if self.forward is not None:
+        if pod and self.forward is not None:
             return await pod_blocks.count_op(self, self.forward, "prefetch", tenant, ns, keys)
         return await self.runner.call(self.engine.prefetch, ns, keys)
 
-    async def put_remote(self, tenant: Tenant, ns: str, key: str, data: object, *,
-                         overwrite: bool) -> tuple[bool, bool | None]:
-        """After ``authorize`` for WRITE: store at the block's owner when that is another node.
-        (False, None): the block is this node's, store it here; (True, created): forwarded,
-        ``created`` None when the owner did not answer (a skipped write, counted)."""
-        owner = None if self.forward is None else self.forward.owner(ns, key)
-        if owner is None:
-            return False, None
-        assert self.forward is not None
-        return True, await self.forward.put(owner, tenant, ns, key, data, overwrite=overwrite)
+    def pod_targets(self, ns: str, key: str) -> tuple[bool, list[NodeInfo]]:
+        """Where a write of the block goes: (this node stores it, the other live replicas to
+        forward it to). (True, []) on a node alone."""
+        if self.forward is None:
+            return True, []
+        reps, _ = self.forward.owners(ns, key)
+        if not reps:
+            return True, []
+        fw = self.forward
+        return any(fw.is_self(n) for n in reps), [n for n in reps if not fw.is_self(n)]
+
+    async def put_replicas(self, tenant: Tenant, ns: str, key: str, data: object,
+                           nodes: list[NodeInfo], *, overwrite: bool,
+                           meta: bytes = b"") -> bool | None:
+        """After ``authorize`` for WRITE: store at the other replicas ``nodes``
+        (``pod_targets``), with ``meta`` (the S3 metadata), in parallel. True: some node
+        created it; False: every node that answered had it; None: none answered (a skipped
+        write, counted and logged) or there was none. An overwrite also deletes the block at
+        its previous owner (``pod_blocks.put``); call it with no ``nodes`` for that alone."""
+        if self.forward is None:
+            return None
+        return await pod_blocks.put(self, self.forward, tenant, ns, key, data, nodes,
+                                    overwrite=overwrite, meta=meta)
 
     async def head(self, ns: str, key: str, *, tenant: Tenant | None = None) -> BlockMeta | None:
         """After ``authorize`` for READ: from DRAM inline, else one header read on a thread.

@@ -44,22 +44,38 @@ __all__ = ["Forwarder", "NodeInfo", "checksum_of"]
 
 log = logging.getLogger("kvstore.forward")
 T = TypeVar("T")
+# a forwarded block: (bytes, stored metadata, created, expires: 0 = never)
+Record = tuple[bytes, bytes, float, float]
 
 OUTCOMES = ("ok", "miss", "failed", "breaker_open")
-OPS = ("get", "head", "put", "delete", "exists", "lookup", "prefetch", "list")
+OPS = ("get", "head", "put", "delete", "exists", "lookup", "prefetch", "list", "copy")
 
 
 class Forwarder:
     def __init__(self, membership: Membership, *,
                  timeout_s: float = limits.forward_timeout_seconds_default,
-                 metrics: Callable[[], Any] = lambda: None) -> None:
+                 metrics: Callable[[], Any] = lambda: None,
+                 replicas_of: Callable[[str], int] = lambda ns: 1,
+                 previous_owner_read: bool = True) -> None:
         self.membership = membership
         self.timeout_s = timeout_s
+        self._replicas_of = replicas_of
+        self.previous_owner_read = previous_owner_read
         self._metrics = metrics
         self._clients: OrderedDict[tuple[str, str, str, str], AsyncClient] = OrderedDict()
         self._breakers: dict[str, Breaker] = {}
+        # copy-forwards in flight (pod_blocks.copy_forward), one per block at most
+        self.copies: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     # -- placement -------------------------------------------------------------------------
+    def replicas(self, ns: str) -> int:
+        """The namespace's replica count (1 when unknown here)."""
+        try:
+            n = int(self._replicas_of(ns))
+        except Exception:  # noqa: BLE001 - an absent namespace: the caller's call says so
+            return 1
+        return max(1, min(n, limits.namespace_replicas_max))
+
     def ranked(self, ns: str, key: str, n: int = 1) -> list[NodeInfo]:
         """The block's ``n`` best owners in rendezvous order (empty: no pod view with us)."""
         m = self.membership
@@ -67,30 +83,47 @@ class Forwarder:
             return []
         return m.owners(ns, key, n)
 
+    def owners(self, ns: str, key: str) -> tuple[list[NodeInfo], NodeInfo | None]:
+        """(the block's live replicas, best first; its previous owner): the ``replicas(ns)``
+        best nodes in rendezvous order, and the next one (the last replica before the latest
+        join: the one extra node a read that missed at every replica asks; None when there is
+        none, or when previous-owner reads are off). Both empty/None without a pod view."""
+        r = self.replicas(ns)
+        ranked = self.ranked(ns, key, r + 1)
+        prev = ranked[r] if len(ranked) > r and self.previous_owner_read else None
+        return ranked[:r], prev
+
     def owner(self, ns: str, key: str) -> NodeInfo | None:
-        """The live node that owns the block when it is not this one (None: serve locally)."""
-        best = self.ranked(ns, key, 1)
-        if not best or best[0].node_id == self.membership.self_id:
+        """The node a read of the block goes to when that is not this one (None: this node is
+        a replica, or there is no pod: serve locally)."""
+        reps, _ = self.owners(ns, key)
+        if not reps or any(self.is_self(n) for n in reps):
             return None
-        return best[0]
+        return reps[0]
 
     def previous_owner(self, ns: str, key: str) -> NodeInfo | None:
-        """The next node in rendezvous order (the owner before the last join), None when that
-        is this node or there is none: the one extra hop a miss at the owner may take."""
-        ranked = self.ranked(ns, key, 2)
-        if len(ranked) < 2:
-            return None
-        return ranked[1]
+        """The node after the replicas in rendezvous order (see ``owners``)."""
+        return self.owners(ns, key)[1]
 
     def is_self(self, node: NodeInfo) -> bool:
         return node.node_id == self.membership.self_id
 
-    def group(self, ns: str, keys: Sequence[str]) -> dict[str | None, list[int]]:
-        """Key indexes by owner (None: this node's), in the caller's order."""
+    def group(self, ns: str, keys: Sequence[str], *,
+              every_replica: bool = False) -> dict[str | None, list[int]]:
+        """Key indexes by the node to ask (None: this node), in the caller's order: one node
+        per key (this one when it is a replica, else the first replica), or with
+        ``every_replica`` each of its replicas and its previous owner (a delete)."""
         out: dict[str | None, list[int]] = {}
         for i, k in enumerate(keys):
-            o = self.owner(ns, k)
-            out.setdefault(None if o is None else o.node_id, []).append(i)
+            if every_replica:  # and the previous owner: a delete must not leave a copy there
+                reps, prev = self.owners(ns, k)
+                nodes = [*reps, prev] if prev is not None else reps
+                ids = {None if self.is_self(n) else n.node_id for n in nodes} or {None}
+            else:
+                o = self.owner(ns, k)
+                ids = {None if o is None else o.node_id}
+            for node_id in ids:
+                out.setdefault(node_id, []).append(i)
         return out
 
     def node(self, node_id: str) -> NodeInfo | None:
@@ -139,6 +172,12 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 m.forwarded(op, outcome)
 
+    def count_copy(self, outcome: str) -> None:
+        m = self._metrics()
+        if m is not None:
+            with contextlib.suppress(Exception):
+                m.copy_forward(outcome)
+
     async def call(self, op: str, node: NodeInfo, tenant: Tenant, ns: str,
                    fn: Callable[[AsyncClient], Awaitable[T]], failed: T) -> tuple[T, bool]:
         """``fn(client)`` at ``node``: (its answer, True), or (``failed``, False) when the node
@@ -163,24 +202,35 @@ class Forwarder:
         return res, True
 
     # -- the forwarded operations (each one node, one round) -------------------------------
+    async def fetch(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, *,
+                    op: str = "get") -> tuple[Record | None, bool]:
+        """(the block's bytes, metadata and creation time at ``node``, or None for a miss;
+        whether the node answered)."""
+        rec, ok = await self.call(op, node, tenant, ns, lambda c: c.get_record(key), None)
+        if ok:
+            self.count(op, "ok" if rec is not None else "miss")
+        return rec, ok
+
     async def get(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, *,
                   op: str = "get") -> bytes | None:
         """The block's bytes at ``node`` (None: a miss, or the node did not answer)."""
-        data, ok = await self.call(op, node, tenant, ns, lambda c: c.get(key), None)
-        if ok:
-            self.count(op, "ok" if data is not None else "miss")
-        return data
+        rec, _ = await self.fetch(node, tenant, ns, key, op=op)
+        return None if rec is None else rec[0]
 
     async def put(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, data: Any, *,
-                  overwrite: bool) -> bool | None:
-        """Store at ``node``: the created flag, or None for a skipped write."""
+                  overwrite: bool, meta: bytes = b"", op: str = "put",
+                  ttl_seconds: float = 0.0) -> bool | None:
+        """Store at ``node`` (with ``meta``, the S3 metadata): the created flag, or None for a
+        skipped write."""
         created, ok = await self.call(
-            "put", node, tenant, ns, lambda c: c.put(key, data, overwrite=overwrite), None)
+            op, node, tenant, ns,
+            lambda c: c.put_many([key], [data], overwrite=overwrite, metas=[meta],
+                                 ttl_seconds=ttl_seconds), None)
         if ok:
-            self.count("put", "ok")
-        else:
-            log.warning("write of %s/%s skipped: owner %s did not answer", ns, key, node.node_id)
-        return created
+            self.count(op, "ok")
+            return bool(created[0]) if created else False
+        log.warning("write of %s/%s skipped: owner %s did not answer", ns, key, node.node_id)
+        return None
 
     async def keyed(self, op: str, node: NodeInfo, tenant: Tenant, ns: str,
                     fn: Callable[[AsyncClient], Awaitable[T]], failed: T) -> T:
@@ -189,12 +239,27 @@ class Forwarder:
             self.count(op, "ok")
         return res
 
+    def cancel_copies(self, ns: str, keys: Sequence[str]) -> None:
+        """Stop this node's copy-forwards of blocks being deleted (a copy that lands after the
+        delete would bring the block back)."""
+        if not self.copies:
+            return
+        for k in keys:
+            task = self.copies.pop((ns, k), None)
+            if task is not None:
+                task.cancel()
+
     async def close(self) -> None:
+        copies, self.copies = list(self.copies.values()), {}
+        for t in copies:
+            t.cancel()
+        if copies:
+            await asyncio.wait(copies, timeout=self.timeout_s)
         clients, self._clients = list(self._clients.values()), OrderedDict()
         for c in clients:
             await c.close()
 
 
-def checksum_of(data: bytes | memoryview) -> int:
+def checksum_of(data: bytes | bytearray | memoryview) -> int:
     """The engine's block checksum (xxh3-64) of forwarded bytes: the ETag the owner reports."""
     return int(block_checksum(data))

@@ -5,7 +5,7 @@
 
 - a namespace created or deleted here (S3 CreateBucket/DeleteBucket, ``/v1/namespaces``, a bulk
   HELLO that creates) is written to ``/kvstore/<pod>/namespaces/<name>`` (owner, layout, block
-  size) after the local engine did it; while etcd is down the write waits and is made when etcd
+  size, replica count) after the local engine did it; while etcd is down the write waits and is made when etcd
   is back;
 - a namespace put or deleted in etcd (by any node, and those found at each (re)connect) is
   created in or deleted from this node's engine catalog, so it is usable here within the watch's
@@ -36,7 +36,8 @@ class NamespaceRecord(Protocol):
 
 def record_of(info: NamespaceInfo) -> dict[str, Any]:
     """The etcd value of a namespace."""
-    return {"owner": info.owner, "layout": dict(info.layout), "block_bytes": info.block_bytes}
+    return {"owner": info.owner, "layout": dict(info.layout), "block_bytes": info.block_bytes,
+            "replicas": info.replicas}
 
 
 class PodNamespaces:
@@ -68,7 +69,8 @@ class PodNamespaces:
         try:
             await runner.call(engine.create_namespace, name, owner=str(value.get("owner", "")),
                               layout=value.get("layout") or None,
-                              block_bytes=int(value.get("block_bytes", 0) or 0))
+                              block_bytes=int(value.get("block_bytes", 0) or 0),
+                              replicas=int(value.get("replicas", 1) or 1))
         except AlreadyExists:
             return
         except (KVStoreError, TypeError, ValueError) as exc:

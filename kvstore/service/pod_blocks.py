@@ -1,62 +1,181 @@
 """``BlockService``'s pod side: the block calls split by owner, forwarded, merged.
 
 Each function is one parallel round over the owners concerned (this node's part runs on the
-local engine as before), except a read that misses at the owner, which asks the previous
-owner (the next node in rendezvous order: the owner before the last join) once more: no data
-moves when a node joins, and a warm block is still found where it was written.
+local engine as before), except a read, which asks a block's replicas (the namespace's replica
+count of nodes, in rendezvous order) one after the other and then the previous owner (the
+next node in rendezvous order: the last replica before the latest join) once more: no data
+moves when a node joins, and a warm block is still found where it was written. A hit at the
+previous owner is copied forward to the replicas that missed it, in the background.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from kvstore import limits
 from kvstore.auth import Tenant
 from kvstore.cluster.membership import NodeInfo
 from kvstore.engine.reader import BlockView
 from kvstore.engine.types import BlockMeta, LookupResult
-from kvstore.service.forward import Forwarder, checksum_of
+from kvstore.service.forward import Forwarder, Record, checksum_of
+
+log = logging.getLogger("kvstore.forward")
 
 if TYPE_CHECKING:
     from kvstore.service.blocks import BlockService
 
 LOCAL: Any = object()  # "this node's block: read it here"
+SELF: Any = object()  # "this node" among the replicas a copy-forward writes to
 
 
-def _view(ns: str, key: str, data: bytes) -> BlockView:
-    """A view over forwarded bytes: immutable (``stable``), checksum as the owner stores it.
-    The bulk protocol carries no creation time or S3 metadata: ``created`` is now."""
-    meta = BlockMeta(ns, key, len(data), checksum_of(data), 0, time.time())
-    return BlockView(meta, memoryview(data), stable=True)
+def _view(ns: str, key: str, rec: Record) -> BlockView:
+    """A view over a forwarded block: immutable (``stable``), checksum, metadata and creation
+    time as the owner stores them."""
+    data, meta, created, expires = rec
+    bm = BlockMeta(ns, key, len(data), checksum_of(data), 0, created or time.time(), expires,
+                   meta)
+    return BlockView(bm, memoryview(data), stable=True)
+
+
+def _has(bs: BlockService, ns: str, key: str) -> bool:
+    return bool(bs.engine.exists_many(ns, [key])[0])
 
 
 async def remote_view(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
                       op: str) -> BlockView | None | Any:
-    """The block read at its owner (a view, or None for a miss), or ``LOCAL`` when this node
-    should read it itself. A miss at the owner asks the previous owner, one extra hop."""
-    owner = fw.owner(ns, key)
-    prev = fw.previous_owner(ns, key)
-    if owner is None:  # ours: only a local miss goes on to the previous owner
-        if prev is None or fw.is_self(prev) or bs.engine.exists_many(ns, [key])[0]:
-            return LOCAL
-        data = await fw.get(prev, tenant, ns, key, op=op)
-        return LOCAL if data is None else _view(ns, key, data)
-    data = await fw.get(owner, tenant, ns, key, op=op)
-    if data is None and prev is not None:
-        if fw.is_self(prev):
-            return LOCAL
-        data = await fw.get(prev, tenant, ns, key, op=op)
-    return None if data is None else _view(ns, key, data)
+    """The block read in the pod (a view, or None for a miss), or ``LOCAL`` when this node
+    should read it itself. The replicas are asked one after the other (this node first when it
+    is one), then the previous owner once: one extra hop. A hit is copied forward to the
+    replicas asked before it that answered a miss (``copy_forward``, in the background): a
+    replica that missed a write, or the new owner after a join."""
+    reps, prev = fw.owners(ns, key)
+    if not reps:
+        return LOCAL
+    mine = any(fw.is_self(n) for n in reps)
+    if mine and _has(bs, ns, key):
+        return LOCAL
+    missed: list[Any] = [SELF] if mine else []  # replicas that answered "not here"
+    for node in reps:
+        if fw.is_self(node):
+            continue
+        rec, answered = await fw.fetch(node, tenant, ns, key, op=op)
+        if rec is not None:  # repair the replicas before it that answered a miss
+            copy_forward(bs, fw, tenant, ns, key, rec, missed)
+            return _view(ns, key, rec)
+        if answered:
+            missed.append(node)
+    if prev is None:
+        return None
+    if fw.is_self(prev):
+        if not _has(bs, ns, key):
+            return None
+        copy_forward(bs, fw, tenant, ns, key, None, missed)
+        return LOCAL
+    rec, _ = await fw.fetch(prev, tenant, ns, key, op=op)
+    if rec is None:
+        return None
+    copy_forward(bs, fw, tenant, ns, key, rec, missed)
+    return _view(ns, key, rec)
 
 
-def _parts(fw: Forwarder, ns: str, keys: Sequence[str]) -> tuple[list[int],
-                                                                 list[tuple[NodeInfo, list[int]]]]:
+def copy_forward(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
+                 rec: Record | None, targets: list[Any]) -> None:
+    """Copy a block found at its previous owner (or at a later replica) to the replicas that
+    missed it (``SELF``: this node), in the background; ``rec`` None: the block is this node's (read here). At most
+    ``limits.copy_forward_inflight_max`` copies run at once on a node; one past it is dropped
+    (the next read finds the block at the previous owner again). Counted in
+    ``kvstore_copy_forward_total{outcome}`` (started, dropped, ok, failed)."""
+    if not targets or (ns, key) in fw.copies:  # nothing to do, or already being copied
+        return
+    if len(fw.copies) >= limits.copy_forward_inflight_max:
+        fw.count_copy("dropped")
+        return
+    fw.count_copy("started")
+    task = asyncio.ensure_future(_copy(bs, fw, tenant, ns, key, rec, targets))
+    fw.copies[(ns, key)] = task
+    task.add_done_callback(lambda t: fw.copies.pop((ns, key), None) if fw.copies.get(
+        (ns, key)) is t else None)
+
+
+async def _copy(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
+                rec: Record | None, targets: list[Any]) -> None:
+    try:
+        if rec is None:
+            def read() -> Record | None:
+                with bs.engine.acquire(ns, key) as v:
+                    return None if v is None else (bytes(v.payload), v.meta.meta,
+                                                   v.meta.created, v.meta.expires)
+
+            rec = await bs.runner.call(read)
+            if rec is None:
+                fw.count_copy("failed")
+                return
+        data, meta, _, expires = rec
+        ttl = 0.0
+        if expires:  # the copy expires when the original does
+            ttl = expires - time.time()
+            if ttl <= 0:
+                return
+        for node in targets:
+            if node is SELF:
+                await bs.runner.call(functools.partial(bs.engine.put, ns, key, data, meta=meta,
+                                                       ttl_seconds=ttl))
+                ok = True
+            else:
+                ok = await fw.put(node, tenant, ns, key, data, overwrite=False, meta=meta,
+                                  op="copy", ttl_seconds=ttl) is not None
+            fw.count_copy("ok" if ok else "failed")
+    except asyncio.CancelledError:  # the block is being deleted
+        fw.count_copy("failed")
+        raise
+    except Exception as exc:  # noqa: BLE001 - a background copy must never surface
+        fw.count_copy("failed")
+        log.warning("copy-forward of %s/%s failed: %r", ns, key, exc)
+
+
+async def put(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str, data: Any,
+              nodes: list[NodeInfo], *, overwrite: bool, meta: bytes = b"") -> bool | None:
+    """Store at each of ``nodes`` (other nodes' replicas), in parallel: True when some node
+    created it, False when every node that answered had it, None when none answered (or there
+    was none). An overwrite also deletes the block at its previous owner, in the same round:
+    else a later miss at the replicas (an eviction) would read the old bytes back there."""
+    stale = _stale(fw, ns, key, nodes) if overwrite else None
+    got = await asyncio.gather(
+        *(fw.put(n, tenant, ns, key, data, overwrite=overwrite, meta=meta) for n in nodes),
+        _drop_stale(bs, fw, tenant, ns, key, stale))
+    answered = [g for g in got[:len(nodes)] if g is not None]
+    return any(answered) if answered else None
+
+
+def _stale(fw: Forwarder, ns: str, key: str, nodes: list[NodeInfo]) -> Any:
+    """The previous owner when it is not a replica (``SELF`` for this node), else None."""
+    reps, prev = fw.owners(ns, key)
+    if prev is None or any(prev.node_id == n.node_id for n in reps):
+        return None
+    return SELF if fw.is_self(prev) else prev
+
+
+async def _drop_stale(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str, key: str,
+                      stale: Any) -> None:
+    if stale is None:
+        return
+    if stale is SELF:
+        await bs.runner.call(bs.engine.delete, ns, key)
+        return
+    await fw.keyed("delete", stale, tenant, ns, lambda c: c.delete_many([key]), 0)
+
+
+def _parts(fw: Forwarder, ns: str, keys: Sequence[str], every_replica: bool = False,
+           ) -> tuple[list[int], list[tuple[NodeInfo, list[int]]]]:
     """(this node's key indexes, [(owner, its key indexes)]) in the caller's order."""
     local: list[int] = []
     remote: list[tuple[NodeInfo, list[int]]] = []
-    for node_id, idxs in fw.group(ns, keys).items():
+    for node_id, idxs in fw.group(ns, keys, every_replica=every_replica).items():
         node = None if node_id is None else fw.node(node_id)
         if node is None:
             local += idxs
@@ -112,9 +231,12 @@ async def lookup(bs: BlockService, fw: Forwarder, tenant: Tenant, ns: str,
 
 async def count_op(bs: BlockService, fw: Forwarder, op: str, tenant: Tenant, ns: str,
                    keys: Sequence[str]) -> int:
-    """``delete`` or ``prefetch`` at each key's owner: the sum of the owners' counts (a node
-    that does not answer counts 0)."""
-    local, remote = _parts(fw, ns, keys)
+    """``delete`` (at every replica) or ``prefetch`` (at one) of each key: the sum of the
+    nodes' counts (a node that does not answer counts 0; with replicas, a delete counts each
+    copy it removed)."""
+    if op == "delete":
+        fw.cancel_copies(ns, keys)
+    local, remote = _parts(fw, ns, keys, every_replica=op == "delete")  # + previous owner
     local_fn = bs.engine.delete_many if op == "delete" else bs.engine.prefetch
 
     async def mine() -> int:

@@ -79,7 +79,7 @@ def _get(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
         return nixl.get_batch(p, rid, req)
     if out_of_band(flags):
         return shm.get_batch(p, rid, req)
-    return get_batch(p, rid, req.keys)
+    return get_batch(p, rid, req.keys, with_meta=req.with_meta)
 
 
 def _put_oob(p: BulkProtocol, t: Tenant, rid: int, header: dict[str, Any],
@@ -151,7 +151,7 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[A
                                           list(zip(batch.keys, views, strict=True)),
                                           checksums=batch.checksums,
                                           ttl_seconds=batch.ttl_seconds,
-                                          overwrite=batch.overwrite)
+                                          overwrite=batch.overwrite, metas=batch.metas)
     finally:
         for b in bufs:
             p.ctx.pool.release(b)
@@ -159,9 +159,11 @@ async def put_batch(p: BulkProtocol, rid: int, batch: msg.PutBatch, bufs: list[A
     p.observe("bulk_put", sum(batch.lengths), started)
 
 
-async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
+async def get_batch(p: BulkProtocol, rid: int, keys: list[str], *,
+                    with_meta: bool = False) -> None:
     """Socket GET_BATCH (already authorized by ``dispatch``): up to ``GET_READ_AHEAD`` blocks
-    opened ahead of the socket; each lease is held until the transport flushed its bytes."""
+    opened ahead of the socket; each lease is held until the transport flushed its bytes.
+    ``with_meta``: each BLOCK header also carries the block's metadata and creation time."""
     started = time.perf_counter()
     found = nbytes = 0
     ahead: deque[tuple[int, str, asyncio.Future[BlockLease | None]]] = deque()
@@ -187,9 +189,11 @@ async def get_batch(p: BulkProtocol, rid: int, keys: list[str]) -> None:
             assert bv is not None  # the service answers a miss with no lease
             try:
                 await p.writable()
-                p.send(FrameType.BLOCK, rid,
-                       msg.BlockHeader(i, key, bv.meta.length, bv.meta.checksum).to_header(),
-                       (bv.payload,))
+                m = bv.meta
+                bh = msg.BlockHeader(i, key, m.length, m.checksum, m.meta, m.created,
+                                     m.expires) if with_meta \
+                    else msg.BlockHeader(i, key, m.length, m.checksum)
+                p.send(FrameType.BLOCK, rid, bh.to_header(), (bv.payload,))
             except BaseException:
                 lease.release()
                 raise

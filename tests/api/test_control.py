@@ -225,6 +225,20 @@ def test_namespace_create_is_idempotent_for_the_same_body(live: LiveServer) -> N
     assert live.request("DELETE", "/v1/namespaces/ns-plain")[0] == 204
 
 
+def test_namespace_replica_count(live: LiveServer) -> None:
+    """A namespace's replica count (for a pod) is kept with it: shown, asked again with the
+    same or no count answers 200, with another count 409."""
+    status, doc = live.json("POST", "/v1/namespaces", {"name": "ns-rep", "replicas": 3})
+    assert status == 201 and doc["replicas"] == 3
+    assert live.state.engine.namespace("ns-rep").replicas == 3
+    assert live.json("GET", "/v1/namespaces/ns-rep")[1]["replicas"] == 3
+    assert live.json("POST", "/v1/namespaces", {"name": "ns-rep", "replicas": 3})[0] == 200
+    assert live.json("POST", "/v1/namespaces", {"name": "ns-rep"})[0] == 200
+    status, err = live.json("POST", "/v1/namespaces", {"name": "ns-rep", "replicas": 2})
+    assert status == 409 and "3 replica(s)" in err["error"]["message"]
+    assert live.json("POST", "/v1/namespaces", {"name": "ns-one"})[1]["replicas"] == 1
+
+
 @pytest.mark.parametrize(
     ("body", "name"),
     [({"name": "Bad_Name"}, "InvalidBucketName"),
@@ -232,6 +246,8 @@ def test_namespace_create_is_idempotent_for_the_same_body(live: LiveServer) -> N
      ({"name": "ns-bad", "layout": {**LAYOUT, "tp_rank": 2, "tp_size": 2}}, "InvalidArgument"),
      ({"name": "ns-bad", "layout": {**LAYOUT, "num_layers": 0}}, "InvalidArgument"),
      ({"name": "ns-bad", "block_bytes": -1}, "InvalidArgument"),
+     ({"name": "ns-bad", "replicas": 0}, "InvalidArgument"),
+     ({"name": "ns-bad", "replicas": limits.namespace_replicas_max + 1}, "InvalidArgument"),
      ({"nom": "ns-bad"}, "InvalidArgument")],
 )
 def test_namespace_create_rejects(live: LiveServer, body: dict, name: str) -> None:

@@ -288,3 +288,44 @@ def test_async_silent_node_is_a_miss_and_a_skipped_write(make_node) -> None:
         asyncio.run(run())
     finally:
         silent.close()
+
+
+def test_sync_timeout_bounds_the_whole_part_not_each_wait() -> None:
+    """A node that trickles a valid CHALLENGE one byte at a time never lets a single wait run
+    past the timeout; the pod client's deadline still gives up on it (a miss) long before the
+    frame is through, and closes the connection."""
+    import select
+    import threading
+
+    from kvstore_wire.frames import FrameType, encode_frame
+
+    frame = encode_frame(FrameType.CHALLENGE, 0, {"nonce": b"n" * 32})
+    lsock = socket.create_server(("127.0.0.14", 0))
+    port = lsock.getsockname()[1]
+    sent: list[int] = []
+
+    def trickle() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            n = 0
+            for n in range(1, len(frame) + 1):  # bounded: one byte per 0.05 s
+                try:
+                    conn.sendall(frame[n - 1:n])
+                except OSError:
+                    break
+                readable, _, _ = select.select([conn], [], [], 0.05)
+                if readable and not conn.recv(4096):  # the client hung up
+                    break
+            sent.append(n)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    try:
+        with PodClient(nodes=[("slow", f"127.0.0.14:{port}")], namespace=NS,
+                       timeout=0.3) as pod:
+            assert pod.get("k1") is None  # a miss, not an exception
+            assert pod.client_stats()["node_failures"] == 1
+        t.join(WAIT_SECONDS_MAX)
+        assert sent and sent[0] < len(frame), (sent, len(frame))
+    finally:
+        lsock.close()

@@ -1,7 +1,7 @@
 """Any-node access with real ``kvstore serve`` processes on 127.0.0.11-13 (static ``--peers``)
 and boto3: a block PUT through one node is read byte-exact through another and lands on its
 owner; a SIGKILLed owner's blocks turn into 404s while every other block keeps serving, with
-no 5xx; the forwarded-request counter counts; a previous owner is asked after a join."""
+no 5xx; the forwarded-request counter counts; a previous owner is asked after a join, and its hits are copied forward to the new owner."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from kvstore_client import Client
 from kvstore.cluster.membership import StaticMembership, load_peers
 
 from .conftest import free_port
-from .nodes import PodNode
+from .nodes import PodNode, until
 
 BUCKET = "pod"
 
@@ -67,11 +67,11 @@ def pod3(tmp_path: Path) -> Iterator[tuple[list[PodNode], StaticMembership]]:
             n.kill()
 
 
-def local_has(node: PodNode, keys: list[str]) -> list[bool]:
+def local_has(node: PodNode, keys: list[str], ns: str = BUCKET) -> list[bool]:
     """What ``node`` itself stores: its bulk port, which never forwards."""
     m = re.search(rf"bulk .*?{re.escape(node.host)}:(\d+)", node.out)
     assert m, node.out
-    with Client(node.host, int(m.group(1)), namespace=BUCKET, timeout=5) as c:
+    with Client(node.host, int(m.group(1)), namespace=ns, timeout=5) as c:
         return c.exists_many(keys)
 
 
@@ -79,6 +79,12 @@ def forwarded(node: PodNode, op: str, outcome: str) -> float:
     text = node.request("GET", "/metrics")[1].decode()
     m = re.search(rf'kvstore_forwarded_requests_total{{op="{op}",outcome="{outcome}"}} (\S+)',
                   text)
+    return float(m.group(1)) if m else 0.0
+
+
+def copies(node: PodNode, outcome: str) -> float:
+    text = node.request("GET", "/metrics")[1].decode()
+    m = re.search(rf'kvstore_copy_forward_total{{outcome="{outcome}"}} (\S+)', text)
     return float(m.group(1)) if m else 0.0
 
 
@@ -185,11 +191,33 @@ def test_a_join_without_a_cliff_reads_ask_the_previous_owner(tmp_path: Path) -> 
     nodes = start(tmp_path, three, ports, [1, 2, 3])
     try:
         s3(nodes[2]).create_bucket(Bucket=BUCKET)
+        assert local_has(nodes[2], moved) == [False] * len(moved)
         for n in nodes:
-            assert local_has(nodes[2], moved) == [False] * len(moved)
             for k in keys:  # every block of the warm pod still hits, through every node
                 assert s3(n).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
                 assert s3(n).head_object(Bucket=BUCKET, Key=k)["ContentLength"] == len(data[k])
+        # copy-forward: each hit at the previous owner was copied to the new owner, node3
+        until(lambda: local_has(nodes[2], moved) == [True] * len(moved), "blocks copied forward")
+        assert sum(copies(n, "ok") for n in nodes) >= len(moved)
+        assert sum(copies(n, "failed") + copies(n, "dropped") for n in nodes) == 0
+        by_id = {n.node_id: n for n in nodes}
+        prev = {k: by_id[before.owners(BUCKET, k)[0].node_id] for k in moved}
+        assert all(local_has(prev[k], [k]) == [True] for k in moved)  # copies, not moves
+        gone, rewritten = moved[0], moved[1]
+        s3(nodes[0]).delete_object(Bucket=BUCKET, Key=gone)  # at the owner and the previous one
+        data[rewritten] = b"new bytes"
+        s3(nodes[1]).put_object(Bucket=BUCKET, Key=rewritten, Body=data[rewritten])
+        assert local_has(prev[gone], [gone]) == [False]  # nothing to come back from
+        assert local_has(prev[rewritten], [rewritten]) == [False]  # no stale copy left there
+        for n in nodes:
+            with pytest.raises(ClientError) as e:
+                s3(n).get_object(Bucket=BUCKET, Key=gone)
+            assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        moved.remove(gone)
+        for n in nodes[:2]:  # the previous owners gone: node3 serves the moved blocks itself
+            n.kill()
+        for k in moved:
+            assert s3(nodes[2]).get_object(Bucket=BUCKET, Key=k)["Body"].read() == data[k]
     finally:
         for n in nodes:
             n.kill()
@@ -236,3 +264,88 @@ def test_with_credentials_peers_act_as_the_caller(tmp_path: Path) -> None:
     finally:
         for n in nodes:
             n.kill()
+
+
+def test_a_forwarded_put_keeps_its_s3_metadata(pod3) -> None:  # noqa: ANN001
+    """PUT through a node that does not own the block: the owner stores the S3 metadata it
+    came with (carried in the bulk PUT), so HEAD and GET through the owner and through a third
+    node answer the same content type, encoding, user metadata, ETag and Last-Modified."""
+    nodes, view = pod3
+    by_id = {n.node_id: n for n in nodes}
+    key = next(f"meta{i}" for i in range(1000) if view.owners(BUCKET, f"meta{i}")[0].node_id
+               == "node2")
+    a, b, c = by_id["node1"], by_id["node2"], by_id["node3"]
+    body = os.urandom(5000)
+    put = s3(a).put_object(Bucket=BUCKET, Key=key, Body=body, ContentType="text/x-kv",
+                           ContentEncoding="identity", Metadata={"model": "llama", "layer": "7"})
+    assert local_has(b, [key]) == [True] and local_has(a, [key]) == [False]
+    seen = []
+    for n in (b, c, a):
+        for got in (s3(n).head_object(Bucket=BUCKET, Key=key),
+                    s3(n).get_object(Bucket=BUCKET, Key=key)):
+            seen.append((got["ContentType"], got.get("ContentEncoding"), got["Metadata"],
+                         got["ETag"], got["LastModified"]))
+        assert s3(n).get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+    assert seen[0] == ("text/x-kv", "identity", {"model": "llama", "layer": "7"}, put["ETag"],
+                       seen[0][4])
+    assert all(s == seen[0] for s in seen), seen
+
+
+def test_multipart_copy_and_delete_objects_through_a_non_owner(pod3) -> None:  # noqa: ANN001
+    """Through node1, for blocks node2 owns: a multipart upload's parts stay on node1 and the
+    completed object lands on node2; CopyObject reads its source through the pod and writes
+    its destination through the pod; DeleteObjects deletes each key at its owner."""
+    nodes, view = pod3
+    by_id = {n.node_id: n for n in nodes}
+    a, b, c = by_id["node1"], by_id["node2"], by_id["node3"]
+
+    def owned_by(node_id: str, stem: str, n: int = 1) -> list[str]:
+        return [k for k in (f"{stem}{i}" for i in range(2000))
+                if view.owners(BUCKET, k)[0].node_id == node_id][:n]
+
+    cl = s3(a)
+    mp_key = owned_by("node2", "mp")[0]
+    up = cl.create_multipart_upload(Bucket=BUCKET, Key=mp_key, ContentType="text/x-mp",
+                                    Metadata={"kind": "multipart"})
+    parts_data = [os.urandom(1 << 20), os.urandom(1234)]  # the nodes take 4 MiB segments
+    done = []
+    for i, pd in enumerate(parts_data, 1):
+        r = cl.upload_part(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"], PartNumber=i,
+                           Body=pd)
+        done.append({"PartNumber": i, "ETag": r["ETag"]})
+    fin = cl.complete_multipart_upload(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"],
+                                       MultipartUpload={"Parts": done})
+    assert local_has(b, [mp_key]) == [True] and local_has(a, [mp_key]) == [False]
+    got = s3(c).get_object(Bucket=BUCKET, Key=mp_key)
+    assert got["Body"].read() == b"".join(parts_data)
+    assert got["ETag"] == fin["ETag"] and got["ETag"].endswith('-2"')
+    assert got["ContentType"] == "text/x-mp" and got["Metadata"] == {"kind": "multipart"}
+
+    src = owned_by("node3", "src")[0]  # source on node3, destination on node2, through node1
+    dst = owned_by("node2", "dst")[0]
+    body = os.urandom(7000)
+    cl.put_object(Bucket=BUCKET, Key=src, Body=body, ContentType="text/x-src",
+                  Metadata={"from": "src"})
+    cp = cl.copy_object(Bucket=BUCKET, Key=dst, CopySource={"Bucket": BUCKET, "Key": src})
+    assert local_has(b, [dst]) == [True] and local_has(a, [dst]) == [False]
+    got = s3(c).get_object(Bucket=BUCKET, Key=dst)
+    assert got["Body"].read() == body and got["ETag"] == cp["CopyObjectResult"]["ETag"]
+    assert got["ContentType"] == "text/x-src" and got["Metadata"] == {"from": "src"}
+    part_src = owned_by("node3", "psrc")[0]  # UploadPartCopy reads its source through the pod
+    cl.put_object(Bucket=BUCKET, Key=part_src, Body=body)
+    up2 = cl.create_multipart_upload(Bucket=BUCKET, Key=dst)
+    pc = cl.upload_part_copy(Bucket=BUCKET, Key=dst, UploadId=up2["UploadId"], PartNumber=1,
+                             CopySource={"Bucket": BUCKET, "Key": part_src},
+                             CopySourceRange="bytes=0-999")
+    cl.complete_multipart_upload(Bucket=BUCKET, Key=dst, UploadId=up2["UploadId"],
+                                 MultipartUpload={"Parts": [
+                                     {"PartNumber": 1, "ETag": pc["CopyPartResult"]["ETag"]}]})
+    assert s3(b).get_object(Bucket=BUCKET, Key=dst)["Body"].read() == body[:1000]
+
+    doomed = owned_by("node2", "del", 3) + owned_by("node3", "del", 3) + owned_by("node1", "del", 2)
+    for k in doomed:
+        cl.put_object(Bucket=BUCKET, Key=k, Body=k.encode())
+    r = cl.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in doomed]})
+    assert sorted(d["Key"] for d in r["Deleted"]) == sorted(doomed) and not r.get("Errors")
+    for n in nodes:
+        assert local_has(n, doomed) == [False] * len(doomed)

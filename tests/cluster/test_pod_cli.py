@@ -49,19 +49,28 @@ def test_pod_up_status_and_sigterm(tmp_path: Path) -> None:
         urllib.request.urlopen(req, timeout=5).close()
         req = urllib.request.Request(f"{urls[0][0]}/bkt/k", method="PUT", data=b"z" * 100)
         urllib.request.urlopen(req, timeout=5).close()
+        for u, _ in urls:  # a GET of it through each node: node2 forwards its GET to node1
+            urllib.request.urlopen(f"{u}/bkt/k", timeout=5).close()
         st = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
                              etcd_url, "--pod", "cli", "--json"], capture_output=True,
                             text=True, env=env(), timeout=30)
         assert st.returncode == 0, st.stderr
         doc = json.loads(st.stdout)
         assert [n["node_id"] for n in doc["nodes"]] == ["node1", "node2"]
+        assert doc["nodes"][1]["forwarded"]["get"]["ok"] == 1  # per node, by op and outcome
+        assert doc["nodes"][1]["forwarded_requests"] >= 1 and "get" not in doc["nodes"][0][
+            "forwarded"]  # node1 owns the block (its PUT dropped a stale copy at node2: delete)
+        assert doc["total"]["forwarded_requests"] == sum(n["forwarded_requests"]
+                                                         for n in doc["nodes"])
         assert all(n["reachable"] and n["registered"] for n in doc["nodes"])
         assert doc["nodes"][0]["blocks"] == 1 and doc["total"]["blocks"] == 1
         assert doc["total"]["capacity_bytes"] == 2 * 32 << 20 and "bkt" in doc["namespaces"]
+        assert doc["replicas"]["bkt"] == 1
         human = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
                                 etcd_url, "--pod", "cli"], capture_output=True, text=True,
                                env=env(), timeout=30)
         assert "2 node(s), 2 reachable" in human.stdout, human.stdout
+        assert re.search(r"node2 .* forwarded \d+ \(0 failed; get 1", human.stdout), human.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0, out.read_text()
         assert "kvstore pod: stopped" in out.read_text()

@@ -72,10 +72,24 @@ def test_encode_decode_round_trip() -> None:
     c.create("beta", "", None, 123)
     c.remove("alpha")
     c.create("gamma", "t2", None, 0)
+    c.create("delta", "", None, 0, replicas=2)  # a pod's replica count is kept with it
     back = Catalog.decode(c.encode())
-    assert back.by_name == c.by_name
-    assert back.next_id == c.next_id == 4
+    assert back.by_name == c.by_name and back.by_name["delta"][1].replicas == 2
+    assert back.next_id == c.next_id == 5
     assert Catalog.decode(None).by_name == {} and Catalog.decode(b"").next_id == 1
+
+
+def test_replicas_are_bounded_and_old_catalogs_read_as_one() -> None:
+    import msgpack
+
+    c = Catalog()
+    for bad in (0, limits.namespace_replicas_max + 1):
+        with pytest.raises(InvalidArgument):
+            c.create("ns-bad", "", None, 0, replicas=bad)
+    old = msgpack.packb({"next_id": 2, "namespaces": [  # written before the field existed
+        {"id": 1, "name": "old", "created": 1.0, "owner": "", "layout": {}, "fingerprint": "",
+         "block_bytes": 0}]}, use_bin_type=True)
+    assert Catalog.decode(old).by_name["old"][1].replicas == 1
 
 
 def test_namespaces_max() -> None:

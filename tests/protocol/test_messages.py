@@ -88,3 +88,28 @@ def test_auth_ok_advertises_the_flags_the_server_knows() -> None:
     assert m.parse_auth_ok(future).flags == FLAGS_KNOWN  # bits this side does not know drop
     with pytest.raises(ProtocolError):
         m.parse_auth_ok({**m.auth_ok("t", "ns1"), "flags": "all"})
+
+
+def test_put_batch_metas_are_optional_and_bounded() -> None:
+    from kvstore_wire import limits as wl
+    from kvstore_wire.errors import LimitExceeded as WireLimit
+    from kvstore_wire.messages import KeysRequest, PutBatch
+    from kvstore_wire.results import BlockHeader
+
+    b = PutBatch(["k1", "k2"], [1, 2], [0, 0], metas=[b"m1", b""])
+    h = b.to_header()
+    assert h["metas"] == [b"m1", b""]
+    assert PutBatch.from_header(h, 3).metas == [b"m1", b""]
+    plain = PutBatch(["k1"], [1], [0]).to_header()  # what an old peer sends, and parses
+    assert "metas" not in plain and PutBatch.from_header(plain, 1).metas is None
+    with pytest.raises(WireLimit):
+        PutBatch.from_header({**plain, "metas": [b"x" * (wl.block_meta_bytes_max + 1)]}, 1)
+    with pytest.raises(ProtocolError):
+        PutBatch.from_header({**plain, "metas": [b"a", b"b"]}, 1)
+    req = KeysRequest(["k1"], with_meta=True).to_header()
+    assert KeysRequest.from_header(req).with_meta and not KeysRequest.from_header(
+        {"keys": ["k1"]}).with_meta
+    bh = BlockHeader(0, "k1", 3, 7, b"meta", 12.5, 99.0)
+    assert BlockHeader.from_header(bh.to_header(), 3) == bh
+    old = BlockHeader(0, "k1", 3, 7).to_header()
+    assert "meta" not in old and BlockHeader.from_header(old, 3).meta == b""

@@ -1,26 +1,28 @@
-"""CopyObject: a server-side copy of one object (its bytes read once under the engine's view,
-stored as a new object with the MD5 of its bytes as ETag), and the copy-source helpers
-UploadPartCopy shares."""
+"""CopyObject: a server-side copy of one object (its bytes read once through the pod — the
+source's owner may be another node — and stored as a new object, with the MD5 of its bytes as
+ETag, at the destination's replicas), and the copy-source helpers UploadPartCopy shares."""
 
 from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums
 from kvstore.api.s3.http import Request, Send, check_conditions, respond
 from kvstore.api.s3.listing import iso
-from kvstore.api.s3.objects import _store, stored_etag
+from kvstore.api.s3.objects import store_pod, stored_etag
 from kvstore.api.s3.payload import check_unsupported
 from kvstore.api.s3.xml import document, esc, tag
 from kvstore.engine.types import BlockMeta
 from kvstore.errors import NotFound
+from kvstore.service.forward import checksum_of
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
+    from kvstore.engine.store import BlockView
 
 _XML = (b"content-type", b"application/xml")
 
@@ -57,30 +59,33 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     replace_hdrs = checksums.object_headers(req.headers)
     replace_um = checksums.user_metadata(req.headers)
 
-    def work() -> tuple[BlockMeta, str]:
-        with s3.blocks.reading(src_bucket, src_key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            doc = checksums.unpack_meta(view.meta.meta)
-            check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
-            data = bytes(view.payload)
-        if directive == "REPLACE":
-            doc["h"], doc["u"] = replace_hdrs, replace_um
-        # the copy is one new object, not uploaded in parts: its ETag is the MD5 of its bytes
-        # (even of a multipart source, as S3 does), and only full-object checksums still hold
-        etag = hashlib.md5(data).hexdigest() if s3.etag_md5 else ""
-        sums = doc["c"] if doc.get("t", checksums.FULL_OBJECT) == checksums.FULL_OBJECT else {}
-        meta = checksums.pack_meta(doc["h"], doc["u"], sums, etag)
-        bm = _store(s3, req.bucket, req.key, bytearray(data), meta, overwrite=True)
-        return bm, stored_etag(bm, checksums.unpack_meta(bm.meta))
+    def source(view: BlockView | None) -> tuple[dict[str, Any], bytearray]:
+        if view is None:
+            raise NotFound("The specified key does not exist.")
+        doc = checksums.unpack_meta(view.meta.meta)
+        check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
+        return doc, bytearray(view.payload)
 
-    try:
-        bm, etag = await s3.blocks.run(work)
+    try:  # the source read through the pod (its owner may be another node)
+        doc, data = await s3.blocks.read(src_bucket, src_key, source, tenant=call.tenant)
     except S3Error as exc:
         if exc.name == "NotModified":  # copy preconditions answer 412, never 304
             raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
                           "specified did not hold") from None
         raise
+    if directive == "REPLACE":
+        doc["h"], doc["u"] = replace_hdrs, replace_um
+    # the copy is one new object, not uploaded in parts: its ETag is the MD5 of its bytes
+    # (even of a multipart source, as S3 does), and only full-object checksums still hold
+    etag = (await s3.blocks.run(lambda: hashlib.md5(data).hexdigest())) if s3.etag_md5 else ""
+    sums = doc["c"] if doc.get("t", checksums.FULL_OBJECT) == checksums.FULL_OBJECT else {}
+    meta = checksums.pack_meta(doc["h"], doc["u"], sums, etag)
+    # the destination written through the pod: here when this node is a replica, and at the
+    # other live replicas with the same S3 metadata
+    stored = await store_pod(s3, call.tenant, req.bucket, req.key, data, meta)
+    bm = stored or BlockMeta(req.bucket, req.key, len(data), checksum_of(data), 0, time.time(),
+                             0.0, meta)
+    etag = stored_etag(bm, checksums.unpack_meta(bm.meta))
     body = document("CopyObjectResult", [tag("LastModified", iso(bm.created or time.time())),
                                          f"<ETag>&quot;{esc(etag)}&quot;</ETag>"])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -139,18 +139,19 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
     rng = req.headers.get("x-amz-copy-source-range")
     conds = copying.copy_conditions(req.headers)
 
-    def work() -> Part:
-        with s3.blocks.reading(src_bucket, src_key) as view:
-            if view is None:
-                raise NotFound("The specified key does not exist.")
-            doc = checksums.unpack_meta(view.meta.meta)
-            check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
-            r = parse_range(rng, view.meta.length) if rng else None
-            data = bytes(view.payload if r is None else view.payload[r[0]:r[1]])
-        md5_hex = hashlib.md5(data).hexdigest() if s3.etag_md5 else ""
-        return _new_part(u, number, data, {}, md5_hex)
+    def work(view: Any) -> bytes:
+        if view is None:
+            raise NotFound("The specified key does not exist.")
+        doc = checksums.unpack_meta(view.meta.meta)
+        check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
+        r = parse_range(rng, view.meta.length) if rng else None
+        return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
 
-    part = s3.uploads.add_part(u, await s3.blocks.run(work))
+    # the source read through the pod (its owner may be another node)
+    data = await s3.blocks.read(src_bucket, src_key, work, tenant=call.tenant)
+    md5_hex = (await s3.blocks.run(lambda: hashlib.md5(data).hexdigest())) if s3.etag_md5 \
+        else ""
+    part = s3.uploads.add_part(u, _new_part(u, number, data, {}, md5_hex))
     body = document("CopyPartResult", [tag("LastModified", iso(part.modified)),
                                        f"<ETag>&quot;{part.etag}&quot;</ETag>"])
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
@@ -248,7 +249,7 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
     digests = b"".join(bytes.fromhex(p.etag) for p in parts)
     etag = f"{hashlib.md5(digests).hexdigest()}-{len(parts)}"
 
-    def work() -> tuple[dict[str, str], str]:
+    def work() -> tuple[bytearray, dict[str, str], str, bytes]:
         joined = bytearray(total)
         pos = 0
         for p in parts:
@@ -257,15 +258,25 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
         sums, kind = _object_checksum(u, parts, joined, declared)
         meta = checksums.pack_meta(u.hdrs, u.um, sums, etag,
                                    parts=[len(p.data) for p in parts], kind=kind)
-        if if_match is None:
-            objects._store(s3, u.bucket, u.key, joined, meta, overwrite=inm is None)
-        else:
+        return joined, sums, kind, meta
+
+    joined, sums, kind, meta = await s3.blocks.run(work)
+    local, others = s3.blocks.pod_targets(u.bucket, u.key)
+    if local and not others:  # stored here only: conditional writes are checked here
+        def store() -> None:
+            if if_match is None:
+                objects._store(s3, u.bucket, u.key, joined, meta, overwrite=inm is None)
+                return
             with objects.write_lock(s3, u.bucket, u.key):
                 objects.check_if_match(s3, u.bucket, u.key, if_match)
                 objects._store(s3, u.bucket, u.key, joined, meta, overwrite=inm is None)
-        return sums, kind
 
-    sums, kind = await s3.blocks.run(work)
+        await s3.blocks.run(store)
+    else:  # the parts stayed on this node; the finished object goes to its replicas
+        if if_match is not None or inm is not None:
+            raise S3Error("NotImplemented", "a conditional CompleteMultipartUpload of an "
+                          "object other pod nodes hold")
+        await objects.store_pod(s3, call.tenant, u.bucket, u.key, joined, meta)
     fields = [tag("Location", f"/{u.bucket}/{u.key}"), tag("Bucket", u.bucket),
               tag("Key", u.key), f"<ETag>&quot;{esc(etag)}&quot;</ETag>"]
     fields += [tag(f"Checksum{a.upper()}", v) for a, v in sums.items()]

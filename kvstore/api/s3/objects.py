@@ -10,7 +10,7 @@ the chunks covering the range instead of the whole block.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,9 @@ from kvstore.service.forward import checksum_of
 
 if TYPE_CHECKING:
     from kvstore.api.s3.app import Call, S3App
+    from kvstore.auth import Tenant
     from kvstore.engine.store import BlockView
+    from kvstore.service.forward import NodeInfo
 
 __all__ = ["Body", "check_unsupported", "read_payload"]  # re-exported for multipart
 
@@ -104,6 +106,18 @@ def _store(s3: S3App, bucket: str, key: str, buf: bytearray | Body, meta: bytes,
     return cur if cur is not None else res.meta
 
 
+async def store_pod(s3: S3App, tenant: Tenant, bucket: str, key: str, data: bytearray,
+                    meta: bytes) -> BlockMeta | None:
+    """An overwriting put of a whole object (CopyObject, CompleteMultipartUpload) in the pod:
+    stored here when this node is a replica (``_store``), and at the block's other live
+    replicas over their bulk ports with the same S3 metadata. The stored ``BlockMeta`` when
+    this node keeps a copy, else None (the caller reports what it sent)."""
+    local, others = s3.blocks.pod_targets(bucket, key)
+    bm = await s3.blocks.run(_store, s3, bucket, key, data, meta, True) if local else None
+    await s3.blocks.put_replicas(tenant, bucket, key, data, others, overwrite=True, meta=meta)
+    return bm
+
+
 async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     check_unsupported(req)
     inm = req.headers.get("if-none-match")
@@ -112,16 +126,20 @@ async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     if_match = req.headers.get("if-match")
     buf, trailers, payload_hash = await read_payload(s3, req, call)
     try:
-        if s3.blocks.forward is not None and s3.blocks.forward.owner(req.bucket, req.key):
+        local, others = s3.blocks.pod_targets(req.bucket, req.key)
+        if not local:
             return await _put_owner(s3, req, call, send, buf, trailers, payload_hash, inm,
-                                    if_match)
-        return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match)
+                                    if_match, others)
+        return await _put_body(s3, req, send, buf, trailers, payload_hash, inm, if_match,
+                               call, others)
     finally:
         buf.release()
 
 
 async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: dict[str, str],
-                    payload_hash: str, inm: str | None, if_match: str | None) -> tuple[int, int]:
+                    payload_hash: str, inm: str | None, if_match: str | None,
+                    call: Call | None = None, others: Sequence[NodeInfo] = ()) -> tuple[int, int]:
+    """A PUT stored here; in a pod with replicas, also at the other replicas ``others``."""
     bucket, key = req.bucket, req.key
     hdrs = checksums.object_headers(req.headers)
     um = checksums.user_metadata(req.headers)
@@ -139,6 +157,9 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
             return _store(s3, bucket, key, buf, meta, overwrite=inm is None), sums, md5_hex
 
     bm, sums, md5_hex = await s3.blocks.run(work)
+    if call is not None:  # the other replicas (and a stale copy at the previous owner)
+        await s3.blocks.put_replicas(call.tenant, bucket, key, buf.data(), list(others),
+                                     overwrite=inm is None, meta=bm.meta)
     etag = md5_hex or stored_etag(bm, checksums.unpack_meta(bm.meta))
     headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     if sums:
@@ -229,24 +250,27 @@ def _payload_out(view: BlockView,
 
 async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
                      trailers: dict[str, str], payload_hash: str, inm: str | None,
-                     if_match: str | None) -> tuple[int, int]:
-    """PUT of a block another node owns: verified here (signature payload hash, checksums),
-    stored there over its bulk port. The bulk protocol carries no S3 metadata: the owner keeps
-    the bytes, and the ETag is the block checksum it reports on GET. An owner that does not
-    answer is a skipped write (200, counted in kvstore_forwarded_requests_total, logged)."""
+                     if_match: str | None, owners: Sequence[NodeInfo]) -> tuple[int, int]:
+    """PUT of a block other nodes own: verified here (signature payload hash, checksums),
+    stored at each live replica over its bulk port with its S3 metadata (content type,
+    x-amz-meta-*, checksums, the MD5 ETag: ``PutBatch.metas``), so a GET or HEAD through any
+    node answers the same headers. An owner that does not answer is a skipped write (200,
+    counted in kvstore_forwarded_requests_total, logged)."""
     if if_match is not None:
         raise S3Error("NotImplemented", "If-Match on PUT of a block another node owns")
     data = buf.data()
-    # no MD5: the owner's answer (and every later GET of it) carries the block checksum
-    sums, _ = await s3.blocks.run(checksums.verify, data, req.headers, trailers, payload_hash,
-                                  False)
-    done, created = await s3.blocks.put_remote(call.tenant, req.bucket, req.key, data,
-                                               overwrite=inm is None)
-    assert done
+    hdrs = checksums.object_headers(req.headers)
+    um = checksums.user_metadata(req.headers)
+    sums, md5_hex = await s3.blocks.run(checksums.verify, data, req.headers, trailers,
+                                        payload_hash, s3.etag_md5)
+    meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
+    created = await s3.blocks.put_replicas(call.tenant, req.bucket, req.key, data,
+                                           list(owners), overwrite=inm is None, meta=meta)
     if inm is not None and created is False:
         raise S3Error("PreconditionFailed", "At least one of the pre-conditions you specified "
                       "did not hold")
-    headers = [(b"etag", f'"{checksum_of(data):016x}"'.encode())] + _checksum_headers(sums)
+    etag = md5_hex or f"{checksum_of(data):016x}"
+    headers = [(b"etag", f'"{etag}"'.encode())] + _checksum_headers(sums)
     headers.append((b"x-amz-request-id", req.request_id.encode()))
     await respond(send, 200, headers)
     return 200, len(buf)
@@ -362,7 +386,20 @@ async def delete_objects(s3: S3App, req: Request, call: Call, send: Send) -> tup
                              f"{tag('Message', msg)}</Error>")
         return parts
 
-    parts = await s3.blocks.run(work)
+    async def pod_work() -> list[str]:  # in a pod: each key at its replicas
+        parts = []
+        for k in keys:
+            try:
+                await s3.blocks.delete(call.tenant, req.bucket, k)
+                if not quiet:
+                    parts.append(f"<Deleted>{tag('Key', k)}</Deleted>")
+            except Exception as exc:  # one bad key must not fail the batch
+                _status, name, msg = classify(exc)
+                parts.append(f"<Error>{tag('Key', k)}{tag('Code', name)}"
+                             f"{tag('Message', msg)}</Error>")
+        return parts
+
+    parts = await (pod_work() if s3.blocks.forward is not None else s3.blocks.run(work))
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())],
                   document("DeleteResult", parts))
     return 200, 0
