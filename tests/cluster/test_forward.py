@@ -43,8 +43,10 @@ def write_peers(path: Path, ports: dict[int, tuple[int, int]]) -> Path:
 
 
 def start(tmp: Path, peers: Path, ports: dict[int, tuple[int, int]], ids: list[int]) -> list[PodNode]:
+    # 8 MiB segments: a multipart object's parts are at least 5 MiB (S3's minimum part size)
     nodes = [PodNode(tmp, i, ["--peers", str(peers), "--forward-timeout", "0.5"],
-                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1])) for i in ids]
+                     "--port", str(ports[i][0]), "--bulk-port", str(ports[i][1]),
+                     "--capacity", "64MiB", "--segment-size", "8MiB") for i in ids]
     return [n.wait_ready() for n in nodes]
 
 
@@ -307,7 +309,7 @@ def test_multipart_copy_and_delete_objects_through_a_non_owner(pod3) -> None:  #
     mp_key = owned_by("node2", "mp")[0]
     up = cl.create_multipart_upload(Bucket=BUCKET, Key=mp_key, ContentType="text/x-mp",
                                     Metadata={"kind": "multipart"})
-    parts_data = [os.urandom(1 << 20), os.urandom(1234)]  # the nodes take 4 MiB segments
+    parts_data = [os.urandom(5 << 20), os.urandom(1234)]  # S3's smallest part, then the last
     done = []
     for i, pd in enumerate(parts_data, 1):
         r = cl.upload_part(Bucket=BUCKET, Key=mp_key, UploadId=up["UploadId"], PartNumber=i,
