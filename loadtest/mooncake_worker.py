@@ -1,0 +1,184 @@
+"""Mooncake Store for the ``mooncake`` replay target, run inside a private network namespace.
+
+    unshare --net python loadtest/mooncake_worker.py --capacity BYTES [--threads N]
+
+Mooncake's TCP transfer engine listens on the wildcard address (``0.0.0.0`` and ``[::]``) for
+its data and handshake ports, whatever ``local_hostname`` or ``MC_TCP_BIND_ADDRESS`` say (the
+latter only changes the address it advertises), and ``mooncake_master``'s embedded HTTP
+metadata server binds ``0.0.0.0`` even with ``-http_metadata_server_host=127.0.0.1``. So this
+process runs where the only interface is loopback: it brings ``lo`` up, refuses to go on if
+any other interface exists, starts ``mooncake_master`` (RPC and metrics on 127.0.0.1, no HA,
+no HTTP metadata server: the client uses ``P2PHANDSHAKE``), then one
+``MooncakeDistributedStore`` (protocol ``tcp``, local hostname 127.0.0.1) whose global segment
+is the store's capacity, and serves the target's calls over its stdin/stdout (pipes cross
+namespaces; sockets would not). The replay's bytes are verified on the other side, after the
+pipe.
+
+Frames both ways: a 4-byte little-endian length, then msgpack. A request is
+``[id, op, args]``; the answer ``[id, error or None, result]``. Ops: ``lookup(keys) -> n``
+(``batch_is_exist``, the leading run of 1s), ``get(keys) -> [bytes | None]`` (``get_batch``; an
+empty answer is a miss), ``put(keys, values) -> refused`` (``put_batch``; a non-zero return,
+e.g. no space before the master's eviction has run, refuses the batch: later misses).
+The first frame out is ``[0, None, "ready"]``; EOF on stdin closes the store and the master.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+FRAME_BYTES_MAX = 1 << 31
+MASTER_START_SECONDS_MAX = 30.0
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+LOCAL_BUFFER_BYTES = 256 * 2**20  # the client's transfer buffer: a get_batch lands here first
+
+
+def loopback_only() -> None:
+    """Bring ``lo`` up; refuse to run where any other interface exists (not a private netns)."""
+    names = [name for _, name in socket.if_nameindex()]
+    if names != ["lo"]:
+        raise SystemExit(f"mooncake worker: interfaces {names}: not a private network namespace "
+                         "(run it under `unshare --net`)")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_master(log: Path, lease_ms: int) -> tuple[subprocess.Popen[bytes], int]:
+    exe = shutil.which("mooncake_master") or str(Path(sys.executable).parent / "mooncake_master")
+    rpc, metrics = free_port(), free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [exe, "-rpc_address=127.0.0.1", f"-rpc_port={rpc}", "-metrics_host=127.0.0.1",
+             f"-metrics_port={metrics}", "-enable_metric_reporting=false", "-enable_ha=false",
+             "-enable_http_metadata_server=false",
+             # eviction: when 90% of the segments are used, evict 5% (Mooncake's defaults, named);
+             # a read object is leased (not evictable) for lease_ms, as kvstore's lookup lease
+             "-eviction_high_watermark_ratio=0.9", "-eviction_ratio=0.05",
+             f"-default_kv_lease_ttl={lease_ms}"],
+            stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + MASTER_START_SECONDS_MAX
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", rpc), timeout=1).close()
+            return proc, rpc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(
+                    f"mooncake_master did not start: {log.read_text()[-2000:]}") from None
+            time.sleep(0.05)
+
+
+def write_frame(out: BinaryIO, lock: threading.Lock, obj: Any) -> None:
+    data = msgpack.packb(obj, use_bin_type=True)
+    with lock:
+        out.write(struct.pack("<I", len(data)) + data)
+        out.flush()
+
+
+def read_frame(inp: BinaryIO) -> Any:
+    head = inp.read(4)
+    if len(head) < 4:
+        return None
+    (n,) = struct.unpack("<I", head)
+    if n > FRAME_BYTES_MAX:
+        raise SystemExit(f"mooncake worker: frame of {n} bytes")
+    body = inp.read(n)
+    if len(body) < n:
+        return None
+    return msgpack.unpackb(body, raw=False)
+
+
+class Ops:
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def lookup(self, keys: list[str]) -> int:
+        n = 0
+        for found in self.store.batch_is_exist(keys):
+            if found != 1:
+                break
+            n += 1
+        return n
+
+    def get(self, keys: list[str]) -> list[bytes | None]:
+        return [v if v else None for v in self.store.get_batch(keys)]
+
+    def put(self, keys: list[str], values: list[bytes]) -> int:
+        return 0 if self.store.put_batch(keys, values) == 0 else len(keys)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--capacity", type=int, required=True, help="global segment bytes")
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--lease-ms", type=int, default=10_000)
+    ap.add_argument("--log-dir", type=Path, required=True)
+    a = ap.parse_args()
+    # frames go to the real stdout; anything the C++ side prints goes to stderr instead
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    inp = sys.stdin.buffer
+    loopback_only()
+    master, rpc = start_master(a.log_dir / "mooncake_master.log", a.lease_ms)
+    try:
+        from mooncake.store import MooncakeDistributedStore
+
+        store = MooncakeDistributedStore()
+        segment = -(-a.capacity // 2**20) * 2**20
+        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", segment, LOCAL_BUFFER_BYTES, "tcp", "",
+                         f"127.0.0.1:{rpc}")
+        if rc != 0:
+            raise SystemExit(f"mooncake worker: setup returned {rc}")
+        ops = Ops(store)
+        lock = threading.Lock()
+        write_frame(out, lock, [0, None, "ready"])
+
+        def serve(req_id: int, op: str, args: list[Any]) -> None:
+            try:
+                result = getattr(ops, op)(*args)
+                write_frame(out, lock, [req_id, None, result])
+            except Exception as exc:  # answered, so the caller raises it
+                write_frame(out, lock, [req_id, f"{type(exc).__name__}: {exc}", None])
+
+        with ThreadPoolExecutor(max_workers=max(1, a.threads)) as pool:
+            while (frame := read_frame(inp)) is not None:
+                req_id, op, args = frame
+                if op not in ("lookup", "get", "put"):
+                    write_frame(out, lock, [req_id, f"unknown op {op!r}", None])
+                    continue
+                pool.submit(serve, req_id, op, args)
+        store.close()
+    finally:
+        master.terminate()
+        try:
+            master.wait(10)
+        except subprocess.TimeoutExpired:
+            master.kill()
+            master.wait(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
