@@ -8,11 +8,13 @@ latter only changes the address it advertises), and ``mooncake_master``'s embedd
 metadata server binds ``0.0.0.0`` even with ``-http_metadata_server_host=127.0.0.1``. So this
 process runs where the only interface is loopback: it brings ``lo`` up, refuses to go on if
 any other interface exists, starts ``mooncake_master`` (RPC and metrics on 127.0.0.1, no HA,
-no HTTP metadata server: the client uses ``P2PHANDSHAKE``), then one
-``MooncakeDistributedStore`` (protocol ``tcp``, local hostname 127.0.0.1) whose global segment
-is the store's capacity, and serves the target's calls over its stdin/stdout (pipes cross
-namespaces; sockets would not). The replay's bytes are verified on the other side, after the
-pipe.
+no HTTP metadata server: the stores use ``P2PHANDSHAKE``), then a second process of this file
+(``--hold``) whose ``MooncakeDistributedStore`` mounts a global segment of the store's capacity
+(the memory a Mooncake store node contributes), then its own client store (protocol ``tcp``,
+local hostname 127.0.0.1, no segment of its own, so every byte crosses loopback TCP from the
+holder, as kvstore's and Redis' do), and serves the target's calls over its stdin/stdout (pipes
+cross namespaces; sockets would not). The replay's bytes are verified on the other side, after
+the pipe. Mooncake refuses a segment under 16 MiB (``SEGMENT_BYTES_MIN``).
 
 Frames both ways: a 4-byte little-endian length, then msgpack. A request is
 ``[id, op, args]``; the answer ``[id, error or None, result]``. Ops: ``lookup(keys) -> n``
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import select
 import shutil
 import socket
 import struct
@@ -44,6 +47,8 @@ FRAME_BYTES_MAX = 1 << 31
 MASTER_START_SECONDS_MAX = 30.0
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 LOCAL_BUFFER_BYTES = 256 * 2**20  # the client's transfer buffer: a get_batch lands here first
+SEGMENT_BYTES_MIN = 16 * 2**20  # Mooncake's least global segment (and local buffer)
+HOLD_START_SECONDS_MAX = 60.0
 
 
 def loopback_only() -> None:
@@ -129,28 +134,67 @@ class Ops:
         return 0 if self.store.put_batch(keys, values) == 0 else len(keys)
 
 
+def new_store(segment_bytes: int, buffer_bytes: int, rpc: int) -> Any:
+    from mooncake.store import MooncakeDistributedStore
+
+    store = MooncakeDistributedStore()
+    rc = store.setup("127.0.0.1", "P2PHANDSHAKE", segment_bytes, buffer_bytes, "tcp", "",
+                     f"127.0.0.1:{rpc}")
+    if rc != 0:
+        raise SystemExit(f"mooncake worker: setup returned {rc}")
+    return store
+
+
+def hold(segment_bytes: int, rpc: int, out: BinaryIO) -> int:
+    """The store node: mount the segment, say so, keep it until stdin closes."""
+    store = new_store(segment_bytes, SEGMENT_BYTES_MIN, rpc)
+    out.write(b"held\n")
+    out.flush()
+    sys.stdin.buffer.read()
+    store.close()
+    return 0
+
+
+def start_holder(segment_bytes: int, rpc: int, log_dir: Path) -> subprocess.Popen[bytes]:
+    with open(log_dir / "mooncake_holder.log", "wb") as err:
+        proc = subprocess.Popen([sys.executable, __file__, "--hold", "--capacity",
+                                 str(segment_bytes), "--rpc-port", str(rpc),
+                                 "--log-dir", str(log_dir)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], HOLD_START_SECONDS_MAX)
+    if not readable or proc.stdout.readline() != b"held\n":
+        proc.kill()
+        raise SystemExit("mooncake worker: the segment holder did not start: "
+                         f"{(log_dir / 'mooncake_holder.log').read_text(errors='replace')[-2000:]}")
+    return proc
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--capacity", type=int, required=True, help="global segment bytes")
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--lease-ms", type=int, default=10_000)
     ap.add_argument("--log-dir", type=Path, required=True)
+    ap.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rpc-port", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     # frames go to the real stdout; anything the C++ side prints goes to stderr instead
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer
+    if a.hold:
+        return hold(a.capacity, a.rpc_port, out)
     loopback_only()
+    segment = -(-a.capacity // 2**20) * 2**20
+    if segment < SEGMENT_BYTES_MIN:
+        raise SystemExit(f"mooncake worker: a segment of {a.capacity} bytes: Mooncake's least "
+                         f"is {SEGMENT_BYTES_MIN}")
     master, rpc = start_master(a.log_dir / "mooncake_master.log", a.lease_ms)
+    holder: subprocess.Popen[bytes] | None = None
     try:
-        from mooncake.store import MooncakeDistributedStore
-
-        store = MooncakeDistributedStore()
-        segment = -(-a.capacity // 2**20) * 2**20
-        rc = store.setup("127.0.0.1", "P2PHANDSHAKE", segment, LOCAL_BUFFER_BYTES, "tcp", "",
-                         f"127.0.0.1:{rpc}")
-        if rc != 0:
-            raise SystemExit(f"mooncake worker: setup returned {rc}")
+        holder = start_holder(segment, rpc, a.log_dir)
+        store = new_store(0, LOCAL_BUFFER_BYTES, rpc)
         ops = Ops(store)
         lock = threading.Lock()
         write_frame(out, lock, [0, None, "ready"])
@@ -171,6 +215,14 @@ def main() -> int:
                 pool.submit(serve, req_id, op, args)
         store.close()
     finally:
+        if holder is not None:
+            assert holder.stdin is not None
+            holder.stdin.close()
+            try:
+                holder.wait(10)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait(10)
         master.terminate()
         try:
             master.wait(10)

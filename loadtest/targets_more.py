@@ -47,8 +47,12 @@ FRAME_BYTES_MAX = 1 << 31
 
 class Mooncake:
     name = "mooncake"
+    capacity_bytes_min = 16 * 2**20  # Mooncake refuses a smaller global segment
 
     def __init__(self, capacity: str, concurrency: int) -> None:
+        if targets.parse_size(capacity) < self.capacity_bytes_min:
+            raise SystemExit(f"mooncake target: capacity {capacity}: Mooncake's global segment "
+                             f"is at least {self.capacity_bytes_min} bytes")
         if importlib.util.find_spec("mooncake") is None:
             raise SystemExit("mooncake target: no Mooncake Store "
                              "(pip install 'kvstore[loadtest]': mooncake-transfer-engine-non-cuda)")
@@ -78,16 +82,17 @@ class Mooncake:
         try:
             ready.result(targets.START_SECONDS_MAX)
         except Exception as exc:
+            tail = self._log_tail()
             self.close()
-            raise SystemExit(f"mooncake target did not start ({exc}): {self._log_tail()}") from None
+            raise SystemExit(f"mooncake target did not start ({exc}): {tail}") from None
 
     def _log_tail(self) -> str:
         text = self.log.read_text(errors="replace")
         for name in ("mooncake_master.log",):
             p = self.tmp / name
             if p.exists():
-                text += f"\n[{name}]\n" + p.read_text(errors="replace")
-        return text[-2000:]
+                text = f"[{name}]\n" + p.read_text(errors="replace")[-1500:] + "\n[worker]\n" + text
+        return text[-4000:]
 
     def _read(self) -> None:
         import msgpack
