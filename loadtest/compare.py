@@ -130,8 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{n} ({cap / working:.2f} of the working set: its least)")
         if cap != tenth:
             notes.append(f"- {n} at reduced capacity: {cap // 2**20} MiB, its least, not a tenth "
-                         f"({tenth / 2**20:.1f} MiB); its LRU offline column is at that capacity")
+                         f"({tenth / 2**20:.1f} MiB); its LRU offline column is at that capacity, "
+                         "and kvstore runs at it too")
         runs.append(run(n, reqs, block, a.concurrency, cap) | {"target": label})
+        if cap != tenth and "kvstore" in names:
+            runs.append(run("kvstore", reqs, block, a.concurrency, cap)
+                        | {"target": f"kvstore ({cap / working:.2f} of the working set, as {n})"})
     sweep: list[dict[str, Any]] = []
     if not a.quick:
         for n in names:
