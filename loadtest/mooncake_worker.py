@@ -27,10 +27,12 @@ The first frame out is ``[0, None, "ready"]``; EOF on stdin closes the store and
 from __future__ import annotations
 
 import argparse
+import ctypes
 import fcntl
 import os
 import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -46,6 +48,7 @@ import msgpack
 FRAME_BYTES_MAX = 1 << 31
 MASTER_START_SECONDS_MAX = 30.0
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+PR_SET_PDEATHSIG = 1
 LOCAL_BUFFER_BYTES = 256 * 2**20  # the client's transfer buffer: a get_batch lands here first
 SEGMENT_BYTES_MIN = 16 * 2**20  # Mooncake's least global segment (and local buffer)
 HOLD_START_SECONDS_MAX = 60.0
@@ -61,6 +64,11 @@ def loopback_only() -> None:
         ifr = struct.pack("16sh", b"lo", 0)
         flags = struct.unpack("16sh", fcntl.ioctl(s, SIOCGIFFLAGS, ifr))[1]
         fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP))
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (no orphans)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -81,7 +89,7 @@ def start_master(log: Path, lease_ms: int) -> tuple[subprocess.Popen[bytes], int
              # a read object is leased (not evictable) for lease_ms, as kvstore's lookup lease
              "-eviction_high_watermark_ratio=0.9", "-eviction_ratio=0.05",
              f"-default_kv_lease_ttl={lease_ms}"],
-            stdout=out, stderr=subprocess.STDOUT)
+            stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     deadline = time.monotonic() + MASTER_START_SECONDS_MAX
     while True:
         try:
@@ -160,7 +168,8 @@ def start_holder(segment_bytes: int, rpc: int, log_dir: Path) -> subprocess.Pope
         proc = subprocess.Popen([sys.executable, __file__, "--hold", "--capacity",
                                  str(segment_bytes), "--rpc-port", str(rpc),
                                  "--log-dir", str(log_dir)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                preexec_fn=die_with_parent)
     assert proc.stdout is not None
     readable, _, _ = select.select([proc.stdout], [], [], HOLD_START_SECONDS_MAX)
     if not readable or proc.stdout.readline() != b"held\n":

@@ -20,6 +20,7 @@ so ``close`` waits ``STOP_SECONDS_MAX`` after SIGTERM and then kills it.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import signal
@@ -37,6 +38,12 @@ SECRET_KEY = "replay-secret"
 REGION = "us-east-1"
 VOLUME_SIZE_MB = 256  # a volume file's bound; the master grows more (up to VOLUMES_MAX)
 VOLUMES_MAX = 64
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the process that started it dies (no orphans)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -80,7 +87,7 @@ class SeaweedServer:
                 *(f"-{name}={port}" for name, port in self.ports.items())]
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=die_with_parent)
         self._wait_ready()
 
     def _wait_ready(self) -> None:
