@@ -61,8 +61,9 @@ bench-bulk: $(STAMP)
 bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py
 
-# A generated agentic trace against every target (kvstore bulk/S3/pod, Redis), ~5 min;
-# report (markdown, JSON, PNG plots) in loadtest/results/loadtest-*.
+# A generated agentic trace against every target (kvstore bulk/S3/pod, Redis, and Mooncake Store
+# and SeaweedFS's S3 when `pip install -e '.[loadtest]'` installed them; the report notes any left
+# out), ~6 min; report (markdown, JSON, PNG plots) in loadtest/results/loadtest-*.
 loadtest: $(STAMP)
 	$(PY) loadtest/compare.py
 

@@ -16,7 +16,9 @@ lookup, S3's HEAD per block until the first miss, Redis' pipelined EXISTS.
 - ``redis``: Debian's ``redis-server`` with persistence off and ``maxmemory`` = ``--capacity``
   (``allkeys-lru``), redis-py.
 
-Other stores the issue names (LMCache's server, Mooncake Store, SeaweedFS) are not targets yet.
+The other stores the issue names (Mooncake Store, SeaweedFS's S3, kvstore's Redis protocol)
+are in ``targets_more.py``, which adds them to ``TARGETS``; LMCache's server is not a target
+(why: there).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def segment_for(capacity: str) -> int:
 class KvstoreServer:
     """One ``kvstore serve`` process on 127.0.0.1 in a temp directory."""
 
-    def __init__(self, capacity: str, dram: str = "64MiB") -> None:
+    def __init__(self, capacity: str, dram: str = "64MiB", extra: Sequence[str] = ()) -> None:
         segment = segment_for(capacity)
         self.tmp = Path(tempfile.mkdtemp(prefix="kvs-replay-"))
         self.host = "127.0.0.1"
@@ -105,7 +107,7 @@ class KvstoreServer:
                 [sys.executable, "-m", "kvstore", "serve", "--host", self.host,
                  "--port", str(self.port), "--bulk-port", str(self.bulk_port),
                  "--data-dir", str(self.tmp / "data"), "--capacity", capacity,
-                 "--dram", dram, "--segment-size", str(segment), "--log-level", "warning"],
+                 "--dram", dram, "--segment-size", str(segment), "--log-level", "warning", *extra],
                 stdout=out, stderr=subprocess.STDOUT, env=_env())
         _wait_for(self.log, self.proc, "kvstore: ready", "kvstore serve")
 
@@ -291,6 +293,9 @@ def parse_size(text: str) -> int:
 
 TARGETS: dict[str, Any] = {"kvstore": KvstoreBulk, "kvstore-s3": KvstoreS3,
                            "kvstore-pod": KvstorePod, "redis": Redis}
+
+
+import targets_more  # noqa: E402,F401  (adds its targets to TARGETS; it imports this module)
 
 
 def start(name: str, capacity: str, concurrency: int) -> Target:
