@@ -75,12 +75,27 @@ $(VLLM_STAMP): $(VLLM_BASE_STAMP) clients/pyproject.toml
 	$(VLLM_VENV)/bin/pip install -q -e './clients[vllm]' 'pytest>=8' 'pytest-timeout>=2.2'
 	touch $(VLLM_STAMP)
 
+# vLLM 0.33 itself pins a CUDA torch; its pure-Python classes (KVConnectorBase_V1, the offloading
+# tiers) are installed --no-deps into an overlay directory and the API and tier tests run a
+# second time with it first on the path, over the 0.32 venv's dependencies.
+VLLM033_OVERLAY := $(INTEG_DIR)/vllm033-overlay
+VLLM033_STAMP   := $(VLLM033_OVERLAY)/.installed
+
+$(VLLM033_STAMP): $(VLLM_BASE_STAMP)
+	rm -rf $(VLLM033_OVERLAY)
+	$(VLLM_VENV)/bin/pip install -q --no-deps --target $(VLLM033_OVERLAY) vllm==0.33.0
+	touch $(VLLM033_STAMP)
+
 # --confcutdir: the engine venv has no server, so tests/conftest.py (server fixtures) is not
 # loaded; the tests start `kvstore serve` with the main venv's interpreter.
-test-integrations-vllm: $(STAMP) $(VLLM_STAMP)
-	KVSTORE_INTEGRATIONS=vllm KVSTORE_SERVER_PYTHON=$(abspath $(PY)) HF_HUB_OFFLINE=1 \
-	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
-	  tests/integrations/vllm
+VLLM_PYTEST := KVSTORE_INTEGRATIONS=vllm KVSTORE_SERVER_PYTHON=$(abspath $(PY)) HF_HUB_OFFLINE=1 \
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	-W ignore::pytest.PytestConfigWarning -W ignore::DeprecationWarning
+
+test-integrations-vllm: $(STAMP) $(VLLM_STAMP) $(VLLM033_STAMP)
+	KVSTORE_VLLM_VERSION=0.32 $(VLLM_PYTEST) tests/integrations/vllm
+	KVSTORE_VLLM_VERSION=0.33 PYTHONPATH=$(abspath $(VLLM033_OVERLAY)) $(VLLM_PYTEST) \
+	  tests/integrations/vllm/test_vllm_api.py tests/integrations/vllm/test_vllm_tier.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Server, clean_env
+from kvstore_client import Client
+from kvstore_connectors.keys import prefix_keys
+from serve_helpers import Server, clean_env
 from tiny_model import write_tiny_llama
 
 HERE = Path(__file__).resolve().parent
@@ -39,31 +42,50 @@ def run_vllm(tmp: Path, model: Path, port: int, prompts: list[list[int]], tag: s
     return json.loads(out_path.read_text()), log
 
 
+def layout_of(log: str) -> bytes:
+    """The connector's layout fingerprint, as its worker logged it."""
+    m = re.search(r"kvstore connector \(WORKER, tp_rank 0\): .* layout ([0-9a-f]{32})", log)
+    assert m, log[-4000:]
+    return bytes.fromhex(m.group(1))
+
+
 @pytest.mark.timeout(2 * RUN_SECONDS_MAX + 120)
 def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: Path) -> None:
     model = write_tiny_llama(tmp_path / "tiny-llama")
     rng = random.Random(7)
     prompt = [rng.randrange(3, 500) for _ in range(3 * BLOCK + 5)]   # 3 full blocks + 5
+    spoilt = [rng.randrange(3, 500) for _ in range(3 * BLOCK + 9)]
     before = kvstore_server.stats()
 
-    first, log1 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt], "first")
+    first, log1 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "first")
     assert "external prefix hit" not in log1
-    assert first["num_cached_tokens"] == [0]
+    assert first["num_cached_tokens"] == [0, 0]
+    assert first["metrics"]["vllm:external_prefix_cache_hits"] == 0
     after_first = kvstore_server.stats()
-    stored = after_first["blocks"] - before["blocks"]
-    assert stored == 3, (stored, after_first)               # the 3 full prompt blocks
-    ns = kvstore_server.get("/v1/namespaces/vllm-e2e")
-    assert ns["blocks"] == 3, ns
+    assert after_first["blocks"] - before["blocks"] == 6      # the full prompt blocks
+    assert kvstore_server.get("/v1/namespaces/vllm-e2e")["blocks"] == 6
 
-    second, log2 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt], "second")
-    # the scheduler's one lookup found the 3 blocks; the worker loaded them all
-    assert f"external prefix hit of {3 * BLOCK} tokens" in log2, log2[-4000:]
+    # The second prompt's blocks are replaced by blocks of the wrong size under the same keys
+    # (derived here from the logged layout: the delete proves the derivation is the same).
+    keys = prefix_keys(layout_of(log1), spoilt, BLOCK)
+    with Client("127.0.0.1", kvstore_server.bulk, namespace="vllm-e2e") as c:
+        assert c.delete_many(keys) == 3
+        assert c.put_many(keys, [b"\x00" * 100] * 3) == [True] * 3
+
+    second, log2 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "second")
+    # the scheduler's lookups found 3 blocks of each; the worker loaded the good ones and
+    # refused the wrong-size ones, which vLLM recomputed ("recompute" failure policy)
+    assert log2.count(f"external prefix hit of {3 * BLOCK} tokens") == 2, log2[-4000:]
     assert "loaded 3 of 3 blocks" in log2, log2[-4000:]
-    assert second["num_cached_tokens"] == [3 * BLOCK]
+    assert "loaded 0 of 3 blocks" in log2, log2[-4000:]
+    assert "Recovered from KV load failure: 1 request(s) rescheduled" in log2, log2[-4000:]
+    assert second["num_cached_tokens"][0] == 3 * BLOCK
+    assert second["metrics"]["vllm:external_prefix_cache_hits"] >= 3 * BLOCK
+    # the same tokens: from the loaded KV for the first prompt, recomputed for the second
     assert second["tokens"] == first["tokens"]
-    assert len(first["tokens"][0]) == 8
+    assert all(len(t) == 8 for t in first["tokens"])
     after_second = kvstore_server.stats()
     assert after_second["blocks"] == after_first["blocks"]  # write-once: nothing new stored
     hits = (after_second["hits_dram"] + after_second["hits_flash"]
             - after_first["hits_dram"] - after_first["hits_flash"])
-    assert hits >= 3, after_second
+    assert hits >= 6, after_second

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Server
 from kvstore_client import Client
 from kvstore_connectors.keys import prefix_keys
 from kvstore_connectors.vllm.transfer import PagedKV, TransferCounters, load_blocks, save_blocks
+from serve_helpers import Server
 
 NUM_BLOCKS = 8
 FP = bytes(range(16))
