@@ -1,7 +1,7 @@
 """One vLLM run in its own process: the tiny model, the kvstore connector loaded through
 ``kv_connector_module_path``, prompts given as token ids; writes the outputs as JSON.
 
-    python run_llm.py MODEL_DIR BULK_PORT PROMPTS_JSON OUT_JSON
+    python run_llm.py MODEL_DIR KV_TRANSFER_CONFIG_JSON PROMPTS_JSON OUT_JSON
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 
 def main() -> None:
-    model, port, prompts_path, out_path = sys.argv[1:5]
+    model, config_path, prompts_path, out_path = sys.argv[1:5]
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
@@ -19,13 +19,7 @@ def main() -> None:
     llm = LLM(
         model=model, skip_tokenizer_init=True, dtype="float32", enforce_eager=True,
         max_model_len=256, max_num_seqs=4, block_size=32, seed=0, disable_log_stats=False,
-        kv_transfer_config={
-            "kv_connector": "KVStoreConnector", "kv_role": "kv_both",
-            "kv_connector_module_path": "kvstore_connectors.vllm",
-            "kv_load_failure_policy": "recompute",
-            "kv_connector_extra_config": {"host": "127.0.0.1", "port": int(port),
-                                          "namespace": "vllm-e2e"},
-        })
+        kv_transfer_config=json.loads(open(config_path).read()))
     params = SamplingParams(temperature=0.0, max_tokens=8, detokenize=False)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
     metrics = {}

@@ -69,3 +69,13 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def doc_json(tag: str) -> Any:
+    """The JSON block of docs/integrations.md marked ``<!-- tested: TAG -->``: the tests run
+    the configuration users paste."""
+    text = (REPO / "docs" / "integrations.md").read_text()
+    marker = f"<!-- tested: {tag} -->"
+    assert marker in text, f"docs/integrations.md lost its {marker} block"
+    block = text.split(marker, 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    return json.loads(block)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kvstore_client import Client
 from kvstore_connectors.keys import prefix_keys
-from serve_helpers import Server, clean_env
+from serve_helpers import Server, clean_env, doc_json
 from tiny_model import write_tiny_llama
 
 HERE = Path(__file__).resolve().parent
@@ -29,11 +29,15 @@ def run_vllm(tmp: Path, model: Path, port: int, prompts: list[list[int]], tag: s
         tuple[dict[str, Any], str]:
     prompts_path, out_path = tmp / f"prompts-{tag}.json", tmp / f"out-{tag}.json"
     prompts_path.write_text(json.dumps(prompts))
+    config = doc_json("vllm-connector")                       # what users paste
+    config["kv_connector_extra_config"]["port"] = port
+    config_path = tmp / "kv-transfer-config.json"
+    config_path.write_text(json.dumps(config))
     env = clean_env()
     env.update(VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="nobind",
                VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_LOGGING_LEVEL="INFO",
                OMP_NUM_THREADS="2")
-    p = subprocess.run([sys.executable, str(HERE / "run_llm.py"), str(model), str(port),
+    p = subprocess.run([sys.executable, str(HERE / "run_llm.py"), str(model), str(config_path),
                         str(prompts_path), str(out_path)], env=env, cwd=tmp,
                        capture_output=True, text=True, timeout=RUN_SECONDS_MAX)
     log = p.stdout + p.stderr
@@ -63,12 +67,12 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
     assert first["metrics"]["vllm:external_prefix_cache_hits"] == 0
     after_first = kvstore_server.stats()
     assert after_first["blocks"] - before["blocks"] == 6      # the full prompt blocks
-    assert kvstore_server.get("/v1/namespaces/vllm-e2e")["blocks"] == 6
+    assert kvstore_server.get("/v1/namespaces/vllm")["blocks"] == 6
 
     # The second prompt's blocks are replaced by blocks of the wrong size under the same keys
     # (derived here from the logged layout: the delete proves the derivation is the same).
     keys = prefix_keys(layout_of(log1), spoilt, BLOCK)
-    with Client("127.0.0.1", kvstore_server.bulk, namespace="vllm-e2e") as c:
+    with Client("127.0.0.1", kvstore_server.bulk, namespace="vllm") as c:
         assert c.delete_many(keys) == 3
         assert c.put_many(keys, [b"\x00" * 100] * 3) == [True] * 3
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from kvstore_connectors.vllm.tier import KVStoreSecondaryTier
-from serve_helpers import Server
+from serve_helpers import Server, doc_json
 from vllm.v1.kv_offload.base import (
     LookupResult,
     Medium,
@@ -60,10 +60,11 @@ def offloading_spec(model: str = "tiny-llama") -> Spec:
 
 
 def make_tier(server: Server, primary: np.ndarray, model: str = "tiny-llama") -> Any:
-    tier = SecondaryTierFactory.create_secondary_tier(
-        {"type": "KVStoreSecondaryTier", "module_path": "kvstore_connectors.vllm.tier",
-         "host": "127.0.0.1", "port": server.bulk, "namespace": "vllm-tier"},
-        memoryview(primary), offloading_spec(model))
+    extra = doc_json("vllm-offloading")["kv_connector_extra_config"]
+    assert extra["spec_name"] == "TieringOffloadingSpec"
+    tier_config = dict(extra["secondary_tiers"][0], port=server.bulk)   # what users paste
+    tier = SecondaryTierFactory.create_secondary_tier(tier_config, memoryview(primary),
+                                                      offloading_spec(model))
     assert isinstance(tier, KVStoreSecondaryTier) and isinstance(tier, SecondaryTierManager)
     return tier
 
@@ -117,7 +118,7 @@ def test_store_lookup_load_through_kvstore(kvstore_server: Server) -> None:
     tier.submit_store(job(1, k[:3], [0, 1, 2], False, ctx))
     r = finished(tier, 1)
     assert r.success and r.transfer_bytes == 3 * CHUNK_BYTES
-    assert kvstore_server.get("/v1/namespaces/vllm-tier")["blocks"] == 3
+    assert kvstore_server.get("/v1/namespaces/vllm-offload")["blocks"] == 3
     tier.submit_store(job(2, k[:2], [0, 1], False, ctx))           # already there: no bytes
     r = finished(tier, 2)
     assert r.success and r.transfer_bytes == 0
