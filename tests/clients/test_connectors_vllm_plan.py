@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from kvstore_connectors.vllm.config import ConnectorConfig
-from kvstore_connectors.vllm.plan import Planner, StepPlan
+from kvstore_connectors.vllm.plan import Backoff, Planner, StepPlan
 from kvstore_wire.errors import InvalidNamespace
 
 BS = 4
@@ -90,3 +90,20 @@ def test_config_from_extra() -> None:
         ConnectorConfig.from_extra({"lease_seconds": 3600})
     with pytest.raises(ValueError):
         ConnectorConfig.from_extra({"create_namespace": "maybe"})
+
+
+def test_backoff_after_a_failure() -> None:
+    b = Backoff(5.0)
+    assert b.allow(100.0)
+    b.failed(100.0)
+    assert not b.allow(101.0) and not b.allow(104.9)
+    assert b.allow(105.0) and b.skipped == 2
+    b.failed(200.0)
+    b.succeeded()
+    assert b.allow(200.1)
+    with pytest.raises(ValueError):
+        Backoff(-1)
+    with pytest.raises(ValueError):
+        ConnectorConfig.from_extra({"retry_after_seconds": -1})
+    with pytest.raises(ValueError):
+        ConnectorConfig.from_extra({"lookup_timeout_seconds": 0})

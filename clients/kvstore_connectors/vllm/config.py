@@ -17,6 +17,11 @@ from kvstore_wire.keys import validate_namespace
 # evicted) until the worker has read them, at most this long.
 LEASE_SECONDS_DEFAULT = 30.0
 TIMEOUT_SECONDS_DEFAULT = 30.0
+# The scheduler's lookup sits on vLLM's scheduling path: a short timeout, and after a failure
+# no kvstore call for RETRY_AFTER_SECONDS_DEFAULT (requests compute locally meanwhile).
+LOOKUP_TIMEOUT_SECONDS_DEFAULT = 5.0
+RETRY_AFTER_SECONDS_DEFAULT = 5.0
+RETRY_AFTER_SECONDS_MAX = 3600.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class ConnectorConfig:
     create_namespace: bool = True
     lease_seconds: float = LEASE_SECONDS_DEFAULT
     timeout_seconds: float = TIMEOUT_SECONDS_DEFAULT
+    lookup_timeout_seconds: float = LOOKUP_TIMEOUT_SECONDS_DEFAULT
+    retry_after_seconds: float = RETRY_AFTER_SECONDS_DEFAULT
     pool_size: int = 4
     # Further bytes bound into the fingerprint (a deployment-wide salt: two fleets that must
     # never share blocks set different values).
@@ -42,8 +49,10 @@ class ConnectorConfig:
             raise ValueError(f"port must be in 1..65535, not {self.port}")
         if not 0 <= self.lease_seconds <= limits.lease_seconds_max:
             raise ValueError(f"lease_seconds must be in [0, {limits.lease_seconds_max}]")
-        if self.timeout_seconds <= 0:
-            raise ValueError("timeout_seconds must be positive")
+        if self.timeout_seconds <= 0 or self.lookup_timeout_seconds <= 0:
+            raise ValueError("timeout_seconds and lookup_timeout_seconds must be positive")
+        if not 0 <= self.retry_after_seconds <= RETRY_AFTER_SECONDS_MAX:
+            raise ValueError(f"retry_after_seconds must be in [0, {RETRY_AFTER_SECONDS_MAX}]")
         if self.pool_size <= 0:
             raise ValueError("pool_size must be positive")
 

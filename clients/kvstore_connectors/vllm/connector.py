@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 from kvstore_connectors.keys import prefix_keys
 from kvstore_connectors.vllm.config import ConnectorConfig
 from kvstore_connectors.vllm.layout import engine_layout, geometry
-from kvstore_connectors.vllm.plan import BlockTransfer, Planner, StepPlan
+from kvstore_connectors.vllm.plan import Backoff, BlockTransfer, Planner, StepPlan
 from kvstore_connectors.vllm.transfer import PagedKV, TransferCounters, load_blocks, save_blocks
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class KVStoreConnector(KVConnectorBase_V1):
         self.counters = TransferCounters()
         self._kv: PagedKV | None = None
         self._load_errors: set[int] = set()
+        self._backoff = Backoff(self.config.retry_after_seconds)
         log.info("kvstore connector (%s, tp_rank %d): %s:%d namespace %s, layout %s",
                  role.name, self.tp_rank, self.config.host, self.config.port,
                  self.config.namespace, self.layout.fingerprint_hex())
@@ -101,9 +103,11 @@ class KVStoreConnector(KVConnectorBase_V1):
         with self._client_lock:
             if self._client is None:
                 c = self.config
+                timeout = c.lookup_timeout_seconds if self.role == KVConnectorRole.SCHEDULER \
+                    else c.timeout_seconds
                 self._client = Client(c.host, c.port, namespace=c.namespace,
                                       access_key=c.access_key, secret_key=c.secret_key,
-                                      create=c.create_namespace, timeout=c.timeout_seconds,
+                                      create=c.create_namespace, timeout=timeout,
                                       pool_size=c.pool_size)
             return self._client
 
@@ -125,14 +129,21 @@ class KVStoreConnector(KVConnectorBase_V1):
         keys = self.request_keys(request)
         n = min(len(keys), Planner.lookup_blocks(prompt_len, self.block_size))
         found = 0
-        if n > num_computed_tokens // self.block_size:
+        # Asked even when the local prefix cache covers the prompt: the answer says which
+        # blocks need no save. Leased only when blocks are to be loaded.
+        if n > 0 and self._backoff.allow(time.monotonic()):
             self.scheduler_counters.lookups += 1
+            lease = self.config.lease_seconds if n > num_computed_tokens // self.block_size \
+                else 0.0
             try:
-                found = self.client.lookup(keys[:n], lease_seconds=self.config.lease_seconds)
+                found = self.client.lookup(keys[:n], lease_seconds=lease)
+                self._backoff.succeeded()
             except (KVStoreError, OSError) as exc:
                 self.scheduler_counters.lookup_errors += 1
-                log.warning("kvstore: lookup for %s failed, computing locally: %s",
-                            request.request_id, exc)
+                self._backoff.failed(time.monotonic())
+                log.warning("kvstore: lookup for %s failed, computing locally (no lookups "
+                            "for %.0f s): %s", request.request_id,
+                            self.config.retry_after_seconds, exc)
         external = self._planner.matched(request.request_id, keys, prompt_len,
                                          num_computed_tokens, found)
         if external:
@@ -201,7 +212,14 @@ class KVStoreConnector(KVConnectorBase_V1):
             return
         assert self._kv is not None, "register_kv_caches was not called"
         for t in meta.saves:
+            if not self._backoff.allow(time.monotonic()):
+                continue                          # kvstore failed lately: a later miss
+            failed_before = self.counters.save_failed_blocks
             save_blocks(self.client, self._kv, t.keys, t.block_ids, self.counters)
+            if self.counters.save_failed_blocks > failed_before:
+                self._backoff.failed(time.monotonic())
+            else:
+                self._backoff.succeeded()
         log.debug("kvstore: saved %d blocks so far", self.counters.saved_blocks)
 
     def get_finished(self, finished_req_ids: set[str]) -> tuple[set[str] | None,

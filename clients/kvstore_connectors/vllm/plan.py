@@ -110,3 +110,28 @@ class Planner:
 
     def tracked(self) -> int:
         return len(self._tracked)
+
+
+class Backoff:
+    """After a failed call to kvstore, stop calling for ``seconds``: a store that is down or
+    unreachable must cost each request nothing more than a skipped lookup or save, not a
+    timeout on the scheduler's or the forward's path. The clock is passed in (monotonic)."""
+
+    def __init__(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("seconds must not be negative")
+        self.seconds = seconds
+        self._until = 0.0
+        self.skipped = 0
+
+    def allow(self, now: float) -> bool:
+        if now < self._until:
+            self.skipped += 1
+            return False
+        return True
+
+    def failed(self, now: float) -> None:
+        self._until = now + self.seconds
+
+    def succeeded(self) -> None:
+        self._until = 0.0

@@ -2,7 +2,8 @@
 through ``kv_connector_module_path`` against a real ``kvstore serve`` on loopback. The first
 run computes the prompt and stores its full blocks; a second run, in a new process (a new
 vLLM instance with an empty local prefix cache), finds the stored prefix in one lookup,
-loads it, reports the external cache hit, and produces the same tokens."""
+loads it, reports the external cache hit, and produces the same tokens; a third run with
+kvstore stopped computes locally and still gives them."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def layout_of(log: str) -> bytes:
     return bytes.fromhex(m.group(1))
 
 
-@pytest.mark.timeout(2 * RUN_SECONDS_MAX + 120)
+@pytest.mark.timeout(3 * RUN_SECONDS_MAX + 120)
 def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: Path) -> None:
     model = write_tiny_llama(tmp_path / "tiny-llama")
     rng = random.Random(7)
@@ -93,3 +94,10 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
     hits = (after_second["hits_dram"] + after_second["hits_flash"]
             - after_first["hits_dram"] - after_first["hits_flash"])
     assert hits >= 6, after_second
+
+    # kvstore down: the lookup fails fast, the connector backs off, vLLM computes locally
+    kvstore_server.stop()
+    third, log3 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "down")
+    assert "lookup for" in log3 and "failed, computing locally" in log3, log3[-4000:]
+    assert "external prefix hit" not in log3
+    assert third["tokens"] == first["tokens"]
