@@ -78,6 +78,10 @@ class KVStoreConnector(KVConnectorBase_V1):
         self.config = ConnectorConfig.from_extra(
             self._kv_transfer_config.kv_connector_extra_config)
         self.geometry = geometry(kv_cache_config)
+        pp = int(getattr(vllm_config.parallel_config, "pipeline_parallel_size", 1) or 1)
+        if pp != 1:   # each stage holds other layers: its blocks would not match the lookup's
+            raise ValueError("the kvstore connector supports pipeline_parallel_size 1, "
+                             f"not {pp}")
         self.block_size = self.geometry.block_size
         self.tp_rank = _tp_rank(role)
         self.layout = engine_layout(vllm_config, self.geometry, self.tp_rank,
