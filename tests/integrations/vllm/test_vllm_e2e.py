@@ -26,10 +26,10 @@ BLOCK = 32                 # run_llm.py's block_size
 RUN_SECONDS_MAX = 600
 
 
-def run_vllm(tmp: Path, model: Path, port: int, prompts: list[list[int]], tag: str) -> \
+def run_vllm(tmp: Path, model: Path, port: int, waves: list[list[list[int]]], tag: str) -> \
         tuple[dict[str, Any], str]:
     prompts_path, out_path = tmp / f"prompts-{tag}.json", tmp / f"out-{tag}.json"
-    prompts_path.write_text(json.dumps(prompts))
+    prompts_path.write_text(json.dumps(waves))
     config = doc_json("vllm-connector")                       # what users paste
     config["kv_connector_extra_config"]["port"] = port
     config_path = tmp / "kv-transfer-config.json"
@@ -60,15 +60,19 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
     rng = random.Random(7)
     prompt = [rng.randrange(3, 500) for _ in range(3 * BLOCK + 5)]   # 3 full blocks + 5
     spoilt = [rng.randrange(3, 500) for _ in range(3 * BLOCK + 9)]
+    # the first prompt's 3 blocks and a 4th: later found beyond a local hit of 3 blocks
+    longer = prompt[:3 * BLOCK] + [rng.randrange(3, 500) for _ in range(BLOCK + 5)]
     before = kvstore_server.stats()
 
-    first, log1 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "first")
+    first, log1 = run_vllm(tmp_path, model, kvstore_server.bulk, [[prompt, spoilt, longer]],
+                           "first")
     assert "external prefix hit" not in log1
-    assert first["num_cached_tokens"] == [0, 0]
+    assert first["num_cached_tokens"][:2] == [0, 0]
     assert first["metrics"]["vllm:external_prefix_cache_hits"] == 0
     after_first = kvstore_server.stats()
-    assert after_first["blocks"] - before["blocks"] == 6      # the full prompt blocks
-    assert kvstore_server.get("/v1/namespaces/vllm")["blocks"] == 6
+    # the full prompt blocks, the 3 shared by `prompt` and `longer` once (same chained keys)
+    assert after_first["blocks"] - before["blocks"] == 7
+    assert kvstore_server.get("/v1/namespaces/vllm")["blocks"] == 7
 
     # The second prompt's blocks are replaced by blocks of the wrong size under the same keys
     # (derived here from the logged layout: the delete proves the derivation is the same).
@@ -77,15 +81,22 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
         assert c.delete_many(keys) == 3
         assert c.put_many(keys, [b"\x00" * 100] * 3) == [True] * 3
 
-    second, log2 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "second")
+    waves = [[prompt, spoilt], [longer]]
+    second, log2 = run_vllm(tmp_path, model, kvstore_server.bulk, waves, "second")
     # the scheduler's lookups found 3 blocks of each; the worker loaded the good ones and
     # refused the wrong-size ones, which vLLM recomputed ("recompute" failure policy)
     assert log2.count(f"external prefix hit of {3 * BLOCK} tokens") == 2, log2[-4000:]
     assert "loaded 3 of 3 blocks" in log2, log2[-4000:]
     assert "loaded 0 of 3 blocks" in log2, log2[-4000:]
     assert "Recovered from KV load failure: 1 request(s) rescheduled" in log2, log2[-4000:]
+    # `longer`, after the first wave: 3 blocks from vLLM's local prefix cache, the 4th from
+    # kvstore (the scheduler's one lookup found all 4)
+    assert (f"external prefix hit of {BLOCK} tokens (4 blocks found, {3 * BLOCK} tokens "
+            "computed locally)") in log2, log2[-4000:]
+    assert "loaded 1 of 1 blocks" in log2, log2[-4000:]
+    assert second["num_cached_tokens"][2] == 4 * BLOCK
     assert second["num_cached_tokens"][0] == 3 * BLOCK
-    assert second["metrics"]["vllm:external_prefix_cache_hits"] >= 3 * BLOCK
+    assert second["metrics"]["vllm:external_prefix_cache_hits"] >= 4 * BLOCK
     # the same tokens: from the loaded KV for the first prompt, recomputed for the second
     assert second["tokens"] == first["tokens"]
     assert all(len(t) == 8 for t in first["tokens"])
@@ -93,11 +104,11 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
     assert after_second["blocks"] == after_first["blocks"]  # write-once: nothing new stored
     hits = (after_second["hits_dram"] + after_second["hits_flash"]
             - after_first["hits_dram"] - after_first["hits_flash"])
-    assert hits >= 6, after_second
+    assert hits >= 7, after_second
 
     # kvstore down: the lookup fails fast, the connector backs off, vLLM computes locally
     kvstore_server.stop()
-    third, log3 = run_vllm(tmp_path, model, kvstore_server.bulk, [prompt, spoilt], "down")
+    third, log3 = run_vllm(tmp_path, model, kvstore_server.bulk, waves, "down")
     assert "lookup for" in log3 and "failed, computing locally" in log3, log3[-4000:]
     assert "external prefix hit" not in log3
     assert third["tokens"] == first["tokens"]
