@@ -105,7 +105,8 @@ def job(job_id: int, keys: list[bytes], chunks: list[int], promotion: bool,
 
 def test_store_lookup_load_through_kvstore(kvstore_server: Server) -> None:
     rng = np.random.default_rng(3)
-    primary = rng.integers(0, 256, size=(CHUNKS, CHUNK_BYTES), dtype=np.uint8)
+    # int8 rows, as vLLM's SharedOffloadRegion.create_kv_memoryview hands them over
+    primary = rng.integers(-128, 128, size=(CHUNKS, CHUNK_BYTES), dtype=np.int8)
     original = primary.copy()
     tier = make_tier(kvstore_server, primary)
     assert tier.block_size_bytes == CHUNK_BYTES and tier.medium is Medium.STORAGE
@@ -146,8 +147,8 @@ def test_store_lookup_load_through_kvstore(kvstore_server: Server) -> None:
     tier.shutdown()
 
     # a new instance (another engine process) finds the chunks; another model does not
-    again = make_tier(kvstore_server, np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.uint8))
-    other = make_tier(kvstore_server, np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.uint8),
+    again = make_tier(kvstore_server, np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.int8))
+    other = make_tier(kvstore_server, np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.int8),
                       model="another-model")
     ctx3 = ReqContext(req_id="r3")
     assert resolve(again, k[:3], ctx3) == [LookupResult.HIT] * 3
@@ -157,7 +158,7 @@ def test_store_lookup_load_through_kvstore(kvstore_server: Server) -> None:
 
 
 def test_bad_chunk_ids_and_a_down_store(kvstore_server: Server) -> None:
-    primary = np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.uint8)
+    primary = np.zeros((CHUNKS, CHUNK_BYTES), dtype=np.int8)
     tier = make_tier(kvstore_server, primary)
     ctx = ReqContext(req_id="r")
     with pytest.raises(ValueError, match="outside"):
