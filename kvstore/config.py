@@ -124,6 +124,11 @@ class ServeConfig:
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
+    # engine integrations (issue 11): the Redis-protocol listener and KV events for routers
+    resp_port: int | None = None  # None: no Redis listener
+    resp_namespace: str = "default"
+    resp_idle_timeout_seconds: float = limits.bulk_idle_timeout_seconds_default
+    kv_events: str | None = None  # ZMQ endpoint the KV-event publisher binds
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -167,6 +172,10 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
+    "resp_port": ("--resp-port", "KVSTORE_RESP_PORT", "port"),
+    "resp_namespace": ("--resp-namespace", "KVSTORE_RESP_NAMESPACE", "str"),
+    "resp_idle_timeout_seconds": ("--resp-idle-timeout", "KVSTORE_RESP_IDLE_TIMEOUT", "timeout"),
+    "kv_events": ("--kv-events", "KVSTORE_KV_EVENTS", "str"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -228,6 +237,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
                                    "that node counts as a miss (default "
                                    f"{d.forward_timeout_seconds:g})",
+        "resp_port": "serve the Redis protocol (RESP2/3: GET, SET, MGET, ...) on this port "
+                     "(default: off; 0 picks a free port)",
+        "resp_namespace": "namespace of Redis keys without a 'namespace/' prefix "
+                          f"(default {d.resp_namespace})",
+        "resp_idle_timeout_seconds": "seconds an authenticated Redis connection may sit idle "
+                                     f"(default {d.resp_idle_timeout_seconds:g})",
+        "kv_events": "publish vLLM-format KV events (ZMQ PUB, bound here), e.g. "
+                     "tcp://127.0.0.1:5557 (default: off)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         if kind == "bool":
@@ -406,6 +423,11 @@ def validate(cfg: ServeConfig) -> None:
     validate_connections(cfg)
     if cfg.port and cfg.port == cfg.bulk_port:
         raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
+    if cfg.resp_port and cfg.resp_port in (cfg.port, cfg.bulk_port):
+        raise ConfigError(f"--resp-port {cfg.resp_port} must differ from --port and --bulk-port")
+    if cfg.kv_events is not None and not re.match(r"^(tcp|ipc)://\S+$", cfg.kv_events):
+        raise ConfigError(f"--kv-events: expected a ZMQ endpoint such as tcp://127.0.0.1:5557, "
+                          f"got {cfg.kv_events!r}")
     if cfg.credentials is None and not is_loopback(cfg.host):
         raise ConfigError(
             f"refusing to listen on {cfg.host!r} without --credentials: development mode "
