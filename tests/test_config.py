@@ -201,3 +201,18 @@ def test_connection_bounds_default_flag_env_and_file(tmp_path: Path) -> None:
 def test_invalid_connection_bounds_are_refused(argv: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         from_argv(argv, {})
+
+
+def test_engine_integration_flags() -> None:
+    """--resp-port, --resp-namespace, --resp-idle-timeout and --kv-events (issue 11): off by
+    default, from flags or env, and refused when they collide or are not an endpoint."""
+    d = from_argv([], {})
+    assert d.resp_port is None and d.resp_namespace == "default" and d.kv_events is None
+    cfg = from_argv(["--resp-port", "6380", "--resp-namespace", "lmcache",
+                     "--kv-events", "tcp://127.0.0.1:5557"], {"KVSTORE_RESP_IDLE_TIMEOUT": "30"})
+    assert (cfg.resp_port, cfg.resp_namespace, cfg.resp_idle_timeout_seconds, cfg.kv_events) == (
+        6380, "lmcache", 30.0, "tcp://127.0.0.1:5557")
+    with pytest.raises(ConfigError, match="--resp-port 8700 must differ"):
+        from_argv(["--resp-port", "8700"], {})
+    with pytest.raises(ConfigError, match="--kv-events: expected a ZMQ endpoint"):
+        from_argv(["--kv-events", "127.0.0.1:5557"], {})

@@ -7,6 +7,7 @@ protocol errors, the idle timeout and the connection cap."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -283,3 +284,27 @@ def test_redis_cli_auth(auth_node: Node) -> None:
     assert b"WRONGPASS" in bad.stdout + bad.stderr
     anon = subprocess.run([*cli, "GET", "k"], capture_output=True, timeout=WAIT_SECONDS)
     assert b"NOAUTH" in anon.stdout + anon.stderr
+
+
+def test_kvstore_serve_resp_port_survives_a_restart(tmp_path: Path) -> None:
+    """`kvstore serve --resp-port 0 --resp-namespace NAME` as a real process: an LMCache-style
+    bare key lands in NAME, and an acknowledged SET is still there after a graceful restart."""
+    from test_serve import SMALL, Serve, stop
+
+    args = ["--port", "0", "--bulk-port", "0", "--resp-port", "0", "--resp-namespace",
+            "engine-kv", "--data-dir", str(tmp_path / "data"), *SMALL]
+    key, value = "llama@0@0@00ab", os.urandom(1 * limits.MiB + 3)
+    for run in range(2):
+        srv = Serve(tmp_path, args, name=f"serve{run}")
+        try:
+            srv.wait_ready()
+            m = re.search(r"Redis protocol on redis://127\.0\.0\.1:(\d+)  \(default namespace "
+                          r"engine-kv\)", srv.out)
+            assert m, srv.out
+            r = redis.Redis(host="127.0.0.1", port=int(m.group(1)), socket_timeout=WAIT_SECONDS)
+            if run == 0:
+                assert r.set(key, value) and r.set("engine-kv/other", b"x")
+            assert r.get(key) == value and r.exists(key, "other") == 2
+            r.close()
+        finally:
+            assert stop(srv) >= 0 and srv.proc.returncode == 0, srv.err[-2000:]
