@@ -346,6 +346,24 @@ assert resp_direct_bytes_min <= resp_bulk_bytes_max <= resp_oversized_skip_bytes
 assert resp_bulk_bytes_max <= resp_command_bytes_max <= batch_bytes_max
 assert resp_array_len_max >= 2 * batch_keys_max + 1 and resp_pipeline_commands_max >= 1
 
+# --- KV events for routers (--kv-events; kvstore.transport.kv_events) -----------------------
+
+# Events waiting for the publisher thread: past it new events are dropped and counted (a slow
+# or absent subscriber never slows a put, and never grows memory).
+kv_events_queue_max = 100_000
+# Events one published batch carries at most (vLLM publishes one batch per scheduler step).
+kv_events_batch_max = 1024
+# ZMQ's own send high-water mark (messages queued per subscriber before ZMQ drops).
+kv_events_hwm_messages = 100_000
+# Token ids read from one block's metadata (``x-amz-meta-kv-token-ids``; S3's metadata cap
+# bounds them first): more is not a block of a KV cache.
+kv_events_token_ids_max = 4096
+# How long a stopping server keeps publishing what is queued before it closes the socket.
+kv_events_close_seconds = 1.0
+
+assert 1 <= kv_events_batch_max <= kv_events_queue_max
+assert 0 < kv_events_close_seconds < shutdown_seconds_max
+
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 
 # On-disk geometry: segments are whole pages, and a default segment holds a maximal block with

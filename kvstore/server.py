@@ -35,6 +35,7 @@ from kvstore.api.metrics import Metrics
 from kvstore.auth import Tenants
 from kvstore.cluster.membership import Membership, StaticMembership, load_peers
 from kvstore.config import ConfigError, ServeConfig, format_size
+from kvstore.engine.format import digest_of
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
@@ -44,6 +45,7 @@ from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
+from kvstore.transport.kv_events import KvEventPublisher
 from kvstore.transport.resp_server import RespServer, start_resp_server
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
@@ -167,6 +169,7 @@ class Server:
         self._stop = asyncio.Event()
         self._signals = 0
         self._http: _UvicornServer | None = None
+        self._events_bound = ""
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -194,6 +197,7 @@ class Server:
                         "only.")
         http_sock = bind_socket(cfg.host, cfg.port)
         device = engine = runner = None
+        events: KvEventPublisher | None = None
         try:
             try:
                 os.makedirs(cfg.data_dir, exist_ok=True)
@@ -219,10 +223,26 @@ class Server:
             state = Node(engine, runner, tenants, metrics=metrics)
             if self._stop.is_set():
                 return 0  # stopped during recovery: nothing is serving yet
+            events = self._start_kv_events(engine)
             return await self._serve(state, http_sock, metrics)
         finally:
             http_sock.close()
             await self._close(engine, runner, device)
+            if events is not None:  # after the engine closed: its last removals go out too
+                await asyncio.to_thread(events.close)
+
+    def _start_kv_events(self, engine: Engine) -> KvEventPublisher | None:
+        """The KV-event publisher when --kv-events is given, told of every block the engine
+        stores or loses."""
+        if self.cfg.kv_events is None:
+            return None
+        try:
+            pub = KvEventPublisher(self.cfg.kv_events, digest_of).start()
+        except KVStoreError as exc:
+            raise StartupError(str(exc)) from None
+        engine.observe_blocks(pub.submit)
+        self._events_bound = pub.bound
+        return pub
 
     async def _serve(self, state: Node, http_sock: socket.socket, metrics: Metrics) -> int:
         cfg = self.cfg
@@ -379,6 +399,8 @@ class Server:
             lines.append(f"kvstore: pod: {cfg.pod or 'static'} ({m.kind})  node: {m.self_id}  "
                          f"nodes: {len(m.view())}" + ("" if m.connected else "  (etcd not "
                                                      "reachable yet)"))
+        if cfg.kv_events is not None:
+            lines.append(f"kvstore: KV events on {self._events_bound}  (ZMQ PUB, vLLM format)")
         if state.tenants.dev:
             lines.append("kvstore: DEVELOPMENT MODE (no credentials): signatures not checked")
         lines.append("kvstore: ready")

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvstore import limits
@@ -69,6 +70,12 @@ class EngineState:
         self.budget = SegmentBudget.of(config)
         self.leases = Leases(lease_budget_bytes(config, self.budget.high, self.budget.max),
                              limits.leased_blocks_max)
+        # Told when a block becomes present in the index (True) and when it stops being
+        # present, whatever the cause: delete, eviction, expiry, a corrupt record (False):
+        # ``observer(present, namespace id, digest, record meta bytes)``. Called under ``lock``,
+        # so it must only queue (``Engine.observe_blocks``). A move by reclaim or an overwrite
+        # keeps the block present: no call. None: nobody listens.
+        self.observer: Callable[[bool, int, bytes, bytes], None] | None = None
 
     # ------------------------------------------------------------------ keys
     def resolve(self, ns: str, key: str) -> tuple[int, NamespaceInfo, bytes, bytes]:
@@ -105,6 +112,8 @@ class EngineState:
         old = self.index.remove(digest) if e is None or self.index.get(digest) == e else None
         if old is not None:
             self.ns_count[old.ns] = self.ns_count.get(old.ns, 1) - 1
+            if self.observer is not None:
+                self.observer(False, old.ns, digest, b"")
         self.dram.discard(digest)
         self.leases.pop(digest, None)
 
@@ -122,6 +131,8 @@ class EngineState:
             self.dram.discard(digest)
             if (old.length, old.csum) != (hdr.payload_len, hdr.checksum):
                 self.leases.pop(digest, None)  # overwritten: the leased version is gone
+        elif self.observer is not None:
+            self.observer(True, ns_id, digest, hdr.meta)
         self.ns_count[ns_id] = self.ns_count.get(ns_id, 0) + 1
         if keep is not None:
             self.dram.put(digest, (seg_id, off // fmt.PAGE), keep, meta_of(hdr))
