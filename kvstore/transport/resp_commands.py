@@ -170,6 +170,8 @@ async def cmd_mget(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:
         await turn.wait()
         turn.write(resp.array_header(len(keys)))
         for i in range(len(keys)):
+            if conn.closed:
+                break
             fut = ahead[i]
             ahead[i] = None
             if i + limits.resp_read_ahead_blocks < len(keys):
@@ -335,7 +337,7 @@ async def cmd_select(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:
 async def cmd_quit(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:
     await turn.wait()
     turn.write(resp.simple("OK"))
-    conn.abort()
+    conn.close()
 
 
 async def cmd_client(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:

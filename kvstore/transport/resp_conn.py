@@ -209,7 +209,7 @@ class RespProtocol(asyncio.BufferedProtocol):
                     assert fatal is not None
                     await turn.wait()
                     turn.write(resp.error("ERR " + (fatal.message or "Protocol error")))
-                    self._close()
+                    self.close()
                     return
                 await execute(self, cmd, turn)
             except RespReplyError as exc:
@@ -234,7 +234,7 @@ class RespProtocol(asyncio.BufferedProtocol):
     async def _answer_error(self, turn: Turn, text: str, name: str) -> None:
         self.blocks.failed("resp", name)
         if turn.started:  # half an answer is on the wire: the stream cannot be repaired
-            self._close()
+            self.close()
             return
         await turn.wait()
         turn.write(resp.error(text))
@@ -250,7 +250,7 @@ class RespProtocol(asyncio.BufferedProtocol):
         if kind is not None:
             self.metric("timeout", kind)
             log.debug("resp: closing a connection: %s timeout", kind)
-            self._close()
+            self.close()
         else:
             self._timer = loop.call_later(self.ctx.timeouts.tick_seconds, self._tick)
 
@@ -298,11 +298,12 @@ class RespProtocol(asyncio.BufferedProtocol):
             self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
                                                               self._release_held)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if not self.closed and self.transport is not None:
             self.closed = True
             self.ctx.connections.discard(self)
-            self.transport.close()  # flushes what is written, then closes
+            self.transport.close()  # flushes what is written, then closes (after QUIT's OK,
+            # a protocol error's answer, a timeout)
 
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -40,9 +40,10 @@ CREDS = {"tenants": [
 
 class Node:
     def __init__(self, tenants: Tenants | None = None, namespace: str = "default",
-                 timeouts: BulkTimeouts | None = None, connections_max: int = 64) -> None:
+                 timeouts: BulkTimeouts | None = None, connections_max: int = 64,
+                 dram_bytes: int = 128 * limits.MiB) -> None:
         cfg = EngineConfig(data_dir="/mem", capacity_bytes=512 * limits.MiB,
-                           segment_bytes=128 * limits.MiB, dram_bytes=128 * limits.MiB)
+                           segment_bytes=128 * limits.MiB, dram_bytes=dram_bytes)
         self.bulk = BackgroundBulkServer(cfg, MemoryDevice(), tenants=tenants,
                                          metrics=Metrics()).start()
         assert self.bulk.node is not None
@@ -88,6 +89,28 @@ def test_values_round_trip_byte_for_byte(node: Node) -> None:
     assert r.ping() is True and r.echo(b"hi") == b"hi"
     with pytest.raises(redis.ResponseError, match="syntax error"):
         r.set("k", b"v", xx=True)
+
+
+def test_flash_reads_pipelined_are_byte_exact() -> None:
+    """Without a DRAM tier every GET holds an engine lease over a pooled read buffer until the
+    socket has flushed it: many large answers in flight at once must all arrive intact."""
+    n = Node(dram_bytes=0)
+    try:
+        r = n.client()
+        vals = [os.urandom(2 * limits.MiB - i) for i in range(24)]
+        p = r.pipeline(transaction=False)
+        for i, v in enumerate(vals):
+            p.set(f"f{i}", v)
+        assert p.execute() == [True] * len(vals)
+        for _ in range(2):
+            p = r.pipeline(transaction=False)
+            for i in range(len(vals)):
+                p.get(f"f{i}")
+            assert p.execute() == vals
+        assert r.mget([f"f{i}" for i in range(len(vals))]) == vals
+        assert n.bulk.engine is not None and n.bulk.engine.stats()["hits_flash"] >= 3 * len(vals)
+    finally:
+        n.stop()
 
 
 def test_namespaces_from_keys(node: Node) -> None:
@@ -308,3 +331,9 @@ def test_kvstore_serve_resp_port_survives_a_restart(tmp_path: Path) -> None:
             r.close()
         finally:
             assert stop(srv) >= 0 and srv.proc.returncode == 0, srv.err[-2000:]
+
+
+def test_inline_commands_and_quit(node: Node) -> None:
+    with raw(node) as s:  # as typed into telnet: inline commands, then QUIT flushes and closes
+        s.sendall(b"SET inline-k v1\r\nGET inline-k\nEXISTS inline-k nope\r\nQUIT\r\nPING\r\n")
+        assert read_until_closed(s) == b"+OK\r\n$2\r\nv1\r\n:1\r\n+OK\r\n"
