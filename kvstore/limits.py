@@ -337,14 +337,25 @@ resp_direct_bytes_min = 64 * KiB
 resp_recv_buffer_bytes = 256 * KiB
 # Commands of one connection decoded but not answered yet (pipelining): past it reading pauses.
 resp_pipeline_commands_max = connection_inflight_requests_max
-# Blocks one MGET opens ahead of the socket (as the bulk port's GET_BATCH does).
+# Value bytes of one connection's decoded, unanswered commands: past it decoding pauses (the
+# bulk port's PUT window).
+resp_inflight_bytes_max = connection_inflight_bytes_max
+# Blocks one MGET opens ahead of the socket (as the bulk port's GET_BATCH does), and reads
+# (GET, MGET) of one connection running at once: the leases one connection can hold.
 resp_read_ahead_blocks = engine_threads
+# Before AUTH (with credentials) a peer is nobody: its commands are decoded one at a time and
+# may carry only short arguments, so it cannot make the server buffer a value (Redis 7 limits
+# unauthenticated clients the same way: 10 arguments, 16 KiB each).
+resp_preauth_array_len_max = 10
+resp_preauth_bulk_bytes_max = 16 * KiB
 
 assert resp_header_bytes_max + resp_direct_bytes_min + 2 <= resp_recv_buffer_bytes
 assert resp_inline_bytes_max < resp_recv_buffer_bytes
 assert resp_direct_bytes_min <= resp_bulk_bytes_max <= resp_oversized_skip_bytes_max
 assert resp_bulk_bytes_max <= resp_command_bytes_max <= batch_bytes_max
 assert resp_array_len_max >= 2 * batch_keys_max + 1 and resp_pipeline_commands_max >= 1
+assert resp_preauth_bulk_bytes_max < resp_direct_bytes_min and resp_preauth_array_len_max >= 7
+assert resp_command_bytes_max <= resp_inflight_bytes_max
 
 # --- KV events for routers (--kv-events; kvstore.transport.kv_events) -----------------------
 

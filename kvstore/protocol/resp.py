@@ -16,7 +16,7 @@ in place): ``get_buffer`` returns the rest of that target while it fills. Shorte
 cut out of the decoder's own receive buffer as ``bytes``.
 
 Bounds (``kvstore.limits``, "Redis protocol"): a header line, an inline command, the argument
-count, one bulk argument and all of one command's bulk bytes. Incomplete input waits for more.
+count, one bulk argument and all of one command's bulk bytes; tighter ones while ``preauth``. Incomplete input waits for more.
 Malformed input, or a bound a peer cannot be allowed past, raises ``ProtocolError`` (the
 transport answers ``-ERR Protocol error: ...`` and closes, as Redis does). A value past the block
 bound but within ``resp_oversized_skip_bytes_max`` is read and dropped: its command arrives with
@@ -109,6 +109,9 @@ class RespDecoder:
     def __init__(self, alloc: Callable[[int], Any] | None = None, *,
                  recv_buffer_bytes: int = limits.resp_recv_buffer_bytes) -> None:
         self._alloc = alloc or _Owned
+        # The peer has not authenticated: short commands only (limits.resp_preauth_*); the
+        # connection clears it after AUTH, before it decodes the next command.
+        self.preauth = False
         self._buf = bytearray(recv_buffer_bytes)
         self._start = self._end = 0
         self._reset()
@@ -247,7 +250,8 @@ class RespDecoder:
                 if line is None:
                     return NEED_DATA
                 n = _parse_int(line[1:], "multibulk length")
-                if n > limits.resp_array_len_max:
+                if n > (limits.resp_preauth_array_len_max if self.preauth
+                        else limits.resp_array_len_max):
                     raise ProtocolError("Protocol error: invalid multibulk length")
                 if n > 0:  # '*0' and '*-1' are no command (Redis skips them too)
                     self._argc = n
@@ -260,7 +264,8 @@ class RespDecoder:
             self._start_bulk(_parse_int(line[1:], "bulk length"))
 
     def _start_bulk(self, n: int) -> None:
-        if n < 0 or n > limits.resp_oversized_skip_bytes_max:
+        if n < 0 or n > limits.resp_oversized_skip_bytes_max or (
+                self.preauth and n > limits.resp_preauth_bulk_bytes_max):
             raise ProtocolError("Protocol error: invalid bulk length")
         self._cmd_bytes += n
         if self._cmd_bytes > limits.resp_command_bytes_max:

@@ -39,7 +39,8 @@ from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 log = logging.getLogger("kvstore.resp")
 
 _FLUSH_POLL_SECONDS = 0.0005
-# Commands that only read: they may run while earlier reads are still running.
+# Commands that only read: they may run while earlier reads are still running (at most
+# limits.resp_read_ahead_blocks of them at once).
 READS = frozenset({"GET", "MGET", "EXISTS", "PING"})
 
 
@@ -89,6 +90,10 @@ class RespProtocol(asyncio.BufferedProtocol):
         self._tail: asyncio.Future[None] | None = None  # done when the last answer is written
         self._last_write: asyncio.Future[None] | None = None  # done of the last non-read
         self._pending = 0
+        self._inflight_bytes = 0  # value bytes of decoded, unanswered commands
+        # done futures of the last reads: a read starts once the one resp_read_ahead_blocks
+        # before it is done (bounds the leases pipelined GETs hold; waits only on earlier ones)
+        self._reads: deque[asyncio.Future[None]] = deque(maxlen=limits.resp_read_ahead_blocks)
         self._stopping = False  # a protocol error is queued: decode nothing more
         self._paused = False
         self._write_ok = asyncio.Event()
@@ -159,9 +164,12 @@ class RespProtocol(asyncio.BufferedProtocol):
 
     def _process(self) -> None:
         while not self.closed and not self._stopping:
-            if self._pending >= limits.resp_pipeline_commands_max:
+            if (self._pending >= limits.resp_pipeline_commands_max
+                    or self._inflight_bytes >= limits.resp_inflight_bytes_max
+                    or (self.tenant is None and self._pending)):  # before AUTH: one at a time
                 self._pause()
                 return
+            self.dec.preauth = self.tenant is None
             try:
                 ev = self.dec.next_event()
             except ProtocolError as exc:
@@ -195,16 +203,25 @@ class RespProtocol(asyncio.BufferedProtocol):
         prev, done = self._tail, loop.create_future()
         self._tail = done
         self._pending += 1
+        nbytes = 0 if cmd is None else sum(len(a) if isinstance(a, bytes) else a.length
+                                           for a in cmd.args)
+        self._inflight_bytes += nbytes
         is_read = cmd is not None and cmd.name in READS and not cmd.oversized
         gate = self._last_write if is_read else prev
-        if not is_read:
+        window = None
+        if is_read:
+            if len(self._reads) == self._reads.maxlen:
+                window = self._reads[0]
+            self._reads.append(done)
+        else:
             self._last_write = done
         turn = Turn(self, prev)
 
         async def run() -> None:
             try:
-                if gate is not None and not gate.done():
-                    await asyncio.shield(gate)
+                for g in (gate, window):
+                    if g is not None and not g.done():
+                        await asyncio.shield(g)
                 if cmd is None:
                     assert fatal is not None
                     await turn.wait()
@@ -226,6 +243,7 @@ class RespProtocol(asyncio.BufferedProtocol):
                         self.ctx.pool.release(buf)
                 done.set_result(None)
                 self._pending -= 1
+                self._inflight_bytes -= nbytes
                 if not self.closed:
                     self._process()
 

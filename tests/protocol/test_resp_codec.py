@@ -149,3 +149,17 @@ def test_maps_and_errors() -> None:
     r.feed(resp.error("ERR two\r\nlines"))
     err = r.gets()
     assert isinstance(err, hiredis.ReplyError) and str(err) == "ERR two  lines"
+
+
+def test_preauth_bounds() -> None:
+    dec = resp.RespDecoder()
+    dec.preauth = True
+    auth = resp.encode_command([b"AUTH", b"u" * 100, b"p" * limits.resp_preauth_bulk_bytes_max])
+    assert len(dec.receive_data(auth)) == 1
+    for data in (resp.encode_command([b"SET", b"k", b"v" * (limits.resp_preauth_bulk_bytes_max
+                                                            + 1)]),
+                 resp.encode_command([b"X"] * (limits.resp_preauth_array_len_max + 1))):
+        d = resp.RespDecoder()
+        d.preauth = True
+        with pytest.raises(ProtocolError):
+            d.receive_data(data)

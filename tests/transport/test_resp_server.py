@@ -25,6 +25,7 @@ from kvstore.api.metrics import Metrics
 from kvstore.auth import Tenants
 from kvstore.engine.device import MemoryDevice
 from kvstore.engine.types import EngineConfig
+from kvstore.protocol import resp
 from kvstore.testing import BackgroundBulkServer
 from kvstore.transport.resp_server import RespServer, start_resp_server
 from kvstore.transport.watchdog import BulkTimeouts
@@ -337,3 +338,27 @@ def test_inline_commands_and_quit(node: Node) -> None:
     with raw(node) as s:  # as typed into telnet: inline commands, then QUIT flushes and closes
         s.sendall(b"SET inline-k v1\r\nGET inline-k\nEXISTS inline-k nope\r\nQUIT\r\nPING\r\n")
         assert read_until_closed(s) == b"+OK\r\n$2\r\nv1\r\n:1\r\n+OK\r\n"
+
+
+def test_before_auth_a_peer_gets_short_commands_and_a_deadline() -> None:
+    """With credentials, an unauthenticated peer cannot make the server buffer a value (Redis
+    7's rule: short arguments only), its pipelined commands wait for its AUTH, and it must
+    authenticate within the handshake timeout."""
+    n = Node(tenants=Tenants.from_dict(CREDS), namespace="acme-default",
+             timeouts=BulkTimeouts(handshake_seconds=0.3, idle_seconds=60))
+    try:
+        with raw(n) as s:
+            s.sendall(resp.encode_command([b"SET", b"k", b"x" * limits.resp_direct_bytes_min]))
+            assert read_until_closed(s) == b"-ERR Protocol error: invalid bulk length\r\n"
+        value = os.urandom(300_000)
+        with raw(n) as s:  # AUTH, a long SET and a GET in one write: decoded after the AUTH
+            s.sendall(resp.encode_command([b"AUTH", b"AKACME", b"acme-secret"])
+                      + resp.encode_command([b"SET", b"acme-x/k", value])
+                      + resp.encode_command([b"GET", b"acme-x/k"]) + b"QUIT\r\n")
+            assert read_until_closed(s) == (b"+OK\r\n+OK\r\n" + resp.bulk(value) + b"+OK\r\n")
+        with raw(n) as s:  # silent: closed at the handshake deadline
+            assert read_until_closed(s) == b""
+        assert ('kvstore_connection_timeouts_total{kind="handshake",port="resp"} 1.0'
+                in n.bulk.metrics.render().decode())
+    finally:
+        n.stop()
