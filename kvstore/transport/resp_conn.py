@@ -90,6 +90,7 @@ class RespProtocol(asyncio.BufferedProtocol):
         self._tail: asyncio.Future[None] | None = None  # done when the last answer is written
         self._last_write: asyncio.Future[None] | None = None  # done of the last non-read
         self._pending = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._inflight_bytes = 0  # value bytes of decoded, unanswered commands
         # done futures of the last reads: a read starts once the one resp_read_ahead_blocks
         # before it is done (bounds the leases pipelined GETs hold; waits only on earlier ones)
@@ -247,7 +248,9 @@ class RespProtocol(asyncio.BufferedProtocol):
                 if not self.closed:
                     self._process()
 
-        loop.create_task(run())
+        task = loop.create_task(run())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer_error(self, turn: Turn, text: str, name: str) -> None:
         self.blocks.failed("resp", name)
