@@ -425,9 +425,15 @@ def validate(cfg: ServeConfig) -> None:
         raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
     if cfg.resp_port and cfg.resp_port in (cfg.port, cfg.bulk_port):
         raise ConfigError(f"--resp-port {cfg.resp_port} must differ from --port and --bulk-port")
-    if cfg.kv_events is not None and not re.match(r"^(tcp|ipc)://\S+$", cfg.kv_events):
-        raise ConfigError(f"--kv-events: expected a ZMQ endpoint such as tcp://127.0.0.1:5557, "
-                          f"got {cfg.kv_events!r}")
+    if cfg.kv_events is not None:
+        m = re.match(r"^(?:ipc://\S+|tcp://(\[[^\]]+\]|[^:/\s]+):\d+)$", cfg.kv_events)
+        if not m:
+            raise ConfigError(f"--kv-events: expected a ZMQ endpoint such as "
+                              f"tcp://127.0.0.1:5557, got {cfg.kv_events!r}")
+        if cfg.credentials is None and m.group(1) and not is_loopback(m.group(1)):
+            raise ConfigError(f"refusing to publish KV events on {cfg.kv_events!r} without "
+                              "--credentials: events name every tenant's blocks (and token "
+                              "ids), so development mode publishes on loopback only")
     if cfg.credentials is None and not is_loopback(cfg.host):
         raise ConfigError(
             f"refusing to listen on {cfg.host!r} without --credentials: development mode "

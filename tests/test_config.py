@@ -216,3 +216,6 @@ def test_engine_integration_flags() -> None:
         from_argv(["--resp-port", "8700"], {})
     with pytest.raises(ConfigError, match="--kv-events: expected a ZMQ endpoint"):
         from_argv(["--kv-events", "127.0.0.1:5557"], {})
+    with pytest.raises(ConfigError, match="development mode publishes on loopback only"):
+        from_argv(["--kv-events", "tcp://*:5557"], {})
+    assert from_argv(["--kv-events", "tcp://[::1]:5557"], {}).kv_events == "tcp://[::1]:5557"
