@@ -105,8 +105,8 @@ async def _put(conn: RespProtocol, ns: str, items: list[tuple[str, Arg]],
         async def remote(i: int, key: str, value: Arg) -> None:
             data = value.view if isinstance(value, Bulk) else value
             fwd, made = await blocks.put_remote(tenant, ns, key, data, overwrite=overwrite)
-            if fwd:
-                created[i] = bool(made)
+            if fwd:  # an owner that did not answer skipped the write (counted): to the
+                created[i] = True if made is None else made  # client, stored then evicted
 
         await asyncio.gather(*(remote(i, k, v) for i, (k, v) in enumerate(items)
                                if blocks.forward.owner(ns, k) is not None))
