@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod clean test-nixl test-client-dist compose-test
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod bench-resp clean test-nixl test-client-dist compose-test
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -47,7 +47,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m mypy
 
-bench: bench-engine bench-http bench-bulk bench-pod
+bench: bench-engine bench-http bench-bulk bench-pod bench-resp
 
 bench-engine: $(STAMP)
 	$(PY) loadtest/bench_engine.py
@@ -60,6 +60,9 @@ bench-bulk: $(STAMP)
 
 bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py
+
+bench-resp: $(STAMP)
+	$(PY) loadtest/bench_resp.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
