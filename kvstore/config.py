@@ -247,6 +247,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                      "tcp://127.0.0.1:5557 (default: off)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
+        helps[name] = helps[name].replace("%", "%%")  # argparse %-formats help ("25% of")
         if kind == "bool":
             p.add_argument(flag, dest=name, default=None, action=argparse.BooleanOptionalAction,
                            help=f"{helps[name]} [env {env}=1|0]")

@@ -219,3 +219,21 @@ def test_engine_integration_flags() -> None:
     with pytest.raises(ConfigError, match="development mode publishes on loopback only"):
         from_argv(["--kv-events", "tcp://*:5557"], {})
     assert from_argv(["--kv-events", "tcp://[::1]:5557"], {}).kv_events == "tcp://[::1]:5557"
+
+
+def test_serve_help_renders() -> None:
+    """`kvstore serve --help` prints every flag (a '%' in a help text once broke argparse)."""
+    import argparse
+    import contextlib
+    import io
+
+    from kvstore.config import add_serve_arguments
+
+    p = argparse.ArgumentParser(prog="kvstore serve")
+    add_serve_arguments(p)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
+        p.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = out.getvalue()
+    assert "25% of --capacity" in text and "--resp-port" in text and "--kv-events" in text
