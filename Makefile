@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod loadtest clean test-nixl \
-        test-client-dist compose-test test-integrations test-integrations-vllm
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod bench-resp loadtest clean \
+        test-nixl test-client-dist compose-test test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -101,7 +101,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest
 	$(PY) -m mypy
 
-bench: bench-engine bench-http bench-bulk bench-pod
+bench: bench-engine bench-http bench-bulk bench-pod bench-resp
 
 bench-engine: $(STAMP)
 	$(PY) loadtest/bench_engine.py
@@ -120,6 +120,9 @@ bench-pod: $(STAMP)
 # out), ~6 min; report (markdown, JSON, PNG plots) in loadtest/results/loadtest-*.
 loadtest: $(STAMP)
 	$(PY) loadtest/compare.py
+
+bench-resp: $(STAMP)
+	$(PY) loadtest/bench_resp.py
 
 clean:
 	rm -rf $(VENV) $(INTEG_DIR) .pytest_cache .ruff_cache .hypothesis

@@ -132,6 +132,11 @@ class ServeConfig:
     # deployments and breaks sync tools (aws s3 sync, rclone) that compare ETags with MD5s
     etag: str = "md5"
     previous_owner_read: bool = True  # a read that misses at the replicas asks the next node
+    # engine integrations (issue 11): the Redis-protocol listener and KV events for routers
+    resp_port: int | None = None  # None: no Redis listener
+    resp_namespace: str = "default"
+    resp_idle_timeout_seconds: float = limits.bulk_idle_timeout_seconds_default
+    kv_events: str | None = None  # ZMQ endpoint the KV-event publisher binds
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -178,6 +183,10 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
     "etag": ("--etag", "KVSTORE_ETAG", "etag"),
     "previous_owner_read": ("--previous-owner-read", "KVSTORE_PREVIOUS_OWNER_READ", "bool"),
+    "resp_port": ("--resp-port", "KVSTORE_RESP_PORT", "port"),
+    "resp_namespace": ("--resp-namespace", "KVSTORE_RESP_NAMESPACE", "str"),
+    "resp_idle_timeout_seconds": ("--resp-idle-timeout", "KVSTORE_RESP_IDLE_TIMEOUT", "timeout"),
+    "kv_events": ("--kv-events", "KVSTORE_KV_EVENTS", "str"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -247,6 +256,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "previous_owner_read": "in a pod, a read that misses at a block's replicas also asks "
                                "the node that owned it before the last join, and copies a hit "
                                "forward (default on; --no-previous-owner-read turns it off)",
+        "resp_port": "serve the Redis protocol (RESP2/3: GET, SET, MGET, ...) on this port "
+                     "(default: off; 0 picks a free port)",
+        "resp_namespace": "namespace of Redis keys without a 'namespace/' prefix "
+                          f"(default {d.resp_namespace})",
+        "resp_idle_timeout_seconds": "seconds an authenticated Redis connection may sit idle "
+                                     f"(default {d.resp_idle_timeout_seconds:g})",
+        "kv_events": "publish vLLM-format KV events (ZMQ PUB, bound here), e.g. "
+                     "tcp://127.0.0.1:5557 (default: off)",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
@@ -439,6 +456,17 @@ def validate(cfg: ServeConfig) -> None:
     validate_connections(cfg)
     if cfg.port and cfg.port == cfg.bulk_port:
         raise ConfigError(f"--port and --bulk-port must differ (both {cfg.port})")
+    if cfg.resp_port and cfg.resp_port in (cfg.port, cfg.bulk_port):
+        raise ConfigError(f"--resp-port {cfg.resp_port} must differ from --port and --bulk-port")
+    if cfg.kv_events is not None:
+        m = re.match(r"^(?:ipc://\S+|tcp://(\[[^\]]+\]|[^:/\s]+):\d+)$", cfg.kv_events)
+        if not m:
+            raise ConfigError(f"--kv-events: expected a ZMQ endpoint such as "
+                              f"tcp://127.0.0.1:5557, got {cfg.kv_events!r}")
+        if cfg.credentials is None and m.group(1) and not is_loopback(m.group(1)):
+            raise ConfigError(f"refusing to publish KV events on {cfg.kv_events!r} without "
+                              "--credentials: events name every tenant's blocks (and token "
+                              "ids), so development mode publishes on loopback only")
     if cfg.credentials is None and not is_loopback(cfg.host):
         raise ConfigError(
             f"refusing to listen on {cfg.host!r} without --credentials: development mode "

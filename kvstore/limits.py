@@ -346,6 +346,67 @@ copy_forward_inflight_max = 16
 assert 1 <= namespace_replicas_max <= pod_nodes_max
 assert copy_forward_inflight_max >= 1
 
+# --- Redis protocol (RESP) listener (kvstore.protocol.resp, kvstore.transport.resp_server) ---
+
+# An inline command (a line not starting with '*', e.g. typed into telnet): Redis's own cap.
+resp_inline_bytes_max = 64 * KiB
+# A '*N' or '$N' header line (digits and CRLF): anything longer is not a header.
+resp_header_bytes_max = 64
+# Arguments of one command: an MSET of a full batch (key and value each) plus its name.
+resp_array_len_max = 2 * batch_keys_max + 1
+# One bulk argument (a value): at most one block, the bound every front end has.
+resp_bulk_bytes_max = block_bytes_max
+# A bulk argument past resp_bulk_bytes_max but within this is read and dropped, and its command
+# answered with an error (the connection stays usable); a longer one is a protocol error (the
+# connection is closed): a peer cannot make the server read an unbounded value.
+resp_oversized_skip_bytes_max = 2 * block_bytes_max
+# All bulk arguments of one command together (an MSET): one connection's in-flight window.
+resp_command_bytes_max = connection_inflight_bytes_max
+# Bulk arguments at least this long are received straight into an aligned buffer the engine
+# writes in place; shorter ones are cut out of the receive buffer.
+resp_direct_bytes_min = 64 * KiB
+# The per-connection receive buffer: holds a maximal inline command or a short bulk argument.
+resp_recv_buffer_bytes = 256 * KiB
+# Commands of one connection decoded but not answered yet (pipelining): past it reading pauses.
+resp_pipeline_commands_max = connection_inflight_requests_max
+# Value bytes of one connection's decoded, unanswered commands: past it decoding pauses (the
+# bulk port's PUT window).
+resp_inflight_bytes_max = connection_inflight_bytes_max
+# Blocks one MGET opens ahead of the socket (as the bulk port's GET_BATCH does), and reads
+# (GET, MGET) of one connection running at once: the leases one connection can hold.
+resp_read_ahead_blocks = engine_threads
+# Before AUTH (with credentials) a peer is nobody: its commands are decoded one at a time and
+# may carry only short arguments, so it cannot make the server buffer a value (Redis 7 limits
+# unauthenticated clients the same way: 10 arguments, 16 KiB each).
+resp_preauth_array_len_max = 10
+resp_preauth_bulk_bytes_max = 16 * KiB
+
+assert resp_header_bytes_max + resp_direct_bytes_min + 2 <= resp_recv_buffer_bytes
+assert resp_inline_bytes_max < resp_recv_buffer_bytes
+assert resp_direct_bytes_min <= resp_bulk_bytes_max <= resp_oversized_skip_bytes_max
+assert resp_bulk_bytes_max <= resp_command_bytes_max <= batch_bytes_max
+assert resp_array_len_max >= 2 * batch_keys_max + 1 and resp_pipeline_commands_max >= 1
+assert resp_preauth_bulk_bytes_max < resp_direct_bytes_min and resp_preauth_array_len_max >= 7
+assert resp_command_bytes_max <= resp_inflight_bytes_max
+
+# --- KV events for routers (--kv-events; kvstore.transport.kv_events) -----------------------
+
+# Events waiting for the publisher thread: past it new events are dropped and counted (a slow
+# or absent subscriber never slows a put, and never grows memory).
+kv_events_queue_max = 100_000
+# Events one published batch carries at most (vLLM publishes one batch per scheduler step).
+kv_events_batch_max = 1024
+# ZMQ's own send high-water mark (messages queued per subscriber before ZMQ drops).
+kv_events_hwm_messages = 100_000
+# Token ids read from one block's metadata (``x-amz-meta-kv-token-ids``; S3's metadata cap
+# bounds them first): more is not a block of a KV cache.
+kv_events_token_ids_max = 4096
+# How long a stopping server keeps publishing what is queued before it closes the socket.
+kv_events_close_seconds = 1.0
+
+assert 1 <= kv_events_batch_max <= kv_events_queue_max
+assert 0 < kv_events_close_seconds < shutdown_seconds_max
+
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 
 # On-disk geometry: segments are whole pages, and a default segment holds a maximal block with

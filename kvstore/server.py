@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from kvstore.api.metrics import Metrics
 from kvstore.auth import Tenants
 from kvstore.cluster.membership import Membership, StaticMembership, load_peers
 from kvstore.config import ConfigError, ServeConfig, format_size
+from kvstore.engine.format import digest_of
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
@@ -43,6 +45,8 @@ from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
+from kvstore.transport.kv_events import KvEventPublisher
+from kvstore.transport.resp_server import RespServer, start_resp_server
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -165,6 +169,7 @@ class Server:
         self._stop = asyncio.Event()
         self._signals = 0
         self._http: _UvicornServer | None = None
+        self._events_bound = ""
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -192,6 +197,7 @@ class Server:
                         "only.")
         http_sock = bind_socket(cfg.host, cfg.port)
         device = engine = runner = None
+        events: KvEventPublisher | None = None
         try:
             try:
                 os.makedirs(cfg.data_dir, exist_ok=True)
@@ -218,10 +224,26 @@ class Server:
                          etag=cfg.etag)
             if self._stop.is_set():
                 return 0  # stopped during recovery: nothing is serving yet
+            events = self._start_kv_events(engine)
             return await self._serve(state, http_sock, metrics)
         finally:
             http_sock.close()
             await self._close(engine, runner, device)
+            if events is not None:  # after the engine closed: its last removals go out too
+                await asyncio.to_thread(events.close)
+
+    def _start_kv_events(self, engine: Engine) -> KvEventPublisher | None:
+        """The KV-event publisher when --kv-events is given, told of every block the engine
+        stores or loses."""
+        if self.cfg.kv_events is None:
+            return None
+        try:
+            pub = KvEventPublisher(self.cfg.kv_events, digest_of).start()
+        except KVStoreError as exc:
+            raise StartupError(str(exc)) from None
+        engine.observe_blocks(pub.submit)
+        self._events_bound = pub.bound
+        return pub
 
     async def _serve(self, state: Node, http_sock: socket.socket, metrics: Metrics) -> int:
         cfg = self.cfg
@@ -234,6 +256,7 @@ class Server:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                f"{exc.strerror or exc}") from None
         bulk_port = bulk.port
+        resp_server = await self._start_resp(state, bulk_timeouts)
         app: Any = create_app(state, self.health)
         if cfg.access_log:
             app = AccessLog(app)
@@ -247,6 +270,8 @@ class Server:
             await asyncio.sleep(0.01)
         if task.done():
             await self._close_bulk(bulk, 1.0)
+            if resp_server is not None:
+                await resp_server.close(1.0)
             err = task.exception()
             raise StartupError(f"HTTP server failed to start: {err!r}")
         membership = build_membership(cfg, http_sock.getsockname()[1], bulk_port)
@@ -260,7 +285,7 @@ class Server:
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()
-        self._announce(http_sock, bulk_port, state)
+        self._announce(http_sock, bulk_port, state, resp_server)
         stop_wait = asyncio.create_task(self._stop.wait())
         await asyncio.wait({task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
@@ -273,8 +298,10 @@ class Server:
         self.health.set_draining()
         self._http.should_exit = True
         closing_bulk = asyncio.create_task(self._close_bulk(bulk, drain_s))
+        closing_resp = asyncio.create_task(resp_server.close(drain_s) if resp_server is not None
+                                           else asyncio.sleep(0))
         cutter = asyncio.create_task(self._cut_after(self._cut_delay_s(drain_s)))
-        for waiting in (task, closing_bulk):
+        for waiting in (task, closing_bulk, closing_resp):
             left = max(0.1, deadline - asyncio.get_running_loop().time())
             try:
                 await asyncio.wait_for(asyncio.shield(waiting), left)
@@ -288,6 +315,23 @@ class Server:
         if state.blocks.forward is not None:  # after the drain: requests in flight used them
             await state.blocks.forward.close()
         return 1 if crashed else 0
+
+    async def _start_resp(self, state: Node, bulk_timeouts: BulkTimeouts) -> RespServer | None:
+        """The Redis-protocol listener when --resp-port is given (the bulk port's handshake
+        and body timeouts, its own idle timeout)."""
+        cfg = self.cfg
+        if cfg.resp_port is None:
+            return None
+        timeouts = dataclasses.replace(bulk_timeouts, idle_seconds=cfg.resp_idle_timeout_seconds)
+        try:
+            return await start_resp_server(state, cfg.host, cfg.resp_port,
+                                           namespace=cfg.resp_namespace, timeouts=timeouts,
+                                           connections_max=cfg.connections_max)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.host}:{cfg.resp_port} (Redis protocol): "
+                               f"{exc.strerror or exc}") from None
+        except KVStoreError as exc:
+            raise StartupError(f"--resp-namespace: {exc}") from None
 
     def _cut_delay_s(self, drain_s: float) -> float:
         """When to close the HTTP connections still in a request: at the drain bound, and
@@ -338,7 +382,8 @@ class Server:
         if device is not None:
             device.close()
 
-    def _announce(self, http_sock: socket.socket, bulk_port: int, state: Node) -> None:
+    def _announce(self, http_sock: socket.socket, bulk_port: int, state: Node,
+                  resp_server: RespServer | None = None) -> None:
         cfg = self.cfg
         host = _url_host(cfg.host)
         http_port = http_sock.getsockname()[1]
@@ -346,6 +391,9 @@ class Server:
             f"kvstore: HTTP (S3 API and /v1) on http://{host}:{http_port}"
             f"  (docs http://{host}:{http_port}/docs)",
             f"kvstore: bulk on tcp://{host}:{bulk_port}",
+            *([] if resp_server is None else [
+                f"kvstore: Redis protocol on redis://{host}:{resp_server.port}  (default "
+                f"namespace {cfg.resp_namespace})"]),
             f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
         ]
@@ -354,6 +402,8 @@ class Server:
             lines.append(f"kvstore: pod: {cfg.pod or 'static'} ({m.kind})  node: {m.self_id}  "
                          f"nodes: {len(m.view())}" + ("" if m.connected else "  (etcd not "
                                                      "reachable yet)"))
+        if cfg.kv_events is not None:
+            lines.append(f"kvstore: KV events on {self._events_bound}  (ZMQ PUB, vLLM format)")
         if state.tenants.dev:
             lines.append("kvstore: DEVELOPMENT MODE (no credentials): signatures not checked")
         lines.append("kvstore: ready")

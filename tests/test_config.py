@@ -203,14 +203,39 @@ def test_invalid_connection_bounds_are_refused(argv: list[str], match: str) -> N
         from_argv(argv, {})
 
 
+def test_engine_integration_flags() -> None:
+    """--resp-port, --resp-namespace, --resp-idle-timeout and --kv-events (issue 11): off by
+    default, from flags or env, and refused when they collide or are not an endpoint."""
+    d = from_argv([], {})
+    assert d.resp_port is None and d.resp_namespace == "default" and d.kv_events is None
+    cfg = from_argv(["--resp-port", "6380", "--resp-namespace", "lmcache",
+                     "--kv-events", "tcp://127.0.0.1:5557"], {"KVSTORE_RESP_IDLE_TIMEOUT": "30"})
+    assert (cfg.resp_port, cfg.resp_namespace, cfg.resp_idle_timeout_seconds, cfg.kv_events) == (
+        6380, "lmcache", 30.0, "tcp://127.0.0.1:5557")
+    with pytest.raises(ConfigError, match="--resp-port 8700 must differ"):
+        from_argv(["--resp-port", "8700"], {})
+    with pytest.raises(ConfigError, match="--kv-events: expected a ZMQ endpoint"):
+        from_argv(["--kv-events", "127.0.0.1:5557"], {})
+    with pytest.raises(ConfigError, match="development mode publishes on loopback only"):
+        from_argv(["--kv-events", "tcp://*:5557"], {})
+    assert from_argv(["--kv-events", "tcp://[::1]:5557"], {}).kv_events == "tcp://[::1]:5557"
+
+
 def test_serve_help_renders() -> None:
-    """`kvstore serve --help` prints every flag (a bare % in a help text made argparse fail)."""
+    """`kvstore serve --help` prints every flag (a '%' in a help text once broke argparse)."""
     import argparse
+    import contextlib
+    import io
 
     from kvstore.config import add_serve_arguments
 
     p = argparse.ArgumentParser(prog="kvstore serve")
     add_serve_arguments(p)
-    text = p.format_help()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exc:
+        p.parse_args(["--help"])
+    assert exc.value.code == 0
+    text = out.getvalue()
     share = f"{limits.leased_fraction_of_capacity_default:.0%} of --capacity"
-    assert "--lease-budget" in text and share in text and "--etag" in text
+    assert share in text and "--etag" in text
+    assert "--resp-port" in text and "--kv-events" in text

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvstore import limits
@@ -68,6 +69,12 @@ class EngineState:
         self.budget = SegmentBudget.of(config)
         self.leases = Leases(lease_budget_bytes(config, self.budget.high, self.budget.max),
                              limits.leased_blocks_max)
+        # Told when a block becomes present in the index (True) and when it stops being
+        # present, whatever the cause: delete, eviction, expiry, a corrupt record (False):
+        # ``observer(present, namespace id, digest, record meta bytes)``. Called under ``lock``,
+        # so it must only queue (``Engine.observe_blocks``). A move by reclaim or an overwrite
+        # keeps the block present: no call. None: nobody listens.
+        self.observer: Callable[[bool, int, bytes, bytes], None] | None = None
 
     # ------------------------------------------------------------------ keys
     def resolve(self, ns: str, key: str) -> tuple[int, NamespaceInfo, bytes, bytes]:
@@ -111,8 +118,9 @@ class EngineState:
     def drop(self, digest: bytes, e: Entry | None = None) -> None:
         """Remove a block from the index and DRAM (only if it is still ``e``, when given).
         Caller holds ``lock``."""
-        if e is None or self.index.get(digest) == e:
-            self.index.remove(digest)
+        old = self.index.remove(digest) if e is None or self.index.get(digest) == e else None
+        if old is not None and self.observer is not None:
+            self.observer(False, old.ns, digest, b"")
         self.dram.discard(digest)
         self.leases.pop(digest, None)
 
@@ -129,6 +137,8 @@ class EngineState:
             self.dram.discard(digest)
             if (old.length, old.csum) != (hdr.payload_len, hdr.checksum):
                 self.leases.pop(digest, None)  # overwritten: the leased version is gone
+        elif self.observer is not None:
+            self.observer(True, ns_id, digest, hdr.meta)
         if keep is not None:
             self.dram.put(digest, (seg_id, off // fmt.PAGE), keep, meta_of(hdr))
 

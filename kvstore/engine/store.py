@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from kvstore import limits
 from kvstore.engine.batch import check_batch, prepare
@@ -105,6 +105,27 @@ class Engine:
     @property
     def device_name(self) -> str:
         return self.device.name
+
+    def observe_blocks(self, fn: Callable[[bool, str, bytes, bytes], None] | None) -> None:
+        """Call ``fn(present, namespace, digest, meta)`` when a block becomes present (a new
+        key stored) or stops being present (deleted, evicted, expired, found corrupt); None
+        stops. ``fn`` runs under the engine's lock on whichever thread changed the index: it
+        must only queue (``kvstore.transport.kv_events``). ``digest`` is the block's index key,
+        ``kvstore.engine.format.digest_of(namespace, key)``."""
+        if fn is None:
+            self.state.observer = None
+            return
+        names: dict[int, str] = {}  # at most limits.namespaces_max
+        st = self.state
+
+        def observer(present: bool, ns_id: int, digest: bytes, meta: bytes) -> None:
+            name = names.get(ns_id)
+            if name is None:
+                names.update(st.catalog.id_to_name())
+                name = names.get(ns_id, "")
+            fn(present, name, digest, meta)
+
+        self.state.observer = observer
 
     # ------------------------------------------------------------------ namespaces
     def create_namespace(self, name: str, *, owner: str = "", layout: dict | None = None,

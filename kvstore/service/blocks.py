@@ -236,6 +236,16 @@ class BlockService:
             return fut
         return asyncio.ensure_future(self.runner.call(self.lease, ns, key))
 
+    async def open_any(self, tenant: Tenant, ns: str, key: str) -> BlockLease | None:
+        """``open`` for a front end that names the caller (the Redis listener): after
+        ``authorize`` for READ, a block another node of the pod owns is read there (its bytes
+        come back as a stable view); this node's blocks are opened here, zero-copy."""
+        if self.forward is not None:
+            view = await pod_blocks.remote_view(self, self.forward, tenant, ns, key, "get")
+            if view is not pod_blocks.LOCAL:
+                return None if view is None else BlockLease.of(view)
+        return await self.open(ns, key)
+
     def lease(self, ns: str, key: str) -> BlockLease | None:
         """Engine thread: open a block (the flash read happens here); None on a miss."""
         lease = self.engine.acquire(ns, key)
