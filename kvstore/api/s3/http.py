@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
+from kvstore.api.s3.numbers import ascii_uint
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -101,9 +102,10 @@ class Request:
         v = self.headers.get("content-length")
         if v is None:
             return None
-        if not v.isdigit():
+        n = ascii_uint(v)
+        if n is None:
             raise S3Error("InvalidArgument", "bad Content-Length")
-        return int(v)
+        return n
 
     async def _pieces(self, limit: int, too_long: str) -> AsyncIterator[bytes]:
         """The body's pieces as the server hands them over, at most ``limit`` bytes in all."""
@@ -199,6 +201,9 @@ async def respond(send: Send, status: int, headers: Headers, body: bytes | memor
 # --- Range ---------------------------------------------------------------------------------
 
 
+RANGE_DIGITS_MAX = 19  # digits of a Range position taken at their value (2**63 has 19)
+
+
 def _range_spec(header: str | None) -> tuple[str, str] | None:
     """The (first, last) digit strings of a single ``bytes=first-last`` range, either may be
     empty (not both); None when the header is absent or of a form this server ignores."""
@@ -209,13 +214,25 @@ def _range_spec(header: str | None) -> tuple[str, str] | None:
         return None
     first, dash, last = spec.strip().partition("-")
     first, last = first.strip(), last.strip()
-    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+    # ASCII digits only ('²'.isdigit() is true and int('²') fails)
+    if not dash or (first and not _is_digits(first)) or (last and not _is_digits(last)):
         return None
     if not first and not last:
         return None
-    if first and last and int(last) < int(first):
+    if first and last and _num(last) < _num(first):
         return None
     return first, last
+
+
+def _is_digits(s: str) -> bool:
+    return s.isascii() and s.isdigit()
+
+
+def _num(s: str) -> int:
+    """A Range position; one past any object size when longer than RANGE_DIGITS_MAX digits
+    (Python refuses to convert more than 4300 digits, and no object is that large)."""
+    n = ascii_uint(s, RANGE_DIGITS_MAX)
+    return n if n is not None else 1 << 64
 
 
 def range_request(header: str | None) -> tuple[int, int | None] | None:
@@ -227,10 +244,10 @@ def range_request(header: str | None) -> tuple[int, int | None] | None:
         return None
     first, last = spec
     if not first:
-        n = int(last)
+        n = _num(last)
         return (-n, None) if n else (0, 0)  # bytes=-0 is unsatisfiable: the header will say
-    start = int(first)
-    return start, None if not last else int(last) + 1 - start
+    start = _num(first)
+    return start, None if not last else _num(last) + 1 - start
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -243,14 +260,14 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = spec
     if not first:
-        n = int(last)
+        n = _num(last)
         if n == 0 or size == 0:
             raise _invalid_range(size)
         return max(0, size - n), size
-    start = int(first)
+    start = _num(first)
     if start >= size:
         raise _invalid_range(size)
-    end = size if not last else min(size, int(last) + 1)
+    end = size if not last else min(size, _num(last) + 1)
     return start, end
 
 

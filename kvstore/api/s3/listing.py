@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.xml import document, enc, tag
 from kvstore.engine.types import BlockMeta
 
@@ -88,9 +89,10 @@ def decode_token(token: str) -> str:
 
 def max_keys(query: Mapping[str, str]) -> int:
     v = query.get("max-keys", str(limits.list_keys_max))
-    if not v.isdigit():
+    n = ascii_uint(v)
+    if n is None:
         raise S3Error("InvalidArgument", "max-keys must be a non-negative integer")
-    return min(int(v), limits.list_keys_max)
+    return min(n, limits.list_keys_max)
 
 
 def iso(ts: float) -> str:

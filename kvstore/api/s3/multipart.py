@@ -24,6 +24,7 @@ from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums, copying, objects
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.listing import iso
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.payload import too_large
 from kvstore.api.s3.uploads import Completed, Part, Upload, Uploads
 from kvstore.api.s3.xml import document, esc, parse_complete, tag
@@ -47,17 +48,18 @@ def _object_size(req: Request) -> int | None:
     v = req.headers.get("x-amz-mp-object-size")
     if v is None:
         return None
-    if not v.strip().isdigit():
+    n = ascii_uint(v.strip())
+    if n is None:
         raise S3Error("InvalidArgument", "x-amz-mp-object-size must be a byte count")
-    return int(v)
+    return n
 
 
 def _part_number(req: Request) -> int:
-    v = req.query.get("partNumber", "")
-    if not v.isdigit() or not 1 <= int(v) <= limits.multipart_parts_max:
+    n = ascii_uint(req.query.get("partNumber", ""))
+    if n is None or not 1 <= n <= limits.multipart_parts_max:
         raise S3Error("InvalidArgument", f"Part number must be an integer between 1 and "
                       f"{limits.multipart_parts_max}, inclusive")
-    return int(v)
+    return n
 
 
 async def create(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
@@ -197,7 +199,7 @@ def _object_checksum(u: Upload, parts: list[Part], joined: bytearray,
             raise S3Error("InvalidRequest", f"The upload was created with the {u.algo} "
                           f"checksum algorithm, not {algo}.")
         want = out.get(algo)
-        if want is None and value.rpartition("-")[2].isdigit():
+        if want is None and ascii_uint(value.rpartition("-")[2]) is not None:
             # no algorithm on Create, a composite checksum at the end: of the parts' own
             raw = [checksums.decode(algo, p.sums.get(algo, "")) for p in parts]
             if any(r is None for r in raw):

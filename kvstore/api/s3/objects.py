@@ -27,6 +27,7 @@ from kvstore.api.s3.http import (
     range_request,
     respond,
 )
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.payload import Body, check_unsupported, read_payload
 from kvstore.api.s3.xml import document, parse_delete, tag
 from kvstore.engine.types import BlockMeta
@@ -204,7 +205,8 @@ def _check_version(req: Request) -> int:
     pn = req.query.get("partNumber")
     if pn is None:
         return 0
-    if not pn.isdigit() or not 1 <= int(pn) <= limits.multipart_parts_max:
+    n = ascii_uint(pn)
+    if n is None or not 1 <= n <= limits.multipart_parts_max:
         raise S3Error("InvalidArgument", "Part number must be an integer between 1 and "
                       f"{limits.multipart_parts_max}, inclusive")
     if "range" in req.headers:

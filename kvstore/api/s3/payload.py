@@ -12,6 +12,7 @@ from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums, chunked, sigv4
 from kvstore.api.s3.http import Request
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
 from kvstore.errors import EntityTooLarge
 
@@ -113,10 +114,11 @@ async def read_payload(s3: S3App, req: Request, call: Call,
                           "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] or "
                           "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
         declared = req.headers.get("x-amz-decoded-content-length")
-        if declared is None or not declared.isdigit():
+        parsed = ascii_uint(declared)
+        if parsed is None:
             raise S3Error("MissingContentLength",
                           "aws-chunked bodies need x-amz-decoded-content-length")
-        n = int(declared)
+        n = parsed
         if n > room:
             raise too_large(room)
         body = Body(s3.pool, n)

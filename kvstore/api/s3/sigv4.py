@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.auth import Tenant, Tenants, constant_time_equal
 from kvstore.errors import AccessDenied, AuthenticationFailed
 
@@ -139,9 +140,10 @@ def parse_presigned(query: Mapping[str, str]) -> AuthParams:
         sig = query["X-Amz-Signature"]
     except KeyError as exc:
         raise S3Error(err, f"missing {exc.args[0]}") from None
-    if not expires_s.isdigit():
+    parsed = ascii_uint(expires_s)
+    if parsed is None:
         raise S3Error(err, "X-Amz-Expires must be a non-negative integer")
-    expires = int(expires_s)
+    expires = parsed
     if expires > limits.presign_seconds_max:
         raise S3Error(err, f"X-Amz-Expires must be at most {limits.presign_seconds_max}")
     ak, date, region, service = _parse_credential(cred, err)

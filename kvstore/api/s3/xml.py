@@ -12,6 +12,9 @@ from collections.abc import Iterable
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+import defusedxml.ElementTree as defused
+from defusedxml import DefusedXmlException
+
 from kvstore.api.errors import S3Error
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -40,10 +43,16 @@ def _local(tag_name: str) -> str:
 
 
 def parse(body: bytes, root: str) -> ET.Element:
+    """Untrusted XML through defusedxml (a maintained hardened parser): no DTD at all
+    (``forbid_dtd``), so no entity expansion (billion laughs), no external entities or DTDs,
+    whatever the declared encoding (a UTF-16 body hides ``<!DOCTYPE`` from a byte search)."""
     if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         raise S3Error("MalformedXML", "DOCTYPE is not allowed")
     try:
-        el = ET.fromstring(body)
+        el = defused.fromstring(body, forbid_dtd=True, forbid_entities=True,
+                                forbid_external=True)
+    except DefusedXmlException:
+        raise S3Error("MalformedXML", "DOCTYPE is not allowed") from None
     except ET.ParseError:
         raise S3Error("MalformedXML",
                       "The XML you provided was not well-formed or did not validate.") from None
@@ -73,6 +82,9 @@ def parse_delete(body: bytes) -> tuple[list[str], bool]:
     return keys, quiet
 
 
+PART_NUMBER_DIGITS_MAX = 9  # far past S3's 10,000 parts; the handlers check the real bound
+
+
 def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
     """CompleteMultipartUpload body -> [(part number, etag without quotes, {algorithm: the
     part's checksum listed, e.g. ChecksumCRC32 as "crc32"})]."""
@@ -80,7 +92,8 @@ def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
     out = []
     for p in children(el, "Part"):
         n = text(p, "PartNumber").strip()
-        if not n.isdigit():
+        # ASCII digits, a handful of them ('²'.isdigit() is true; int() refuses 4301 digits)
+        if not (n.isascii() and n.isdigit() and len(n) <= PART_NUMBER_DIGITS_MAX):
             raise S3Error("MalformedXML", "PartNumber must be a positive integer")
         sums = {_local(c.tag)[len("Checksum"):].lower(): (c.text or "").strip()
                 for c in p if _local(c.tag).startswith("Checksum")
