@@ -9,8 +9,8 @@ Store and SeaweedFS's S3 (targets.py, targets_more.py; the last two need the ``l
 and are left out, with a note, when it is not installed). Then a run at a tenth of the working
 set for the targets that evict (kvstore, redis, mooncake; Mooncake at no less than its 16 MiB
 least segment), beside an offline LRU of the same capacity, and a block-size sweep of the bulk
-SDK and Redis. Not compared: kvstore's Redis protocol (``--targets kvstore-resp`` once kvstore
-has ``--resp-port``) and LMCache's ``lmcache_server`` (why: targets_more.py). Writes loadtest/results/loadtest-<time>.{md,json} and the
+SDK and Redis. kvstore's Redis protocol (``kvstore-resp``) is compared too. Not compared:
+LMCache's ``lmcache_server`` (why: targets_more.py). Writes loadtest/results/loadtest-<time>.{md,json} and the
 PNG plots, with the machine, settings and commit. About five minutes on a 2-core machine.
 """
 
@@ -36,7 +36,7 @@ import traces  # noqa: E402
 import workloads  # noqa: E402
 from bench_engine import git_commit, machine  # noqa: E402
 
-DEFAULT_TARGETS = "kvstore,kvstore-s3,kvstore-pod,redis,mooncake,seaweedfs-s3"
+DEFAULT_TARGETS = "kvstore,kvstore-s3,kvstore-resp,kvstore-pod,redis,mooncake,seaweedfs-s3"
 EVICTING_TARGETS = ("kvstore", "redis", "mooncake")
 # the default targets that need the `loadtest` extra: left out (with a note) when it is absent
 OPTIONAL_TARGETS = {"mooncake": "mooncake", "seaweedfs-s3": "weed"}
