@@ -185,6 +185,8 @@ def summarize(tally: Tally, wall: float, reqs: Sequence[traces.Request], block_b
     out["series"] = {
         "hit_blocks": [tally.per_request[i][3] for i in order],
         "chain_blocks": [len(reqs[tally.per_request[i][0]].hash_ids) for i in order],
+        "input_tokens": [tally.per_request[i][1] for i in order],
+        "output_tokens": [tally.per_request[i][2] for i in order],
         "request_ms": [round(tally.request_ms[i], 3) for i in order],
         "lookup_ms": [round(tally.lookup_ms[i], 3) for i in order],
     }

@@ -67,6 +67,49 @@ def model_table(runs: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+SWEEP_GB_S = (1.0, 4.0, 16.0, 64.0)
+
+
+def bandwidth_sweep(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The model at the hits this run measured, at store bandwidths a real pod could have (a
+    GPU node's NIC and the tier behind it), beside the bandwidth measured here: where reuse
+    starts to pay and how much."""
+    import model
+
+    s = run["series"]
+    hits = [model.RequestHits(i, o, h) for i, o, h in
+            zip(s["input_tokens"], s["output_tokens"], s["hit_blocks"], strict=True)]
+    measured = run["model"]["assumptions"]["store_bandwidth_gb_s"]
+    latency = run["model"]["assumptions"]["store_latency_s"]
+    rows = []
+    for gb_s in (measured, *SWEEP_GB_S):
+        store = model.Store(bandwidth_bytes_per_s=gb_s * 1e9, latency_s=latency)
+        for name in LAYOUT_ORDER:
+            m = model.summary(model.LAYOUTS[name], model.Gpu(), store, hits)
+            rows.append({"gb_s": gb_s, "layout": name, "measured": gb_s == measured,
+                         "ttft_p50_without_s": m["ttft_p50_without_s"],
+                         "ttft_p50_with_s": m["ttft_p50_with_serial_s"],
+                         "ttft_mean_speedup": m["ttft_mean_speedup_serial"],
+                         "gain": m["sustained_tokens_per_s_gain"],
+                         "reused": m["reused_token_share"],
+                         "tpj_without": m["tokens_per_joule_without"],
+                         "tpj_with": m["tokens_per_joule_with"]})
+    return rows
+
+
+def sweep_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    lines = ["| store GB/s | layout | reused tokens | TTFT p50 without → with (s) | "
+             "mean TTFT speedup | sustained tok/s gain | tokens/J without → with |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tag_ = " (measured)" if r["measured"] else ""
+        lines.append(f"| {_f(r['gb_s'], 2)}{tag_} | {r['layout']} | {_f(r['reused'], 2)} | "
+                     f"{_f(r['ttft_p50_without_s'])} → {_f(r['ttft_p50_with_s'])} | "
+                     f"{_f(r['ttft_mean_speedup'], 2)} | {_f(r['gain'], 2)} | "
+                     f"{_f(r['tpj_without'], 2)} → {_f(r['tpj_with'], 2)} |")
+    return lines
+
+
 def plot_hit_rate(runs: Sequence[dict[str, Any]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in runs:
@@ -160,13 +203,20 @@ def write(runs: Sequence[dict[str, Any]], out: Path, *, sweep: Sequence[dict[str
     if sweep:
         md += ["## Block-size sweep", "", *table(sweep), ""]
     md += ["## Modelled TTFT and throughput (model.py; at each target's measured GET bandwidth "
-           "and latency)", "", *model_table(runs), "",
-           *[f"![{p.stem}]({p.name})" for p in pngs], ""]
+           "and latency)", "", *model_table(runs), ""]
+    bw_rows: list[dict[str, Any]] = []
+    if runs and "input_tokens" in runs[0].get("series", {}):
+        bw_rows = bandwidth_sweep(runs[0])
+        md += [f"## The same trace's hits ({runs[0]['target']}) at other store bandwidths",
+               "", "What one GPU node's share of the tier would need to deliver: the model at "
+               "the measured latency and the listed bandwidths.", "",
+               *sweep_table(bw_rows), ""]
+    md += [*[f"![{p.stem}]({p.name})" for p in pngs], ""]
     md_path = Path(str(out) + ".md")
     md_path.write_text("\n".join(md))
     slim = [{k: v for k, v in r.items() if k != "series"} for r in runs]
     json_path = Path(str(out) + ".json")
-    json_path.write_text(json.dumps({"runs": slim, "sweep": [
+    json_path.write_text(json.dumps({"runs": slim, "bandwidth_sweep": bw_rows, "sweep": [
         {k: v for k, v in r.items() if k != "series"} for r in sweep]}, indent=1))
     return [md_path, json_path, *pngs]
 
