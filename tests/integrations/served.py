@@ -103,3 +103,20 @@ def s3_client(endpoint: str, **config: object) -> object:
     return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=ACCESS_KEY,
                         aws_secret_access_key=SECRET_KEY, region_name=REGION,
                         config=Config(s3={"addressing_style": "path"}, **config))
+
+
+def doc_json(name: str, **override: object) -> dict[str, object]:
+    """The JSON block after ``<!-- tested: NAME -->`` in docs/integrations.md, with ``override``
+    merged into it (and into its ``adapter_params`` when it has one): the configuration a user
+    pastes is the one the test runs."""
+    text = (REPO / "docs" / "integrations.md").read_text()
+    marker = f"<!-- tested: {name} -->"
+    assert marker in text, f"{marker} missing from docs/integrations.md"
+    block = text.split(marker, 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    cfg: dict[str, object] = json.loads(block)
+    inner = cfg.get("adapter_params")
+    target = inner if isinstance(inner, dict) else cfg
+    for k, v in override.items():
+        assert k in target, f"{k} is not in the documented {name} configuration"
+        target[k] = v
+    return cfg

@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 from kvstore_client import Client
 
-from ..served import ACCESS_KEY, REGION, REPO, SECRET_KEY, s3_client, serve_flags, served
+from ..served import (
+    ACCESS_KEY,
+    REGION,
+    REPO,
+    SECRET_KEY,
+    doc_json,
+    s3_client,
+    serve_flags,
+    served,
+)
 
 LMCACHE = Path(os.environ.get("KVSTORE_LMCACHE_BIN",
                               REPO / ".venv-integrations/lmcache/bin/lmcache"))
@@ -65,10 +74,9 @@ def _bench(adapter: dict[str, object], tmp: Path, *, keys: int, size_kb: int, ro
 
 
 def _plugin(port: int) -> dict[str, object]:
-    return {"type": "native_plugin", "module_path": "kvstore_connectors.lmcache",
-            "class_name": "KVStoreL2Client",
-            "adapter_params": {"host": "127.0.0.1", "port": port, "namespace": NS,
-                               "access_key": ACCESS_KEY, "secret_key": SECRET_KEY}}
+    """The documented adapter JSON, pointed at this server."""
+    return doc_json("lmcache-native-plugin", port=port, namespace=NS, access_key=ACCESS_KEY,
+                    secret_key=SECRET_KEY)
 
 
 def _free_port() -> int:

@@ -26,6 +26,8 @@ from sglang.srt.mem_cache.hicache_storage import (  # noqa: E402
 )
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory  # noqa: E402
 
+from ..served import doc_json  # noqa: E402
+
 NS = "sglang-hicache"
 
 
@@ -83,9 +85,8 @@ def _config(port: int, *, tp_rank: int = 0, model: str = "Qwen/Qwen3-0.6B",
         tp_rank=tp_rank, tp_size=2, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1,
         is_mla_model=False, enable_storage_metrics=True, is_page_first_layout=True,
         model_name=model,
-        extra_config={"backend_name": "kvstore", "module_path": "kvstore_connectors.sglang",
-                      "class_name": "KVStoreHiCacheStorage", "interface_v1": 1,
-                      "host": "127.0.0.1", "port": port, "namespace": NS, **extra})
+        extra_config={**doc_json("sglang-dynamic", port=port, namespace=NS,
+                                 access_key="dev", secret_key=""), **extra})
 
 
 def _backend(port: int, pool: HostPool, **kw: object) -> HiCacheStorage:
