@@ -82,7 +82,7 @@ LMC_STAMP    := $(LMC_VENV)/.installed
 SGL_VENV     := $(INTEG)/sglang
 SGL_STAMP    := $(SGL_VENV)/.installed
 SGL_IMPORT_DEPS := numpy orjson psutil pybase64 requests triton packaging pillow starlette \
-                   msgspec pydantic pyzmq tqdm aiohttp
+                   msgspec pydantic pyzmq tqdm aiohttp ipython
 
 .PHONY: test-integrations-lmcache test-integrations-sglang
 

@@ -150,8 +150,9 @@ def main() -> int:
     res: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
                            "settings": {k: v for k, v in vars(args).items() if k != "lmcache"},
                            "rows": {}}
-    with tempfile.TemporaryDirectory(prefix="bench-lmcache-", dir=ROOT / "loadtest/results"
-                                     if (ROOT / "loadtest/results/tmp").exists() else None) as t:
+    base = ROOT / "loadtest/results/tmp"  # git-ignored; the data dirs sit on this disk
+    base.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-lmcache-", dir=base) as t:
         work = Path(t)
         res["machine"] = machine(work)
         have_resp = serve_has("--resp-port")
