@@ -71,7 +71,8 @@ class Kvstore:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"kvstore did not start: {self.out.read_text()[-2000:]}")
             time.sleep(0.05)
-        self.device = (re.search(r"device: (\w+)", self.out.read_text()) or [None, "?"])[1]
+        m = re.search(r"kvstore: device: (\w+)", self.out.read_text())
+        self.device = m.group(1) if m else "?"
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
