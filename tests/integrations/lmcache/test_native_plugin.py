@@ -149,3 +149,27 @@ def test_bad_arguments_fail_fast(bulk) -> None:
         c.close()
     with Client(port=bulk.port, namespace=NS) as plain:  # the prefix is part of the key
         assert plain.exists_many(["bf16-nhd/" + _key(5), _key(5)]) == [True, False]
+
+
+def test_past_the_pending_bound_a_submit_fails_at_once(bulk, monkeypatch) -> None:
+    """LMCache calls submit under its own lock: past ``pending_jobs_max`` a submit completes at
+    once with ok=False (keys not stored / not found) instead of blocking; after close() a
+    submit still returns a future id and raises nothing."""
+    import kvstore_connectors.lmcache as plugin
+
+    c = KVStoreL2Client(port=bulk.port, namespace=NS)
+    try:
+        monkeypatch.setattr(plugin, "pending_jobs_max", 0)
+        arr, mv = _buf(os.urandom(4 * KiB))
+        fids = [c.submit_batch_set([_key(1)], [mv]), c.submit_batch_exists([_key(1), _key(2)])]
+        done = _wait(c, fids)
+        assert done[fids[0]][0] is False and done[fids[1]][2] == [False, False]
+        assert "pending" in done[fids[0]][1]
+        monkeypatch.setattr(plugin, "pending_jobs_max", 4096)
+        fid = c.submit_batch_set([_key(1)], [mv])
+        assert _wait(c, [fid])[fid][0]
+    finally:
+        c.close()
+    late = c.submit_batch_exists([_key(1)])
+    assert [(f, ok) for f, ok, _, _ in c.drain_completions()] == [(late, False)]
+    c.close()  # twice is harmless
