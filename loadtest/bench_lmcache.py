@@ -199,7 +199,8 @@ def main() -> int:
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [f"# lmcache bench l2: kvstore vs redis-server ({res['when']}, {res['commit']})", "",
              f"{args.num_keys} keys x {args.data_size_kb} KiB per submit, {args.rounds} rounds "
-             f"(+1 warm-up), verification on; kvstore device {res.get('device')}, DRAM tier "
+             f"(+1 warm-up), verification on; native_plugin num_workers {args.workers}; kvstore "
+             f"device {res.get('device')}, DRAM tier "
              f"off (--dram 0: loads from the data dir); machine: {res['machine']}", "",
              "| row | store GB/s | load GB/s | store p50 ms | load p50 ms | verified |",
              "|---|---|---|---|---|---|"]
