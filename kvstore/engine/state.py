@@ -21,6 +21,7 @@ from kvstore.engine.device import BufferPool, Device
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
 from kvstore.engine.leases import Leases, lease_budget_bytes
+from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import BlockMeta, EngineConfig, NamespaceInfo, ReadOutcome
 from kvstore.keys import validate_key
 
@@ -29,7 +30,7 @@ STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misse
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
               "recycled_segments", "promoted_blocks", "flash_bytes_read", "leases_limited",
               "leased_moved_blocks", "misses_absent", "misses_expired", "misses_corrupt",
-              "misses_io_error")
+              "misses_io_error", "hits_lower", "readmitted_blocks")
 
 # the counter each kind of miss is also counted in (besides ``misses``)
 MISS_COUNTERS = {ReadOutcome.ABSENT: "misses_absent", ReadOutcome.EXPIRED: "misses_expired",
@@ -68,6 +69,7 @@ class EngineState:
         self.budget = SegmentBudget.of(config)
         self.leases = Leases(lease_budget_bytes(config, self.budget.high, self.budget.max),
                              limits.leased_blocks_max)
+        self.lower: LowerTier | None = None  # a tier below flash (G4), tiers.py
 
     # ------------------------------------------------------------------ keys
     def resolve(self, ns: str, key: str) -> tuple[int, NamespaceInfo, bytes, bytes]:
@@ -120,6 +122,9 @@ class EngineState:
                 ns_id: int, keep: object) -> None:
         """Make a durable record visible in the index (and DRAM when ``keep`` holds its
         payload). Caller holds ``lock``."""
+        if self.lower is not None:  # a different version below flash is stale from now on
+            self.lower.superseded(digest, -1 if hdr.tombstone else hdr.payload_len,
+                                  hdr.checksum)
         if hdr.tombstone:
             self.drop(digest)
             return
