@@ -163,7 +163,8 @@ class KvstoreS3:
 
     def __init__(self, *, bucket: str = "kvstore-g4", access_key: str = "g4-test-access",
                  secret_key: str = "g4-test-secret-key", region: str = "us-east-1",
-                 capacity: str = "256MiB", extra: tuple[str, ...] = ()) -> None:
+                 capacity: str = "256MiB", extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
         self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
         self.region = region
         self.dir = tempfile.mkdtemp(prefix="kvstore-s3-")
@@ -171,6 +172,7 @@ class KvstoreS3:
         self.args = ["--host", HOST, "--port", str(self.port), "--bulk-port", str(self.bulk_port),
                      "--data-dir", os.path.join(self.dir, "data"), "--capacity", capacity,
                      "--segment-size", "4MiB", "--dram", "16MiB", *extra]
+        self.env = dict(env or {})  # added to the child's environment (e.g. AWS_* for --g4)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -184,6 +186,7 @@ class KvstoreS3:
         root = Path(__file__).resolve().parent.parent
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "clients"),
                                              env.get("PYTHONPATH", "")])
+        env.update(self.env)
         out = open(os.path.join(self.dir, "serve.log"), "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *self.args],
                                      stdout=out, stderr=subprocess.STDOUT,

@@ -33,13 +33,6 @@ Target = SeaweedS3 | KvstoreS3
 
 
 @pytest.fixture(scope="module")
-def seaweed() -> Iterator[SeaweedS3]:
-    s3 = SeaweedS3().start()
-    yield s3
-    s3.close()
-
-
-@pytest.fixture(scope="module")
 def kvs3() -> Iterator[KvstoreS3]:
     s3 = KvstoreS3().start()
     yield s3
