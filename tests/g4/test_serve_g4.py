@@ -70,18 +70,28 @@ def test_serve_with_g4_spills_and_reads_through(seaweed: SeaweedS3) -> None:
             assert c.get_object(Bucket="hot-bucket", Key=k)["Body"].read() == v
         stats = node_stats(node)
         assert stats["g4_spilled_blocks"] > 0 and stats["hits_lower"] > 0, stats
+        metrics = http_get(node, "/metrics").decode()
+        for name in ("kvstore_g4_spilled_bytes", "kvstore_g4_upload_queue_segments",
+                     'kvstore_g4_read_latency_ms{quantile="0.99"}',
+                     'kvstore_engine_hits_total{tier="g4"}'):
+            assert name in metrics, name
     finally:
         node.close()
 
 
-def node_stats(node: KvstoreS3) -> dict[str, float]:
+def http_get(node: KvstoreS3, path: str) -> bytes:
     import http.client
 
     conn = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
-    conn.request("GET", "/v1/stats")
-    body = json.loads(conn.getresponse().read())
-    conn.close()
-    return dict(body["stats"])
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().read()
+    finally:
+        conn.close()
+
+
+def node_stats(node: KvstoreS3) -> dict[str, float]:
+    return dict(json.loads(http_get(node, "/v1/stats"))["stats"])
 
 
 def wait_queue_empty(node: KvstoreS3, timeout_s: float = 30.0) -> None:
