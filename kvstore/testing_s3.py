@@ -17,6 +17,7 @@ bring the same one back.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -101,6 +102,7 @@ class SeaweedS3:
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
+        atexit.register(self.stop)  # never outlive this process, even without a teardown
         self._wait_ready(timeout_s)
         return self
 
@@ -171,7 +173,7 @@ class KvstoreS3:
         self.port, self.bulk_port = free_port(), free_port()
         self.args = ["--host", HOST, "--port", str(self.port), "--bulk-port", str(self.bulk_port),
                      "--data-dir", os.path.join(self.dir, "data"), "--capacity", capacity,
-                     "--segment-size", "4MiB", "--dram", "16MiB", *extra]
+                     "--segment-size", "32MiB", "--dram", "16MiB", *extra]
         self.env = dict(env or {})  # added to the child's environment (e.g. AWS_* for --g4)
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -192,6 +194,7 @@ class KvstoreS3:
                                      stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         out.close()
+        atexit.register(self.stop)  # never outlive this process, even without a teardown
         self._wait_ready(timeout_s)
         return self
 

@@ -58,12 +58,11 @@ def run_worker(t: G4Tier) -> None:
             with t.lock:
                 t.counters["g4_upload_failures"] += 1
             log.warning("G4 unavailable: %s (retrying in %gs)", exc, limits.g4_down_seconds)
-            t.wake.wait(limits.g4_down_seconds)
-            t.wake.clear()
+            t.stopping.wait(limits.g4_down_seconds)
             continue
         except Exception:  # never let the worker die: log and go on
             log.exception("G4 worker step failed")
-            t.wake.wait(limits.g4_down_seconds)
+            t.stopping.wait(limits.g4_down_seconds)
         if not t.queue:
             t.wake.wait(0.5)
             t.wake.clear()
@@ -85,28 +84,35 @@ def read_drop_log(t: G4Tier) -> dict[bytes, int]:
 
 
 def load(t: G4Tier) -> None:
-    """Rebuild the index from the manifests (raises G4Unavailable: retried)."""
+    """Rebuild the index from the manifests (raises G4Unavailable: retried). Every request
+    first, then the index in one step: a load cut short by G4 leaves nothing half-loaded."""
     listed = t.store.list("")
     sizes = {n: s for n, s in listed if n.endswith(".kvp")}
-    manifests = sorted(n for n, _s in listed if n.endswith(".sum"))
-    drops = read_drop_log(t)
-    used: dict[bytes, int] = {}
-    now = time.time()
-    for name in manifests:
-        stamp = int(name[:-4], 16)
+    found: list[tuple[G4Object, SegmentSummary]] = []
+    for name in sorted(n for n, _s in listed if n.endswith(".sum")):
+        try:
+            stamp = int(name[:-4], 16)
+        except ValueError:
+            continue  # not ours
         obj = G4Object(stamp, sizes.get(f"{stamp:016x}.kvp", -1))
         if obj.size < 0:
             with contextlib.suppress(G4NotFound):
                 t.store.delete(name)  # a manifest without its object: never indexed
             continue
         try:
-            summary = SegmentSummary.decode(t.store.get(name))
+            found.append((obj, SegmentSummary.decode(t.store.get(name))))
         except (CorruptRecord, G4NotFound, ValueError, KeyError, TypeError) as exc:
             log.warning("G4 manifest %s unreadable (%s): its object is ignored", name, exc)
-            continue
+    drops = read_drop_log(t)
+    used: dict[bytes, int] = {}
+    now = time.time()
+    seen = 0  # t.dropped is only flushed by this thread: what it holds past seen is new
+    for obj, summary in found:
+        stamp = obj.stamp
         with t.lock:
-            for d, s in t.dropped:  # dropped while loading
+            for d, s in t.dropped[seen:]:  # deleted or overwritten while loading
                 drops[d] = max(drops.get(d, 0), s)
+            seen = len(t.dropped)
             local = t.add_object(obj)
             c = summary.cols
             for i in range(summary.count):
@@ -152,7 +158,7 @@ def _throttle(t: G4Tier, nbytes: int, bucket: list[float]) -> None:
     start = max(now, bucket[0])
     bucket[0] = start + nbytes / t.rate
     if start > now:
-        t.wake.wait(start - now)  # a close() wakes it early
+        t.stopping.wait(start - now)  # only a close() ends it early
 
 
 def upload(t: G4Tier, job: SpillJob, bucket: list[float]) -> None:

@@ -83,7 +83,8 @@ class G4Tier:
         self.queue_segments_max, self.queue_bytes_max = queue_segments_max, queue_bytes_max
         self.object_bytes_max = object_bytes_max
         self.lock = threading.Lock()
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # work for the worker (a queued segment, a drop)
+        self.stopping = threading.Event()  # close(): ends the worker's waits
         self.index = Index()
         self.objects: dict[int, G4Object] = {}
         self.next_local = 1
@@ -115,6 +116,7 @@ class G4Tier:
         """Stop the worker; queued segments are let go (their blocks evicted as without G4)."""
         with self.lock:
             self.closed = True
+        self.stopping.set()
         self.wake.set()
         if self.thread is not None:
             self.thread.join(limits.g4_upload_timeout_seconds + 5)
@@ -182,6 +184,9 @@ class G4Tier:
 
     def superseded(self, digest: bytes, length: int, csum: int) -> None:
         with self.lock:
+            if not self.loaded:  # the index may not hold it yet: the loader applies this
+                self.dropped.append((digest, self.stamp_hw))
+                return
             p = self.pending.get(digest)
             g = self.index.get(digest)
             same = (g is not None and (g.length, g.csum) == (length, csum)) or (

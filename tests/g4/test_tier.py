@@ -118,6 +118,7 @@ def test_working_set_4x_flash_comes_back_from_g4(target: str, tmp_path: Path,
         write(eng, data, tier)
         stats = eng.stats()
         assert stats["g4_spilled_blocks"] >= N - stats["blocks"]
+        assert eng.check() == []
         # presence answers from the index: the whole chain counts as present
         assert eng.lookup(NS, list(data)).found == N
         assert all(eng.exists_many(NS, list(data)))
