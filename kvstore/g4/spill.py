@@ -50,10 +50,11 @@ def run_worker(t: G4Tier) -> None:
             if job is not None:
                 upload(t, job, bucket)
                 finish(t, job)
-            if time.monotonic() - last_gc >= limits.g4_gc_interval_seconds or any(
-                    o.live <= 0 for o in list(t.objects.values())):
-                gc(t, expired=time.monotonic() - last_gc >= limits.g4_gc_interval_seconds)
-                last_gc = time.monotonic()
+            sweep = time.monotonic() - last_gc >= t.gc_interval_seconds
+            if sweep or any(o.live <= 0 for o in list(t.objects.values())):
+                gc(t, expired=sweep)
+                if sweep:
+                    last_gc = time.monotonic()
         except G4Unavailable as exc:
             with t.lock:
                 t.counters["g4_upload_failures"] += 1

@@ -76,12 +76,14 @@ class G4Tier:
                  spill_bytes_per_second: int = limits.g4_spill_bytes_per_second_default,
                  queue_segments_max: int = limits.g4_spill_queue_segments_max,
                  queue_bytes_max: int = limits.g4_spill_queue_bytes_max,
-                 object_bytes_max: int = limits.g4_object_bytes_max) -> None:
+                 object_bytes_max: int = limits.g4_object_bytes_max,
+                 gc_interval_seconds: float = limits.g4_gc_interval_seconds) -> None:
         self.store, self.engine = store, engine
         self.records: RecordIO = engine.records
         self.rate = spill_bytes_per_second
         self.queue_segments_max, self.queue_bytes_max = queue_segments_max, queue_bytes_max
         self.object_bytes_max = object_bytes_max
+        self.gc_interval_seconds = gc_interval_seconds
         self.lock = threading.Lock()
         self.wake = threading.Event()  # work for the worker (a queued segment, a drop)
         self.stopping = threading.Event()  # close(): ends the worker's waits

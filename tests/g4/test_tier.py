@@ -56,9 +56,9 @@ def open_engine(path: Path, dram: int = 0) -> Engine:
     return eng
 
 
-def attach(eng: Engine, s3: Target, prefix: str) -> G4Tier:
+def attach(eng: Engine, s3: Target, prefix: str, **kw: float) -> G4Tier:
     target = S3Target(s3.bucket, prefix, s3.endpoint, s3.region, s3.access_key, s3.secret_key)
-    tier = G4Tier(ObjectStore(target), eng).start()
+    tier = G4Tier(ObjectStore(target), eng, **kw).start()
     until(lambda: tier.loaded, "the G4 index loaded")
     return tier
 
@@ -79,9 +79,9 @@ def blocks(seed: int, n: int = N) -> dict[str, bytes]:
     return {f"blk-{seed}-{i:05d}": rnd.randbytes(BLOCK) for i in range(n)}
 
 
-def write(eng: Engine, data: dict[str, bytes], tier: G4Tier | None) -> None:
+def write(eng: Engine, data: dict[str, bytes], tier: G4Tier | None, ttl: float = 0.0) -> None:
     for i, (k, v) in enumerate(data.items()):
-        eng.put(NS, k, v)
+        eng.put(NS, k, v, ttl_seconds=ttl)
         if tier is not None and i % 48 == 47:  # ~3 segments: wait while G4 takes them
             until(lambda: drained(tier), "the spill queue drained")
     if tier is not None:
@@ -224,6 +224,24 @@ def test_delete_and_gc_remove_objects(seaweed: SeaweedS3, tmp_path: Path) -> Non
         until(lambda: not c.list_objects_v2(Bucket=seaweed.bucket, Prefix="gc/").get("Contents"),
               "G4 objects of deleted blocks to be removed")
         assert tier.stats()["g4_gc_objects"] > 0
+    finally:
+        tier.close()
+        eng.close()
+
+
+def test_expired_blocks_are_misses_and_their_objects_are_collected(seaweed: SeaweedS3,
+                                                                  tmp_path: Path) -> None:
+    data = blocks(8, 96)
+    eng = open_engine(tmp_path / "e")
+    tier = attach(eng, seaweed, "ttl", gc_interval_seconds=0.2)
+    c = s3_client(seaweed)
+    try:
+        write(eng, data, tier, ttl=2.0)
+        assert tier.stats()["g4_objects"] > 0
+        until(lambda: not c.list_objects_v2(Bucket=seaweed.bucket, Prefix="ttl/").get("Contents"),
+              "G4 objects of expired blocks to be removed")
+        hits, misses = read_back(eng, data)
+        assert hits == 0 and misses == len(data)
     finally:
         tier.close()
         eng.close()
