@@ -129,6 +129,8 @@ class Engine:
                 st.purge_expired(ns_id)
             if st.ns_count.get(ns_id, 0):
                 raise NamespaceNotEmpty(f"namespace {name} is not empty")
+            if st.lower is not None:  # its blocks below flash go with it (a cache, unlisted)
+                st.lower.forget_namespace(ns_id)
             st.catalog.remove(name)
             st.save_catalog()
 

@@ -10,7 +10,7 @@ by the composition root, ``Engine.attach_lower``) and calls it at five points:
 - presence (``exists_many``, ``lookup``) asks its in-memory index (``present_many``), no I/O;
 - a read that misses flash asks it for the record (``fetch``, no lock held, on an engine
   thread; blocking, bounded by the tier's timeouts): verified record bytes or None;
-- a delete of a block only it holds (``forget``).
+- a delete of a block only it holds (``forget``), of a namespace (``forget_namespace``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class LowerTier(Protocol):
 
     def forget(self, digest: bytes) -> bool:
         """Drop a block (a delete). True when the tier held it."""
+        ...
+
+    def forget_namespace(self, ns_id: int) -> None:
+        """Drop every block of a namespace being deleted. Caller holds the state's lock."""
         ...
 
     def stats(self) -> dict[str, int | float]:

@@ -105,6 +105,8 @@ def load(t: G4Tier) -> None:
         except (CorruptRecord, G4NotFound, ValueError, KeyError, TypeError) as exc:
             log.warning("G4 manifest %s unreadable (%s): its object is ignored", name, exc)
     drops = read_drop_log(t)
+    with t.engine.state.lock:
+        ns_ids = {name.encode(): i for i, name in t.engine.state.catalog.id_to_name().items()}
     used: dict[bytes, int] = {}
     now = time.time()
     seen = 0  # t.dropped is only flushed by this thread: what it holds past seen is new
@@ -117,6 +119,9 @@ def load(t: G4Tier) -> None:
             local = t.add_object(obj)
             c = summary.cols
             for i in range(summary.count):
+                ns_id = ns_ids.get(summary.namespaces[int(c["ns"][i])])
+                if ns_id is None:
+                    continue  # its namespace was deleted: the block went with it
                 d = bytes(c["digest"][i])
                 if drops.get(d, -1) >= stamp:
                     used[d] = drops[d]
@@ -125,7 +130,7 @@ def load(t: G4Tier) -> None:
                 if exp and exp <= now:
                     continue
                 old = t.index.insert(d, Entry(local, int(c["page"][i]), int(c["length"][i]),
-                                              int(c["checksum"][i]), exp, 0))
+                                              int(c["checksum"][i]), exp, ns_id))
                 if old is not None and old.seg in t.objects:
                     t.objects[old.seg].live -= 1
                 obj.live += 1
@@ -223,7 +228,7 @@ def _put_pack(t: G4Tier, seg: Segment, pack: bytearray,
             if p is None or p[0] is not seg:
                 continue  # overwritten or deleted meanwhile (its drop record covers it)
             del t.pending[d]
-            old = t.index.insert(d, Entry(local, page, e.length, e.csum, e.exp, 0))
+            old = t.index.insert(d, Entry(local, page, e.length, e.csum, e.exp, e.ns))
             if old is not None and old.seg in t.objects:
                 t.objects[old.seg].live -= 1
             obj.live += 1

@@ -4,7 +4,8 @@ Books, all behind ``lock`` (taken after the engine state's lock when both are he
 other way round):
 
 - ``index``: the engine's ``Index`` class reused, digest -> Entry(seg = local object id, page =
-  the record's page inside the object, length, checksum, expiry): 44 bytes a block;
+  the record's page inside the object, length, checksum, expiry, namespace id): 44 bytes a
+  block;
 - ``objects``: local id -> ``G4Object`` (name stamp, size, live blocks);
 - ``pending``: blocks of retiring segments queued for upload, still readable from their
   pinned flash segment (so a block is never in neither tier while it moves);
@@ -209,6 +210,13 @@ class G4Tier:
     def forget(self, digest: bytes) -> bool:
         with self.lock:
             return self.remove_entry(digest, drop=True)
+
+    def forget_namespace(self, ns_id: int) -> None:
+        with self.lock:
+            gone = [d for d, e in self.index.items() if e.ns == ns_id]
+            gone += [d for d, (_s, e) in self.pending.items() if e.ns == ns_id]
+            for d in gone:
+                self.remove_entry(d, drop=True)
 
     def fetch(self, digest: bytes, nsb: bytes, kb: bytes) -> tuple[bytes, fmt.RecordHeader] | None:
         with self.lock:

@@ -229,6 +229,33 @@ def test_delete_and_gc_remove_objects(seaweed: SeaweedS3, tmp_path: Path) -> Non
         eng.close()
 
 
+def test_deleted_namespace_takes_its_g4_blocks_also_after_a_restart(seaweed: SeaweedS3,
+                                                                     tmp_path: Path) -> None:
+    data = blocks(9, 96)
+    eng = open_engine(tmp_path / "e")
+    tier = attach(eng, seaweed, "nsdel")
+    try:
+        write(eng, data, tier)
+        on_flash = [k for k in data if digest(k) in eng.index]
+        assert 0 < len(on_flash) < len(data)
+        for k in on_flash:
+            assert eng.delete(NS, k)
+        eng.delete_namespace(NS)  # flash is empty; its G4 blocks go with it
+        eng.create_namespace(NS)
+        assert not any(eng.exists_many(NS, list(data)))
+    finally:
+        tier.close()
+        eng.close()
+    eng = open_engine(tmp_path / "e")
+    tier = attach(eng, seaweed, "nsdel")
+    try:
+        assert not any(eng.exists_many(NS, list(data)))
+        assert all(eng.get(NS, k) is None for k in list(data)[:8])
+    finally:
+        tier.close()
+        eng.close()
+
+
 def test_expired_blocks_are_misses_and_their_objects_are_collected(seaweed: SeaweedS3,
                                                                   tmp_path: Path) -> None:
     data = blocks(8, 96)
