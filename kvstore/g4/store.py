@@ -91,10 +91,11 @@ def _store(t: S3Target, timeout_s: float, retries: int) -> S3Store:
 class ObjectStore:
     """Whole-object PUT/DELETE/LIST and ranged GET under ``target.prefix``."""
 
-    def __init__(self, target: S3Target) -> None:
+    def __init__(self, target: S3Target, *,
+                 read_timeout_seconds: float = limits.g4_read_timeout_seconds) -> None:
         self.target = target
         self.breaker = Breaker()
-        self._reads = _store(target, limits.g4_read_timeout_seconds, 0)
+        self._reads = _store(target, read_timeout_seconds, 0)
         self._writes = _store(target, limits.g4_upload_timeout_seconds, 2)
 
     def key(self, name: str) -> str:

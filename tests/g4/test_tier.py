@@ -8,6 +8,7 @@ Writers pause when the spill queue is full (``write``): a client writing at the 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,9 +57,11 @@ def open_engine(path: Path, dram: int = 0) -> Engine:
     return eng
 
 
-def attach(eng: Engine, s3: Target, prefix: str, **kw: float) -> G4Tier:
+def attach(eng: Engine, s3: Target, prefix: str, read_timeout_s: float = 2.0,
+           **kw: float) -> G4Tier:
     target = S3Target(s3.bucket, prefix, s3.endpoint, s3.region, s3.access_key, s3.secret_key)
-    tier = G4Tier(ObjectStore(target), eng, **kw).start()
+    store = ObjectStore(target, read_timeout_seconds=read_timeout_s)
+    tier = G4Tier(store, eng, **kw).start()
     until(lambda: tier.loaded, "the G4 index loaded")
     return tier
 
@@ -158,6 +161,30 @@ def test_g4_killed_reads_miss_then_spilling_resumes(seaweed: SeaweedS3, tmp_path
         until(lambda: drained(tier), "the spill queue drained")
         hits, misses = read_back(eng, more)
         assert hits > 0
+    finally:
+        tier.close()
+        eng.close()
+
+
+def test_g4_frozen_reads_time_out_as_misses(seaweed: SeaweedS3, tmp_path: Path) -> None:
+    """SIGSTOP: connections are accepted and never answered (a slow store, not a dead one)."""
+    eng = open_engine(tmp_path / "e")
+    tier = attach(eng, seaweed, "slow", read_timeout_s=0.5)
+    data = blocks(10, 96)
+    try:
+        write(eng, data, tier)
+        below = [k for k in data if digest(k) not in eng.index][:12]
+        assert seaweed.proc is not None
+        os.killpg(seaweed.proc.pid, signal.SIGSTOP)
+        try:
+            assert all(eng.get(NS, k) is None for k in below)  # misses, no exception
+        finally:
+            os.killpg(seaweed.proc.pid, signal.SIGCONT)
+        st = eng.stats()
+        # the first reads time out; then the breaker answers without a request
+        assert st["g4_unavailable"] == len(below) and st["misses_absent"] >= len(below)
+        until(lambda: tier.store.breaker.up, "the breaker to close again")
+        assert eng.get(NS, below[0]) == data[below[0]]  # back: a hit again
     finally:
         tier.close()
         eng.close()
