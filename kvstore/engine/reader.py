@@ -26,13 +26,7 @@ from kvstore.engine.records import RecordIO
 from kvstore.engine.state import EngineState, meta_of
 from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import BlockMeta, LookupResult, ReadOutcome
-from kvstore.errors import (
-    CorruptRecord,
-    InvalidArgument,
-    KVStoreError,
-    LimitExceeded,
-    StorageError,
-)
+from kvstore.errors import CorruptRecord, InvalidArgument, LimitExceeded, StorageError
 
 log = logging.getLogger("kvstore.engine")
 PAGE = fmt.PAGE
@@ -138,7 +132,9 @@ class BlockReader:
                     return BlockLease.of(BlockView(meta, mv.toreadonly(), stable=True, offset=a))
                 self.log.pin(seg.id)
         if lower is not None:
-            return self._read_lower(lower, ns, key, kb, digest, rng)
+            from kvstore.engine.below import read_lower
+
+            return read_lower(self, lower, ns, key, kb, digest, rng)
         assert e is not None and seg is not None
         nsb = ns.encode()
         try:
@@ -180,44 +176,6 @@ class BlockReader:
                     st.counters["promoted_blocks"] += 1
             return BlockLease.of(BlockView(meta, memoryview(data).toreadonly(), stable=True))
         return self._lease(BlockView(meta, buf.view[po : po + e.length].toreadonly()), buf)
-
-    def _read_lower(self, lower: LowerTier, ns: str, key: str, kb: bytes, digest: bytes,
-                    rng: tuple[int, int | None] | None) -> BlockLease:
-        """A flash miss asked of the tier below (G4): one verified fetch, re-admitted into
-        flash and the DRAM tier, served from the fetched bytes. Any failure there is a miss."""
-        st = self.state
-        got = lower.fetch(digest, ns.encode(), kb)
-        now = time.time()
-        if got is None or (got[1].expires and got[1].expires <= now):
-            with st.lock:
-                st.miss(ReadOutcome.ABSENT)
-            return BlockLease(ReadOutcome.ABSENT)
-        payload, hdr = got
-        self._readmit(ns, key, payload, hdr, now)
-        a, b = (0, len(payload)) if rng is None else span_of(rng[0], rng[1], len(payload))
-        with st.lock:
-            st.counters["hits_lower"] += 1
-            st.counters["bytes_read"] += b - a
-        view = memoryview(payload)[a:b].toreadonly()
-        return BlockLease.of(BlockView(meta_of(hdr), view, stable=True, offset=a))
-
-    def _readmit(self, ns: str, key: str, payload: bytes, hdr: fmt.RecordHeader,
-                 now: float) -> None:
-        """Write a block fetched from below back to flash (and DRAM, as a put keeps it), as
-        it was: same checksum, metadata and expiry. Best effort: the bytes are served anyway."""
-        from kvstore.engine.batch import prepare
-
-        st = self.state
-        ttl = hdr.expires - now if hdr.expires else 0.0
-        try:
-            prep = prepare(st, ns, key, payload, hdr.checksum, ttl, hdr.meta)
-            res = self.log.write([prep], False, True)
-        except KVStoreError as exc:
-            log.warning("could not re-admit %s/%s from below flash: %s", ns, key, exc)
-            return
-        if res and res[0].created:
-            with st.lock:
-                st.counters["readmitted_blocks"] += 1
 
     def _lease(self, view: BlockView, buf: AlignedBuffer) -> BlockLease:
         pool = self.state.pool
@@ -400,7 +358,9 @@ class BlockReader:
                     continue
             with self._read(ns, k, kb, digest, None) as v:
                 if e is None:  # fetched from below flash (re-admitted, as a put keeps it)
-                    staged += self._stage_readmitted(digest, v)
+                    from kvstore.engine.below import stage_readmitted
+
+                    staged += stage_readmitted(st, digest, v)
                     continue
                 if v is None or len(v.payload) > st.dram.capacity_bytes:
                     continue
@@ -409,16 +369,3 @@ class BlockReader:
                     if st.index.get(digest) == e:
                         staged += st.dram.put(digest, (e.seg, e.page), data, v.meta)
         return staged
-
-    def _stage_readmitted(self, digest: bytes, v: BlockView | None) -> int:
-        """Keep a block just fetched from below flash in DRAM (1), unless the read missed."""
-        st = self.state
-        if v is None or len(v.payload) > st.dram.capacity_bytes:
-            return 0
-        with st.lock:
-            e = st.live(digest, time.time())
-            if e is None:
-                return 0
-            if st.dram.get(digest, (e.seg, e.page)) is None:
-                st.dram.put(digest, (e.seg, e.page), bytes(v.payload), v.meta)
-            return 1
