@@ -1,8 +1,14 @@
 """Reads that go below flash (``tiers.LowerTier``, G4): the reader's side of the seam.
 
 A flash miss with a lower tier attached is asked of it (``read_lower``): one verified fetch,
-re-admitted into flash and the DRAM tier (``readmit``: a put of the same bytes, checksum,
-metadata and remaining TTL), served from the fetched bytes. Any failure below is a miss.
+served from the fetched bytes and re-admitted into flash and the DRAM tier (``readmit``: the
+record appended as it was, like reclaim's reinsertion). Any failure below is a miss.
+
+A re-admission must never win over a client's write of the same key: it is appended under the
+log's write lock, and only when flash has no version of the key (none indexed, none reserved
+by a put in flight) and the tier still holds exactly the fetched version (a put or delete
+since the fetch made it forget that one). A put that reserves after it sees the re-admitted
+block like any other and overwrites it.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ def read_lower(r: BlockReader, lower: LowerTier, ns: str, key: str, kb: bytes, d
         with st.lock:
             st.miss(ReadOutcome.ABSENT)
         return BlockLease(ReadOutcome.ABSENT)
-    payload, hdr = got
-    readmit(r, ns, key, payload, hdr, now)
+    record, hdr = got
+    po = hdr.payload_offset
+    payload = record[po:po + hdr.payload_len]
+    readmit(r, ns, digest, record, hdr, payload)
     a, b = (0, len(payload)) if rng is None else span_of(rng[0], rng[1], len(payload))
     with st.lock:
         st.counters["hits_lower"] += 1
@@ -46,23 +54,30 @@ def read_lower(r: BlockReader, lower: LowerTier, ns: str, key: str, kb: bytes, d
     return BlockLease.of(BlockView(meta_of(hdr), view, stable=True, offset=a))
 
 
-def readmit(r: BlockReader, ns: str, key: str, payload: bytes, hdr: fmt.RecordHeader,
-            now: float) -> None:
-    """Write a block fetched from below back to flash (and DRAM, as a put keeps it), as it
-    was. Best effort: the bytes are served anyway."""
-    from kvstore.engine.batch import prepare
-
-    st = r.state
-    ttl = hdr.expires - now if hdr.expires else 0.0
+def readmit(r: BlockReader, ns: str, digest: bytes, record: bytes, hdr: fmt.RecordHeader,
+            payload: bytes) -> None:
+    """Append a record fetched from below back to flash (and DRAM, as a put keeps it), as it
+    was: same checksum, metadata, creation and expiry. Best effort: the bytes are served
+    anyway."""
+    st, lg = r.state, r.log
+    keep = payload if st.config.dram_on_put and len(payload) <= st.dram.capacity_bytes else None
+    buf = st.pool.acquire(hdr.span)
     try:
-        prep = prepare(st, ns, key, payload, hdr.checksum, ttl, hdr.meta)
-        res = r.log.write([prep], False, True)
-    except KVStoreError as exc:
-        log.warning("could not re-admit %s/%s from below flash: %s", ns, key, exc)
-        return
-    if res and res[0].created:
+        buf.view[:hdr.span] = record[:hdr.span]
+        with lg.wlock:
+            with st.lock:
+                lower = st.lower
+                if (st.index.get(digest) is not None or digest in lg.pending or lower is None
+                        or not lower.holds(digest, hdr.payload_len, hdr.checksum)):
+                    return  # flash has (or is getting) a version, or this one is stale
+                ns_id = st.catalog.get(ns)[0]
+            lg.append(buf, hdr, hdr.span, digest, ns_id, keep)
         with st.lock:
             st.counters["readmitted_blocks"] += 1
+    except KVStoreError as exc:
+        log.warning("could not re-admit %s/%s from below flash: %s", ns, hdr.key, exc)
+    finally:
+        st.pool.release(buf)
 
 
 def stage_readmitted(st: EngineState, digest: bytes, v: BlockView | None) -> int:

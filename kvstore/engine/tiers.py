@@ -42,8 +42,14 @@ class LowerTier(Protocol):
         ...
 
     def fetch(self, digest: bytes, nsb: bytes, kb: bytes) -> tuple[bytes, fmt.RecordHeader] | None:
-        """The block's payload and record header, verified (header names the block, xxh3 of
-        the payload matches), or None (absent, unreachable, slow or corrupt: a miss)."""
+        """The block's record as written on flash (at least ``hdr.span`` bytes: header page,
+        payload at ``hdr.payload_offset``) and its header, verified (the header names the
+        block, the payload's xxh3 matches), or None (absent, unreachable, slow or corrupt)."""
+        ...
+
+    def holds(self, digest: bytes, length: int, csum: int) -> bool:
+        """Whether the tier still holds this version of the block (no I/O). Caller may hold
+        the state's lock."""
         ...
 
     def forget(self, digest: bytes) -> bool:

@@ -211,6 +211,12 @@ class G4Tier:
         with self.lock:
             return self.remove_entry(digest, drop=True)
 
+    def holds(self, digest: bytes, length: int, csum: int) -> bool:
+        with self.lock:
+            p = self.pending.get(digest)
+            e = self.index.get(digest) if p is None else p[1]
+            return e is not None and (e.length, e.csum) == (length, csum)
+
     def forget_namespace(self, ns_id: int) -> None:
         with self.lock:
             gone = [d for d, e in self.index.items() if e.ns == ns_id]
@@ -237,7 +243,7 @@ class G4Tier:
             log.debug("G4 read of %s failed: %s", digest.hex(), exc)
             return None
         try:
-            hdr, payload = verify(raw, nsb, kb, e)
+            hdr = verify(raw, nsb, kb, e)
         except CorruptRecord as exc:
             log.warning("G4 block %s in %s fails verification (%s): dropped", digest.hex(),
                         obj.name, exc)
@@ -249,8 +255,8 @@ class G4Tier:
         with self.lock:
             self.latency.append(time.perf_counter() - t0)
             self.counters["g4_hits"] += 1
-            self.counters["g4_read_bytes"] += len(payload)
-        return payload, hdr
+            self.counters["g4_read_bytes"] += e.length
+        return raw, hdr
 
     def _fetch_pending(self, digest: bytes, seg: Segment, e: Entry, nsb: bytes,
                        kb: bytes) -> tuple[bytes, fmt.RecordHeader] | None:
@@ -267,13 +273,12 @@ class G4Tier:
         finally:
             self.engine.log.unpin(seg)
         try:
-            po = hdr.payload_offset
-            payload = bytes(buf.view[po:po + e.length])
+            record = bytes(buf.view[:hdr.span])
         finally:
             st.pool.release(buf)
         with self.lock:
             self.counters["g4_hits_pending"] += 1
-        return payload, hdr
+        return record, hdr
 
     def stats(self) -> dict[str, int | float]:
         with self.lock:
@@ -289,9 +294,9 @@ class G4Tier:
             return out
 
 
-def verify(raw: bytes, nsb: bytes, kb: bytes, e: Entry) -> tuple[fmt.RecordHeader, bytes]:
+def verify(raw: bytes, nsb: bytes, kb: bytes, e: Entry) -> fmt.RecordHeader:
     """The record in ``raw`` names the block, agrees with the index and its payload's xxh3
-    matches. Raises CorruptRecord."""
+    matches; its header. Raises CorruptRecord."""
     if len(raw) < PAGE:
         raise CorruptRecord("short G4 record")
     hdr = fmt.RecordHeader.decode(memoryview(raw)[:PAGE])
@@ -302,4 +307,6 @@ def verify(raw: bytes, nsb: bytes, kb: bytes, e: Entry) -> tuple[fmt.RecordHeade
         raise CorruptRecord("G4 record truncated")
     if fmt.checksum(payload) != hdr.checksum:
         raise CorruptRecord("payload checksum mismatch")
-    return hdr, payload
+    if len(raw) < hdr.span:
+        raise CorruptRecord("G4 record shorter than its span")
+    return hdr
