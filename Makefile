@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/kvstore serve --host 127.0.0.1 --data-dir ./data
 
 test: $(STAMP)
-	$(PY) -m ruff check kvstore clients tests loadtest
+	$(PY) -m ruff check kvstore clients tests loadtest tools
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
 
@@ -101,7 +101,7 @@ test-integrations-vllm: $(STAMP) $(VLLM_STAMP) $(VLLM033_STAMP)
 	  tests/integrations/vllm/test_vllm_api.py tests/integrations/vllm/test_vllm_tier.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check kvstore clients tests loadtest
+	$(PY) -m ruff check kvstore clients tests loadtest tools
 	$(PY) -m mypy
 
 bench: bench-engine bench-http bench-bulk bench-pod bench-resp

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from kvstore import limits
@@ -89,6 +90,19 @@ def is_loopback(host: str) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class G4Config:
+    """The G4 tier's object store, resolved once here (flags, file, AWS environment)."""
+
+    bucket: str
+    prefix: str
+    endpoint: str
+    region: str
+    access_key: str
+    secret_key: str = field(repr=False)
+    spill_bytes_per_second: int = limits.g4_spill_bytes_per_second_default
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """Everything `kvstore serve` needs, after precedence and validation."""
 
@@ -137,6 +151,13 @@ class ServeConfig:
     resp_namespace: str = "default"
     resp_idle_timeout_seconds: float = limits.bulk_idle_timeout_seconds_default
     kv_events: str | None = None  # ZMQ endpoint the KV-event publisher binds
+    # G4 (issue 13): cold blocks spill to an S3-compatible object store; resolved into ``g4``
+    g4_url: str | None = None  # s3://BUCKET/PREFIX
+    g4_endpoint: str | None = None
+    g4_credentials: str | None = None  # file; else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    g4_region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
+    g4_spill_bytes_per_second: int = limits.g4_spill_bytes_per_second_default
+    g4: G4Config | None = field(default=None, compare=False, repr=False)
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -187,6 +208,11 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "resp_namespace": ("--resp-namespace", "KVSTORE_RESP_NAMESPACE", "str"),
     "resp_idle_timeout_seconds": ("--resp-idle-timeout", "KVSTORE_RESP_IDLE_TIMEOUT", "timeout"),
     "kv_events": ("--kv-events", "KVSTORE_KV_EVENTS", "str"),
+    "g4_url": ("--g4", "KVSTORE_G4", "str"),
+    "g4_endpoint": ("--g4-endpoint", "KVSTORE_G4_ENDPOINT", "str"),
+    "g4_credentials": ("--g4-credentials", "KVSTORE_G4_CREDENTIALS", "path"),
+    "g4_region": ("--g4-region", "KVSTORE_G4_REGION", "str"),
+    "g4_spill_bytes_per_second": ("--g4-spill-rate", "KVSTORE_G4_SPILL_RATE", "size"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -264,6 +290,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                                      f"(default {d.resp_idle_timeout_seconds:g})",
         "kv_events": "publish vLLM-format KV events (ZMQ PUB, bound here), e.g. "
                      "tcp://127.0.0.1:5557 (default: off)",
+        "g4_url": "G4 tier: spill cold blocks to this object store location, s3://BUCKET/PREFIX",
+        "g4_endpoint": "G4 object store endpoint URL, e.g. http://127.0.0.1:8333 (required "
+                       "with --g4)",
+        "g4_credentials": "G4 credentials file (JSON: access_key_id, secret_access_key); "
+                          "default AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "g4_region": "G4 region (default AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)",
+        "g4_spill_bytes_per_second": "G4 upload bandwidth per second, e.g. 256MiB (default "
+                                     f"{format_size(d.g4_spill_bytes_per_second)})",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
@@ -415,7 +449,41 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
             values[name] = _convert(kind, from_file[name], f"{config_path}: {key}")
     cfg = ServeConfig(**values, config_file=config_path)
     validate(cfg)
-    return cfg
+    return replace(cfg, g4=resolve_g4(cfg, env))
+
+
+def resolve_g4(cfg: ServeConfig, env: Mapping[str, str]) -> G4Config | None:
+    """The G4 settings from the flags and, for credentials and region, a file or the AWS
+    environment variables (read here, once). None without --g4."""
+    if cfg.g4_url is None:
+        if cfg.g4_endpoint or cfg.g4_credentials:
+            raise ConfigError("--g4-endpoint and --g4-credentials need --g4 s3://BUCKET/PREFIX")
+        return None
+    m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", cfg.g4_url)
+    if m is None:
+        raise ConfigError(f"--g4 {cfg.g4_url!r}: expected s3://BUCKET/PREFIX")
+    if not cfg.g4_endpoint or not re.match(r"^https?://[^/\s]+/?$", cfg.g4_endpoint):
+        raise ConfigError("--g4 needs --g4-endpoint http(s)://HOST:PORT (the object store)")
+    if cfg.g4_spill_bytes_per_second < limits.g4_spill_bytes_per_second_min:
+        raise ConfigError(f"--g4-spill-rate must be at least "
+                          f"{format_size(limits.g4_spill_bytes_per_second_min)}")
+    if cfg.g4_credentials is not None:
+        try:
+            with open(cfg.g4_credentials) as f:
+                creds = json.load(f)
+            access, secret = str(creds["access_key_id"]), str(creds["secret_access_key"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--g4-credentials {cfg.g4_credentials!r}: expected JSON with "
+                              f"access_key_id and secret_access_key ({exc})") from None
+    else:
+        access, secret = env.get("AWS_ACCESS_KEY_ID", ""), env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not access or not secret:
+            raise ConfigError("--g4 needs credentials: --g4-credentials FILE or "
+                              "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    region = (cfg.g4_region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+              or "us-east-1")
+    return G4Config(m.group(1), (m.group(2) or "").strip("/"), cfg.g4_endpoint.rstrip("/"),
+                    region, access, secret, cfg.g4_spill_bytes_per_second)
 
 
 def physical_memory_bytes() -> int:
@@ -524,6 +592,8 @@ def describe(cfg: ServeConfig) -> dict[str, object]:
     """A printable view (sizes formatted)."""
     out: dict[str, object] = {}
     for f in fields(cfg):
+        if f.name == "g4":  # holds a secret; its parts are the g4_* options
+            continue
         v = getattr(cfg, f.name)
         out[f.name] = format_size(v) if f.name.endswith("_bytes") and v is not None else v
     return out

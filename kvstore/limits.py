@@ -407,6 +407,38 @@ kv_events_close_seconds = 1.0
 assert 1 <= kv_events_batch_max <= kv_events_queue_max
 assert 0 < kv_events_close_seconds < shutdown_seconds_max
 
+# --- G4: the object-store tier below flash (kvstore.g4, issue 13) ---------------------------
+# Retiring segments' live blocks are packed into objects of at most this many bytes (a few per
+# segment: measured in docs/ARCHITECTURE.md, "G4"); a record larger than it gets one object.
+g4_object_bytes_max = 16 * MiB
+# Spill queue: retiring segments waiting for upload stay on flash, pinned (their files are kept
+# past reclaim), so the queue is bounded in segments and in bytes; past either, a retiring
+# segment is not spilled (its blocks are evicted as without G4, counted).
+g4_spill_queue_segments_max = 8
+g4_spill_queue_bytes_max = 2 * GiB
+# Upload bandwidth: a token bucket (bytes per second; burst one object).
+g4_spill_bytes_per_second_default = 256 * MiB
+g4_spill_bytes_per_second_min = 1 * MiB
+# One G4 request: connect and whole-request timeouts. A read-through runs on an engine thread
+# and past its timeout is a miss; an upload is retried later.
+g4_connect_timeout_seconds = 1.0
+g4_read_timeout_seconds = 2.0
+g4_upload_timeout_seconds = 60.0
+# After this many failed requests in a row G4 counts as down: reads miss at once (no request)
+# for g4_down_seconds, then one request probes it; uploads wait as long before retrying.
+g4_breaker_failures = 3
+g4_down_seconds = 1.0
+# GC: expired and dropped blocks are swept this often; an object with no live block is deleted.
+g4_gc_interval_seconds = 30.0
+# Read-through latencies kept for the p50/p99 gauges (a ring of the newest reads).
+g4_latency_samples = 1024
+
+assert g4_object_bytes_max >= block_bytes_max // 4 and g4_object_bytes_max % io_alignment_bytes == 0
+assert g4_spill_queue_segments_max >= 1 and g4_spill_queue_bytes_max >= segment_bytes_default
+assert g4_spill_bytes_per_second_min <= g4_spill_bytes_per_second_default
+assert 0 < g4_connect_timeout_seconds <= g4_read_timeout_seconds <= g4_upload_timeout_seconds
+assert g4_breaker_failures >= 1 and g4_down_seconds > 0 and g4_latency_samples >= 100
+
 # --- Relations between the bounds (checked at import: a bad edit fails at once) -------------
 
 # On-disk geometry: segments are whole pages, and a default segment holds a maximal block with

@@ -34,11 +34,12 @@ from kvstore.api.http_guard import HttpGuardSettings, guarded_protocol
 from kvstore.api.metrics import Metrics
 from kvstore.auth import Tenants
 from kvstore.cluster.membership import Membership, StaticMembership, load_peers
-from kvstore.config import ConfigError, ServeConfig, format_size
+from kvstore.config import ConfigError, G4Config, ServeConfig, format_size
 from kvstore.engine.format import digest_of
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.errors import DataDirLocked, KVStoreError
+from kvstore.g4 import G4Tier, ObjectStore, S3Target
 from kvstore.io_uring.select import open_device
 from kvstore.service import Node
 from kvstore.service.forward import Forwarder
@@ -167,6 +168,7 @@ class Server:
         self.cfg = cfg
         self.health = ServerHealth()
         self._stop = asyncio.Event()
+        self._g4: G4Tier | None = None  # the tier below flash, with --g4 (issue 13)
         self._signals = 0
         self._http: _UvicornServer | None = None
         self._events_bound = ""
@@ -217,6 +219,8 @@ class Server:
             except (KVStoreError, OSError, ValueError) as exc:
                 raise StartupError(f"cannot open the store in {cfg.data_dir!r}: {exc}") from None
             warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())
+            if cfg.g4 is not None:
+                self._g4 = start_g4(cfg.g4, engine)
             runner = EngineRunner()
             runner.start()
             metrics = Metrics(engine)
@@ -376,6 +380,9 @@ class Server:
                      device: Any) -> None:
         if runner is not None:
             await asyncio.to_thread(runner.close)  # waits for engine calls already running
+        g4, self._g4 = self._g4, None
+        if g4 is not None:  # after the runner (no read-through left), before the engine
+            await asyncio.to_thread(g4.close)
         if engine is not None:
             await asyncio.to_thread(engine.close)
             log.info("engine closed")
@@ -433,3 +440,11 @@ def run(cfg: ServeConfig) -> int:
         except StartupError as exc:
             print(f"kvstore: error: {exc}", file=sys.stderr, flush=True)
             return 1
+
+
+def start_g4(g: G4Config, engine: Engine) -> G4Tier:
+    """The G4 tier over the object store ``g`` names, attached to ``engine`` (issue 13)."""
+    target = S3Target(g.bucket, g.prefix, g.endpoint, g.region, g.access_key, g.secret_key)
+    tier = G4Tier(ObjectStore(target), engine, spill_bytes_per_second=g.spill_bytes_per_second)
+    log.info("G4 tier: s3://%s/%s at %s (%s)", g.bucket, g.prefix, g.endpoint, g.region)
+    return tier.start()

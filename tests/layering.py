@@ -27,9 +27,12 @@ ALLOWED: dict[str, set[str]] = {
     "service": {"engine", "io_uring", "devices", "auth", "cluster", "limits", "errors", "keys"},
     "transport": {"protocol", "service", "auth", "limits", "errors", "keys"},
     "api": {"protocol", "service", "auth", "limits", "errors", "keys"},
-    "testing": {"service", "engine", "auth", "transport", "limits", "errors", "keys"},
+    "testing": {"service", "engine", "auth", "transport", "g4", "limits", "errors", "keys"},
+    # the G4 tier (issue 13): the engine's LowerTier over an object store; built by the server
+    "g4": {"engine", "limits", "errors", "keys"},
+    "testing_s3": {"limits", "errors"},  # a loopback SeaweedFS for tests and loadtests
     "server": {"api", "transport", "service", "engine", "io_uring", "devices", "protocol", "cluster",
-               "config", "auth", "limits", "errors", "keys"},
+               "config", "auth", "g4", "limits", "errors", "keys"},
     "__main__": {"server", "config", "service.admin", "cluster.pod_cli", "limits", "errors"},
 }
 

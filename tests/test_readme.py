@@ -52,5 +52,5 @@ def test_every_serve_flag_in_readme_exists() -> None:
     known = _flags(p) | _flags(build_parser())
     # flags in the Benchmarks section belong to the scripts under loadtest/, not the server
     served_text = re.sub(r"\n## Benchmarks\n.*?(?=\n## )", "\n", README, flags=re.S)
-    for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", served_text)):
+    for flag in set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", served_text)):
         assert flag in known, f"README mentions {flag}, which no `kvstore` command takes"

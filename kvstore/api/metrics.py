@@ -71,6 +71,15 @@ _ENGINE_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                        "Leasing lookups the leased-bytes budget cut short", {}),
     "leased_moved_blocks": ("kvstore_leased_moved_blocks",
                             "Leased blocks re-appended by reclaim instead of evicted", {}),
+    # G4, the object-store tier below flash (issue 13; present with --g4)
+    "hits_lower": ("kvstore_engine_hits", "Reads served, by tier", {"tier": "g4"}),
+    "g4_spilled_blocks": ("kvstore_g4_spilled_blocks", "Blocks uploaded to G4", {}),
+    "g4_spilled_bytes": ("kvstore_g4_spilled_bytes", "Payload bytes uploaded to G4", {}),
+    "g4_spill_dropped_blocks": ("kvstore_g4_spill_dropped_blocks",
+                                "Evicted blocks not spilled (queue full or G4 down)", {}),
+    "g4_unavailable": ("kvstore_g4_unavailable", "G4 reads that failed or timed out (misses)",
+                       {}),
+    "g4_corrupt": ("kvstore_g4_corrupt", "G4 blocks that failed verification (dropped)", {}),
 }
 
 # engine.stats() name -> (metric name, help, labels) for gauges.
@@ -86,6 +95,15 @@ _ENGINE_GAUGES: dict[str, tuple[str, str, dict[str, str]]] = {
     "dram_used_bytes": ("kvstore_used_bytes", "Bytes in use, by tier", {"tier": "dram"}),
     "flash_capacity_bytes": ("kvstore_capacity_bytes", "Byte budget, by tier", {"tier": "flash"}),
     "dram_capacity_bytes": ("kvstore_capacity_bytes", "Byte budget, by tier", {"tier": "dram"}),
+    "g4_upload_queue_segments": ("kvstore_g4_upload_queue_segments",
+                                 "Retired segments waiting for upload to G4", {}),
+    "g4_upload_queue_bytes": ("kvstore_g4_upload_queue_bytes",
+                              "Payload bytes waiting for upload to G4", {}),
+    "g4_read_p50_ms": ("kvstore_g4_read_latency_ms", "G4 read-through latency (newest reads)",
+                       {"quantile": "0.5"}),
+    "g4_read_p99_ms": ("kvstore_g4_read_latency_ms", "G4 read-through latency (newest reads)",
+                       {"quantile": "0.99"}),
+    "g4_blocks": ("kvstore_blocks_below", "Blocks held below flash, by tier", {"tier": "g4"}),
 }
 
 _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")

@@ -24,6 +24,7 @@ from kvstore.engine.log import SegmentLog
 from kvstore.engine.ranges import span_of
 from kvstore.engine.records import RecordIO
 from kvstore.engine.state import EngineState, meta_of
+from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import BlockMeta, LookupResult, ReadOutcome
 from kvstore.errors import CorruptRecord, InvalidArgument, LimitExceeded, StorageError
 
@@ -108,24 +109,33 @@ class BlockReader:
             st.counters["gets"] += 1
             e, outcome = st.find(digest, time.time())
             seg = None if e is None else self.log.segments.get(e.seg)
+            lower = None
             if e is None or seg is None:
                 if e is not None:  # the index points nowhere: forget the block
                     st.drop(digest, e)
                     outcome = ReadOutcome.ABSENT
-                st.miss(outcome)
-                return BlockLease(outcome)
-            a, b = (0, e.length) if rng is None else span_of(rng[0], rng[1], e.length)
-            st.index.touch(digest)
-            reads = st.index.hits(digest)
-            cached = st.dram.get(digest, (e.seg, e.page))
-            if cached is not None:
-                st.counters["hits_dram"] += 1
-                st.counters["bytes_read"] += b - a
-                data, meta = cached
-                mv = memoryview(data).cast("B")
-                return BlockLease.of(BlockView(meta, (mv if rng is None else mv[a:b]).toreadonly(),
-                                               stable=True, offset=a))
-            self.log.pin(seg.id)
+                lower = st.lower if outcome is ReadOutcome.ABSENT else None
+                if lower is None:
+                    st.miss(outcome)
+                    return BlockLease(outcome)
+            else:
+                a, b = (0, e.length) if rng is None else span_of(rng[0], rng[1], e.length)
+                st.index.touch(digest)
+                reads = st.index.hits(digest)
+                cached = st.dram.get(digest, (e.seg, e.page))
+                if cached is not None:
+                    st.counters["hits_dram"] += 1
+                    st.counters["bytes_read"] += b - a
+                    data, meta = cached
+                    mv = memoryview(data).cast("B")
+                    mv = mv if rng is None else mv[a:b]
+                    return BlockLease.of(BlockView(meta, mv.toreadonly(), stable=True, offset=a))
+                self.log.pin(seg.id)
+        if lower is not None:
+            from kvstore.engine.below import read_lower
+
+            return read_lower(self, lower, ns, key, kb, digest, rng)
+        assert e is not None and seg is not None
         nsb = ns.encode()
         try:
             if rng is None:
@@ -235,9 +245,15 @@ class BlockReader:
             _ns_id, _info, kb, digest = st.resolve(ns, key)
             st.counters["heads"] += 1
             e, outcome = st.find(digest, time.time())
-            if e is None:
+            below = e is None and outcome is ReadOutcome.ABSENT and st.lower is not None
+            if e is None and not below:
                 st.miss(outcome)
                 return None
+        if below:  # only below flash: a read-through (which re-admits it) answers
+            with self._read(ns, key, kb, digest, None) as v:
+                return None if v is None else v.meta
+        with st.lock:
+            assert e is not None
             cached = st.dram.get(digest, (e.seg, e.page))
             if cached is not None:
                 return cached[1]
@@ -267,7 +283,10 @@ class BlockReader:
         st = self.state
         with st.lock:
             _i, _n, _kb, digest = st.resolve(ns, key)
-            return st.live(digest, time.time()) is not None
+            if st.live(digest, time.time()) is not None:
+                return True
+            lower = st.lower
+        return lower is not None and bool(lower.present_many([digest], int(time.time()))[0])
 
     def exists_many(self, ns: str, keys: Sequence[str]) -> list[bool]:
         check_batch(keys)
@@ -278,7 +297,21 @@ class BlockReader:
         digests = fmt.digests_of(ns.encode(), keys)
         with st.lock:
             st.catalog.get(ns)
-            return st.index.present_many(digests, int(time.time())), digests
+            present = st.index.present_many(digests, int(time.time()))
+            lower = st.lower
+        return self._or_lower(lower, present, digests), digests
+
+    @staticmethod
+    def _or_lower(lower: LowerTier | None, present: np.ndarray,
+                  digests: list[bytes]) -> np.ndarray:
+        """``present``, or held by the tier below (its index: no I/O). A block below flash
+        counts as present: a read fetches it (one ranged GET), far cheaper than a recompute."""
+        missing = np.flatnonzero(~present)
+        if lower is None or not len(missing):
+            return present
+        out = present.copy()
+        out[missing] = lower.present_many([digests[i] for i in missing], int(time.time()))
+        return out
 
     def lookup(self, ns: str, keys: Sequence[str], *, lease_seconds: float = 0.0) -> LookupResult:
         """The longest present prefix of ``keys``; with ``lease_seconds`` its blocks are pinned
@@ -294,13 +327,18 @@ class BlockReader:
             st.catalog.get(ns)
             present = st.index.present_many(digests, int(time.time()))
             misses = np.flatnonzero(~present)
-            n = int(misses[0]) if len(misses) else len(keys)
-            if not (lease_seconds and n):
+            n = nf = int(misses[0]) if len(misses) else len(keys)  # nf: the prefix on flash
+            if st.lower is not None and nf < len(keys):  # the chain goes on below flash
+                below = self._or_lower(st.lower, present, digests)
+                misses = np.flatnonzero(~below)
+                n = int(misses[0]) if len(misses) else len(keys)
+            if not (lease_seconds and nf):
                 return LookupResult(n, 0)
-            segs, lengths = st.index.locate_many(digests[:n])
-            leased = st.leases.take(zip(digests[:n], segs.tolist(), lengths.tolist(),
+            # only flash blocks can be pinned: the rest of the chain is found but not leased
+            segs, lengths = st.index.locate_many(digests[:nf])
+            leased = st.leases.take(zip(digests[:nf], segs.tolist(), lengths.tolist(),
                                         strict=True), lease_seconds)
-            if leased < n:
+            if leased < nf:
                 st.counters["leases_limited"] += 1
             return LookupResult(n, leased)
 
@@ -313,12 +351,17 @@ class BlockReader:
             with st.lock:
                 _i, _n, kb, digest = st.resolve(ns, k)
                 e = st.live(digest, time.time())
-                if e is None:
+                if e is None and st.lower is None:
                     continue
-                if st.dram.get(digest, (e.seg, e.page)) is not None:
+                if e is not None and st.dram.get(digest, (e.seg, e.page)) is not None:
                     staged += 1
                     continue
             with self._read(ns, k, kb, digest, None) as v:
+                if e is None:  # fetched from below flash (re-admitted, as a put keeps it)
+                    from kvstore.engine.below import stage_readmitted
+
+                    staged += stage_readmitted(st, digest, v)
+                    continue
                 if v is None or len(v.payload) > st.dram.capacity_bytes:
                     continue
                 data = bytes(v.payload)

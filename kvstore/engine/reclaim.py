@@ -187,7 +187,9 @@ def _retire(lg: SegmentLog, v: Segment) -> None:
     become a later segment (recycling); otherwise it goes when the last reader leaves."""
     st = lg.state
     with st.lock:
-        for d in st.index.segment_digests(v.id):
+        digests = st.index.segment_digests(v.id)
+        spilled = _offer_lower(lg, v, digests)
+        for d in digests:
             st.drop(d, st.index.get(d))
             st.counters["evicted_blocks"] += 1
         del lg.segments[v.id]
@@ -201,4 +203,23 @@ def _retire(lg: SegmentLog, v: Segment) -> None:
             v.path = free
             lg.free_files.append(v)
             return
+        if spilled:  # renamed now, so that a crash before the upload never revives its blocks
+            free = free_path(st.config.data_dir, v.id)
+            st.device.rename(v.path, free)
+            v.path = free
         lg.retired[v.id] = v
+
+
+def _offer_lower(lg: SegmentLog, v: Segment, digests: list[bytes]) -> bool:
+    """Hand the live blocks of a retiring segment to the tier below flash (G4), which queues
+    them for upload and holds a pin on ``v`` until done. Caller holds the state's lock."""
+    st = lg.state
+    if st.lower is None:
+        return False
+    now = time.time()
+    live = [(d, e) for d in digests
+            if (e := st.index.get(d)) is not None and not (e.exp and e.exp <= now)]
+    if not live or not st.lower.retiring(v, live):
+        return False
+    v.refs += 1  # released by the tier (log.unpin) once uploaded
+    return True

@@ -22,6 +22,7 @@ from kvstore.engine.device import BufferPool, Device
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
 from kvstore.engine.leases import Leases, lease_budget_bytes
+from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import BlockMeta, EngineConfig, NamespaceInfo, ReadOutcome
 from kvstore.keys import validate_key
 
@@ -30,7 +31,7 @@ STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misse
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
               "recycled_segments", "promoted_blocks", "flash_bytes_read", "leases_limited",
               "leased_moved_blocks", "misses_absent", "misses_expired", "misses_corrupt",
-              "misses_io_error")
+              "misses_io_error", "hits_lower", "readmitted_blocks")
 
 # the counter each kind of miss is also counted in (besides ``misses``)
 MISS_COUNTERS = {ReadOutcome.ABSENT: "misses_absent", ReadOutcome.EXPIRED: "misses_expired",
@@ -75,6 +76,7 @@ class EngineState:
         # so it must only queue (``Engine.observe_blocks``). A move by reclaim or an overwrite
         # keeps the block present: no call. None: nobody listens.
         self.observer: Callable[[bool, int, bytes, bytes], None] | None = None
+        self.lower: LowerTier | None = None  # a tier below flash (G4), tiers.py
 
     # ------------------------------------------------------------------ keys
     def resolve(self, ns: str, key: str) -> tuple[int, NamespaceInfo, bytes, bytes]:
@@ -128,6 +130,9 @@ class EngineState:
                 ns_id: int, keep: object) -> None:
         """Make a durable record visible in the index (and DRAM when ``keep`` holds its
         payload). Caller holds ``lock``."""
+        if self.lower is not None:  # a different version below flash is stale from now on
+            self.lower.superseded(digest, -1 if hdr.tombstone else hdr.payload_len,
+                                  hdr.checksum)
         if hdr.tombstone:
             self.drop(digest)
             return

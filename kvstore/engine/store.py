@@ -33,6 +33,7 @@ from kvstore.engine.records import RecordIO
 from kvstore.engine.segments import Segment
 from kvstore.engine.state import STAT_NAMES, EngineState
 from kvstore.engine.summary import SegmentSummary
+from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import (
     BlockMeta,
     EngineConfig,
@@ -90,6 +91,11 @@ class Engine:
                 if self.dir_lock is not None:
                     self.dir_lock.release()  # last: every file is synced and closed
 
+    def attach_lower(self, tier: LowerTier | None) -> None:
+        """Attach (or detach: None) the tier below flash (G4, ``kvstore.g4``), ``tiers.py``."""
+        with self.state.lock:
+            self.state.lower = tier
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -144,6 +150,8 @@ class Engine:
                 st.purge_expired(ns_id)
             if st.ns_count.get(ns_id, 0):
                 raise NamespaceNotEmpty(f"namespace {name} is not empty")
+            if st.lower is not None:  # its blocks below flash go with it (a cache, unlisted)
+                st.lower.forget_namespace(ns_id)
             st.catalog.remove(name)
             st.save_catalog()
 
@@ -188,8 +196,12 @@ class Engine:
         st = self.state
         with st.lock:
             ns_id, _info, kb, digest = st.resolve(ns, key)
+            lower = st.lower
             if st.live(digest, time.time()) is None:
-                return False
+                gone = lower is not None and lower.forget(digest)  # only below flash
+                if gone:
+                    st.counters["deletes"] += 1
+                return gone
         if not self.log.tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
             return False
         with st.lock:
@@ -277,7 +289,10 @@ class Engine:
                 leased_bytes=st.leases.bytes, leased_bytes_budget=st.leases.budget_bytes,
                 index_memory_bytes=st.index.memory_bytes(),
             )
-            return out
+            lower = st.lower
+        if lower is not None:
+            out.update(lower.stats())
+        return out
 
     def namespace_usage(self) -> dict[str, tuple[int, int]]:
         """Live (blocks, payload bytes) per namespace name, from the index's own counters."""
