@@ -256,6 +256,15 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         return {"kind": "none", "self": "", "connected": True, "nodes": {}} if m is None \
             else m.describe()
 
+    @app.get("/v1/pod/stats", tags=["admin"], responses=_ERRORS)
+    async def pod_stats(tenant: Tenant = Depends(caller)) -> dict[str, object]:
+        """Every live node of the pod with its blocks, flash use, hits, misses and forwarded
+        requests, read from each node's /metrics (what `kvstore pod status` shows); a node
+        that does not answer within 2 s is listed as unreachable."""
+        from kvstore.service.pod_view import pod_stats as collect
+
+        return await collect(state.membership)
+
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
         """Cross-check index, segments and byte accounting."""

@@ -1,8 +1,8 @@
 """``/ui``: a live status page, three static files served from the installed package.
 
 The page (``ui_assets/``: HTML, CSS and plain JavaScript, no build step, no library, nothing
-fetched from elsewhere) polls ``/v1/stats`` and ``/v1/pod`` every two seconds and draws the last
-minutes it has seen as SVG polylines: capacity and use, hit rate, throughput and latency (from
+fetched from elsewhere) polls ``/v1/stats`` and ``/v1/pod/stats`` every two seconds and draws
+the last minutes it has seen as SVG polylines: capacity and use, hit rate, throughput and latency (from
 the per-operation latency histograms ``/v1/stats`` returns), per namespace, and the pod's nodes.
 It shows only what ``/v1/stats`` shows the caller; the files themselves hold no data, so they
 are served without authentication.

@@ -24,20 +24,18 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kvstore import limits
+from kvstore.cluster.status import node_stats, summarize
 
 # Nodes `pod up` starts at most: 127.0.0.11 .. 127.0.0.(10 + this).
 POD_UP_NODES_MAX = 64
 # Seconds for etcd to listen and for each node to print its ready line.
 START_S = 60.0
 # Seconds `pod status` waits for one node's /metrics.
-STATUS_HTTP_TIMEOUT_S = 2.0
 ETCD_PACKAGE = "etcd-server"
 
 
@@ -222,52 +220,6 @@ def _tail(path: str, n: int = 2000) -> str:
 # What `pod status` reads of each node's /metrics (the Prometheus names kvstore.api.metrics
 # exports for these engine stats). /metrics, unlike /v1/stats, needs no signature, so the
 # status of a pod that runs with credentials needs none either.
-_STATUS_SAMPLES = {
-    ("kvstore_blocks", ""): "blocks",
-    ("kvstore_used_bytes", "flash"): "flash_used_bytes",
-    ("kvstore_engine_hits_total", "dram"): "hits_dram",
-    ("kvstore_engine_hits_total", "flash"): "hits_flash",
-    ("kvstore_engine_misses_total", ""): "misses",
-}
-
-
-def parse_status_metrics(text: str) -> dict[str, Any]:
-    """The engine stats `pod status` shows, from a node's Prometheus text, and the requests
-    it forwarded to other nodes (``forwarded``: {op: {outcome: count}}, from
-    kvstore_forwarded_requests_total) and its copy-forwards (``copy_forward``: {outcome:
-    count})."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out: dict[str, Any] = {}
-    forwarded: dict[str, dict[str, int]] = {}
-    copies: dict[str, int] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "kvstore_forwarded_requests_total":
-                op, outcome = sample.labels.get("op", ""), sample.labels.get("outcome", "")
-                forwarded.setdefault(op, {})[outcome] = int(sample.value)
-                continue
-            if sample.name == "kvstore_copy_forward_total":
-                copies[sample.labels.get("outcome", "")] = int(sample.value)
-                continue
-            stat = _STATUS_SAMPLES.get((sample.name, sample.labels.get("tier", "")))
-            if stat is not None:
-                out[stat] = float(sample.value)
-    out["forwarded"] = forwarded
-    out["copy_forward"] = copies
-    return out
-
-
-def _node_stats(http: str) -> tuple[dict[str, Any] | None, str]:
-    try:
-        with urllib.request.urlopen(f"{http}/metrics", timeout=STATUS_HTTP_TIMEOUT_S) as r:
-            return parse_status_metrics(r.read().decode()), ""
-    except urllib.error.HTTPError as exc:
-        return None, f"HTTP {exc.code}"
-    except (OSError, ValueError) as exc:
-        return None, str(getattr(exc, "reason", exc))
-
-
 def collect_status(etcd: str, pod: str) -> dict[str, Any]:
     """The pod's state: nodes registered in etcd (their lease is alive), each node's stats."""
     from kvstore.cluster.etcd import parse_endpoints, read_pod
@@ -278,22 +230,12 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
                                "hits": 0, "misses": 0, "forwarded_requests": 0,
                                "forwarded_failed": 0}
     for node_id, info in sorted(nodes.items()):
-        stats, error = _node_stats(info.http)
+        stats, error = node_stats(info.http)
         row: dict[str, Any] = {"node_id": node_id, "http": info.http, "bulk": info.bulk,
                                "capacity_bytes": info.capacity_bytes, "epoch": info.epoch,
                                "registered": True, "reachable": stats is not None}
         if stats is not None:
-            hits = int(stats.get("hits_dram", 0)) + int(stats.get("hits_flash", 0))
-            misses = int(stats.get("misses", 0))
-            row.update(blocks=int(stats.get("blocks", 0)),
-                       flash_used_bytes=int(stats.get("flash_used_bytes", 0)),
-                       hits=hits, misses=misses,
-                       hit_rate=round(hits / (hits + misses), 4) if hits + misses else None,
-                       forwarded=stats["forwarded"], copy_forward=stats["copy_forward"],
-                       forwarded_requests=sum(n for by in stats["forwarded"].values()
-                                              for n in by.values()),
-                       forwarded_failed=sum(by.get("failed", 0) + by.get("breaker_open", 0)
-                                            for by in stats["forwarded"].values()))
+            row.update(summarize(stats))
             for k in ("blocks", "flash_used_bytes", "hits", "misses", "forwarded_requests",
                       "forwarded_failed"):
                 total[k] += row[k]

@@ -5,6 +5,7 @@ byte-exact through it and through either node's S3 API."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,3 +52,40 @@ def test_pod_client_from_etcd_reads_what_s3_serves(etcd: Etcd, pod: list[PodNode
                                         retries={"max_attempts": 1}))
         for k, v in zip(keys, values, strict=True):
             assert s3.get_object(Bucket="pcns", Key=k)["Body"].read() == v
+
+
+def test_pod_stats_and_the_ui_pod_table(etcd: Etcd, pod: list[PodNode], tmp_path: Path) -> None:
+    """/v1/pod/stats on any node lists every node with the figures its own /v1/stats has, and
+    /ui (headless Chromium) shows one row per node with those block counts."""
+    import json
+    import subprocess
+
+    from tests.api.test_ui import CHROMIUM_FLAGS, _Dom, _need_chromium
+
+    client = PodClient(etcd=etcd.url, pod="pc", namespace="pcstats", create=True)
+    with client:
+        deadline = time.monotonic() + JOIN_SECONDS_MAX
+        while len(client.membership.nodes()) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        keys = [f"{i:032x}" for i in range(40)]
+        assert all(client.put_many(keys, [os.urandom(500) for _ in keys]))
+    a, b = pod
+    status, doc = a.request("GET", "/v1/pod/stats")
+    assert status == 200 and doc["self"] == "node1"
+    rows = {n["node_id"]: n for n in doc["nodes"]}
+    assert set(rows) == {"node1", "node2"} and all(n["reachable"] for n in rows.values())
+    for node in pod:
+        own = node.request("GET", "/v1/stats")[1]["stats"]
+        assert rows[node.node_id]["blocks"] == own["blocks"]
+    assert sum(n["blocks"] for n in rows.values()) == 40
+    chromium = _need_chromium()
+    dom = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=4000", "--dump-dom", f"{a.url}/ui"],
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    d = _Dom()
+    d.feed(dom)
+    assert d.body.get("data-loaded") == "1", dom[-2000:]
+    shown = dict(re.findall(r'data-node="(node\d)" data-blocks="(\d+)"', dom))
+    assert shown == {k: str(v["blocks"]) for k, v in rows.items()}, json.dumps(rows)

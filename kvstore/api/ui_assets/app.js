@@ -1,4 +1,4 @@
-// kvstore /ui: polls /v1/stats and /v1/pod, keeps the last minutes in memory, draws plain SVG.
+// kvstore /ui: polls /v1/stats and /v1/pod/stats, keeps the last minutes in memory, draws SVG.
 // No build step, no library, no network beyond this server.
 "use strict";
 
@@ -137,11 +137,18 @@ function render(pod) {
   if (pod && pod.kind !== "none") {
     $("pod-section").hidden = false;
     $("node").textContent = "node " + pod.self;
-    $("pod-kind").textContent = "(" + pod.kind + (pod.connected ? "" : ", membership source down") + ")";
-    $("pod-table").tBodies[0].innerHTML = Object.entries(pod.nodes).map(([id, n]) =>
-      `<tr data-node="${id}"><td>${id === pod.self ? "<b>" + id + "</b>" : id}</td>` +
-      `<td><a href="${n.http}/ui">${n.http}</a></td><td>${n.bulk}</td>` +
-      `<td class="num">${fmtBytes(n.capacity_bytes)}</td></tr>`).join("");
+    $("pod-kind").textContent = "(" + pod.kind + ", " + pod.nodes.length + " nodes)";
+    $("pod-table").tBodies[0].innerHTML = pod.nodes.map((n) =>
+      `<tr data-node="${n.node_id}" data-blocks="${n.reachable ? n.blocks : ""}">` +
+      `<td>${n.self ? "<b>" + n.node_id + "</b>" : n.node_id}</td>` +
+      `<td><a href="${n.http}/ui">${n.http}</a></td>` +
+      (n.reachable
+        ? `<td class="num">${fmtInt(n.blocks)}</td>` +
+          `<td class="num">${fmtBytes(n.flash_used_bytes)} / ${fmtBytes(n.capacity_bytes)}</td>` +
+          `<td class="num">${fmtPct(n.hit_rate)}</td>` +
+          `<td class="num">${fmtInt(n.forwarded_requests)}</td><td>up</td>`
+        : `<td></td><td></td><td></td><td></td><td class="error">${n.error || "unreachable"}</td>`) +
+      `</tr>`).join("");
   } else {
     $("node").textContent = location.host;
   }
@@ -156,7 +163,7 @@ async function getJSON(path) {
 async function tick() {
   try {
     const [s, pod] = await Promise.all([getJSON("/v1/stats"),
-                                        getJSON("/v1/pod").catch(() => null)]);
+                                        getJSON("/v1/pod/stats").catch(() => null)]);
     samples.push({ t: Date.now() / 1000, stats: s.stats, ops: s.ops, namespaces: s.namespaces,
                    ready: s.ready, device: s.device, uptime: s.uptime_seconds });
     while (samples.length && samples[0].t < Date.now() / 1000 - WINDOW_S) samples.shift();
