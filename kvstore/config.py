@@ -132,6 +132,9 @@ class ServeConfig:
     # deployments and breaks sync tools (aws s3 sync, rclone) that compare ETags with MD5s
     etag: str = "md5"
     previous_owner_read: bool = True  # a read that misses at the replicas asks the next node
+    # encryption at rest: the master key file (`kvstore keygen`) and its 32 bytes, read once here
+    master_key_file: str | None = None
+    master_key: bytes | None = field(default=None, repr=False, compare=False)
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -178,6 +181,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
     "etag": ("--etag", "KVSTORE_ETAG", "etag"),
     "previous_owner_read": ("--previous-owner-read", "KVSTORE_PREVIOUS_OWNER_READ", "bool"),
+    "master_key_file": ("--master-key-file", "KVSTORE_MASTER_KEY_FILE", "path"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -247,6 +251,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "previous_owner_read": "in a pod, a read that misses at a block's replicas also asks "
                                "the node that owned it before the last join, and copies a hit "
                                "forward (default on; --no-previous-owner-read turns it off)",
+        "master_key_file": "encrypt every block written from now on (AES-256-GCM, a data key "
+                           "per namespace wrapped by this 32-byte key; `kvstore keygen FILE` "
+                           "writes one). A store that holds encrypted blocks needs it to open",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
@@ -396,9 +403,29 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         elif name in from_file:
             key = _OPTIONS[name][0][2:].replace("-", "_")
             values[name] = _convert(kind, from_file[name], f"{config_path}: {key}")
-    cfg = ServeConfig(**values, config_file=config_path)
+    key_file = values.get("master_key_file")
+    master_key = None if key_file is None else read_master_key_file(key_file)
+    cfg = ServeConfig(**values, master_key=master_key, config_file=config_path)
     validate(cfg)
     return cfg
+
+
+def read_master_key_file(path: str) -> bytes:
+    """The master key in ``path``: exactly ``limits.master_key_bytes``, readable by its owner
+    only (as `kvstore keygen` writes it). Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read(limits.master_key_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"--master-key-file: cannot read {path!r}: {exc}") from None
+    if len(raw) != limits.master_key_bytes:
+        raise ConfigError(f"--master-key-file: {path!r} holds {len(raw)} bytes, not a "
+                          f"{limits.master_key_bytes}-byte key (write one with `kvstore keygen`)")
+    if mode & 0o077:
+        raise ConfigError(f"--master-key-file: {path!r} is readable by others (mode "
+                          f"{mode & 0o777:o}); chmod 600 it")
+    return raw
 
 
 def physical_memory_bytes() -> int:
@@ -496,6 +523,8 @@ def describe(cfg: ServeConfig) -> dict[str, object]:
     """A printable view (sizes formatted)."""
     out: dict[str, object] = {}
     for f in fields(cfg):
+        if not f.repr:  # secrets (the master key)
+            continue
         v = getattr(cfg, f.name)
         out[f.name] = format_size(v) if f.name.endswith("_bytes") and v is not None else v
     return out

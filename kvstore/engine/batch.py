@@ -63,6 +63,7 @@ class Prepared:
     hdr: fmt.RecordHeader
     data: memoryview
     staged: memoryview | None = None  # page-aligned, padded payload to write in place
+    sealed: memoryview | None = None  # the ciphertext to write instead of ``data`` (crypto.py)
 
 
 def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | None,
@@ -94,7 +95,9 @@ def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | No
     if not 0 <= ttl_seconds <= limits.ttl_seconds_max:
         raise InvalidArgument("ttl_seconds out of range")
     nsb = ns.encode()
-    log2 = fmt.chunk_log2_for(fmt.header_len_for(nsb, kb, meta), n)
+    cipher = st.cipher
+    # an encrypted record has no chunk table (crypto.py): its GCM tag covers it whole
+    log2 = 0 if cipher.enabled else fmt.chunk_log2_for(fmt.header_len_for(nsb, kb, meta), n)
     csum, chunks = fmt.checksums(mv, log2)
     if checksum is not None and checksum != csum:
         raise ChecksumMismatch("payload does not match its checksum")
@@ -102,9 +105,13 @@ def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | No
     hdr = fmt.RecordHeader(nsb, kb, n, csum, 0, now,
                            now + ttl_seconds if ttl_seconds else 0.0, meta,
                            chunk_log2=log2 if chunks else 0, chunks=chunks)
+    sealed = None
+    if cipher.enabled:  # the ciphertext is a new buffer: nothing is written in place
+        hdr, sealed = cipher.seal(ns_id, hdr, mv)
+        staged = None
     if hdr.span + PAGE > st.config.segment_bytes:
         raise EntityTooLarge("block does not fit in one segment")
-    return Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged)
+    return Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged, sealed)
 
 
 def existing(st: EngineState, p: Prepared, overwrite: bool) -> PutResult | None:
@@ -200,7 +207,9 @@ def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk) -> None:
         h = preps[i].hdr
         po, ln = h.payload_offset, h.payload_len
         view = c.buf.view[o : o + h.span]
-        copy_into(view[po:], preps[i].data)  # GIL released: other writers run meanwhile
+        sealed = preps[i].sealed
+        # GIL released: other writers run meanwhile
+        copy_into(view[po:], preps[i].data if sealed is None else sealed)
         tail = min(h.span, fmt.align_up(po + ln))
         view[po + ln : tail] = bytes(tail - po - ln)
         c.offs.append(o)

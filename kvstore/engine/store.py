@@ -112,6 +112,7 @@ class Engine:
         st = self.state
         with st.lock:
             info = st.catalog.create(name, owner, layout, block_bytes, replicas)
+            st.cipher.add(st.catalog.keys, st.catalog.get(name)[0])
             st.save_catalog()
             return info
 
@@ -124,6 +125,7 @@ class Engine:
             if st.ns_count.get(ns_id, 0):
                 raise NamespaceNotEmpty(f"namespace {name} is not empty")
             st.catalog.remove(name)
+            st.cipher.forget(st.catalog.keys, ns_id)
             st.save_catalog()
 
     def namespace(self, name: str) -> NamespaceInfo:
