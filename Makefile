@@ -104,7 +104,7 @@ lint: $(STAMP)
 bench: bench-engine bench-http bench-bulk bench-pod
 
 bench-engine: $(STAMP)
-	$(PY) loadtest/bench_engine.py
+	$(PY) loadtest/bench_engine.py --encrypt
 
 bench-http: $(STAMP)
 	$(PY) loadtest/bench_http.py
