@@ -19,7 +19,9 @@ record written from then on has an AES-256-GCM payload (``format.FLAG_ENCRYPTED`
   chunk-verified ranges would give up authenticity). The header also keeps the xxh3-64 of the
   ciphertext, so recovery's scan and the checker verify stored bytes without keys.
 
-``seal`` runs in ``batch.prepare`` (outside all locks); ``open_into`` decrypts in place in
+``begin_seal`` runs in ``batch.prepare`` (a nonce, outside all locks), ``seal_into`` in
+``batch._build``, which encrypts the payload straight into the chunk's aligned buffer instead of
+copying it (the tag goes into the header at encode time); ``open_into`` decrypts in place in
 ``RecordIO.read_record(plain=True)``. Reclaim copies records as stored (ciphertext, same nonce
 and tag: the same encryption, not a reuse). The DRAM tier holds plaintext.
 """
@@ -91,8 +93,7 @@ class RecordCipher:
 
     def __init__(self, master: bytes | None) -> None:
         self.master = None if master is None else check_master_key(master)
-        self._keys: dict[int, AESGCM] = {}  # namespace id -> data key
-        self._raw: dict[int, bytes] = {}
+        self._raw: dict[int, bytes] = {}  # namespace id -> data key
 
     @property
     def enabled(self) -> bool:
@@ -107,7 +108,6 @@ class RecordCipher:
                                      "--master-key-file")
             return False
         self._raw = keys.unwrap_all(self.master)
-        self._keys = {i: AESGCM(k) for i, k in self._raw.items()}
         changed = not keys.check
         keys.check = keys.check or key_check_value(self.master)
         for i in ns_ids:
@@ -120,31 +120,35 @@ class RecordCipher:
             return False
         raw = os.urandom(limits.data_key_bytes)
         keys.wrapped[ns_id] = aes_key_wrap(self.master, raw)
-        self._raw[ns_id], self._keys[ns_id] = raw, AESGCM(raw)
+        self._raw[ns_id] = raw
         return True
 
     def forget(self, keys: DataKeys, ns_id: int) -> None:
         """Drop a deleted namespace's data key: its records on flash become unreadable."""
         keys.wrapped.pop(ns_id, None)
         self._raw.pop(ns_id, None)
-        self._keys.pop(ns_id, None)
 
-    def seal(self, ns_id: int, hdr: fmt.RecordHeader,
-             data: memoryview) -> tuple[fmt.RecordHeader, memoryview]:
-        """(encrypted header, ciphertext) for a plaintext record ``hdr`` with payload
-        ``data``; the header loses its chunk table (``format.py``)."""
-        aead = self._keys.get(ns_id)
-        if aead is None:  # deleted meanwhile
+    def begin_seal(self, ns_id: int, hdr: fmt.RecordHeader) -> fmt.RecordHeader:
+        """The encrypted header for plaintext record ``hdr``: a fresh nonce, no chunk table
+        (``format.py``); its tag and ciphertext checksum come from ``seal_into``."""
+        if ns_id not in self._raw:  # deleted meanwhile
             raise NamespaceNotFound(f"no namespace {hdr.namespace.decode(errors='replace')}")
-        nonce = os.urandom(limits.gcm_nonce_bytes)
-        n = len(data)
-        out = bytearray(n + limits.gcm_tag_bytes)
-        aead.encrypt_into(nonce, data, aad_of(hdr.namespace, hdr.key), out)
-        view = memoryview(out)
-        ct = view[:n]
         return replace(hdr, flags=hdr.flags | fmt.FLAG_ENCRYPTED, chunk_log2=0, chunks=(),
-                       nonce=nonce, tag=bytes(view[n:]),
-                       sealed_checksum=fmt.checksum(ct)), ct
+                       nonce=os.urandom(limits.gcm_nonce_bytes),
+                       tag=bytes(limits.gcm_tag_bytes), sealed_checksum=0)
+
+    def seal_into(self, ns_id: int, hdr: fmt.RecordHeader, data: memoryview,
+                  out: memoryview) -> tuple[bytes, int]:
+        """Encrypt ``data`` into ``out`` (as long) under ``hdr``'s nonce, names and namespace
+        key: (GCM tag, xxh3-64 of the ciphertext), for the header."""
+        raw = self._raw.get(ns_id)
+        if raw is None:
+            raise NamespaceNotFound(f"no namespace {hdr.namespace.decode(errors='replace')}")
+        enc = Cipher(algorithms.AES(raw), modes.GCM(hdr.nonce)).encryptor()
+        enc.authenticate_additional_data(aad_of(hdr.namespace, hdr.key))
+        enc.update_into(data, out)
+        enc.finalize()
+        return enc.tag, fmt.checksum(out)
 
     def open_into(self, ns_id: int, hdr: fmt.RecordHeader, payload: memoryview) -> None:
         """Decrypt ``payload`` in place and authenticate it (tag, namespace, key). On failure
