@@ -107,7 +107,7 @@ lint: $(STAMP)
 bench: bench-engine bench-http bench-bulk bench-pod bench-resp
 
 bench-engine: $(STAMP)
-	$(PY) loadtest/bench_engine.py
+	$(PY) loadtest/bench_engine.py --encrypt
 
 bench-http: $(STAMP)
 	$(PY) loadtest/bench_http.py

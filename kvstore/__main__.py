@@ -1,5 +1,7 @@
 """Command line: ``kvstore serve`` (also ``python -m kvstore serve``) and the operator command
 ``kvstore namespace set-owner --data-dir DIR NAME TENANT`` (run on a stopped server's data dir),
+``kvstore keygen FILE`` and ``kvstore rotate-key --old FILE --new FILE --data-dir DIR``
+(encryption at rest: ``kvstore.service.admin``),
 and ``kvstore pod up --nodes N`` / ``kvstore pod status --etcd URL`` (``kvstore.cluster.pod_cli``).
 
 Exit status: 0 after a clean stop, 1 when the server cannot start (port in use, store cannot be
@@ -23,9 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Flags beat KVSTORE_* environment variables, which beat "
                                        "the --config TOML file, which beats the defaults.")
     add_serve_arguments(serve)
-    from kvstore.service.admin import add_namespace_arguments
+    from kvstore.service.admin import add_key_arguments, add_namespace_arguments
 
     add_namespace_arguments(sub)
+    add_key_arguments(sub)
     from kvstore.cluster.pod_cli import add_pod_arguments
 
     add_pod_arguments(sub)
@@ -39,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvstore.service.admin import run_namespace_command
 
         return run_namespace_command(args)
+    if args.command in ("keygen", "rotate-key"):
+        from kvstore.service.admin import run_key_command
+
+        return run_key_command(args)
     if args.command == "pod":
         from kvstore.cluster.pod_cli import run_pod_command
 

@@ -158,6 +158,9 @@ class ServeConfig:
     g4_region: str | None = None  # else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1
     g4_spill_bytes_per_second: int = limits.g4_spill_bytes_per_second_default
     g4: G4Config | None = field(default=None, compare=False, repr=False)
+    # encryption at rest: the master key file (`kvstore keygen`) and its 32 bytes, read once here
+    master_key_file: str | None = None
+    master_key: bytes | None = field(default=None, repr=False, compare=False)
     config_file: str | None = field(default=None, compare=False)
 
     @property
@@ -213,6 +216,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "g4_credentials": ("--g4-credentials", "KVSTORE_G4_CREDENTIALS", "path"),
     "g4_region": ("--g4-region", "KVSTORE_G4_REGION", "str"),
     "g4_spill_bytes_per_second": ("--g4-spill-rate", "KVSTORE_G4_SPILL_RATE", "size"),
+    "master_key_file": ("--master-key-file", "KVSTORE_MASTER_KEY_FILE", "path"),
 }
 # Config-file spelling of each option (flag name without dashes, '_' or '-' accepted).
 _FILE_KEYS = {flag[2:].replace("-", "_"): name for name, (flag, _, _) in _OPTIONS.items()}
@@ -298,6 +302,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "g4_region": "G4 region (default AWS_REGION, AWS_DEFAULT_REGION, else us-east-1)",
         "g4_spill_bytes_per_second": "G4 upload bandwidth per second, e.g. 256MiB (default "
                                      f"{format_size(d.g4_spill_bytes_per_second)})",
+        "master_key_file": "encrypt every block written from now on (AES-256-GCM, a data key "
+                           "per namespace wrapped by this 32-byte key; `kvstore keygen FILE` "
+                           "writes one). A store that holds encrypted blocks needs it to open",
     }
     for name, (flag, env, kind) in _OPTIONS.items():
         text = helps[name].replace("%", "%%")  # argparse %-formats help strings ("20% of")
@@ -447,7 +454,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
         elif name in from_file:
             key = _OPTIONS[name][0][2:].replace("-", "_")
             values[name] = _convert(kind, from_file[name], f"{config_path}: {key}")
-    cfg = ServeConfig(**values, config_file=config_path)
+    key_file = values.get("master_key_file")
+    master_key = None if key_file is None else read_master_key_file(key_file)
+    cfg = ServeConfig(**values, master_key=master_key, config_file=config_path)
     validate(cfg)
     return replace(cfg, g4=resolve_g4(cfg, env))
 
@@ -484,6 +493,24 @@ def resolve_g4(cfg: ServeConfig, env: Mapping[str, str]) -> G4Config | None:
               or "us-east-1")
     return G4Config(m.group(1), (m.group(2) or "").strip("/"), cfg.g4_endpoint.rstrip("/"),
                     region, access, secret, cfg.g4_spill_bytes_per_second)
+
+
+def read_master_key_file(path: str) -> bytes:
+    """The master key in ``path``: exactly ``limits.master_key_bytes``, readable by its owner
+    only (as `kvstore keygen` writes it). Raises ConfigError."""
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read(limits.master_key_bytes + 1)
+    except OSError as exc:
+        raise ConfigError(f"--master-key-file: cannot read {path!r}: {exc}") from None
+    if len(raw) != limits.master_key_bytes:
+        raise ConfigError(f"--master-key-file: {path!r} holds {len(raw)} bytes, not a "
+                          f"{limits.master_key_bytes}-byte key (write one with `kvstore keygen`)")
+    if mode & 0o077:
+        raise ConfigError(f"--master-key-file: {path!r} is readable by others (mode "
+                          f"{mode & 0o777:o}); chmod 600 it")
+    return raw
 
 
 def physical_memory_bytes() -> int:
@@ -592,7 +619,7 @@ def describe(cfg: ServeConfig) -> dict[str, object]:
     """A printable view (sizes formatted)."""
     out: dict[str, object] = {}
     for f in fields(cfg):
-        if f.name == "g4":  # holds a secret; its parts are the g4_* options
+        if not f.repr:  # secrets: the master key, the resolved G4 config (its credentials)
             continue
         v = getattr(cfg, f.name)
         out[f.name] = format_size(v) if f.name.endswith("_bytes") and v is not None else v

@@ -56,6 +56,7 @@ __all__ = [
     "InvalidNamespace",
     "KVStoreError",
     "LimitExceeded",
+    "MasterKeyError",
     "NamespaceNotEmpty",
     "NamespaceNotFound",
     "NotFound",
@@ -81,6 +82,13 @@ class DataDirLocked(KVStoreError):
     ``detail`` carries ``data_dir`` and ``pid`` (0 when the holder's PID could not be read)."""
 
     code, name = 62, "DataDirLocked"
+
+
+class MasterKeyError(KVStoreError):
+    """The master key does not open this store (a wrong key, none for a store that holds
+    encrypted blocks, a malformed key file). The engine refuses to open: nothing is dropped."""
+
+    code, name = 63, "MasterKeyError"
 
 
 assert_codes_unique()

@@ -64,6 +64,17 @@ assert record_chunk_bytes & (record_chunk_bytes - 1) == 0, "chunk size must be a
 assert record_chunk_bytes % io_alignment_bytes == 0, "chunks must start on page boundaries"
 assert io_alignment_bytes <= record_chunk_bytes <= block_bytes_max
 
+# --- Encryption at rest (engine/crypto.py) -------------------------------------------------
+master_key_bytes = 32  # AES-256 master key (key-encryption key), `kvstore keygen` writes one
+data_key_bytes = 32  # AES-256-GCM data key of one namespace, wrapped by the master key
+gcm_nonce_bytes = 12  # 96-bit random nonce per record (stored in its header)
+gcm_tag_bytes = 16  # full GCM tag, never truncated
+# NIST SP 800-38D 8.3: random 96-bit nonces keep the chance of any reuse under 2**-32 for at
+# most 2**32 encryptions under one key. One encryption per record write, per namespace key.
+gcm_records_per_data_key_max = 2**32
+assert master_key_bytes == data_key_bytes == 32, "AES-256 keys"
+assert gcm_nonce_bytes == 12 and gcm_tag_bytes == 16
+
 # --- Leases and TTL -----------------------------------------------------------------------
 
 # Blocks pinned by leases at once, across all clients: pins hold capacity hostage.

@@ -211,7 +211,8 @@ class Server:
                 raise StartupError(f"cannot open device {cfg.device!r}: {exc}") from None
             engine_cfg = EngineConfig(data_dir=cfg.data_dir, capacity_bytes=cfg.capacity_bytes,
                                       segment_bytes=cfg.segment_bytes, dram_bytes=cfg.dram_bytes,
-                                      lease_budget_bytes=cfg.lease_budget_bytes)
+                                      lease_budget_bytes=cfg.lease_budget_bytes,
+                                      master_key=cfg.master_key)
             try:
                 engine = await asyncio.to_thread(Engine.open, engine_cfg, device)
             except DataDirLocked as exc:  # names the directory and the PID that holds it

@@ -16,11 +16,14 @@ from its DepthGauge) and the disk queue seen by the block layer (aqu-sz, request
 A line says whether the disk rewards depth (fio QD32 / fio QD1). Then the index: --blocks puts
 of 1-byte payloads, index bytes per block and the time ``Engine.open`` takes to reopen that
 store. Results go to loadtest/results/engine-*.md|json with machine, settings and commit.
+``--encrypt`` adds the same engine passes with encryption at rest on (a random master key:
+AES-256-GCM per record, ``engine/crypto.py``) as the rows ``engine_enc*``, beside the plain ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import mmap
 import os
@@ -200,16 +203,28 @@ def run_depth(a: argparse.Namespace, bench: Path, depth: int, size: int, disk: s
             k = trial % len(runs)  # rotate the order so no case always runs first
             for name, fn in runs[k:] + runs[:k]:
                 samples.setdefault((name, rw), []).append(fn())
-        if api is not None:
-            e = engine_pass(api, make_dev, bench / "engine", depth, size, disk)
+        for tag, eng_api in _engine_apis(api, a.encrypt):
+            e = engine_pass(eng_api, make_dev, bench / "engine", depth, size, disk)
             for key, smp in e.items():
                 case, rw = {"write": ("engine", "write"), "read": ("engine", "read"),
                             "batch_write": ("engine_batch", "write"),
                             "full_write": ("engine_full", "write")}[key]
-                samples.setdefault((case, rw), []).append(smp)
+                samples.setdefault((case.replace("engine", "engine" + tag), rw), []).append(smp)
         print(f"depth {depth} trial {trial + 1}: " + ", ".join(
             f"{c}_{rw}={v[-1].gbps:.2f}" for (c, rw), v in samples.items()), flush=True)
     return samples
+
+
+def _engine_apis(api: tuple[type, type] | None,
+                 encrypt: bool) -> list[tuple[str, tuple[type, Any]]]:
+    """("", plain engine) and, with ``encrypt``, ("_enc", the engine with a master key)."""
+    if api is None:
+        return []
+    out: list[tuple[str, tuple[type, Any]]] = [("", api)]
+    if encrypt:
+        out.append(("_enc", (api[0], functools.partial(api[1],
+                                                       master_key=os.urandom(32)))))
+    return out
 
 
 def loadavg() -> str:
@@ -231,6 +246,8 @@ def main() -> int:
     ap.add_argument("--no-engine", action="store_true", help="fio and devices only")
     ap.add_argument("--no-index", action="store_true", help="skip the index/reopen test")
     ap.add_argument("--engine-device", choices=("uring", "posix"), default="uring")
+    ap.add_argument("--encrypt", action="store_true",
+                    help="also run the engine with encryption at rest (rows engine_enc*)")
     ap.add_argument("--note", default="", help="free text recorded with the results")
     ap.add_argument("--out", default=str(ROOT / "loadtest" / "results"))
     a = ap.parse_args()
@@ -277,7 +294,8 @@ def main() -> int:
               "machine": m, "note": a.note,
               "settings": {"size_bytes": size, "block_bytes": BS, "depths": depths,
                            "trials": a.trials, "quick": a.quick, "engine": api is not None,
-                           "engine_device": a.engine_device, "dram_bytes": 0},
+                           "engine_device": a.engine_device, "dram_bytes": 0,
+                           "encrypt": a.encrypt},
               "rows": rows, "depth_reward": depth_reward(rows), "index": index,
               "targets": {"device_over_fio_every_depth": DEVICE_TARGET,
                           "engine_over_fio_at_depth_ge_8": ENGINE_TARGET,

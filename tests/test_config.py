@@ -12,6 +12,7 @@ from kvstore import limits
 from kvstore.config import (
     ConfigError,
     ServeConfig,
+    describe,
     format_size,
     from_argv,
     is_loopback,
@@ -239,3 +240,24 @@ def test_serve_help_renders() -> None:
     share = f"{limits.leased_fraction_of_capacity_default:.0%} of --capacity"
     assert share in text and "--etag" in text
     assert "--resp-port" in text and "--kv-events" in text
+
+
+
+def test_master_key_file_is_read_once_checked_and_never_printed(tmp_path: Path) -> None:
+    key = tmp_path / "k"
+    key.write_bytes(b"\x07" * limits.master_key_bytes)
+    key.chmod(0o600)
+    cfg = from_argv(["--master-key-file", str(key)], {})
+    assert cfg.master_key == b"\x07" * limits.master_key_bytes
+    assert "master_key" not in describe(cfg) and repr(b"\x07" * 32) not in repr(cfg)
+    assert from_argv([], {"KVSTORE_MASTER_KEY_FILE": str(key)}).master_key == cfg.master_key
+    key.chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others"):
+        from_argv(["--master-key-file", str(key)], {})
+    short = tmp_path / "short"
+    short.write_bytes(b"x" * 16)
+    short.chmod(0o600)
+    with pytest.raises(ConfigError, match="not a 32-byte key"):
+        from_argv(["--master-key-file", str(short)], {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        from_argv(["--master-key-file", str(tmp_path / "missing")], {})

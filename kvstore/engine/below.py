@@ -22,7 +22,7 @@ from kvstore.engine.ranges import span_of
 from kvstore.engine.state import EngineState, meta_of
 from kvstore.engine.tiers import LowerTier
 from kvstore.engine.types import ReadOutcome
-from kvstore.errors import KVStoreError
+from kvstore.errors import CorruptRecord, KVStoreError
 
 if TYPE_CHECKING:
     from kvstore.engine.reader import BlockLease, BlockReader, BlockView
@@ -45,6 +45,19 @@ def read_lower(r: BlockReader, lower: LowerTier, ns: str, key: str, kb: bytes, d
     record, hdr = got
     po = hdr.payload_offset
     payload = record[po:po + hdr.payload_len]
+    if hdr.encrypted:  # G4 holds records as stored: decrypt (and authenticate) a copy to serve
+        plain = bytearray(payload)
+        try:
+            with st.lock:
+                ns_id = st.catalog.get(ns)[0]
+            st.cipher.open_into(ns_id, hdr, memoryview(plain))
+        except (CorruptRecord, KVStoreError) as exc:
+            log.warning("block %s/%s from below flash does not decrypt: %s", ns, key, exc)
+            with st.lock:
+                st.counters["checksum_failures"] += 1
+                st.miss(ReadOutcome.CORRUPT)
+            return BlockLease(ReadOutcome.CORRUPT)
+        payload = bytes(plain)
     readmit(r, ns, digest, record, hdr, payload)
     a, b = (0, len(payload)) if rng is None else span_of(rng[0], rng[1], len(payload))
     with st.lock:

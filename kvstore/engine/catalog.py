@@ -1,6 +1,7 @@
 """The namespace catalog: names, numeric ids, owners and layouts, in one small msgpack file
 written atomically (``namespaces.msgpack``). Ids are never reused, so records of a deleted
-namespace can never be attributed to a new one."""
+namespace can never be attributed to a new one. With encryption at rest it also keeps each
+namespace's data key, wrapped by the master key (``crypto.DataKeys``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import msgpack
 
 from kvstore import limits
+from kvstore.engine.crypto import DataKeys
 from kvstore.engine.types import NamespaceInfo
 from kvstore.errors import AlreadyExists, InvalidArgument, LimitExceeded, NamespaceNotFound
 from kvstore.keys import Layout, validate_namespace
@@ -21,6 +23,7 @@ class Catalog:
     def __init__(self) -> None:
         self.by_name: dict[str, tuple[int, NamespaceInfo]] = {}
         self.next_id = 1
+        self.keys = DataKeys()
 
     @classmethod
     def decode(cls, raw: bytes | None) -> Catalog:
@@ -34,6 +37,8 @@ class Catalog:
                                  dict(d.get("layout") or {}), d.get("fingerprint", ""),
                                  int(d.get("block_bytes", 0)), int(d.get("replicas", 1)))
             cat.by_name[info.name] = (int(d["id"]), info)
+        cat.keys = DataKeys({int(i): bytes(w) for i, w in doc.get("data_keys", ())},
+                            bytes(doc.get("key_check", b"")))
         return cat
 
     def encode(self) -> bytes:
@@ -45,6 +50,8 @@ class Catalog:
                  "replicas": n.replicas}
                 for i, n in self.by_name.values()
             ],
+            **({"data_keys": sorted(self.keys.wrapped.items()), "key_check": self.keys.check}
+               if self.keys.check or self.keys.wrapped else {}),
         }, use_bin_type=True)
 
     def create(self, name: str, owner: str, layout: dict | None, block_bytes: int,
@@ -86,8 +93,9 @@ class Catalog:
             raise NamespaceNotFound(f"no namespace {name}") from None
 
     def remove(self, name: str) -> None:
-        self.get(name)
+        ns_id, _info = self.get(name)
         del self.by_name[name]
+        self.keys.wrapped.pop(ns_id, None)  # its records on flash become unreadable
 
     def id_to_name(self) -> dict[int, str]:
         return {i: n for n, (i, _info) in self.by_name.items()}

@@ -128,7 +128,8 @@ def _verify(lg: SegmentLog, seg: object, e: object, digest: bytes) -> list[str]:
     if fmt.digest_of(hdr.namespace, hdr.key) != digest:
         return [f"block {digest.hex()}: header names another block"]
     try:
-        b, h = lg.records.read_record(seg, e, hdr.namespace, hdr.key)  # type: ignore[arg-type]
+        b, h = lg.records.read_record(seg, e, hdr.namespace, hdr.key,  # type: ignore[arg-type]
+                                      plain=st.cipher.enabled)  # GCM-authenticated when keyed
         try:  # the chunk table ranged reads trust must match the verified payload
             if h.chunks:
                 po = h.payload_offset

@@ -27,6 +27,11 @@ two chunks or more carry one: for a smaller payload the whole-payload checksum i
 checksum. A ranged read reads the header page and the chunks its range touches and verifies
 each whole chunk; the whole-payload checksum stays the block's identity (etag, bulk protocol).
 
+An encrypted record (``FLAG_ENCRYPTED``, ``crypto.py``) has no chunk table; after the chunk
+table's place, before the CRC, it carries a trailer: the GCM nonce (12 bytes), the GCM tag (16)
+and the xxh3-64 of the stored ciphertext (8), so that recovery and the checker verify stored
+bytes without keys. ``checksum`` stays the xxh3-64 of the plaintext (the block's identity).
+
 A torn or flipped record fails its header CRC or its payload checksum (xxh3-64). Recovery's
 scan of an unsealed segment skips a record with an intact header and a bad payload (one
 corrupt block) and truncates at the first bad header. Sealed segments get a summary file ``seg-<id>.sum`` (columnar,
@@ -71,9 +76,17 @@ FLAG_TOMBSTONE = 0x01
 # A record written but void: its key was stored by another writer between the build of a batch
 # and its reservation. Skipped by scans, never indexed; its bytes just fill the reserved range.
 FLAG_VOID = 0x02
+# The payload is AES-256-GCM ciphertext under its namespace's data key (crypto.py); the header
+# carries the encryption trailer (_SEAL). Records without it are plaintext (written before
+# encryption was turned on) and stay readable.
+FLAG_ENCRYPTED = 0x04
+# nonce, tag, xxh3-64 of the stored (encrypted) payload
+_SEAL = struct.Struct(f"<{limits.gcm_nonce_bytes}s{limits.gcm_tag_bytes}sQ")
+SEAL_BYTES = _SEAL.size
 
 # The header (fixed part + names + meta + CRC) must fit in one page.
-meta_bytes_max = PAGE - _REC.size - limits.namespace_bytes_max - limits.key_bytes_max - _CRC.size
+meta_bytes_max = (PAGE - _REC.size - limits.namespace_bytes_max - limits.key_bytes_max
+                  - SEAL_BYTES - _CRC.size)
 assert meta_bytes_max >= 2048, "record header page too small for metadata"
 
 
@@ -189,10 +202,24 @@ class RecordHeader:
     version: int = RECORD_VERSION
     chunk_log2: int = 0  # chunk size of ``chunks`` (log2); 0 = no table
     chunks: tuple[int, ...] = ()  # xxh3-64 of each chunk of the payload
+    # encryption trailer (FLAG_ENCRYPTED only): GCM nonce and tag, xxh3-64 of the ciphertext
+    nonce: bytes = b""
+    tag: bytes = b""
+    sealed_checksum: int = 0
 
     @property
     def header_len(self) -> int:
-        return header_len_for(self.namespace, self.key, self.meta, len(self.chunks))
+        return header_len_for(self.namespace, self.key, self.meta, len(self.chunks),
+                              self.encrypted)
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.flags & FLAG_ENCRYPTED)
+
+    @property
+    def stored_checksum(self) -> int:
+        """xxh3-64 of the payload bytes as stored: the ciphertext's when encrypted."""
+        return self.sealed_checksum if self.encrypted else self.checksum
 
     @property
     def chunk_bytes(self) -> int:
@@ -233,6 +260,9 @@ class RecordHeader:
                 self.version < 2 or len(self.chunks) != _table_len(self.payload_len,
                                                                    self.chunk_log2)):
             raise ValueError("chunk table does not match the payload length")
+        if self.encrypted and (self.chunks or len(self.nonce) != limits.gcm_nonce_bytes
+                               or len(self.tag) != limits.gcm_tag_bytes):
+            raise ValueError("an encrypted record needs a nonce and a tag, and no chunk table")
         if self.header_len > PAGE:
             raise ValueError("record header does not fit in one page")
         n = _REC.size
@@ -245,6 +275,9 @@ class RecordHeader:
         for c in self.chunks:
             _CHUNK.pack_into(buf, n, c)
             n += _CHUNK.size
+        if self.encrypted:
+            _SEAL.pack_into(buf, n, self.nonce, self.tag, self.sealed_checksum)
+            n += _SEAL.size
         _CRC.pack_into(buf, n, zlib.crc32(buf[:n]))
         return n + _CRC.size
 
@@ -265,6 +298,10 @@ class RecordHeader:
         n_chunks = _table_len(payload_len, log2)
         names_end = _REC.size + ns_len + key_len + meta_len
         end = names_end + _CHUNK.size * n_chunks
+        sealed = bool(flags & FLAG_ENCRYPTED)
+        if sealed and n_chunks:
+            raise CorruptRecord("an encrypted record with a chunk table")
+        end += _SEAL.size if sealed else 0
         if (end + _CRC.size > PAGE or end + _CRC.size > len(buf)
                 or payload_len > limits.block_bytes_max or n_chunks < 0):
             raise CorruptRecord("record header lengths out of range")
@@ -277,8 +314,10 @@ class RecordHeader:
         meta = bytes(buf[p + ns_len + key_len : names_end])
         chunks = tuple(_CHUNK.unpack_from(buf, names_end + _CHUNK.size * i)[0]
                        for i in range(n_chunks))
+        nonce, tag, sealed_csum = (_SEAL.unpack_from(buf, end - _SEAL.size) if sealed
+                                   else (b"", b"", 0))
         return cls(ns, key, payload_len, csum, seq, created, expires, meta, flags, version,
-                   log2, chunks)
+                   log2, chunks, nonce, tag, sealed_csum)
 
 
 def _table_len(payload_len: int, chunk_log2: int) -> int:
@@ -295,6 +334,7 @@ def record_span(header_len: int, payload_len: int) -> int:
     return PAGE if header_len + payload_len <= PAGE else PAGE + align_up(payload_len)
 
 
-def header_len_for(namespace: bytes, key: bytes, meta: bytes, chunks: int = 0) -> int:
+def header_len_for(namespace: bytes, key: bytes, meta: bytes, chunks: int = 0,
+                   encrypted: bool = False) -> int:
     return (_REC.size + len(namespace) + len(key) + len(meta) + _CHUNK.size * chunks
-            + _CRC.size)
+            + (_SEAL.size if encrypted else 0) + _CRC.size)

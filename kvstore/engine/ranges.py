@@ -8,7 +8,8 @@ read whole and verified by the whole-payload checksum, as ``read`` does:
 
 - a payload of one chunk or less (the smallest verifiable read is the whole record anyway);
 - a version 1 record (written before chunk tables) or one whose header page had no room for
-  a table: a ranged read of it costs a full read, exactly as before.
+  a table: a ranged read of it costs a full read, exactly as before;
+- an encrypted record (no table: its GCM tag authenticates the whole payload, ``crypto.py``).
 
 A chunk that fails its checksum is a corrupt block: the caller drops and tombstones it, as a
 full read does, so a range over an intact chunk of a block found corrupt is a miss afterwards.
@@ -57,7 +58,7 @@ def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: in
     header, where byte ``a`` is in the buffer); the caller releases the buffer. Raises
     CorruptRecord (and StorageError)."""
     if a < b and e.length <= 1 << fmt.CHUNK_LOG2:
-        whole, hdr = io.read_record(seg, e, nsb, kb)
+        whole, hdr = io.read_record(seg, e, nsb, kb, plain=True)
         return whole, hdr, hdr.payload_offset + a
     off = e.page * PAGE
     if a == b:  # no payload wanted: the verified header is the answer
@@ -86,7 +87,7 @@ def read_span(io: RecordIO, seg: Segment, e: Entry, nsb: bytes, kb: bytes, a: in
         if not hdr.chunks:  # no table (version 1, or a full header page): verify it all
             held = None
             io.pool.release(buf)
-            whole, hdr = io.read_record(seg, e, nsb, kb)
+            whole, hdr = io.read_record(seg, e, nsb, kb, plain=True)
             return whole, hdr, hdr.payload_offset + a
         if hdr.chunk_log2 != fmt.CHUNK_LOG2:  # larger chunks (a header page with little room)
             p0, p1, end = _chunks(hdr.chunk_log2, a, b, e.length)

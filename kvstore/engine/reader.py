@@ -139,7 +139,7 @@ class BlockReader:
         nsb = ns.encode()
         try:
             if rng is None:
-                buf, hdr = self.records.read_record(seg, e, nsb, kb)
+                buf, hdr = self.records.read_record(seg, e, nsb, kb, plain=True)
                 po = hdr.payload_offset
             else:
                 buf, hdr, po = self.records.read_span(seg, e, nsb, kb, a, b)

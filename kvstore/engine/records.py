@@ -59,9 +59,14 @@ class RecordIO:
         finally:
             self.pool.release(buf)
 
-    def read_record(self, seg: Segment, e: Entry, nsb: bytes,
-                    kb: bytes) -> tuple[AlignedBuffer, fmt.RecordHeader]:
-        """Read and verify one record; the caller releases the buffer. Raises CorruptRecord."""
+    def read_record(self, seg: Segment, e: Entry, nsb: bytes, kb: bytes,
+                    plain: bool = False) -> tuple[AlignedBuffer, fmt.RecordHeader]:
+        """Read and verify one record; the caller releases the buffer. Raises CorruptRecord.
+
+        The payload is as stored (reclaim copies it, the checker verifies it): an encrypted
+        one is checked by its ciphertext checksum. ``plain=True`` (reads) decrypts it in place
+        instead, authenticated by its GCM tag (``crypto.py``); the header still says
+        encrypted."""
         hdr_len = fmt.header_len_for(nsb, kb, b"")
         want = fmt.record_span(hdr_len, e.length)
         buf = self.pool.acquire(want)
@@ -78,7 +83,10 @@ class RecordIO:
             po = hdr.payload_offset
             if got < po + e.length:
                 raise CorruptRecord("record truncated")
-            if fmt.checksum(buf.view[po : po + e.length]) != hdr.checksum:
+            payload = buf.view[po : po + e.length]
+            if plain and hdr.encrypted:
+                self.state.cipher.open_into(e.ns, hdr, payload)
+            elif fmt.checksum(payload) != hdr.stored_checksum:
                 raise CorruptRecord("payload checksum mismatch")
             return buf, hdr
         except BaseException:

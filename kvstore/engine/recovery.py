@@ -46,6 +46,9 @@ def recover(lg: SegmentLog) -> None:
     cfg, dev = st.config, st.device
     t0 = time.monotonic()
     st.catalog = Catalog.decode(dev.read_file(os.path.join(cfg.data_dir, CATALOG_FILE)))
+    # data keys first: a wrong or missing master key refuses to open before anything is read
+    if st.cipher.load(st.catalog.keys, [i for i, _info in st.catalog.by_name.values()]):
+        st.save_catalog()
     names = dev.listdir(cfg.data_dir)
     ids = sorted(i for i in (parse_segment_name(n) for n in names) if i is not None)
     for n in names:  # leftovers: interrupted writes, orphan summaries, files kept to recycle

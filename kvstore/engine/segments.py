@@ -173,7 +173,7 @@ def scan_segment(device: Device, seg: Segment, pool: BufferPool) -> ScanResult:
                 payload = win.view(off + hdr.payload_offset, hdr.payload_len)
                 if payload is None:
                     break
-                if fmt.checksum(payload) != hdr.checksum:
+                if fmt.checksum(payload) != hdr.stored_checksum:
                     corrupt.append(off)
                     flags, length, csum, expires = fmt.FLAG_TOMBSTONE, 0, 0, 0.0
             if not hdr.void:  # a void record never stood for its key, corrupt or not

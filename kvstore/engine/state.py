@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.catalog import CATALOG_FILE, Catalog
+from kvstore.engine.crypto import RecordCipher
 from kvstore.engine.device import BufferPool, Device
 from kvstore.engine.dram import DramTier
 from kvstore.engine.index import Entry, Index
@@ -65,6 +66,7 @@ class EngineState:
         self.index = Index()
         self.dram = DramTier(config.dram_bytes)
         self.catalog = Catalog()
+        self.cipher = RecordCipher(config.master_key)  # encryption at rest (crypto.py)
         self.counters = dict.fromkeys(STAT_NAMES, 0)
         self.lock = threading.RLock()
         self.budget = SegmentBudget.of(config)

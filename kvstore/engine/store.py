@@ -139,6 +139,7 @@ class Engine:
         st = self.state
         with st.lock:
             info = st.catalog.create(name, owner, layout, block_bytes, replicas)
+            st.cipher.add(st.catalog.keys, st.catalog.get(name)[0])
             st.save_catalog()
             return info
 
@@ -153,6 +154,7 @@ class Engine:
             if st.lower is not None:  # its blocks below flash go with it (a cache, unlisted)
                 st.lower.forget_namespace(ns_id)
             st.catalog.remove(name)
+            st.cipher.forget(st.catalog.keys, ns_id)
             st.save_catalog()
 
     def namespace(self, name: str) -> NamespaceInfo:

@@ -25,6 +25,8 @@ class EngineConfig:
     # Bytes lookup leases may pin at once; None: limits.leased_fraction_of_capacity_default of
     # the capacity. The engine may lower it for stores of few segments (Engine.lease_budget_bytes).
     lease_budget_bytes: int | None = None
+    # Encryption at rest (crypto.py): the 32-byte master key; None writes plaintext records.
+    master_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not limits.segment_bytes_min <= self.segment_bytes <= limits.segment_bytes_max:
@@ -35,6 +37,8 @@ class EngineConfig:
             raise ValueError("capacity must hold at least two segments")
         if not 0 < self.low_watermark < self.high_watermark <= 1.0:
             raise ValueError("need 0 < low_watermark < high_watermark <= 1")
+        if self.master_key is not None and len(self.master_key) != limits.master_key_bytes:
+            raise ValueError(f"master_key must be {limits.master_key_bytes} bytes")
         if self.dram_bytes < 0:
             raise ValueError("dram_bytes must be >= 0")
         lease_max = int(limits.leased_fraction_of_capacity_max * self.capacity_bytes)

@@ -295,8 +295,9 @@ class G4Tier:
 
 
 def verify(raw: bytes, nsb: bytes, kb: bytes, e: Entry) -> fmt.RecordHeader:
-    """The record in ``raw`` names the block, agrees with the index and its payload's xxh3
-    matches; its header. Raises CorruptRecord."""
+    """The record in ``raw`` names the block, agrees with the index and its stored payload's
+    xxh3 matches (for an encrypted record: its ciphertext's, ``stored_checksum``; the read
+    decrypts and authenticates it after); its header. Raises CorruptRecord."""
     if len(raw) < PAGE:
         raise CorruptRecord("short G4 record")
     hdr = fmt.RecordHeader.decode(memoryview(raw)[:PAGE])
@@ -305,7 +306,7 @@ def verify(raw: bytes, nsb: bytes, kb: bytes, e: Entry) -> fmt.RecordHeader:
     payload = raw[po:po + e.length]
     if len(payload) != e.length:
         raise CorruptRecord("G4 record truncated")
-    if fmt.checksum(payload) != hdr.checksum:
+    if fmt.checksum(payload) != hdr.stored_checksum:
         raise CorruptRecord("payload checksum mismatch")
     if len(raw) < hdr.span:
         raise CorruptRecord("G4 record shorter than its span")

@@ -5,6 +5,11 @@ created in development mode) an owner, so that the tenant may use it once the se
 credentials (``kvstore.auth.Policy`` refuses ownerless namespaces to everyone). It takes the data
 directory's lock, so it refuses to run while a server holds it, and rewrites only the namespace
 catalog (atomically); blocks and their ids are untouched.
+
+``kvstore keygen FILE``: write a random master key (``limits.master_key_bytes``, mode 0600; it
+refuses to overwrite a file). ``kvstore rotate-key --old FILE --new FILE --data-dir DIR``:
+re-wrap a stopped store's data keys with a new master key (``engine/crypto.py``); no block is
+rewritten, and afterwards only the new key opens the store.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ import dataclasses
 import os
 import sys
 
+from kvstore import limits
 from kvstore.auth import Tenants
 from kvstore.engine.catalog import CATALOG_FILE, Catalog
+from kvstore.engine.crypto import check_master_key
 from kvstore.engine.lockfile import lock_dir
 from kvstore.engine.types import NamespaceInfo
-from kvstore.errors import InvalidArgument, KVStoreError, NamespaceNotFound
+from kvstore.errors import InvalidArgument, KVStoreError, MasterKeyError, NamespaceNotFound
 from kvstore.io_uring.posix import PosixDevice
 
 
@@ -82,4 +89,75 @@ def run_namespace_command(args: argparse.Namespace) -> int:
         print(f"kvstore: error: {exc}", file=sys.stderr)
         return 1
     print(f"kvstore: namespace {info.name} is now owned by {info.owner}")
+    return 0
+
+
+def write_master_key(path: str) -> None:
+    """A new random master key in ``path``, created with mode 0600; FileExistsError if the file
+    exists (a key is never overwritten: the store it opens would be lost)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(os.urandom(limits.master_key_bytes))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_master_key(path: str) -> bytes:
+    """The master key in ``path``. Raises MasterKeyError (unreadable, or not 32 bytes)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limits.master_key_bytes + 1)
+    except OSError as exc:
+        raise MasterKeyError(f"cannot read the master key file {path!r}: {exc}") from None
+    return check_master_key(raw)
+
+
+def rotate_master_key(data_dir: str, old: bytes, new: bytes) -> int:
+    """Re-wrap the data keys of the stopped store in ``data_dir`` from ``old`` to ``new``;
+    returns how many. Raises MasterKeyError (``old`` is not this store's key), DataDirLocked."""
+    if not os.path.isdir(data_dir):
+        raise InvalidArgument(f"no data directory {data_dir!r}")
+    lock = lock_dir(data_dir)
+    try:
+        dev = PosixDevice()
+        path = os.path.join(data_dir, CATALOG_FILE)
+        cat = Catalog.decode(dev.read_file(path))
+        if not cat.keys.check:
+            raise MasterKeyError(f"the store in {data_dir!r} is not encrypted")
+        cat.keys = cat.keys.rewrap(old, new)
+        dev.write_file_atomic(path, cat.encode())
+        return len(cat.keys.wrapped)
+    finally:
+        lock.release()
+
+
+def add_key_arguments(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    kg = sub.add_parser("keygen", help="write a new random master key (encryption at rest)",
+                        description="Writes 32 random bytes to FILE with mode 0600 for "
+                                    "`kvstore serve --master-key-file FILE`; never overwrites.")
+    kg.add_argument("file", metavar="FILE")
+    rk = sub.add_parser("rotate-key", help="re-wrap a stopped store's data keys with a new "
+                                           "master key (no block is rewritten)")
+    rk.add_argument("--old", required=True, metavar="FILE", help="the current master key file")
+    rk.add_argument("--new", required=True, metavar="FILE", help="the new master key file")
+    rk.add_argument("--data-dir", required=True, help="the stopped server's data directory")
+
+
+def run_key_command(args: argparse.Namespace) -> int:
+    """Exit status: 0 done, 1 refused (file exists, wrong key, data dir in use, ...)."""
+    try:
+        if args.command == "keygen":
+            write_master_key(args.file)
+            print(f"kvstore: wrote a new master key to {args.file} (mode 0600)")
+            return 0
+        n = rotate_master_key(args.data_dir, read_master_key(args.old),
+                              read_master_key(args.new))
+    except FileExistsError:
+        print(f"kvstore: error: {args.file} exists; a master key is never overwritten",
+              file=sys.stderr)
+        return 1
+    except (KVStoreError, OSError, ValueError) as exc:
+        print(f"kvstore: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"kvstore: {n} data keys of {args.data_dir} re-wrapped with the new master key")
     return 0
