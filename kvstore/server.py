@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -43,6 +44,7 @@ from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
+from kvstore.transport.tls import TlsFiles, TlsSetupError, server_context
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -111,6 +113,16 @@ def load_tenants(path: str | None) -> Tenants:
         raise ConfigError(f"credentials file {path!r}: {exc}") from None
 
 
+def tls_context(cfg: ServeConfig) -> ssl.SSLContext | None:
+    """The listeners' TLS context (None: plain TCP), built once; bad files are a ConfigError."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    try:
+        return server_context(TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+    except TlsSetupError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -165,6 +177,7 @@ class Server:
         self._stop = asyncio.Event()
         self._signals = 0
         self._http: _UvicornServer | None = None
+        self._tls: ssl.SSLContext | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -185,6 +198,7 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         tenants = load_tenants(cfg.credentials)
+        self._tls = tls_context(cfg)
         if tenants.dev:
             log.warning("DEVELOPMENT MODE: no --credentials, so signatures are not checked (any "
                         "key and any SigV4 signature, or none, are accepted; SigV2 is refused as "
@@ -229,7 +243,7 @@ class Server:
         try:
             bulk = await start_bulk_server(state, cfg.host, cfg.bulk_port,
                                            timeouts=bulk_timeouts,
-                                           connections_max=cfg.connections_max)
+                                           connections_max=cfg.connections_max, tls=self._tls)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                f"{exc.strerror or exc}") from None
@@ -238,10 +252,13 @@ class Server:
         if cfg.access_log:
             app = AccessLog(app)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
+        tls = self._tls
+        tls_opts: dict[str, Any] = {} if tls is None else {
+            "ssl_context_factory": lambda _cfg, _default: tls}
         self._http = _UvicornServer(uvicorn.Config(
             app, http=guarded_protocol(http_guard, metrics), loop="none", lifespan="on",
             log_config=None, access_log=False, server_header=False,
-            timeout_graceful_shutdown=int(drain_s) or 1))  # the guard bounds connections
+            timeout_graceful_shutdown=int(drain_s) or 1, **tls_opts))  # the guard bounds conns
         task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
         while not self._http.started and not task.done():
             await asyncio.sleep(0.01)
@@ -342,10 +359,12 @@ class Server:
         cfg = self.cfg
         host = _url_host(cfg.host)
         http_port = http_sock.getsockname()[1]
+        web, tcp = ("https", "tls") if self._tls is not None else ("http", "tcp")
+        mtls = "  (mutual TLS)" if cfg.tls_client_ca else ""
         lines = [
-            f"kvstore: HTTP (S3 API and /v1) on http://{host}:{http_port}"
-            f"  (docs http://{host}:{http_port}/docs)",
-            f"kvstore: bulk on tcp://{host}:{bulk_port}",
+            f"kvstore: HTTP (S3 API and /v1) on {web}://{host}:{http_port}"
+            f"  (docs {web}://{host}:{http_port}/docs){mtls}",
+            f"kvstore: bulk on {tcp}://{host}:{bulk_port}{mtls}",
             f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",
         ]
