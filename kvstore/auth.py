@@ -7,7 +7,8 @@ The credentials file is JSON::
          "namespaces": ["acme-*", "shared-llama"]}
     ]}
 
-``namespaces`` are exact names or shell-style patterns (``fnmatch``). Without a credentials file
+``namespaces`` are exact names or shell-style patterns (``fnmatch``). ``key_salt`` (optional):
+tenants that give the same one share layout fingerprints (``Policy.salted_layout``). Without a credentials file
 the server runs in development mode: ``Tenants.development()`` accepts any access key, and every
 caller is the tenant ``""`` that owns all.
 
