@@ -30,6 +30,8 @@ REGION = "us-east-1"
 SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
 KEY = "ab" * 16
 BLOCK = os.urandom(64 * 1024)
+HANDSHAKE_S = 1.0  # the TLS server's --bulk-handshake-timeout
+SILENT_WAIT_S = 20.0  # how long a silent peer waits to be closed (asyncio's default is 60 s)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
@@ -98,7 +100,8 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path | Pair]:
 def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: dict) -> Iterator[Serve]:
     s = certs["server"]
     yield from _serve(tmp_path_factory.mktemp("srv"), "tls",
-                      ["--tls-cert", str(s.cert), "--tls-key", str(s.key)])
+                      ["--tls-cert", str(s.cert), "--tls-key", str(s.key),
+                       "--bulk-handshake-timeout", str(HANDSHAKE_S)])
 
 
 @pytest.fixture(scope="module")
@@ -244,6 +247,14 @@ def test_plain_bulk_client_on_tls_port_fails_and_server_stays_up(tls_server: Ser
         assert good.get(KEY) == BLOCK
 
 
+def test_silent_peer_is_closed_at_the_handshake_bound(tls_server: Serve) -> None:
+    """A TCP peer that never starts the TLS handshake (slowloris on the bulk port) is closed
+    by --bulk-handshake-timeout, not by asyncio's 60 s default."""
+    with socket.create_connection(("127.0.0.1", tls_server.bulk), timeout=SILENT_WAIT_S) as s:
+        assert s.recv(1) == b""
+    assert tls_server.alive()
+
+
 def test_tls_client_rejects_unverified_server(tls_server: Serve, certs: dict,
                                               tmp_path: Path) -> None:
     from kvstore_client import Client
@@ -282,3 +293,17 @@ def test_mtls_requires_a_client_certificate(mtls_server: Serve, certs: dict) -> 
     names = _s3(mtls_server, ca, (str(good.cert), str(good.key))).list_buckets()
     assert "mtls" in [b["Name"] for b in names["Buckets"]]
     assert mtls_server.alive() and "mutual TLS" in mtls_server.out.read_text()
+
+
+def test_client_tls_arguments(certs: dict) -> None:
+    from kvstore_client.tls import client_context
+
+    assert client_context() is None
+    ctx = client_context(ca=str(certs["ca"]))
+    assert ctx is not None and ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+    own = ssl.create_default_context()
+    assert client_context(own) is own
+    with pytest.raises(ValueError, match="not both"):
+        client_context(own, ca=str(certs["ca"]))
+    with pytest.raises(ValueError, match="needs cert"):
+        client_context(True, key=str(certs["client"].key))
