@@ -107,6 +107,8 @@ class ServeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # kvstore_namespace_* series on the unsigned /metrics; None: only in development mode
+    metrics_namespaces: bool | None = None
     log_level: str = "info"
     shutdown_seconds: float = limits.shutdown_seconds_max
     access_log: bool = False
@@ -158,6 +160,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "tls_cert": ("--tls-cert", "KVSTORE_TLS_CERT", "path"),
     "tls_key": ("--tls-key", "KVSTORE_TLS_KEY", "path"),
     "tls_client_ca": ("--tls-client-ca", "KVSTORE_TLS_CLIENT_CA", "path"),
+    "metrics_namespaces": ("--metrics-namespaces", "KVSTORE_METRICS_NAMESPACES", "bool"),
     "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
     "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
     "access_log": ("--access-log", "KVSTORE_ACCESS_LOG", "bool"),
@@ -210,6 +213,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "tls_key": "PEM private key of --tls-cert",
         "tls_client_ca": "PEM CA bundle: mutual TLS, clients must present a certificate it "
                          "signed",
+        "metrics_namespaces": "per-namespace series (names, blocks, bytes) on the unsigned "
+                              "/metrics; they show every tenant's namespaces, so the default "
+                              "is off with --credentials, on without",
         "log_level": f"{'|'.join(LOG_LEVELS)} (default {d.log_level})",
         "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "

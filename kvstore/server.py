@@ -227,7 +227,8 @@ class Server:
             warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())
             runner = EngineRunner()
             runner.start()
-            metrics = Metrics(engine)
+            per_ns = tenants.dev if cfg.metrics_namespaces is None else cfg.metrics_namespaces
+            metrics = Metrics(engine, per_namespace=per_ns)
             state = Node(engine, runner, tenants, metrics=metrics, domain=cfg.domain,
                          etag=cfg.etag)
             if self._stop.is_set():

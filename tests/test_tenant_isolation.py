@@ -193,6 +193,11 @@ def test_salt_is_not_forced_in_development_mode(tmp_path: Path) -> None:
     try:
         got = _create(srv, ("", "AKIADEV", "dev-secret"), "dev-salted")
         assert got["fingerprint"] == Layout(**LAYOUT).fingerprint_hex()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.http, timeout=30)
+        conn.request("GET", "/metrics")  # one tenant: the per-namespace series stay
+        assert 'kvstore_namespace_blocks{namespace="dev-salted"}' in conn.getresponse().read(
+            ).decode()
+        conn.close()
     finally:
         srv.kill()
 
@@ -206,6 +211,7 @@ PAIRS_MIN = 300
 AUC_BAND = 0.1  # |P(a > b) - 0.5| a comparison may show: ~7 standard errors at 1000 pairs
 MEDIAN_TOLERANCE = 0.15  # and the medians may differ by this fraction ...
 MEDIAN_SLACK_S = 30e-6  # ... plus this
+SAMPLINGS = 2  # a real difference must show in every one
 
 
 def _signed(srv: Serve, who: tuple[str, str, str], method: str, path: str,
@@ -288,12 +294,31 @@ def test_denial_timing_does_not_depend_on_existence(world: Serve) -> None:
         for ns in (THEIRS, ABSENT):
             method, path, data = make(ns)
             reqs[ns] = (method, path, data, _signed(world, GLOBEX, method, path, data), 403)
-        got = _latencies(world, reqs, PAIRS)
-        a, b = got[THEIRS], got[ABSENT]
-        assert min(len(a), len(b)) >= PAIRS_MIN, f"{what}: too slow to sample ({len(a)})"
-        auc = _auc(a, b)
-        ma, mb = statistics.median(a), statistics.median(b)
-        assert abs(auc - 0.5) <= AUC_BAND, (what, auc, ma, mb)
-        assert abs(ma - mb) <= MEDIAN_TOLERANCE * min(ma, mb) + MEDIAN_SLACK_S, (what, ma, mb)
+        tries = []
+        for _ in range(SAMPLINGS):  # a second sampling when a burst of load skewed the first
+            got = _latencies(world, reqs, PAIRS)
+            a, b = got[THEIRS], got[ABSENT]
+            assert min(len(a), len(b)) >= PAIRS_MIN, f"{what}: too slow to sample ({len(a)})"
+            auc = _auc(a, b)
+            ma, mb = statistics.median(a), statistics.median(b)
+            tries.append((len(a), round(auc, 3), round(ma * 1e6), round(mb * 1e6)))
+            if abs(auc - 0.5) <= AUC_BAND and \
+                    abs(ma - mb) <= MEDIAN_TOLERANCE * min(ma, mb) + MEDIAN_SLACK_S:
+                break
+        else:
+            pytest.fail(f"{what}: latency differs (pairs, P(exists > absent), medians us): "
+                        f"{tries}")
         print(f"{what}: {len(a)} pairs, P(exists > absent) {auc:.3f}, medians "
               f"{ma * 1e6:.0f} / {mb * 1e6:.0f} us")
+
+
+def test_unsigned_metrics_do_not_name_tenants_namespaces(world: Serve, tmp_path: Path) -> None:
+    """/metrics answers unsigned: with credentials it carries no per-namespace series (they
+    name every tenant's namespaces and count their blocks) unless --metrics-namespaces."""
+    conn = http.client.HTTPConnection("127.0.0.1", world.http, timeout=30)
+    conn.request("GET", "/metrics")
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status == 200 and "kvstore_engine_" in text
+    assert THEIRS not in text and "kvstore_namespace_blocks" not in text
