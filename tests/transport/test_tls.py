@@ -307,3 +307,20 @@ def test_client_tls_arguments(certs: dict) -> None:
         client_context(own, ca=str(certs["ca"]))
     with pytest.raises(ValueError, match="needs cert"):
         client_context(True, key=str(certs["client"].key))
+
+
+def test_shm_control_connection_over_tls(tls_server: Serve, certs: dict) -> None:
+    """shm's payloads stay in same-host memory; its control connection is the bulk one, TLS
+    here like any other."""
+    from kvstore_client.shm import ShmClient
+    from kvstore_client.tls import client_context, tls_connector
+
+    ctx = client_context(ca=str(certs["ca"]))
+    assert ctx is not None
+    with ShmClient(port=tls_server.bulk, namespace="tls-shm", size=1 << 20, create=True,
+                   timeout=10, connect=tls_connector(ctx)) as c:
+        c.region.view[:len(BLOCK)] = BLOCK
+        c.put_many([KEY], [0], [len(BLOCK)])
+        c.region.view[:len(BLOCK)] = bytes(len(BLOCK))
+        assert c.get_many([KEY], [0], [len(BLOCK)]) == [len(BLOCK)]
+        assert bytes(c.region.view[:len(BLOCK)]) == BLOCK
