@@ -44,7 +44,7 @@ from kvstore.service.forward import Forwarder
 from kvstore.service.pod import PodNamespaces
 from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
-from kvstore.transport.tls import TlsFiles, TlsSetupError, server_context
+from kvstore.transport.tls import TlsFiles, TlsSetupError, peer_context, server_context
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -113,12 +113,14 @@ def load_tenants(path: str | None) -> Tenants:
         raise ConfigError(f"credentials file {path!r}: {exc}") from None
 
 
-def tls_context(cfg: ServeConfig) -> ssl.SSLContext | None:
-    """The listeners' TLS context (None: plain TCP), built once; bad files are a ConfigError."""
+def tls_context(cfg: ServeConfig, *, peer: bool = False) -> ssl.SSLContext | None:
+    """The listeners' TLS context, or with ``peer`` the one for reaching the other nodes' bulk
+    ports (None: plain TCP), built once; bad files are a ConfigError."""
     if cfg.tls_cert is None or cfg.tls_key is None:
         return None
+    files = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
     try:
-        return server_context(TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+        return peer_context(files) if peer else server_context(files)
     except TlsSetupError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -178,6 +180,7 @@ class Server:
         self._signals = 0
         self._http: _UvicornServer | None = None
         self._tls: ssl.SSLContext | None = None
+        self._peer_tls: ssl.SSLContext | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -199,6 +202,7 @@ class Server:
             loop.add_signal_handler(sig, self.request_stop, sig)
         tenants = load_tenants(cfg.credentials)
         self._tls = tls_context(cfg)
+        self._peer_tls = tls_context(cfg, peer=True)
         if tenants.dev:
             log.warning("DEVELOPMENT MODE: no --credentials, so signatures are not checked (any "
                         "key and any SigV4 signature, or none, are accepted; SigV2 is refused as "
@@ -274,7 +278,7 @@ class Server:
             state.blocks.forward = Forwarder(
                 membership, timeout_s=cfg.forward_timeout_seconds, metrics=lambda: metrics,
                 replicas_of=lambda ns: state.engine.namespace(ns).replicas,
-                previous_owner_read=cfg.previous_owner_read)
+                previous_owner_read=cfg.previous_owner_read, tls=self._peer_tls)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()

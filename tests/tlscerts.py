@@ -64,7 +64,9 @@ class CA:
              .not_valid_after(now + datetime.timedelta(days=1))
              .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
              .add_extension(x509.ExtendedKeyUsage(
-                 [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                 # a server certificate is a pod node's client certificate too (forwarding)
+                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH] if server
+                 else [ExtendedKeyUsageOID.CLIENT_AUTH]),
                  critical=False))
         if server:
             b = b.add_extension(x509.SubjectAlternativeName(

@@ -11,6 +11,10 @@ same protocol versions and verifies client certificates the same way.
   CAs or the handshake fails (the connection closes before a byte of the protocol). The
   certificate authenticates the machine; the tenant still signs (SigV4) or sends AUTH as
   without TLS.
+- ``peer_context``: the client side a node uses to reach the other nodes' TLS bulk ports (pod
+  forwarding): it verifies them with the client CA when there is one (the pod's CA), else the
+  system trust store, and presents the node's own certificate (so mutual TLS between nodes
+  needs node certificates valid for client authentication too).
 - Failures name the file and what is wrong with it (missing, unreadable, not PEM, a key that
   does not match the certificate) as ``TlsSetupError``; ``kvstore serve`` prints them and exits
   with status 2, before it opens the store.
@@ -71,4 +75,16 @@ def server_context(files: TlsFiles) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
         ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def peer_context(files: TlsFiles) -> ssl.SSLContext:
+    """The context for connections to the other nodes of a pod (their bulk ports)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=files.client_ca)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(files.cert, files.key)
+    except ssl.SSLError as exc:
+        raise TlsSetupError(f"--tls-cert {files.cert!r} / --tls-key {files.key!r}: "
+                            f"{exc.reason or exc}") from None
     return ctx
