@@ -161,7 +161,8 @@ def build_membership(cfg: ServeConfig, http_port: int, bulk_port: int) -> Member
         from kvstore.cluster.etcd import EtcdMembership, node_info, parse_endpoints
 
         assert cfg.pod is not None and cfg.etcd is not None  # validate_pod
-        me = node_info(node_id, f"http://{host}:{http_port}",
+        scheme = "https" if cfg.tls_cert else "http"
+        me = node_info(node_id, f"{scheme}://{host}:{http_port}",
                        f"{host}:{bulk_port}" if bulk_port else "", cfg.capacity_bytes)
         return EtcdMembership(cfg.pod, parse_endpoints(cfg.etcd), me,
                               lease_ttl_s=cfg.etcd_lease_ttl_seconds,

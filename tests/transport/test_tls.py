@@ -362,3 +362,5 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
             a.put_object(Bucket="pod", Key=k, Body=data[k])
         for k in keys:
             assert b.get_object(Bucket="pod", Key=k)["Body"].read() == data[k], owners[k]
+        listed = b.list_objects_v2(Bucket="pod")  # merged from both nodes' HTTPS
+        assert sorted(o["Key"] for o in listed.get("Contents", [])) == keys
