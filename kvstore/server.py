@@ -69,6 +69,32 @@ class _UvicornServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    # With TLS: the handshake's bound (asyncio's default is 60 s, and a connection counts
+    # against --max-connections only once its handshake is done).
+    tls_handshake_s: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup for the sockets this module binds, with the TLS handshake bounded
+        (uvicorn passes no ``ssl_handshake_timeout``); without TLS, uvicorn's own."""
+        if self.tls_handshake_s is None or sockets is None or self.config.ssl is None:
+            await super().startup(sockets=sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            self.should_exit = True
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state,
+                _loop=_loop)
+
+        self.servers = [await loop.create_server(
+            create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
+            ssl_handshake_timeout=self.tls_handshake_s) for sock in sockets]
+        self.started = True
+
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A bound TCP socket (uvicorn listens on it); port 0 picks a free port."""
@@ -265,6 +291,8 @@ class Server:
             app, http=guarded_protocol(http_guard, metrics), loop="none", lifespan="on",
             log_config=None, access_log=False, server_header=False,
             timeout_graceful_shutdown=int(drain_s) or 1, **tls_opts))  # the guard bounds conns
+        if tls is not None:
+            self._http.tls_handshake_s = cfg.http_header_timeout_seconds
         task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
         while not self._http.started and not task.done():
             await asyncio.sleep(0.01)

@@ -102,7 +102,9 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory, certs: dict) -> Iterato
     s = certs["server"]
     yield from _serve(tmp_path_factory.mktemp("srv"), "tls",
                       ["--tls-cert", str(s.cert), "--tls-key", str(s.key),
-                       "--bulk-handshake-timeout", str(HANDSHAKE_S)])
+                       "--bulk-handshake-timeout", str(HANDSHAKE_S),
+                       "--http-header-timeout", str(HANDSHAKE_S),
+                       "--http-keepalive-timeout", str(HANDSHAKE_S)])
 
 
 @pytest.fixture(scope="module")
@@ -249,10 +251,12 @@ def test_plain_bulk_client_on_tls_port_fails_and_server_stays_up(tls_server: Ser
 
 
 def test_silent_peer_is_closed_at_the_handshake_bound(tls_server: Serve) -> None:
-    """A TCP peer that never starts the TLS handshake (slowloris on the bulk port) is closed
-    by --bulk-handshake-timeout, not by asyncio's 60 s default."""
-    with socket.create_connection(("127.0.0.1", tls_server.bulk), timeout=SILENT_WAIT_S) as s:
-        assert s.recv(1) == b""
+    """A TCP peer that never starts the TLS handshake (slowloris) is closed by
+    --bulk-handshake-timeout on the bulk port and --http-header-timeout on HTTPS, not by
+    asyncio's 60 s default."""
+    for port in (tls_server.bulk, tls_server.http):  # and the HTTPS port's header timeout
+        with socket.create_connection(("127.0.0.1", port), timeout=SILENT_WAIT_S) as s:
+            assert s.recv(1) == b""
     assert tls_server.alive()
 
 
