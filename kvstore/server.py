@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from kvstore import limits
 from kvstore.api.access_log import LOGGER_NAME as ACCESS_LOGGER
 from kvstore.api.access_log import AccessLog
 from kvstore.api.app import create_app
@@ -92,7 +93,8 @@ class _UvicornServer(uvicorn.Server):
 
         self.servers = [await loop.create_server(
             create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
-            ssl_handshake_timeout=self.tls_handshake_s) for sock in sockets]
+            ssl_handshake_timeout=self.tls_handshake_s,
+            ssl_shutdown_timeout=limits.tls_close_timeout_seconds) for sock in sockets]
         self.started = True
 
 

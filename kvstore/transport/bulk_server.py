@@ -58,7 +58,8 @@ class BulkServer:
         handshake = self.ctx.timeouts.handshake_seconds if tls is not None else None
         self._server = await loop.create_server(
             lambda: BulkProtocol(self.ctx), host, port, backlog=256, reuse_address=True,
-            ssl=tls, ssl_handshake_timeout=handshake)
+            ssl=tls, ssl_handshake_timeout=handshake,
+            ssl_shutdown_timeout=limits.tls_close_timeout_seconds if tls is not None else None)
         for s in self._server.sockets:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

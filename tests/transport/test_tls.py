@@ -8,6 +8,7 @@ The certificates are made in the test (``tests/tlscerts.py``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
@@ -337,7 +338,6 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
     the other reach each block's owner over TLS (the node's own certificate as its client
     certificate, the client CA verifying peers); without TLS on the forwarding side, the
     blocks owned by the other node would be misses."""
-    import contextlib
     import json
 
     from kvstore.cluster.membership import StaticMembership, load_peers
@@ -368,3 +368,21 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
             assert b.get_object(Bucket="pod", Key=k)["Body"].read() == data[k], owners[k]
         listed = b.list_objects_v2(Bucket="pod")  # merged from both nodes' HTTPS
         assert sorted(o["Key"] for o in listed.get("Contents", [])) == keys
+
+
+def test_graceful_stop_does_not_wait_for_idle_tls_clients(tmp_path: Path, certs: dict) -> None:
+    """An idle HTTPS keep-alive client (boto3's pool) never answers the server's close_notify;
+    the stop closes it after limits.tls_close_timeout_seconds instead of holding the drain to
+    its bound and cutting it (the log line that says connections were cut)."""
+    s = certs["server"]
+    gen = _serve(tmp_path, "stop", ["--tls-cert", str(s.cert), "--tls-key", str(s.key),
+                                    "--shutdown-seconds", "10"])
+    srv = next(gen)
+    c = _s3(srv, str(certs["ca"]))
+    c.list_buckets()  # leaves a keep-alive connection in boto3's pool
+    srv.proc.terminate()
+    assert srv.proc.wait(30) == 0
+    err = srv.err.read_text()
+    assert "drain bound reached" not in err, err[-2000:]
+    with contextlib.suppress(StopIteration):
+        next(gen)
