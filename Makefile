@@ -5,8 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-pod bench-resp bench-lmcache \
-        loadtest clean test-nixl test-client-dist compose-test test-integrations test-integrations-vllm
+.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-tls bench-pod bench-resp \
+        bench-lmcache loadtest clean test-nixl test-client-dist compose-test test-integrations \
+        test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -114,6 +115,9 @@ bench-http: $(STAMP)
 
 bench-bulk: $(STAMP)
 	$(PY) loadtest/bench_bulk.py
+
+bench-tls: $(STAMP)  # what TLS costs on bulk GET (not part of `make bench`)
+	$(PY) loadtest/bench_tls.py
 
 bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py

@@ -7,7 +7,8 @@ The credentials file is JSON::
          "namespaces": ["acme-*", "shared-llama"]}
     ]}
 
-``namespaces`` are exact names or shell-style patterns (``fnmatch``). Without a credentials file
+``namespaces`` are exact names or shell-style patterns (``fnmatch``). ``key_salt`` (optional):
+tenants that give the same one share layout fingerprints (``Policy.salted_layout``). Without a credentials file
 the server runs in development mode: ``Tenants.development()`` accepts any access key, and every
 caller is the tenant ``""`` that owns all.
 
@@ -58,6 +59,9 @@ class Tenant:
     access_key: str
     secret_key: str
     namespaces: tuple[str, ...] = field(default=("*",))
+    # Tenants with the same key_salt share layout fingerprints (the operator's opt-in); "":
+    # a salt of the tenant's own (Policy.salted_layout)
+    key_salt: str = ""
 
     def may_use(self, namespace: str) -> bool:
         """The name matches one of this tenant's patterns (ownership is the policy's part)."""
@@ -93,6 +97,7 @@ class Tenants:
                     name=str(t["name"]), access_key=str(t["access_key"]),
                     secret_key=str(t["secret_key"]),
                     namespaces=tuple(str(p) for p in t.get("namespaces", ["*"])),
+                    key_salt=str(t.get("key_salt", "")),
                 ))
             except KeyError as exc:
                 raise InvalidArgument(f"tenant #{i} lacks {exc.args[0]}") from None
@@ -135,6 +140,12 @@ class Policy:
     def dev(self) -> bool:
         return self.tenants.dev
 
+    def check_name(self, tenant: Tenant, ns: str) -> None:
+        """AccessDenied unless ``ns`` is one of ``tenant``'s names: the part of ``check`` that
+        needs no catalog, asked first so the refusal of a foreign name never looks it up."""
+        if not self.dev and not tenant.may_use(ns):
+            raise AccessDenied("Access Denied")
+
     def check(self, tenant: Tenant, ns: str, op: Op, owner: str | None) -> None:
         """Return when ``tenant`` may do ``op`` to ``ns``; raise otherwise: ``AccessDenied``
         (not its name, not its namespace, ownerless; ``NamespaceTaken`` for CREATE of someone
@@ -167,6 +178,22 @@ class Policy:
     def visible(self, tenant: Tenant, ns: str, owner: str) -> bool:
         """Whether a namespace listing shows ``ns`` to ``tenant``: exactly when it may READ."""
         return self.allows(tenant, ns, Op.LIST, owner)
+
+    def salted_layout(self, tenant: Tenant,
+                      layout: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``layout`` with the tenant's salt in its ``tenant_salt`` (kept after it, when the
+        client gave one: a fleet salt, vLLM's cache_salt), so the fingerprint and every block
+        key chained from it differ between tenants for the same model and prompt. Tenants
+        whose credentials name the same ``key_salt`` share them (both opted in); development
+        mode has one tenant and adds nothing. Idempotent: a layout already salted for this
+        tenant (sent back as the server answered it) stays as it is."""
+        if layout is None or self.dev:
+            return layout
+        token = f"shared:{tenant.key_salt}" if tenant.key_salt else f"tenant:{tenant.name}"
+        own = str(layout.get("tenant_salt") or "")
+        if own == token or own.startswith(token + "/"):
+            return dict(layout)
+        return {**layout, "tenant_salt": f"{token}/{own}" if own else token}
 
     def owner_for_new(self, tenant: Tenant) -> str:
         """The owner a namespace created by ``tenant`` gets."""

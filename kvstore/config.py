@@ -117,6 +117,12 @@ class ServeConfig:
     lease_budget_bytes: int | None = None
     device: str = "auto"
     credentials: str | None = None
+    # TLS on the TCP listeners (kvstore.transport.tls): both or neither; a client CA: mutual TLS
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # kvstore_namespace_* series on the unsigned /metrics; None: only in development mode
+    metrics_namespaces: bool | None = None
     log_level: str = "info"
     shutdown_seconds: float = limits.shutdown_seconds_max
     access_log: bool = False
@@ -180,6 +186,10 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "lease_budget_bytes": ("--lease-budget", "KVSTORE_LEASE_BUDGET", "size"),
     "device": ("--device", "KVSTORE_DEVICE", "device"),
     "credentials": ("--credentials", "KVSTORE_CREDENTIALS", "path"),
+    "tls_cert": ("--tls-cert", "KVSTORE_TLS_CERT", "path"),
+    "tls_key": ("--tls-key", "KVSTORE_TLS_KEY", "path"),
+    "tls_client_ca": ("--tls-client-ca", "KVSTORE_TLS_CLIENT_CA", "path"),
+    "metrics_namespaces": ("--metrics-namespaces", "KVSTORE_METRICS_NAMESPACES", "bool"),
     "log_level": ("--log-level", "KVSTORE_LOG_LEVEL", "level"),
     "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
     "access_log": ("--access-log", "KVSTORE_ACCESS_LOG", "bool"),
@@ -238,6 +248,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                               f"at most {limits.leased_fraction_of_capacity_max:.0%}; 0: no leases)",
         "device": f"I/O device: {'|'.join(DEVICES)} (default {d.device})",
         "credentials": "tenants JSON file; without it: loopback-only development mode",
+        "tls_cert": "PEM certificate (chain): serve HTTPS and TLS on the bulk port",
+        "tls_key": "PEM private key of --tls-cert",
+        "tls_client_ca": "PEM CA bundle: mutual TLS, clients must present a certificate it "
+                         "signed",
+        "metrics_namespaces": "per-namespace series (names, blocks, bytes) on the unsigned "
+                              "/metrics; they show every tenant's namespaces, so the default "
+                              "is off with --credentials, on without",
         "log_level": f"{'|'.join(LOG_LEVELS)} (default {d.log_level})",
         "shutdown_seconds": f"graceful stop bound, at most {limits.shutdown_seconds_max:g}",
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
@@ -569,7 +586,21 @@ def validate(cfg: ServeConfig) -> None:
             "Pass --credentials FILE to serve other addresses.")
     if cfg.credentials is not None and not os.path.isfile(cfg.credentials):
         raise ConfigError(f"credentials file {cfg.credentials!r} does not exist")
+    validate_tls(cfg)
     validate_pod(cfg)
+
+
+def validate_tls(cfg: ServeConfig) -> None:
+    """Certificate and key come together; a client CA needs them. The files' contents are
+    checked when the server builds its context (``kvstore.transport.tls``), before the store."""
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both (or neither)")
+    if cfg.tls_client_ca is not None and cfg.tls_cert is None:
+        raise ConfigError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    for flag, path in (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key),
+                       ("--tls-client-ca", cfg.tls_client_ca)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag} {path!r} does not exist or is not readable")
 
 
 def validate_pod(cfg: ServeConfig) -> None:

@@ -154,6 +154,11 @@ list_keys_max = 1000
 # Graceful shutdown: drain in-flight requests for at most this long.
 shutdown_seconds_max = 10.0
 
+# TLS: how long a closing connection waits for the peer's close_notify (asyncio's default is
+# 30 s; an idle HTTPS keep-alive client never answers, and held a graceful stop to its bound).
+tls_close_timeout_seconds = 1.0
+assert tls_close_timeout_seconds < shutdown_seconds_max
+
 # Presigned URL lifetime (S3 caps it at 7 days).
 presign_seconds_max = 7 * 24 * 3600
 

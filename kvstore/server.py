@@ -20,12 +20,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
+from kvstore import limits
 from kvstore.api.access_log import LOGGER_NAME as ACCESS_LOGGER
 from kvstore.api.access_log import AccessLog
 from kvstore.api.app import create_app
@@ -48,6 +50,7 @@ from kvstore.service.runner import EngineRunner
 from kvstore.transport.bulk_server import BulkServer, start_bulk_server
 from kvstore.transport.kv_events import KvEventPublisher
 from kvstore.transport.resp_server import RespServer, start_resp_server
+from kvstore.transport.tls import TlsFiles, TlsSetupError, peer_context, server_context
 from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 log = logging.getLogger("kvstore.server")
@@ -71,6 +74,33 @@ class _UvicornServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    # With TLS: the handshake's bound (asyncio's default is 60 s, and a connection counts
+    # against --max-connections only once its handshake is done).
+    tls_handshake_s: float | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup for the sockets this module binds, with the TLS handshake bounded
+        (uvicorn passes no ``ssl_handshake_timeout``); without TLS, uvicorn's own."""
+        if self.tls_handshake_s is None or sockets is None or self.config.ssl is None:
+            await super().startup(sockets=sockets)
+            return
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            self.should_exit = True
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state,
+                _loop=_loop)
+
+        self.servers = [await loop.create_server(
+            create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
+            ssl_handshake_timeout=self.tls_handshake_s,
+            ssl_shutdown_timeout=limits.tls_close_timeout_seconds) for sock in sockets]
+        self.started = True
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -116,6 +146,18 @@ def load_tenants(path: str | None) -> Tenants:
         raise ConfigError(f"credentials file {path!r}: {exc}") from None
 
 
+def tls_context(cfg: ServeConfig, *, peer: bool = False) -> ssl.SSLContext | None:
+    """The listeners' TLS context, or with ``peer`` the one for reaching the other nodes' bulk
+    ports (None: plain TCP), built once; bad files are a ConfigError."""
+    if cfg.tls_cert is None or cfg.tls_key is None:
+        return None
+    files = TlsFiles(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+    try:
+        return peer_context(files) if peer else server_context(files)
+    except TlsSetupError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -152,7 +194,8 @@ def build_membership(cfg: ServeConfig, http_port: int, bulk_port: int) -> Member
         from kvstore.cluster.etcd import EtcdMembership, node_info, parse_endpoints
 
         assert cfg.pod is not None and cfg.etcd is not None  # validate_pod
-        me = node_info(node_id, f"http://{host}:{http_port}",
+        scheme = "https" if cfg.tls_cert else "http"
+        me = node_info(node_id, f"{scheme}://{host}:{http_port}",
                        f"{host}:{bulk_port}" if bulk_port else "", cfg.capacity_bytes)
         return EtcdMembership(cfg.pod, parse_endpoints(cfg.etcd), me,
                               lease_ttl_s=cfg.etcd_lease_ttl_seconds,
@@ -172,6 +215,8 @@ class Server:
         self._signals = 0
         self._http: _UvicornServer | None = None
         self._events_bound = ""
+        self._tls: ssl.SSLContext | None = None
+        self._peer_tls: ssl.SSLContext | None = None
 
     def request_stop(self, signum: int | None = None) -> None:
         self._signals += 1
@@ -192,6 +237,8 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, sig)
         tenants = load_tenants(cfg.credentials)
+        self._tls = tls_context(cfg)
+        self._peer_tls = tls_context(cfg, peer=True)
         if tenants.dev:
             log.warning("DEVELOPMENT MODE: no --credentials, so signatures are not checked (any "
                         "key and any SigV4 signature, or none, are accepted; SigV2 is refused as "
@@ -224,7 +271,8 @@ class Server:
                 self._g4 = start_g4(cfg.g4, engine)
             runner = EngineRunner()
             runner.start()
-            metrics = Metrics(engine)
+            per_ns = tenants.dev if cfg.metrics_namespaces is None else cfg.metrics_namespaces
+            metrics = Metrics(engine, per_namespace=per_ns)
             state = Node(engine, runner, tenants, metrics=metrics, domain=cfg.domain,
                          etag=cfg.etag)
             if self._stop.is_set():
@@ -256,7 +304,7 @@ class Server:
         try:
             bulk = await start_bulk_server(state, cfg.host, cfg.bulk_port,
                                            timeouts=bulk_timeouts,
-                                           connections_max=cfg.connections_max)
+                                           connections_max=cfg.connections_max, tls=self._tls)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                f"{exc.strerror or exc}") from None
@@ -266,10 +314,15 @@ class Server:
         if cfg.access_log:
             app = AccessLog(app)
         drain_s = max(0.5, cfg.shutdown_seconds - 2.0)  # leaves time to close the engine
+        tls = self._tls
+        tls_opts: dict[str, Any] = {} if tls is None else {
+            "ssl_context_factory": lambda _cfg, _default: tls}
         self._http = _UvicornServer(uvicorn.Config(
             app, http=guarded_protocol(http_guard, metrics), loop="none", lifespan="on",
             log_config=None, access_log=False, server_header=False,
-            timeout_graceful_shutdown=int(drain_s) or 1))  # the guard bounds connections
+            timeout_graceful_shutdown=int(drain_s) or 1, **tls_opts))  # the guard bounds conns
+        if tls is not None:
+            self._http.tls_handshake_s = cfg.http_header_timeout_seconds
         task = asyncio.create_task(self._http.serve(sockets=[http_sock]))
         while not self._http.started and not task.done():
             await asyncio.sleep(0.01)
@@ -286,7 +339,7 @@ class Server:
             state.blocks.forward = Forwarder(
                 membership, timeout_s=cfg.forward_timeout_seconds, metrics=lambda: metrics,
                 replicas_of=lambda ns: state.engine.namespace(ns).replicas,
-                previous_owner_read=cfg.previous_owner_read)
+                previous_owner_read=cfg.previous_owner_read, tls=self._peer_tls)
             if hasattr(membership, "publish_namespace"):
                 PodNamespaces(state.blocks, membership)  # type: ignore[arg-type]
             await membership.start()
@@ -331,7 +384,7 @@ class Server:
         try:
             return await start_resp_server(state, cfg.host, cfg.resp_port,
                                            namespace=cfg.resp_namespace, timeouts=timeouts,
-                                           connections_max=cfg.connections_max)
+                                           connections_max=cfg.connections_max, tls=self._tls)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.resp_port} (Redis protocol): "
                                f"{exc.strerror or exc}") from None
@@ -395,12 +448,15 @@ class Server:
         cfg = self.cfg
         host = _url_host(cfg.host)
         http_port = http_sock.getsockname()[1]
+        web, tcp = ("https", "tls") if self._tls is not None else ("http", "tcp")
+        mtls = "  (mutual TLS)" if cfg.tls_client_ca else ""
         lines = [
-            f"kvstore: HTTP (S3 API and /v1) on http://{host}:{http_port}"
-            f"  (docs http://{host}:{http_port}/docs)",
-            f"kvstore: bulk on tcp://{host}:{bulk_port}",
+            f"kvstore: HTTP (S3 API and /v1) on {web}://{host}:{http_port}"
+            f"  (docs {web}://{host}:{http_port}/docs){mtls}",
+            f"kvstore: bulk on {tcp}://{host}:{bulk_port}{mtls}",
             *([] if resp_server is None else [
-                f"kvstore: Redis protocol on redis://{host}:{resp_server.port}  (default "
+                f"kvstore: Redis protocol on {'rediss' if self._tls else 'redis'}://{host}:"
+                f"{resp_server.port}  (default "
                 f"namespace {cfg.resp_namespace})"]),
             f"kvstore: device: {state.engine.device_name}  data dir: {cfg.data_dir}  "
             f"capacity: {format_size(cfg.capacity_bytes)}  dram: {format_size(cfg.dram_bytes)}",

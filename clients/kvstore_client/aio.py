@@ -20,6 +20,7 @@ from kvstore_client import _ops
 from kvstore_client._core import Core, Op
 from kvstore_client.channel import AsyncChannel, AsyncConnector, AsyncTcpChannel, drive_async
 from kvstore_client.client import is_retryable
+from kvstore_client.tls import TlsArg, async_tls_connector, client_context
 
 
 class AsyncConnection:
@@ -54,9 +55,12 @@ class AsyncClient:
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
                  backoff_seconds: float = 0.05,
-                 connect: AsyncConnector = AsyncTcpChannel.connect) -> None:
+                 connect: AsyncConnector = AsyncTcpChannel.connect,
+                 tls: TlsArg = False, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
         self.host, self.port, self.namespace = host, port, namespace
-        self._channel = connect
+        ctx = client_context(tls, ca, cert, key)  # TLS: kvstore_client.tls
+        self._channel = connect if ctx is None else async_tls_connector(ctx)
         self._creds = (access_key, secret_key)
         self._create = create
         self.timeout = timeout

@@ -29,6 +29,7 @@ from kvstore_wire.frames import FrameType
 from kvstore_client import _ops
 from kvstore_client._core import Core, Op
 from kvstore_client.channel import Channel, Connector, TcpChannel, drive
+from kvstore_client.tls import TlsArg, client_context, tls_connector
 
 __all__ = ["Client", "SyncConnection", "deadline", "drive", "is_retryable"]
 
@@ -107,9 +108,12 @@ class Client:
     def __init__(self, host: str = "127.0.0.1", port: int = 8701, *, namespace: str,
                  access_key: str = "dev", secret_key: str = "", create: bool = False,
                  timeout: float = 30.0, pool_size: int = 4, retries: int = 2,
-                 backoff_seconds: float = 0.05, connect: Connector = TcpChannel.connect) -> None:
+                 backoff_seconds: float = 0.05, connect: Connector = TcpChannel.connect,
+                 tls: TlsArg = False, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
         self.host, self.port, self.namespace = host, port, namespace
-        self._channel = connect
+        ctx = client_context(tls, ca, cert, key)  # TLS: kvstore_client.tls
+        self._channel = connect if ctx is None else tls_connector(ctx)
         self._creds = (access_key, secret_key)
         self._create = create
         self.timeout = timeout

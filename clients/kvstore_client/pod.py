@@ -30,6 +30,7 @@ from kvstore_client._pod import FAILED, MembershipSource, NodeSpec, Plan, Static
 from kvstore_client._podview import NodeArg, PodBase
 from kvstore_client.client import Client, deadline
 from kvstore_client.pod_aio import AsyncPodClient
+from kvstore_client.tls import TlsArg, client_context
 
 __all__ = ["AsyncPodClient", "MembershipSource", "NodeSpec", "PodClient", "StaticMembership"]
 
@@ -43,9 +44,11 @@ class PodClient(PodBase):
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
                  breaker_open_seconds: float = podlimits.breaker_open_seconds_default,
-                 pool_size: int = 4, threads: int = podlimits.pod_threads_default) -> None:
+                 pool_size: int = 4, threads: int = podlimits.pod_threads_default,
+                 tls: TlsArg = False, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
         kw = dict(access_key=access_key, secret_key=secret_key, create=create,
-                  pool_size=pool_size)
+                  pool_size=pool_size, tls=client_context(tls, ca, cert, key) or False)
         self._pool = ThreadPoolExecutor(max(1, min(threads, podlimits.pod_threads_max)),
                                         thread_name_prefix="kvstore-pod")
         membership = _pod.etcd_membership(etcd, pod, membership)

@@ -14,6 +14,7 @@ from kvstore_client import _pod, podlimits
 from kvstore_client._pod import FAILED, MembershipSource, NodeSpec, Plan
 from kvstore_client._podview import NodeArg, PodBase
 from kvstore_client.aio import AsyncClient
+from kvstore_client.tls import TlsArg, client_context
 
 PartCall = Callable[[AsyncClient, list[int]], Awaitable[Any]]
 
@@ -32,9 +33,11 @@ class AsyncPodClient(PodBase):
                  timeout: float = podlimits.node_timeout_seconds_default,
                  breaker_failures: int = podlimits.breaker_failures_default,
                  breaker_open_seconds: float = podlimits.breaker_open_seconds_default,
-                 pool_size: int = 4) -> None:
+                 pool_size: int = 4,
+                 tls: TlsArg = False, ca: str | None = None, cert: str | None = None,
+                 key: str | None = None) -> None:
         kw = dict(access_key=access_key, secret_key=secret_key, create=create,
-                  pool_size=pool_size)
+                  pool_size=pool_size, tls=client_context(tls, ca, cert, key) or False)
         membership = _pod.etcd_membership(etcd, pod, membership)
         super().__init__(nodes, membership, namespace, replicas, timeout, breaker_failures,
                          breaker_open_seconds, kw)

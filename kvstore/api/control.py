@@ -284,11 +284,10 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         again for a namespace the caller owns with the same layout and block size answers 200
         with it; with a different one, 409."""
         keys.validate_namespace(body.name)
-        layout = None
         layout_d = None if body.layout is None else body.layout.model_dump()
         if layout_d is not None:
             try:
-                layout = keys.Layout(**layout_d)
+                keys.Layout(**layout_d)  # a clear 400 before the namespace exists
             except ValueError as exc:
                 raise E.InvalidArgument(f"layout: {exc}") from None
         info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
@@ -298,8 +297,10 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
                 info.replicas != body.replicas:  # asked for another count (unsaid: any)
             raise E.AlreadyExists(f"namespace {info.name} exists with {info.replicas} "
                                   f"replica(s), not {body.replicas}")
-        if not created:
-            _check_same_namespace(info, layout, layout_d or {}, body.block_bytes)
+        if not created:  # compare with what the create recorded: the tenant-salted layout
+            salted = blocks.policy.salted_layout(tenant, layout_d)
+            _check_same_namespace(info, None if salted is None else keys.Layout(**salted),
+                                  salted or {}, body.block_bytes)
             response.status_code = 200
         return _ns_out(info)
 

@@ -112,8 +112,11 @@ _NAME_RE = re.compile(r"[^a-zA-Z0-9_]")
 class EngineCollector:
     """Turns ``engine.stats()`` into metric families at scrape time."""
 
-    def __init__(self, source: StatsSource) -> None:
+    def __init__(self, source: StatsSource, per_namespace: bool = True) -> None:
         self._source = source
+        # Per-namespace series name every tenant's namespaces and count their blocks on an
+        # unsigned endpoint: off with credentials unless asked for (--metrics-namespaces)
+        self._per_namespace = per_namespace
 
     def describe(self) -> list[Metric]:
         return []  # families depend on what stats() returns; describe lazily
@@ -137,7 +140,7 @@ class EngineCollector:
                 name = "kvstore_engine_" + _NAME_RE.sub("_", stat)
                 families[name] = GaugeMetricFamily(name, f"engine stat {stat}", value=value)
         yield from families.values()
-        usage = getattr(self._source, "namespace_usage", None)
+        usage = getattr(self._source, "namespace_usage", None) if self._per_namespace else None
         if usage is not None:  # namespace names are validated and bounded (namespaces_max)
             blocks = GaugeMetricFamily("kvstore_namespace_blocks", "Live blocks, by namespace",
                                        labels=["namespace"])
@@ -175,7 +178,7 @@ class PodCollector:
 class Metrics:
     """Counters and histograms for one app, plus the engine's stats on scrape."""
 
-    def __init__(self, engine: StatsSource | None = None) -> None:
+    def __init__(self, engine: StatsSource | None = None, *, per_namespace: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._ops = Counter("kvstore_ops", "Operations served, by operation and tier",
                             ["op", "tier"], registry=self.registry)
@@ -201,7 +204,7 @@ class Metrics:
                                "failed)", ["outcome"], registry=self.registry)
         self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
-            self.registry.register(EngineCollector(engine))
+            self.registry.register(EngineCollector(engine, per_namespace))
 
     def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
         """Record one served operation of ``nbytes`` payload that took ``seconds``."""

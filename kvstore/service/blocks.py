@@ -56,7 +56,12 @@ class BlockService:
         """Raise unless ``tenant`` may do ``op`` to ``ns``; the namespace (None: absent, which
         only CREATE accepts). A name is checked against the naming rules only when it is not
         in the catalog: one created under older, looser rules stays reachable (to read, move
-        and delete), and a new one must keep today's."""
+        and delete), and a new one must keep today's.
+
+        A name outside the tenant's patterns is refused before the catalog is asked: the
+        denial does the same work whether the namespace exists or not (no timing or error
+        difference to probe; tests/test_tenant_isolation.py)."""
+        self.policy.check_name(tenant, ns)
         try:
             info: NamespaceInfo | None = self.engine.namespace(ns)
         except NamespaceNotFound:
@@ -80,10 +85,12 @@ class BlockService:
                                ) -> tuple[NamespaceInfo, bool]:
         """(namespace, created). An existing namespace the caller owns comes back with False;
         someone else's is ``NamespaceTaken`` (an AccessDenied), an ownerless one AccessDenied.
-        ``replicas``: copies of each block in a pod (recorded pod-wide with the namespace)."""
+        ``replicas``: copies of each block in a pod (recorded pod-wide with the namespace).
+        ``layout`` gets the tenant's salt (``Policy.salted_layout``) before it is recorded."""
         info = self.authorize(tenant, ns, Op.CREATE)
         if info is not None:
             return info, False
+        layout = self.policy.salted_layout(tenant, layout)  # the tenant's salt: kvstore.auth
         try:
             info = await self.runner.call(self.engine.create_namespace, ns,
                                           owner=self.policy.owner_for_new(tenant), layout=layout,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -56,8 +57,9 @@ class Forwarder:
                  timeout_s: float = limits.forward_timeout_seconds_default,
                  metrics: Callable[[], Any] = lambda: None,
                  replicas_of: Callable[[str], int] = lambda ns: 1,
-                 previous_owner_read: bool = True) -> None:
+                 previous_owner_read: bool = True, tls: ssl.SSLContext | None = None) -> None:
         self.membership = membership
+        self.tls = tls  # the peers' bulk ports speak TLS (kvstore.transport.tls.peer_context)
         self.timeout_s = timeout_s
         self._replicas_of = replicas_of
         self.previous_owner_read = previous_owner_read
@@ -155,7 +157,7 @@ class Forwarder:
         c = AsyncClient(host, int(port), namespace=ns, access_key=tenant.access_key or "dev",
                         secret_key=tenant.secret_key, timeout=self.timeout_s,
                         pool_size=limits.forward_pool_connections, retries=1,
-                        backoff_seconds=0.0)
+                        backoff_seconds=0.0, tls=self.tls or False)
         self._clients[ck] = c
         while len(self._clients) > limits.forward_clients_max:
             _, old = self._clients.popitem(last=False)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 
 from kvstore import limits
 from kvstore.engine.device import BufferPool
@@ -50,10 +51,15 @@ class BulkServer:
     def connections(self) -> int:
         return len(self.ctx.connections)
 
-    async def _listen(self, host: str, port: int) -> None:
+    async def _listen(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         loop = asyncio.get_running_loop()
+        # TLS: the handshake shares the HELLO/AUTH bound (a peer that never finishes it holds
+        # no connection slot past that; BulkProtocol only sees the connection afterwards)
+        handshake = self.ctx.timeouts.handshake_seconds if tls is not None else None
         self._server = await loop.create_server(
-            lambda: BulkProtocol(self.ctx), host, port, backlog=256, reuse_address=True)
+            lambda: BulkProtocol(self.ctx), host, port, backlog=256, reuse_address=True,
+            ssl=tls, ssl_handshake_timeout=handshake,
+            ssl_shutdown_timeout=limits.tls_close_timeout_seconds if tls is not None else None)
         for s in self._server.sockets:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -88,13 +94,14 @@ async def start_bulk_server(
     *,
     timeouts: BulkTimeouts | None = None,
     connections_max: int = limits.connections_max,
+    tls: ssl.SSLContext | None = None,
 ) -> BulkServer:
     """Listen on ``host:port`` (0 = any free port; see ``BulkServer.port``) and serve the bulk
     protocol through ``node`` (shared with the HTTP app). ``node.metrics`` is optional and
     duck-typed: ``observe(op, tier, nbytes, seconds)``, ``error(op, name)`` and, when present,
     ``timeout(port, kind)``, ``refused(port, reason)``, ``declare(port, kinds, reasons)``.
     ``timeouts`` bound silent and slow peers; at most ``connections_max`` connections are open
-    (one more gets ``Busy`` and is closed)."""
+    (one more gets ``Busy`` and is closed). ``tls``: serve TLS (``kvstore.transport.tls``)."""
     node.runner.start()
     metrics = node.metrics
     ctx = ServerContext(node=node, pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
@@ -102,6 +109,7 @@ async def start_bulk_server(
     if metrics is not None and hasattr(metrics, "declare"):
         metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))
     server = BulkServer(ctx)
-    await server._listen(host, port)
-    log.info("bulk port listening on %s:%d", server.host, server.port)
+    await server._listen(host, port, tls)
+    log.info("bulk port listening on %s:%d%s", server.host, server.port,
+             " (TLS)" if tls is not None else "")
     return server

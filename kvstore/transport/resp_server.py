@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 
 from kvstore import limits
 from kvstore.engine.device import BufferPool
@@ -57,9 +58,12 @@ class RespServer:
 
 async def start_resp_server(node: Node, host: str, port: int, *, namespace: str,
                             timeouts: BulkTimeouts | None = None,
-                            connections_max: int = limits.connections_max) -> RespServer:
+                            connections_max: int = limits.connections_max,
+                            tls: ssl.SSLContext | None = None) -> RespServer:
     """Listen on ``host:port`` (0: any free port) and serve the Redis protocol through
-    ``node``'s ``BlockService``; keys without a namespace go to ``namespace``."""
+    ``node``'s ``BlockService``; keys without a namespace go to ``namespace``. ``tls``: the
+    server's one TLS context (``transport/tls.py``, as the HTTP and bulk listeners), with the
+    handshake bounded like the bulk port's (``redis-cli --tls``, redis-py ``ssl=True``)."""
     validate_namespace(namespace)
     node.runner.start()
     ctx = RespContext(node=node, pool=BufferPool(), namespace=namespace,
@@ -68,8 +72,11 @@ async def start_resp_server(node: Node, host: str, port: int, *, namespace: str,
     if m is not None and hasattr(m, "declare"):
         m.declare("resp", TIMEOUT_KINDS, ("cap",))
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: RespProtocol(ctx), host, port, backlog=256,
-                                      reuse_address=True)
+    tout = ctx.timeouts
+    server = await loop.create_server(
+        lambda: RespProtocol(ctx), host, port, backlog=256, reuse_address=True, ssl=tls,
+        ssl_handshake_timeout=tout.handshake_seconds if tls is not None else None,
+        ssl_shutdown_timeout=limits.tls_close_timeout_seconds if tls is not None else None)
     for s in server.sockets:
         with contextlib.suppress(OSError):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -65,9 +65,10 @@ def _signed_get(node: NodeInfo, tenant: Tenant, region: str, path: str,
     return "\r\n".join(lines).encode()
 
 
-async def _ask(node: NodeInfo, request: bytes) -> dict[str, Any]:
+async def _ask(node: NodeInfo, request: bytes, tls: Any = None) -> dict[str, Any]:
+    """``tls``: the pod's peer SSLContext (``Forwarder.tls``) when the nodes serve HTTPS."""
     host, _, port = node.http.split("://", 1)[-1].rstrip("/").rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=tls)
     try:
         writer.write(request)
         raw = await reader.read(limits.forward_list_response_bytes_max + 1)
@@ -99,8 +100,8 @@ async def _peer(fw: Forwarder, node: NodeInfo, tenant: Tenant, region: str, ns: 
     path = f"/v1/{quote(ns, safe='')}/blocks"
     query = [("limit", str(limit)), ("prefix", prefix), ("start_after", start_after)]
     try:
-        doc = await asyncio.wait_for(_ask(node, _signed_get(node, tenant, region, path, query)),
-                                     fw.timeout_s)
+        ask = _ask(node, _signed_get(node, tenant, region, path, query), fw.tls)
+        doc = await asyncio.wait_for(ask, fw.timeout_s)
         items = [_meta(ns, d) for d in doc["blocks"]]
         more = bool(doc["truncated"])
     except (OSError, TimeoutError, ValueError, KeyError, TypeError, IndexError) as exc:
