@@ -395,3 +395,10 @@ assert 0 < timeout_close_grace_seconds < shutdown_seconds_max
 assert 0 < lease_seconds_max <= ttl_seconds_max
 assert clock_skew_seconds_max < presign_seconds_max
 assert 0 < s3_domain_bytes_max and s3_domain_bytes_max + namespace_bytes_max + 1 <= 253
+
+# --- quotas (kvstore.service.quota) --------------------------------------------------------
+# Past a namespace's or tenant's byte quota (evict mode), a write deletes the namespace's oldest
+# blocks until the write fits with this fraction of the quota to spare, so one eviction scan
+# (which reads the segment summaries) pays for many writes rather than one each.
+quota_evict_slack_fraction = 0.05
+assert 0 <= quota_evict_slack_fraction < 0.5

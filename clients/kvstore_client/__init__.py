@@ -16,6 +16,7 @@ from kvstore_wire.errors import (
     NotFound,
     NotImplementedFeature,
     ProtocolError,
+    QuotaExceeded,
 )
 from kvstore_wire.keys import Layout, block_keys, chain_root, next_key
 
@@ -27,5 +28,6 @@ __all__ = [
     "AccessDenied", "AsyncClient", "AsyncPodClient", "AuthenticationFailed", "Busy",
     "ChecksumMismatch", "Client",
     "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NodeSpec", "NotImplementedFeature",
-    "PodClient", "ProtocolError", "StaticMembership", "block_keys", "chain_root", "next_key",
+    "PodClient", "ProtocolError", "QuotaExceeded", "StaticMembership", "block_keys", "chain_root",
+    "next_key",
 ]

@@ -74,6 +74,15 @@ class PreconditionFailed(KVStoreError):
     code, name, http_status = 14, "PreconditionFailed", 412
 
 
+class QuotaExceeded(KVStoreError):
+    """A write would take a namespace or a tenant past its byte quota, and the quota is strict
+    (``quota_mode = "strict"``; the default mode evicts the namespace's oldest blocks instead).
+    S3 answers 403 QuotaExceeded (the code AWS uses for service quotas): clients do not retry a
+    403, and a retry would not help until something is deleted."""
+
+    code, name, http_status = 15, "QuotaExceeded", 403
+
+
 class AccessDenied(KVStoreError):
     code, name, http_status = 20, "AccessDenied", 403
 

@@ -108,10 +108,12 @@ class Engine:
 
     # ------------------------------------------------------------------ namespaces
     def create_namespace(self, name: str, *, owner: str = "", layout: dict | None = None,
-                         block_bytes: int = 0, replicas: int = 1) -> NamespaceInfo:
+                         block_bytes: int = 0, replicas: int = 1, quota_bytes: int = 0,
+                         quota_mode: str = "evict") -> NamespaceInfo:
         st = self.state
         with st.lock:
-            info = st.catalog.create(name, owner, layout, block_bytes, replicas)
+            info = st.catalog.create(name, owner, layout, block_bytes, replicas, quota_bytes,
+                                     quota_mode)
             st.save_catalog()
             return info
 
@@ -239,6 +241,22 @@ class Engine:
         from kvstore.engine.listing import list_blocks
 
         return list_blocks(self.log, ns, prefix, start_after, limit)
+
+    def evict_oldest(self, ns: str, nbytes: int) -> tuple[int, int]:
+        """Delete the namespace's oldest live blocks (segment order) until at least ``nbytes``
+        payload bytes are gone or it has none left: the quota's eviction
+        (``kvstore.service.quota``). (blocks, bytes) deleted, counted in ``quota_evicted_*``."""
+        from kvstore.engine.listing import oldest_blocks
+
+        blocks = freed = 0
+        for key, length in oldest_blocks(self.log, ns, nbytes):
+            if self.delete(ns, key):
+                blocks, freed = blocks + 1, freed + length
+        st = self.state
+        with st.lock:
+            st.counters["quota_evicted_blocks"] += blocks
+            st.counters["quota_evicted_bytes"] += freed
+        return blocks, freed
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int | float]:
