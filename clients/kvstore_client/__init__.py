@@ -11,6 +11,7 @@ from kvstore_wire.errors import (
     AuthenticationFailed,
     Busy,
     ChecksumMismatch,
+    InsufficientStorage,
     KVStoreError,
     LimitExceeded,
     NotFound,
@@ -26,7 +27,7 @@ from kvstore_client.pod import AsyncPodClient, NodeSpec, PodClient, StaticMember
 
 __all__ = [
     "AccessDenied", "AsyncClient", "AsyncPodClient", "AuthenticationFailed", "Busy",
-    "ChecksumMismatch", "Client",
+    "ChecksumMismatch", "Client", "InsufficientStorage",
     "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NodeSpec", "NotImplementedFeature",
     "PodClient", "ProtocolError", "QuotaExceeded", "StaticMembership", "block_keys", "chain_root",
     "next_key",

@@ -131,6 +131,15 @@ class StorageError(KVStoreError):
     code, name, retryable, http_status = 60, "InternalError", True, 500
 
 
+class InsufficientStorage(StorageError):
+    """The file system holding the data dir is full (ENOSPC, EDQUOT): the write was not done
+    and nothing acknowledged; reads keep working. Retryable: deleting blocks, or the disk
+    getting space back, lets writes through again. HTTP 507 Insufficient Storage (botocore does
+    not retry it: no retry storm against a full disk)."""
+
+    code, name, retryable, http_status = 64, "InsufficientStorage", True, 507
+
+
 def all_errors() -> list[type[KVStoreError]]:
     """Every error class defined so far (the server adds its own subclasses)."""
     out: list[type[KVStoreError]] = []

@@ -40,7 +40,7 @@ from kvstore.engine.types import (
     NamespaceInfo,
     PutResult,
 )
-from kvstore.errors import NamespaceNotEmpty
+from kvstore.errors import NamespaceNotEmpty, no_space
 
 log = logging.getLogger("kvstore.engine")
 
@@ -163,7 +163,13 @@ class Engine:
         check_batch(items)
         preps = [prepare(self.state, ns, k, d, checksums[i] if checksums else None, ttl_seconds,
                          metas[i] if metas else b"") for i, (k, d) in enumerate(items)]
-        return self.log.write(preps, overwrite, donate)
+        try:
+            return self.log.write(preps, overwrite, donate)
+        except OSError as exc:  # a full file system (segment create, summary, write): typed
+            full = no_space(exc)
+            if full is None:
+                raise
+            raise full from exc
 
     def delete(self, ns: str, key: str) -> bool:
         st = self.state
@@ -171,8 +177,14 @@ class Engine:
             ns_id, _info, kb, digest = st.resolve(ns, key)
             if st.live(digest, time.time()) is None:
                 return False
-        if not self.log.tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
-            return False
+        try:
+            if not self.log.tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
+                return False
+        except OSError as exc:
+            full = no_space(exc)
+            if full is None:
+                raise
+            raise full from exc
         with st.lock:
             st.counters["deletes"] += 1
         return True
