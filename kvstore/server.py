@@ -211,7 +211,7 @@ class Server:
             except (KVStoreError, OSError, ValueError) as exc:
                 raise StartupError(f"cannot open the store in {cfg.data_dir!r}: {exc}") from None
             warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())
-            runner = EngineRunner()
+            runner = EngineRunner(timeout_s=cfg.engine_timeout_seconds)
             runner.start()
             metrics = Metrics(engine)
             state = Node(engine, runner, tenants, metrics=metrics, domain=cfg.domain,
