@@ -70,13 +70,7 @@ class EngineRunner:
         loop = asyncio.get_running_loop()
         self._pending += 1
         cf = self._pool.submit(functools.partial(fn, *args, **kwargs))
-
-        def done(_f: concurrent.futures.Future[Any]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to count
-                loop.call_soon_threadsafe(self._finished)
-
-        cf.add_done_callback(done)
-        fut = asyncio.wrap_future(cf)  # cancelling it cancels cf if that has not started
+        fut = asyncio.wrap_future(cf)
         expired: list[bool] = []
 
         def expire() -> None:
@@ -86,16 +80,36 @@ class EngineRunner:
 
         timer = loop.call_later(self.timeout_s, expire)  # one timer: cheap on the hot path
         try:
-            return await fut
+            result = await fut
         except asyncio.CancelledError:
-            if not cf.cancelled():  # already running: its late result is released, not leaked
-                cf.add_done_callback(_release_late)
+            timer.cancel()
+            self._abandon(loop, cf)
             if not expired:
                 raise
             self.timeouts += 1
             raise Busy(f"storage did not answer within {self.timeout_s:g} s") from None
-        finally:
+        except BaseException:
             timer.cancel()
+            self._pending -= 1
+            raise
+        timer.cancel()
+        self._pending -= 1  # counted down here, on the loop: no second wake-up per call
+        return result
+
+    def _abandon(self, loop: asyncio.AbstractEventLoop,
+                 cf: concurrent.futures.Future[Any]) -> None:
+        """The caller gave up on ``cf``: cancel it if it has not started; else it keeps its
+        place in the count until its thread is done, and a lease it returns is released."""
+        if cf.cancel():
+            self._pending -= 1
+            return
+
+        def done(_f: concurrent.futures.Future[Any]) -> None:
+            _release_late(_f)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to count
+                loop.call_soon_threadsafe(self._finished)
+
+        cf.add_done_callback(done)
 
     def _finished(self) -> None:
         self._pending -= 1

@@ -21,7 +21,8 @@ from .nodes import PodNode, until
 NS = "chaos"
 FAST = ["--etcd-lease-ttl", "2", "--etcd-timeout", "0.3", "--forward-timeout", "0.5"]
 OPS_MAX = 20_000  # bounds the workload loop whatever the timing
-PAUSE_S = 1.0  # between chaos steps: the workload runs through each state
+PAUSE_S = 1.0
+QUOTA = 1 << 30  # recorded pod-wide with the namespace; far above what the workload writes  # between chaos steps: the workload runs through each state
 
 
 def content(key: str) -> bytes:
@@ -104,10 +105,12 @@ def test_kill_and_restart_nodes_and_etcd_under_a_workload(etcd: Etcd, tmp_path: 
             n.wait_ready()
         until(lambda: all(len(n.view()["nodes"]) == 3 for n in nodes.values()), "all see all")
         a = nodes[1]
-        st, doc = a.request("POST", "/v1/namespaces", json.dumps({"name": NS}).encode())
+        st, doc = a.request("POST", "/v1/namespaces", json.dumps(
+            {"name": NS, "quota_bytes": QUOTA}).encode())
         assert st == 201, doc
-        for n in nodes.values():
+        for n in nodes.values():  # pod-wide, with its quota (the pod's namespace record)
             until(lambda n=n: n.request("GET", f"/v1/namespaces/{NS}")[0] == 200, "ns everywhere")
+            assert n.request("GET", f"/v1/namespaces/{NS}")[1]["quota_bytes"] == QUOTA
         load = Workload(a, etcd.url)
         time.sleep(PAUSE_S)
 
