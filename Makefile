@@ -5,9 +5,9 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench bench-engine bench-http bench-bulk bench-tls bench-pod bench-resp \
-        bench-lmcache loadtest clean test-nixl test-client-dist compose-test test-integrations \
-        test-integrations-vllm
+.PHONY: run test soak lint bench bench-engine bench-http bench-bulk bench-tls bench-pod \
+        bench-resp bench-lmcache loadtest clean test-nixl test-client-dist compose-test \
+        test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
@@ -25,6 +25,18 @@ test: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest tools
 	$(PY) -m mypy
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The long forms of the crash and fault suites, then the load soak (about 30 min on 2 cores):
+# hundreds of SIGKILLs of the engine's writer process and of a real `kvstore serve` under mixed
+# S3 + bulk load (`make test` runs a short form of each), then 1,000 concurrent connections
+# mixing lookup, get and put for 60 s (loadtest/soak.py; figures in loadtest/results/soak-*).
+SOAK_KILLS ?= 200
+soak: $(STAMP)
+	KVSTORE_CRASH_KILLS=$(SOAK_KILLS) KVSTORE_SERVE_CRASH_KILLS=$(SOAK_KILLS) \
+	  $(PY) -m pytest -q -s -p no:cacheprovider --timeout 7200 \
+	  tests/engine/test_crash.py tests/test_crash_serve.py tests/test_faults_serve.py \
+	  tests/service/test_runner.py
+	$(PY) loadtest/soak.py --seconds 60 --connections 1000
 
 # The optional NIXL extra: the CPU torch build first (plain torch would pull a CUDA build), then
 # nixl-cu12; runs only the NIXL tests (CPU-only over UCX, UCX_TLS defaults to sm,tcp,self), and

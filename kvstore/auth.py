@@ -4,8 +4,14 @@ The credentials file is JSON::
 
     {"tenants": [
         {"name": "acme", "access_key": "AKIAACME", "secret_key": "...",
-         "namespaces": ["acme-*", "shared-llama"]}
+         "namespaces": ["acme-*", "shared-llama"],
+         "quota_bytes": 10000000000, "quota_mode": "evict"}
     ]}
+
+``quota_bytes`` (optional, 0 = none) bounds the live payload bytes of all the namespaces the
+tenant owns; ``quota_mode`` is ``evict`` (the default: a write past it deletes the written
+namespace's oldest blocks) or ``strict`` (it is refused with ``QuotaExceeded``). See
+``kvstore.service.quota``.
 
 ``namespaces`` are exact names or shell-style patterns (``fnmatch``). ``key_salt`` (optional):
 tenants that give the same one share layout fingerprints (``Policy.salted_layout``). Without a credentials file
@@ -62,6 +68,8 @@ class Tenant:
     # Tenants with the same key_salt share layout fingerprints (the operator's opt-in); "":
     # a salt of the tenant's own (Policy.salted_layout)
     key_salt: str = ""
+    quota_bytes: int = 0  # live payload bytes over all its namespaces, 0 = no quota
+    quota_mode: str = "evict"  # "evict" or "strict" (kvstore.service.quota)
 
     def may_use(self, namespace: str) -> bool:
         """The name matches one of this tenant's patterns (ownership is the policy's part)."""
@@ -77,6 +85,11 @@ class Tenants:
         if len(self._by_key) != len(tenants):
             raise InvalidArgument("duplicate access_key in credentials")
         self.names = frozenset(t.name for t in tenants)
+        self._by_name = {t.name: t for t in tenants}
+
+    def by_name(self, name: str) -> Tenant | None:
+        """The tenant called ``name`` (a namespace's owner); None in dev mode or if unknown."""
+        return self._by_name.get(name)
 
     @classmethod
     def development(cls) -> Tenants:
@@ -98,9 +111,15 @@ class Tenants:
                     secret_key=str(t["secret_key"]),
                     namespaces=tuple(str(p) for p in t.get("namespaces", ["*"])),
                     key_salt=str(t.get("key_salt", "")),
+                    quota_bytes=int(t.get("quota_bytes", 0)),
+                    quota_mode=str(t.get("quota_mode", "evict")),
                 ))
             except KeyError as exc:
                 raise InvalidArgument(f"tenant #{i} lacks {exc.args[0]}") from None
+            except (TypeError, ValueError):
+                raise InvalidArgument(f"tenant #{i}: quota_bytes must be an integer") from None
+            if out[-1].quota_bytes < 0 or out[-1].quota_mode not in ("evict", "strict"):
+                raise InvalidArgument(f"tenant #{i}: quota_bytes >= 0, quota_mode evict|strict")
         if not out:
             raise InvalidArgument("credentials file defines no tenants")
         return cls(out)

@@ -146,6 +146,7 @@ class ServeConfig:
     etcd_lease_ttl_seconds: float = limits.etcd_lease_ttl_seconds_default
     etcd_timeout_seconds: float = limits.etcd_call_timeout_seconds_default
     forward_timeout_seconds: float = limits.forward_timeout_seconds_default
+    engine_timeout_seconds: float = limits.engine_call_timeout_seconds_default
     # S3 virtual-host-style addressing: BUCKET.DOMAIN in the Host header names the bucket
     domain: str | None = None
     # S3 ETags: "md5" as S3 computes them; "xxh3" (opt-in) skips the MD5 pass for bulk-only
@@ -214,6 +215,7 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "etcd_lease_ttl_seconds": ("--etcd-lease-ttl", "KVSTORE_ETCD_LEASE_TTL", "lease_ttl"),
     "etcd_timeout_seconds": ("--etcd-timeout", "KVSTORE_ETCD_TIMEOUT", "etcd_timeout"),
     "forward_timeout_seconds": ("--forward-timeout", "KVSTORE_FORWARD_TIMEOUT", "forward_timeout"),
+    "engine_timeout_seconds": ("--engine-timeout", "KVSTORE_ENGINE_TIMEOUT", "timeout"),
     "domain": ("--domain", "KVSTORE_DOMAIN", "domain"),
     "etag": ("--etag", "KVSTORE_ETAG", "etag"),
     "previous_owner_read": ("--previous-owner-read", "KVSTORE_PREVIOUS_OWNER_READ", "bool"),
@@ -295,6 +297,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "forward_timeout_seconds": "seconds for a request forwarded to the block's owner before "
                                    "that node counts as a miss (default "
                                    f"{d.forward_timeout_seconds:g})",
+        "engine_timeout_seconds": "seconds an engine call (flash I/O) may take before its "
+                                  "request answers 503 SlowDown: a stalled disk gives bounded "
+                                  f"errors, not hung clients (default {d.engine_timeout_seconds:g})",
         "domain": "S3 virtual-host-style addressing: a request whose Host is BUCKET.DOMAIN "
                   "(any port) names the bucket, its path the key; path-style keeps working "
                   "(default: path-style only)",

@@ -13,6 +13,8 @@ leave the server are defined below.
 
 from __future__ import annotations
 
+import errno
+
 from kvstore_wire.errors import (
     AccessDenied,
     AlreadyExists,
@@ -21,6 +23,7 @@ from kvstore_wire.errors import (
     CapacityExhausted,
     ChecksumMismatch,
     EntityTooLarge,
+    InsufficientStorage,
     InvalidArgument,
     InvalidKey,
     InvalidNamespace,
@@ -32,6 +35,7 @@ from kvstore_wire.errors import (
     NotImplementedFeature,
     PreconditionFailed,
     ProtocolError,
+    QuotaExceeded,
     RequestTimeout,
     ShuttingDown,
     StorageError,
@@ -51,6 +55,7 @@ __all__ = [
     "DataDirLocked",
     "ERRORS_BY_CODE",
     "EntityTooLarge",
+    "InsufficientStorage",
     "InvalidArgument",
     "InvalidKey",
     "InvalidNamespace",
@@ -63,11 +68,22 @@ __all__ = [
     "NotImplementedFeature",
     "PreconditionFailed",
     "ProtocolError",
+    "QuotaExceeded",
     "RequestTimeout",
     "ShuttingDown",
     "StorageError",
     "error_from_code",
 ]
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # a full file system: InsufficientStorage
+
+
+def no_space(exc: BaseException) -> InsufficientStorage | None:
+    """``InsufficientStorage`` for an ``OSError`` of a full file system, else None."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:
+        return InsufficientStorage(f"no space left for the data dir: {exc.strerror}")
+    return None
 
 
 class CorruptRecord(StorageError):

@@ -225,6 +225,13 @@ write_wave_chunks_max = 8
 # Threads that run engine calls for the asyncio edges. Flash I/O blocks a thread per request,
 # so this is the queue depth the edges can give the device (reads reach fio's QD8 figure at 8).
 engine_threads = 8
+# Engine calls running or waiting for a thread, at most: past it a request is Busy (503) at once,
+# so a stalled disk cannot grow a queue (kvstore.service.runner).
+engine_queue_max = 1024
+# An engine call that has not answered in this long (a stalled or very slow disk) answers its
+# request Busy (503) instead; the thread finishes its I/O whenever the disk lets it, still
+# counted against engine_queue_max. --engine-timeout.
+engine_call_timeout_seconds_default = 30.0
 
 # The DRAM tier may take at most this fraction of the machine's memory: the index, buffer pools
 # and the OS need the rest (a larger --dram is refused at start, not discovered by the OOM killer).
@@ -496,6 +503,9 @@ assert write_chunk_bytes_max * write_wave_chunks_max <= buffer_pool_idle_bytes_m
 assert min(shm_region_bytes_max, nixl_region_bytes_max) >= block_bytes_max
 assert nixl_staging_chunks >= 1 and nixl_staging_chunk_bytes <= nixl_region_bytes_max
 assert connection_inflight_requests_max >= 1 and engine_threads >= 1
+assert engine_queue_max >= engine_threads
+assert connection_timeout_seconds_min <= engine_call_timeout_seconds_default \
+    <= connection_timeout_seconds_max
 assert uring_entries & (uring_entries - 1) == 0 and 1 <= uring_entries <= 4096
 
 # Timeouts: the bounds they are checked against, and the order they fire in.
@@ -504,3 +514,10 @@ assert 0 < timeout_close_grace_seconds < shutdown_seconds_max
 assert 0 < lease_seconds_max <= ttl_seconds_max
 assert clock_skew_seconds_max < presign_seconds_max
 assert 0 < s3_domain_bytes_max and s3_domain_bytes_max + namespace_bytes_max + 1 <= 253
+
+# --- quotas (kvstore.service.quota) --------------------------------------------------------
+# Past a namespace's or tenant's byte quota (evict mode), a write deletes the namespace's oldest
+# blocks until the write fits with this fraction of the quota to spare, so one eviction scan
+# (which reads the segment summaries) pays for many writes rather than one each.
+quota_evict_slack_fraction = 0.05
+assert 0 <= quota_evict_slack_fraction < 0.5

@@ -269,7 +269,7 @@ class Server:
             warn_if_disk_smaller(cfg.data_dir, cfg.capacity_bytes, engine.flash_used_bytes())
             if cfg.g4 is not None:
                 self._g4 = start_g4(cfg.g4, engine)
-            runner = EngineRunner()
+            runner = EngineRunner(timeout_s=cfg.engine_timeout_seconds)
             runner.start()
             per_ns = tenants.dev if cfg.metrics_namespaces is None else cfg.metrics_namespaces
             metrics = Metrics(engine, per_namespace=per_ns)

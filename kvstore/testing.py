@@ -37,7 +37,9 @@ class BackgroundBulkServer:
     def __init__(self, config: EngineConfig, device: Device, *, tenants: Tenants | None = None,
                  host: str = "127.0.0.1", port: int = 0, threads: int = 4,
                  timeouts: BulkTimeouts | None = None,
-                 connections_max: int = limits.connections_max, metrics: Any = None) -> None:
+                 connections_max: int = limits.connections_max, metrics: Any = None,
+                 engine_timeout_s: float = limits.engine_call_timeout_seconds_default,
+                 engine_queue_max: int = limits.engine_queue_max) -> None:
         self.config = config
         self.device = device
         self.tenants = tenants or Tenants.development()
@@ -46,6 +48,7 @@ class BackgroundBulkServer:
         self.timeouts = timeouts
         self.connections_max = connections_max
         self.metrics = metrics
+        self.engine_timeout_s, self.engine_queue_max = engine_timeout_s, engine_queue_max
         self.engine: Engine | None = None
         self.runner: EngineRunner | None = None
         self.server: BulkServer | None = None
@@ -60,7 +63,8 @@ class BackgroundBulkServer:
 
     def start(self) -> BackgroundBulkServer:
         self.engine = Engine.open(self.config, self.device)
-        self.runner = EngineRunner(threads=self.threads)
+        self.runner = EngineRunner(threads=self.threads, queue_max=self.engine_queue_max,
+                                   timeout_s=self.engine_timeout_s)
         self.loop = new_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="kvstore-bulk",
                                         daemon=True)

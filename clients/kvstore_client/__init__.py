@@ -11,11 +11,13 @@ from kvstore_wire.errors import (
     AuthenticationFailed,
     Busy,
     ChecksumMismatch,
+    InsufficientStorage,
     KVStoreError,
     LimitExceeded,
     NotFound,
     NotImplementedFeature,
     ProtocolError,
+    QuotaExceeded,
 )
 from kvstore_wire.keys import Layout, block_keys, chain_root, next_key
 
@@ -25,7 +27,8 @@ from kvstore_client.pod import AsyncPodClient, NodeSpec, PodClient, StaticMember
 
 __all__ = [
     "AccessDenied", "AsyncClient", "AsyncPodClient", "AuthenticationFailed", "Busy",
-    "ChecksumMismatch", "Client",
+    "ChecksumMismatch", "Client", "InsufficientStorage",
     "KVStoreError", "Layout", "LimitExceeded", "NotFound", "NodeSpec", "NotImplementedFeature",
-    "PodClient", "ProtocolError", "StaticMembership", "block_keys", "chain_root", "next_key",
+    "PodClient", "ProtocolError", "QuotaExceeded", "StaticMembership", "block_keys", "chain_root",
+    "next_key",
 ]

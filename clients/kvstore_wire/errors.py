@@ -74,6 +74,15 @@ class PreconditionFailed(KVStoreError):
     code, name, http_status = 14, "PreconditionFailed", 412
 
 
+class QuotaExceeded(KVStoreError):
+    """A write would take a namespace or a tenant past its byte quota, and the quota is strict
+    (``quota_mode = "strict"``; the default mode evicts the namespace's oldest blocks instead).
+    S3 answers 403 QuotaExceeded (the code AWS uses for service quotas): clients do not retry a
+    403, and a retry would not help until something is deleted."""
+
+    code, name, http_status = 15, "QuotaExceeded", 403
+
+
 class AccessDenied(KVStoreError):
     code, name, http_status = 20, "AccessDenied", 403
 
@@ -120,6 +129,15 @@ class StorageError(KVStoreError):
     """The device failed an I/O; the block is treated as missing."""
 
     code, name, retryable, http_status = 60, "InternalError", True, 500
+
+
+class InsufficientStorage(StorageError):
+    """The file system holding the data dir is full (ENOSPC, EDQUOT): the write was not done
+    and nothing acknowledged; reads keep working. Retryable: deleting blocks, or the disk
+    getting space back, lets writes through again. HTTP 507 Insufficient Storage (botocore does
+    not retry it: no retry storm against a full disk)."""
+
+    code, name, retryable, http_status = 64, "InsufficientStorage", True, 507
 
 
 def all_errors() -> list[type[KVStoreError]]:

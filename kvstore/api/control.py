@@ -86,7 +86,8 @@ def _check_count(n: int, bound: int, what: str) -> None:
 def _ns_out(info: NamespaceInfo, blocks: int | None = None) -> NamespaceOut:
     return NamespaceOut(name=info.name, created=info.created, owner=info.owner,
                         layout=dict(info.layout), fingerprint=info.fingerprint,
-                        block_bytes=info.block_bytes, replicas=info.replicas, blocks=blocks)
+                        block_bytes=info.block_bytes, replicas=info.replicas,
+                        quota_bytes=info.quota_bytes, quota_mode=info.quota_mode, blocks=blocks)
 
 
 def _check_same_namespace(info: NamespaceInfo, layout: keys.Layout | None,
@@ -241,7 +242,8 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         and bytes of each namespace the caller may see."""
         usage = engine.namespace_usage()
         mine = {i.name: NamespaceUsage(blocks=usage.get(i.name, (0, 0))[0],
-                                       bytes=usage.get(i.name, (0, 0))[1])
+                                       bytes=usage.get(i.name, (0, 0))[1],
+                                       **blocks.quotas.describe(i))  # type: ignore[arg-type]
                 for i in blocks.namespaces(tenant)}
         return StatsResponse(device=engine.device_name, ready=health.ready,
                              stats=dict(engine.stats()), namespaces=mine,
@@ -292,7 +294,9 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
                 raise E.InvalidArgument(f"layout: {exc}") from None
         info, created = await blocks.create_namespace(tenant, body.name, layout=layout_d,
                                                       block_bytes=body.block_bytes,
-                                                      replicas=body.replicas)
+                                                      replicas=body.replicas,
+                                                      quota_bytes=body.quota_bytes,
+                                                      quota_mode=body.quota_mode)
         if not created and "replicas" in body.model_fields_set and \
                 info.replicas != body.replicas:  # asked for another count (unsaid: any)
             raise E.AlreadyExists(f"namespace {info.name} exists with {info.replicas} "

@@ -6,6 +6,8 @@ a typed ``LimitExceeded``; pydantic only checks shapes and types.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import JsonDict
 
@@ -47,6 +49,13 @@ class NamespaceCreate(BaseModel):
         1, ge=1, le=limits.namespace_replicas_max,
         description="copies of each block in a pod, on distinct nodes (recorded pod-wide): "
                     "writes go to every live replica, reads to any live one")
+    quota_bytes: int = Field(
+        0, ge=0, le=_INT_MAX,
+        description="most live payload bytes the namespace may hold (recorded with it, "
+                    "pod-wide: each node enforces it on the blocks it holds); 0 = no quota")
+    quota_mode: Literal["evict", "strict"] = Field(
+        "evict", description="past the quota: `evict` the namespace's oldest blocks to make "
+                             "room, or `strict`: refuse the write with QuotaExceeded (403)")
 
 
 class NamespaceOut(BaseModel):
@@ -57,6 +66,8 @@ class NamespaceOut(BaseModel):
     fingerprint: str = Field(description="hex blake2b-128 layout fingerprint ('' without layout)")
     block_bytes: int
     replicas: int = 1
+    quota_bytes: int = 0
+    quota_mode: str = "evict"
     blocks: int | None = Field(None, description="live blocks (single-namespace GET only)")
 
 
@@ -121,6 +132,10 @@ class DeleteResponse(BaseModel):
 class NamespaceUsage(BaseModel):
     blocks: int
     bytes: int
+    quota_bytes: int = Field(0, description="the namespace's byte quota, 0 = none")
+    quota_mode: str = "evict"
+    tenant_quota_bytes: int = Field(0, description="its owner's quota over all its namespaces")
+    tenant_quota_mode: str = "evict"
 
 
 class OpStats(BaseModel):

@@ -90,6 +90,9 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
         return exc.http_status, exc.name, exc.message
     if isinstance(exc, E.KVStoreError):
         name = _S3_NAME.get(exc.name, exc.name)
+        if isinstance(exc, E.InsufficientStorage):  # a full disk: say so (507), no details
+            log.warning("storage error: %s", exc.message)
+            return exc.http_status, exc.name, "The server's storage is full; retry later"
         if isinstance(exc, E.StorageError):  # device details stay in the log
             log.warning("storage error: %s", exc.message)
             return 500, "InternalError", _INTERNAL_MESSAGE

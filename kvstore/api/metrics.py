@@ -67,6 +67,11 @@ _ENGINE_COUNTERS: dict[str, tuple[str, str, dict[str, str]]] = {
                           "Recently read blocks re-appended during reclaim", {}),
     "expired_blocks": ("kvstore_expired_blocks", "Blocks dropped when their TTL ended", {}),
     "deletes": ("kvstore_engine_deletes", "Blocks deleted", {}),
+    "quota_evicted_blocks": ("kvstore_quota_evicted_blocks",
+                             "Blocks deleted to keep a namespace or tenant within its quota", {}),
+    "quota_evicted_bytes": ("kvstore_quota_evicted_bytes",
+                            "Payload bytes deleted to keep a namespace or tenant within its quota",
+                            {}),
     "leases_limited": ("kvstore_leases_limited",
                        "Leasing lookups the leased-bytes budget cut short", {}),
     "leased_moved_blocks": ("kvstore_leased_moved_blocks",
@@ -151,6 +156,17 @@ class EngineCollector:
                 nbytes.add_metric([ns], b)
             yield blocks
             yield nbytes
+        # only namespaces created with a quota (kvstore.service.quota); named per namespace,
+        # so off with credentials unless --metrics-namespaces, like the usage series above
+        listing = getattr(self._source, "list_namespaces", None) if self._per_namespace else None
+        if listing is not None:
+            quota = GaugeMetricFamily("kvstore_namespace_quota_bytes",
+                                      "Byte quota, by namespace (only those with one)",
+                                      labels=["namespace"])
+            for info in listing():
+                if getattr(info, "quota_bytes", 0):
+                    quota.add_metric([info.name], info.quota_bytes)
+            yield quota
 
 
 class PodCollector:

@@ -32,8 +32,10 @@ from kvstore.engine.device import IoOp, StagedPayload, copy_into, is_aligned_vie
 from kvstore.engine.state import EngineState, meta_of
 from kvstore.engine.types import BlockMeta, PutResult
 from kvstore.errors import (
+    NO_SPACE_ERRNOS,
     ChecksumMismatch,
     EntityTooLarge,
+    InsufficientStorage,
     InvalidArgument,
     LimitExceeded,
     StorageError,
@@ -428,6 +430,9 @@ class _Pipeline:
         finally:
             ok = lg.complete(c.seg, c.off, c.off + c.total, ok)
         if not ok:
+            if any(-r in NO_SPACE_ERRNOS for r in res if isinstance(r, int)):
+                raise InsufficientStorage(f"{st.device.name}: no space for a write of "
+                                          f"{c.total} bytes (the file system is full)")
             raise StorageError(f"{st.device.name}: write of {c.total} bytes at {c.off} failed")
         if st.config.sync_on_put:
             st.device.sync(c.seg.handle)

@@ -16,6 +16,7 @@ from kvstore.errors import AlreadyExists, InvalidArgument, LimitExceeded, Namesp
 from kvstore.keys import Layout, validate_namespace
 
 CATALOG_FILE = "namespaces.msgpack"
+QUOTA_MODES = ("evict", "strict")  # kvstore.service.quota
 NS_ID_MAX = 0xFFFE  # 0xFFFF marks "unknown" during recovery
 
 
@@ -35,7 +36,8 @@ class Catalog:
         for d in doc["namespaces"]:
             info = NamespaceInfo(d["name"], d["created"], d.get("owner", ""),
                                  dict(d.get("layout") or {}), d.get("fingerprint", ""),
-                                 int(d.get("block_bytes", 0)), int(d.get("replicas", 1)))
+                                 int(d.get("block_bytes", 0)), int(d.get("replicas", 1)),
+                                 int(d.get("quota_bytes", 0)), str(d.get("quota_mode", "evict")))
             cat.by_name[info.name] = (int(d["id"]), info)
         cat.keys = DataKeys({int(i): bytes(w) for i, w in doc.get("data_keys", ())},
                             bytes(doc.get("key_check", b"")))
@@ -47,7 +49,8 @@ class Catalog:
             "namespaces": [
                 {"id": i, "name": n.name, "created": n.created, "owner": n.owner,
                  "layout": n.layout, "fingerprint": n.fingerprint, "block_bytes": n.block_bytes,
-                 "replicas": n.replicas}
+                 "replicas": n.replicas, "quota_bytes": n.quota_bytes,
+                 "quota_mode": n.quota_mode}
                 for i, n in self.by_name.values()
             ],
             **({"data_keys": sorted(self.keys.wrapped.items()), "key_check": self.keys.check}
@@ -55,7 +58,8 @@ class Catalog:
         }, use_bin_type=True)
 
     def create(self, name: str, owner: str, layout: dict | None, block_bytes: int,
-               replicas: int = 1) -> NamespaceInfo:
+               replicas: int = 1, quota_bytes: int = 0,
+               quota_mode: str = "evict") -> NamespaceInfo:
         validate_namespace(name)
         if name in self.by_name:
             raise AlreadyExists(f"namespace {name} exists", owner=self.by_name[name][1].owner)
@@ -67,6 +71,8 @@ class Catalog:
             raise InvalidArgument("block_bytes out of range")
         if not 1 <= replicas <= limits.namespace_replicas_max:
             raise InvalidArgument(f"replicas must be 1..{limits.namespace_replicas_max}")
+        if quota_bytes < 0 or quota_mode not in QUOTA_MODES:
+            raise InvalidArgument(f"quota_bytes must be >= 0 and quota_mode one of {QUOTA_MODES}")
         fingerprint = ""
         layout_d: dict[str, object] = {}
         if layout:
@@ -81,7 +87,7 @@ class Catalog:
             if block_bytes > limits.block_bytes_max:
                 raise InvalidArgument("layout's block size exceeds block_bytes_max")
         info = NamespaceInfo(name, time.time(), owner, layout_d, fingerprint, block_bytes,
-                             replicas)
+                             replicas, quota_bytes, quota_mode)
         self.by_name[name] = (self.next_id, info)
         self.next_id += 1
         return info

@@ -58,7 +58,10 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
             if seg.end > st.config.segment_bytes:
                 problems.append(f"segment {seg.id} end {seg.end} over segment size")
             size = st.device.size(seg.handle)
-            if size != seg.end and not (seg is lg.active and size > seg.end):
+            # a broken segment (a write failed: a full disk...) may end short of its reserved
+            # end: nothing past the failure was acknowledged, and it is written no more
+            if size != seg.end and not (seg is lg.active and size > seg.end) and \
+                    not (seg.broken and size < seg.end):
                 problems.append(f"segment {seg.id} file size {size} != end {seg.end}")
             if (seg is lg.active) != (seg.builder is not None):
                 problems.append(f"segment {seg.id}: only the active segment may be unsealed")

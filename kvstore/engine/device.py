@@ -12,6 +12,7 @@ Implementations: ``MemoryDevice`` here (tests, no files), ``PosixDevice`` and ``
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -312,10 +313,15 @@ class Device(ABC):
     def write_file_atomic(self, path: str, data: bytes) -> None:
         """Write ``data`` to ``path`` so a crash leaves the old or the new file, never a mix."""
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # e.g. a full file system: leave no partial file taking space
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         os.replace(tmp, path)
         dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
         try:

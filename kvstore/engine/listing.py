@@ -47,3 +47,32 @@ def list_blocks(lg: SegmentLog, ns: str, prefix: str, start_after: str,
                                          float(c["expires"][i]))))
     top = heapq.nsmallest(limit + 1, found, key=lambda kv: kv[0])
     return [m for _k, m in top[:limit]], len(top) > limit
+
+
+def oldest_blocks(lg: SegmentLog, ns: str, nbytes: int) -> list[tuple[str, int]]:
+    """(key, payload bytes) of the namespace's live blocks, oldest first (segment order, then
+    write order within a segment), until they add up to at least ``nbytes`` (quota eviction,
+    ``Engine.evict_oldest``). Costs a listing's scan of the summaries it reads."""
+    st = lg.state
+    nsb = ns.encode()
+    with st.lock:
+        ns_id = st.catalog.get(ns)[0]
+    out: list[tuple[str, int]] = []
+    total = 0
+    for seg_id, summary in lg.summaries():
+        if summary is None or nsb not in summary.namespaces:
+            continue
+        want_ns = summary.namespaces.index(nsb)
+        c = summary.cols
+        for i, key in enumerate(summary.keys):
+            if int(c["ns"][i]) != want_ns:
+                continue
+            with st.lock:
+                e = st.index.get(bytes(c["digest"][i]))
+            if e is None or e.seg != seg_id or e.page != int(c["page"][i]) or e.ns != ns_id:
+                continue
+            out.append((key.decode("utf-8", "surrogatepass"), e.length))
+            total += e.length
+            if total >= nbytes:
+                return out
+    return out

@@ -32,7 +32,8 @@ STAT_NAMES = ("puts", "puts_existing", "gets", "hits_dram", "hits_flash", "misse
               "evicted_blocks", "reinserted_blocks", "expired_blocks", "deletes", "io_errors", "heads",
               "recycled_segments", "promoted_blocks", "flash_bytes_read", "leases_limited",
               "leased_moved_blocks", "misses_absent", "misses_expired", "misses_corrupt",
-              "misses_io_error", "hits_lower", "readmitted_blocks")
+              "misses_io_error", "hits_lower", "readmitted_blocks", "quota_evicted_blocks",
+              "quota_evicted_bytes")
 
 # the counter each kind of miss is also counted in (besides ``misses``)
 MISS_COUNTERS = {ReadOutcome.ABSENT: "misses_absent", ReadOutcome.EXPIRED: "misses_expired",

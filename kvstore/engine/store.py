@@ -41,7 +41,7 @@ from kvstore.engine.types import (
     NamespaceInfo,
     PutResult,
 )
-from kvstore.errors import NamespaceNotEmpty
+from kvstore.errors import NamespaceNotEmpty, no_space
 
 log = logging.getLogger("kvstore.engine")
 
@@ -135,10 +135,12 @@ class Engine:
 
     # ------------------------------------------------------------------ namespaces
     def create_namespace(self, name: str, *, owner: str = "", layout: dict | None = None,
-                         block_bytes: int = 0, replicas: int = 1) -> NamespaceInfo:
+                         block_bytes: int = 0, replicas: int = 1, quota_bytes: int = 0,
+                         quota_mode: str = "evict") -> NamespaceInfo:
         st = self.state
         with st.lock:
-            info = st.catalog.create(name, owner, layout, block_bytes, replicas)
+            info = st.catalog.create(name, owner, layout, block_bytes, replicas, quota_bytes,
+                                     quota_mode)
             st.cipher.add(st.catalog.keys, st.catalog.get(name)[0])
             st.save_catalog()
             return info
@@ -192,7 +194,13 @@ class Engine:
         check_batch(items)
         preps = [prepare(self.state, ns, k, d, checksums[i] if checksums else None, ttl_seconds,
                          metas[i] if metas else b"") for i, (k, d) in enumerate(items)]
-        return self.log.write(preps, overwrite, donate)
+        try:
+            return self.log.write(preps, overwrite, donate)
+        except OSError as exc:  # a full file system (segment create, summary, write): typed
+            full = no_space(exc)
+            if full is None:
+                raise
+            raise full from exc
 
     def delete(self, ns: str, key: str) -> bool:
         st = self.state
@@ -204,8 +212,14 @@ class Engine:
                 if gone:
                     st.counters["deletes"] += 1
                 return gone
-        if not self.log.tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
-            return False
+        try:
+            if not self.log.tombstone(ns_id, ns.encode(), kb, digest, only_if_present=True):
+                return False
+        except OSError as exc:
+            full = no_space(exc)
+            if full is None:
+                raise
+            raise full from exc
         with st.lock:
             st.counters["deletes"] += 1
         return True
@@ -274,6 +288,22 @@ class Engine:
         from kvstore.engine.listing import list_blocks
 
         return list_blocks(self.log, ns, prefix, start_after, limit)
+
+    def evict_oldest(self, ns: str, nbytes: int) -> tuple[int, int]:
+        """Delete the namespace's oldest live blocks (segment order) until at least ``nbytes``
+        payload bytes are gone or it has none left: the quota's eviction
+        (``kvstore.service.quota``). (blocks, bytes) deleted, counted in ``quota_evicted_*``."""
+        from kvstore.engine.listing import oldest_blocks
+
+        blocks = freed = 0
+        for key, length in oldest_blocks(self.log, ns, nbytes):
+            if self.delete(ns, key):
+                blocks, freed = blocks + 1, freed + length
+        st = self.state
+        with st.lock:
+            st.counters["quota_evicted_blocks"] += blocks
+            st.counters["quota_evicted_bytes"] += freed
+        return blocks, freed
 
     # ------------------------------------------------------------------ introspection
     def stats(self) -> dict[str, int | float]:

@@ -90,6 +90,8 @@ class NamespaceInfo:
     fingerprint: str = ""  # hex layout fingerprint, if a layout was given
     block_bytes: int = 0  # exact block size the layout fixes, 0 = any
     replicas: int = 1  # copies of each block in a pod (distinct nodes); 1 on a node alone
+    quota_bytes: int = 0  # most live payload bytes (kvstore.service.quota), 0 = no quota
+    quota_mode: str = "evict"  # past the quota: "evict" its oldest blocks, or "strict" refuse
 
 
 class ReadOutcome(enum.Enum):

@@ -26,6 +26,7 @@ from kvstore.engine.types import BlockMeta, LookupResult, NamespaceInfo, PutResu
 from kvstore.errors import AlreadyExists, KVStoreError, NamespaceNotFound
 from kvstore.keys import validate_namespace
 from kvstore.service import pod_blocks
+from kvstore.service.quota import Quotas, payload_bytes
 from kvstore.service.runner import EngineRunner
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class BlockService:
         self.runner = runner
         self.policy = policy
         self._metrics = metrics
+        # byte quotas per namespace and tenant, admitted before every write (service.quota)
+        self.quotas = Quotas(engine, policy.tenants)
         # Told after a namespace is created (info) or deleted (None) here: the pod records it
         # pod-wide (kvstore.service.pod). None: a node on its own.
         self.namespace_hook: Callable[[str, NamespaceInfo | None], Awaitable[None]] | None = None
@@ -81,8 +84,8 @@ class BlockService:
                 if self.policy.visible(tenant, i.name, i.owner)]
 
     async def create_namespace(self, tenant: Tenant, ns: str, *, layout: dict[str, Any] | None = None,
-                               block_bytes: int = 0, replicas: int = 1,
-                               ) -> tuple[NamespaceInfo, bool]:
+                               block_bytes: int = 0, replicas: int = 1, quota_bytes: int = 0,
+                               quota_mode: str = "evict") -> tuple[NamespaceInfo, bool]:
         """(namespace, created). An existing namespace the caller owns comes back with False;
         someone else's is ``NamespaceTaken`` (an AccessDenied), an ownerless one AccessDenied.
         ``replicas``: copies of each block in a pod (recorded pod-wide with the namespace).
@@ -94,7 +97,8 @@ class BlockService:
         try:
             info = await self.runner.call(self.engine.create_namespace, ns,
                                           owner=self.policy.owner_for_new(tenant), layout=layout,
-                                          block_bytes=block_bytes, replicas=replicas)
+                                          block_bytes=block_bytes, replicas=replicas,
+                                          quota_bytes=quota_bytes, quota_mode=quota_mode)
         except AlreadyExists:  # created meanwhile: the policy decides again
             info = self.authorize(tenant, ns, Op.CREATE)
             if info is None:
@@ -126,6 +130,7 @@ class BlockService:
                       overwrite: bool, metas: Sequence[bytes] | None = None) -> list[bool]:
         """Engine thread side of ``put_many`` (for callers already on a thread, after
         ``authorize``)."""
+        self.quotas.admit(ns, sum(payload_bytes(d) for _k, d in items))
         res = self.engine.put_many(ns, items, checksums=checksums, ttl_seconds=ttl_seconds,
                                    overwrite=overwrite, metas=metas)
         out = [r.created for r in res]
@@ -291,6 +296,7 @@ class BlockService:
     # -- engine-thread side of compound work (after ``authorize``, inside ``run``) ---------
     def put_sync(self, ns: str, key: str, data: object, *, meta: bytes = b"",
                  overwrite: bool = False, donate: bool = False) -> PutResult:
+        self.quotas.admit(ns, payload_bytes(data))
         return self.engine.put(ns, key, data, meta=meta, overwrite=overwrite, donate=donate)
 
     def head_sync(self, ns: str, key: str) -> BlockMeta | None:

@@ -37,7 +37,8 @@ class NamespaceRecord(Protocol):
 def record_of(info: NamespaceInfo) -> dict[str, Any]:
     """The etcd value of a namespace."""
     return {"owner": info.owner, "layout": dict(info.layout), "block_bytes": info.block_bytes,
-            "replicas": info.replicas}
+            "replicas": info.replicas, "quota_bytes": info.quota_bytes,
+            "quota_mode": info.quota_mode}
 
 
 class PodNamespaces:
@@ -70,7 +71,9 @@ class PodNamespaces:
             await runner.call(engine.create_namespace, name, owner=str(value.get("owner", "")),
                               layout=value.get("layout") or None,
                               block_bytes=int(value.get("block_bytes", 0) or 0),
-                              replicas=int(value.get("replicas", 1) or 1))
+                              replicas=int(value.get("replicas", 1) or 1),
+                              quota_bytes=int(value.get("quota_bytes", 0) or 0),
+                              quota_mode=str(value.get("quota_mode", "evict") or "evict"))
         except AlreadyExists:
             return
         except (KVStoreError, TypeError, ValueError) as exc:

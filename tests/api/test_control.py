@@ -337,7 +337,8 @@ def test_stats_and_metrics_follow_traffic(live: LiveServer) -> None:
     assert metric(after, "kvstore_namespace_bytes", namespace="ns-metrics") == 1000
     assert metric(after, "kvstore_namespace_blocks", namespace="ns-metrics") == 1
     assert live.json("GET", "/v1/stats")[1]["namespaces"]["ns-metrics"] == {
-        "blocks": 1, "bytes": 1000}
+        "blocks": 1, "bytes": 1000, "quota_bytes": 0, "quota_mode": "evict",
+        "tenant_quota_bytes": 0, "tenant_quota_mode": "evict"}
     assert metric(after, "kvstore_errors_total", error="LimitExceeded") >= 1
 
 
