@@ -128,6 +128,8 @@ class ServeConfig:
     access_log: bool = False
     # connection bounds (kvstore.limits, "Connection timeouts")
     connections_max: int = limits.connections_max
+    # authenticated bulk connections one tenant may hold (default: all of --max-connections)
+    tenant_connections_max: int | None = None  # None: --max-connections
     probe_connections: int = limits.probe_connections_reserved_default
     http_header_timeout_seconds: float = limits.http_header_timeout_seconds_default
     http_keepalive_timeout_seconds: float = limits.http_keepalive_timeout_seconds_default
@@ -195,6 +197,8 @@ _OPTIONS: dict[str, tuple[str, str, str]] = {
     "shutdown_seconds": ("--shutdown-seconds", "KVSTORE_SHUTDOWN_SECONDS", "seconds"),
     "access_log": ("--access-log", "KVSTORE_ACCESS_LOG", "bool"),
     "connections_max": ("--max-connections", "KVSTORE_MAX_CONNECTIONS", "count"),
+    "tenant_connections_max": ("--max-connections-per-tenant",
+                               "KVSTORE_MAX_CONNECTIONS_PER_TENANT", "count"),
     "probe_connections": ("--probe-connections", "KVSTORE_PROBE_CONNECTIONS", "count"),
     "http_header_timeout_seconds": ("--http-header-timeout", "KVSTORE_HTTP_HEADER_TIMEOUT",
                                     "timeout"),
@@ -262,6 +266,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
                       "on the kvstore.access logger (default off)",
         "connections_max": f"open connections per listener (default {d.connections_max})",
+        "tenant_connections_max": "authenticated bulk-port connections one tenant may hold; "
+                                  "past it AUTH answers LimitExceeded (default: "
+                                  "--max-connections)",
         "probe_connections": "HTTP connection slots, of --max-connections, kept for "
                              f"/healthz and /readyz (default {d.probe_connections})",
         "http_header_timeout_seconds": "seconds for an HTTP request line and headers, from "
@@ -638,6 +645,10 @@ def validate_connections(cfg: ServeConfig) -> None:
     """The connection bounds' relations (kvstore.limits, "Connection timeouts")."""
     if cfg.connections_max < 1:
         raise ConfigError("--max-connections must be at least 1")
+    if cfg.tenant_connections_max is not None and not (
+            1 <= cfg.tenant_connections_max <= cfg.connections_max):
+        raise ConfigError(f"--max-connections-per-tenant ({cfg.tenant_connections_max}) must "
+                          f"be in 1..--max-connections ({cfg.connections_max})")
     if cfg.probe_connections >= cfg.connections_max:
         raise ConfigError(
             f"--probe-connections ({cfg.probe_connections}) must be less than "

@@ -304,7 +304,9 @@ class Server:
         try:
             bulk = await start_bulk_server(state, cfg.host, cfg.bulk_port,
                                            timeouts=bulk_timeouts,
-                                           connections_max=cfg.connections_max, tls=self._tls)
+                                           connections_max=cfg.connections_max,
+                                           tenant_connections_max=cfg.tenant_connections_max,
+                                           tls=self._tls)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.bulk_port} (bulk): "
                                f"{exc.strerror or exc}") from None

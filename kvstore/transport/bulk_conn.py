@@ -40,6 +40,7 @@ from kvstore.errors import (
     AuthenticationFailed,
     Busy,
     KVStoreError,
+    LimitExceeded,
     NamespaceNotFound,
     ProtocolError,
     RequestTimeout,
@@ -74,6 +75,24 @@ class ServerContext:
     nixl: Any = None
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
     connections_max: int = limits.connections_max
+    # authenticated connections per tenant (name -> count) and the cap on each: one tenant
+    # cannot take every slot of the listener from the others
+    per_tenant: dict[str, int] = field(default_factory=dict)
+    tenant_connections_max: int = limits.connections_max
+
+    def tenant_joined(self, name: str) -> None:
+        n = self.per_tenant.get(name, 0)
+        if n >= self.tenant_connections_max:
+            raise LimitExceeded(f"tenant {name} has {n} connections open, at most "
+                                f"{self.tenant_connections_max} (--max-connections-per-tenant)")
+        self.per_tenant[name] = n + 1
+
+    def tenant_left(self, name: str) -> None:
+        n = self.per_tenant.get(name, 0) - 1
+        if n > 0:
+            self.per_tenant[name] = n
+        else:
+            self.per_tenant.pop(name, None)
 
     def shm_close_all(self) -> None:
         """Drop every connection's shm region and NIXL peer, then the server's NIXL agent."""
@@ -102,6 +121,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.namespace = ""
         self.tenant: Tenant | None = None
+        self._counted: str | None = None  # the tenant this connection counts against
         self.closed = False
         self.inflight_bytes = 0
         self.region: Any = None  # kvstore.transport.shm.Region once registered
@@ -166,6 +186,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._lost = True
         self.ctx.connections.discard(self)
         self.ctx.unauthenticated.pop(self, None)
+        self._uncount()
         if self._watch_timer is not None:
             self._watch_timer.cancel()
             self._watch_timer = None
@@ -338,9 +359,16 @@ class BulkProtocol(asyncio.BufferedProtocol):
             if not hello.create:
                 raise
             await self.blocks.create_namespace(tenant, hello.namespace)
+        self.ctx.tenant_joined(tenant.name)  # LimitExceeded past the per-tenant cap
+        self._counted = tenant.name
         self.tenant, self.namespace = tenant, hello.namespace
         self.ctx.unauthenticated.pop(self, None)
         self.send(FrameType.AUTH_OK, 0, msg.AuthOk(tenant.name, hello.namespace).to_header())
+
+    def _uncount(self) -> None:
+        if self._counted is not None:
+            self.ctx.tenant_left(self._counted)
+            self._counted = None
 
     # -- watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:
@@ -366,6 +394,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         not read the error frame is aborted after a grace period."""
         self.ctx.connections.discard(self)
         self.ctx.unauthenticated.pop(self, None)
+        self._uncount()
         self._fatal(exc)
         asyncio.get_running_loop().call_later(limits.timeout_close_grace_seconds,
                                               self._abort_if_open)

@@ -94,6 +94,7 @@ async def start_bulk_server(
     *,
     timeouts: BulkTimeouts | None = None,
     connections_max: int = limits.connections_max,
+    tenant_connections_max: int | None = None,
     tls: ssl.SSLContext | None = None,
 ) -> BulkServer:
     """Listen on ``host:port`` (0 = any free port; see ``BulkServer.port``) and serve the bulk
@@ -101,11 +102,15 @@ async def start_bulk_server(
     duck-typed: ``observe(op, tier, nbytes, seconds)``, ``error(op, name)`` and, when present,
     ``timeout(port, kind)``, ``refused(port, reason)``, ``declare(port, kinds, reasons)``.
     ``timeouts`` bound silent and slow peers; at most ``connections_max`` connections are open
-    (one more gets ``Busy`` and is closed). ``tls``: serve TLS (``kvstore.transport.tls``)."""
+    (one more gets ``Busy`` and is closed), at most ``tenant_connections_max`` of them
+    authenticated as one tenant (one more gets ``LimitExceeded`` at AUTH and is closed).
+    ``tls``: serve TLS (``kvstore.transport.tls``)."""
     node.runner.start()
     metrics = node.metrics
     ctx = ServerContext(node=node, pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
-                        connections_max=connections_max)
+                        connections_max=connections_max,
+                        tenant_connections_max=min(connections_max,
+                                                   tenant_connections_max or connections_max))
     if metrics is not None and hasattr(metrics, "declare"):
         metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))
     server = BulkServer(ctx)
