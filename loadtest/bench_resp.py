@@ -209,7 +209,7 @@ def main() -> int:
                         best[k] = max(best[k], v)
         load.append(os.getloadavg()[0])
         doc = {"script": "loadtest/bench_resp.py", "commit": git_commit(),
-               "machine": machine(scratch), "settings": vars(args), "load_average": load,
+               "machine": machine(scratch), "settings": {k: v for k, v in vars(args).items() if k != "out"}, "load_average": load,
                "value_bytes": VALUE_BYTES, "results_gb_per_s": res}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
