@@ -28,7 +28,6 @@ import logging
 import os
 import socket
 import time
-from collections import deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -50,14 +49,14 @@ from kvstore.protocol import messages as msg
 from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadEnd
 from kvstore.protocol.frames import FrameType, encode_frame
 from kvstore.protocol.state import Connection, Role, out_of_band
-from kvstore.service import BlockLease, Node
+from kvstore.service import Node
 from kvstore.transport import bulk_ops
+from kvstore.transport.held import LeaseHolder
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 
 log = logging.getLogger("kvstore.bulk")
 
 # How long the release poll waits between checks while sent engine views are unflushed.
-_FLUSH_POLL_SECONDS = 0.0005
 
 
 @dataclass
@@ -111,7 +110,7 @@ class _PendingPut:
     started: float
 
 
-class BulkProtocol(asyncio.BufferedProtocol):
+class BulkProtocol(LeaseHolder, asyncio.BufferedProtocol):
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
         self.blocks = ctx.node.blocks
@@ -132,9 +131,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
         self._put: _PendingPut | None = None
         self._reading_paused = False
         self._write_ok: asyncio.Event | None = None
-        self._written = 0
-        self._held: deque[tuple[int, BlockLease]] = deque()
-        self._poll: asyncio.TimerHandle | None = None
+        self._init_held()  # _written, _held, _poll (held.py)
         self._watch_timer: asyncio.TimerHandle | None = None
         self._watchdog: BulkWatch | None = None
         self._rx = 0  # bytes received, ever
@@ -194,7 +191,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
             for b in self._put.bufs:
                 self.ctx.pool.release(b)
             self._put = None
-        self._release_held(all_=True)
+        self.release_held(all_=True)
         if self._write_ok is not None:
             self._write_ok.set()  # wake writers so they notice `closed`
         if not self._tasks:
@@ -207,7 +204,7 @@ class BulkProtocol(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         assert self._write_ok is not None
         self._write_ok.set()
-        self._release_held()
+        self.release_held()
 
     # -- state for the server ------------------------------------------------------------
     @property
@@ -442,28 +439,6 @@ class BulkProtocol(asyncio.BufferedProtocol):
         assert self._write_ok is not None
         if not self._write_ok.is_set():
             await self._write_ok.wait()
-
-    def hold(self, lease: BlockLease) -> None:
-        """Keep an engine view alive until the transport has flushed it."""
-        if self.transport is None or self.transport.get_write_buffer_size() == 0 or self.closed:
-            lease.release()
-            return
-        self._held.append((self._written, lease))
-        self._release_held()
-
-    def _release_held(self, all_: bool = False) -> None:
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
-        pending = 0 if (all_ or self.transport is None) else self.transport.get_write_buffer_size()
-        flushed = self._written - pending
-        while self._held and (all_ or self._held[0][0] <= flushed):
-            _, lease = self._held.popleft()
-            with contextlib.suppress(Exception):
-                lease.release()
-        if self._held and not self.closed:
-            self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
-                                                              self._release_held)
 
     def observe(self, op: str, nbytes: int, started: float) -> None:
         self.blocks.observe(op, "bulk", nbytes, time.perf_counter() - started)

@@ -33,12 +33,12 @@ from kvstore.auth import Tenant
 from kvstore.engine.device import BufferPool
 from kvstore.errors import KVStoreError, ProtocolError
 from kvstore.protocol import resp
-from kvstore.service import BlockLease, Node
+from kvstore.service import Node
+from kvstore.transport.held import LeaseHolder
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 
 log = logging.getLogger("kvstore.resp")
 
-_FLUSH_POLL_SECONDS = 0.0005
 # Commands that only read: they may run while earlier reads are still running (at most
 # limits.resp_read_ahead_blocks of them at once).
 READS = frozenset({"GET", "MGET", "EXISTS", "PING"})
@@ -75,7 +75,7 @@ class Turn:
         self.conn.write(parts)
 
 
-class RespProtocol(asyncio.BufferedProtocol):
+class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
     def __init__(self, ctx: RespContext) -> None:
         self.ctx = ctx
         self.blocks = ctx.node.blocks
@@ -99,9 +99,7 @@ class RespProtocol(asyncio.BufferedProtocol):
         self._paused = False
         self._write_ok = asyncio.Event()
         self._write_ok.set()
-        self._written = 0
-        self._held: deque[tuple[int, BlockLease]] = deque()
-        self._poll: asyncio.TimerHandle | None = None
+        self._init_held()  # _written, _held, _poll (held.py)
         self._timer: asyncio.TimerHandle | None = None
         self._watch: BulkWatch | None = None
         self._rx = 0
@@ -148,7 +146,7 @@ class RespProtocol(asyncio.BufferedProtocol):
             self._timer = None
         for buf in self.dec.abandon():
             self.ctx.pool.release(buf)
-        self._release_held(all_=True)
+        self.release_held(all_=True)
         self._write_ok.set()
 
     def pause_writing(self) -> None:
@@ -156,7 +154,7 @@ class RespProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self._write_ok.set()
-        self._release_held()
+        self.release_held()
 
     # -- receive path --------------------------------------------------------------------
     @property
@@ -295,29 +293,6 @@ class RespProtocol(asyncio.BufferedProtocol):
     async def writable(self) -> None:
         if not self._write_ok.is_set():
             await self._write_ok.wait()
-
-    def hold(self, lease: BlockLease) -> None:
-        """Keep an engine view alive until the transport has flushed it."""
-        t = self.transport
-        if lease.stable or t is None or t.get_write_buffer_size() == 0 or self.closed:
-            lease.release()
-            return
-        self._held.append((self._written, lease))
-        self._release_held()
-
-    def _release_held(self, all_: bool = False) -> None:
-        if self._poll is not None:
-            self._poll.cancel()
-            self._poll = None
-        pending = 0 if (all_ or self.transport is None) else self.transport.get_write_buffer_size()
-        flushed = self._written - pending
-        while self._held and (all_ or self._held[0][0] <= flushed):
-            _, lease = self._held.popleft()
-            with contextlib.suppress(Exception):
-                lease.release()
-        if self._held and not self.closed:
-            self._poll = asyncio.get_running_loop().call_later(_FLUSH_POLL_SECONDS,
-                                                              self._release_held)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
