@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from kvstore_client.nixl import nixl_available
 
+from tests.serve_proc import child_env
+
 REPO = Path(__file__).resolve().parent.parent
 START_SECONDS_MAX = 30.0
 STOP_SECONDS_MAX = 30.0
@@ -83,13 +85,11 @@ class Serve:
     def start(cls, tmp: Path, data: Path, name: str, creds: Path | None) -> Serve:
         http_port, bulk_port = _port(), _port()
         out, err = tmp / f"{name}.out", tmp / f"{name}.err"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = _child_pythonpath()
         args = ["--port", str(http_port), "--bulk-port", str(bulk_port), "--data-dir", str(data),
                 *SMALL, *([] if creds is None else ["--credentials", str(creds)])]
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
-                                    stdout=o, stderr=e, env=env, cwd=tmp)
+                                    stdout=o, stderr=e, env=child_env(), cwd=tmp)
         srv = cls(proc, out, err, http_port, bulk_port)
         deadline = time.monotonic() + START_SECONDS_MAX
         while "kvstore: ready" not in out.read_text():
