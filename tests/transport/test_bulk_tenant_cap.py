@@ -5,7 +5,6 @@ closed connection frees its slot. A real ``kvstore serve`` with two tenants on l
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -14,17 +13,11 @@ from pathlib import Path
 import pytest
 from kvstore_client import Client, LimitExceeded
 
-from tests.serve_proc import child_env
+from tests.serve_proc import child_env, free_port
 
 A = ("AKIDTA", "secret-a")
 B = ("AKIDTB", "secret-b")
 START_S = 30.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_one_tenant_cannot_take_every_slot(tmp_path: Path) -> None:
@@ -32,7 +25,7 @@ def test_one_tenant_cannot_take_every_slot(tmp_path: Path) -> None:
     creds.write_text(json.dumps({"tenants": [
         {"name": "ta", "access_key": A[0], "secret_key": A[1], "namespaces": ["ta-*"]},
         {"name": "tb", "access_key": B[0], "secret_key": B[1], "namespaces": ["tb-*"]}]}))
-    http, bulk = _port(), _port()
+    http, bulk = free_port(), free_port()
     out = tmp_path / "serve.out"
     with open(out, "wb") as o:
         proc = subprocess.Popen(

@@ -23,7 +23,7 @@ import pytest
 
 from kvstore.config import ConfigError, from_argv
 from kvstore.transport.tls import TlsFiles, TlsSetupError, server_context
-from tests.serve_proc import child_env
+from tests.serve_proc import child_env, free_port
 from tests.tlscerts import CA, Pair
 
 START_SECONDS_MAX = 30.0
@@ -34,12 +34,6 @@ BLOCK = os.urandom(64 * 1024)
 HANDSHAKE_S = 1.0  # the TLS server's --bulk-handshake-timeout
 SILENT_WAIT_S = 20.0  # how long a silent peer waits to be closed (asyncio's default is 60 s)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -60,7 +54,7 @@ class Serve:
 
 def _serve(tmp: Path, name: str, tls_args: list[str],
            ports: tuple[int, int] | None = None) -> Iterator[Serve]:
-    http, bulk = ports or (_free_port(), _free_port())
+    http, bulk = ports or (free_port(), free_port())
     out, err = tmp / f"{name}.out", tmp / f"{name}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
@@ -335,7 +329,7 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
 
     from kvstore.cluster.membership import StaticMembership, load_peers
 
-    ports = {i: (_free_port(), _free_port()) for i in (1, 2)}
+    ports = {i: (free_port(), free_port()) for i in (1, 2)}
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps([
         {"node_id": f"node{i}", "http": f"https://127.0.0.1:{h}", "bulk": f"127.0.0.1:{b}",
