@@ -4,14 +4,17 @@
                                [--targets kvstore,kvstore-s3,...] [--quick]
 
 Same trace, same client concurrency, same bytes (verified on every read) for each target, each
-started on loopback and stopped after: kvstore (bulk SDK, S3, a 3-node pod), Redis, Mooncake
-Store and SeaweedFS's S3 (targets.py, targets_more.py; the last two need the ``loadtest`` extra
-and are left out, with a note, when it is not installed). Then a run at a tenth of the working
-set for the targets that evict (kvstore, redis, mooncake; Mooncake at no less than its 16 MiB
-least segment), beside an offline LRU of the same capacity, and a block-size sweep of the bulk
-SDK and Redis. kvstore's Redis protocol (``kvstore-resp``) is compared too. Not compared:
-LMCache's ``lmcache_server`` (why: targets_more.py). Writes loadtest/results/loadtest-<time>.{md,json} and the
-PNG plots, with the machine, settings and commit. About five minutes on a 2-core machine.
+started on loopback and stopped after: kvstore (bulk SDK, S3, its Redis protocol, a 3-node pod),
+Redis, Mooncake Store, SeaweedFS's S3 (targets.py, targets_more.py) and LMCache's
+``lmcache_server`` (target_lmcache.py). Mooncake and SeaweedFS need the ``loadtest`` extra;
+LMCache needs its venv (``make lmcache-venv``: torch and LMCache, about 2 GB, which ``make
+loadtest`` does not build); each is left out, with a note in the report, when absent. Then a
+run at a tenth of the working set for the targets that evict (kvstore, redis, mooncake;
+Mooncake at no less than its 16 MiB least segment), beside an offline LRU of the same capacity,
+and a block-size sweep of the bulk SDK and Redis. SeaweedFS and lmcache_server do not evict (no
+capacity bound): they run at unlimited capacity only. Writes
+loadtest/results/loadtest-<time>.{md,json} and the PNG plots, with the machine, settings and
+commit. About five minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -36,10 +39,16 @@ import traces  # noqa: E402
 import workloads  # noqa: E402
 from bench_engine import git_commit, machine  # noqa: E402
 
-DEFAULT_TARGETS = "kvstore,kvstore-s3,kvstore-resp,kvstore-pod,redis,mooncake,seaweedfs-s3"
+DEFAULT_TARGETS = ("kvstore,kvstore-s3,kvstore-resp,kvstore-pod,redis,mooncake,seaweedfs-s3,"
+                   "lmcache")
 EVICTING_TARGETS = ("kvstore", "redis", "mooncake")
-# the default targets that need the `loadtest` extra: left out (with a note) when it is absent
-OPTIONAL_TARGETS = {"mooncake": "mooncake", "seaweedfs-s3": "weed"}
+# default targets that need more than the main venv: left out (with this note) when absent
+OPTIONAL_TARGETS = {
+    "mooncake": ("mooncake", "not run (pip install -e '.[loadtest]')"),
+    "seaweedfs-s3": ("weed", "not run (pip install -e '.[loadtest]')"),
+    "lmcache": ("lmcache_server", "not run: no LMCache venv (`make lmcache-venv` builds "
+                "it: torch and LMCache, about 2 GB; `make loadtest` does not)"),
+}
 SWEEP_TARGETS = ("kvstore", "redis")
 SWEEP_BLOCKS = (16 * 1024, 256 * 1024, 1024 * 1024)
 SWEEP_REQUESTS = 80
@@ -63,9 +72,14 @@ def screenshot(url: str, path: Path) -> bool:
 
 
 def installed(what: str) -> bool:
-    """A Python package (``mooncake``) or an executable beside this interpreter (``weed``)."""
+    """A Python package (``mooncake``), an executable beside this interpreter (``weed``), or
+    LMCache's server (``lmcache_server``: its venv, see target_lmcache.py)."""
     import importlib.util
 
+    if what == "lmcache_server":
+        import target_lmcache
+
+        return target_lmcache.server_exe() is not None
     if what == "weed":
         return bool(shutil.which("weed")) or (Path(sys.executable).parent / "weed").exists()
     return importlib.util.find_spec(what) is not None
@@ -108,10 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in a.targets.split(",") if n]
     notes: list[str] = []
     if a.targets == DEFAULT_TARGETS:
-        for n, needs in OPTIONAL_TARGETS.items():
+        for n, (needs, why) in OPTIONAL_TARGETS.items():
             if not installed(needs):
                 names.remove(n)
-                notes.append(f"- {n}: not run (pip install -e '.[loadtest]')")
+                notes.append(f"- {n}: {why}")
+                print(f"loadtest: {n} {why}", file=sys.stderr)
+    if "lmcache" in names:
+        notes.append("- lmcache: LMCache's lmcache_server keeps every block in a Python dict, with "
+                     "no capacity bound and no evictor; it runs at unlimited capacity only")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or HERE / "results" / f"loadtest-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)
