@@ -85,6 +85,23 @@ def installed(what: str) -> bool:
     return importlib.util.find_spec(what) is not None
 
 
+def choose_targets(spec: str) -> tuple[list[str], list[str]]:
+    """The targets to run and the report's notes on them. The default list leaves out, with a
+    note (and a line on stderr), each optional target that is not installed."""
+    names = [n for n in spec.split(",") if n]
+    notes: list[str] = []
+    if spec == DEFAULT_TARGETS:
+        for n, (needs, why) in OPTIONAL_TARGETS.items():
+            if not installed(needs):
+                names.remove(n)
+                notes.append(f"- {n}: {why}")
+                print(f"loadtest: {n} {why}", file=sys.stderr)
+    if "lmcache" in names:
+        notes.append("- lmcache: LMCache's lmcache_server keeps every block in a Python dict, with "
+                     "no capacity bound and no evictor; it runs at unlimited capacity only")
+    return names, notes
+
+
 def run(target: str, reqs: list[traces.Request], block: int, concurrency: int,
         capacity_bytes: int | None, ui_png: Path | None = None) -> dict[str, Any]:
     working = traces.offline_hits(reqs).unique_blocks * block
@@ -119,17 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = workloads.AgenticSpec(sessions=a.sessions, turns=a.turns)
     reqs = workloads.agentic(spec)
     block = targets.parse_size(a.block_bytes)
-    names = [n for n in a.targets.split(",") if n]
-    notes: list[str] = []
-    if a.targets == DEFAULT_TARGETS:
-        for n, (needs, why) in OPTIONAL_TARGETS.items():
-            if not installed(needs):
-                names.remove(n)
-                notes.append(f"- {n}: {why}")
-                print(f"loadtest: {n} {why}", file=sys.stderr)
-    if "lmcache" in names:
-        notes.append("- lmcache: LMCache's lmcache_server keeps every block in a Python dict, with "
-                     "no capacity bound and no evictor; it runs at unlimited capacity only")
+    names, notes = choose_targets(a.targets)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or HERE / "results" / f"loadtest-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)

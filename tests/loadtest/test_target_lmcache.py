@@ -33,6 +33,21 @@ def test_lmcache_is_a_registered_target() -> None:
     assert targets.TARGETS["lmcache"] is lm.LMCacheServer
 
 
+def test_make_loadtest_says_when_lmcache_is_absent(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    import compare
+
+    monkeypatch.setenv("KVSTORE_LMCACHE_SERVER", str(tmp_path / "no-such-lmcache_server"))
+    names, notes = compare.choose_targets(compare.DEFAULT_TARGETS)
+    assert "lmcache" not in names
+    assert any(n.startswith("- lmcache: not run: no LMCache venv") for n in notes)
+    exe = tmp_path / "lmcache_server"
+    exe.write_text("")
+    monkeypatch.setenv("KVSTORE_LMCACHE_SERVER", str(exe))
+    names, notes = compare.choose_targets(compare.DEFAULT_TARGETS)
+    assert "lmcache" in names and any("no capacity bound" in n for n in notes)
+
+
 def test_the_codec_refuses_what_the_server_cannot_parse() -> None:
     assert len(lm.encode_request(lm.GET, lm.cache_key("00ab"))) == 186
     assert lm.cache_key("00ab") == "replay@1@0@ab@uint8"
