@@ -20,6 +20,7 @@ commit. About five minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -142,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     ui_png = out.with_name(out.name + "-ui.png")
     t0 = time.time()
+    load_before = os.getloadavg()
     runs = [run(n, reqs, block, a.concurrency, None, ui_png if n == "kvstore" else None)
             for n in names]
     working = traces.offline_hits(reqs).unique_blocks * block
@@ -178,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"concurrency {a.concurrency}; {time.time() - t0:.0f} s in all",
               "- every target started on 127.0.0.1 by the script; bytes verified on every read; "
               "all of them share this machine's cores with the client",
+              "- load average (1/5/15 min) before: {:.2f} / {:.2f} / {:.2f}; after: "
+              "{:.2f} / {:.2f} / {:.2f} (other processes on the same cores make figures noisy)"
+              .format(*load_before, *os.getloadavg()),
               "- the model (loadtest/model.py) scales to each layout's real 512-token block at "
               "the GET bandwidth and latency measured here; its GPU figures are public "
               "datasheet numbers, not measurements"]

@@ -11,6 +11,7 @@ const REGION = (document.querySelector('meta[name="kvstore-region"]') || {}).con
 const samples = []; // {t, stats, ops}
 let clockOffsetMs = 0; // server time - this clock, learnt from a RequestTimeTooSkewed answer
 let stopped = false; // signed out or refused: no polling until the form is sent again
+let epoch = 0; // bumped by sign-in and sign-out: answers to requests sent before are dropped
 
 function $(id) { return document.getElementById(id); }
 
@@ -235,10 +236,11 @@ function refused(e) {
 
 async function tick() {
   if (stopped) return;
+  const mine = epoch;
   try {
     const [s, pod] = await Promise.all([getJSON("/v1/stats"),
                                         getJSON("/v1/pod/stats").catch(() => null)]);
-    if (stopped) return; // signed out while the answers were on their way
+    if (stopped || mine !== epoch) return; // signed in or out while these were on their way
     samples.push({ t: Date.now() / 1000, stats: s.stats, ops: s.ops, namespaces: s.namespaces,
                    ready: s.ready, device: s.device, uptime: s.uptime_seconds });
     while (samples.length && samples[0].t < Date.now() / 1000 - WINDOW_S) samples.shift();
@@ -253,6 +255,7 @@ async function tick() {
     $("error").hidden = true;
     document.body.dataset.loaded = "1";
   } catch (e) {
+    if (mine !== epoch) return;
     if (e instanceof HttpError && (e.status === 401 || e.status === 403)) refused(e);
     else showError(String(e.message || e));
   }
@@ -265,12 +268,14 @@ $("signin").addEventListener("submit", (ev) => {
   sessionStorage.setItem(CREDS_KEY, JSON.stringify({ accessKey, secret }));
   $("secret-key").value = "";
   stopped = false;
+  epoch++;
   tick();
 });
 
 $("signout").addEventListener("click", () => {
   sessionStorage.removeItem(CREDS_KEY);
   stopped = false;
+  epoch++;
   samples.length = 0;
   tick();
 });
