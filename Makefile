@@ -195,7 +195,9 @@ test-integrations-lmcache: $(STAMP) $(LMC_STAMP)
 		apt-get install -y -q libnss-wrapper >/dev/null; fi
 	LMCACHE_TRACK_USAGE=false KVSTORE_REQUIRE_LMCACHE=1 \
 		KVSTORE_LMCACHE_BIN=$(abspath $(LMC_VENV))/bin/lmcache \
-		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/lmcache
+		KVSTORE_LMCACHE_SERVER=$(abspath $(LMC_VENV))/bin/lmcache_server \
+		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/lmcache \
+		tests/loadtest/test_target_lmcache.py
 
 test-integrations-sglang: $(SGL_STAMP)
 	KVSTORE_REQUIRE_SGLANG=1 AWS_EC2_METADATA_DISABLED=true \
