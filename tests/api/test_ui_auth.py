@@ -2,7 +2,8 @@
 DevTools protocol: the page is served without authentication but its data is not; signed in
 through its form, it signs its GETs with SigV4 in the browser and shows what ``/v1/stats`` serves
 that tenant; wrong credentials show the server's error and no data; the secret stays in
-sessionStorage and is in no request; without a secure context it says why it cannot sign."""
+sessionStorage and is in no request; without a secure context it says why it cannot sign; over
+https (a real ``kvstore serve --tls-cert``) it signs from any host name."""
 
 from __future__ import annotations
 
@@ -169,3 +170,45 @@ def test_without_a_secure_context_the_page_says_why(srv: Any, tmp_path: Path) ->
         assert b.evaluate("document.getElementById('secret-key').disabled") is True
     finally:
         b.close()
+
+
+def test_over_https_the_page_signs_from_any_name(tmp_path: Path) -> None:
+    """https is a secure context whatever the name: a real ``kvstore serve --tls-cert`` with
+    credentials, reached as https://ui.kvstore.test (mapped to 127.0.0.1 inside Chromium)."""
+    need_chromium()
+    from tests.serve_proc import ServeProc
+    from tests.tlscerts import CA
+
+    ca = CA(tmp_path, "ui-ca")
+    cert = ca.issue("server", server=True)
+    creds_file = tmp_path / "tenants.json"
+    creds_file.write_text(json.dumps(TENANTS))
+    srv = ServeProc(tmp_path / "data", tmp_path, "--credentials", str(creds_file),
+                    "--tls-cert", str(cert.cert), "--tls-key", str(cert.key),
+                    "--capacity", "64MiB", "--dram", "16MiB", "--segment-size", "8MiB",
+                    name="ui-tls").wait_ready()
+    try:
+        url = f"https://127.0.0.1:{srv.http}"
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", endpoint_url=url, aws_access_key_id=ACME[0],
+                          aws_secret_access_key=ACME[1], region_name="us-east-1",
+                          verify=str(ca.pem), config=Config(s3={"addressing_style": "path"}))
+        s3.create_bucket(Bucket="acme-tls")
+        s3.put_object(Bucket="acme-tls", Key="k", Body=b"x" * 5000)
+        b = Browser(tmp_path / "profile-tls",
+                    flags=["--host-resolver-rules=MAP ui.kvstore.test 127.0.0.1",
+                           "--ignore-certificate-errors"])
+        try:
+            b.navigate(f"https://ui.kvstore.test:{srv.http}/ui")
+            assert b.evaluate("window.isSecureContext") is True
+            _sign_in(b, ACME)
+            b.wait_for(LOADED)
+            d = Dom(b.html())
+            assert d.ns == {"acme-tls": {"blocks": 1, "bytes": 5000}}
+            assert d.by_id["auth-status"] == f"signed in as {ACME[0]}"
+        finally:
+            b.close()
+    finally:
+        srv.stop()
