@@ -155,6 +155,32 @@ def test_wrong_credentials_show_an_error_not_data(srv: Any, browser: Browser,
     assert set(Dom(browser.html()).ns) == {"acme-alpha", "acme-beta"}
 
 
+# An hour slow, for the page only: Date and Date.now as a skewed client clock would give them
+SKEWED_CLOCK = """(() => {
+  const Real = Date, skew = -3600e3;
+  class Skewed extends Real {
+    constructor(...a) { if (a.length) super(...a); else super(Real.now() + skew); }
+    static now() { return Real.now() + skew; }
+  }
+  globalThis.Date = Skewed;
+})();"""
+
+
+def test_a_skewed_clock_signs_again_on_the_servers(srv: Any, browser: Browser) -> None:
+    """RequestTimeTooSkewed once, then the page signs on the clock of the answer's Date."""
+    browser.call("Page.enable")
+    browser.call("Page.addScriptToEvaluateOnNewDocument", source=SKEWED_CLOCK)
+    browser.navigate(f"{srv.url}/ui")
+    assert browser.evaluate("Math.round((Date.now() - performance.timeOrigin) / 60e3)") == -60
+    _sign_in(browser, ACME)
+    browser.wait_for(LOADED)
+    assert set(Dom(browser.html()).ns) == {"acme-alpha", "acme-beta"}
+    statuses = [e["params"]["response"]["status"] for e in browser.events
+                if e["method"] == "Network.responseReceived"
+                and e["params"]["response"]["url"].endswith("/v1/stats")]
+    assert 403 in statuses and statuses[-1] == 200
+
+
 def test_without_a_secure_context_the_page_says_why(srv: Any, tmp_path: Path) -> None:
     """Plain http on a name other than localhost: no crypto.subtle, so no signing."""
     need_chromium()
