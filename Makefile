@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test soak lint bench bench-engine bench-http bench-bulk bench-tls bench-pod \
-        bench-resp bench-lmcache loadtest clean test-nixl test-client-dist compose-test \
+        bench-resp bench-lmcache loadtest lmcache-venv clean test-nixl test-client-dist compose-test \
         test-integrations test-integrations-vllm
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
@@ -134,11 +134,14 @@ bench-tls: $(STAMP)  # what TLS costs on bulk GET (not part of `make bench`)
 bench-pod: $(STAMP)
 	$(PY) loadtest/bench_pod.py
 
-# A generated agentic trace against every target (kvstore bulk/S3/pod, Redis, and Mooncake Store
-# and SeaweedFS's S3 when `pip install -e '.[loadtest]'` installed them; the report notes any left
-# out), ~6 min; report (markdown, JSON, PNG plots) in loadtest/results/loadtest-*.
+# A generated agentic trace against every target (kvstore bulk/S3/RESP/pod, Redis, and Mooncake
+# Store and SeaweedFS's S3 when `pip install -e '.[loadtest]'` installed them, LMCache's
+# lmcache_server when its venv exists; the report notes any left out), ~6 min; report (markdown,
+# JSON, PNG plots) in loadtest/results/loadtest-*. It does not build LMCache's venv (about 2 GB of
+# torch and LMCache, minutes when the wheels must be downloaded): `make lmcache-venv` does, once.
 loadtest: $(STAMP)
-	$(PY) loadtest/compare.py
+	LMCACHE_TRACK_USAGE=false KVSTORE_LMCACHE_SERVER=$(abspath $(LMC_VENV))/bin/lmcache_server \
+	  $(PY) loadtest/compare.py
 
 bench-resp: $(STAMP)
 	$(PY) loadtest/bench_resp.py
@@ -184,12 +187,17 @@ $(SGL_STAMP): pyproject.toml clients/pyproject.toml
 	$(SGL_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $(SGL_STAMP)
 
+# LMCache's venv alone (`make loadtest` uses its lmcache_server when it exists)
+lmcache-venv: $(LMC_STAMP)
+
 test-integrations-lmcache: $(STAMP) $(LMC_STAMP)
 	@if [ ! -e /usr/lib/x86_64-linux-gnu/libnss_wrapper.so ] && [ "$$(id -u)" = 0 ]; then \
 		apt-get install -y -q libnss-wrapper >/dev/null; fi
 	LMCACHE_TRACK_USAGE=false KVSTORE_REQUIRE_LMCACHE=1 \
 		KVSTORE_LMCACHE_BIN=$(abspath $(LMC_VENV))/bin/lmcache \
-		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/lmcache
+		KVSTORE_LMCACHE_SERVER=$(abspath $(LMC_VENV))/bin/lmcache_server \
+		$(PY) -m pytest -q -p no:cacheprovider -rxX tests/integrations/lmcache \
+		tests/loadtest/test_target_lmcache.py
 
 test-integrations-sglang: $(SGL_STAMP)
 	KVSTORE_REQUIRE_SGLANG=1 AWS_EC2_METADATA_DISABLED=true \

@@ -4,19 +4,23 @@
                                [--targets kvstore,kvstore-s3,...] [--quick]
 
 Same trace, same client concurrency, same bytes (verified on every read) for each target, each
-started on loopback and stopped after: kvstore (bulk SDK, S3, a 3-node pod), Redis, Mooncake
-Store and SeaweedFS's S3 (targets.py, targets_more.py; the last two need the ``loadtest`` extra
-and are left out, with a note, when it is not installed). Then a run at a tenth of the working
-set for the targets that evict (kvstore, redis, mooncake; Mooncake at no less than its 16 MiB
-least segment), beside an offline LRU of the same capacity, and a block-size sweep of the bulk
-SDK and Redis. kvstore's Redis protocol (``kvstore-resp``) is compared too. Not compared:
-LMCache's ``lmcache_server`` (why: targets_more.py). Writes loadtest/results/loadtest-<time>.{md,json} and the
-PNG plots, with the machine, settings and commit. About five minutes on a 2-core machine.
+started on loopback and stopped after: kvstore (bulk SDK, S3, its Redis protocol, a 3-node pod),
+Redis, Mooncake Store, SeaweedFS's S3 (targets.py, targets_more.py) and LMCache's
+``lmcache_server`` (target_lmcache.py). Mooncake and SeaweedFS need the ``loadtest`` extra;
+LMCache needs its venv (``make lmcache-venv``: torch and LMCache, about 2 GB, which ``make
+loadtest`` does not build); each is left out, with a note in the report, when absent. Then a
+run at a tenth of the working set for the targets that evict (kvstore, redis, mooncake;
+Mooncake at no less than its 16 MiB least segment), beside an offline LRU of the same capacity,
+and a block-size sweep of the bulk SDK and Redis. SeaweedFS and lmcache_server do not evict (no
+capacity bound): they run at unlimited capacity only. Writes
+loadtest/results/loadtest-<time>.{md,json} and the PNG plots, with the machine, settings and
+commit. About five minutes on a 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -36,10 +40,16 @@ import traces  # noqa: E402
 import workloads  # noqa: E402
 from bench_engine import git_commit, machine  # noqa: E402
 
-DEFAULT_TARGETS = "kvstore,kvstore-s3,kvstore-resp,kvstore-pod,redis,mooncake,seaweedfs-s3"
+DEFAULT_TARGETS = ("kvstore,kvstore-s3,kvstore-resp,kvstore-pod,redis,mooncake,seaweedfs-s3,"
+                   "lmcache")
 EVICTING_TARGETS = ("kvstore", "redis", "mooncake")
-# the default targets that need the `loadtest` extra: left out (with a note) when it is absent
-OPTIONAL_TARGETS = {"mooncake": "mooncake", "seaweedfs-s3": "weed"}
+# default targets that need more than the main venv: left out (with this note) when absent
+OPTIONAL_TARGETS = {
+    "mooncake": ("mooncake", "not run (pip install -e '.[loadtest]')"),
+    "seaweedfs-s3": ("weed", "not run (pip install -e '.[loadtest]')"),
+    "lmcache": ("lmcache_server", "not run: no LMCache venv (`make lmcache-venv` builds "
+                "it: torch and LMCache, about 2 GB; `make loadtest` does not)"),
+}
 SWEEP_TARGETS = ("kvstore", "redis")
 SWEEP_BLOCKS = (16 * 1024, 256 * 1024, 1024 * 1024)
 SWEEP_REQUESTS = 80
@@ -63,12 +73,34 @@ def screenshot(url: str, path: Path) -> bool:
 
 
 def installed(what: str) -> bool:
-    """A Python package (``mooncake``) or an executable beside this interpreter (``weed``)."""
+    """A Python package (``mooncake``), an executable beside this interpreter (``weed``), or
+    LMCache's server (``lmcache_server``: its venv, see target_lmcache.py)."""
     import importlib.util
 
+    if what == "lmcache_server":
+        import target_lmcache
+
+        return target_lmcache.server_exe() is not None
     if what == "weed":
         return bool(shutil.which("weed")) or (Path(sys.executable).parent / "weed").exists()
     return importlib.util.find_spec(what) is not None
+
+
+def choose_targets(spec: str) -> tuple[list[str], list[str]]:
+    """The targets to run and the report's notes on them. The default list leaves out, with a
+    note (and a line on stderr), each optional target that is not installed."""
+    names = [n for n in spec.split(",") if n]
+    notes: list[str] = []
+    if spec == DEFAULT_TARGETS:
+        for n, (needs, why) in OPTIONAL_TARGETS.items():
+            if not installed(needs):
+                names.remove(n)
+                notes.append(f"- {n}: {why}")
+                print(f"loadtest: {n} {why}", file=sys.stderr)
+    if "lmcache" in names:
+        notes.append("- lmcache: LMCache's lmcache_server keeps every block in a Python dict, with "
+                     "no capacity bound and no evictor; it runs at unlimited capacity only")
+    return names, notes
 
 
 def run(target: str, reqs: list[traces.Request], block: int, concurrency: int,
@@ -105,18 +137,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = workloads.AgenticSpec(sessions=a.sessions, turns=a.turns)
     reqs = workloads.agentic(spec)
     block = targets.parse_size(a.block_bytes)
-    names = [n for n in a.targets.split(",") if n]
-    notes: list[str] = []
-    if a.targets == DEFAULT_TARGETS:
-        for n, needs in OPTIONAL_TARGETS.items():
-            if not installed(needs):
-                names.remove(n)
-                notes.append(f"- {n}: not run (pip install -e '.[loadtest]')")
+    names, notes = choose_targets(a.targets)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = a.out or HERE / "results" / f"loadtest-{stamp}"
     out.parent.mkdir(parents=True, exist_ok=True)
     ui_png = out.with_name(out.name + "-ui.png")
     t0 = time.time()
+    load_before = os.getloadavg()
     runs = [run(n, reqs, block, a.concurrency, None, ui_png if n == "kvstore" else None)
             for n in names]
     working = traces.offline_hits(reqs).unique_blocks * block
@@ -153,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"concurrency {a.concurrency}; {time.time() - t0:.0f} s in all",
               "- every target started on 127.0.0.1 by the script; bytes verified on every read; "
               "all of them share this machine's cores with the client",
+              "- load average (1/5/15 min) before: {:.2f} / {:.2f} / {:.2f}; after: "
+              "{:.2f} / {:.2f} / {:.2f} (other processes on the same cores make figures noisy)"
+              .format(*load_before, *os.getloadavg()),
               "- the model (loadtest/model.py) scales to each layout's real 512-token block at "
               "the GET bandwidth and latency measured here; its GPU figures are public "
               "datasheet numbers, not measurements"]

@@ -17,8 +17,8 @@ lookup, S3's HEAD per block until the first miss, Redis' pipelined EXISTS.
   (``allkeys-lru``), redis-py.
 
 The other stores the issue names (Mooncake Store, SeaweedFS's S3, kvstore's Redis protocol)
-are in ``targets_more.py``, which adds them to ``TARGETS``; LMCache's server is not a target
-(why: there).
+are in ``targets_more.py``, and LMCache's ``lmcache_server`` in ``target_lmcache.py``; each adds
+its targets to ``TARGETS``.
 """
 
 from __future__ import annotations
@@ -295,7 +295,8 @@ TARGETS: dict[str, Any] = {"kvstore": KvstoreBulk, "kvstore-s3": KvstoreS3,
                            "kvstore-pod": KvstorePod, "redis": Redis}
 
 
-import targets_more  # noqa: E402,F401  (adds its targets to TARGETS; it imports this module)
+import target_lmcache  # noqa: E402,F401  (these two add their targets to TARGETS; they import
+import targets_more  # noqa: E402,F401  this module)
 
 
 def start(name: str, capacity: str, concurrency: int) -> Target:

@@ -17,10 +17,7 @@
   (no lease, as Redis), get = MGET, put = pipelined SET. Until kvstore has ``--resp-port`` it
   stops with "kvstore has no --resp-port yet".
 
-Not a target: LMCache's ``lmcache_server``. The ``lmcache`` wheel needs torch (about 1.9 GB
-with its CUDA libraries; the server imports it even to move bytes), and its server speaks
-LMCache's own protocol, whose client is LMCache's connector inside vLLM, not a library to
-drive with other keys; kvstore's RESP listener is what LMCache's Redis backend would use.
+LMCache's ``lmcache_server`` is in ``target_lmcache.py``.
 """
 
 from __future__ import annotations

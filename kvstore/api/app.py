@@ -1,7 +1,7 @@
 """The one ASGI app a kvstore server runs: a tiny dispatcher in front of two apps.
 
 - ``/healthz``, ``/readyz``, ``/metrics``, ``/docs``, ``/redoc``, ``/openapi.json``, ``/ui``
-  (and its two assets) and ``/v1/*`` go to the FastAPI control plane (``kvstore.api.control``).
+  (and its assets) and ``/v1/*`` go to the FastAPI control plane (``kvstore.api.control``).
 - Everything else is the S3 surface: ``kvstore.api.s3.app.S3App``, a raw ASGI app, so the hot
   object routes pay no per-request framework cost. Until that module exists the S3 paths answer
   ``501 NotImplemented`` in S3 XML.
@@ -28,6 +28,7 @@ from kvstore.api.errors import json_error_bytes, request_ids
 from kvstore.api.metrics import Metrics
 from kvstore.api.s3.app import S3App
 from kvstore.api.s3.http import host_bucket
+from kvstore.api.ui import ASSETS as UI_ASSETS
 from kvstore.service import Node
 
 log = logging.getLogger("kvstore.api")
@@ -39,7 +40,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTROL_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json",
-                           "/v1", "/ui", "/ui/app.js", "/ui/app.css"})
+                           "/v1", "/ui", *(f"/ui/{name}" for name in UI_ASSETS)})
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # After a 413, read at most this much more of the body so the connection can stay open.
 _DRAIN_BYTES_MAX = 1 * limits.MiB

@@ -397,5 +397,5 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
 
     _document_namespace_names(app)
     install_docs(app)  # /docs and /redoc with their assets served from here (no CDN)
-    install_ui(app)  # /ui: the live status page (static files; its data comes from /v1/stats)
+    install_ui(app, state.region)  # /ui: the live status page (static files; its data comes from /v1/stats)
     return app

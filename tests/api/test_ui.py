@@ -1,15 +1,14 @@
-"""``/ui`` in a real headless Chromium (Debian's ``chromium``): the numbers the page shows are
-the ones ``/v1/stats`` serves, and a screenshot of it is written. Also the per-operation
-latency histograms ``/v1/stats`` returns for it."""
+"""``/ui`` in a real headless Chromium (Debian's ``chromium``), development mode: the numbers the
+page shows are the ones ``/v1/stats`` serves, and a screenshot of it is written. Also the
+per-operation latency histograms ``/v1/stats`` returns for it. With credentials on:
+test_ui_auth.py."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
-import shutil
 import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +17,7 @@ import pytest
 from botocore.config import Config
 
 from kvstore.api.metrics import LATENCY_BUCKETS
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# the flags the issue names: no sandbox (root in CI), nothing phoning out
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run",
-                  "--disable-default-apps", "--mute-audio"]
-BROWSER_SECONDS_MAX = 60
-
-
-def _need_chromium() -> str:
-    if CHROMIUM is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install Debian's chromium package (.ci/run)")
-        pytest.skip("needs Debian's chromium package")
-    return CHROMIUM
+from tests.api.browser import BROWSER_SECONDS_MAX, CHROMIUM_FLAGS, Dom, need_chromium
 
 
 def _get(srv: Any, path: str) -> tuple[int, dict[str, str], bytes]:
@@ -60,47 +45,6 @@ def _traffic(srv: Any) -> None:
         s3.get_object(Bucket="ui-alpha", Key="absent")
 
 
-class _Dom(HTMLParser):
-    """Text and data attributes of the elements the test reads, by id and by namespace row."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.by_id: dict[str, str] = {}
-        self.attrs_by_id: dict[str, dict[str, str]] = {}
-        self.ns: dict[str, dict[str, int]] = {}
-        self._open: list[str | None] = []
-        self._row: str | None = None
-        self.body: dict[str, str] = {}
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "body":
-            self.body = a
-        if tag == "tr" and "data-ns" in a:
-            self._row = a["data-ns"]
-            self.ns[self._row] = {}
-        if self._row and "data-blocks" in a:
-            self.ns[self._row]["blocks"] = int(a["data-blocks"])
-        if self._row and "data-bytes" in a:
-            self.ns[self._row]["bytes"] = int(a["data-bytes"])
-        ident = a.get("id")
-        if ident:
-            self.attrs_by_id[ident] = a
-            self.by_id.setdefault(ident, "")
-        self._open.append(ident)
-
-    def handle_endtag(self, tag: str) -> None:
-        if self._open:
-            self._open.pop()
-        if tag == "tr":
-            self._row = None
-
-    def handle_data(self, data: str) -> None:
-        for ident in self._open:
-            if ident:
-                self.by_id[ident] += data
-
-
 def test_stats_carry_latency_histograms_per_operation(live_server: Any) -> None:
     srv = live_server()
     _traffic(srv)
@@ -116,13 +60,13 @@ def test_stats_carry_latency_histograms_per_operation(live_server: Any) -> None:
 
 
 def test_ui_shows_what_v1_stats_serves(live_server: Any, tmp_path: Path) -> None:
-    chromium = _need_chromium()
+    chromium = need_chromium()
     srv = live_server()
     _traffic(srv)
     status, headers, page = _get(srv, "/ui")
     assert status == 200 and headers["content-type"].startswith("text/html")
     assert b"http://" not in page.replace(b'href="/', b"")  # nothing loaded from elsewhere
-    for asset in ("/ui/app.js", "/ui/app.css"):
+    for asset in ("/ui/app.js", "/ui/sigv4.js", "/ui/app.css"):
         assert _get(srv, asset)[0] == 200
     profile = tmp_path / "profile"
     dom = subprocess.run(
@@ -130,8 +74,7 @@ def test_ui_shows_what_v1_stats_serves(live_server: Any, tmp_path: Path) -> None
          "--dump-dom", f"{srv.url}/ui"],
         capture_output=True, text=True, timeout=BROWSER_SECONDS_MAX, check=True).stdout
     st = json.loads(_get(srv, "/v1/stats")[2])  # no traffic since: the same numbers
-    d = _Dom()
-    d.feed(dom)
+    d = Dom(dom)
     assert d.body.get("data-loaded") == "1", dom[-3000:]
     assert int(d.attrs_by_id["blocks"]["data-value"]) == st["stats"]["blocks"] == 17
     assert d.ns == {name: {"blocks": u["blocks"], "bytes": u["bytes"]}
@@ -142,6 +85,8 @@ def test_ui_shows_what_v1_stats_serves(live_server: Any, tmp_path: Path) -> None
     assert d.by_id["hit-rate-total"] == f"{100 * hits / (hits + s['misses']):.1f}%"
     assert d.by_id["ready"] == "ready" and d.by_id["device"] == st["device"]
     assert d.by_id["error"] == ""
+    assert d.body.get("data-auth") == "open"  # development mode: nothing to sign
+    assert d.attrs_by_id["signin"].get("hidden") is not None
     shot = tmp_path / "ui.png"
     subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
                     "--virtual-time-budget=5000", "--window-size=1280,900",

@@ -60,7 +60,7 @@ def test_pod_stats_and_the_ui_pod_table(etcd: Etcd, pod: list[PodNode], tmp_path
     import json
     import subprocess
 
-    from tests.api.test_ui import CHROMIUM_FLAGS, _Dom, _need_chromium
+    from tests.api.browser import CHROMIUM_FLAGS, Dom, need_chromium
 
     client = PodClient(etcd=etcd.url, pod="pc", namespace="pcstats", create=True)
     with client:
@@ -79,13 +79,12 @@ def test_pod_stats_and_the_ui_pod_table(etcd: Etcd, pod: list[PodNode], tmp_path
         own = node.request("GET", "/v1/stats")[1]["stats"]
         assert rows[node.node_id]["blocks"] == own["blocks"]
     assert sum(n["blocks"] for n in rows.values()) == 40
-    chromium = _need_chromium()
+    chromium = need_chromium()
     dom = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
          "--virtual-time-budget=4000", "--dump-dom", f"{a.url}/ui"],
         capture_output=True, text=True, timeout=60, check=True).stdout
-    d = _Dom()
-    d.feed(dom)
+    d = Dom(dom)
     assert d.body.get("data-loaded") == "1", dom[-2000:]
     shown = dict(re.findall(r'data-node="(node\d)" data-blocks="(\d+)"', dom))
     assert shown == {k: str(v["blocks"]) for k, v in rows.items()}, json.dumps(rows)

@@ -1,10 +1,17 @@
 // kvstore /ui: polls /v1/stats and /v1/pod/stats, keeps the last minutes in memory, draws SVG.
-// No build step, no library, no network beyond this server.
+// No build step, no library, no network beyond this server. With credentials on (production
+// mode) it signs its GETs with SigV4 (sigv4.js) from an access key id and secret typed into the
+// sign-in form and kept in this tab's sessionStorage; the secret itself is never sent.
 "use strict";
 
 const PERIOD_MS = 2000;
 const WINDOW_S = 300;
+const CREDS_KEY = "kvstore-ui-credentials";
+const REGION = (document.querySelector('meta[name="kvstore-region"]') || {}).content || "us-east-1";
 const samples = []; // {t, stats, ops}
+let clockOffsetMs = 0; // server time - this clock, learnt from a RequestTimeTooSkewed answer
+let stopped = false; // signed out or refused: no polling until the form is sent again
+let epoch = 0; // bumped by sign-in and sign-out: answers to requests sent before are dropped
 
 function $(id) { return document.getElementById(id); }
 
@@ -154,27 +161,124 @@ function render(pod) {
   }
 }
 
-async function getJSON(path) {
-  const r = await fetch(path, { cache: "no-store" });
-  if (!r.ok) throw new Error(path + ": HTTP " + r.status);
+class HttpError extends Error {
+  constructor(path, status, name, message) {
+    super(path + ": HTTP " + status + (name ? " " + name : "") + (message ? ": " + message : ""));
+    this.status = status;
+  }
+}
+
+function loadCreds() {
+  try {
+    const c = JSON.parse(sessionStorage.getItem(CREDS_KEY));
+    return c && c.accessKey && c.secret ? c : null;
+  } catch (e) {
+    return null;
+  }
+}
+
+async function getJSON(path, retried) {
+  const creds = loadCreds();
+  let headers = {};
+  if (creds) {
+    if (!SigV4.available()) throw new Error(INSECURE);
+    headers = await SigV4.headers(creds, REGION, path, location.host,
+                                  new Date(Date.now() + clockOffsetMs));
+  }
+  const r = await fetch(path, { cache: "no-store", credentials: "omit", headers });
+  if (!r.ok) {
+    let name = "", message = "";
+    try {
+      const body = await r.json();
+      name = body.error.name;
+      message = body.error.message;
+    } catch (e) { /* not a kvstore error body */ }
+    const date = r.headers.get("date");
+    if (name === "RequestTimeTooSkewed" && !retried && date) {
+      clockOffsetMs = Date.parse(date) - Date.now(); // sign again on the server's clock
+      return getJSON(path, true);
+    }
+    throw new HttpError(path, r.status, name, message);
+  }
   return r.json();
 }
 
+const INSECURE = "This page cannot sign requests here: the browser offers WebCrypto " +
+  "(crypto.subtle) only in a secure context, i.e. https, or http on localhost or 127.0.0.1. " +
+  "Open it over https (kvstore serve --tls-cert/--tls-key), through an SSH tunnel to " +
+  "localhost, or use a server in development mode.";
+
+function showError(text) {
+  $("error").textContent = text;
+  $("error").hidden = false;
+}
+
+// Refused (no credentials, or wrong ones): no data on the page, the form, and the reason.
+function refused(e) {
+  const creds = loadCreds();
+  stopped = true;
+  samples.length = 0;
+  $("data").hidden = true;
+  delete document.body.dataset.loaded;
+  sessionStorage.removeItem(CREDS_KEY); // a refused secret is not kept
+  if (creds) $("access-key").value = creds.accessKey;
+  $("secret-key").value = "";
+  $("signin").hidden = false;
+  $("signout").hidden = true;
+  $("auth-status").textContent = "not signed in";
+  const insecure = !SigV4.available();
+  for (const el of $("signin").elements) el.disabled = insecure;
+  document.body.dataset.auth = insecure ? "insecure" : creds ? "failed" : "required";
+  showError(insecure ? INSECURE + " (" + e.message + ")"
+                     : (creds ? "Sign-in refused: " : "This server asks for credentials: ") +
+                       e.message);
+}
+
 async function tick() {
+  if (stopped) return;
+  const mine = epoch;
   try {
     const [s, pod] = await Promise.all([getJSON("/v1/stats"),
                                         getJSON("/v1/pod/stats").catch(() => null)]);
+    if (stopped || mine !== epoch) return; // signed in or out while these were on their way
     samples.push({ t: Date.now() / 1000, stats: s.stats, ops: s.ops, namespaces: s.namespaces,
                    ready: s.ready, device: s.device, uptime: s.uptime_seconds });
     while (samples.length && samples[0].t < Date.now() / 1000 - WINDOW_S) samples.shift();
+    $("data").hidden = false;
     render(pod);
+    const creds = loadCreds();
+    $("signin").hidden = true;
+    $("signout").hidden = !creds;
+    $("auth-status").textContent = creds ? "signed in as " + creds.accessKey
+                                         : "development mode: no credentials needed";
+    document.body.dataset.auth = creds ? "signed" : "open";
     $("error").hidden = true;
     document.body.dataset.loaded = "1";
   } catch (e) {
-    $("error").textContent = String(e);
-    $("error").hidden = false;
+    if (mine !== epoch) return;
+    if (e instanceof HttpError && (e.status === 401 || e.status === 403)) refused(e);
+    else showError(String(e.message || e));
   }
 }
+
+$("signin").addEventListener("submit", (ev) => {
+  ev.preventDefault(); // the inputs have no names: even a real submit would carry nothing
+  const accessKey = $("access-key").value.trim(), secret = $("secret-key").value;
+  if (!accessKey || !secret) return showError("Give an access key id and a secret key.");
+  sessionStorage.setItem(CREDS_KEY, JSON.stringify({ accessKey, secret }));
+  $("secret-key").value = "";
+  stopped = false;
+  epoch++;
+  tick();
+});
+
+$("signout").addEventListener("click", () => {
+  sessionStorage.removeItem(CREDS_KEY);
+  stopped = false;
+  epoch++;
+  samples.length = 0;
+  tick();
+});
 
 $("period").textContent = PERIOD_MS / 1000;
 $("window").textContent = WINDOW_S / 60;
