@@ -20,7 +20,14 @@ class (passed to ``uvicorn.Config(http=...)``) adds, per connection:
   connections may be inside a request at once; past that, a request gets 503 SlowDown unless it
   is ``GET``/``HEAD`` ``/healthz`` or ``/readyz`` (which is answered, then its connection
   closed). So requests that hold their connection (slow bodies, long calls) cannot fail the
-  kubelet's probes either.
+  kubelet's probes either;
+- the per-tenant cap (``--max-connections-per-tenant``, ``kvstore.service.conn_caps``): a
+  connection is bound to the tenant of its first signed request (``kvstore.api.conn_tenant``:
+  the apps bind after the signature checks out, so an unsigned or forged request binds
+  nothing). A connection that would take a tenant past its cap is answered ``503 SlowDown``
+  and closed; a later request signed by another tenant re-binds the connection to that tenant
+  (which must have room: else the same 503 and close). Probes and unsigned requests do not
+  bind.
 
 A timed-out request that sent part of itself gets a 408 RequestTimeout (S3 XML, or JSON on
 control paths) with ``connection: close``; a silent one is just closed. Every timeout counts in
@@ -40,14 +47,16 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from kvstore import errors as E
 from kvstore import limits
 from kvstore.api.app import Receive, Scope, Send, is_control_path
+from kvstore.api.conn_tenant import BIND_KEY
 from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.watchdog import BodyLimits, BodyWatch
 
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
 _PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 PORT = "http"
 TIMEOUT_KINDS = ("header", "keepalive", "body", "body_rate")
-REFUSAL_REASONS = ("cap", "evicted", "probe_only")
+REFUSAL_REASONS = ("cap", "evicted", "probe_only", "tenant_cap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +68,18 @@ class HttpGuardSettings:
     body: BodyLimits = field(default_factory=BodyLimits)
     connections_max: int = limits.connections_max
     probe_connections: int = limits.probe_connections_reserved_default
+    tenant_connections_max: int | None = None  # None: connections_max
 
     def __post_init__(self) -> None:
         if not (self.keepalive_seconds > 0 and self.header_seconds > 0):
             raise ValueError("need keepalive_seconds > 0 and header_seconds > 0")
         if not 0 <= self.probe_connections < self.connections_max:
             raise ValueError("need 0 <= probe_connections < connections_max")
+
+    @property
+    def tenant_cap(self) -> int:
+        """Connections one tenant may hold bound (``--max-connections-per-tenant``)."""
+        return min(self.connections_max, self.tenant_connections_max or self.connections_max)
 
     @property
     def general_connections(self) -> int:
@@ -100,12 +115,31 @@ def timeout_response(path: str) -> bytes:
 
 
 class _Slots:
-    """One listener's connections that count against the cap, and those of them waiting for
-    request headers, oldest deadline first (dicts keep insertion order)."""
+    """One listener's connections that count against the cap, those of them waiting for
+    request headers, oldest deadline first (dicts keep insertion order), and the connections
+    bound to each tenant."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_cap: int = limits.connections_max) -> None:
         self.active: set[GuardedHttpToolsProtocol] = set()
         self.waiting: dict[GuardedHttpToolsProtocol, None] = {}
+        self.tenants = TenantConnections(tenant_cap)
+
+
+class _Binder:
+    """The ``bind_connection`` hook of one request (``kvstore.api.conn_tenant``)."""
+
+    __slots__ = ("conn", "cycle")
+
+    def __init__(self, conn: GuardedHttpToolsProtocol, cycle: Any) -> None:
+        self.conn, self.cycle = conn, cycle
+
+    def __call__(self, tenant: str) -> None:
+        try:
+            self.conn.tenant_slot.bind(tenant)
+        except E.LimitExceeded as exc:
+            self.cycle.keep_alive = False  # answered, then closed
+            self.conn._count_refused("tenant_cap")
+            raise E.Busy(f"{exc.message}; retry later") from None
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -127,6 +161,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body: BodyWatch | None = None
         self._body_clock = 0.0
         self._partial = False  # bytes of a request whose headers are not complete yet
+        self.tenant_slot = self.slots.tenants.slot()  # bound at the first signed request
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -179,6 +214,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app = app
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
+            ext: dict[Any, Any] = self.scope.setdefault("extensions", {})
+            ext[BIND_KEY] = _Binder(self, cycle)
             if reserved:
                 cycle.keep_alive = False  # free the reserved slot after one answer
             self._stop_body()
@@ -251,6 +288,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer = None
         self._stop_body()
         self.slots.active.discard(self)
+        self.tenant_slot.release()
 
     def _stop_body(self) -> None:
         self._body = None
@@ -317,4 +355,4 @@ def guarded_protocol(settings: HttpGuardSettings, metrics: Any = None) -> type[H
     if metrics is not None:
         metrics.declare(PORT, TIMEOUT_KINDS, REFUSAL_REASONS)
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-                {"guard": settings, "metrics": metrics, "slots": _Slots()})
+                {"guard": settings, "metrics": metrics, "slots": _Slots(settings.tenant_cap)})
