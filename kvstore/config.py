@@ -128,7 +128,7 @@ class ServeConfig:
     access_log: bool = False
     # connection bounds (kvstore.limits, "Connection timeouts")
     connections_max: int = limits.connections_max
-    # authenticated bulk connections one tenant may hold (default: all of --max-connections)
+    # authenticated connections one tenant may hold per listener (kvstore.service.conn_caps)
     tenant_connections_max: int | None = None  # None: --max-connections
     probe_connections: int = limits.probe_connections_reserved_default
     http_header_timeout_seconds: float = limits.http_header_timeout_seconds_default
@@ -266,8 +266,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
                       "on the kvstore.access logger (default off)",
         "connections_max": f"open connections per listener (default {d.connections_max})",
-        "tenant_connections_max": "authenticated bulk-port connections one tenant may hold; "
-                                  "past it AUTH answers LimitExceeded (default: "
+        "tenant_connections_max": "authenticated connections one tenant may hold per "
+                                  "listener (HTTP: from its first signed request; bulk, "
+                                  "Redis: from AUTH); past it 503 SlowDown, LimitExceeded, "
+                                  "'max number of clients reached' (default: "
                                   "--max-connections)",
         "probe_connections": "HTTP connection slots, of --max-connections, kept for "
                              f"/healthz and /readyz (default {d.probe_connections})",
