@@ -267,7 +267,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         that does not answer within 2 s is listed as unreachable."""
         from kvstore.service.pod_view import pod_stats as collect
 
-        return await collect(state.membership)
+        return await collect(state.membership, getattr(blocks.forward, "tls", None))
 
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:
