@@ -29,6 +29,12 @@ class (passed to ``uvicorn.Config(http=...)``) adds, per connection:
   (which must have room: else the same 503 and close). Probes and unsigned requests do not
   bind.
 
+- a bound on the request line and headers: at most ``limits.http_header_bytes_max`` bytes from
+  the end of the previous request (or the accept) to the end of this one's headers, counted as
+  they arrive, before the parser sees them (httptools buffers a header without bound). One
+  more byte: ``400 RequestHeaderSectionTooLarge`` (S3's code for it) and the connection closes
+  (``refused{reason="header_too_large"}``).
+
 A timed-out request that sent part of itself gets a 408 RequestTimeout (S3 XML, or JSON on
 control paths) with ``connection: close``; a silent one is just closed. Every timeout counts in
 ``kvstore_connection_timeouts_total{port="http",kind=...}``, every refusal in
@@ -48,7 +54,7 @@ from kvstore import errors as E
 from kvstore import limits
 from kvstore.api.app import Receive, Scope, Send, is_control_path
 from kvstore.api.conn_tenant import BIND_KEY
-from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
+from kvstore.api.errors import S3Error, json_error_bytes, request_ids, s3_error_response
 from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.watchdog import BodyLimits, BodyWatch
 
@@ -56,7 +62,7 @@ PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
 _PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 PORT = "http"
 TIMEOUT_KINDS = ("header", "keepalive", "body", "body_rate")
-REFUSAL_REASONS = ("cap", "evicted", "probe_only", "tenant_cap")
+REFUSAL_REASONS = ("cap", "evicted", "probe_only", "tenant_cap", "header_too_large")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +111,20 @@ async def probes_only(scope: Scope, receive: Receive, send: Send) -> None:
 
 def timeout_response(path: str) -> bytes:
     """A complete ``408 RequestTimeout`` response that closes the connection."""
-    exc = E.RequestTimeout("the request was not received in time; retry on a new connection")
+    return closing_response(
+        E.RequestTimeout("the request was not received in time; retry on a new connection"), path)
+
+
+def header_too_large_response(path: str) -> bytes:
+    """A complete ``400 RequestHeaderSectionTooLarge`` response that closes the connection."""
+    return closing_response(S3Error(
+        "RequestHeaderSectionTooLarge", "Your request header section exceeds the maximum "
+        f"allowed size ({limits.http_header_bytes_max} bytes for the request line and "
+        "headers)."), path)
+
+
+def closing_response(exc: E.KVStoreError, path: str) -> bytes:
+    """A complete error response (S3 XML, or JSON on control paths) with connection: close."""
     status, headers, body = _error_bytes(exc, path)
     lines = [STATUS_LINE[status]]
     for name, value in [*headers, (b"content-length", str(len(body)).encode()),
@@ -162,6 +181,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_clock = 0.0
         self._partial = False  # bytes of a request whose headers are not complete yet
         self.tenant_slot = self.slots.tenants.slot()  # bound at the first signed request
+        # the head (request line and headers) being received, and its bytes so far: from the
+        # accept or the previous request's end to this one's headers
+        self._in_head = True
+        self._head_bytes = 0
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -183,7 +206,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        if self._in_head:
+            self._receive_head(data)
+        else:
+            super().data_received(data)
         if (self._body is not None and self._body_timer is None
                 and not self.transport.is_closing()):
             self._body_clock = self.loop.time()
@@ -201,6 +227,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header()
         self._partial = False
+        self._in_head = False
         in_requests = len(self.slots.active) - len(self.slots.waiting)  # this one included
         reserved = in_requests > self.guard.general_connections
         refuse = reserved and not self._is_probe()
@@ -229,6 +256,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._stop_body()
+        self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -241,6 +269,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._count_timeout("keepalive")
         self._release()
         super().timeout_keep_alive_handler()
+
+    # -- the head bound ------------------------------------------------------------------
+    def _receive_head(self, data: bytes) -> None:
+        """Feed ``data`` to the parser no further than the head bound allows: the head's bytes
+        are counted before the parser sees them, and what follows the headers (a body, a
+        pipelined request) is fed as it is."""
+        view = memoryview(data)
+        while view and not self.transport.is_closing():
+            if not self._in_head:
+                super().data_received(view)  # type: ignore[arg-type]  # httptools takes buffers
+                return
+            room = limits.http_header_bytes_max - self._head_bytes
+            if room <= 0:
+                self._head_too_large()
+                return
+            piece, view = view[:room], view[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)  # type: ignore[arg-type]
+
+    def _head_too_large(self) -> None:
+        self._count_refused("header_too_large")
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # no answer is being written: say why
+            self.transport.write(header_too_large_response(self._path_so_far()))
+        self._close()
+
+    def _path_so_far(self) -> str:
+        """The path of the request line, when it has been parsed ("" picks S3 XML)."""
+        try:
+            return httptools.parse_url(self.url).path.decode("latin-1")
+        except (httptools.HttpParserInvalidURLError, AttributeError, TypeError, ValueError):
+            return ""
 
     # -- deadlines -----------------------------------------------------------------------
     def _is_probe(self) -> bool:
