@@ -56,6 +56,9 @@ class RespContext:
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
     connections_max: int = limits.connections_max
     connections: set[RespProtocol] = field(default_factory=set)
+    # connections not past AUTH yet, oldest first: the ones evicted at the cap (as on the bulk
+    # port), so sockets that never authenticate cannot lock clients out
+    unauthenticated: dict[RespProtocol, None] = field(default_factory=dict)
     closing: bool = False
     # authenticated connections per tenant and the cap on each (kvstore.service.conn_caps)
     tenant_conns: TenantConnections = field(
@@ -124,6 +127,10 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self.ctx
+        if not ctx.closing and len(ctx.connections) >= ctx.connections_max and ctx.unauthenticated:
+            # a peer that has not authenticated yet yields its slot to a newcomer
+            self.metric("refused", "evicted")
+            next(iter(ctx.unauthenticated)).evict()
         if ctx.closing or len(ctx.connections) >= ctx.connections_max:
             if not ctx.closing:
                 self.metric("refused", "cap")
@@ -140,6 +147,8 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
                 t.close()
                 return
         ctx.connections.add(self)
+        if self.tenant is None:
+            ctx.unauthenticated[self] = None
         loop = asyncio.get_running_loop()
         self._watch = BulkWatch(ctx.timeouts, loop.time())
         self._timer = loop.call_later(ctx.timeouts.tick_seconds, self._tick)
@@ -158,6 +167,7 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
         self._slot.release()
         if self._timer is not None:
             self._timer.cancel()
@@ -185,6 +195,7 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
             self.metric("refused", "tenant_cap")
             raise RespReplyError(MAX_CLIENTS, close=True) from None
         self.tenant = tenant
+        self.ctx.unauthenticated.pop(self, None)
 
     # -- receive path --------------------------------------------------------------------
     @property
@@ -330,9 +341,19 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.ctx.connections.discard(self)
+            self.ctx.unauthenticated.pop(self, None)
             self._slot.release()
             self.transport.close()  # flushes what is written, then closes (after QUIT's OK,
             # a protocol error's answer, a timeout)
+
+    def evict(self) -> None:
+        """Give this unauthenticated connection's slot to a newcomer: Redis's cap answer,
+        closed now, aborted if the peer does not take the answer in time."""
+        self.write((resp.error(MAX_CLIENTS),))
+        self.close()
+        t = self.transport
+        if t is not None:
+            asyncio.get_running_loop().call_later(limits.timeout_close_grace_seconds, t.abort)
 
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -66,8 +66,8 @@ async def start_resp_server(node: Node, host: str, port: int, *, namespace: str,
     ``node``'s ``BlockService``; keys without a namespace go to ``namespace``. ``tls``: the
     server's one TLS context (``transport/tls.py``, as the HTTP and bulk listeners), with the
     handshake bounded like the bulk port's (``redis-cli --tls``, redis-py ``ssl=True``). At most
-    ``connections_max`` connections (one more is told ``max number of clients reached`` and
-    closed), at most ``tenant_connections_max`` of them authenticated as one tenant (the same
+    ``connections_max`` connections (at the cap a newcomer evicts the oldest connection not
+    authenticated yet; when all are, it is told ``max number of clients reached`` and closed), at most ``tenant_connections_max`` of them authenticated as one tenant (the same
     answer to the AUTH or HELLO past it, then closed; ``kvstore.service.conn_caps``)."""
     validate_namespace(namespace)
     node.runner.start()
@@ -77,7 +77,7 @@ async def start_resp_server(node: Node, host: str, port: int, *, namespace: str,
                           min(connections_max, tenant_connections_max or connections_max)))
     m = node.metrics
     if m is not None and hasattr(m, "declare"):
-        m.declare("resp", TIMEOUT_KINDS, ("cap", "tenant_cap"))
+        m.declare("resp", TIMEOUT_KINDS, ("cap", "evicted", "tenant_cap"))
     loop = asyncio.get_running_loop()
     tout = ctx.timeouts
     server = await loop.create_server(

@@ -300,6 +300,37 @@ def test_connection_cap() -> None:
         n.stop()
 
 
+def test_silent_sockets_at_the_cap_yield_to_clients() -> None:
+    """With credentials, a cap full of sockets that never AUTH locks nobody out: a newcomer
+    evicts the oldest of them (as on the bulk port); authenticated connections are never
+    evicted, and when every slot is one, the newcomer is refused."""
+    n = Node(tenants=Tenants.from_dict(CREDS), namespace="acme-default", connections_max=3)
+    silent = [raw(n) for _ in range(3)]
+    clients: list[redis.Redis] = []
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while n.resp.connections < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):  # each evicts one silent socket
+            c = n.client(username="AKACME", password="acme-secret",
+                         single_connection_client=True)
+            clients.append(c)
+            assert c.ping() is True
+        for s in silent:  # told why, then closed
+            assert read_until_closed(s) == b"-ERR max number of clients reached\r\n"
+        with raw(n) as late:  # every slot is authenticated now: refused, nobody evicted
+            assert read_until_closed(late) == b"-ERR max number of clients reached\r\n"
+        assert all(c.ping() is True for c in clients)
+        metrics = n.bulk.metrics.render().decode()
+        assert 'kvstore_connections_refused_total{port="resp",reason="evicted"} 3.0' in metrics
+    finally:
+        for s in silent:
+            s.close()
+        for c in clients:
+            c.close()
+        n.stop()
+
+
 def redis_cli() -> str:
     path = shutil.which("redis-cli")
     assert path, "redis-cli is missing: install Debian's redis-tools (.ci/run does)"
