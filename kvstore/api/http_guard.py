@@ -23,12 +23,11 @@ class (passed to ``uvicorn.Config(http=...)``) adds, per connection:
   kubelet's probes either;
 - the per-tenant cap (``--max-connections-per-tenant``, ``kvstore.service.conn_caps``): a
   connection is bound to the tenant of its first signed request (``kvstore.api.conn_tenant``:
-  the apps bind after the signature checks out, so an unsigned or forged request binds
-  nothing). A connection that would take a tenant past its cap is answered ``503 SlowDown``
+  the apps bind after the signature checks out, so a request refused at authentication binds
+  nothing; in development mode every request is the development tenant's). A connection that would take a tenant past its cap is answered ``503 SlowDown``
   and closed; a later request signed by another tenant re-binds the connection to that tenant
-  (which must have room: else the same 503 and close). Probes and unsigned requests do not
-  bind.
-
+  (which must have room: else the same 503 and close). Probes and ``/metrics`` never
+  bind;
 - a bound on the request line and headers: at most ``limits.http_header_bytes_max`` bytes from
   the end of the previous request (or the accept) to the end of this one's headers, counted as
   they arrive, before the parser sees them (httptools buffers a header without bound). One
