@@ -29,7 +29,7 @@ from kvstore.io_uring.posix import PosixDevice
 from kvstore.protocol import resp
 from kvstore.testing import BackgroundBulkServer
 from kvstore.transport.resp_server import RespServer, start_resp_server
-from kvstore.transport.watchdog import BulkTimeouts
+from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 WAIT_SECONDS = 10.0  # far above every configured timeout: reaching it means no close happened
 CREDS = {"tenants": [
@@ -277,6 +277,44 @@ def test_idle_timeout_closes_quietly_and_counts() -> None:
         assert 'kvstore_connection_timeouts_total{kind="idle",port="resp"}' in metrics
         assert not any(line.startswith('kvstore_connection_timeouts_total{kind="idle",'
                                        'port="resp"} 0') for line in metrics.splitlines())
+    finally:
+        n.stop()
+
+
+@pytest.mark.parametrize("kind", ["body", "body_rate"])
+def test_a_value_that_stalls_or_crawls_is_closed_and_counted(kind: str) -> None:
+    """Slowloris on the Redis port: a SET whose value stops arriving (``body``) or trickles
+    in under the rate floor (``body_rate``) is closed, counted, and nothing is stored; the
+    server keeps serving."""
+    # each case fires its own timeout first: a stall before the rate grace ends, a crawl that
+    # never goes quiet for the idle timeout
+    idle, grace = (0.3, 5.0) if kind == "body" else (5.0, 0.4)
+    body = BodyLimits(idle_seconds=idle, min_rate_bytes_per_second=64 * 1024,
+                      rate_window_seconds=0.4, rate_grace_seconds=grace)
+    n = Node(timeouts=BulkTimeouts(handshake_seconds=30.0, idle_seconds=30.0, body=body))
+    try:
+        with raw(n) as s:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$7\r\nslowkey\r\n$1000000\r\n" + b"v" * 1000)
+            if kind == "body":
+                assert read_until_closed(s) == b""
+            else:
+                s.settimeout(0.05)
+                deadline = time.monotonic() + WAIT_SECONDS
+                closed = False
+                while not closed and time.monotonic() < deadline:
+                    try:
+                        s.sendall(b"v" * 100)  # 100 bytes per 50 ms: 2 KB/s, under the floor
+                        closed = s.recv(100) == b""
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        closed = True
+                assert closed, "a crawling value kept its connection"
+        metrics = n.bulk.metrics.render().decode()
+        line = f'kvstore_connection_timeouts_total{{kind="{kind}",port="resp"}} 1.0'
+        assert line in metrics, [m for m in metrics.splitlines() if "timeouts" in m]
+        r = n.client()
+        assert r.get("slowkey") is None and r.ping() is True
     finally:
         n.stop()
 
