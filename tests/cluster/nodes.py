@@ -55,7 +55,7 @@ class PodNode:
                 self.kill()
                 pytest.fail(f"{self.node_id} not ready in {START_S}s: {self.err[-2000:]}")
             time.sleep(0.05)
-        m = re.search(rf"on https?://{re.escape(self.host)}:(\d+)", self.out)
+        m = re.search(rf"on http://{re.escape(self.host)}:(\d+)", self.out)
         assert m, self.out
         self.port = int(m.group(1))
         return self

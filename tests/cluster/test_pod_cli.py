@@ -144,8 +144,11 @@ def test_pod_status_with_a_private_ca_and_mutual_tls(etcd: Etcd, tmp_path: Path)
                    "--tls-cert", str(server.cert), "--tls-key", str(server.key),
                    "--tls-client-ca", str(ca.pem))
     try:
-        node.wait_ready()
-        assert f"https://{node.host}:{node.port}" in node.out
+        deadline = time.monotonic() + START_S  # (PodNode.wait_ready expects http://)
+        while "kvstore: ready" not in node.out:
+            assert node.proc.poll() is None and time.monotonic() < deadline, node.err[-2000:]
+            time.sleep(0.05)
+        assert re.search(rf"on https://{re.escape(node.host)}:\d+", node.out), node.out
         until(lambda: _status(etcd.url, "tls").returncode == 0
               and len(json.loads(_status(etcd.url, "tls").stdout)["nodes"]) == 1,
               "node1 registered")
