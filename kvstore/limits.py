@@ -362,10 +362,15 @@ forward_pool_connections = 4
 # One peer's answer to a whole-pod listing's page (GET /v1/{ns}/blocks: at most list_keys_max
 # keys of up to key_bytes_max each, plus their S3 metadata and JSON framing).
 forward_list_response_bytes_max = 16 * MiB
+# An owner that answers NamespaceNotFound for a namespace this node has (created at another
+# node a moment ago, not yet applied there from etcd's watch) is asked again after this pause,
+# while the call's forward timeout lasts; past it the NoSuchBucket stands.
+forward_namespace_retry_seconds = 0.05
 
 assert (forward_timeout_seconds_min <= forward_timeout_seconds_default
         <= forward_timeout_seconds_max)
 assert forward_breaker_failures >= 1 and forward_breaker_open_seconds > 0
+assert 0 < forward_namespace_retry_seconds < forward_timeout_seconds_default
 assert forward_list_response_bytes_max >= list_keys_max * 4 * KiB
 assert forward_clients_max >= 1 and 1 <= forward_pool_connections <= connections_max
 

@@ -28,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 HOST = "127.0.0.1"
 START_TIMEOUT_S = 60.0
@@ -51,18 +53,103 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class SeaweedS3:
+class _LoopbackS3:
+    """What both launchers share: one child process in its own session on 127.0.0.1, its log
+    and data in a temporary directory, polled until its bucket accepts requests, killed at
+    exit. A launcher names itself, its log and its command, and says when it is ready."""
+
+    name = ""  # in error messages
+    log_name = ""
+    poll_s = 0.1
+
+    def __init__(self, *, bucket: str, access_key: str, secret_key: str, region: str,
+                 dir_prefix: str) -> None:
+        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
+        self.region = region
+        self.dir = tempfile.mkdtemp(prefix=dir_prefix)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def child_env(self) -> dict[str, str] | None:
+        """The child's environment; None: this process's."""
+        return None
+
+    def ready_probe(self) -> Callable[[], bool]:
+        """A check the start loop calls until it returns True (an exception: not up yet)."""
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> Self:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        log = open(os.path.join(self.dir, self.log_name), "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=self.child_env(),
+                                     start_new_session=True)
+        log.close()
+        atexit.register(self.stop)  # never outlive this process, even without a teardown
+        self._wait_ready(timeout_s)
+        return self
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        probe = self.ready_probe()
+        deadline = time.monotonic() + timeout_s
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: "
+                                   f"{self.log_tail()}")
+            try:
+                if probe():
+                    return
+            except Exception as exc:  # not up yet: connection refused, 503 while electing
+                last = exc
+            time.sleep(self.poll_s)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready in {timeout_s}s ({last}): {self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.dir, self.log_name).read_bytes()[-n:].decode(errors="replace")
+        return ""
+
+    def stop(self) -> None:
+        """Kill the server (SIGKILL: a crash, as a test wants it); the data stays."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SeaweedS3(_LoopbackS3):
     """One SeaweedFS master + volume + filer + S3 gateway in one process, on 127.0.0.1."""
+
+    name, log_name, poll_s = "SeaweedFS", "weed.log", 0.2
 
     def __init__(self, *, bucket: str = "kvstore-g4", access_key: str = "g4-test-access",
                  secret_key: str = "g4-test-secret-key", region: str = "us-east-1") -> None:
-        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
-        self.region = region
-        self.dir = tempfile.mkdtemp(prefix="kvstore-weed-")
+        super().__init__(bucket=bucket, access_key=access_key, secret_key=secret_key,
+                         region=region, dir_prefix="kvstore-weed-")
         self.ports = {name: free_port() for name in (
             "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3",
             "s3_grpc", "metrics", "debug")}
-        self.proc: subprocess.Popen[bytes] | None = None
         config = {"identities": [{"name": "kvstore", "credentials": [
             {"accessKey": access_key, "secretKey": secret_key}], "actions": ["Admin", "Read",
                                                                             "Write", "List",
@@ -95,18 +182,7 @@ class SeaweedS3:
             "-iam=false", "-webdav=false", "-sftp=false", "-mq.broker=false", "-mq.agent=false",
         ]
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> SeaweedS3:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        log = open(os.path.join(self.dir, "weed.log"), "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-        atexit.register(self.stop)  # never outlive this process, even without a teardown
-        self._wait_ready(timeout_s)
-        return self
-
-    def _wait_ready(self, timeout_s: float) -> None:
+    def ready_probe(self) -> Callable[[], bool]:
         import boto3
         from botocore.config import Config
 
@@ -117,128 +193,60 @@ class SeaweedS3:
                           config=Config(s3={"addressing_style": "path"},
                                         retries={"max_attempts": 1}, connect_timeout=1,
                                         read_timeout=5))
-        deadline = time.monotonic() + timeout_s
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou,
-                                         s3.exceptions.BucketAlreadyExists):
-                    s3.create_bucket(Bucket=self.bucket)
-                s3.put_object(Bucket=self.bucket, Key=".ready", Body=b"ok")
-                return
-            except Exception as exc:  # not up yet: connection refused, 503 while electing
-                last = exc
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"SeaweedFS not ready in {timeout_s}s ({last}): {self.log_tail()}")
 
-    def log_tail(self, n: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.dir, "weed.log").read_bytes()[-n:].decode(errors="replace")
-        return ""
+        def probe() -> bool:
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou,
+                                     s3.exceptions.BucketAlreadyExists):
+                s3.create_bucket(Bucket=self.bucket)
+            s3.put_object(Bucket=self.bucket, Key=".ready", Body=b"ok")
+            return True
 
-    def stop(self) -> None:
-        """Kill the server (SIGKILL: a crash, as a test wants it); the data stays."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> SeaweedS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return probe
 
 
-class KvstoreS3:
+class KvstoreS3(_LoopbackS3):
     """Another ``kvstore serve`` (development mode, loopback) as an S3 target, same API as
     ``SeaweedS3``: kvstore's own S3 API as the object store below a kvstore."""
+
+    name, log_name = "kvstore serve", "serve.log"
 
     def __init__(self, *, bucket: str = "kvstore-g4", access_key: str = "g4-test-access",
                  secret_key: str = "g4-test-secret-key", region: str = "us-east-1",
                  capacity: str = "256MiB", extra: tuple[str, ...] = (),
                  env: dict[str, str] | None = None) -> None:
-        self.bucket, self.access_key, self.secret_key = bucket, access_key, secret_key
-        self.region = region
-        self.dir = tempfile.mkdtemp(prefix="kvstore-s3-")
+        super().__init__(bucket=bucket, access_key=access_key, secret_key=secret_key,
+                         region=region, dir_prefix="kvstore-s3-")
         self.port, self.bulk_port = free_port(), free_port()
         self.args = ["--host", HOST, "--port", str(self.port), "--bulk-port", str(self.bulk_port),
                      "--data-dir", os.path.join(self.dir, "data"), "--capacity", capacity,
                      "--segment-size", "32MiB", "--dram", "16MiB", *extra]
         self.env = dict(env or {})  # added to the child's environment (e.g. AWS_* for --g4)
-        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{HOST}:{self.port}"
 
-    def start(self, timeout_s: float = START_TIMEOUT_S) -> KvstoreS3:
-        if self.proc is not None and self.proc.poll() is None:
-            return self
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "kvstore", "serve", *self.args]
+
+    def child_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
         root = Path(__file__).resolve().parent.parent
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "clients"),
                                              env.get("PYTHONPATH", "")])
         env.update(self.env)
-        out = open(os.path.join(self.dir, "serve.log"), "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *self.args],
-                                     stdout=out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        out.close()
-        atexit.register(self.stop)  # never outlive this process, even without a teardown
-        self._wait_ready(timeout_s)
-        return self
+        return env
 
-    def _wait_ready(self, timeout_s: float) -> None:
+    def ready_probe(self) -> Callable[[], bool]:
         import http.client
 
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"kvstore serve exited with {self.proc.returncode}: "
-                                   f"{self.log_tail()}")
+        def probe() -> bool:
+            conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
             try:
-                conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
-                conn.request("PUT", f"/{self.bucket}", body=b"", headers={"content-length": "0"})
-                status = conn.getresponse().status
+                conn.request("PUT", f"/{self.bucket}", body=b"",
+                             headers={"content-length": "0"})
+                return conn.getresponse().status in (200, 409)
+            finally:
                 conn.close()
-                if status in (200, 409):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TimeoutError(f"kvstore serve not ready in {timeout_s}s: {self.log_tail()}")
 
-    def log_tail(self, n: int = 2000) -> str:
-        with contextlib.suppress(OSError):
-            return Path(self.dir, "serve.log").read_bytes()[-n:].decode(errors="replace")
-        return ""
-
-    def stop(self) -> None:
-        """Kill it (SIGKILL); the data directory stays for a restart."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> KvstoreS3:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return probe

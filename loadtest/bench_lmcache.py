@@ -132,8 +132,8 @@ def bench(lmcache: str, adapter: dict[str, Any], args: argparse.Namespace, in_fl
 
 
 def serve_has(flag: str) -> bool:
-    """Whether this tree's ``kvstore serve`` declares ``flag`` (read from kvstore/config.py)."""
-    return f'"{flag}"' in (ROOT / "kvstore" / "config.py").read_text()
+    """Whether this tree's ``kvstore serve`` declares ``flag`` (read from kvstore/config/)."""
+    return any(f'"{flag}"' in p.read_text() for p in (ROOT / "kvstore" / "config").glob("*.py"))
 
 
 def main() -> int:

@@ -1,19 +1,27 @@
 """A real ``kvstore serve`` process on 127.0.0.1 for the crash, fault and soak suites: started on
 free ports, waited for (``kvstore: ready``), SIGKILLed or stopped; plain-HTTP S3 and /v1 helpers
-(development mode: unsigned requests are accepted)."""
+(development mode: unsigned requests are accepted).
+
+``ServeChild`` is the plain launcher the other suites build on (``tests/test_serve.py``'s
+``Serve``, the pod's ``PodNode``): the caller's flags, output in files, a wait for the ready line.
+"""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 START_SECONDS_MAX = 60.0
@@ -26,15 +34,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``kvstore serve`` child: this one without ``KVSTORE_*`` (a test sets
+    what it means to), plus ``extra``, with this tree and its clients/ first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
+    env.update(extra or {})
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "clients"),
+                                                      os.environ.get("PYTHONPATH")]))
+    return env
+
+
+class ServeChild:
+    """One ``kvstore serve`` with the caller's flags, run in ``tmp``; its stdout and stderr go
+    to ``tmp/NAME.out`` and ``tmp/NAME.err``."""
+
+    def __init__(self, tmp: Path, args: Sequence[str], env: Mapping[str, str] | None = None,
+                 name: str = "serve") -> None:
+        self.name = name
+        self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
+                                         stdout=out, stderr=err, env=child_env(env), cwd=tmp)
+
+    @property
+    def out(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text()
+
+    def wait_ready_port(self, timeout_s: float, host: str = "127.0.0.1") -> int:
+        """Wait for 'kvstore: ready' (the test fails if it exits or times out first); return
+        the HTTP port it printed for ``host``."""
+        deadline = time.monotonic() + timeout_s
+        while "kvstore: ready" not in self.out:
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.name} exited {self.proc.returncode}: {self.err[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"{self.name} not ready in {timeout_s}s: {self.err[-2000:]}")
+            time.sleep(0.05)
+        m = re.search(rf"on http://{re.escape(host)}:(\d+)", self.out)
+        assert m, self.out
+        return int(m.group(1))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class ServeProc:
     def __init__(self, data_dir: Path, logs: Path, *args: str, name: str = "serve") -> None:
         self.http, self.bulk = free_port(), free_port()
         while self.bulk == self.http:
             self.bulk = free_port()
         self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "clients"),
-                                                          os.environ.get("PYTHONPATH")]))
+        env = child_env()
         cmd = [sys.executable, "-m", "kvstore", "serve", "--host", "127.0.0.1",
                "--port", str(self.http), "--bulk-port", str(self.bulk),
                "--data-dir", str(data_dir), *args]

@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from kvstore_client.nixl import nixl_available
 
+from tests.serve_proc import child_env, free_port
+
 REPO = Path(__file__).resolve().parent.parent
 START_SECONDS_MAX = 30.0
 STOP_SECONDS_MAX = 30.0
@@ -61,14 +63,6 @@ ALLOWED_AFTER = {**ALLOWED, ("globex", ORPHAN): True}
 TENANT = {"acme": ACME, "globex": GLOBEX}
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Serve:
     """One `kvstore serve` subprocess."""
@@ -81,15 +75,13 @@ class Serve:
 
     @classmethod
     def start(cls, tmp: Path, data: Path, name: str, creds: Path | None) -> Serve:
-        http_port, bulk_port = _port(), _port()
+        http_port, bulk_port = free_port(), free_port()
         out, err = tmp / f"{name}.out", tmp / f"{name}.err"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = _child_pythonpath()
         args = ["--port", str(http_port), "--bulk-port", str(bulk_port), "--data-dir", str(data),
                 *SMALL, *([] if creds is None else ["--credentials", str(creds)])]
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
-                                    stdout=o, stderr=e, env=env, cwd=tmp)
+                                    stdout=o, stderr=e, env=child_env(), cwd=tmp)
         srv = cls(proc, out, err, http_port, bulk_port)
         deadline = time.monotonic() + START_SECONDS_MAX
         while "kvstore: ready" not in out.read_text():

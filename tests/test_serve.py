@@ -10,13 +10,13 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from kvstore import limits
+from tests.serve_proc import ServeChild, free_port
 
 START_SECONDS_MAX = 30.0
 REPO = Path(__file__).resolve().parent.parent
@@ -24,46 +24,12 @@ PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Serve:
+class Serve(ServeChild):
     """One `kvstore serve` process; stdout and stderr go to files in the test's tmp dir."""
-
-    def __init__(self, tmp: Path, args: list[str], env: dict[str, str] | None = None,
-                 name: str = "serve") -> None:
-        self.out_path, self.err_path = tmp / f"{name}.out", tmp / f"{name}.err"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        full_env.update(env or {})
-        full_env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "kvstore", "serve", *args],
-                                         stdout=out, stderr=err, env=full_env, cwd=tmp)
-
-    @property
-    def out(self) -> str:
-        return self.out_path.read_text()
-
-    @property
-    def err(self) -> str:
-        return self.err_path.read_text()
 
     def wait_ready(self) -> int:
         """Wait for 'kvstore: ready'; return the HTTP port it printed."""
-        deadline = time.monotonic() + START_SECONDS_MAX
-        while "kvstore: ready" not in self.out:
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode}: {self.err[-2000:]}")
-            if time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"server not ready in {START_SECONDS_MAX}s: {self.err[-2000:]}")
-            time.sleep(0.05)
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", self.out)
-        assert m, self.out
-        return int(m.group(1))
+        return self.wait_ready_port(START_SECONDS_MAX)
 
     def wait_exit(self, timeout: float) -> int:
         try:
@@ -71,11 +37,6 @@ class Serve:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 def get(port: int, path: str, method: str = "GET", body: object = None) -> tuple[int, object]:

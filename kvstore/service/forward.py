@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from kvstore_client._pod import Breaker, is_node_failure
 from kvstore_client.aio import AsyncClient
 from kvstore_wire.checksum import block_checksum
+from kvstore_wire.errors import NamespaceNotFound
 
 from kvstore import limits
 from kvstore.auth import Tenant
@@ -189,7 +190,7 @@ class Forwarder:
             self.count(op, "breaker_open")
             return failed, False
         try:
-            res = await asyncio.wait_for(fn(self._client(node, tenant, ns)), self.timeout_s)
+            res = await self._answer(node, tenant, ns, fn)
         except Exception as exc:
             if not is_node_failure(exc):
                 b.success()  # it answered: the caller's mistake, raised as at the owner
@@ -202,6 +203,24 @@ class Forwarder:
             return failed, False
         b.success()
         return res, True
+
+    async def _answer(self, node: NodeInfo, tenant: Tenant, ns: str,
+                      fn: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """``fn`` at ``node`` within ``timeout_s``. The entry node authorized the namespace,
+        so an owner's NamespaceNotFound means that owner has not applied it from etcd's watch
+        yet (created elsewhere a moment ago): asked again after a short pause until the
+        timeout, when its answer stands."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        while True:
+            try:
+                return await asyncio.wait_for(fn(self._client(node, tenant, ns)),
+                                              max(0.0, deadline - loop.time()))
+            except NamespaceNotFound:
+                pause = limits.forward_namespace_retry_seconds
+                if loop.time() + pause >= deadline:
+                    raise
+                await asyncio.sleep(pause)
 
     # -- the forwarded operations (each one node, one round) -------------------------------
     async def fetch(self, node: NodeInfo, tenant: Tenant, ns: str, key: str, *,

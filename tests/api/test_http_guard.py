@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import http.client
 import os
-import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.serve_proc import ServeChild
+
 START_SECONDS_MAX = 30.0
 WAIT_SECONDS = 15.0
 SMALL = ["--device", "memory", "--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB",
@@ -36,28 +35,13 @@ FAST = ["--http-header-timeout", "0.5", "--http-keepalive-timeout", "0.3",
 BUCKET = "guard-bkt"
 
 
-class Serve:
+class Serve(ServeChild):
     """One `kvstore serve` process on free loopback ports."""
 
     def __init__(self, tmp: Path, flags: list[str]) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
-        self.out_path = tmp / "serve.out"
-        with open(self.out_path, "wb") as out, open(tmp / "serve.err", "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kvstore", "serve", "--port", "0", "--bulk-port", "0",
-                 "--data-dir", str(tmp / "data"), *SMALL, *flags],
-                stdout=out, stderr=err, env=env, cwd=tmp)
-        self.err_path = tmp / "serve.err"
-        deadline = time.monotonic() + START_SECONDS_MAX
-        while "kvstore: ready" not in self.out_path.read_text():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"server did not start: {self.err_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        m = re.search(r"on http://127\.0\.0\.1:(\d+)", self.out_path.read_text())
-        assert m
-        self.port = int(m.group(1))
+        super().__init__(tmp, ["--port", "0", "--bulk-port", "0", "--data-dir",
+                               str(tmp / "data"), *SMALL, *flags])
+        self.port = self.wait_ready_port(START_SECONDS_MAX)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -16,8 +16,9 @@ import pytest
 from kvstore_client import Client, PodClient
 from kvstore_wire import placement
 
+from tests.serve_proc import child_env
+
 START_SECONDS_MAX = 30.0
-REPO = Path(__file__).resolve().parents[2]
 HOSTS = ["127.0.0.11", "127.0.0.12", "127.0.0.13"]
 SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
 TIMEOUT_SECONDS = 0.5
@@ -33,14 +34,12 @@ class Node:
     def __init__(self, tmp: Path, host: str) -> None:
         self.host, self.bulk_port = host, _free_port(host)
         self.out = tmp / f"{host}.out"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-        env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "kvstore", "serve", "--host", host,
                  "--port", str(_free_port(host)), "--bulk-port", str(self.bulk_port),
                  "--data-dir", str(tmp / host), *SMALL],
-                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
+                stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=tmp)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + START_SECONDS_MAX

@@ -49,6 +49,13 @@ def test_pod_up_status_and_sigterm(tmp_path: Path) -> None:
         # a block through node 1 so status has something to count
         req = urllib.request.Request(f"{urls[0][0]}/bkt", method="PUT", data=b"")
         urllib.request.urlopen(req, timeout=5).close()
+        # node2 learns the bucket from etcd's watch a moment later (as S3's CreateBucket, it
+        # is eventually consistent); a GET through node2 before then is its NoSuchBucket
+        deadline = time.monotonic() + 10
+        while b'"bkt"' not in urllib.request.urlopen(f"{urls[1][0]}/v1/namespaces",
+                                                     timeout=5).read():
+            assert time.monotonic() < deadline, "node2 never saw bkt"
+            time.sleep(0.05)
         req = urllib.request.Request(f"{urls[0][0]}/bkt/k", method="PUT", data=b"z" * 100)
         urllib.request.urlopen(req, timeout=5).close()
         for u, _ in urls:  # a GET of it through each node: node2 forwards its GET to node1

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 from botocore.config import Config
+
+from tests.serve_proc import free_port
 
 from .conftest import Etcd
 from .nodes import PodNode, until
@@ -77,6 +80,11 @@ def test_etcd_down_nodes_keep_serving_and_reregister(etcd: Etcd, pod: list[PodNo
     a, b = pod
     assert a.request("PUT", "/kvb", b"")[0] == 200
     until(lambda: len(a.view()["nodes"]) == 2, "a sees both")
+    # a namespace reaches the other nodes through etcd's watch (milliseconds; like S3's own
+    # CreateBucket, eventually consistent): b must have it before etcd goes, or b (the
+    # owner of some keys) answers NoSuchBucket for a PUT forwarded to it
+    until(lambda: any(n["name"] == "kvb" for n in b.request("GET", "/v1/namespaces")[1]
+                      ["namespaces"]), "b has the namespace", wait_s=5.0)
     etcd.kill()
     until(lambda: not a.view()["connected"], "a notices etcd is gone")
     assert set(a.view()["nodes"]) == {"node1", "node2"}  # the last view
@@ -117,3 +125,38 @@ def test_static_peers(tmp_path: Path) -> None:
         assert view["kind"] == "static" and sorted(view["nodes"]) == ["node1", "node2"]
     finally:
         assert n.stop() == 0
+
+
+def test_forward_waits_for_a_namespace_the_owner_has_not_applied(tmp_path: Path) -> None:
+    """A namespace created at one node reaches the others through etcd's watch a moment later.
+    A forwarded call that meets the owner's NoSuchBucket in that moment is asked again within
+    --forward-timeout (the entry node authorized the namespace, so the owner is just behind).
+    Static --peers share no namespaces at all, which makes the moment as long as the test
+    wants: the bucket is created at b 0.5 s after the PUTs through a began."""
+    ports = {i: (free_port(), free_port()) for i in (1, 2)}
+    peers = tmp_path / "peers.json"
+    peers.write_text(json.dumps([
+        {"node_id": f"node{i}", "http": f"http://127.0.0.{10 + i}:{h}",
+         "bulk": f"127.0.0.{10 + i}:{b}", "capacity_bytes": 32 << 20}
+        for i, (h, b) in ports.items()]))
+    # later flags win: each node listens on the ports the peers file names
+    nodes = [PodNode(tmp_path, i, ["--peers", str(peers), "--forward-timeout", "5", "--port",
+                                   str(ports[i][0]), "--bulk-port", str(ports[i][1])])
+             for i in (1, 2)]
+    try:
+        a, b = (n.wait_ready() for n in nodes)
+        s3(a).create_bucket(Bucket="late")
+        timer = threading.Timer(0.5, lambda: s3(b).create_bucket(Bucket="late"))
+        timer.start()
+        bodies = {f"k{i}": os.urandom(1024) for i in range(16)}  # some keys are b's
+        try:
+            for k, body in bodies.items():
+                s3(a).put_object(Bucket="late", Key=k, Body=body)
+        finally:
+            timer.join()
+        for k, body in bodies.items():  # stored: none was a skipped write
+            assert s3(a).get_object(Bucket="late", Key=k)["Body"].read() == body
+        assert b"kvstore_forwarded_requests_total" in a.request("GET", "/metrics")[1]
+    finally:
+        for n in nodes:
+            n.kill()

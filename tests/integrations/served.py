@@ -89,9 +89,9 @@ def served(tmp: Path, *extra: str, credentials: bool = True) -> Iterator[Served]
 
 def serve_flags() -> str:
     """The flags ``kvstore serve`` of this tree declares (to tell whether a flag another branch
-    adds, such as ``--resp-port`` or ``--domain``, is there yet): read from the one module that
-    declares them, since ``--help`` of a tree under work may not render."""
-    return (REPO / "kvstore" / "config.py").read_text()
+    adds, such as ``--resp-port`` or ``--domain``, is there yet): read from the package that
+    declares them (kvstore/config/), since ``--help`` of a tree under work may not render."""
+    return "".join(p.read_text() for p in sorted((REPO / "kvstore" / "config").glob("*.py")))
 
 
 def s3_client(endpoint: str, **config: object) -> object:

@@ -5,8 +5,6 @@ closed connection frees its slot. A real ``kvstore serve`` with two tenants on l
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,16 +13,11 @@ from pathlib import Path
 import pytest
 from kvstore_client import Client, LimitExceeded
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.serve_proc import child_env, free_port
+
 A = ("AKIDTA", "secret-a")
 B = ("AKIDTB", "secret-b")
 START_S = 30.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_one_tenant_cannot_take_every_slot(tmp_path: Path) -> None:
@@ -32,16 +25,14 @@ def test_one_tenant_cannot_take_every_slot(tmp_path: Path) -> None:
     creds.write_text(json.dumps({"tenants": [
         {"name": "ta", "access_key": A[0], "secret_key": A[1], "namespaces": ["ta-*"]},
         {"name": "tb", "access_key": B[0], "secret_key": B[1], "namespaces": ["tb-*"]}]}))
-    http, bulk = _port(), _port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
+    http, bulk = free_port(), free_port()
     out = tmp_path / "serve.out"
     with open(out, "wb") as o:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvstore", "serve", "--port", str(http), "--bulk-port",
              str(bulk), "--data-dir", str(tmp_path / "d"), "--capacity", "32MiB",
              "--segment-size", "4MiB", "--dram", "8MiB", "--credentials", str(creds),
-             "--max-connections-per-tenant", "2"], stdout=o, stderr=subprocess.STDOUT, env=env)
+             "--max-connections-per-tenant", "2"], stdout=o, stderr=subprocess.STDOUT, env=child_env())
     clients: list[Client] = []
     try:
         deadline = time.monotonic() + START_S

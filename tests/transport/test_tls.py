@@ -23,9 +23,9 @@ import pytest
 
 from kvstore.config import ConfigError, from_argv
 from kvstore.transport.tls import TlsFiles, TlsSetupError, server_context
+from tests.serve_proc import child_env, free_port
 from tests.tlscerts import CA, Pair
 
-REPO = Path(__file__).resolve().parents[2]
 START_SECONDS_MAX = 30.0
 REGION = "us-east-1"
 SMALL = ["--capacity", "32MiB", "--segment-size", "4MiB", "--dram", "8MiB"]
@@ -34,19 +34,6 @@ BLOCK = os.urandom(64 * 1024)
 HANDSHAKE_S = 1.0  # the TLS server's --bulk-handshake-timeout
 SILENT_WAIT_S = 20.0  # how long a silent peer waits to be closed (asyncio's default is 60 s)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KVSTORE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), str(REPO / "clients"),
-                                                      os.environ.get("PYTHONPATH")]))
-    return env
 
 
 @dataclass
@@ -67,13 +54,13 @@ class Serve:
 
 def _serve(tmp: Path, name: str, tls_args: list[str],
            ports: tuple[int, int] | None = None) -> Iterator[Serve]:
-    http, bulk = ports or (_free_port(), _free_port())
+    http, bulk = ports or (free_port(), free_port())
     out, err = tmp / f"{name}.out", tmp / f"{name}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kvstore", "serve", "--port", str(http), "--bulk-port",
              str(bulk), "--data-dir", str(tmp / f"{name}-data"), *SMALL, *tls_args],
-            stdout=o, stderr=e, env=_env(), cwd=tmp)
+            stdout=o, stderr=e, env=child_env(), cwd=tmp)
     srv = Serve(proc, out, err, http, bulk)
     try:
         deadline = time.monotonic() + START_SECONDS_MAX
@@ -157,7 +144,7 @@ def test_serve_refuses_mismatched_key(certs: dict, tmp_path: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "kvstore", "serve", "--port", "0", "--bulk-port",
                           "0", "--data-dir", str(tmp_path / "d"), *SMALL, "--tls-cert",
                           str(s.cert), "--tls-key", str(other.key)],
-                         capture_output=True, text=True, env=_env(), timeout=60, check=False)
+                         capture_output=True, text=True, env=child_env(), timeout=60, check=False)
     assert res.returncode == 2, res.stderr[-2000:]
     assert "does not match the certificate" in res.stderr and str(other.key) in res.stderr
 
@@ -342,7 +329,7 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
 
     from kvstore.cluster.membership import StaticMembership, load_peers
 
-    ports = {i: (_free_port(), _free_port()) for i in (1, 2)}
+    ports = {i: (free_port(), free_port()) for i in (1, 2)}
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps([
         {"node_id": f"node{i}", "http": f"https://127.0.0.1:{h}", "bulk": f"127.0.0.1:{b}",
