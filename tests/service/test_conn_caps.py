@@ -10,7 +10,6 @@ a connection signed (or AUTHed) by another tenant re-binds, and the server stays
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -102,38 +101,60 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProc]:
 def _sign(port: int, creds: tuple[str, str], method: str, path: str) -> dict[str, str]:
     req = AWSRequest(method=method, url=f"http://127.0.0.1:{port}{path}", data=b"")
     S3SigV4Auth(Credentials(*creds), "s3", "us-east-1").add_auth(req)
-    return dict(req.headers.items())
+    headers = dict(req.headers.items())
+    headers.setdefault("host", f"127.0.0.1:{port}")  # signed, but botocore leaves it to us
+    return headers
 
 
 class Http:
-    """One keep-alive HTTP connection; each request signed by the tenant given."""
+    """One keep-alive HTTP connection on a raw socket; each request signed by the tenant
+    given, so which connection a request travels on is never in doubt."""
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
-        self.conn.connect()  # one socket, kept: http.client reconnects only if it is closed
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
 
     def list_buckets(self, creds: tuple[str, str]) -> tuple[int, bytes, str]:
-        sock = self.conn.sock
-        self.conn.request("GET", "/", headers=_sign(self.port, creds, "GET", "/"))
-        r = self.conn.getresponse()
-        body = r.read()
-        assert self.conn.sock is sock or self.conn.sock is None, "a second socket was opened"
-        return r.status, body, r.getheader("connection", "")
+        """(status, body, the connection header); status 0 when the server had closed."""
+        headers = _sign(self.port, creds, "GET", "/")
+        req = "GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        try:
+            self.sock.sendall(req.encode() + b"\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return 0, b"", ""
+                got += chunk
+        except OSError:
+            return 0, b"", ""
+        head, _, body = got.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        fields = dict(line.split(": ", 1) for line in lines[1:])
+        fields = {k.lower(): v for k, v in fields.items()}
+        length = int(fields.get("content-length", "0"))
+        while len(body) < length:
+            chunk = self.sock.recv(65536)
+            assert chunk, "closed inside a response"
+            body += chunk
+        return int(lines[0].split()[1]), body, fields.get("connection", "")
 
     def closed_by_server(self) -> bool:
-        """The server closed this socket (EOF)."""
-        sock = self.conn.sock
-        if sock is None:
-            return True
-        sock.settimeout(WAIT_S)
+        """The server closed this socket (EOF, or a reset): we never close it before asking."""
+        self.sock.settimeout(WAIT_S)
         try:
-            return sock.recv(1) == b""
+            return self.sock.recv(1) == b""
+        except TimeoutError:
+            return False
         except OSError:
             return True
 
+    def reopen(self) -> None:
+        self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=WAIT_S)
+
     def close(self) -> None:
-        self.conn.close()
+        self.sock.close()
 
 
 def _boto(port: int, creds: tuple[str, str]) -> Any:
@@ -184,8 +205,7 @@ def test_http_tenant_past_its_cap_gets_slowdown_and_is_closed(srv: ServeProc) ->
 
 def _reopen(c: Http) -> bool:
     """A refused connection is closed by the server: open a new one for the next try."""
-    c.close()
-    c.conn.connect()
+    c.reopen()
     return False
 
 
