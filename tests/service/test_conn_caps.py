@@ -114,10 +114,11 @@ class Http:
         self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_S)
 
-    def list_buckets(self, creds: tuple[str, str]) -> tuple[int, bytes, str]:
-        """(status, body, the connection header); status 0 when the server had closed."""
-        headers = _sign(self.port, creds, "GET", "/")
-        req = "GET / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    def list_buckets(self, creds: tuple[str, str], path: str = "/") -> tuple[int, bytes, str]:
+        """(status, body, the connection header) of a signed GET (S3 ListBuckets unless
+        ``path`` says otherwise); status 0 when the server had closed."""
+        headers = _sign(self.port, creds, "GET", path)
+        req = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         try:
             self.sock.sendall(req.encode() + b"\r\n")
             got = b""
@@ -185,6 +186,12 @@ def test_http_tenant_past_its_cap_gets_slowdown_and_is_closed(srv: ServeProc) ->
         assert b"--max-connections-per-tenant" in body and connection == "close"
         assert conns[CAP].closed_by_server()
         assert _refused(srv, "http") == before + 1
+        # /v1 binds the same way (its answer is JSON)
+        v1 = Http(srv.http)
+        conns.append(v1)
+        status, body, connection = v1.list_buckets(A, "/v1/namespaces")
+        assert status == 503 and json.loads(body)["error"]["name"] == "SlowDown", body
+        assert connection == "close" and v1.closed_by_server()
         # boto3 (its own new connection) as ta is refused too, as tb is served
         with pytest.raises(ClientError) as exc:
             _boto(srv.http, A).list_buckets()
