@@ -137,6 +137,12 @@ write_buffer_low_bytes = 2 * MiB
 # HTTP request body: a multipart part or a single PutObject.
 http_body_bytes_max = block_bytes_max
 
+# HTTP: the request line and headers of one request (URL and query included), as they arrive.
+# S3 caps a PUT's headers at 8 KiB; this leaves room for a presigned URL of the longest key and
+# what proxies add. Past it: 400 RequestHeaderSectionTooLarge, closed (kvstore.api.http_guard).
+# Without it httptools grew a header without bound, in quadratic time (20 MiB: 4 s of the loop).
+http_header_bytes_max = 64 * KiB
+
 # A /v1 control-plane JSON body: a full chain or batch of maximal keys (8192 x 1 KiB), JSON-quoted,
 # fits with room; anything larger is not a legal control request.
 control_body_bytes_max = 16 * MiB
@@ -299,6 +305,12 @@ assert all(connection_timeout_seconds_min <= t <= connection_timeout_seconds_max
     body_idle_timeout_seconds_default, body_rate_window_seconds_default,
     body_rate_grace_seconds_default, bulk_handshake_timeout_seconds_default,
     bulk_idle_timeout_seconds_default))
+# An HTTP head holds a presigned URL of the longest bucket and key, percent-encoded (3 bytes a
+# byte), its query, the user metadata and the usual headers; heads arriving on every slot of
+# the default cap hold at most 64 MiB.
+assert (3 * (namespace_bytes_max + 1 + key_bytes_max) + s3_user_metadata_bytes_max + 8 * KiB
+        <= http_header_bytes_max)
+assert http_header_bytes_max * connections_max <= 64 * MiB
 # The slowest legal body still ends: a maximal block at the floor rate within a day.
 assert http_body_bytes_max / body_min_rate_bytes_per_second_default < 24 * 3600
 

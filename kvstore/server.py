@@ -171,7 +171,8 @@ def connection_bounds(cfg: ServeConfig) -> tuple[HttpGuardSettings, BulkTimeouts
     http = HttpGuardSettings(
         header_seconds=cfg.http_header_timeout_seconds,
         keepalive_seconds=cfg.http_keepalive_timeout_seconds, body=body,
-        connections_max=cfg.connections_max, probe_connections=cfg.probe_connections)
+        connections_max=cfg.connections_max, probe_connections=cfg.probe_connections,
+        tenant_connections_max=cfg.tenant_connections_max)
     bulk = BulkTimeouts(handshake_seconds=cfg.bulk_handshake_timeout_seconds,
                         idle_seconds=cfg.bulk_idle_timeout_seconds, body=body)
     return http, bulk
@@ -386,7 +387,9 @@ class Server:
         try:
             return await start_resp_server(state, cfg.host, cfg.resp_port,
                                            namespace=cfg.resp_namespace, timeouts=timeouts,
-                                           connections_max=cfg.connections_max, tls=self._tls)
+                                           connections_max=cfg.connections_max,
+                                           tenant_connections_max=cfg.tenant_connections_max,
+                                           tls=self._tls)
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.host}:{cfg.resp_port} (Redis protocol): "
                                f"{exc.strerror or exc}") from None

@@ -55,7 +55,8 @@ class CA:
         self.pem = dir / f"{name}.pem"
         self.pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem: str, *, server: bool) -> Pair:
+    def issue(self, stem: str, *, server: bool, ips: tuple[str, ...] = ("127.0.0.1",)) -> Pair:
+        """A certificate signed by this CA; a server one names ``ips`` and localhost."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         b = (x509.CertificateBuilder().subject_name(_name(stem)).issuer_name(self.cert.subject)
@@ -70,6 +71,7 @@ class CA:
                  critical=False))
         if server:
             b = b.add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                [*(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                 x509.DNSName("localhost")]),
                 critical=False)
         return _write(self.dir, stem, b.sign(self.key, hashes.SHA256()), key)

@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kvstore import errors as E
 from kvstore import keys, limits
+from kvstore.api.conn_tenant import bind_connection
 from kvstore.api.control_models import (
     CheckResponse,
     DeleteResponse,
@@ -167,6 +168,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
         tenant, _ = sigv4.authenticate(tenants, request.method, raw_path.split("?", 1)[0],
                                        query, headers, time.time())
+        bind_connection(scope, tenant)  # Busy past --max-connections-per-tenant
         payload_hash = headers.get("x-amz-content-sha256", sigv4.UNSIGNED_PAYLOAD)
         if payload_hash in sigv4.STREAMING_MODES:
             raise S3Error("InvalidRequest", "streaming (aws-chunked) bodies are not used on /v1")
@@ -265,7 +267,7 @@ def create_control_app(state: Node, health: ServerHealth) -> FastAPI:
         that does not answer within 2 s is listed as unreachable."""
         from kvstore.service.pod_view import pod_stats as collect
 
-        return await collect(state.membership)
+        return await collect(state.membership, getattr(blocks.forward, "tls", None))
 
     @app.post("/v1/check", response_model=CheckResponse, tags=["admin"], responses=_ERRORS)
     async def check(tenant: Tenant = Depends(caller)) -> CheckResponse:

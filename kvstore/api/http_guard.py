@@ -20,7 +20,19 @@ class (passed to ``uvicorn.Config(http=...)``) adds, per connection:
   connections may be inside a request at once; past that, a request gets 503 SlowDown unless it
   is ``GET``/``HEAD`` ``/healthz`` or ``/readyz`` (which is answered, then its connection
   closed). So requests that hold their connection (slow bodies, long calls) cannot fail the
-  kubelet's probes either.
+  kubelet's probes either;
+- the per-tenant cap (``--max-connections-per-tenant``, ``kvstore.service.conn_caps``): a
+  connection is bound to the tenant of its first signed request (``kvstore.api.conn_tenant``:
+  the apps bind after the signature checks out, so a request refused at authentication binds
+  nothing; in development mode every request is the development tenant's). A connection that would take a tenant past its cap is answered ``503 SlowDown``
+  and closed; a later request signed by another tenant re-binds the connection to that tenant
+  (which must have room: else the same 503 and close). Probes and ``/metrics`` never
+  bind;
+- a bound on the request line and headers: at most ``limits.http_header_bytes_max`` bytes from
+  the end of the previous request (or the accept) to the end of this one's headers, counted as
+  they arrive, before the parser sees them (httptools buffers a header without bound). One
+  more byte: ``400 RequestHeaderSectionTooLarge`` (S3's code for it) and the connection closes
+  (``refused{reason="header_too_large"}``).
 
 A timed-out request that sent part of itself gets a 408 RequestTimeout (S3 XML, or JSON on
 control paths) with ``connection: close``; a silent one is just closed. Every timeout counts in
@@ -35,19 +47,20 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kvstore import errors as E
 from kvstore import limits
-from kvstore.api.app import Receive, Scope, Send, is_control_path
-from kvstore.api.errors import json_error_bytes, request_ids, s3_error_response
+from kvstore.api.conn_tenant import BIND_KEY
+from kvstore.api.guard_answers import header_too_large_response, probes_only, timeout_response
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.watchdog import BodyLimits, BodyWatch
 
 PROBE_PATHS = frozenset({b"/healthz", b"/readyz"})
 _PROBE_METHODS = frozenset({b"GET", b"HEAD"})
 PORT = "http"
 TIMEOUT_KINDS = ("header", "keepalive", "body", "body_rate")
-REFUSAL_REASONS = ("cap", "evicted", "probe_only")
+REFUSAL_REASONS = ("cap", "evicted", "probe_only", "tenant_cap", "header_too_large")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,7 @@ class HttpGuardSettings:
     body: BodyLimits = field(default_factory=BodyLimits)
     connections_max: int = limits.connections_max
     probe_connections: int = limits.probe_connections_reserved_default
+    tenant_connections_max: int | None = None  # None: connections_max
 
     def __post_init__(self) -> None:
         if not (self.keepalive_seconds > 0 and self.header_seconds > 0):
@@ -67,45 +81,42 @@ class HttpGuardSettings:
             raise ValueError("need 0 <= probe_connections < connections_max")
 
     @property
+    def tenant_cap(self) -> int:
+        """Connections one tenant may hold bound (``--max-connections-per-tenant``)."""
+        return min(self.connections_max, self.tenant_connections_max or self.connections_max)
+
+    @property
     def general_connections(self) -> int:
         """Connections that may be inside any request at once; the rest serve probes only."""
         return self.connections_max - self.probe_connections
 
 
-def _error_bytes(exc: E.KVStoreError, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    if path and is_control_path(path):
-        status, body = json_error_bytes(exc, request_ids.next())
-        return status, [(b"content-type", b"application/json")], body
-    return s3_error_response(exc, path or "/", request_ids.next())
-
-
-async def probes_only(scope: Scope, receive: Receive, send: Send) -> None:
-    """The answer on a probe-only slot to anything but a health probe: 503, then close."""
-    exc = E.Busy("all connection slots are taken; only /healthz and /readyz are served now")
-    status, headers, body = _error_bytes(exc, scope.get("path", "/"))
-    headers = [*headers, (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def timeout_response(path: str) -> bytes:
-    """A complete ``408 RequestTimeout`` response that closes the connection."""
-    exc = E.RequestTimeout("the request was not received in time; retry on a new connection")
-    status, headers, body = _error_bytes(exc, path)
-    lines = [STATUS_LINE[status]]
-    for name, value in [*headers, (b"content-length", str(len(body)).encode()),
-                        (b"connection", b"close")]:
-        lines.append(name + b": " + value + b"\r\n")
-    return b"".join([*lines, b"\r\n", body])
-
-
 class _Slots:
-    """One listener's connections that count against the cap, and those of them waiting for
-    request headers, oldest deadline first (dicts keep insertion order)."""
+    """One listener's connections that count against the cap, those of them waiting for
+    request headers, oldest deadline first (dicts keep insertion order), and the connections
+    bound to each tenant."""
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_cap: int = limits.connections_max) -> None:
         self.active: set[GuardedHttpToolsProtocol] = set()
         self.waiting: dict[GuardedHttpToolsProtocol, None] = {}
+        self.tenants = TenantConnections(tenant_cap)
+
+
+class _Binder:
+    """The ``bind_connection`` hook of one request (``kvstore.api.conn_tenant``)."""
+
+    __slots__ = ("conn", "cycle")
+
+    def __init__(self, conn: GuardedHttpToolsProtocol, cycle: Any) -> None:
+        self.conn, self.cycle = conn, cycle
+
+    def __call__(self, tenant: str) -> None:
+        try:
+            self.conn.tenant_slot.bind(tenant)
+        except E.LimitExceeded as exc:
+            self.cycle.keep_alive = False  # answered, then closed
+            self.conn._count_refused("tenant_cap")
+            raise E.Busy(f"{exc.message}; retry later") from None
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -127,6 +138,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body: BodyWatch | None = None
         self._body_clock = 0.0
         self._partial = False  # bytes of a request whose headers are not complete yet
+        self.tenant_slot = self.slots.tenants.slot()  # bound at the first signed request
+        # the head (request line and headers) being received, and its bytes so far: from the
+        # accept or the previous request's end to this one's headers
+        self._in_head = True
+        self._head_bytes = 0
 
     # -- connection ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -148,7 +164,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+        if self._in_head:
+            self._receive_head(data)
+        else:
+            super().data_received(data)
         if (self._body is not None and self._body_timer is None
                 and not self.transport.is_closing()):
             self._body_clock = self.loop.time()
@@ -166,6 +185,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._cancel_header()
         self._partial = False
+        self._in_head = False
         in_requests = len(self.slots.active) - len(self.slots.waiting)  # this one included
         reserved = in_requests > self.guard.general_connections
         refuse = reserved and not self._is_probe()
@@ -179,6 +199,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.app = app
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:
+            ext: dict[Any, Any] = self.scope.setdefault("extensions", {})
+            ext[BIND_KEY] = _Binder(self, cycle)
             if reserved:
                 cycle.keep_alive = False  # free the reserved slot after one answer
             self._stop_body()
@@ -192,6 +214,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._stop_body()
+        self._in_head, self._head_bytes = True, 0  # what follows is the next request's head
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -204,6 +227,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._count_timeout("keepalive")
         self._release()
         super().timeout_keep_alive_handler()
+
+    # -- the head bound ------------------------------------------------------------------
+    def _receive_head(self, data: bytes) -> None:
+        """Feed ``data`` to the parser no further than the head bound allows: the head's bytes
+        are counted before the parser sees them, and what follows the headers (a body, a
+        pipelined request) is fed as it is."""
+        view = memoryview(data)
+        while view and not self.transport.is_closing():
+            if not self._in_head:
+                super().data_received(view)  # type: ignore[arg-type]  # httptools takes buffers
+                return
+            room = limits.http_header_bytes_max - self._head_bytes
+            if room <= 0:
+                self._head_too_large()
+                return
+            piece, view = view[:room], view[room:]
+            self._head_bytes += len(piece)
+            super().data_received(piece)  # type: ignore[arg-type]
+
+    def _head_too_large(self) -> None:
+        self._count_refused("header_too_large")
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:  # no answer is being written: say why
+            self.transport.write(header_too_large_response(self._path_so_far()))
+        self._close()
+
+    def _path_so_far(self) -> str:
+        """The path of the request line, when it has been parsed ("" picks S3 XML)."""
+        try:
+            return httptools.parse_url(self.url).path.decode("latin-1")
+        except (httptools.HttpParserInvalidURLError, AttributeError, TypeError, ValueError):
+            return ""
 
     # -- deadlines -----------------------------------------------------------------------
     def _is_probe(self) -> bool:
@@ -251,6 +306,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer = None
         self._stop_body()
         self.slots.active.discard(self)
+        self.tenant_slot.release()
 
     def _stop_body(self) -> None:
         self._body = None
@@ -317,4 +373,4 @@ def guarded_protocol(settings: HttpGuardSettings, metrics: Any = None) -> type[H
     if metrics is not None:
         metrics.declare(PORT, TIMEOUT_KINDS, REFUSAL_REASONS)
     return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,),
-                {"guard": settings, "metrics": metrics, "slots": _Slots()})
+                {"guard": settings, "metrics": metrics, "slots": _Slots(settings.tenant_cap)})

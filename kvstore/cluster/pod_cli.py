@@ -7,6 +7,13 @@ addresses differ as they would on a network (all of 127/8 is loopback on Linux).
 endpoints and one ``kvstore pod: ready`` line, and on SIGTERM or Ctrl-C stops the nodes (each
 drains and deregisters), then etcd, and removes what it created. Exit status: 0 after a clean
 stop, 1 when something could not start or a process died, 2 for bad arguments.
+
+``pod status --etcd URL`` reads the pod's nodes from etcd and each one's ``/metrics``. Nodes
+served with TLS are read over HTTPS: ``--tls-ca FILE`` verifies them with a private CA (else
+the system trust store), ``--tls-cert``/``--tls-key`` present a client certificate to nodes
+that require one (``serve --tls-client-ca``). A node that cannot be read (down, or a failed
+handshake) is listed as DOWN with the reason; exit status 1 when etcd does not answer, 2 for
+bad arguments (a TLS file that is missing or unusable).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -29,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from kvstore import limits
-from kvstore.cluster.status import node_stats, summarize
+from kvstore.cluster.status import node_stats, status_tls_context, summarize
 
 # Nodes `pod up` starts at most: 127.0.0.11 .. 127.0.0.(10 + this).
 POD_UP_NODES_MAX = 64
@@ -63,6 +71,14 @@ def add_pod_arguments(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--etcd", required=True, help="etcd client URLs, comma-separated")
     st.add_argument("--pod", default="dev", help="pod name (default dev)")
     st.add_argument("--json", action="store_true", help="print one JSON document")
+    st.add_argument("--tls-ca", default=None, metavar="FILE",
+                    help="CA certificate (PEM) that signed the nodes' certificates, for nodes "
+                         "served with --tls-cert (default: the system trust store)")
+    st.add_argument("--tls-cert", default=None, metavar="FILE",
+                    help="client certificate (PEM) for nodes that require mutual TLS "
+                         "(--tls-client-ca)")
+    st.add_argument("--tls-key", default=None, metavar="FILE",
+                    help="the client certificate's private key (PEM)")
 
 
 def run_pod_command(args: argparse.Namespace) -> int:
@@ -220,8 +236,9 @@ def _tail(path: str, n: int = 2000) -> str:
 # What `pod status` reads of each node's /metrics (the Prometheus names kvstore.api.metrics
 # exports for these engine stats). /metrics, unlike /v1/stats, needs no signature, so the
 # status of a pod that runs with credentials needs none either.
-def collect_status(etcd: str, pod: str) -> dict[str, Any]:
-    """The pod's state: nodes registered in etcd (their lease is alive), each node's stats."""
+def collect_status(etcd: str, pod: str, tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """The pod's state: nodes registered in etcd (their lease is alive), each node's stats
+    (``tls``: the client context for nodes on HTTPS, ``status_tls_context``)."""
     from kvstore.cluster.etcd import parse_endpoints, read_pod
 
     nodes, namespaces = asyncio.run(read_pod(parse_endpoints(etcd), pod))
@@ -230,7 +247,7 @@ def collect_status(etcd: str, pod: str) -> dict[str, Any]:
                                "hits": 0, "misses": 0, "forwarded_requests": 0,
                                "forwarded_failed": 0}
     for node_id, info in sorted(nodes.items()):
-        stats, error = node_stats(info.http)
+        stats, error = node_stats(info.http, tls)
         row: dict[str, Any] = {"node_id": node_id, "http": info.http, "bulk": info.bulk,
                                "capacity_bytes": info.capacity_bytes, "epoch": info.epoch,
                                "registered": True, "reachable": stats is not None}
@@ -259,7 +276,12 @@ def _ns_label(name: str, replicas: int) -> str:
 
 def pod_status(args: argparse.Namespace) -> int:
     try:
-        doc = collect_status(args.etcd, args.pod)
+        tls = status_tls_context(args.tls_ca, args.tls_cert, args.tls_key)
+    except ValueError as exc:
+        print(f"kvstore: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        doc = collect_status(args.etcd, args.pod, tls)
     except (ConnectionError, ValueError) as exc:
         print(f"kvstore: error: {exc}", file=sys.stderr)
         return 1

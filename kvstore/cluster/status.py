@@ -1,9 +1,15 @@
 """A pod node's figures as other nodes and tools read them: its Prometheus ``/metrics`` (which
 needs no signature, so it works on nodes that require credentials), parsed into the handful of
-numbers ``kvstore pod status`` and the ``/ui`` pod table show."""
+numbers ``kvstore pod status`` and the ``/ui`` pod table show.
+
+Nodes served with TLS (``https://`` in etcd) are read with the context ``status_tls_context``
+builds (``pod status --tls-ca/--tls-cert/--tls-key``) or, in a node, its peer context (the
+pod's CA and the node's own certificate); without one, the system trust store.
+"""
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -47,10 +53,36 @@ def parse_status_metrics(text: str) -> dict[str, Any]:
     return out
 
 
-def node_stats(http: str) -> tuple[dict[str, Any] | None, str]:
-    """(The stats of one node, from its unauthenticated /metrics; or None and why.)"""
+def status_tls_context(ca: str | None = None, cert: str | None = None,
+                       key: str | None = None) -> ssl.SSLContext | None:
+    """The client context for nodes' HTTPS ``/metrics``: verify them with ``ca`` (a private
+    CA; None: the system trust store), present ``cert``/``key`` when they require mutual TLS
+    (the SDK's ``ca=``/``cert=``/``key=``). None when no file is given: the default context.
+    ``ValueError`` naming the flag when a file is missing or unusable."""
+    if ca is None and cert is None and key is None:
+        return None
+    if key is not None and cert is None:
+        raise ValueError("--tls-key needs --tls-cert (the client certificate for mutual TLS)")
     try:
-        with urllib.request.urlopen(f"{http}/metrics", timeout=STATUS_HTTP_TIMEOUT_S) as r:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-ca {ca!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"--tls-cert {cert!r} / --tls-key {key!r}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    return ctx
+
+
+def node_stats(http: str, tls: ssl.SSLContext | None = None) -> tuple[dict[str, Any] | None, str]:
+    """(The stats of one node, from its unauthenticated /metrics; or None and why.) ``tls``:
+    the client context for an ``https://`` node (None: the system trust store)."""
+    try:
+        with urllib.request.urlopen(f"{http}/metrics", timeout=STATUS_HTTP_TIMEOUT_S,
+                                    context=tls) as r:
             return parse_status_metrics(r.read().decode()), ""
     except urllib.error.HTTPError as exc:
         return None, f"HTTP {exc.code}"

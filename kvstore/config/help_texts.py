@@ -34,8 +34,10 @@ def serve_helps(d: ServeConfig) -> dict[str, str]:
         "access_log": "log one line per HTTP request (method, path, status, bytes, duration) "
                       "on the kvstore.access logger (default off)",
         "connections_max": f"open connections per listener (default {d.connections_max})",
-        "tenant_connections_max": "authenticated bulk-port connections one tenant may hold; "
-                                  "past it AUTH answers LimitExceeded (default: "
+        "tenant_connections_max": "authenticated connections one tenant may hold per "
+                                  "listener (HTTP: from its first signed request; bulk, "
+                                  "Redis: from AUTH); past it 503 SlowDown, LimitExceeded, "
+                                  "'max number of clients reached' (default: "
                                   "--max-connections)",
         "probe_connections": "HTTP connection slots, of --max-connections, kept for "
                              f"/healthz and /readyz (default {d.probe_connections})",

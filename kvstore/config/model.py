@@ -46,7 +46,7 @@ class ServeConfig:
     access_log: bool = False
     # connection bounds (kvstore.limits, "Connection timeouts")
     connections_max: int = limits.connections_max
-    # authenticated bulk connections one tenant may hold (default: all of --max-connections)
+    # authenticated connections one tenant may hold per listener (kvstore.service.conn_caps)
     tenant_connections_max: int | None = None  # None: --max-connections
     probe_connections: int = limits.probe_connections_reserved_default
     http_header_timeout_seconds: float = limits.http_header_timeout_seconds_default

@@ -9,6 +9,7 @@ nodes: the reads are bounded in count and time.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from kvstore import limits
@@ -16,12 +17,14 @@ from kvstore.cluster.membership import Membership
 from kvstore.cluster.status import node_stats, summarize
 
 
-async def pod_stats(membership: Membership | None) -> dict[str, Any]:
+async def pod_stats(membership: Membership | None,
+                    tls: ssl.SSLContext | None = None) -> dict[str, Any]:
+    """``tls``: the node's peer context (its pod CA and certificate) for nodes on HTTPS."""
     if membership is None:
         return {"kind": "none", "self": "", "nodes": []}
     view = membership.view()
     ids = sorted(view)[:limits.pod_nodes_max]
-    got = await asyncio.gather(*(asyncio.to_thread(node_stats, view[i].http) for i in ids))
+    got = await asyncio.gather(*(asyncio.to_thread(node_stats, view[i].http, tls) for i in ids))
     nodes = []
     for node_id, (stats, error) in zip(ids, got, strict=True):
         info = view[node_id]

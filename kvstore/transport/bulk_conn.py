@@ -50,6 +50,7 @@ from kvstore.protocol.decoder import NEED_DATA, Decoder, Frame, PayloadEnd
 from kvstore.protocol.frames import FrameType, encode_frame
 from kvstore.protocol.state import Connection, Role, out_of_band
 from kvstore.service import Node
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport import bulk_ops
 from kvstore.transport.held import LeaseHolder
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
@@ -74,24 +75,10 @@ class ServerContext:
     nixl: Any = None
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
     connections_max: int = limits.connections_max
-    # authenticated connections per tenant (name -> count) and the cap on each: one tenant
-    # cannot take every slot of the listener from the others
-    per_tenant: dict[str, int] = field(default_factory=dict)
-    tenant_connections_max: int = limits.connections_max
-
-    def tenant_joined(self, name: str) -> None:
-        n = self.per_tenant.get(name, 0)
-        if n >= self.tenant_connections_max:
-            raise LimitExceeded(f"tenant {name} has {n} connections open, at most "
-                                f"{self.tenant_connections_max} (--max-connections-per-tenant)")
-        self.per_tenant[name] = n + 1
-
-    def tenant_left(self, name: str) -> None:
-        n = self.per_tenant.get(name, 0) - 1
-        if n > 0:
-            self.per_tenant[name] = n
-        else:
-            self.per_tenant.pop(name, None)
+    # authenticated connections per tenant and the cap on each (kvstore.service.conn_caps):
+    # one tenant cannot take every slot of the listener from the others
+    tenant_conns: TenantConnections = field(
+        default_factory=lambda: TenantConnections(limits.connections_max))
 
     def shm_close_all(self) -> None:
         """Drop every connection's shm region and NIXL peer, then the server's NIXL agent."""
@@ -120,7 +107,7 @@ class BulkProtocol(LeaseHolder, asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.namespace = ""
         self.tenant: Tenant | None = None
-        self._counted: str | None = None  # the tenant this connection counts against
+        self._slot = ctx.tenant_conns.slot()  # the tenant this connection counts against
         self.closed = False
         self.inflight_bytes = 0
         self.region: Any = None  # kvstore.transport.shm.Region once registered
@@ -356,16 +343,17 @@ class BulkProtocol(LeaseHolder, asyncio.BufferedProtocol):
             if not hello.create:
                 raise
             await self.blocks.create_namespace(tenant, hello.namespace)
-        self.ctx.tenant_joined(tenant.name)  # LimitExceeded past the per-tenant cap
-        self._counted = tenant.name
+        try:
+            self._slot.bind(tenant.name)  # LimitExceeded past the per-tenant cap
+        except LimitExceeded:
+            self._metric("refused", "tenant_cap")
+            raise
         self.tenant, self.namespace = tenant, hello.namespace
         self.ctx.unauthenticated.pop(self, None)
         self.send(FrameType.AUTH_OK, 0, msg.AuthOk(tenant.name, hello.namespace).to_header())
 
     def _uncount(self) -> None:
-        if self._counted is not None:
-            self.ctx.tenant_left(self._counted)
-            self._counted = None
+        self._slot.release()
 
     # -- watchdog ------------------------------------------------------------------------
     def _watch(self) -> None:

@@ -21,6 +21,7 @@ import ssl
 from kvstore import limits
 from kvstore.engine.device import BufferPool
 from kvstore.service import Node
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.bulk_conn import BulkProtocol, ServerContext
 from kvstore.transport.watchdog import BulkTimeouts
 
@@ -109,10 +110,10 @@ async def start_bulk_server(
     metrics = node.metrics
     ctx = ServerContext(node=node, pool=BufferPool(), timeouts=timeouts or BulkTimeouts(),
                         connections_max=connections_max,
-                        tenant_connections_max=min(connections_max,
-                                                   tenant_connections_max or connections_max))
+                        tenant_conns=TenantConnections(
+                            min(connections_max, tenant_connections_max or connections_max)))
     if metrics is not None and hasattr(metrics, "declare"):
-        metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted"))
+        metrics.declare("bulk", TIMEOUT_KINDS, ("cap", "evicted", "tenant_cap"))
     server = BulkServer(ctx)
     await server._listen(host, port, tls)
     log.info("bulk port listening on %s:%d%s", server.host, server.port,

@@ -31,9 +31,10 @@ from typing import cast
 from kvstore import limits
 from kvstore.auth import Tenant
 from kvstore.engine.device import BufferPool
-from kvstore.errors import KVStoreError, ProtocolError
+from kvstore.errors import KVStoreError, LimitExceeded, ProtocolError
 from kvstore.protocol import resp
 from kvstore.service import Node
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.held import LeaseHolder
 from kvstore.transport.watchdog import BulkTimeouts, BulkWatch
 
@@ -42,6 +43,9 @@ log = logging.getLogger("kvstore.resp")
 # Commands that only read: they may run while earlier reads are still running (at most
 # limits.resp_read_ahead_blocks of them at once).
 READS = frozenset({"GET", "MGET", "EXISTS", "PING"})
+# Redis's answer at its client cap (redis-py raises ConnectionError for exactly this text);
+# kvstore gives it at --max-connections and at --max-connections-per-tenant.
+MAX_CLIENTS = "ERR max number of clients reached"
 
 
 @dataclass
@@ -52,7 +56,13 @@ class RespContext:
     timeouts: BulkTimeouts = field(default_factory=BulkTimeouts)
     connections_max: int = limits.connections_max
     connections: set[RespProtocol] = field(default_factory=set)
+    # connections not past AUTH yet, oldest first: the ones evicted at the cap (as on the bulk
+    # port), so sockets that never authenticate cannot lock clients out
+    unauthenticated: dict[RespProtocol, None] = field(default_factory=dict)
     closing: bool = False
+    # authenticated connections per tenant and the cap on each (kvstore.service.conn_caps)
+    tenant_conns: TenantConnections = field(
+        default_factory=lambda: TenantConnections(limits.connections_max))
 
 
 class Turn:
@@ -82,8 +92,10 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
         self.dec = resp.RespDecoder(ctx.pool.acquire)
         self.proto = 2
         tenants = ctx.node.tenants
-        # without credentials every caller is the development tenant from the start
+        # without credentials every caller is the development tenant from the start (counted
+        # at connection_made)
         self.tenant: Tenant | None = tenants.by_access_key("") if tenants.dev else None
+        self._slot = ctx.tenant_conns.slot()  # the tenant this connection counts against
         self.name = b""
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -115,14 +127,28 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         ctx = self.ctx
+        if not ctx.closing and len(ctx.connections) >= ctx.connections_max and ctx.unauthenticated:
+            # a peer that has not authenticated yet yields its slot to a newcomer
+            self.metric("refused", "evicted")
+            next(iter(ctx.unauthenticated)).evict()
         if ctx.closing or len(ctx.connections) >= ctx.connections_max:
             if not ctx.closing:
                 self.metric("refused", "cap")
-            t.write(resp.error("ERR max number of clients reached"))
+            t.write(resp.error(MAX_CLIENTS))
             self.closed = True
             t.close()
             return
+        if self.tenant is not None:  # development mode: authenticated from the start
+            try:
+                self.authenticated(self.tenant)
+            except RespReplyError as exc:
+                t.write(resp.error(exc.text))
+                self.closed = True
+                t.close()
+                return
         ctx.connections.add(self)
+        if self.tenant is None:
+            ctx.unauthenticated[self] = None
         loop = asyncio.get_running_loop()
         self._watch = BulkWatch(ctx.timeouts, loop.time())
         self._timer = loop.call_later(ctx.timeouts.tick_seconds, self._tick)
@@ -141,6 +167,8 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)
+        self.ctx.unauthenticated.pop(self, None)
+        self._slot.release()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -155,6 +183,19 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         self._write_ok.set()
         self.release_held()
+
+    def authenticated(self, tenant: Tenant) -> None:
+        """AUTH/HELLO named ``tenant``: count this connection against it (again when it was
+        another tenant's). Past ``--max-connections-per-tenant``: the error Redis gives at its
+        own client cap, after which the connection closes, unauthenticated."""
+        try:
+            self._slot.bind(tenant.name)
+        except LimitExceeded:
+            self.tenant = None
+            self.metric("refused", "tenant_cap")
+            raise RespReplyError(MAX_CLIENTS, close=True) from None
+        self.tenant = tenant
+        self.ctx.unauthenticated.pop(self, None)
 
     # -- receive path --------------------------------------------------------------------
     @property
@@ -230,6 +271,8 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
                 await execute(self, cmd, turn)
             except RespReplyError as exc:
                 await self._answer_error(turn, exc.text, exc.text.split(" ", 1)[0])
+                if exc.close:
+                    self.close()
             except KVStoreError as exc:
                 await self._answer_error(turn, error_text(exc), exc.name)
             except Exception as exc:  # never let one command take the server down
@@ -298,8 +341,19 @@ class RespProtocol(LeaseHolder, asyncio.BufferedProtocol):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.ctx.connections.discard(self)
+            self.ctx.unauthenticated.pop(self, None)
+            self._slot.release()
             self.transport.close()  # flushes what is written, then closes (after QUIT's OK,
             # a protocol error's answer, a timeout)
+
+    def evict(self) -> None:
+        """Give this unauthenticated connection's slot to a newcomer: Redis's cap answer,
+        closed now, aborted if the peer does not take the answer in time."""
+        self.write((resp.error(MAX_CLIENTS),))
+        self.close()
+        t = self.transport
+        if t is not None:
+            asyncio.get_running_loop().call_later(limits.timeout_close_grace_seconds, t.abort)
 
     def abort(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -310,9 +364,10 @@ class RespReplyError(Exception):
     """An error answer in Redis's own words (``text`` starts with its code word: ``ERR``,
     ``NOAUTH``, ``WRONGPASS``, ...): protocol-level refusals that are no ``KVStoreError``."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, *, close: bool = False) -> None:
         super().__init__(text)
         self.text = text
+        self.close = close  # close the connection once the answer is out
 
 
 # A kvstore error's Redis code word where a client acts on it; ERR otherwise.

@@ -18,6 +18,7 @@ from kvstore import limits
 from kvstore.engine.device import BufferPool
 from kvstore.keys import validate_namespace
 from kvstore.service import Node
+from kvstore.service.conn_caps import TenantConnections
 from kvstore.transport.resp_conn import RespContext, RespProtocol
 from kvstore.transport.watchdog import BulkTimeouts
 
@@ -59,18 +60,24 @@ class RespServer:
 async def start_resp_server(node: Node, host: str, port: int, *, namespace: str,
                             timeouts: BulkTimeouts | None = None,
                             connections_max: int = limits.connections_max,
+                            tenant_connections_max: int | None = None,
                             tls: ssl.SSLContext | None = None) -> RespServer:
     """Listen on ``host:port`` (0: any free port) and serve the Redis protocol through
     ``node``'s ``BlockService``; keys without a namespace go to ``namespace``. ``tls``: the
     server's one TLS context (``transport/tls.py``, as the HTTP and bulk listeners), with the
-    handshake bounded like the bulk port's (``redis-cli --tls``, redis-py ``ssl=True``)."""
+    handshake bounded like the bulk port's (``redis-cli --tls``, redis-py ``ssl=True``). At most
+    ``connections_max`` connections (at the cap a newcomer evicts the oldest connection not
+    authenticated yet; when all are, it is told ``max number of clients reached`` and closed), at most ``tenant_connections_max`` of them authenticated as one tenant (the same
+    answer to the AUTH or HELLO past it, then closed; ``kvstore.service.conn_caps``)."""
     validate_namespace(namespace)
     node.runner.start()
     ctx = RespContext(node=node, pool=BufferPool(), namespace=namespace,
-                      timeouts=timeouts or BulkTimeouts(), connections_max=connections_max)
+                      timeouts=timeouts or BulkTimeouts(), connections_max=connections_max,
+                      tenant_conns=TenantConnections(
+                          min(connections_max, tenant_connections_max or connections_max)))
     m = node.metrics
     if m is not None and hasattr(m, "declare"):
-        m.declare("resp", TIMEOUT_KINDS, ("cap",))
+        m.declare("resp", TIMEOUT_KINDS, ("cap", "evicted", "tenant_cap"))
     loop = asyncio.get_running_loop()
     tout = ctx.timeouts
     server = await loop.create_server(

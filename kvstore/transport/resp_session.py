@@ -48,7 +48,7 @@ async def cmd_auth(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:
         user, password = b"default", arg_bytes(args[0])
     else:
         user, password = arg_bytes(args[0]), arg_bytes(args[1])
-    conn.tenant = _login(conn, user, password)
+    conn.authenticated(_login(conn, user, password))
     await turn.wait()
     turn.write(resp.simple("OK"))
 
@@ -80,7 +80,7 @@ async def cmd_hello(conn: RespProtocol, args: list[Arg], turn: Turn) -> None:
                              "option can be used to authenticate the client and select the "
                              "RESP protocol version at the same time")
     if tenant is not None:
-        conn.tenant = tenant
+        conn.authenticated(tenant)
     if name is not None:
         conn.name = name
     conn.proto = proto

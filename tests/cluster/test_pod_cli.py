@@ -13,6 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.tlscerts import CA
+
 from .conftest import Etcd
 from .nodes import PodNode, env, until
 
@@ -126,6 +128,62 @@ def test_pod_status_reaches_nodes_that_require_signatures(etcd: Etcd, tmp_path: 
         assert st.returncode == 0, st.stderr
         (row,) = json.loads(st.stdout)["nodes"]
         assert row["reachable"] and row["registered"] and row["blocks"] == 0, row
+    finally:
+        node.kill()
+
+
+def _status(etcd_url: str, pod: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd", etcd_url,
+                           "--pod", pod, "--json", *flags], capture_output=True, text=True,
+                          env=env(), timeout=30)
+
+
+def test_pod_status_with_a_private_ca_and_mutual_tls(etcd: Etcd, tmp_path: Path) -> None:
+    """A node served with TLS and mutual TLS (a CA made in the test): `pod status` reads its
+    /metrics over HTTPS only with --tls-ca (the private CA) and --tls-cert/--tls-key (a client
+    certificate the node's --tls-client-ca accepts); without them the node is DOWN and the
+    reason says which check failed."""
+    ca = CA(tmp_path, "pod-ca")
+    server = ca.issue("node1", server=True, ips=("127.0.0.11",))
+    client = ca.issue("operator", server=False)
+    node = PodNode(tmp_path, 1, ["--pod", "tls", "--etcd", etcd.url, "--etcd-lease-ttl", "2",
+                                 "--etcd-timeout", "0.3"],
+                   "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+                   "--tls-client-ca", str(ca.pem))
+    try:
+        deadline = time.monotonic() + START_S  # (PodNode.wait_ready expects http://)
+        while "kvstore: ready" not in node.out:
+            assert node.proc.poll() is None and time.monotonic() < deadline, node.err[-2000:]
+            time.sleep(0.05)
+        assert re.search(rf"on https://{re.escape(node.host)}:\d+", node.out), node.out
+        until(lambda: _status(etcd.url, "tls").returncode == 0
+              and len(json.loads(_status(etcd.url, "tls").stdout)["nodes"]) == 1,
+              "node1 registered")
+        # the system trust store does not know the pod's CA
+        (row,) = json.loads(_status(etcd.url, "tls").stdout)["nodes"]
+        assert row["http"].startswith("https://") and not row["reachable"], row
+        assert "CERTIFICATE_VERIFY_FAILED" in row["error"], row
+        # the CA alone: the server is verified, but it wants a client certificate
+        (row,) = json.loads(_status(etcd.url, "tls", "--tls-ca", str(ca.pem)).stdout)["nodes"]
+        assert not row["reachable"], row
+        st = _status(etcd.url, "tls", "--tls-ca", str(ca.pem), "--tls-cert", str(client.cert),
+                     "--tls-key", str(client.key))
+        assert st.returncode == 0, st.stderr
+        doc = json.loads(st.stdout)
+        (row,) = doc["nodes"]
+        assert row["reachable"] and row["registered"] and row["blocks"] == 0, row
+        assert doc["total"]["reachable"] == 1
+        # the text form too
+        txt = subprocess.run([sys.executable, "-m", "kvstore", "pod", "status", "--etcd",
+                              etcd.url, "--pod", "tls", "--tls-ca", str(ca.pem), "--tls-cert",
+                              str(client.cert), "--tls-key", str(client.key)],
+                             capture_output=True, text=True, env=env(), timeout=30)
+        assert txt.returncode == 0 and "1 reachable" in txt.stdout and " up " in txt.stdout, txt
+        # bad TLS arguments: exit 2, naming the flag
+        st = _status(etcd.url, "tls", "--tls-ca", str(tmp_path / "missing.pem"))
+        assert st.returncode == 2 and "--tls-ca" in st.stderr, st.stderr
+        st = _status(etcd.url, "tls", "--tls-key", str(client.key))
+        assert st.returncode == 2 and "--tls-key needs --tls-cert" in st.stderr, st.stderr
     finally:
         node.kill()
 

@@ -29,7 +29,7 @@ from kvstore.io_uring.posix import PosixDevice
 from kvstore.protocol import resp
 from kvstore.testing import BackgroundBulkServer
 from kvstore.transport.resp_server import RespServer, start_resp_server
-from kvstore.transport.watchdog import BulkTimeouts
+from kvstore.transport.watchdog import BodyLimits, BulkTimeouts
 
 WAIT_SECONDS = 10.0  # far above every configured timeout: reaching it means no close happened
 CREDS = {"tenants": [
@@ -281,6 +281,44 @@ def test_idle_timeout_closes_quietly_and_counts() -> None:
         n.stop()
 
 
+@pytest.mark.parametrize("kind", ["body", "body_rate"])
+def test_a_value_that_stalls_or_crawls_is_closed_and_counted(kind: str) -> None:
+    """Slowloris on the Redis port: a SET whose value stops arriving (``body``) or trickles
+    in under the rate floor (``body_rate``) is closed, counted, and nothing is stored; the
+    server keeps serving."""
+    # each case fires its own timeout first: a stall before the rate grace ends, a crawl that
+    # never goes quiet for the idle timeout
+    idle, grace = (0.3, 5.0) if kind == "body" else (5.0, 0.4)
+    body = BodyLimits(idle_seconds=idle, min_rate_bytes_per_second=64 * 1024,
+                      rate_window_seconds=0.4, rate_grace_seconds=grace)
+    n = Node(timeouts=BulkTimeouts(handshake_seconds=30.0, idle_seconds=30.0, body=body))
+    try:
+        with raw(n) as s:
+            s.sendall(b"*3\r\n$3\r\nSET\r\n$7\r\nslowkey\r\n$1000000\r\n" + b"v" * 1000)
+            if kind == "body":
+                assert read_until_closed(s) == b""
+            else:
+                s.settimeout(0.05)
+                deadline = time.monotonic() + WAIT_SECONDS
+                closed = False
+                while not closed and time.monotonic() < deadline:
+                    try:
+                        s.sendall(b"v" * 100)  # 100 bytes per 50 ms: 2 KB/s, under the floor
+                        closed = s.recv(100) == b""
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        closed = True
+                assert closed, "a crawling value kept its connection"
+        metrics = n.bulk.metrics.render().decode()
+        line = f'kvstore_connection_timeouts_total{{kind="{kind}",port="resp"}} 1.0'
+        assert line in metrics, [m for m in metrics.splitlines() if "timeouts" in m]
+        r = n.client()
+        assert r.get("slowkey") is None and r.ping() is True
+    finally:
+        n.stop()
+
+
 def test_connection_cap() -> None:
     n = Node(connections_max=2)
     try:
@@ -297,6 +335,37 @@ def test_connection_cap() -> None:
         assert n.client().ping() is True
         b.close()
     finally:
+        n.stop()
+
+
+def test_silent_sockets_at_the_cap_yield_to_clients() -> None:
+    """With credentials, a cap full of sockets that never AUTH locks nobody out: a newcomer
+    evicts the oldest of them (as on the bulk port); authenticated connections are never
+    evicted, and when every slot is one, the newcomer is refused."""
+    n = Node(tenants=Tenants.from_dict(CREDS), namespace="acme-default", connections_max=3)
+    silent = [raw(n) for _ in range(3)]
+    clients: list[redis.Redis] = []
+    try:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while n.resp.connections < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):  # each evicts one silent socket
+            c = n.client(username="AKACME", password="acme-secret",
+                         single_connection_client=True)
+            clients.append(c)
+            assert c.ping() is True
+        for s in silent:  # told why, then closed
+            assert read_until_closed(s) == b"-ERR max number of clients reached\r\n"
+        with raw(n) as late:  # every slot is authenticated now: refused, nobody evicted
+            assert read_until_closed(late) == b"-ERR max number of clients reached\r\n"
+        assert all(c.ping() is True for c in clients)
+        metrics = n.bulk.metrics.render().decode()
+        assert 'kvstore_connections_refused_total{port="resp",reason="evicted"} 3.0' in metrics
+    finally:
+        for s in silent:
+            s.close()
+        for c in clients:
+            c.close()
         n.stop()
 
 

@@ -355,6 +355,16 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
             assert b.get_object(Bucket="pod", Key=k)["Body"].read() == data[k], owners[k]
         listed = b.list_objects_v2(Bucket="pod")  # merged from both nodes' HTTPS
         assert sorted(o["Key"] for o in listed.get("Contents", [])) == keys
+        # the /ui pod table: the node reads the other's /metrics with its peer context
+        import urllib.request
+
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.load_cert_chain(*client)
+        with urllib.request.urlopen(f"{nodes[1].url}/v1/pod/stats", context=ctx,
+                                    timeout=30) as r:
+            rows = json.loads(r.read())["nodes"]
+        assert [(n["node_id"], n["reachable"]) for n in rows] == [("node1", True),
+                                                                  ("node2", True)], rows
 
 
 def test_graceful_stop_does_not_wait_for_idle_tls_clients(tmp_path: Path, certs: dict) -> None:

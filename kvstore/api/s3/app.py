@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 from kvstore import limits
+from kvstore.api.conn_tenant import bind_connection
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, copying, multipart, objects, sigv4
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
@@ -97,6 +98,7 @@ class S3App:
         try:
             tenant, signing = sigv4.authenticate(self.tenants, req.method, req.raw_path,
                                                  req.query_pairs, req.headers, time.time())
+            bind_connection(scope, tenant)  # Busy past --max-connections-per-tenant
             handler, op, needs = route(req)
             if needs is not None:
                 self.check_bucket(tenant, req.bucket, needs)
