@@ -192,6 +192,12 @@ multipart_part_bytes_min = 5 * MiB
 # kept longer than ``multipart_idle_seconds_max``.
 multipart_completed_remembered_max = 1024
 
+# GetObject/HeadObject answer headers rendered per object version (kvstore.api.s3.answer_cache),
+# keyed by bucket and key: an entry holds at most a record's metadata (block_meta_bytes_max)
+# three times over (packed, unpacked, rendered) plus its key, so at most ~32 MiB, typically a
+# few hundred bytes each. The oldest insertion is dropped first.
+s3_answer_cache_entries_max = 2048
+
 # Conditional writes (If-Match) of one key are serialized by one of this many locks (striped by
 # key), so that two writers holding the same ETag cannot both succeed.
 conditional_write_locks = 64

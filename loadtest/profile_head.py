@@ -51,6 +51,8 @@ def main() -> int:
     ap.add_argument("--bare", action="store_true", help="bench_http's bare app instead")
     ap.add_argument("--calls", type=int, default=15000, help="HEADs per connection")
     ap.add_argument("--conns", type=int, default=2, help="httperf processes (connections)")
+    ap.add_argument("--no-guard", action="store_true",
+                    help="kvstore on uvicorn's plain httptools protocol (what the guard costs)")
     ap.add_argument("--profile", action="store_true", help="cProfile the measured part")
     ap.add_argument("--sort", default="tottime", help="pstats sort key")
     args = ap.parse_args()
@@ -85,7 +87,8 @@ def main() -> int:
     metrics = Metrics(engine)
     node = Node(engine, runner, Tenants.development(), metrics=metrics)
     app: Any = bench_http.bare_app if args.bare else create_app(node)
-    proto: Any = "httptools" if args.bare else guarded_protocol(HttpGuardSettings(), metrics)
+    proto: Any = "httptools" if args.bare or args.no_guard else \
+        guarded_protocol(HttpGuardSettings(), metrics)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
