@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -72,6 +73,13 @@ class S3App:
         self.etag_md5 = state.etag == "md5"
         self.write_locks = [threading.Lock() for _ in range(limits.conditional_write_locks)]
         self.answers = AnswerCache()  # GetObject/HeadObject headers per object version
+        # PUT bodies are copied and hashed (MD5, SHA-256) here while they arrive (intake.py)
+        self.hashers = ThreadPoolExecutor(limits.s3_hash_threads,
+                                          thread_name_prefix="kvstore-s3-hash")
+
+    async def shutdown(self) -> None:
+        """Lifespan shutdown (``KVStoreApp``): the hashing threads exit once idle."""
+        self.hashers.shutdown(wait=False)
 
     @staticmethod
     def access_denied() -> AccessDenied:

@@ -144,7 +144,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         # the MD5 ETag (and any client digest) is computed here, in a worker thread: hashlib
         # releases the GIL, so concurrent PUTs hash on as many cores as the pool has threads
         sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash,
-                                         md5=s3.etag_md5)
+                                         md5=s3.etag_md5, known=buf.digests)
         meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
         if if_match is None:
             return _store(s3, bucket, key, buf, meta, overwrite=inm is None), sums, md5_hex
@@ -275,7 +275,7 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     hdrs = checksums.object_headers(req.headers)
     um = checksums.user_metadata(req.headers)
     sums, md5_hex = await s3.blocks.run(checksums.verify, data, req.headers, trailers,
-                                        payload_hash, s3.etag_md5)
+                                        payload_hash, s3.etag_md5, buf.digests)
     meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
     created = await s3.blocks.put_replicas(call.tenant, req.bucket, req.key, data,
                                            list(owners), overwrite=inm is None, meta=meta)
