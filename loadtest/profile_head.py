@@ -4,6 +4,7 @@ loop thread's CPU time per answered request (RUSAGE_THREAD), optionally under cP
     .venv/bin/python loadtest/profile_head.py                     # this tree, 2 x 15,000 HEADs
     .venv/bin/python loadtest/profile_head.py --root OLD_TREE     # another tree (A/B)
     .venv/bin/python loadtest/profile_head.py --bare              # bench_http's bare app
+    .venv/bin/python loadtest/profile_head.py --no-guard          # kvstore without the guard
     .venv/bin/python loadtest/profile_head.py --profile --sort cumulative
 
 The loop thread's own CPU is what a per-request cost cut moves, and it hardly moves with the
