@@ -76,6 +76,9 @@ class Tenant:
         return any(fnmatch.fnmatchcase(namespace, pat) for pat in self.namespaces)
 
 
+
+_DEV_UNSIGNED = Tenant(DEV_TENANT, "", "", ("*",))
+
 class Tenants:
     """Lookup of tenants by access key. ``dev`` mode: any key is accepted as the dev tenant."""
 
@@ -127,6 +130,8 @@ class Tenants:
     def by_access_key(self, access_key: str) -> Tenant:
         """The tenant owning ``access_key``; in dev mode a tenant that may use everything."""
         if self.dev:
+            if not access_key:  # unsigned requests: one immutable tenant, not one per request
+                return _DEV_UNSIGNED
             return Tenant(DEV_TENANT, access_key, "", ("*",))
         t = self._by_key.get(access_key)
         if t is None:

@@ -198,6 +198,22 @@ multipart_part_bytes_min = 5 * MiB
 # kept longer than ``multipart_idle_seconds_max``.
 multipart_completed_remembered_max = 1024
 
+# GetObject/HeadObject answer headers rendered per object version (kvstore.api.s3.answer_cache),
+# keyed by bucket and key: an entry holds at most a record's metadata (block_meta_bytes_max)
+# three times over (packed, unpacked, rendered) plus its key, so at most ~32 MiB, typically a
+# few hundred bytes each. The oldest insertion is dropped first.
+s3_answer_cache_entries_max = 2048
+
+# PUT bodies are copied into their buffer and fed to the MD5 ETag (and the SHA-256 of a signed
+# payload) while they arrive, in batches of at least this many bytes (fewer thread hand-offs per
+# body: 4 for 2 MiB), one batch in flight per request (kvstore.api.s3.intake).
+s3_intake_batch_bytes = 512 * KiB
+
+# Threads that run those batches: MD5 runs at ~0.7 GB/s per core and one body's MD5 cannot be
+# split, so concurrent PUTs hash on as many cores as there are threads (hashlib releases the
+# GIL). A request waits for a free one; at most one batch per request is queued.
+s3_hash_threads = 8
+
 # Conditional writes (If-Match) of one key are serialized by one of this many locks (striped by
 # key), so that two writers holding the same ETag cannot both succeed.
 conditional_write_locks = 64

@@ -4,6 +4,7 @@ loop thread's CPU time per answered request (RUSAGE_THREAD), optionally under cP
     .venv/bin/python loadtest/profile_head.py                     # this tree, 2 x 15,000 HEADs
     .venv/bin/python loadtest/profile_head.py --root OLD_TREE     # another tree (A/B)
     .venv/bin/python loadtest/profile_head.py --bare              # bench_http's bare app
+    .venv/bin/python loadtest/profile_head.py --no-guard          # kvstore without the guard
     .venv/bin/python loadtest/profile_head.py --profile --sort cumulative
 
 The loop thread's own CPU is what a per-request cost cut moves, and it hardly moves with the
@@ -51,6 +52,8 @@ def main() -> int:
     ap.add_argument("--bare", action="store_true", help="bench_http's bare app instead")
     ap.add_argument("--calls", type=int, default=15000, help="HEADs per connection")
     ap.add_argument("--conns", type=int, default=2, help="httperf processes (connections)")
+    ap.add_argument("--no-guard", action="store_true",
+                    help="kvstore on uvicorn's plain httptools protocol (what the guard costs)")
     ap.add_argument("--profile", action="store_true", help="cProfile the measured part")
     ap.add_argument("--sort", default="tottime", help="pstats sort key")
     args = ap.parse_args()
@@ -85,7 +88,8 @@ def main() -> int:
     metrics = Metrics(engine)
     node = Node(engine, runner, Tenants.development(), metrics=metrics)
     app: Any = bench_http.bare_app if args.bare else create_app(node)
-    proto: Any = "httptools" if args.bare else guarded_protocol(HttpGuardSettings(), metrics)
+    proto: Any = "httptools" if args.bare or args.no_guard else \
+        guarded_protocol(HttpGuardSettings(), metrics)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))

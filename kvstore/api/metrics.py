@@ -20,9 +20,11 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from kvstore.api.op_stats import OpCounters
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -196,12 +198,11 @@ class Metrics:
 
     def __init__(self, engine: StatsSource | None = None, *, per_namespace: bool = True) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self._ops = Counter("kvstore_ops", "Operations served, by operation and tier",
-                            ["op", "tier"], registry=self.registry)
-        self._bytes = Counter("kvstore_bytes", "Payload bytes moved, by operation and tier",
-                              ["op", "tier"], registry=self.registry)
-        self._latency = Histogram("kvstore_op_seconds", "Operation latency, by operation and tier",
-                                  ["op", "tier"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        # kvstore_ops_total, kvstore_bytes_total, kvstore_op_seconds: one cheap row per
+        # (op, tier) on the hot path (op_stats.py), families built at scrape time
+        self._op_counters = OpCounters(LATENCY_BUCKETS)
+        self.registry.register(self._op_counters)
+        self.observe = self._op_counters.observe  # type: ignore[method-assign]
         self._errors = Counter("kvstore_errors", "Failed operations, by operation and error",
                                ["op", "error"], registry=self.registry)
         self._timeouts = Counter("kvstore_connection_timeouts",
@@ -218,21 +219,13 @@ class Metrics:
                                "Blocks copied to their owner after a hit at the previous owner, "
                                "by outcome (started, dropped: past the in-flight bound, ok, "
                                "failed)", ["outcome"], registry=self.registry)
-        self._children: dict[tuple[str, str], tuple[Counter, Counter, Histogram]] = {}
         if engine is not None:
             self.registry.register(EngineCollector(engine, per_namespace))
 
     def observe(self, op: str, tier: str, nbytes: int, seconds: float) -> None:
-        """Record one served operation of ``nbytes`` payload that took ``seconds``."""
-        child = self._children.get((op, tier))
-        if child is None:
-            child = (self._ops.labels(op, tier), self._bytes.labels(op, tier),
-                     self._latency.labels(op, tier))
-            self._children[(op, tier)] = child
-        child[0].inc()
-        if nbytes:
-            child[1].inc(nbytes)
-        child[2].observe(seconds)
+        """Record one served operation of ``nbytes`` payload that took ``seconds`` (bound to
+        ``OpCounters.observe`` in ``__init__``: no extra call per request)."""
+        self._op_counters.observe(op, tier, nbytes, seconds)
 
     def op_summary(self) -> dict[str, dict[str, Any]]:
         """Per operation, summed over tiers: ``count``, payload ``bytes``, and the latency
@@ -244,21 +237,12 @@ class Metrics:
             return out.setdefault(op, {"count": 0.0, "bytes": 0.0,
                                        "buckets": [[le, 0.0] for le in LATENCY_BUCKETS]})
 
-        for fam in self._ops.collect():
-            for s in fam.samples:
-                if s.name.endswith("_total"):
-                    entry(s.labels["op"])["count"] += s.value
-        for fam in self._bytes.collect():
-            for s in fam.samples:
-                if s.name.endswith("_total"):
-                    entry(s.labels["op"])["bytes"] += s.value
-        index = {le: i for i, le in enumerate(LATENCY_BUCKETS)}
-        for fam in self._latency.collect():
-            for s in fam.samples:
-                if s.name.endswith("_bucket") and s.labels["le"] != "+Inf":
-                    i = index.get(float(s.labels["le"]))
-                    if i is not None:
-                        entry(s.labels["op"])["buckets"][i][1] += s.value
+        for (op, _tier), (count, moved, _seconds, cum) in self._op_counters.rows().items():
+            e = entry(op)
+            e["count"] += count
+            e["bytes"] += moved
+            for i, n in enumerate(cum):
+                e["buckets"][i][1] += n
         return out
 
     def error(self, op: str, error: str) -> None:

@@ -101,3 +101,22 @@ def test_engine_read_misses_are_one_counter_family_by_outcome(tmp_path: object) 
         assert s[("kvstore_engine_misses_total", ())] == 1
     finally:
         eng.close()
+
+
+def test_op_counters_histogram_edges_and_summary() -> None:
+    """Buckets are "less or equal" (a value on a bound counts in it), a value past the last
+    bound only in +Inf, and op_summary sums the tiers of an op."""
+    m = Metrics()
+    m.observe("get", "dram", 10, 0.0005)  # exactly a bound
+    m.observe("get", "flash", 5, 20.0)  # past 10 s
+    s = samples(m)
+    assert s[("kvstore_op_seconds_bucket", (("le", "0.0005"), ("op", "get"), ("tier", "dram")))] == 1
+    assert s[("kvstore_op_seconds_bucket", (("le", "0.00025"), ("op", "get"),
+                                            ("tier", "dram")))] == 0
+    assert s[("kvstore_op_seconds_bucket", (("le", "10.0"), ("op", "get"), ("tier", "flash")))] == 0
+    assert s[("kvstore_op_seconds_bucket", (("le", "+Inf"), ("op", "get"), ("tier", "flash")))] == 1
+    assert s[("kvstore_op_seconds_sum", (("op", "get"), ("tier", "flash")))] == 20.0
+    summary = m.op_summary()["get"]
+    assert summary["count"] == 2 and summary["bytes"] == 15
+    assert dict((le, n) for le, n in summary["buckets"])[0.0005] == 1
+    assert summary["buckets"][-1] == [10.0, 1]

@@ -82,3 +82,12 @@ def test_every_handler_row_is_reachable() -> None:
     reached = {(r[4], r[5]) for r in ROUTED}
     rows = {(row.handler, row.op) for row in s3app.ROUTES if row.handler is not None}
     assert rows == reached
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("headers", [{}, {"range": "bytes=0-1"}, {"x-amz-copy-source": "b/k"}])
+def test_the_fast_path_answers_what_the_table_answers(method: str,
+                                                      headers: dict[str, str]) -> None:
+    """An object's GET or HEAD without a query skips ``route`` (``_FAST``): same handler, op
+    name and permission as the table's first matching row."""
+    assert s3app._FAST[method] == s3app.route(_req(method, "/b/some/key", "", headers))

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,6 +23,7 @@ from kvstore import limits
 from kvstore.api.conn_tenant import bind_connection
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
 from kvstore.api.s3 import buckets, copying, multipart, objects, sigv4
+from kvstore.api.s3.answer_cache import AnswerCache
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
 from kvstore.engine.device import BufferPool
@@ -71,6 +73,14 @@ class S3App:
         # (--etag xxh3), the block's xxh3 checksum, which costs no extra pass over the bytes
         self.etag_md5 = state.etag == "md5"
         self.write_locks = [threading.Lock() for _ in range(limits.conditional_write_locks)]
+        self.answers = AnswerCache()  # GetObject/HeadObject headers per object version
+        # PUT bodies are copied and hashed (MD5, SHA-256) here while they arrive (intake.py)
+        self.hashers = ThreadPoolExecutor(limits.s3_hash_threads,
+                                          thread_name_prefix="kvstore-s3-hash")
+
+    async def shutdown(self) -> None:
+        """Lifespan shutdown (``KVStoreApp``): the hashing threads exit once idle."""
+        self.hashers.shutdown(wait=False)
 
     @staticmethod
     def access_denied() -> AccessDenied:
@@ -99,7 +109,10 @@ class S3App:
             tenant, signing = sigv4.authenticate(self.tenants, req.method, req.raw_path,
                                                  req.query_pairs, req.headers, time.time())
             bind_connection(scope, tenant)  # Busy past --max-connections-per-tenant
-            handler, op, needs = route(req)
+            # an object's GET or HEAD with no query (the hot paths) skips the route table;
+            # the policy check below is the same either way
+            fast = _FAST.get(req.method) if req.key and not req.query_pairs else None
+            handler, op, needs = fast if fast is not None else route(req)
             if needs is not None:
                 self.check_bucket(tenant, req.bucket, needs)
             _status, nbytes = await handler(self, req, Call(tenant, signing), send)
@@ -230,6 +243,12 @@ ROUTES: tuple[Route, ...] = (
     Route("object", "POST", _query("uploadId"), multipart.complete, "complete_multipart",
           Op.WRITE),
 )
+
+# What ``route`` answers for an object's GET and HEAD without a query (the first matching row).
+_FAST: dict[str, tuple[Handler, str, Op | None]] = {
+    "GET": (objects.get_object, "get", Op.READ),
+    "HEAD": (objects.head_object, "head", Op.READ),
+}
 
 ROUTE_TABLE: dict[tuple[str, str], tuple[Route, ...]] = {}
 for _r in ROUTES:

@@ -120,25 +120,29 @@ def declared(headers: Mapping[str, str], trailers: Mapping[str, str]) -> dict[st
 
 
 def verify(data: memoryview, headers: Mapping[str, str], trailers: Mapping[str, str],
-           payload_hash: str, md5: bool = True) -> tuple[dict[str, str], str]:
+           payload_hash: str, md5: bool = True,
+           known: Mapping[str, str] | None = None) -> tuple[dict[str, str], str]:
     """Check every digest the client declared (call off the event loop). Returns (checksums to
-    store, md5 hex: the ETag; "" when ``md5`` is False and no Content-MD5 was sent)."""
+    store, md5 hex: the ETag; "" when ``md5`` is False and no Content-MD5 was sent). ``known``:
+    hex digests of ``data`` already computed as it arrived ("md5", "sha256"; intake.py)."""
+    known = known or {}
     md5_hex = ""
     cmd5 = headers.get("content-md5")
     if cmd5 is not None:
         want = _b64decode(cmd5, 16)
         if want is None:
             raise S3Error("InvalidDigest", "The Content-MD5 you specified was invalid.")
-        got = hashlib.md5(data).digest()
+        got = bytes.fromhex(known["md5"]) if "md5" in known else hashlib.md5(data).digest()
         if got != want:
             raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we "
                           "received.")
         md5_hex = got.hex()
     elif md5:
-        md5_hex = hashlib.md5(data).hexdigest()
+        md5_hex = known.get("md5") or hashlib.md5(data).hexdigest()
     if payload_hash and payload_hash != sigv4.UNSIGNED_PAYLOAD \
             and payload_hash not in sigv4.STREAMING_MODES:
-        if hashlib.sha256(data).hexdigest() != payload_hash.lower():
+        sha = known.get("sha256") or hashlib.sha256(data).hexdigest()
+        if sha != payload_hash.lower():
             raise S3Error("XAmzContentChecksumMismatch",
                           "The provided 'x-amz-content-sha256' header does not match what was "
                           "computed.")

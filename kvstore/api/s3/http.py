@@ -139,6 +139,17 @@ class Request:
                           "Content-Length HTTP header.")
         return chunks
 
+    async def body_into(self, size: int, add: Callable[[bytes], Awaitable[None]]) -> None:
+        """Hand a body of exactly ``size`` bytes to ``add`` piece by piece, as it arrives."""
+        total = 0
+        async for c in self._pieces(size, "IncompleteBody"):
+            total += len(c)
+            await add(c)
+        if total != size:
+            raise S3Error("IncompleteBody",
+                          "You did not provide the number of bytes specified by the "
+                          "Content-Length HTTP header.")
+
     async def body_chunks_upto(self, limit: int) -> list[bytes] | None:
         """A body of unknown length (``Transfer-Encoding: chunked``) as the server's chunks;
         None as soon as it is past ``limit`` bytes (the rest stays unread)."""

@@ -116,7 +116,7 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     try:
         def work() -> Part:
             sums, md5_hex = checksums.verify(body.data(), req.headers, trailers, payload_hash,
-                                             md5=s3.etag_md5)
+                                             md5=s3.etag_md5, known=body.digests)
             # parts are held until Complete; the pooled buffer goes back
             return _new_part(u, number, bytes(body.data()), sums, md5_hex)
 

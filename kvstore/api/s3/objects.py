@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from kvstore import limits
 from kvstore.api.errors import S3Error, classify
 from kvstore.api.s3 import checksums
+from kvstore.api.s3.answer_cache import Rendered, stored_etag
 from kvstore.api.s3.http import (
     Headers,
     Request,
@@ -40,19 +41,13 @@ if TYPE_CHECKING:
     from kvstore.engine.store import BlockView
     from kvstore.service.forward import NodeInfo
 
-__all__ = ["Body", "check_unsupported", "read_payload"]  # re-exported for multipart
+__all__ = ["Body", "check_unsupported", "read_payload", "stored_etag"]  # re-exported
 
 _XML = (b"content-type", b"application/xml")
 
 
 def _checksum_headers(sums: dict[str, str]) -> Headers:
     return [(f"x-amz-checksum-{a}".encode(), v.encode()) for a, v in sums.items()]
-
-
-def stored_etag(meta: BlockMeta, doc: dict[str, Any]) -> str:
-    """The object's ETag: the one stored with it (MD5, or md5-of-part-MD5s-N), else the block's
-    xxh3 (objects written before MD5 ETags, under ``--etag xxh3``, or by the bulk port)."""
-    return doc.get("e") or meta.etag
 
 
 def _sum_headers(doc: dict[str, Any]) -> Headers:
@@ -149,7 +144,7 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
         # the MD5 ETag (and any client digest) is computed here, in a worker thread: hashlib
         # releases the GIL, so concurrent PUTs hash on as many cores as the pool has threads
         sums, md5_hex = checksums.verify(buf.data(), req.headers, trailers, payload_hash,
-                                         md5=s3.etag_md5)
+                                         md5=s3.etag_md5, known=buf.digests)
         meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
         if if_match is None:
             return _store(s3, bucket, key, buf, meta, overwrite=inm is None), sums, md5_hex
@@ -170,21 +165,37 @@ async def _put_body(s3: S3App, req: Request, send: Send, buf: Body, trailers: di
     return 200, len(buf)
 
 
-def _object_headers(req: Request, meta: BlockMeta, doc: dict[str, Any], ranged: bool) -> Headers:
-    out: Headers = [
-        (b"etag", f'"{stored_etag(meta, doc)}"'.encode()),
-        (b"last-modified", http_date(meta.created).encode()),
-        (b"accept-ranges", b"bytes"),
-        (b"x-amz-request-id", req.request_id.encode()),
-    ]
+_RESPONSE_OVERRIDES = (("response-content-type", "content-type"),
+                       ("response-content-disposition", "content-disposition"),
+                       ("response-content-encoding", "content-encoding"),
+                       ("response-content-language", "content-language"),
+                       ("response-cache-control", "cache-control"),
+                       ("response-expires", "expires"))
+
+# request headers that make GetObject/HeadObject answer other than the object's cached headers
+_CONDITIONAL = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+
+
+def _plain(req: Request) -> bool:
+    """No query, no Range, no checksum mode: the answer is the version's cached ``Rendered``
+    headers as they are (preconditions are still checked)."""
+    h = req.headers
+    return not req.query_pairs and "range" not in h and "x-amz-checksum-mode" not in h
+
+
+def _conditional(req: Request) -> bool:
+    h = req.headers
+    return any(c in h for c in _CONDITIONAL)
+
+
+def _object_headers(req: Request, ans: Rendered, ranged: bool) -> Headers:
+    """A GetObject/HeadObject answer's headers when ``_plain`` does not hold (the whole-object
+    Content-Length left out)."""
+    meta, doc = ans.meta, ans.doc
+    out: Headers = [*ans.head, (b"x-amz-request-id", req.request_id.encode())]
     hdrs = dict(doc["h"])
     hdrs.setdefault("content-type", "binary/octet-stream")
-    for q, h in (("response-content-type", "content-type"),
-                 ("response-content-disposition", "content-disposition"),
-                 ("response-content-encoding", "content-encoding"),
-                 ("response-content-language", "content-language"),
-                 ("response-cache-control", "cache-control"),
-                 ("response-expires", "expires")):
+    for q, h in _RESPONSE_OVERRIDES:
         if q in req.query:
             hdrs[h] = req.query[q]
     out += [(k.encode(), v.encode("latin-1", "replace")) for k, v in hdrs.items()]
@@ -264,7 +275,7 @@ async def _put_owner(s3: S3App, req: Request, call: Call, send: Send, buf: Body,
     hdrs = checksums.object_headers(req.headers)
     um = checksums.user_metadata(req.headers)
     sums, md5_hex = await s3.blocks.run(checksums.verify, data, req.headers, trailers,
-                                        payload_hash, s3.etag_md5)
+                                        payload_hash, s3.etag_md5, buf.digests)
     meta = checksums.pack_meta(hdrs, um, sums, md5_hex)
     created = await s3.blocks.put_replicas(call.tenant, req.bucket, req.key, data,
                                            list(owners), overwrite=inm is None, meta=meta)
@@ -300,12 +311,15 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     number = _check_version(req)
     bucket, key, rng = req.bucket, req.key, req.headers.get("range")
     ask = await _part_span(s3, req, call, number) if number else range_request(rng)
+    conditional = _conditional(req)
 
     def serve(view: BlockView | None) -> tuple[BlockMeta, tuple[bytes | memoryview, str],
                                                tuple[int, int] | None, int]:
         if view is None:
             raise NotFound("The specified key does not exist.")
         meta = view.meta
+        if not (number or rng or conditional):  # the whole object, unconditionally
+            return meta, _payload_out(view, None), None, 0
         doc = checksums.unpack_meta(meta.meta)
         check_conditions(req.headers, stored_etag(meta, doc), meta.created)
         count = 0
@@ -325,8 +339,11 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     except _Replaced:  # rewritten since its part was located: read the new one whole
         meta, (body, req.tier), r, count = await s3.blocks.read(bucket, key, serve,
                                                                 tenant=call.tenant)
-    doc = checksums.unpack_meta(meta.meta)  # small; parsed again off the worker thread
-    headers = _object_headers(req, meta, doc, r is not None)
+    ans = s3.answers.get(bucket, key, meta)  # on the loop: the cache is not thread-safe
+    if r is None and len(body) == meta.length and _plain(req):
+        await _send(send, 200, ans.headers(req.request_id.encode()), body)
+        return 200, len(body)
+    headers = _object_headers(req, ans, r is not None)
     status = 200
     if r is not None:
         status = 206
@@ -340,15 +357,18 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
     if meta is None:
         raise NotFound("The specified key does not exist.")
-    doc = checksums.unpack_meta(meta.meta)
-    check_conditions(req.headers, stored_etag(meta, doc), meta.created)
+    ans = s3.answers.get(req.bucket, req.key, meta)
+    check_conditions(req.headers, ans.etag, meta.created)
+    if _plain(req):
+        await _send(send, 200, ans.headers(req.request_id.encode()), b"")
+        return 200, 0
     count = 0
     if number:
-        lo, hi, count = part_range(number, meta, doc)
+        lo, hi, count = part_range(number, meta, ans.doc)
         r: tuple[int, int] | None = (lo, hi) if meta.length else None
     else:
         r = parse_range(req.headers.get("range"), meta.length)
-    headers = _object_headers(req, meta, doc, r is not None)
+    headers = _object_headers(req, ans, r is not None)
     status, n = 200, meta.length
     if r is not None:
         status, n = 206, r[1] - r[0]
@@ -357,11 +377,18 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
     return status, 0
 
 
+async def _send(send: Send, status: int, headers: Headers, body: bytes | memoryview) -> None:
+    """An answer whose ``headers`` already hold its Content-Length."""
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def delete_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     if "partNumber" in req.query:
         raise S3Error("NotImplemented", "DELETE by partNumber is not supported")
     _check_version(req)
     await s3.blocks.delete(call.tenant, req.bucket, req.key)
+    s3.answers.forget(req.bucket, req.key)
     await respond(send, 204, [(b"x-amz-request-id", req.request_id.encode())])
     return 204, 0
 

@@ -12,8 +12,9 @@ from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums, chunked, sigv4
 from kvstore.api.s3.http import Request
+from kvstore.api.s3.intake import Intake
 from kvstore.api.s3.numbers import ascii_uint
-from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up
+from kvstore.engine.device import AlignedBuffer, BufferPool, StagedPayload, align_up, copy_into
 from kvstore.errors import EntityTooLarge
 
 if TYPE_CHECKING:
@@ -59,13 +60,15 @@ class Body:
     pool with ``release``. A plain body arrives as the server's chunks and is copied into the
     buffer by ``data()`` in a worker thread, keeping that 2 MiB copy off the event loop."""
 
-    __slots__ = ("_pool", "_buf", "_n", "_chunks")
+    __slots__ = ("_pool", "_buf", "_n", "_chunks", "intake", "digests")
 
     def __init__(self, pool: BufferPool, n: int) -> None:
         self._pool = pool
         self._buf: AlignedBuffer | None = pool.acquire(align_up(n))
         self._n = n
         self._chunks: list[bytes] | None = None
+        self.intake: Intake | None = None  # copying and hashing while the body arrives
+        self.digests: dict[str, str] = {}  # what the intake computed: "md5", "sha256" (hex)
 
     def target(self) -> memoryview:
         """Where a decoder writes the body (aws-chunked)."""
@@ -78,7 +81,7 @@ class Body:
         if self._chunks is not None:
             pos = 0
             for c in self._chunks:
-                view[pos : pos + len(c)] = c
+                copy_into(view[pos : pos + len(c)], memoryview(c))  # GIL released
                 pos += len(c)
             self._chunks = None
         return view
@@ -90,9 +93,15 @@ class Body:
 
     def release(self) -> None:
         self._chunks = None
-        if self._buf is not None:
-            self._pool.release(self._buf)
-            self._buf = None
+        buf, self._buf = self._buf, None
+        if buf is None:
+            return
+        job = self.intake.settled() if self.intake is not None else None
+        if job is not None:  # a worker still writes into it: back to the pool after that
+            pool = self._pool
+            job.add_done_callback(lambda _f: pool.release(buf))
+            return
+        self._pool.release(buf)
 
     def __len__(self) -> int:
         return self._n
@@ -147,8 +156,15 @@ async def read_payload(s3: S3App, req: Request, call: Call,
     if length > room:
         raise too_large(room)
     body = Body(s3.pool, length)
+    md5 = s3.etag_md5 or "content-md5" in req.headers
+    sha256 = bool(payload_hash) and payload_hash != sigv4.UNSIGNED_PAYLOAD
     try:
-        body._chunks = await req.body_chunks(length)
+        if md5 or sha256:  # digested while it arrives (intake.py)
+            intake = body.intake = Intake(s3.hashers, body.target(), md5=md5, sha256=sha256)
+            await req.body_into(length, intake.add)
+            body.digests = await intake.finish()
+        else:
+            body._chunks = await req.body_chunks(length)
     except BaseException:
         body.release()
         raise
