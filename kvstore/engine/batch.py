@@ -163,7 +163,13 @@ def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
                     seen.add(p.digest)
                     todo.append(i)
     chunks = _pack(st.config.segment_bytes, preps, todo)
-    _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
+    try:
+        _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            lg.sealer.wait_mine()
+        raise
+    lg.sealer.wait_mine()  # a segment this call rolled is sealed before it returns
     out = []
     for r in results:
         assert r is not None
@@ -229,7 +235,7 @@ def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) 
     """Claim the chunk's range in the active segment (rolling it when the chunk does not fit),
     take sequence numbers and add summary rows. Caller holds ``wlock``; the header pages are
     encoded after it is released (``_encode``)."""
-    _reserve_in(lg, lg.room_for(c.total), [(preps, c, overwrite)])
+    _reserve_in(lg, lg.room_for(c.total, defer_seal=True), [(preps, c, overwrite)])
 
 
 def _reserve_in(lg: SegmentLog, seg: Segment,
@@ -327,7 +333,7 @@ def _combine(lg: SegmentLog) -> None:
                 lg.combine_queue.popleft()
             batch = [head]
             try:
-                seg = lg.room_for(head.chunk.total)
+                seg = lg.room_for(head.chunk.total, defer_seal=True)
                 with lg.combine_lock:
                     room = cap - seg.end - head.chunk.total
                     while lg.combine_queue and lg.combine_queue[0].chunk.total <= room:
