@@ -19,6 +19,7 @@ between build and reservation is written as a void record (``FLAG_VOID``), never
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from kvstore.errors import (
 if TYPE_CHECKING:
     from kvstore.engine.crypto import RecordCipher
     from kvstore.engine.device import AlignedBuffer, BufferPool, Pending
+    from kvstore.engine.group import Group
     from kvstore.engine.log import SegmentLog
     from kvstore.engine.segments import Segment
 
@@ -157,6 +159,7 @@ class _Chunk:
     staged: memoryview | None = None  # one record whose payload is written in place
     seals: dict[int, tuple[bytes, int]] | None = None  # record n: (GCM tag, ciphertext xxh3)
     published: bool = False
+    group: Group | None = None  # written with other writers' chunks by one op (group.py)
 
     def ops(self) -> list[IoOp]:
         assert self.seg is not None and self.buf is not None
@@ -362,10 +365,20 @@ class _Pipeline:
 
     def _start(self, c: _Chunk) -> None:
         assert c.seg is not None
+        g = c.group
         try:
-            _encode(c)
-            pending = self.lg.state.device.start(c.ops())
+            if g is None:
+                _encode(c)
+                pending = self.lg.state.device.start(c.ops())
+            elif g.leader is c:  # group commit: every member's chunk in one op (group.py)
+                for m in g.chunks:
+                    _encode(m)
+                pending = g.start(self.lg.state.device, self.lg.state.pool)
+            else:
+                pending = g.member(c)  # the leader encodes and writes this chunk
         except BaseException:
+            if g is not None and g.leader is c:
+                g.finish(-errno.EIO)  # the members' ranges fail with ours
             # every reserved range completes, even on failure
             self.lg.complete(c.seg, c.off, c.off + c.total, False)
             raise

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvstore import limits
+
 if TYPE_CHECKING:
     from kvstore.engine.batch import Prepared, _Chunk
     from kvstore.engine.log import SegmentLog
@@ -46,7 +48,7 @@ def reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite
                 break
             lg.combining = True
         try:
-            _combine(lg)
+            _combine(lg, me)
         finally:
             with lg.combine_lock:
                 lg.combining = False
@@ -56,10 +58,11 @@ def reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite
         raise me.error
 
 
-def _combine(lg: SegmentLog) -> None:
+def _combine(lg: SegmentLog, me: _Request) -> None:
     """Reserve the queue's chunks in order under one hold of ``wlock``: the head (which may
     roll the segment, on the first round only), then every following chunk that still fits,
-    in one state-lock section."""
+    in one state-lock section. Small chunks reserved with the combiner's own (``me``) become
+    one group commit (``group.py``), led by it."""
     from kvstore.engine import batch as batch_mod  # its _reserve_in (profilers wrap it there)
 
     cap = lg.state.config.segment_bytes
@@ -82,6 +85,8 @@ def _combine(lg: SegmentLog) -> None:
                         room -= lg.combine_queue[0].chunk.total
                         batch.append(lg.combine_queue.popleft())
                 batch_mod._reserve_in(lg, seg, [(r.preps, r.chunk, r.overwrite) for r in batch])
+                if me in batch:
+                    _group(batch, me)
             except BaseException as e:  # those writers' error (e.g. out of capacity)
                 for r in batch:
                     r.error = e
@@ -90,3 +95,26 @@ def _combine(lg: SegmentLog) -> None:
                 for r in batch:
                     r.done = True
                     r.cond.notify()
+
+
+def _group(batch: list[_Request], me: _Request) -> None:
+    """Make the run of small chunks around ``me``'s, reserved back to back, one group."""
+    from kvstore.engine.group import Group, eligible
+
+    i = batch.index(me)
+    lo = hi = i
+    total = me.chunk.total
+    while lo > 0 and eligible([batch[lo - 1].chunk, me.chunk]) and \
+            total + batch[lo - 1].chunk.total <= limits.write_chunk_bytes_max:
+        lo -= 1
+        total += batch[lo].chunk.total
+    while hi + 1 < len(batch) and eligible([batch[hi + 1].chunk, me.chunk]) and \
+            total + batch[hi + 1].chunk.total <= limits.write_chunk_bytes_max:
+        hi += 1
+        total += batch[hi].chunk.total
+    chunks = [r.chunk for r in batch[lo : hi + 1]]
+    if not eligible(chunks):
+        return
+    g = Group(me.chunk, chunks)
+    for c in chunks:
+        c.group = g
