@@ -8,6 +8,7 @@ writer queues its chunk and one writer at a time (the combiner) reserves the que
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from kvstore.engine.batch import Prepared, _Chunk
     from kvstore.engine.log import SegmentLog
 
+log = logging.getLogger("kvstore.engine")
 
 @dataclass(eq=False)
 class _Request:
@@ -48,7 +50,7 @@ def reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite
                 break
             lg.combining = True
         try:
-            _combine(lg, me)
+            _combine(lg)
         finally:
             with lg.combine_lock:
                 lg.combining = False
@@ -58,11 +60,11 @@ def reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite
         raise me.error
 
 
-def _combine(lg: SegmentLog, me: _Request) -> None:
+def _combine(lg: SegmentLog) -> None:
     """Reserve the queue's chunks in order under one hold of ``wlock``: the head (which may
     roll the segment, on the first round only), then every following chunk that still fits,
-    in one state-lock section. Small chunks reserved with the combiner's own (``me``) become
-    one group commit (``group.py``), led by it."""
+    in one state-lock section. Small chunks reserved back to back become group commits
+    (``group.py``)."""
     from kvstore.engine import batch as batch_mod  # its _reserve_in (profilers wrap it there)
 
     cap = lg.state.config.segment_bytes
@@ -85,11 +87,16 @@ def _combine(lg: SegmentLog, me: _Request) -> None:
                         room -= lg.combine_queue[0].chunk.total
                         batch.append(lg.combine_queue.popleft())
                 batch_mod._reserve_in(lg, seg, [(r.preps, r.chunk, r.overwrite) for r in batch])
-                if me in batch:
-                    _group(batch, me)
             except BaseException as e:  # those writers' error (e.g. out of capacity)
                 for r in batch:
                     r.error = e
+            else:  # reserved: their owners must start and complete them, grouped or not
+                try:
+                    _group(batch)
+                except Exception:  # an optimization only: each writer then writes its own
+                    log.exception("group commit skipped")
+                    for r in batch:
+                        r.chunk.group = None
             first = False
             with lg.combine_lock:
                 for r in batch:
@@ -97,24 +104,20 @@ def _combine(lg: SegmentLog, me: _Request) -> None:
                     r.cond.notify()
 
 
-def _group(batch: list[_Request], me: _Request) -> None:
-    """Make the run of small chunks around ``me``'s, reserved back to back, one group."""
+def _group(batch: list[_Request]) -> None:
+    """Make each run of small chunks reserved back to back in ``batch`` one group, led by its
+    first chunk's owner (a writer with nothing else in flight: it starts and reaps the op)."""
     from kvstore.engine.group import Group, eligible
 
-    i = batch.index(me)
-    lo = hi = i
-    total = me.chunk.total
-    while lo > 0 and eligible([batch[lo - 1].chunk, me.chunk]) and \
-            total + batch[lo - 1].chunk.total <= limits.write_chunk_bytes_max:
-        lo -= 1
-        total += batch[lo].chunk.total
-    while hi + 1 < len(batch) and eligible([batch[hi + 1].chunk, me.chunk]) and \
-            total + batch[hi + 1].chunk.total <= limits.write_chunk_bytes_max:
-        hi += 1
-        total += batch[hi].chunk.total
-    chunks = [r.chunk for r in batch[lo : hi + 1]]
-    if not eligible(chunks):
-        return
-    g = Group(me.chunk, chunks)
-    for c in chunks:
-        c.group = g
+    run: list[_Chunk] = []
+    for r in [*batch, None]:
+        c = r.chunk if r is not None else None
+        if c is not None and eligible([c, c]) and \
+                sum(x.total for x in run) + c.total <= limits.write_chunk_bytes_max:
+            run.append(c)
+            continue
+        if len(run) >= 2:
+            g = Group(run[0], run)
+            for x in run:
+                x.group = g
+        run = [c] if c is not None and eligible([c, c]) else []

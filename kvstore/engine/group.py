@@ -1,12 +1,14 @@
 """Group commit: the small chunks of concurrent writers written by one device op.
 
 A combiner (``combine.py``) reserves a queue of writers' chunks back to back in the active
-segment. When its own chunk and the ones reserved with it are small (each at most
-``limits.group_commit_chunk_bytes_max``, together at most ``limits.write_chunk_bytes_max``),
-it makes them a ``Group``: the combiner, the group's leader, encodes every member's header
+segment. Each run of small ones among them (each at most
+``limits.group_commit_chunk_bytes_max``, together at most ``limits.write_chunk_bytes_max``)
+becomes a ``Group``, led by the owner of its first chunk (like every writer coming out of the
+combining queue, it has nothing else in flight): the leader encodes every member's header
 pages, copies the members' built chunks into one pooled buffer and writes the whole run with a
 single op on its own ring; the other writers, instead of starting their own op, wait for the
-leader to reap it. A 4 KiB O_DIRECT write costs about as much as a 1 MiB one here, so N
+leader to reap it. (Leading by the combiner itself formed almost no groups: the requests
+queued while it holds the lock are served in later rounds than its own.) A 4 KiB O_DIRECT write costs about as much as a 1 MiB one here, so N
 concurrent 64 KiB puts cost one device op instead of N (and one ``io_uring_enter``).
 
 Acknowledgements do not change: each writer still completes its own range with
