@@ -30,7 +30,9 @@ from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.combine import reserve_combined
 from kvstore.engine.device import IoOp, StagedPayload, copy_into, is_aligned_view
-from kvstore.engine.state import EngineState, meta_of
+from kvstore.engine.publish import not_written as _not_written
+from kvstore.engine.publish import publish_chunk as _publish_chunk
+from kvstore.engine.state import EngineState
 from kvstore.engine.types import BlockMeta, PutResult
 from kvstore.errors import (
     NO_SPACE_ERRNOS,
@@ -199,10 +201,6 @@ def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
         assert r is not None
         out.append(r)
     return out
-
-
-def _not_written(p: Prepared) -> PutResult:
-    return PutResult(False, BlockMeta(p.ns, p.key, p.hdr.payload_len, p.hdr.checksum, 0, 0.0))
 
 
 def _pack(segment_bytes: int, preps: list[Prepared], todo: list[int]) -> list[_Chunk]:
@@ -416,35 +414,3 @@ class _Pipeline:
                 ok = all(r == len(op.buf) for r, op in zip(res, c.ops(), strict=True))
             with contextlib.suppress(StorageError):
                 self.lg.complete(c.seg, c.off, c.off + c.total, ok)
-
-
-def _publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
-                   results: list[PutResult | None], donate: bool) -> None:
-    assert c.seg is not None and c.offs is not None and c.hdrs is not None and c.live is not None
-    st = lg.state
-    keeps: list[object] = []
-    for n, i in enumerate(c.items):  # DRAM copies outside the lock
-        p = preps[i]
-        keep: object = None
-        if c.live[n] and st.config.dram_on_put and p.hdr.payload_len <= st.dram.capacity_bytes:
-            keep = p.data.toreadonly() if donate else bytes(p.data)
-        keeps.append(keep)
-    with st.lock:
-        for n, i in enumerate(c.items):
-            p = preps[i]
-            if not c.live[n]:
-                results[i] = _not_written(p)
-                continue
-            if c.seg.retired:
-                # Reclaimed between this chunk's write and its publish (a pipelined caller can
-                # reap late): the block was written and is evicted at once. Publishing it would
-                # leave an index entry pointing at a segment that is gone (or recycled).
-                lg.pending.discard(p.digest)
-                results[i] = PutResult(True, meta_of(c.hdrs[n]))
-                st.counters["evicted_blocks"] += 1
-                continue
-            st.publish(c.seg.id, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
-            lg.pending.discard(p.digest)
-            results[i] = PutResult(True, meta_of(c.hdrs[n]))
-            st.counters["puts"] += 1
-            st.counters["bytes_written"] += p.hdr.payload_len

@@ -62,12 +62,30 @@ def roll(lg: SegmentLog, span: int = 0, *, defer: bool = False) -> Segment:
     path, which waits for it before its call returns) instead of sealing it here."""
     st = lg.state
     lg.sealer.retry_failed()  # a seal that failed in the background is retried first
+    deferred = None
     if lg.active is not None:
         old = lg.active
-        if not (defer and lg.sealer.defer(old)):
+        if defer and lg.sealer.defer(old):
+            deferred = old
+        else:
             seal(lg, old)
         with st.lock:
             lg.active = None
+    try:
+        return _roll_on(lg, span)
+    except BaseException:
+        # e.g. no space for the next segment: the deferred one stays active (unsealed) and
+        # the next append rolls again, as after an inline seal that failed
+        if deferred is not None and lg.sealer.take_back(deferred) and lg.active is None \
+                and not deferred.retired and deferred.id in lg.segments:
+            with st.lock:
+                lg.active = deferred
+        raise
+
+
+def _roll_on(lg: SegmentLog, span: int) -> Segment:
+    """``roll`` once the old active segment is sealed or queued: reclaim, then a new one."""
+    st = lg.state
     if len(lg.segments) + 1 > st.budget.high:
         hot = [hot_budget_bytes(st.config, st.budget.high, st.budget.max,
                                 st.leases.budget_bytes)]

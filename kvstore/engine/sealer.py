@@ -17,6 +17,9 @@ same as a crash between the steps of an inline roll. Acknowledgements are untouc
 follow log order within each segment (``SegmentLog.complete``), and a record in the new segment
 was never waiting for the old one's summary (the summary only saves reopening a scan).
 
+A roll that fails after deferring (no space for the next segment) takes its segment back
+(``take_back``): it stays active and unsealed, as when an inline seal failed.
+
 Bounded: at most ``limits.seal_queue_segments_max`` segments queued or sealing; past it a roll
 seals inline. A failed background seal leaves the segment queued for a retry by the next roll,
 ``check()`` or ``close()``, and raises in the writer that rolled.
@@ -118,6 +121,22 @@ class Sealer:
             with self._lock:
                 self._inline.discard(seg.id)
                 self._cv.notify_all()
+
+    def take_back(self, seg: Segment) -> bool:
+        """Undo ``defer`` when the roll that deferred ``seg`` failed after it (a full file
+        system creating the next segment): True when ``seg`` is still unsealed, so that the
+        caller makes it the active segment again (the next append rolls it once more, as
+        when an inline seal failed)."""
+        with self._lock:
+            while self._running is seg or seg.id in self._inline:
+                self._cv.wait()
+            if seg in self._queue:
+                self._queue.remove(seg)
+            self._failed.pop(seg.id, None)
+            mine = getattr(self._mine, "segs", None)
+            if mine and seg in mine:
+                mine.remove(seg)
+        return seg.builder is not None
 
     def retry_failed(self) -> None:
         """Seal here the segments whose background seal failed (each roll, first)."""
