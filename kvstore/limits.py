@@ -244,6 +244,16 @@ write_wait_seconds_max = 60.0
 # and the buffers it holds at once (64 MiB).
 write_wave_chunks_max = 8
 
+# Group commit (kvstore.engine.group): chunks of concurrent writers reserved back to back are
+# written by one device op when each is at most this big (and all of them together at most
+# write_chunk_bytes_max); larger chunks gain nothing from sharing an op and would be copied.
+group_commit_chunk_bytes_max = 1 * MiB
+
+# Rolled segments queued for (or being) sealed off the write lock (kvstore.engine.sealer); past
+# it a roll seals inline. The writer whose call rolled waits for its seal, so this is also how
+# many rolls can overlap their seals with other writers' appends.
+seal_queue_segments_max = 4
+
 # Threads that run engine calls for the asyncio edges. Flash I/O blocks a thread per request,
 # so this is the queue depth the edges can give the device (reads reach fio's QD8 figure at 8).
 engine_threads = 8

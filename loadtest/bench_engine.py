@@ -4,7 +4,8 @@
     .venv/bin/python loadtest/bench_engine.py --quick    # small smoke run
 
 For each queue depth (default 1, 8, 32) and trial, in this order on the same filesystem:
-fio (ioengine=io_uring, direct=1, bs=2M, sequential write then read of --size), the bare
+fio (ioengine=io_uring, direct=1, bs=2M, sequential write then read of --size; for writes
+also into a file it creates, ``fio_fresh_file``, on fresh blocks as a fresh store's), the bare
 UringDevice (one batch of all ops, ``depth`` kept in flight; once with batched SQE submission,
 once with pyuring's submit-per-op calls, once from 4 KiB-page buffers like fio's, and for writes
 once into a newly preallocated file like the engine's fresh segments), PosixDevice
@@ -104,6 +105,17 @@ def fio(path: Path, rw: str, depth: int, size: int, disk: str) -> Sample:
     return s
 
 
+def fio_fresh(path: Path, depth: int, size: int, disk: str) -> Sample:
+    """fio writing a file it creates (blocks the file system just freed and, mounted with
+    ``discard``, just trimmed: the virtual disk allocates them again on this first write), as
+    the engine's fresh store writes new segment files; the ``fio`` row overwrites its file."""
+    path.unlink(missing_ok=True)
+    try:
+        return fio(path, "write", depth, size, disk)
+    finally:
+        path.unlink(missing_ok=True)
+
+
 class _PlainBuffer:
     """A 2 MiB buffer of ordinary 4 KiB pages (shared anonymous mmap), as fio and the engine
     used before huge-page buffers: shows what the buffer's page size costs on this disk."""
@@ -182,7 +194,8 @@ def device_runs(bench: Path, rw: str, depth: int, size: int, disk: str,
     w = rw == "write"
     dev_file = bench / "dev.dat"
     fresh = [("uring_device_fresh_file",
-              lambda: uring_pass(bench / "fresh.dat", w, depth, size, disk, fresh=True))]
+              lambda: uring_pass(bench / "fresh.dat", w, depth, size, disk, fresh=True)),
+             ("fio_fresh_file", lambda: fio_fresh(bench / "fio_fresh.dat", depth, size, disk))]
     return [
         *(fresh if w else []),
         ("fio", lambda: fio(bench / "fio.dat", rw, depth, size, disk)),
@@ -277,7 +290,7 @@ def main() -> int:
         for (case, rw), smp in samples.items():
             rows.append({"depth": depth, "case": case, "rw": rw, **summarize(smp),
                          "samples": [x.as_dict() for x in smp]})
-    for f in ("fio.dat", "dev.dat", "fresh.dat"):
+    for f in ("fio.dat", "dev.dat", "fresh.dat", "fio_fresh.dat"):
         (bench / f).unlink(missing_ok=True)
     index = None
     if api is not None and not a.no_index:
@@ -337,6 +350,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
             checks.append((r, ENGINE_TARGET))
     missed = [f"{r['case']} {r['rw']} QD{r['depth']} {r['over_fio']:.2f} < {t}"
               for r, t in checks if r["over_fio"] < t]
+    fresh = {(r["depth"], r["case"]): r["gbps"] for r in rows if r["rw"] == "write"}
+    pairs = [f"QD{d} {fresh[(d, 'engine')] / fresh[(d, 'fio_fresh_file')]:.2f}"
+             for d in depths if fresh.get((d, "fio_fresh_file")) and (d, "engine") in fresh]
+    if pairs:
+        lines.append("- Fresh blocks: engine write (a fresh store) / fio_fresh_file (fio writing "
+                     "a file it creates, on blocks as fresh): " + ", ".join(pairs) + ".")
     lines.append(f"- Targets (device >= {DEVICE_TARGET} of fio at every depth, engine >= "
                  f"{ENGINE_TARGET} at depth >= 8): "
                  + ("all met." if not missed else "missed: " + "; ".join(missed) + "."))
@@ -372,8 +391,11 @@ def write_report(report: dict[str, Any], out: Path) -> None:
         lines += [f"Note: {report['note']}", ""]
     lines += ["Medians over the trials, min-max beside them; / fio and / uring_device = ratio "
               "to that row at the same depth. uring_device_fresh_file writes a newly "
-              "preallocated file (unwritten extents, as the engine's fresh segments; ext4 "
-              "converts them as the writes complete). CPU cores = process CPU seconds per second (fio: its usr+sys). In flight "
+              "preallocated file, as the engine's fresh segments are; fio_fresh_file is fio "
+              "writing a file it creates (the fio row overwrites one it wrote before). On a "
+              "file system mounted with discard, fresh files sit on just-trimmed blocks that "
+              "the virtual disk allocates again on their first write (docs/ARCHITECTURE.md). "
+              "CPU cores = process CPU seconds per second (fio: its usr+sys). In flight "
               "= the device's DepthGauge over the pass (ops submitted and not yet reaped: "
               "time-weighted mean / peak). Disk aqu-sz and reqs/op come from /proc/diskstats "
               "(requests, after the block layer split or merged the 2 MiB ops).", ""]

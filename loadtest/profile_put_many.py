@@ -3,6 +3,8 @@ concurrent single puts, with the device's measured in-flight depth.
 
     .venv/bin/python loadtest/profile_put_many.py                # 32 x 2 MiB, 5 calls
     .venv/bin/python loadtest/profile_put_many.py --threads 32   # + 32 threads of single puts
+    .venv/bin/python loadtest/profile_put_many.py --full         # into recycled segment files
+    .venv/bin/python loadtest/profile_put_many.py --block-bytes 65536 --threads 32  # small puts
 
 Stages are timed by wrapping the engine's own functions for the run (nothing in the engine is
 changed): ``prepare`` (validation and the checksum, per record, before any I/O), batch
@@ -128,6 +130,12 @@ def instrument(eng: Engine, stages: Stages) -> None:
                         ("_publish_chunk", "publish")):
         setattr(batch_mod, name, stages.wrap(label, getattr(batch_mod, name)))
     fmt.checksum = stages.wrap("  of which checksum", fmt.checksum)  # type: ignore[assignment]
+    from kvstore.engine import reclaim as reclaim_mod
+
+    for name, label in (("roll", "segment roll (under wlock)"), ("seal", "  of which seal"),
+                        ("_reclaim", "  of which reclaim"),
+                        ("create_segment", "  of which create segment")):
+        setattr(reclaim_mod, name, stages.wrap(label, getattr(reclaim_mod, name)))
 
 
 def payloads(n: int, staged: bool) -> list[object]:
@@ -147,7 +155,7 @@ def payloads(n: int, staged: bool) -> list[object]:
 
 def report(title: str, stages: Stages, wall: float, calls: int, threads: int,
            depth: dict[str, Any]) -> None:
-    print(f"\n{title}: {calls} call(s), {wall * 1000 / calls:.1f} ms per call wall, "
+    print(f"\n{title}: {calls} call(s), {wall * 1000 / calls:.2f} ms per call wall, "
           f"{calls * BS * (threads if threads else args.blocks) / wall / 1e9:.2f} GB/s")
     print(f"  device in flight: mean {depth['mean']:.1f}, mean while busy "
           f"{depth['mean_busy']:.1f}, peak {depth['peak']}, submits {depth['submits']} for "
@@ -168,7 +176,7 @@ def depth_of(dev: Any) -> dict[str, Any]:
 
 
 def main() -> int:
-    global args
+    global args, BS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dir", default=str(ROOT / "data" / "profile"))
     ap.add_argument("--blocks", type=int, default=32, help="records per put_many")
@@ -176,9 +184,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="also: single puts from N threads")
     ap.add_argument("--device", choices=("uring", "posix"), default="uring")
     ap.add_argument("--staged", action="store_true", help="StagedPayload (no payload copy)")
+    ap.add_argument("--block-bytes", type=int, default=BS, help="payload bytes per put")
+    ap.add_argument("--full", action="store_true",
+                    help="fill a small store first: the timed puts go to recycled segment files")
     ap.add_argument("--wave-chunks", type=int, default=0,
                     help="override limits.write_wave_chunks_max for this run")
     args = ap.parse_args()
+    BS = args.block_bytes
     if args.wave_chunks:
         limits.write_wave_chunks_max = args.wave_chunks
     d = Path(args.dir)
@@ -186,10 +198,16 @@ def main() -> int:
     dev = UringDevice() if args.device == "uring" else PosixDevice()
     total = (args.calls + 1) * args.blocks * BS + args.calls * max(args.threads, 1) * BS * 8
     seg = limits.segment_bytes_default
-    cfg = EngineConfig(data_dir=str(d), capacity_bytes=(total * 2 // seg + 2) * seg,
-                       segment_bytes=seg, dram_bytes=0, dram_on_put=False)
+    cap = 4 * seg if args.full else (total * 2 // seg + 2) * seg
+    cfg = EngineConfig(data_dir=str(d), capacity_bytes=cap, segment_bytes=seg, dram_bytes=0,
+                       dram_on_put=False)
     eng = Engine.open(cfg, dev)
     eng.create_namespace("prof")
+    if args.full:  # reach capacity (untimed): the timed puts reuse reclaimed segment files
+        fill = bytes(BS)
+        per = max(1, min(64, limits.batch_keys_max, 128 * limits.MiB // BS))
+        for j in range(0, cap // BS, per):
+            eng.put_many("prof", [(f"f{j + i}", fill) for i in range(per)])
     stages = Stages()
     instrument(eng, stages)
     data = payloads(args.blocks, args.staged)
@@ -205,7 +223,7 @@ def main() -> int:
         res = eng.put_many("prof", [(f"c{c}-{i}", data[i]) for i in range(args.blocks)])
         assert all(r.created for r in res)
     wall = time.perf_counter() - t0
-    report(f"put_many of {args.blocks} x 2 MiB", stages, wall, args.calls, 0, depth_of(dev))
+    report(f"put_many of {args.blocks} x {BS >> 10} KiB", stages, wall, args.calls, 0, depth_of(dev))
     if args.threads:
         stages.reset()
         dev.reset_depth()
@@ -225,7 +243,7 @@ def main() -> int:
         for t in ts:
             t.join(timeout=600)
         wall = time.perf_counter() - t0
-        report(f"{args.threads} threads x {per} single puts of 2 MiB", stages, wall / per * per,
+        report(f"{args.threads} threads x {per} single puts of {BS >> 10} KiB", stages, wall / per * per,
                per, args.threads, depth_of(dev))
     eng.close()
     dev.close()

@@ -19,7 +19,7 @@ between build and reservation is written as a void record (``FLAG_VOID``), never
 from __future__ import annotations
 
 import contextlib
-import threading
+import errno
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -28,8 +28,11 @@ from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.engine import format as fmt
+from kvstore.engine.combine import reserve_combined
 from kvstore.engine.device import IoOp, StagedPayload, copy_into, is_aligned_view
-from kvstore.engine.state import EngineState, meta_of
+from kvstore.engine.publish import not_written as _not_written
+from kvstore.engine.publish import publish_chunk as _publish_chunk
+from kvstore.engine.state import EngineState
 from kvstore.engine.types import BlockMeta, PutResult
 from kvstore.errors import (
     NO_SPACE_ERRNOS,
@@ -44,6 +47,7 @@ from kvstore.errors import (
 if TYPE_CHECKING:
     from kvstore.engine.crypto import RecordCipher
     from kvstore.engine.device import AlignedBuffer, BufferPool, Pending
+    from kvstore.engine.group import Group
     from kvstore.engine.log import SegmentLog
     from kvstore.engine.segments import Segment
 
@@ -66,11 +70,17 @@ class Prepared:
     hdr: fmt.RecordHeader
     data: memoryview
     staged: memoryview | None = None  # page-aligned, padded payload to write in place
+    # checksum and chunk table not computed yet: ``_build`` computes them from the bytes it
+    # stored (``settle_checksum``), inside the pipeline, while earlier chunks are in flight
+    deferred: bool = False
 
 
 def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | None,
-            ttl_seconds: float, meta: bytes) -> Prepared:
-    """Validate one put and compute its checksum (outside all locks)."""
+            ttl_seconds: float, meta: bytes, *, defer: bool = False) -> Prepared:
+    """Validate one put and compute its checksum (outside all locks). ``defer`` (no declared
+    checksum to verify, and no overwrite comparing it): leave the checksum to ``_build``, so
+    a put_many's checksums overlap its writes and each payload is read from memory once (the
+    copy, then the checksum of the copy while it is in cache)."""
     staged = None
     if isinstance(data, StagedPayload):
         n = data.length
@@ -100,7 +110,11 @@ def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | No
     cipher = st.cipher
     # an encrypted record has no chunk table (crypto.py): its GCM tag covers it whole
     log2 = 0 if cipher.enabled else fmt.chunk_log2_for(fmt.header_len_for(nsb, kb, meta), n)
-    csum, chunks = fmt.checksums(mv, log2)
+    defer = defer and checksum is None
+    if defer:  # placeholders of the right length: the header's size (and span) is final
+        csum, chunks = 0, (0,) * fmt.chunk_count(n, log2)
+    else:
+        csum, chunks = fmt.checksums(mv, log2)
     if checksum is not None and checksum != csum:
         raise ChecksumMismatch("payload does not match its checksum")
     now = time.time()
@@ -112,7 +126,17 @@ def prepare(st: EngineState, ns: str, key: str, data: object, checksum: int | No
         staged = None
     if hdr.span + PAGE > st.config.segment_bytes:
         raise EntityTooLarge("block does not fit in one segment")
-    return Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged)
+    return Prepared(ns, key, ns_id, digest, hdr, mv, None if hdr.inline else staged, defer)
+
+
+def settle_checksum(preps: list[Prepared], i: int, stored: memoryview | None = None) -> None:
+    """Compute a deferred checksum (and chunk table) of ``preps[i]``: from ``stored``, the
+    plaintext bytes as copied into the chunk buffer, else from the caller's payload."""
+    p = preps[i]
+    if not p.deferred:
+        return
+    csum, chunks = fmt.checksums(p.data if stored is None else stored, p.hdr.chunk_log2)
+    preps[i] = replace(p, hdr=replace(p.hdr, checksum=csum, chunks=chunks), deferred=False)
 
 
 def existing(st: EngineState, p: Prepared, overwrite: bool) -> PutResult | None:
@@ -137,6 +161,7 @@ class _Chunk:
     staged: memoryview | None = None  # one record whose payload is written in place
     seals: dict[int, tuple[bytes, int]] | None = None  # record n: (GCM tag, ciphertext xxh3)
     published: bool = False
+    group: Group | None = None  # written with other writers' chunks by one op (group.py)
 
     def ops(self) -> list[IoOp]:
         assert self.seg is not None and self.buf is not None
@@ -158,21 +183,24 @@ def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
             results[i] = existing(st, p, overwrite)
             if results[i] is None:
                 if p.digest in seen:  # a key repeated within the batch is stored once
-                    results[i] = _not_written(p)
+                    settle_checksum(preps, i)
+                    results[i] = _not_written(preps[i])
                 else:
                     seen.add(p.digest)
                     todo.append(i)
     chunks = _pack(st.config.segment_bytes, preps, todo)
-    _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
+    try:
+        _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            lg.sealer.wait_mine()
+        raise
+    lg.sealer.wait_mine()  # a segment this call rolled is sealed before it returns
     out = []
     for r in results:
         assert r is not None
         out.append(r)
     return out
-
-
-def _not_written(p: Prepared) -> PutResult:
-    return PutResult(False, BlockMeta(p.ns, p.key, p.hdr.payload_len, p.hdr.checksum, 0, 0.0))
 
 
 def _pack(segment_bytes: int, preps: list[Prepared], todo: list[int]) -> list[_Chunk]:
@@ -202,6 +230,7 @@ def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk,
     record's payload is encrypted into the buffer instead of copied (``crypto.py``); its tag
     and ciphertext checksum wait in ``c.seals`` for ``_encode``."""
     if c.staged is not None:
+        settle_checksum(preps, c.items[0])
         c.buf = pool.acquire(PAGE)  # the header page; the payload stays where it is
         c.offs = [0]
         return
@@ -213,12 +242,14 @@ def _build(pool: BufferPool, preps: list[Prepared], c: _Chunk,
         po, ln = h.payload_offset, h.payload_len
         view = c.buf.view[o : o + h.span]
         if h.encrypted:  # encrypted straight into the buffer, no copy
+            settle_checksum(preps, i)  # of the plaintext
             if c.seals is None:
                 c.seals = {}
             c.seals[len(c.offs)] = cipher.seal_into(preps[i].ns_id, h, preps[i].data,
                                                     view[po : po + ln])
         else:
             copy_into(view[po:], preps[i].data)  # GIL released: other writers run meanwhile
+            settle_checksum(preps, i, view[po : po + ln])  # of the bytes written, in cache
         tail = min(h.span, fmt.align_up(po + ln))
         view[po + ln : tail] = bytes(tail - po - ln)
         c.offs.append(o)
@@ -229,7 +260,7 @@ def _reserve(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) 
     """Claim the chunk's range in the active segment (rolling it when the chunk does not fit),
     take sequence numbers and add summary rows. Caller holds ``wlock``; the header pages are
     encoded after it is released (``_encode``)."""
-    _reserve_in(lg, lg.room_for(c.total), [(preps, c, overwrite)])
+    _reserve_in(lg, lg.room_for(c.total, defer_seal=True), [(preps, c, overwrite)])
 
 
 def _reserve_in(lg: SegmentLog, seg: Segment,
@@ -264,84 +295,6 @@ def _encode(c: _Chunk) -> None:
             tag, csum = c.seals[n]
             hdr = c.hdrs[n] = replace(hdr, tag=tag, sealed_checksum=csum)
         hdr.encode_into(c.buf.view[o:])
-
-
-@dataclass(eq=False)
-class _Request:
-    """A chunk waiting for a combiner to reserve it (``_reserve_combined``)."""
-
-    preps: list[Prepared]
-    chunk: _Chunk
-    overwrite: bool
-    cond: threading.Condition
-    done: bool = False
-    error: BaseException | None = None
-
-
-def _reserve_combined(lg: SegmentLog, preps: list[Prepared], c: _Chunk, overwrite: bool) -> None:
-    """``_reserve`` through a combining queue. The write lock's holder stalls ~1 ms per hold
-    on a busy 2-core host (it waits for the GIL at each lock and allocation), which capped 32
-    single-put writers at ~900 reservations/s, ~1.8 GB/s of 2 MiB blocks, while the device
-    idled. So a writer queues its chunk; one writer at a time (the combiner) takes ``wlock``
-    once and reserves the queue in order, waking each owner to encode and start its own write.
-
-    Only the combiner's first reservation of a hold may roll the segment: after it, chunks it
-    reserved are not yet started (their owners are waking up, itself included), and rolling
-    waits for every write in the segment. A chunk that does not fit ends the hold; its owner
-    becomes the next combiner and rolls. Callers have no write of theirs in flight."""
-    me = _Request(preps, c, overwrite, threading.Condition(lg.combine_lock))
-    with lg.combine_lock:
-        lg.combine_queue.append(me)
-    while True:
-        with lg.combine_lock:
-            while lg.combining and not me.done:
-                me.cond.wait()
-            if me.done:
-                break
-            lg.combining = True
-        try:
-            _combine(lg)
-        finally:
-            with lg.combine_lock:
-                lg.combining = False
-                if lg.combine_queue:  # the head (not served: it did not fit) combines next
-                    lg.combine_queue[0].cond.notify()
-    if me.error is not None:
-        raise me.error
-
-
-def _combine(lg: SegmentLog) -> None:
-    """Reserve the queue's chunks in order under one hold of ``wlock``: the head (which may
-    roll the segment, on the first round only), then every following chunk that still fits,
-    in one state-lock section."""
-    cap = lg.state.config.segment_bytes
-    with lg.wlock:
-        first = True
-        while True:
-            with lg.combine_lock:
-                if not lg.combine_queue:
-                    return
-                head = lg.combine_queue[0]
-                if not first and not lg.fits(head.chunk.total):
-                    return
-                lg.combine_queue.popleft()
-            batch = [head]
-            try:
-                seg = lg.room_for(head.chunk.total)
-                with lg.combine_lock:
-                    room = cap - seg.end - head.chunk.total
-                    while lg.combine_queue and lg.combine_queue[0].chunk.total <= room:
-                        room -= lg.combine_queue[0].chunk.total
-                        batch.append(lg.combine_queue.popleft())
-                _reserve_in(lg, seg, [(r.preps, r.chunk, r.overwrite) for r in batch])
-            except BaseException as e:  # those writers' error (e.g. out of capacity)
-                for r in batch:
-                    r.error = e
-            first = False
-            with lg.combine_lock:
-                for r in batch:
-                    r.done = True
-                    r.cond.notify()
 
 
 class _Pipeline:
@@ -396,7 +349,7 @@ class _Pipeline:
     def _try_reserve(self, c: _Chunk) -> bool:
         lg = self.lg
         if not self.inflight:
-            _reserve_combined(lg, self.preps, c, self.overwrite)
+            reserve_combined(lg, self.preps, c, self.overwrite)
             return True
         if not lg.wlock.acquire(blocking=False):
             return False
@@ -410,10 +363,20 @@ class _Pipeline:
 
     def _start(self, c: _Chunk) -> None:
         assert c.seg is not None
+        g = c.group
         try:
-            _encode(c)
-            pending = self.lg.state.device.start(c.ops())
+            if g is None:
+                _encode(c)
+                pending = self.lg.state.device.start(c.ops())
+            elif g.leader is c:  # group commit: every member's chunk in one op (group.py)
+                for m in g.chunks:
+                    _encode(m)
+                pending = g.start(self.lg.state.device, self.lg.state.pool)
+            else:
+                pending = g.member(c)  # the leader encodes and writes this chunk
         except BaseException:
+            if g is not None and g.leader is c:
+                g.finish(-errno.EIO)  # the members' ranges fail with ours
             # every reserved range completes, even on failure
             self.lg.complete(c.seg, c.off, c.off + c.total, False)
             raise
@@ -451,35 +414,3 @@ class _Pipeline:
                 ok = all(r == len(op.buf) for r, op in zip(res, c.ops(), strict=True))
             with contextlib.suppress(StorageError):
                 self.lg.complete(c.seg, c.off, c.off + c.total, ok)
-
-
-def _publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
-                   results: list[PutResult | None], donate: bool) -> None:
-    assert c.seg is not None and c.offs is not None and c.hdrs is not None and c.live is not None
-    st = lg.state
-    keeps: list[object] = []
-    for n, i in enumerate(c.items):  # DRAM copies outside the lock
-        p = preps[i]
-        keep: object = None
-        if c.live[n] and st.config.dram_on_put and p.hdr.payload_len <= st.dram.capacity_bytes:
-            keep = p.data.toreadonly() if donate else bytes(p.data)
-        keeps.append(keep)
-    with st.lock:
-        for n, i in enumerate(c.items):
-            p = preps[i]
-            if not c.live[n]:
-                results[i] = _not_written(p)
-                continue
-            if c.seg.retired:
-                # Reclaimed between this chunk's write and its publish (a pipelined caller can
-                # reap late): the block was written and is evicted at once. Publishing it would
-                # leave an index entry pointing at a segment that is gone (or recycled).
-                lg.pending.discard(p.digest)
-                results[i] = PutResult(True, meta_of(c.hdrs[n]))
-                st.counters["evicted_blocks"] += 1
-                continue
-            st.publish(c.seg.id, c.off + c.offs[n], c.hdrs[n], p.digest, p.ns_id, keeps[n])
-            lg.pending.discard(p.digest)
-            results[i] = PutResult(True, meta_of(c.hdrs[n]))
-            st.counters["puts"] += 1
-            st.counters["bytes_written"] += p.hdr.payload_len

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import threading
 import time
 from collections import deque
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.device import AlignedBuffer
+from kvstore.engine.sealer import Sealer
 from kvstore.engine.segments import Segment, load_summary, summary_path
 from kvstore.engine.state import EngineState
 from kvstore.engine.summary import SegmentSummary
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from kvstore.engine.types import PutResult
 
 PAGE = fmt.PAGE
+log = logging.getLogger("kvstore.engine")
 
 
 class SegmentLog:
@@ -62,6 +65,7 @@ class SegmentLog:
         self.combine_lock = threading.Lock()
         self.combine_queue: deque[Any] = deque()
         self.combining = False
+        self.sealer = Sealer(self)  # seals rolled segments off wlock (batched write path)
         # complete()/quiesce() sleepers per segment id: (end they wait for, ticket, condition)
         self._waiters: dict[int, list[tuple[int, int, threading.Condition]]] = {}
         self._ticket = 0
@@ -72,15 +76,16 @@ class SegmentLog:
         return seg is not None and not seg.broken and \
             seg.end + span <= self.state.config.segment_bytes
 
-    def room_for(self, span: int) -> Segment:
+    def room_for(self, span: int, *, defer_seal: bool = False) -> Segment:
         """The active segment, rolled (and capacity reclaimed) when ``span`` doesn't fit.
-        Caller holds ``wlock``."""
+        ``defer_seal``: the old segment is sealed on the sealer's thread (``sealer.py``); the
+        caller must ``sealer.wait_mine()`` before its call returns. Caller holds ``wlock``."""
         if self.fits(span):
             assert self.active is not None
             return self.active
         from kvstore.engine.reclaim import roll
 
-        return roll(self, span)
+        return roll(self, span, defer=defer_seal)
 
     def reserve(self, seg: Segment, nbytes: int) -> int:
         """Claim the next ``nbytes`` of ``seg`` (the active segment). Caller holds ``wlock``."""
@@ -254,6 +259,10 @@ class SegmentLog:
         file. The active segment stays unsealed: reopening scans it and keeps appending.
         Caller holds ``wlock``."""
         dev = self.state.device
+        try:
+            self.sealer.stop()  # rolled segments still queued get their summaries first
+        except (OSError, StorageError) as exc:  # left unsealed: the next open scans them
+            log.error("closing with a segment unsealed: %s", exc)
         if self.active is not None:
             with contextlib.suppress(StorageError):
                 self.quiesce(self.active)

@@ -37,32 +37,62 @@ PAGE = fmt.PAGE
 
 
 def seal(lg: SegmentLog, seg: Segment) -> None:
+    """Write ``seg``'s summary once its writes have landed. Runs under ``wlock`` (inline) or
+    on the sealer's thread (``sealer.py``: no append reaches a rolled segment any more); the
+    builder changes under the state's lock, where ``SegmentLog.summaries`` reads it."""
     st = lg.state
     assert seg.builder is not None, "sealing a sealed segment"
     lg.quiesce(seg)
     if st.device.size(seg.handle) > seg.end:  # a recycled file: drop its old tail
         st.device.truncate(seg.handle, seg.end)
-    if seg.failed_at is not None:  # nothing from a failed write on was acknowledged
-        seg.builder.drop_from(seg.failed_at // fmt.PAGE)
-    summary = seg.builder.build(seg.end)
+    with st.lock:
+        if seg.failed_at is not None:  # nothing from a failed write on was acknowledged
+            seg.builder.drop_from(seg.failed_at // fmt.PAGE)
+        summary = seg.builder.build(seg.end)
     st.device.sync(seg.handle)
     st.device.write_file_atomic(summary_path(st.config.data_dir, seg.id), summary.encode())
-    seg.sealed = True
-    seg.builder = None
+    with st.lock:
+        seg.sealed = True
+        seg.builder = None
 
 
-def roll(lg: SegmentLog, span: int = 0) -> Segment:
-    """Seal the active segment and return a new active one with room for ``span`` bytes."""
+def roll(lg: SegmentLog, span: int = 0, *, defer: bool = False) -> Segment:
+    """Seal the active segment and return a new active one with room for ``span`` bytes.
+    ``defer``: hand the old segment to the sealer's thread (``sealer.py``; the batched write
+    path, which waits for it before its call returns) instead of sealing it here."""
     st = lg.state
+    lg.sealer.retry_failed()  # a seal that failed in the background is retried first
+    deferred = None
     if lg.active is not None:
-        seal(lg, lg.active)
-        lg.active = None
+        old = lg.active
+        if defer and lg.sealer.defer(old):
+            deferred = old
+        else:
+            seal(lg, old)
+        with st.lock:
+            lg.active = None
+    try:
+        return _roll_on(lg, span)
+    except BaseException:
+        # e.g. no space for the next segment: the deferred one stays active (unsealed) and
+        # the next append rolls again, as after an inline seal that failed
+        if deferred is not None and lg.sealer.take_back(deferred) and lg.active is None \
+                and not deferred.retired and deferred.id in lg.segments:
+            with st.lock:
+                lg.active = deferred
+        raise
+
+
+def _roll_on(lg: SegmentLog, span: int) -> Segment:
+    """``roll`` once the old active segment is sealed or queued: reclaim, then a new one."""
+    st = lg.state
     if len(lg.segments) + 1 > st.budget.high:
         hot = [hot_budget_bytes(st.config, st.budget.high, st.budget.max,
                                 st.leases.budget_bytes)]
         for v in list(lg.segments.values()):  # oldest first; never one this roll creates
             if len(lg.segments) + (0 if lg.fits(span) else 1) <= st.budget.low:
                 break
+            lg.sealer.seal_now(v)  # a tiny store may reclaim the segment it just rolled
             _reclaim(lg, v, hot)
     if not lg.fits(span):
         if len(lg.segments) + 1 > st.budget.max:  # the lease budget rules this out

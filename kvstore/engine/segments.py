@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass, field
 
 from kvstore.engine import format as fmt
-from kvstore.engine.device import BufferPool, Device
+from kvstore.engine.device import BufferPool, Device, IoOp
 from kvstore.engine.summary import SegmentSummary, SummaryBuilder
-from kvstore.errors import CorruptRecord, StorageError
+from kvstore.errors import NO_SPACE_ERRNOS, CorruptRecord, StorageError
 
 log = logging.getLogger("kvstore.engine")
 
@@ -92,9 +92,16 @@ def create_segment(device: Device, data_dir: str, sid: int, segment_bytes: int,
     try:
         raw = fmt.SegmentHeader(sid, now, segment_bytes, first_seq).encode()
         buf.view[:PAGE] = raw
-        device.write(h, 0, buf.view[:PAGE])
+        (res,) = device.submit([IoOp(h, 0, buf.view[:PAGE], write=True)])
     finally:
         pool.release(buf)
+    if res != PAGE:
+        if reuse is None:  # leave no header-less file behind (the checker would see it)
+            device.close_handle(h)
+            device.unlink(path)
+        if -res in NO_SPACE_ERRNOS:  # a full file system: typed by the caller (no_space)
+            raise OSError(-res, f"segment {sid:08x}: no space for its header", path)
+        raise StorageError(f"{device.name}: segment header write returned {res}")
     return Segment(sid, path, h, PAGE, now, builder=SummaryBuilder(sid), durable=PAGE,
                    first_seq=first_seq)
 

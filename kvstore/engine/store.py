@@ -192,8 +192,10 @@ class Engine:
         DRAM tier may keep them as they are instead of copying (saves a copy per block).
         """
         check_batch(items)
+        # no overwrite: its comparison needs the checksum before the write path (batch.py)
         preps = [prepare(self.state, ns, k, d, checksums[i] if checksums else None, ttl_seconds,
-                         metas[i] if metas else b"") for i, (k, d) in enumerate(items)]
+                         metas[i] if metas else b"", defer=not overwrite)
+                 for i, (k, d) in enumerate(items)]
         try:
             return self.log.write(preps, overwrite, donate)
         except OSError as exc:  # a full file system (segment create, summary, write): typed
