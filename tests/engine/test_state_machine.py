@@ -9,7 +9,8 @@ under that key.
 
 A flipped record in a sealed segment stays referenced by that segment's summary: after every
 reopen the index points at it again until a read finds it corrupt. Such "ghost" keys may answer
-exists() with True, but a get is always a miss.
+exists() with True, but a get is always a miss. A byte flipped back to what it was makes its
+record whole again, so a key that was dropped as corrupt may read back as a stored version.
 """
 
 from __future__ import annotations
@@ -303,7 +304,9 @@ class EngineMachine(RuleBasedStateMachine):
             return
         for k in KEYS:  # reads drop entries whose records a fault corrupted
             got = self.eng.get(NS, k)
-            assert got is None or got == self.model.get(k)
+            # a flipped byte flipped back makes its record whole again: it may come back
+            assert got is None or got == self.model.get(k) or (
+                k in self.flipped and got in self.hist[k]), k
         assert self.eng.check(deep=True) == []
         self.eng.close()
 
