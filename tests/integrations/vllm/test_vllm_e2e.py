@@ -48,8 +48,9 @@ def run_vllm(tmp: Path, model: Path, port: int, waves: list[list[list[int]]], ta
 
 
 def layout_of(log: str) -> bytes:
-    """The connector's layout fingerprint, as its worker logged it."""
-    m = re.search(r"kvstore connector \(WORKER, tp_rank 0\): .* layout ([0-9a-f]{32})", log)
+    """The fingerprint the scheduler's keys chain from (the layout under the tenant's salt
+    token: none here, development mode), as it logged it."""
+    m = re.search(r"kvstore connector \(SCHEDULER\): keys chain from layout ([0-9a-f]{32})", log)
     assert m, log[-4000:]
     return bytes.fromhex(m.group(1))
 
