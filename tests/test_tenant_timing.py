@@ -313,24 +313,3 @@ def test_bulk_requests_wait_for_auth_ok(world: Serve, op: str) -> None:
         finally:
             s.close()
         assert ftype is FrameType.ERROR and head.get("name") == "ProtocolError", (ns, head)
-
-
-def test_harness_sees_a_hit(world: Serve) -> None:
-    """The harness times what the server does: acme's own GET of a 1 MiB block against its own
-    miss differs far beyond the band (a server-side difference, beside the client-side
-    control)."""
-    big = "00" * 15 + "0b"
-    s3(world, ACME).put_object(Bucket=THEIRS, Key=big, Body=b"x" * (1 << 20))
-    s = _http_socket(world)
-    try:
-        hit = _http_exchange(s, world, "GET", f"/{THEIRS}/{big}", b"", 200, ACME)
-        miss = _http_exchange(s, world, "GET", f"/{THEIRS}/{'00' * 15 + '0c'}", b"", 404, ACME)
-        a, b = [], []
-        for _ in range(150):  # interleaved
-            a.append(min(hit(0) for _ in range(BURST)))
-            b.append(min(miss(0) for _ in range(BURST)))
-    finally:
-        s.close()
-    auc = _auc(a, b)
-    print(f"1 MiB hit against a miss: P(hit > miss) {auc:.3f}")
-    assert auc > 0.5 + AUC_BAND, auc
