@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kvstore.errors import AccessDenied, InvalidArgument, NamespaceNotFound
+from kvstore.keys import salted_tenant_salt
 
 DEV_TENANT = ""
 # The owner of a namespace created in development mode.
@@ -203,21 +204,28 @@ class Policy:
         """Whether a namespace listing shows ``ns`` to ``tenant``: exactly when it may READ."""
         return self.allows(tenant, ns, Op.LIST, owner)
 
+    def salt_token(self, tenant: Tenant) -> str:
+        """The tenant's salt token: ``shared:KEY_SALT`` when its credentials give ``key_salt``
+        (tenants with the same one opted in together), else ``tenant:NAME``; "" in development
+        mode (one tenant). AUTH_OK on the bulk port names it, so a client that computes its own
+        fingerprints (the engine connectors) salts them as ``salted_layout`` does."""
+        if self.dev:
+            return ""
+        return f"shared:{tenant.key_salt}" if tenant.key_salt else f"tenant:{tenant.name}"
+
     def salted_layout(self, tenant: Tenant,
                       layout: dict[str, Any] | None) -> dict[str, Any] | None:
-        """``layout`` with the tenant's salt in its ``tenant_salt`` (kept after it, when the
-        client gave one: a fleet salt, vLLM's cache_salt), so the fingerprint and every block
-        key chained from it differ between tenants for the same model and prompt. Tenants
-        whose credentials name the same ``key_salt`` share them (both opted in); development
-        mode has one tenant and adds nothing. Idempotent: a layout already salted for this
-        tenant (sent back as the server answered it) stays as it is."""
+        """``layout`` with the tenant's salt token first in its ``tenant_salt`` (the client's own
+        salt, a fleet salt, kept after it), so the fingerprint and every block key chained from
+        it differ between tenants for the same model and prompt. Tenants whose credentials name
+        the same ``key_salt`` share them (both opted in); development mode adds nothing.
+        Idempotent: a layout already salted for this tenant (sent back as the server answered
+        it) stays as it is. The rule is ``kvstore_wire.keys.salted_tenant_salt``, the one
+        clients apply."""
         if layout is None or self.dev:
             return layout
-        token = f"shared:{tenant.key_salt}" if tenant.key_salt else f"tenant:{tenant.name}"
         own = str(layout.get("tenant_salt") or "")
-        if own == token or own.startswith(token + "/"):
-            return dict(layout)
-        return {**layout, "tenant_salt": f"{token}/{own}" if own else token}
+        return {**layout, "tenant_salt": salted_tenant_salt(own, self.salt_token(tenant))}
 
     def owner_for_new(self, tenant: Tenant) -> str:
         """The owner a namespace created by ``tenant`` gets."""

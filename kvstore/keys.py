@@ -15,11 +15,12 @@ from kvstore_wire.keys import (
     chain_root,
     namespace_pattern,
     next_key,
+    salted_tenant_salt,
     validate_key,
     validate_namespace,
 )
 
 __all__ = [
     "DTYPE_BYTES", "KEY_BYTES", "KEY_SCHEME_VERSION", "Layout", "block_keys", "chain_root",
-    "namespace_pattern", "next_key", "validate_key", "validate_namespace",
+    "namespace_pattern", "next_key", "salted_tenant_salt", "validate_key", "validate_namespace",
 ]

@@ -17,7 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "limits": set(),
     "errors": set(),
     "keys": {"limits", "errors"},
-    "auth": {"limits", "errors"},
+    "auth": {"limits", "errors", "keys"},  # the tenant-salt rule (keys.salted_tenant_salt)
     "config": {"limits", "errors"},
     "engine": {"limits", "errors", "keys"},
     "io_uring": {"limits", "errors", "keys"},  # the layout's devices/ ...

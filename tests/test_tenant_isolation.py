@@ -8,7 +8,9 @@ namespace or its keys exist: the same status, error code, message and body lengt
 
 Plus the tenant salt of a namespace fingerprint (``kvstore.auth``, "Tenant salts"): two tenants
 creating namespaces with the same layout get different fingerprints, so their block keys for the
-same prompt differ; two tenants that share a salt (the operator's opt-in) get the same ones.
+same prompt differ; two tenants that share a salt (the operator's opt-in) get the same ones; and
+the bulk port's AUTH_OK names the same salt token, so a client that computes its own
+fingerprints (the engine connectors) salts them alike. Timing: tests/test_tenant_timing.py.
 """
 
 from __future__ import annotations
@@ -186,13 +188,37 @@ def test_tenant_salt_separates_fingerprints(world: Serve) -> None:
     assert _create(world, ACME, "acme-salted")["fingerprint"] == a["fingerprint"]
 
 
+def test_auth_ok_names_the_salt_the_server_applies(world: Serve) -> None:
+    """``Client.key_salt()`` is the token the server salts this tenant's layouts with:
+    ``Layout.salted(token)`` has exactly the fingerprint ``POST /v1/namespaces`` answers, for
+    a layout with and without a salt of the client's own; tenants sharing a ``key_salt`` get
+    one token, the others their own."""
+    from kvstore_client import Client, Layout
+
+    def token(who: tuple[str, str, str], ns: str) -> str:
+        with Client(port=world.bulk, namespace=ns, access_key=who[1], secret_key=who[2],
+                    create=True, timeout=10) as c:
+            return c.key_salt()
+
+    tokens = {who[0]: token(who, f"{who[0]}-token") for who in (ACME, GLOBEX, INITECH)}
+    assert tokens == {"acme": "tenant:acme", "globex": "shared:acme-and-globex",
+                      "initech": "shared:acme-and-globex"}
+    for who in (ACME, GLOBEX):
+        for own in ("", "fleet-9"):
+            lay = {**LAYOUT, "tenant_salt": own}
+            got = _create(world, who, f"{who[0]}-tok{len(own)}", lay)
+            assert Layout(**lay).salted(tokens[who[0]]).fingerprint_hex() == got["fingerprint"]
+
+
 def test_salt_is_not_forced_in_development_mode(tmp_path: Path) -> None:
-    from kvstore_client import Layout
+    from kvstore_client import Client, Layout
 
     srv = Serve.start(tmp_path, tmp_path / "data", "dev", None)
     try:
         got = _create(srv, ("", "AKIADEV", "dev-secret"), "dev-salted")
         assert got["fingerprint"] == Layout(**LAYOUT).fingerprint_hex()
+        with Client(port=srv.bulk, namespace="dev-salted", timeout=10) as c:
+            assert c.key_salt() == ""  # so the connectors' keys are as they always were
         conn = http.client.HTTPConnection("127.0.0.1", srv.http, timeout=30)
         conn.request("GET", "/metrics")  # one tenant: the per-namespace series stay
         assert 'kvstore_namespace_blocks{namespace="dev-salted"}' in conn.getresponse().read(
@@ -200,116 +226,6 @@ def test_salt_is_not_forced_in_development_mode(tmp_path: Path) -> None:
         conn.close()
     finally:
         srv.kill()
-
-
-# -- timing ----------------------------------------------------------------------------------
-
-PAIRS = 1000  # interleaved request pairs per comparison
-CONTROL_PAIRS = 200
-TIMING_SECONDS_MAX = 8.0  # per comparison; fewer pairs when the machine is slow
-PAIRS_MIN = 300
-AUC_BAND = 0.1  # |P(a > b) - 0.5| a comparison may show: ~7 standard errors at 1000 pairs
-MEDIAN_TOLERANCE = 0.15  # and the medians may differ by this fraction ...
-MEDIAN_SLACK_S = 30e-6  # ... plus this
-SAMPLINGS = 2  # a real difference must show in every one
-
-
-def _signed(srv: Serve, who: tuple[str, str, str], method: str, path: str,
-            body: bytes = b"") -> dict[str, str]:
-    from botocore.auth import S3SigV4Auth
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-
-    req = AWSRequest(method=method, url=srv.url + path, data=body,
-                     headers={"content-type": "application/json"} if body else {})
-    S3SigV4Auth(Credentials(who[1], who[2]), "s3", REGION).add_auth(req)
-    return dict(req.headers.items())
-
-
-def _latencies(srv: Serve, reqs: dict[str, tuple[str, str, bytes, dict[str, str], int]],
-               pairs: int) -> dict[str, list[float]]:
-    """Interleaved: each round sends every request once, in a shuffled order, on one keep-alive
-    connection, so load and drift on the machine hit all of them alike."""
-    import random
-    import time
-
-    rng = random.Random(12)
-    names = list(reqs)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    conn = http.client.HTTPConnection("127.0.0.1", srv.http, timeout=30)
-    end = time.monotonic() + TIMING_SECONDS_MAX
-    try:
-        for i in range(pairs + 50):
-            if time.monotonic() > end:
-                break
-            rng.shuffle(names)
-            for n in names:
-                method, path, body, headers, status = reqs[n]
-                t0 = time.perf_counter()
-                conn.request(method, path, body=body, headers=headers)
-                resp = conn.getresponse()
-                resp.read()
-                dt = time.perf_counter() - t0
-                assert resp.status == status, (n, resp.status)
-                if i >= 50:  # the first rounds warm the connection and caches
-                    out[n].append(dt)
-    finally:
-        conn.close()
-    return out
-
-
-def _auc(a: list[float], b: list[float]) -> float:
-    """P(a > b) + P(a = b)/2: the Mann-Whitney U statistic over n*m, 0.5 for one distribution."""
-    import numpy as np
-
-    xa, xb = np.asarray(a), np.sort(np.asarray(b))
-    lo, hi = np.searchsorted(xb, xa, "left"), np.searchsorted(xb, xa, "right")
-    return float((lo.sum() + (hi - lo).sum() / 2) / (len(xa) * len(xb)))
-
-
-def test_denial_timing_does_not_depend_on_existence(world: Serve) -> None:
-    """Thousands of interleaved requests from another tenant: "exists in acme's namespace"
-    and "does not exist" have the same latency distribution (Mann-Whitney effect size within
-    the band, medians within the tolerance). A positive control first shows that the same
-    harness does see a real difference (a 1 MiB hit against a miss)."""
-    import statistics
-
-    big = "00" * 15 + "0b"
-    s3(world, ACME).put_object(Bucket=THEIRS, Key=big, Body=b"x" * (1 << 20))
-    ctl = _latencies(world, {
-        "hit": ("GET", f"/{THEIRS}/{big}", b"", _signed(world, ACME, "GET", f"/{THEIRS}/{big}"),
-                200),
-        "miss": ("GET", f"/{THEIRS}/{KEY_OUT}", b"",
-                 _signed(world, ACME, "GET", f"/{THEIRS}/{KEY_OUT}"), 404)}, CONTROL_PAIRS)
-    assert _auc(ctl["hit"], ctl["miss"]) > 0.5 + AUC_BAND, "the harness sees no difference"
-
-    def body(ns: str) -> bytes:
-        return json.dumps({"keys": [KEY_IN]}).encode()
-
-    for what, make in {
-        "s3 get": lambda ns: ("GET", f"/{ns}/{KEY_IN}", b""),
-        "v1 lookup": lambda ns: ("POST", f"/v1/{ns}/lookup", body(ns)),
-    }.items():
-        reqs = {}
-        for ns in (THEIRS, ABSENT):
-            method, path, data = make(ns)
-            reqs[ns] = (method, path, data, _signed(world, GLOBEX, method, path, data), 403)
-        tries = []
-        for _ in range(SAMPLINGS):  # a second sampling when a burst of load skewed the first
-            got = _latencies(world, reqs, PAIRS)
-            a, b = got[THEIRS], got[ABSENT]
-            assert min(len(a), len(b)) >= PAIRS_MIN, f"{what}: too slow to sample ({len(a)})"
-            auc = _auc(a, b)
-            ma, mb = statistics.median(a), statistics.median(b)
-            tries.append((len(a), round(auc, 3), round(ma * 1e6), round(mb * 1e6)))
-            if abs(auc - 0.5) <= AUC_BAND and \
-                    abs(ma - mb) <= MEDIAN_TOLERANCE * min(ma, mb) + MEDIAN_SLACK_S:
-                break
-        else:
-            pytest.fail(f"{what}: latency differs (pairs, P(exists > absent), medians us): "
-                        f"{tries}")
-        print(f"{what}: {len(a)} pairs, P(exists > absent) {auc:.3f}, medians "
-              f"{ma * 1e6:.0f} / {mb * 1e6:.0f} us")
 
 
 def test_unsigned_metrics_do_not_name_tenants_namespaces(world: Serve, tmp_path: Path) -> None:

@@ -67,6 +67,7 @@ class Core:
         self.window: msg.Window | None = None
         self._rid = 0
         self.tenant = ""
+        self.salt = ""  # the tenant's salt token, from AUTH_OK ("": none named)
 
     @property
     def usable(self) -> bool:
@@ -143,7 +144,14 @@ class Core:
         yield from self.send(FrameType.AUTH, msg.Auth(sig), rid=0)
         f = yield from self.frame()
         ok = msg.AuthOk.from_header(f.header)
-        self.window, self.tenant = ok.window, ok.tenant
+        self.window, self.tenant, self.salt = ok.window, ok.tenant, ok.salt
+
+    def salt_op(self) -> Op:
+        """The salt token this connection's AUTH_OK named; no I/O (an ``Op`` like the others,
+        so the pooled clients borrow, connect and retry for it as for any call)."""
+        if False:  # pragma: no cover - makes this a generator
+            yield (RECV, memoryview(b""))
+        return self.salt
 
     # -- requests ------------------------------------------------------------------------
     def simple(self, ftype: FrameType, header: Message | dict[str, Any],

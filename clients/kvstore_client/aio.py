@@ -122,6 +122,10 @@ class AsyncClient:
         r = await self._call(lambda c: c.request(FrameType.STATS, msg.Empty()))
         return r.to_header()
 
+    async def key_salt(self) -> str:
+        """The tenant's salt token the server named at AUTH (``Client.key_salt``)."""
+        return str(await self._call(lambda c: c.salt_op()))
+
     async def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
                   overwrite: bool = False) -> bool:
         """Write-once like ``Client.put``: a stored key keeps its bytes (False) unless

@@ -185,6 +185,14 @@ class Client:
         r = self._call(lambda c: c.request(FrameType.STATS, msg.Empty()))
         return r.to_header()
 
+    def key_salt(self) -> str:
+        """The tenant's salt token the server named at AUTH (connecting if no connection is
+        pooled): ``Layout.salted(token)`` is the layout whose fingerprint the server records
+        for this tenant, so keys chained from it never meet another tenant's for the same
+        prompt (unless both share a ``key_salt``). "" in development mode, and from a server
+        that predates it."""
+        return str(self._call(lambda c: c.salt_op()))
+
     def put(self, key: str, value: Any, *, ttl_seconds: float = 0.0,
             overwrite: bool = False) -> bool:
         """Store one block; see ``put_many``. Write-once: a key that is already stored keeps its

@@ -13,24 +13,33 @@ engine connector writes are the keys any other kvstore client derives for the sa
   into the first block, so every later key of the chain differs too.
 - ``opaque_key`` names a block the engine hashes itself (vLLM's offloading ``OffloadKey``,
   LMCache's chunk hash): blake2b over the fingerprint and the engine's key bytes.
+- Tenant salts: with credentials the server names each tenant a salt token in AUTH_OK
+  (``Client.key_salt()``: ``tenant:NAME``, or ``shared:KEY_SALT`` for tenants that opted into
+  sharing). ``EngineLayout.salted(token)`` puts it first in the layout's ``tenant_salt`` by the
+  server's own rule (``kvstore_wire.keys.salted_tenant_salt``), so the connectors chain from the
+  fingerprint the server would record for that layout and tenant; ``salt_scope(token)`` is the
+  key scope of engines whose keys are their own strings (LMCache, SGLang). Either way two
+  tenants' identical prefixes never share a key unless both opted into one ``key_salt``.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgpack
 from kvstore_wire import limits
 from kvstore_wire.errors import LimitExceeded
 from kvstore_wire.keys import KEY_BYTES, Layout, block_keys, chain_root, next_key
 
-__all__ = ["EngineLayout", "Layout", "first_block_extra", "opaque_key", "prefix_keys"]
+__all__ = ["EngineLayout", "Layout", "first_block_extra", "opaque_key", "prefix_keys",
+           "salt_scope"]
 
 ENGINE_KEY_SCHEME = 1
 _PERSON_ENGINE = b"kvstore.eng.v1"
 _PERSON_OPAQUE = b"kvstore.opq.v1"
+_PERSON_SALT = b"kvstore.slt.v1"
 
 
 def _h(data: bytes, person: bytes) -> bytes:
@@ -73,6 +82,21 @@ class EngineLayout:
 
     def fingerprint_hex(self) -> str:
         return self.fingerprint().hex()
+
+    def salted(self, token: str) -> EngineLayout:
+        """This layout under the tenant salt ``token`` (what ``Client.key_salt()`` answers): its
+        ``Layout`` becomes ``layout.salted(token)``, the one the server records for this tenant,
+        so the fingerprint, and every key chained from it, is the tenant's."""
+        return replace(self, layout=self.layout.salted(token))
+
+
+def salt_scope(token: str) -> str:
+    """The key scope of the tenant salt ``token`` for keys an engine names itself: "" for no
+    token (development mode: keys as before), else ``s-`` and 32 hex characters of blake2b over
+    the token (the token itself stays out of keys and listings)."""
+    if not token:
+        return ""
+    return "s-" + _h(token.encode("utf-8", "surrogatepass"), _PERSON_SALT).hex() + "/"
 
 
 def first_block_extra(cache_salt: str | None = None, lora: str | None = None,

@@ -19,8 +19,11 @@ partial bytes.
 
 Keys: LMCache's key string (``model@kv_rank:08x@group:x@chunk_hash_hex[@cache_salt]``) already
 binds the model, the KV rank (world size and worker), the object group, the chunk hash and
-the cache salt, and is deterministic; it is stored as is, after an optional ``key_prefix``
-(bind what LMCache's key does not, such as dtype and layout, e.g. ``"bf16-nhd/"``).
+the request's cache salt, and is deterministic; it is stored after the tenant's salt scope
+(``kvstore_connectors.keys.salt_scope`` of the token the server names at AUTH: ``s-<hex>/``
+with credentials, nothing in development mode, so two tenants' identical chunks never share a
+key unless both opted into one ``key_salt``) and an optional ``key_prefix`` (bind what LMCache's
+key does not, such as dtype and layout, e.g. ``"bf16-nhd/"``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from typing import Any
 
 from kvstore_client import Client
 from kvstore_wire.errors import KVStoreError
+
+from kvstore_connectors.keys import salt_scope
 
 __all__ = ["KVStoreL2Client"]
 
@@ -70,11 +75,12 @@ class KVStoreL2Client:
         if not 1 <= int(num_workers) <= workers_max:
             raise ValueError(f"num_workers must be 1..{workers_max}")
         self._workers_n = int(num_workers)
-        self._prefix = str(key_prefix)
         self._client = Client(host, int(port), namespace=namespace, access_key=access_key,
                               secret_key=secret_key, create=bool(create), timeout=timeout_s,
                               pool_size=self._workers_n)
         self._client.ping()  # fail at construction (LMCache start-up), not on the first job
+        # the tenant's salt scope first (on the connection the ping opened), then the user's
+        self._prefix = salt_scope(self._client.key_salt()) + str(key_prefix)
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._lock = threading.Lock()
         self._next_fid = 1

@@ -23,10 +23,13 @@ SGLang's ``StorageBackendFactory`` (``sglang/srt/mem_cache/storage/backend_facto
 - The legacy ``get``/``set``/``batch_*``/``exists`` (flat page tensors) store one block per page
   under ``<page key>``; SGLang uses them when ``interface_v1`` is off.
 
-Keys: SGLang's page key (a hash chain of the tokens) under a scope that binds what makes KV
-bytes incompatible: ``[prefix/]model/dtype.layout.tp<r>of<n>[.pp..][.cp..][.dcp..]/`` (the
-TP part is left out for MLA, whose ranks hold the same KV). dtype and layout come from the host
-pool when it registers.
+Keys: SGLang's page key (a hash chain of the tokens) under a scope that binds the tenant and
+what makes KV bytes incompatible: ``[s-<hex>/][prefix/]model/dtype.layout.tp<r>of<n>[.pp..]
+[.cp..][.dcp..]/`` (the TP part is left out for MLA, whose ranks hold the same KV). ``s-<hex>/``
+is the tenant's salt scope (``kvstore_connectors.keys.salt_scope`` of the token the server
+names at AUTH; none in development mode), so two tenants' identical prefixes never share a key
+unless both opted into one ``key_salt``. dtype and layout come from the host pool when it
+registers.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ import torch
 from kvstore_client import Client
 from kvstore_wire.errors import KVStoreError
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorage, HiCacheStorageConfig
+
+from kvstore_connectors.keys import salt_scope
 
 __all__ = ["KVStoreHiCacheStorage"]
 
@@ -85,8 +90,6 @@ class KVStoreHiCacheStorage(HiCacheStorage):
         self.storage_config = storage_config
         self.interface_v1 = bool(extra.get("interface_v1", 0))
         self.lease_s = float(extra.get("lease_s", 0.0))
-        self._scope_base = self._scope(storage_config, str(extra.get("prefix", "")))
-        self.key_scope = self._scope_base + "/"
         self._parts = 1  # blocks per page in the v1 layout, known once the pool registers
         self.client = Client(str(extra.get("host", "127.0.0.1")), int(extra.get("port", 8701)),
                              namespace=str(extra.get("namespace", "sglang")),
@@ -95,6 +98,10 @@ class KVStoreHiCacheStorage(HiCacheStorage):
                              timeout=float(extra.get("timeout_s", 30.0)),
                              pool_size=int(extra.get("pool_size", 4)))
         self.client.ping()  # fail at start-up, not on the first prefetch
+        # the tenant's salt scope (asked on the connection the ping opened) before the rest
+        self._scope_base = salt_scope(self.client.key_salt()) + self._scope(
+            storage_config, str(extra.get("prefix", "")))
+        self.key_scope = self._scope_base + "/"
         self._lock = threading.Lock()
         self._metrics: dict[str, list[float]] = {"prefetch_pgs": [], "backup_pgs": [],
                                                  "prefetch_bandwidth": [], "backup_bandwidth": []}

@@ -9,6 +9,11 @@ Pure functions over canonical bytes, the same in every process and language:
   || u32le(len(extra)) || extra)``. H is blake2b with a 16-byte digest and a per-purpose
   personalization, so a root key can never equal a block key by construction.
 - Keys travel as lowercase hex (32 characters).
+- Tenant salts (``salted_tenant_salt``, ``Layout.salted``): with credentials the server names
+  each tenant a salt token (``tenant:NAME``, or ``shared:KEY_SALT`` for tenants that opted into
+  sharing) in AUTH_OK and puts it first in ``tenant_salt`` of every layout a namespace is
+  created with; a client that computes its own fingerprint applies the same rule, so identical
+  prefixes of two tenants never share keys unless both opted in.
 
 Never use Python's ``hash()`` for keys: it is salted per process.
 """
@@ -19,7 +24,7 @@ import hashlib
 import re
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import msgpack
 
@@ -86,6 +91,12 @@ class Layout:
     def fingerprint(self) -> bytes:
         return _h(self.canonical_bytes(), _PERSON_NS)
 
+    def salted(self, token: str) -> Layout:
+        """This layout under the tenant salt ``token`` (``salted_tenant_salt``): the layout the
+        server records, and whose fingerprint it answers, when this tenant creates a namespace
+        with this layout."""
+        return replace(self, tenant_salt=salted_tenant_salt(self.tenant_salt, token))
+
     def fingerprint_hex(self) -> str:
         return self.fingerprint().hex()
 
@@ -97,6 +108,16 @@ class Layout:
             return None
         heads = max(1, self.num_kv_heads // self.tp_size)
         return 2 * self.num_layers * heads * self.head_dim * self.tokens_per_block * width
+
+
+def salted_tenant_salt(own: str, token: str) -> str:
+    """``tenant_salt`` of a layout under the tenant salt ``token`` (what AUTH_OK names, and
+    ``kvstore.auth.Policy.salt_token``): the token, then ``/`` and the client's own salt when it
+    gave one (a fleet salt). Idempotent: a salt that already starts with the token is kept; an
+    empty token (development mode, or a server that names none) adds nothing."""
+    if not token or own == token or own.startswith(token + "/"):
+        return own
+    return f"{token}/{own}" if own else token
 
 
 def chain_root(fingerprint: bytes) -> bytes:

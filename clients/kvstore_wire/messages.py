@@ -166,18 +166,22 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class AuthOk:
-    """AUTH_OK (s>c): the tenant and namespace bound, and the server's window. Parsing caps the
-    window by this side's own limits and drops flag bits this side does not know."""
+    """AUTH_OK (s>c): the tenant and namespace bound, the server's window, and the tenant's salt
+    token (``kvstore_wire.keys.salted_tenant_salt``; "" in development mode and from a server
+    that predates it). Parsing caps the window by this side's own limits and drops flag bits
+    this side does not know."""
 
     FRAME: ClassVar[FrameType] = FrameType.AUTH_OK
     tenant: str
     namespace: str
     window: Window = field(default_factory=Window.local)
     shm: bool = True  # the server offers the shm transport (SHM_REGISTER)
+    salt: str = ""  # the tenant's salt token: every layout fingerprint of this tenant starts so
 
     def to_header(self) -> dict[str, Any]:
         w = self.window
         return {"tenant": self.tenant, "namespace": self.namespace, "shm": self.shm,
+                "salt": self.salt,
                 "inflight_requests_max": w.inflight_requests_max,
                 "inflight_bytes_max": w.inflight_bytes_max,
                 "block_bytes_max": w.block_bytes_max, "batch_keys_max": w.batch_keys_max,
@@ -199,8 +203,11 @@ class AuthOk:
                         pos("batch_keys_max", limits.batch_keys_max),
                         pos("batch_bytes_max", limits.batch_bytes_max),
                         flags & FLAGS_KNOWN)
+        salt = str(get_field(h, "salt", str, ""))
+        if len(salt) > limits.layout_str_chars_max:
+            raise ProtocolError(f"salt longer than {limits.layout_str_chars_max} characters")
         return cls(str(get_field(h, "tenant", str, "")), str(get_field(h, "namespace", str, "")),
-                   window, bool(get_field(h, "shm", bool, False)))
+                   window, bool(get_field(h, "shm", bool, False)), salt)
 
 
 # --- requests -------------------------------------------------------------------------------

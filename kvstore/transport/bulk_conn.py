@@ -350,7 +350,9 @@ class BulkProtocol(LeaseHolder, asyncio.BufferedProtocol):
             raise
         self.tenant, self.namespace = tenant, hello.namespace
         self.ctx.unauthenticated.pop(self, None)
-        self.send(FrameType.AUTH_OK, 0, msg.AuthOk(tenant.name, hello.namespace).to_header())
+        salt = self.blocks.policy.salt_token(tenant)  # the client salts its own fingerprints
+        self.send(FrameType.AUTH_OK, 0,
+                  msg.AuthOk(tenant.name, hello.namespace, salt=salt).to_header())
 
     def _uncount(self) -> None:
         self._slot.release()

@@ -84,9 +84,12 @@ class KVStoreConnector(KVConnectorBase_V1):
                              f"not {pp}")
         self.block_size = self.geometry.block_size
         self.tp_rank = _tp_rank(role)
-        self.layout = engine_layout(vllm_config, self.geometry, self.tp_rank,
-                                    layout_salt=self.config.layout_salt)
-        self.fingerprint = self.layout.fingerprint()
+        # The layout from the configs alone; keys chain from it under the tenant's salt token,
+        # which the server names at AUTH (``chain_fingerprint``), so no two tenants share keys.
+        self.base_layout = engine_layout(vllm_config, self.geometry, self.tp_rank,
+                                         layout_salt=self.config.layout_salt)
+        self.layout = self.base_layout
+        self._chain_fp: bytes | None = None
         self.num_blocks = int(kv_cache_config.num_blocks)
         self._client: Client | None = None
         self._client_lock = threading.Lock()
@@ -98,7 +101,7 @@ class KVStoreConnector(KVConnectorBase_V1):
         self._backoff = Backoff(self.config.retry_after_seconds)
         log.info("kvstore connector (%s, tp_rank %d): %s:%d namespace %s, layout %s",
                  role.name, self.tp_rank, self.config.host, self.config.port,
-                 self.config.namespace, self.layout.fingerprint_hex())
+                 self.config.namespace, self.base_layout.fingerprint_hex())
 
     # -- shared --------------------------------------------------------------------------
     @property
@@ -115,13 +118,46 @@ class KVStoreConnector(KVConnectorBase_V1):
                                       pool_size=c.pool_size)
             return self._client
 
+    @property
+    def fingerprint(self) -> bytes:
+        """The fingerprint of the layout from the configs alone (before the tenant's salt)."""
+        return self.base_layout.fingerprint()
+
+    def chain_fingerprint(self) -> bytes | None:
+        """What keys chain from: the layout under the tenant's salt token (``Client.key_salt``,
+        asked once, on the first connection; "" in development mode). None while kvstore
+        cannot be reached: a request then gets no keys (no lookup, no save) and computes
+        locally, so no key is ever derived without the salt."""
+        if self._chain_fp is not None:
+            return self._chain_fp
+        if not self._backoff.allow(time.monotonic()):
+            return None
+        try:
+            token = self.client.key_salt()
+        except (KVStoreError, OSError) as exc:
+            self._backoff.failed(time.monotonic())
+            log.warning("kvstore: no connection for the tenant salt, computing locally (no "
+                        "kvstore calls for %.0f s): %s", self.config.retry_after_seconds, exc)
+            return None
+        self.layout = self.base_layout.salted(token)
+        self._chain_fp = self.layout.fingerprint()
+        log.info("kvstore connector (%s): keys chain from layout %s (%s)", self.role.name,
+                 self.layout.fingerprint_hex(), "tenant-salted" if token else "no tenant salt")
+        return self._chain_fp
+
     def request_keys(self, request: Any) -> list[str]:
+        """The chained keys of the prompt's full blocks; the request's ``cache_salt`` (vLLM's
+        per-request salt), LoRA adapter and multimodal hashes are bound into the first block.
+        [] while the tenant salt is not known (``chain_fingerprint``)."""
+        fp = self.chain_fingerprint()
+        if fp is None:
+            return []
         tokens = list(request.prompt_token_ids or [])
         tokens = tokens[:limits.chain_keys_max * self.block_size]
         lora = getattr(request, "lora_request", None)
         mm = [str(getattr(f, "identifier", "")) for f in (getattr(request, "mm_features", None)
                                                           or [])]
-        return prefix_keys(self.fingerprint, tokens, self.block_size,
+        return prefix_keys(fp, tokens, self.block_size,
                            cache_salt=getattr(request, "cache_salt", None),
                            lora=getattr(lora, "lora_name", None) if lora else None,
                            mm_hashes=mm)

@@ -15,10 +15,12 @@ between that buffer and their own store, from the scheduler process, without blo
   ``successful_keys``; the failed keys are marked missed so vLLM does not retry them).
 - ``drain_jobs`` waits for every submitted job.
 
-Keys: vLLM names a chunk by its ``OffloadKey`` (its block hash and KV cache group); the kvstore
+Keys: vLLM names a chunk by its ``OffloadKey`` (its block hash and KV cache group; vLLM hashes a
+request's ``cache_salt`` into the first block's hash, so it reaches every key); the kvstore
 key is ``opaque_key(fingerprint, offload_key)`` where the fingerprint binds the model, KV dtype,
-tokens per hash, blocks per chunk, chunk bytes, the KV cache groups and layout and the
-parallel configuration. vLLM's block hashes are reproducible across processes with its default
+tokens per hash, blocks per chunk, chunk bytes, the KV cache groups and layout, the
+parallel configuration and the tenant's salt token (asked of the server on the first
+connection, ``Client.key_salt``). vLLM's block hashes are reproducible across processes with its default
 sha256 hashing; with a non-cryptographic ``prefix_caching_hash_algo`` set ``PYTHONHASHSEED``
 to one value on every instance that shares the tier.
 
@@ -116,8 +118,9 @@ class KVStoreSecondaryTier(SecondaryTierManager):
             raise ValueError("the primary KV view must be C-contiguous")
         self._flat = primary_kv_view.cast("B")
         self._chunk = self.block_size_bytes
-        self.layout = tier_layout(offloading_spec, self._chunk, layout_salt)
-        self._fp = self.layout.fingerprint()
+        self.base_layout = tier_layout(offloading_spec, self._chunk, layout_salt)
+        self.layout = self.base_layout
+        self._fp: bytes | None = None  # under the tenant's salt, once known (_fingerprint)
         self._client: Client | None = None
         self._client_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(io_threads)),
@@ -127,11 +130,27 @@ class KVStoreSecondaryTier(SecondaryTierManager):
         self._inflight_lock = threading.Lock()
         self._lookups = _Lookups(self, tier_type)
         log.info("kvstore secondary tier %s: %s:%d namespace %s, layout %s", tier_type, host,
-                 port, namespace, self.layout.fingerprint_hex())
+                 port, namespace, self.base_layout.fingerprint_hex())
 
     # -- keys and the client ---------------------------------------------------------------
+    def _fingerprint(self) -> bytes:
+        """The layout's fingerprint under the tenant's salt token, asked of the server once
+        (KVStoreError or OSError while it cannot be reached: the caller's job fails, a
+        lookup counts as misses; no key is derived without the salt)."""
+        with self._client_lock:
+            fp = self._fp
+        if fp is None:
+            token = self.client.key_salt()
+            layout = self.base_layout.salted(token)
+            with self._client_lock:
+                self.layout, self._fp = layout, layout.fingerprint()
+                fp = self._fp
+            log.info("kvstore secondary tier: keys from layout %s (%s)", layout.fingerprint_hex(),
+                     "tenant-salted" if token else "no tenant salt")
+        return fp
+
     def key(self, offload_key: bytes) -> str:
-        return opaque_key(self._fp, offload_key)
+        return opaque_key(self._fingerprint(), offload_key)
 
     @property
     def client(self) -> Client:
@@ -238,8 +257,8 @@ class KVStoreSecondaryTier(SecondaryTierManager):
 
     def _store(self, job_id: int, keys: list[OffloadKey],
                rows: list[memoryview]) -> tuple[JobResult, list[OffloadKey]]:
-        kv_keys = [self.key(k) for k in keys]
         try:
+            kv_keys = [self.key(k) for k in keys]
             present = self.client.exists_many(kv_keys)
             todo = [i for i, p in enumerate(present) if not p]
             if todo:
@@ -252,8 +271,8 @@ class KVStoreSecondaryTier(SecondaryTierManager):
 
     def _load(self, job_id: int, keys: list[OffloadKey],
               rows: list[memoryview]) -> tuple[JobResult, list[OffloadKey]]:
-        kv_keys = [self.key(k) for k in keys]
         try:
+            kv_keys = [self.key(k) for k in keys]
             got: list[int | None] = self.client.get_many_into(kv_keys, rows)
         except (KVStoreError, OSError) as exc:
             log.warning("kvstore tier: load of %d chunks failed: %s", len(keys), exc)

@@ -157,6 +157,35 @@ def test_keys_bind_model_rank_dtype_and_layout(bulk) -> None:
     assert _backend(bulk.port, pool).batch_exists(keys) == 2  # a restart finds them
 
 
+def test_keys_are_scoped_by_the_tenant_salt(make_bulk) -> None:
+    """With credentials every key sits under the tenant's salt scope: two tenants' identical
+    pages never share a key, two that share a ``key_salt`` do (each in its own namespace)."""
+    from kvstore_connectors.keys import salt_scope
+
+    from kvstore.auth import Tenants
+
+    tenants = {"tenants": [
+        {"name": n, "access_key": f"AKID{n.upper()}", "secret_key": f"{n}-secret",
+         "namespaces": [f"{n}-*"], **({"key_salt": "pooled"} if n != "acme" else {})}
+        for n in ("acme", "globex", "initech")]}
+    srv = make_bulk(Tenants.from_dict(tenants))
+    pool = HostPool(1, "page_first")
+    pool.kv_buffer.fill_(3)
+    key = f"{30:064x}"
+    scopes = {}
+    for t in tenants["tenants"]:
+        b = _backend(srv.port, pool, namespace=f"{t['name']}-sgl", access_key=t["access_key"],
+                     secret_key=t["secret_key"])
+        assert b.batch_set_v1([key], pool.indices([0])) == [True]
+        token = b.client.key_salt()
+        assert token and b.key_scope.startswith(salt_scope(token))
+        with Client(port=srv.port, namespace=f"{t['name']}-sgl", access_key=t["access_key"],
+                    secret_key=t["secret_key"]) as c:
+            assert c.exists_many([f"{b.key_scope}{key}.0", f"{b.key_scope}{key}.1"]) == [True] * 2
+        scopes[t["name"]] = b.key_scope
+    assert scopes["globex"] == scopes["initech"] != scopes["acme"]
+
+
 def test_legacy_interface_round_trip(bulk) -> None:
     pool = HostPool(2, "page_first")
     cfg = _config(bulk.port, interface_v1=0)

@@ -33,7 +33,8 @@ def clean_env() -> dict[str, str]:
 class Server:
     """`kvstore serve` from this checkout on loopback (HTTP and bulk ports)."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, tenants: dict[str, Any] | None = None) -> None:
+        """``tenants``: a credentials document (``--credentials``); None: development mode."""
         python = os.environ.get("KVSTORE_SERVER_PYTHON")
         if not python:
             raise RuntimeError("KVSTORE_SERVER_PYTHON must name an interpreter with the "
@@ -42,12 +43,16 @@ class Server:
         env = clean_env()
         env["PYTHONPATH"] = f"{REPO}{os.pathsep}{REPO / 'clients'}"
         self.out = tmp / "serve.out"
+        creds: list[str] = []
+        if tenants is not None:
+            (tmp / "tenants.json").write_text(json.dumps(tenants))
+            creds = ["--credentials", str(tmp / "tenants.json")]
         with open(self.out, "wb") as out:
             self.proc = subprocess.Popen(
                 [python, "-m", "kvstore", "serve", "--host", "127.0.0.1",
                  "--port", str(self.http), "--bulk-port", str(self.bulk),
                  "--data-dir", str(tmp / "data"), "--capacity", "256MiB",
-                 "--segment-size", "8MiB", "--dram", "32MiB"],
+                 "--segment-size", "8MiB", "--dram", "32MiB", *creds],
                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp)
         deadline = time.monotonic() + START_SECONDS_MAX
         while "kvstore: ready" not in self.out.read_text():

@@ -48,8 +48,9 @@ def run_vllm(tmp: Path, model: Path, port: int, waves: list[list[list[int]]], ta
 
 
 def layout_of(log: str) -> bytes:
-    """The connector's layout fingerprint, as its worker logged it."""
-    m = re.search(r"kvstore connector \(WORKER, tp_rank 0\): .* layout ([0-9a-f]{32})", log)
+    """The fingerprint the scheduler's keys chain from (the layout under the tenant's salt
+    token: none here, development mode), as it logged it."""
+    m = re.search(r"kvstore connector \(SCHEDULER\): keys chain from layout ([0-9a-f]{32})", log)
     assert m, log[-4000:]
     return bytes.fromhex(m.group(1))
 
@@ -106,9 +107,11 @@ def test_second_run_hits_kvstore_and_matches(kvstore_server: Server, tmp_path: P
             - after_first["hits_dram"] - after_first["hits_flash"])
     assert hits >= 7, after_second
 
-    # kvstore down: the lookup fails fast, the connector backs off, vLLM computes locally
+    # kvstore down: asking for the tenant salt (the first connection) fails fast, the
+    # connector derives no keys and backs off, vLLM computes locally
     kvstore_server.stop()
     third, log3 = run_vllm(tmp_path, model, kvstore_server.bulk, waves, "down")
-    assert "lookup for" in log3 and "failed, computing locally" in log3, log3[-4000:]
+    assert "no connection for the tenant salt, computing locally" in log3, log3[-4000:]
+    assert "keys chain from layout" not in log3
     assert "external prefix hit" not in log3
     assert third["tokens"] == first["tokens"]

@@ -2,7 +2,8 @@
 SecondaryTierFactory from an out-of-tree ``module_path`` config, with a real OffloadingConfig
 and a primary-tier buffer of chunk rows, against a real ``kvstore serve``: non-blocking
 lookups (RETRY, then HIT/MISS), stores and loads of chunks through the thread pool, partial
-loads naming their successful keys, and chunks found by a second tier instance."""
+loads naming their successful keys, chunks found by a second tier instance, and keys under the
+tenant's salt token."""
 
 from __future__ import annotations
 
@@ -59,10 +60,11 @@ def offloading_spec(model: str = "tiny-llama") -> Spec:
     return Spec(cfg)
 
 
-def make_tier(server: Server, primary: np.ndarray, model: str = "tiny-llama") -> Any:
+def make_tier(server: Server, primary: np.ndarray, model: str = "tiny-llama",
+              **over: Any) -> Any:
     extra = doc_json("vllm-offloading")["kv_connector_extra_config"]
     assert extra["spec_name"] == "TieringOffloadingSpec"
-    tier_config = dict(extra["secondary_tiers"][0], port=server.bulk)   # what users paste
+    tier_config = dict(extra["secondary_tiers"][0], port=server.bulk, **over)  # what users paste
     tier = SecondaryTierFactory.create_secondary_tier(tier_config, memoryview(primary),
                                                       offloading_spec(model))
     assert isinstance(tier, KVStoreSecondaryTier) and isinstance(tier, SecondaryTierManager)
@@ -169,3 +171,28 @@ def test_bad_chunk_ids_and_a_down_store(kvstore_server: Server) -> None:
     tier.submit_load(job(3, [key(1)], [0], True, ctx))
     assert not finished(tier, 3).success
     tier.shutdown()
+
+
+def test_tier_keys_are_the_tenants(tmp_path: Any) -> None:
+    """Three tenants' tiers store the same OffloadKey, each in its own namespace: acme's
+    kvstore key is its own, globex's and initech's (one shared key_salt) the same."""
+    from test_vllm_connector import TENANTS
+
+    srv = Server(tmp_path, TENANTS)
+    primary = np.arange(CHUNKS * CHUNK_BYTES, dtype=np.int64).astype(np.int8).reshape(
+        CHUNKS, CHUNK_BYTES)
+    names = {}
+    try:
+        for t in TENANTS["tenants"]:
+            tier = make_tier(srv, primary, namespace=f"{t['name']}-offload",
+                             access_key=t["access_key"], secret_key=t["secret_key"])
+            ctx = ReqContext(req_id=f"r-{t['name']}")
+            tier.submit_store(job(1, [key(1)], [0], False, ctx))
+            assert finished(tier, 1).success
+            names[t["name"]] = tier.key(key(1))
+            assert tier._fp == tier.base_layout.salted(tier.client.key_salt()).fingerprint()
+            assert tier.client.exists_many([names[t["name"]]]) == [True]
+            tier.shutdown()
+    finally:
+        srv.stop()
+    assert names["globex"] == names["initech"] != names["acme"]
