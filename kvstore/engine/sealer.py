@@ -97,6 +97,11 @@ class Sealer:
         if first is not None:
             raise first
 
+    def pending(self, seg: Segment) -> bool:
+        """Queued, being sealed, or its last seal failed (to be retried): unsealed by design."""
+        with self._lock:
+            return self._busy(seg) or seg.id in self._failed
+
     def _busy(self, seg: Segment) -> bool:
         """Queued or being sealed. Caller holds ``_lock``."""
         return seg in self._queue or self._running is seg or seg.id in self._inline
