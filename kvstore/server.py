@@ -67,6 +67,17 @@ class StartupError(Exception):
     """The server could not start (port in use, data dir unusable, ...). Exit status 1."""
 
 
+def http_config_options() -> dict[str, Any]:
+    """The uvicorn settings of kvstore's HTTP listener besides its socket, protocol and TLS
+    (``loadtest/profile_protocol.py`` runs the same). No ``Server`` header; kvstore's own
+    access log (``--access-log``) instead of uvicorn's; and no proxy-headers middleware: kvstore
+    is not deployed behind a proxy it must trust, and uvicorn's default trusts
+    ``X-Forwarded-For`` from 127.0.0.1, so any local client could forge the address kvstore
+    logs (it also cost every request a pass over its headers)."""
+    return {"lifespan": "on", "access_log": False, "server_header": False,
+            "proxy_headers": False}
+
+
 class _UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: this module owns SIGTERM/SIGINT (uvicorn's
     handler re-raises the signal after shutdown, which would turn a clean stop into -15)."""
@@ -321,9 +332,9 @@ class Server:
         tls_opts: dict[str, Any] = {} if tls is None else {
             "ssl_context_factory": lambda _cfg, _default: tls}
         self._http = _UvicornServer(uvicorn.Config(
-            app, http=guarded_protocol(http_guard, metrics), loop="none", lifespan="on",
-            log_config=None, access_log=False, server_header=False,
-            timeout_graceful_shutdown=int(drain_s) or 1, **tls_opts))  # the guard bounds conns
+            app, http=guarded_protocol(http_guard, metrics), loop="none", log_config=None,
+            timeout_graceful_shutdown=int(drain_s) or 1, **http_config_options(),
+            **tls_opts))  # the guard bounds connections
         if tls is not None:
             self._http.tls_handshake_s = cfg.http_header_timeout_seconds
         task = asyncio.create_task(self._http.serve(sockets=[http_sock]))

@@ -91,6 +91,10 @@ class EngineRunner:
         except BaseException:
             timer.cancel()
             self._pending -= 1
+            # the exception's traceback holds this frame and both futures hold the exception:
+            # drop them here, or every failed call (a 404 is one) is a reference cycle that
+            # only the garbage collector frees (tests/api/test_http_guard_cycles.py)
+            fut = cf = None  # type: ignore[assignment]
             raise
         timer.cancel()
         self._pending -= 1  # counted down here, on the loop: no second wake-up per call
