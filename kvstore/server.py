@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -346,6 +347,11 @@ class Server:
                 await resp_server.close(1.0)
             err = task.exception()
             raise StartupError(f"HTTP server failed to start: {err!r}")
+        # what startup built (the apps, their routes and models, the index) lives as long as
+        # the process: frozen out of the collector, so a full collection under load walks only
+        # what requests made since, not the whole heap
+        gc.collect()
+        gc.freeze()
         membership = build_membership(cfg, http_sock.getsockname()[1], bulk_port)
         if membership is not None:
             state.membership = membership

@@ -221,6 +221,11 @@ class BlockService:
         return await pod_blocks.put(self, self.forward, tenant, ns, key, data, nodes,
                                     overwrite=overwrite, meta=meta)
 
+    def head_here(self, ns: str, key: str) -> BlockMeta | None:
+        """``head``'s answer when it needs no I/O and no other node: a DRAM-tier block of a
+        node on its own (no coroutine on the HEAD hot path); None: ask ``head``."""
+        return self.engine.head_dram(ns, key) if self.forward is None else None
+
     async def head(self, ns: str, key: str, *, tenant: Tenant | None = None) -> BlockMeta | None:
         """After ``authorize`` for READ: from DRAM inline, else one header read on a thread.
         With ``tenant`` (an HTTP front end), a block of another node is asked there."""

@@ -354,9 +354,11 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     number = _check_version(req)
-    meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
+    meta = s3.blocks.head_here(req.bucket, req.key)
     if meta is None:
-        raise NotFound("The specified key does not exist.")
+        meta = await s3.blocks.head(req.bucket, req.key, tenant=call.tenant)
+        if meta is None:
+            raise NotFound("The specified key does not exist.")
     ans = s3.answers.get(req.bucket, req.key, meta)
     check_conditions(req.headers, ans.etag, meta.created)
     if _plain(req):
