@@ -31,43 +31,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-class MemoryTransport(asyncio.Transport):
-    """Collects what the protocol writes; never pauses, never closes by itself."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.chunks: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.chunks.append(bytes(data[:64]))  # the status line is enough to check
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(
-            name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
 async def _drive(proto_cls: Any, config: Any, request: bytes, n: int,
                  trials: int) -> tuple[float, float]:
     """(least CPU seconds per request of the trials, garbage collections per 1000 requests:
@@ -76,7 +39,9 @@ async def _drive(proto_cls: Any, config: Any, request: bytes, n: int,
 
     state = ServerState()
     proto = proto_cls(config=config, server_state=state, app_state={})
-    tr = MemoryTransport()
+    from kvstore.testing_http import MemoryTransport
+
+    tr = MemoryTransport(keep_bytes=64)  # the status line is enough to check
     proto.connection_made(tr)
     best = float("inf")
     gc0 = gc.get_stats()[0]["collections"]

@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     # the G4 tier (issue 13): the engine's LowerTier over an object store; built by the server
     "g4": {"engine", "limits", "errors", "keys"},
     "testing_s3": {"limits", "errors"},  # a loopback SeaweedFS for tests and loadtests
+    "testing_http": set(),  # an in-memory transport for driving the HTTP protocol
     "server": {"api", "transport", "service", "engine", "io_uring", "devices", "protocol", "cluster",
                "config", "auth", "g4", "limits", "errors", "keys"},
     "__main__": {"server", "config", "service.admin", "cluster.pod_cli", "limits", "errors"},

@@ -18,7 +18,6 @@ import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import uvicorn
@@ -34,41 +33,10 @@ from kvstore.engine.types import EngineConfig
 from kvstore.server import http_config_options
 from kvstore.service import Node
 from kvstore.service.runner import EngineRunner
+from kvstore.testing_http import MemoryTransport
 
 REQUESTS = 300
 BODY = b"x" * 70_000  # above the size the engine copies with the GIL released
-
-
-class _Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.out = bytearray()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.out += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(
-            name, default)
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 @pytest.fixture()
@@ -100,7 +68,7 @@ async def _serve(node: Node, requests: list[bytes]) -> tuple[bytes, int]:
     cfg.load()
     proto = guarded_protocol(HttpGuardSettings(), node.metrics)(
         config=cfg, server_state=ServerState(), app_state={})
-    tr = _Transport()
+    tr = MemoryTransport()
     proto.connection_made(tr)
     gc.collect()
     gc.disable()
@@ -114,7 +82,7 @@ async def _serve(node: Node, requests: list[bytes]) -> tuple[bytes, int]:
             else:
                 raise AssertionError(f"no answer to {req[:40]!r}")
         proto.connection_lost(None)
-        return bytes(tr.out), gc.collect()
+        return tr.written(), gc.collect()
     finally:
         gc.enable()
 
