@@ -49,8 +49,12 @@ async def _drive(proto_cls: Any, config: Any, request: bytes, n: int,
         t0 = time.thread_time()
         for _ in range(n):
             proto.data_received(request)
-            while proto.cycle is not None and not proto.cycle.response_complete:
+            for _turn in range(10_000):  # bounded: a request is answered in a few loop turns
+                if proto.cycle is None or proto.cycle.response_complete:
+                    break
                 await asyncio.sleep(0)
+            else:
+                raise SystemExit("a request got no answer within 10000 loop turns")
         dt = (time.thread_time() - t0) / n
         if tr.closing or not all(c.startswith(b"HTTP/1.1 200") for c in tr.chunks[::2]):
             raise SystemExit(f"a request failed: {tr.chunks[-2:]!r}")
