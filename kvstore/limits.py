@@ -244,6 +244,13 @@ write_wait_seconds_max = 60.0
 # and the buffers it holds at once (64 MiB).
 write_wave_chunks_max = 8
 
+# Single puts from concurrent callers queue behind one leader, who writes up to this many as one
+# batch (kvstore.engine.coalesce): the depth concurrent single puts give the device per batch.
+put_coalesce_batch_max = 64
+# How long a queued put waits for the writes ahead of it before it gives up with a StorageError
+# (a leader writes within write_wait_seconds_max per chunk, or fails).
+put_coalesce_wait_seconds_max = 300.0
+
 # Group commit (kvstore.engine.group): chunks of concurrent writers reserved back to back are
 # written by one device op when each is at most this big (and all of them together at most
 # write_chunk_bytes_max); larger chunks gain nothing from sharing an op and would be copied.
@@ -527,6 +534,8 @@ assert block_bytes_max <= dram_bytes_default, "the default DRAM tier holds a max
 # Batches: what one request may carry fits what carries it.
 assert 1 <= delete_objects_max <= batch_keys_max, "DeleteObjects is one batched delete"
 assert list_keys_max <= batch_keys_max
+assert 1 <= put_coalesce_batch_max <= batch_keys_max, "a coalesced batch is one put_many"
+assert put_coalesce_wait_seconds_max >= write_wait_seconds_max
 # A /v1 body holds a full batch or chain of maximal keys, JSON-quoted and comma-separated.
 assert max(batch_keys_max, chain_keys_max) * (key_bytes_max + 3) <= control_body_bytes_max
 # A bulk frame header holds a full batch of 64-character keys (vLLM's sha256 hex) with their

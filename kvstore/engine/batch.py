@@ -22,7 +22,7 @@ import contextlib
 import errno
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -173,7 +173,10 @@ class _Chunk:
 
 
 def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
-                donate: bool = False) -> list[PutResult]:
+                donate: bool = False, started: Callable[[], None] | None = None) -> list[PutResult]:
+    """Write ``preps``; ``started`` is called once every range of the call is reserved (only
+    starting and reaping are left, which take no lock: ``coalesce.py`` lets the next batch
+    reserve behind it then)."""
     results: list[PutResult | None] = [None] * len(preps)
     todo: list[int] = []
     seen: set[bytes] = set()
@@ -190,7 +193,7 @@ def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
                     todo.append(i)
     chunks = _pack(st.config.segment_bytes, preps, todo)
     try:
-        _Pipeline(lg, preps, results, overwrite, donate).run(chunks)
+        _Pipeline(lg, preps, results, overwrite, donate, started).run(chunks)
     except BaseException:
         with contextlib.suppress(Exception):
             lg.sealer.wait_mine()
@@ -311,9 +314,10 @@ class _Pipeline:
     """
 
     def __init__(self, lg: SegmentLog, preps: list[Prepared], results: list[PutResult | None],
-                 overwrite: bool, donate: bool) -> None:
+                 overwrite: bool, donate: bool, started: Callable[[], None] | None = None) -> None:
         self.lg, self.preps, self.results = lg, preps, results
         self.overwrite, self.donate = overwrite, donate
+        self.started = started
         self.inflight: deque[tuple[_Chunk, Pending]] = deque()
 
     def run(self, chunks: list[_Chunk]) -> None:
@@ -333,6 +337,8 @@ class _Pipeline:
                     continue
                 reserved.append(c)
                 i += 1
+                if i == len(chunks) and self.started is not None:
+                    self.started()  # every range is reserved: later writers may queue behind
                 self._start(c)
         finally:
             self._drain()

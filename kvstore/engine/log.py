@@ -24,12 +24,13 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from kvstore import limits
 from kvstore.engine import format as fmt
+from kvstore.engine.coalesce import PutCoalescer
 from kvstore.engine.device import AlignedBuffer
 from kvstore.engine.sealer import Sealer
 from kvstore.engine.segments import Segment, load_summary, summary_path
@@ -58,6 +59,7 @@ class SegmentLog:
         self.active: Segment | None = None
         self.next_segment_id = 1
         self.next_seq = 1
+        self.coalescer = PutCoalescer(self._write_coalesced)
         self.pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self.wlock = threading.Lock()
         # combined reservations (batch._reserve_combined): writers queue their chunk and one of
@@ -160,10 +162,19 @@ class SegmentLog:
 
     # ------------------------------------------------------------------ whole appends
     def write(self, preps: list[Prepared], overwrite: bool, donate: bool) -> list[PutResult]:
-        """Write a validated batch (``batch.py``): chunks in waves, acks in log order."""
+        """Write a validated batch (``batch.py``): chunks in waves, acks in log order. A single
+        put joins concurrent ones in one batch (``coalesce.py``)."""
+        if len(preps) == 1:
+            return [self.coalescer.write(preps[0], overwrite, donate)]
         from kvstore.engine.batch import write_batch
 
         return write_batch(self, preps, overwrite, donate)
+
+    def _write_coalesced(self, preps: list[Prepared], overwrite: bool, donate: bool,
+                         started: Callable[[], None]) -> list[PutResult]:
+        from kvstore.engine.batch import write_batch
+
+        return write_batch(self, preps, overwrite, donate, started)
 
     def append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
                ns_id: int, keep: object) -> fmt.RecordHeader:

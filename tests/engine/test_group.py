@@ -1,6 +1,12 @@
 """Group commit (engine/group.py): small chunks of concurrent writers, reserved back to back by
 one combiner, go to the device as one op; each writer still acknowledges only its own range in
-log order, and a failed group op acknowledges none of them."""
+log order, and a failed group op acknowledges none of them.
+
+Concurrent *single* puts no longer reach the combiner side by side: they queue behind one
+leader who writes them as one batch (coalesce.py, tested in test_coalesce.py). The combiner
+serves concurrent ``write_batch`` callers (``put_many`` calls, and each coalesced batch behind
+the one still reserving), so here each writer's put calls ``write_batch`` itself, as a
+``put_many`` caller does, which keeps one small chunk per writer."""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from collections.abc import Callable
 
 import pytest
 
+from kvstore.engine.batch import Prepared, write_batch
 from kvstore.engine.store import Engine
+from kvstore.engine.types import PutResult
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
 from tests.engine.test_pipeline import DeferredDevice
@@ -19,7 +27,7 @@ WRITERS = 6
 BLOCK = 64 * 1024
 
 
-def _queued_writers(eng: Engine, work: Callable[[int], None]) -> tuple[list[threading.Thread],
+def _queued_writers(eng: Engine, work: Callable[[int], object]) -> tuple[list[threading.Thread],
                                                                      list[BaseException]]:
     """Start WRITERS threads running ``work(i)`` while the test holds the write lock, and
     return once all of them have queued their chunk for the combiner (the lock is released:
@@ -33,6 +41,11 @@ def _queued_writers(eng: Engine, work: Callable[[int], None]) -> tuple[list[thre
             errors.append(e)
 
     lg = eng.log
+
+    def uncoalesced(preps: list[Prepared], overwrite: bool, donate: bool) -> list[PutResult]:
+        return write_batch(lg, preps, overwrite, donate)
+
+    lg.write = uncoalesced  # type: ignore[method-assign]
     threads = [threading.Thread(target=run, args=(i,)) for i in range(WRITERS)]
     with lg.wlock:
         for t in threads:

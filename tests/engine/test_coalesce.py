@@ -1,0 +1,147 @@
+"""Put coalescing (engine/coalesce.py): concurrent single puts queue behind one leader, who
+writes them as one batch; every put is acknowledged only once its bytes and every earlier
+byte are written, a failed batch acknowledges none of its puts, and a put that waits too long
+leaves the queue with a typed error."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from kvstore import limits
+from kvstore.engine.store import Engine
+from kvstore.errors import StorageError
+from tests.engine.conftest import NS, Engines, pattern
+from tests.engine.test_pipeline import DeferredDevice
+
+WRITERS = 6
+BLOCK = 64 * 1024
+
+
+def _queued(eng: Engine, work: Callable[[int], object], n: int = WRITERS,
+            hold_s: float = 0.0) -> tuple[list[threading.Thread], list[BaseException | None]]:
+    """Run ``work(i)`` on ``n`` threads while the test holds the write lock: the first put
+    leads (and waits for the lock), the others queue behind it. Returns once ``n - 1`` are
+    queued and the lock has been held ``hold_s`` more seconds (then released)."""
+    outcome: list[BaseException | None] = [None] * n
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as e:  # noqa: BLE001 - checked by the test
+            outcome[i] = e
+
+    lg, co = eng.log, eng.log.coalescer
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+
+    def until(ready: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert time.monotonic() < deadline, "puts did not queue behind a leader"
+            time.sleep(0.001)
+
+    def combining() -> bool:
+        with lg.combine_lock:
+            return len(lg.combine_queue) == 1
+
+    def queued() -> bool:
+        with co._lock:
+            return len(co._queue) == n - 1
+
+    with lg.wlock:
+        threads[0].start()
+        until(combining)  # the leader took its batch (itself) and waits for the lock
+        for t in threads[1:]:
+            t.start()
+        until(queued)
+        time.sleep(hold_s)
+    return threads, outcome
+
+
+def _join(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.join(timeout=60)
+        assert not t.is_alive()
+
+
+def test_queued_puts_are_written_as_one_batch(engines: Engines) -> None:
+    dev = DeferredDevice()
+    engines.devices.append(dev)
+    eng = engines.open(dev)
+    co = eng.log.coalescer
+    b0, p0 = co.batches, co.puts
+    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
+    _join(threads)
+    assert outcome == [None] * WRITERS
+    # the leader's own put, then everything that queued behind it in one batch
+    assert (co.batches - b0, co.puts - p0) == (2, WRITERS)
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
+    assert eng.check(deep=True) == []
+    eng = engines.reopen(eng, crash=True)
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
+    assert eng.check(deep=True) == []
+
+
+def test_a_failed_batch_acknowledges_none_of_its_puts(engines: Engines) -> None:
+    dev = DeferredDevice()
+    engines.devices.append(dev)
+    eng = engines.open(dev)
+    eng.put(NS, "first", b"x" * 10)
+    dev.fail_write_no = dev.writes + 1  # the first op of the queued batch (the leader's is 0)
+    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
+    _join(threads)
+    assert outcome[0] is None and eng.get(NS, "k0") == pattern(0, BLOCK)
+    assert all(isinstance(e, StorageError) for e in outcome[1:])
+    assert all(not eng.exists(NS, f"k{i}") for i in range(1, WRITERS))
+    assert eng.put(NS, "after", b"a" * 5000).created  # the broken segment rolls
+    eng = engines.reopen(eng, crash=True)
+    assert eng.get(NS, "k0") == pattern(0, BLOCK) and eng.get(NS, "after") == b"a" * 5000
+    assert all(eng.get(NS, f"k{i}") is None for i in range(1, WRITERS))
+    assert eng.check(deep=True) == []
+
+
+def test_puts_of_one_key_go_in_separate_batches(engines: Engines) -> None:
+    """A batch holds one put per key: the second write of a key is its own, later write."""
+    eng = engines.open()
+    co = eng.log.coalescer
+    b0 = co.batches
+    threads, outcome = _queued(
+        eng, lambda i: eng.put(NS, "same", pattern(i, BLOCK), overwrite=True), n=4)
+    _join(threads)
+    assert outcome == [None] * 4
+    assert co.batches - b0 == 4
+    assert eng.get(NS, "same") in {pattern(i, BLOCK) for i in range(4)}
+    assert eng.check(deep=True) == []
+
+
+def test_puts_with_other_flags_wait_for_their_own_batch(engines: Engines) -> None:
+    eng = engines.open()
+    co = eng.log.coalescer
+    b0 = co.batches
+    threads, outcome = _queued(
+        eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK), overwrite=bool(i % 2)))
+    _join(threads)
+    assert outcome == [None] * WRITERS
+    assert co.batches - b0 == 3  # the leader's, then one per flag set
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
+    assert eng.check(deep=True) == []
+
+
+def test_a_put_that_waits_too_long_leaves_with_a_storage_error(
+        engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
+    eng = engines.open()
+    co = eng.log.coalescer
+    monkeypatch.setattr(limits, "put_coalesce_wait_seconds_max", 0.2)
+    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)),
+                               n=2, hold_s=0.6)
+    _join(threads)
+    assert outcome[0] is None and eng.get(NS, "k0") == pattern(0, BLOCK)
+    assert isinstance(outcome[1], StorageError) and "waited" in str(outcome[1])
+    assert not eng.exists(NS, "k1")
+    with co._lock:
+        assert not co._queue and not co._leading  # nothing left waiting, nobody leading
+    assert eng.put(NS, "k1", b"later").created
+    assert eng.check(deep=True) == []
