@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from kvstore.engine.batch import Prepared
     from kvstore.engine.types import PutResult
 
-# what a waiting put has been told
-_QUEUED, _LEAD, _DONE = 0, 1, 2
+# what a waiting put has been told: queued, taken into a leader's batch, lead, written
+_QUEUED, _TAKEN, _LEAD, _DONE = 0, 1, 2, 3
 
 WriteBatch = Callable[["list[Prepared]", bool, bool, "Callable[[], None]"], "list[PutResult]"]
 
@@ -91,7 +91,7 @@ class PutCoalescer:
         """Sleep until a leader wrote ``me`` or handed it the lead. Caller holds the lock."""
         deadline = time.monotonic() + limits.put_coalesce_wait_seconds_max
         try:
-            while me.state == _QUEUED:
+            while me.state in (_QUEUED, _TAKEN):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -99,17 +99,18 @@ class PutCoalescer:
         except BaseException:  # interrupted: leave nothing behind that waits for us
             self._abandon(me)
             raise
-        if me.state == _QUEUED:
+        if me.state in (_QUEUED, _TAKEN):
             self._abandon(me)
             raise StorageError(f"a put waited {limits.put_coalesce_wait_seconds_max:.0f} s for "
                                "the writes ahead of it (the device does not answer)")
 
     def _abandon(self, me: _Put) -> None:
         """``me`` gives up: out of the queue, or the lead it was handed passed on. A put
-        already taken into a batch is written anyway (its caller is not told: unacknowledged).
-        Caller holds the lock."""
+        already taken into a batch is written anyway (its caller is not told: unacknowledged;
+        the leader's wake-up then finds nobody). Caller holds the lock."""
         if me.state == _QUEUED:
             self._queue.remove(me)
+            me.state = _DONE
         elif me.state == _LEAD:
             me.state = _DONE
             self._pass_lead()
@@ -133,6 +134,7 @@ class PutCoalescer:
                 p = self._queue.popleft()
                 if (p.overwrite, p.donate) == (me.overwrite, me.donate) \
                         and p.prep.digest not in keys:
+                    p.state = _TAKEN
                     batch.append(p)
                     keys.add(p.prep.digest)
                 else:  # another batch's: keeps its place

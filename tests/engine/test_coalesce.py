@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
 from kvstore import limits
+from kvstore.engine.device import IoOp, Pending
 from kvstore.engine.store import Engine
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
@@ -144,4 +145,54 @@ def test_a_put_that_waits_too_long_leaves_with_a_storage_error(
     with co._lock:
         assert not co._queue and not co._leading  # nothing left waiting, nobody leading
     assert eng.put(NS, "k1", b"later").created
+    assert eng.check(deep=True) == []
+
+
+class GatedDevice(DeferredDevice):
+    """Writes started are held until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+
+    def start(self, ops: Sequence[IoOp]) -> Pending:
+        inner = super().start(ops)
+        results: list[int] = []
+
+        def finish() -> None:
+            assert self.gate.wait(30), "the test never opened the gate"
+            results[:] = inner.wait()
+
+        return Pending(results, finish)
+
+
+def test_a_put_taken_into_a_stuck_batch_times_out_unacknowledged(
+        engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A put already in a leader's batch that waits too long leaves with StorageError; the
+    batch still writes it (unacknowledged, not lost), and the leader's wake-up finds nobody."""
+    dev = GatedDevice()
+    engines.devices.append(dev)
+    eng = engines.open(dev)
+    dev.gate.set()
+    eng.put(NS, "first", b"x" * 10)
+    dev.gate.clear()
+    monkeypatch.setattr(limits, "put_coalesce_wait_seconds_max", 0.3)
+    co = eng.log.coalescer
+    p0 = co.puts
+    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)), n=3)
+    # k0 leads and is stuck on the device; k1 leads the next batch (with k2) and is stuck too
+    deadline = time.monotonic() + 30
+    while not isinstance(outcome[2], StorageError):
+        assert time.monotonic() < deadline, "the taken put did not time out"
+        time.sleep(0.01)
+    assert outcome[:2] == [None, None] and all(t.is_alive() for t in threads[:2])
+    dev.gate.set()
+    _join(threads)
+    assert outcome[:2] == [None, None]
+    assert co.puts - p0 == 3  # k2 was in k1's batch when it gave up
+    # written anyway: unacknowledged, not lost
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(3))
+    with co._lock:
+        assert not co._queue and not co._leading
+    assert eng.put(NS, "after", b"a").created
     assert eng.check(deep=True) == []
