@@ -16,6 +16,7 @@ from kvstore.engine.device import IoOp, Pending
 from kvstore.engine.store import Engine
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
+from tests.engine.test_group import _join
 from tests.engine.test_pipeline import DeferredDevice
 
 WRITERS = 6
@@ -62,12 +63,6 @@ def _queued(eng: Engine, work: Callable[[int], object], n: int = WRITERS,
     return threads, outcome
 
 
-def _join(threads: list[threading.Thread]) -> None:
-    for t in threads:
-        t.join(timeout=60)
-        assert not t.is_alive()
-
-
 def test_queued_puts_are_written_as_one_batch(engines: Engines) -> None:
     dev = DeferredDevice()
     engines.devices.append(dev)
@@ -104,30 +99,26 @@ def test_a_failed_batch_acknowledges_none_of_its_puts(engines: Engines) -> None:
     assert eng.check(deep=True) == []
 
 
-def test_puts_of_one_key_go_in_separate_batches(engines: Engines) -> None:
-    """A batch holds one put per key: the second write of a key is its own, later write."""
+@pytest.mark.parametrize(("key", "overwrite", "batches"), [
+    # a batch holds one put per key: each write of the same key is its own, later batch
+    (lambda i: "same", lambda i: True, 4),
+    # other flags wait for their own batch: the leader's, then one per flag set
+    (lambda i: f"k{i}", lambda i: bool(i % 2), 3),
+], ids=["one-key", "other-flags"])
+def test_puts_that_cannot_share_a_batch_wait_for_their_own(
+        engines: Engines, key: Callable[[int], str], overwrite: Callable[[int], bool],
+        batches: int) -> None:
     eng = engines.open()
     co = eng.log.coalescer
     b0 = co.batches
+    n = 4
     threads, outcome = _queued(
-        eng, lambda i: eng.put(NS, "same", pattern(i, BLOCK), overwrite=True), n=4)
+        eng, lambda i: eng.put(NS, key(i), pattern(i, BLOCK), overwrite=overwrite(i)), n=n)
     _join(threads)
-    assert outcome == [None] * 4
-    assert co.batches - b0 == 4
-    assert eng.get(NS, "same") in {pattern(i, BLOCK) for i in range(4)}
-    assert eng.check(deep=True) == []
-
-
-def test_puts_with_other_flags_wait_for_their_own_batch(engines: Engines) -> None:
-    eng = engines.open()
-    co = eng.log.coalescer
-    b0 = co.batches
-    threads, outcome = _queued(
-        eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK), overwrite=bool(i % 2)))
-    _join(threads)
-    assert outcome == [None] * WRITERS
-    assert co.batches - b0 == 3  # the leader's, then one per flag set
-    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
+    assert outcome == [None] * n
+    assert co.batches - b0 == batches
+    for i in range(n):  # a key written more than once holds one of its values
+        assert eng.get(NS, key(i)) in {pattern(j, BLOCK) for j in range(n) if key(j) == key(i)}
     assert eng.check(deep=True) == []
 
 
