@@ -16,7 +16,7 @@ from kvstore.engine.device import IoOp, Pending
 from kvstore.engine.store import Engine
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
-from tests.engine.test_group import _join
+from tests.engine.test_group import _join, deferred_engine
 from tests.engine.test_pipeline import DeferredDevice
 
 WRITERS = 6
@@ -82,10 +82,7 @@ def test_queued_puts_are_written_as_one_batch(engines: Engines) -> None:
 
 
 def test_a_failed_batch_acknowledges_none_of_its_puts(engines: Engines) -> None:
-    dev = DeferredDevice()
-    engines.devices.append(dev)
-    eng = engines.open(dev)
-    eng.put(NS, "first", b"x" * 10)
+    dev, eng = deferred_engine(engines)
     dev.fail_write_no = dev.writes + 1  # the first op of the queued batch (the leader's is 0)
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
     _join(threads)

@@ -60,6 +60,15 @@ def _queued_writers(eng: Engine, work: Callable[[int], object]) -> tuple[list[th
     return threads, errors
 
 
+def deferred_engine(engines: Engines, **kw: int) -> tuple[DeferredDevice, Engine]:
+    """An engine on a DeferredDevice whose active segment exists (no roll in the round)."""
+    dev = DeferredDevice()
+    engines.devices.append(dev)
+    eng = engines.open(dev, **kw)
+    eng.put(NS, "first", b"x" * 10)
+    return dev, eng
+
+
 def _join(threads: list[threading.Thread]) -> None:
     for t in threads:
         t.join(timeout=60)
@@ -67,10 +76,7 @@ def _join(threads: list[threading.Thread]) -> None:
 
 
 def test_concurrent_small_puts_are_written_by_one_op(engines: Engines) -> None:
-    dev = DeferredDevice()
-    engines.devices.append(dev)
-    eng = engines.open(dev)
-    eng.put(NS, "first", b"x" * 10)  # the active segment exists: no roll in the round
+    dev, eng = deferred_engine(engines)
     before = dev.writes
     threads, errors = _queued_writers(
         eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
@@ -86,10 +92,7 @@ def test_concurrent_small_puts_are_written_by_one_op(engines: Engines) -> None:
 
 
 def test_a_failed_group_op_acknowledges_none_of_its_puts(engines: Engines) -> None:
-    dev = DeferredDevice()
-    engines.devices.append(dev)
-    eng = engines.open(dev)
-    eng.put(NS, "first", b"x" * 10)
+    dev, eng = deferred_engine(engines)
     dev.fail_write_no = dev.writes  # the group's op
     threads, errors = _queued_writers(
         eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
@@ -106,10 +109,8 @@ def test_a_failed_group_op_acknowledges_none_of_its_puts(engines: Engines) -> No
 @pytest.mark.parametrize("block", [2 * 1024 * 1024])
 def test_large_chunks_are_not_grouped(engines: Engines, block: int) -> None:
     """Past limits.group_commit_chunk_bytes_max a chunk is written by its own op."""
-    dev = DeferredDevice()
-    engines.devices.append(dev)
-    eng = engines.open(dev, segment_bytes=64 * 1024 * 1024, capacity_bytes=256 * 1024 * 1024)
-    eng.put(NS, "first", b"x" * 10)
+    dev, eng = deferred_engine(engines, segment_bytes=64 * 1024 * 1024,
+                               capacity_bytes=256 * 1024 * 1024)
     before = dev.writes
     threads, errors = _queued_writers(
         eng, lambda i: eng.put(NS, f"k{i}", pattern(i, block)))
