@@ -18,7 +18,7 @@ import pytest
 
 from kvstore.engine.batch import Prepared, write_batch
 from kvstore.engine.store import Engine
-from kvstore.engine.types import PutResult
+from kvstore.engine.types import EngineConfig, PutResult
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
 from tests.engine.test_pipeline import DeferredDevice
@@ -60,11 +60,12 @@ def _queued_writers(eng: Engine, work: Callable[[int], object]) -> tuple[list[th
     return threads, errors
 
 
-def deferred_engine(engines: Engines, **kw: int) -> tuple[DeferredDevice, Engine]:
+def deferred_engine(engines: Engines, config: EngineConfig | None = None,
+                    ) -> tuple[DeferredDevice, Engine]:
     """An engine on a DeferredDevice whose active segment exists (no roll in the round)."""
     dev = DeferredDevice()
     engines.devices.append(dev)
-    eng = engines.open(dev, **kw)
+    eng = engines.open(dev, config)
     eng.put(NS, "first", b"x" * 10)
     return dev, eng
 
@@ -109,8 +110,8 @@ def test_a_failed_group_op_acknowledges_none_of_its_puts(engines: Engines) -> No
 @pytest.mark.parametrize("block", [2 * 1024 * 1024])
 def test_large_chunks_are_not_grouped(engines: Engines, block: int) -> None:
     """Past limits.group_commit_chunk_bytes_max a chunk is written by its own op."""
-    dev, eng = deferred_engine(engines, segment_bytes=64 * 1024 * 1024,
-                               capacity_bytes=256 * 1024 * 1024)
+    dev, eng = deferred_engine(engines, engines.config(segment_bytes=64 * 1024 * 1024,
+                                                       capacity_bytes=256 * 1024 * 1024))
     before = dev.writes
     threads, errors = _queued_writers(
         eng, lambda i: eng.put(NS, f"k{i}", pattern(i, block)))
