@@ -74,11 +74,21 @@ class S3Error(E.KVStoreError):
     code = 70
 
     def __init__(self, name: str, message: str = "", *, headers: dict[str, str] | None = None,
-                 **detail: object) -> None:
+                 elements: tuple[tuple[str, str], ...] = (), **detail: object) -> None:
         super().__init__(message or name, **detail)
         self.name = name
         self.http_status = S3_STATUS.get(name, 400)
         self.headers = headers or {}
+        self.elements = elements  # extra (tag, text) of the XML body, after Message, as AWS's
+
+
+class RequestExpired(E.AccessDenied):
+    """A presigned URL past its expiry: AccessDenied (as before, to every front end), whose S3
+    answer also carries AWS's X-Amz-Expires, Expires and ServerTime elements."""
+
+    def __init__(self, elements: tuple[tuple[str, str], ...]) -> None:
+        super().__init__("Request has expired")
+        self.elements = elements
 
 
 _INTERNAL_MESSAGE = "We encountered an internal error. Please try again."
@@ -115,10 +125,12 @@ class RequestIds:
 request_ids = RequestIds()
 
 
-def s3_error_body(name: str, message: str, resource: str, request_id: str) -> bytes:
+def s3_error_body(name: str, message: str, resource: str, request_id: str,
+                  elements: tuple[tuple[str, str], ...] = ()) -> bytes:
+    extra = "".join(f"<{t}>{escape(v)}</{t}>" for t, v in elements)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
-        f"<Code>{escape(name)}</Code><Message>{escape(message)}</Message>"
+        f"<Code>{escape(name)}</Code><Message>{escape(message)}</Message>{extra}"
         f"<Resource>{escape(resource)}</Resource><RequestId>{request_id}</RequestId>"
         "</Error>"
     ).encode()
@@ -134,7 +146,8 @@ def s3_error_response(
         headers.extend((k.encode(), v.encode("latin-1")) for k, v in exc.headers.items())
     if status == 304:
         return status, headers, b""
-    body = s3_error_body(name, message, resource, request_id)
+    body = s3_error_body(name, message, resource, request_id,
+                         exc.elements if isinstance(exc, (S3Error, RequestExpired)) else ())
     headers.append((b"content-type", b"application/xml"))
     if isinstance(exc, E.KVStoreError) and exc.retryable and status == 503:
         headers.append((b"retry-after", b"1"))

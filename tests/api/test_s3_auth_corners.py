@@ -8,6 +8,7 @@ import datetime
 import http.client
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
@@ -117,6 +118,16 @@ def test_clock_skew_past_the_bound(srv: LiveServer, clock: Callable[[float], Non
     status, _h, body = _send(srv, _signed(f"{srv.url}/{BUCKET}/k", headers=hdrs))
     assert status == 403 and b"<Code>RequestTimeTooSkewed</Code>" in body
     assert b"The difference between the request time and the current time is too large" in body
+    # AWS's extra elements: the request's time as sent, the server's, and the bound
+    err = ET.fromstring(body)
+    server = datetime.datetime.strptime(err.findtext("ServerTime") or "", "%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    assert abs((server - now).total_seconds()) < 60
+    assert err.findtext("MaxAllowedSkewMilliseconds") == str(limits.clock_skew_seconds_max
+                                                             * 1000)
+    sent = datetime.datetime.strptime(err.findtext("RequestTime") or "", "%Y%m%dT%H%M%SZ")
+    assert abs((sent - now).total_seconds() - direction * (limits.clock_skew_seconds_max
+                                                           + 120)) < 60
     # inside the bound: accepted
     clock(direction * (limits.clock_skew_seconds_max - 120))
     assert _send(srv, _signed(f"{srv.url}/{BUCKET}/k", headers=hdrs))[0] == 200
@@ -148,6 +159,12 @@ def test_expired_presigned_url(srv: LiveServer, clock: Callable[[float], None],
     if method != "HEAD":
         body = ei.value.read()
         assert b"<Code>AccessDenied</Code>" in body and b"Request has expired" in body
+        err = ET.fromstring(body)  # AWS's extra elements: the expiry asked, when, and now
+        assert err.findtext("X-Amz-Expires") == "60"
+        expires = datetime.datetime.strptime(err.findtext("Expires") or "", "%Y-%m-%dT%H:%M:%SZ")
+        server = datetime.datetime.strptime(err.findtext("ServerTime") or "",
+                                            "%Y-%m-%dT%H:%M:%SZ")
+        assert 3400 < (server - expires).total_seconds() < 3600
     clock(0)
     got = _send(srv, _signed(f"{srv.url}/{BUCKET}/k"))
     assert got[2] == b"corner bytes"

@@ -84,12 +84,40 @@ def test_explicit_url_encoding_shows_the_encoded_fields(s3: Any) -> None:
     r1 = s3.list_objects(Bucket=BUCKET, EncodingType="url", MaxKeys=1, Marker="a b/one")
     assert r1["EncodingType"] == "url" and r1["Marker"] == _u("a b/one")
     assert [c["Key"] for c in r1["Contents"]] == [_u("a b/two+three")]
-    assert r1["NextMarker"] == _u("a b/two+three")
+    assert "NextMarker" not in r1  # AWS sends it only with a delimiter
+    r1 = s3.list_objects(Bucket=BUCKET, EncodingType="url", MaxKeys=1, Marker="a b/one",
+                         Delimiter="+")
+    assert [p["Prefix"] for p in r1["CommonPrefixes"]] == [_u("a b/two+")]
+    assert r1["NextMarker"] == _u("a b/two+")  # the common prefix, as S3 answers it
     rv = s3.list_object_versions(Bucket=BUCKET, EncodingType="url", MaxKeys=1,
                                  KeyMarker="a b/one")
     assert rv["EncodingType"] == "url" and rv["KeyMarker"] == _u("a b/one")
     assert [v["Key"] for v in rv["Versions"]] == [_u("a b/two+three")]
     assert rv["NextKeyMarker"] == _u("a b/two+three")
+
+
+def test_v1_pages_resume_after_a_common_prefix(s3: Any) -> None:
+    """boto3's ListObjects paginator (NextMarker with a delimiter, else the last key) walks
+    every key and common prefix once: a NextMarker that is a common prefix resumes after all
+    of that prefix's keys, not inside it."""
+    for delim in ("", "/"):
+        pages = s3.get_paginator("list_objects").paginate(
+            Bucket=BUCKET, Delimiter=delim, PaginationConfig={"PageSize": 1})
+        keys, prefixes = [], []
+        for r in pages:
+            keys += [c["Key"] for c in r.get("Contents", [])]
+            prefixes += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+        if delim:
+            assert keys == ["c%d", "e\x01f", "plain"]
+            assert prefixes == ["a b/", "d\u00e9j\u00e0/", "g+h/"]
+        else:
+            assert keys == sorted(KEYS) and prefixes == []
+    r = s3.list_objects(Bucket=BUCKET, Delimiter="/", Marker="a b/")
+    assert [p["Prefix"] for p in r["CommonPrefixes"]][0] == "d\u00e9j\u00e0/"
+    rv = s3.list_object_versions(Bucket=BUCKET, Delimiter="/", MaxKeys=1)
+    assert rv["NextKeyMarker"] == "a b/"
+    rv = s3.list_object_versions(Bucket=BUCKET, Delimiter="/", KeyMarker=rv["NextKeyMarker"])
+    assert rv["Versions"][0]["Key"] == "c%d"
 
 
 def test_listing_shows_the_etag_head_shows(s3: Any) -> None:

@@ -1,22 +1,29 @@
-"""ListObjectsV2, ListObjects (v1) and a minimal ListObjectVersions over ``engine.list_blocks``.
+"""ListObjectsV2, ListObjects (v1) and a minimal ListObjectVersions over ``engine.list_blocks``,
+and the page of ListMultipartUploads over the open uploads.
 
 ``list_page`` is pure over a listing function (prefix, start_after, limit) -> (blocks,
 truncated), so the delimiter and continuation logic is tested without a server. Keys under a
 common prefix are skipped in one jump (start after ``prefix + U+10FFFF``), so a page costs at most
 one engine call per entry it returns.
+
+Markers (v1 ``marker``, ``start-after``, ``key-marker``) are exclusive, and an entry is a key or,
+with a delimiter, the common prefix its key rolls up into: a marker inside a common prefix (the
+prefix itself, as a NextMarker returns it, or a key under it) comes after that prefix, so the
+page starts past every key under it (``after_marker``; Ceph RGW and MinIO do the same).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums
 from kvstore.api.s3.numbers import ascii_uint
+from kvstore.api.s3.uploads import Upload
 from kvstore.api.s3.xml import document, enc, tag
 from kvstore.engine.types import BlockMeta
 
@@ -31,6 +38,22 @@ class Page:
     truncated: bool = False
     cursor: str = ""  # where the next page starts (exclusive)
     last: str = ""  # the last key or common prefix returned
+
+
+def rolled_up(key: str, prefix: str, delimiter: str) -> str | None:
+    """The common prefix ``key`` rolls up into under ``prefix`` and ``delimiter`` (None: it is
+    listed as itself). ``key`` starts with ``prefix``."""
+    if not delimiter:
+        return None
+    i = key.find(delimiter, len(prefix))
+    return None if i < 0 else key[:i + len(delimiter)]
+
+
+def after_marker(marker: str, prefix: str, delimiter: str) -> str:
+    """Where a page starts (exclusive) after the caller's ``marker``: the marker, or past every
+    key of the common prefix the marker falls in (see the module)."""
+    cp = rolled_up(marker, prefix, delimiter) if marker.startswith(prefix) else None
+    return marker if cp is None else cp + _JUMP
 
 
 def list_page(fn: ListFn, prefix: str, delimiter: str, start_after: str, max_keys: int) -> Page:
@@ -118,7 +141,8 @@ def _prefixes(page: Page, url: bool) -> str:
                    for p in page.prefixes)
 
 
-def _url(query: Mapping[str, str]) -> bool:
+def url_encoding(query: Mapping[str, str]) -> bool:
+    """encoding-type: url (True), absent (False), else InvalidArgument."""
     et = query.get("encoding-type")
     if et not in (None, "url"):
         raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request")
@@ -126,11 +150,11 @@ def _url(query: Mapping[str, str]) -> bool:
 
 
 def v2(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
-    url = _url(query)
+    url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
     token = query.get("continuation-token")
     start_after = query.get("start-after", "")
-    cursor = decode_token(token) if token else start_after
+    cursor = decode_token(token) if token else after_marker(start_after, prefix, delim)
     n = max_keys(query)
     page = list_page(fn, prefix, delim, cursor, n)
     parts = [tag("Name", bucket), f"<Prefix>{enc(prefix, url)}</Prefix>"]
@@ -152,18 +176,18 @@ def v2(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
 
 
 def v1(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
-    url = _url(query)
+    url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
     marker = query.get("marker", "")
     n = max_keys(query)
-    page = list_page(fn, prefix, delim, marker, n)
+    page = list_page(fn, prefix, delim, after_marker(marker, prefix, delim), n)
     parts = [tag("Name", bucket), f"<Prefix>{enc(prefix, url)}</Prefix>",
              f"<Marker>{enc(marker, url)}</Marker>", tag("MaxKeys", n)]
     if delim:
         parts.append(f"<Delimiter>{enc(delim, url)}</Delimiter>")
     parts.append(tag("IsTruncated", "true" if page.truncated else "false"))
-    if page.truncated:
-        parts.append(f"<NextMarker>{enc(page.cursor, url)}</NextMarker>")
+    if page.truncated and delim:  # AWS: only with a delimiter (else the last Key is the marker)
+        parts.append(f"<NextMarker>{enc(page.last, url)}</NextMarker>")
     if url:
         parts.append(tag("EncodingType", "url"))
     parts += [_contents(b, url) for b in page.items]
@@ -173,11 +197,11 @@ def v1(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
 
 def versions(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
     """Unversioned buckets: every current object is one version with VersionId "null"."""
-    url = _url(query)
+    url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
     marker = query.get("key-marker", "")
     n = max_keys(query)
-    page = list_page(fn, prefix, delim, marker, n)
+    page = list_page(fn, prefix, delim, after_marker(marker, prefix, delim), n)
     parts = [tag("Name", bucket), f"<Prefix>{enc(prefix, url)}</Prefix>",
              f"<KeyMarker>{enc(marker, url)}</KeyMarker>", "<VersionIdMarker></VersionIdMarker>",
              tag("MaxKeys", n)]
@@ -185,7 +209,7 @@ def versions(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
         parts.append(f"<Delimiter>{enc(delim, url)}</Delimiter>")
     parts.append(tag("IsTruncated", "true" if page.truncated else "false"))
     if page.truncated:
-        parts += [f"<NextKeyMarker>{enc(page.cursor, url)}</NextKeyMarker>",
+        parts += [f"<NextKeyMarker>{enc(page.last, url)}</NextKeyMarker>",
                   tag("NextVersionIdMarker", "null")]
     if url:
         parts.append(tag("EncodingType", "url"))
@@ -193,3 +217,53 @@ def versions(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
     parts += [_contents(b, url, "Version", extra) for b in page.items]
     parts.append(_prefixes(page, url))
     return document("ListVersionsResult", parts)
+
+
+@dataclass
+class UploadsPage:
+    """One page of ListMultipartUploads: uploads and common prefixes in key order, and where
+    the next page starts (the last entry's key or prefix, and its upload id: "" for a prefix)."""
+
+    uploads: list[Upload] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)
+    truncated: bool = False
+    next_key: str = ""
+    next_upload_id: str = ""
+
+
+def uploads_page(ups: Sequence[Upload], prefix: str, delimiter: str, key_marker: str,
+                 upload_id_marker: str, max_uploads: int) -> UploadsPage:
+    """``ups`` sorted by (key, initiated) as ``Uploads.for_bucket`` gives them. As S3: after
+    ``key_marker`` (exclusive; ``after_marker``); with ``upload_id_marker`` also the uploads of
+    the key ``key_marker`` itself that come after that upload (after those whose id sorts
+    higher, when it is not open any more); ``upload_id_marker`` without ``key_marker`` is
+    ignored. ``max_uploads`` 0 is an empty page, not truncated."""
+    page = UploadsPage()
+    if max_uploads <= 0:
+        return page
+    start = after_marker(key_marker, prefix, delimiter) if key_marker else ""
+    same = [u.upload_id for u in ups if u.key == key_marker] if upload_id_marker else []
+    for u in ups:
+        if not u.key.startswith(prefix):
+            continue
+        if key_marker and u.key <= start:
+            if u.key != start or not same:
+                continue
+            if upload_id_marker in same:  # the uploads after it, in the listing's order
+                if same.index(u.upload_id) <= same.index(upload_id_marker):
+                    continue
+            elif u.upload_id <= upload_id_marker:
+                continue
+        cp = rolled_up(u.key, prefix, delimiter)
+        if cp is not None and page.prefixes and page.prefixes[-1] == cp:
+            continue
+        if len(page.uploads) + len(page.prefixes) >= max_uploads:
+            page.truncated = True
+            break
+        if cp is None:
+            page.uploads.append(u)
+            page.next_key, page.next_upload_id = u.key, u.upload_id
+        else:
+            page.prefixes.append(cp)
+            page.next_key, page.next_upload_id = cp, ""
+    return page

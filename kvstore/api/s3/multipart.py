@@ -21,13 +21,13 @@ import xxhash
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import checksums, copying, objects
+from kvstore.api.s3 import checksums, copying, listing, objects
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.listing import iso
 from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.payload import too_large
 from kvstore.api.s3.uploads import Completed, Part, Upload, Uploads
-from kvstore.api.s3.xml import document, esc, parse_complete, tag
+from kvstore.api.s3.xml import document, enc, esc, parse_complete, tag
 from kvstore.errors import NotFound
 
 if TYPE_CHECKING:
@@ -326,20 +326,41 @@ async def list_parts(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
 
 
 async def list_uploads(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    prefix = req.query.get("prefix", "")
-    ups = [u for u in s3.uploads.for_bucket(req.bucket, call.tenant.name)
-           if u.key.startswith(prefix)]
-    max_s = req.query.get("max-uploads", str(limits.list_keys_max))
-    n = min(int(max_s), limits.list_keys_max) if max_s.isdigit() else limits.list_keys_max
-    page = ups[:n]
-    items = [f"<Upload>{tag('Key', u.key)}{tag('UploadId', u.upload_id)}"
-             f"{tag('Initiated', iso(u.initiated))}<StorageClass>STANDARD</StorageClass>"
+    """ListMultipartUploads: prefix, delimiter (CommonPrefixes), key-marker and
+    upload-id-marker, max-uploads and encoding-type=url as S3 (``listing.uploads_page``)."""
+    q = req.query
+    url = listing.url_encoding(q)
+    prefix, delim = q.get("prefix", ""), q.get("delimiter", "")
+    key_marker = q.get("key-marker", "")
+    uid_marker = q.get("upload-id-marker", "") if key_marker else ""  # S3 ignores it alone
+    max_s = q.get("max-uploads", str(limits.list_keys_max))
+    parsed = ascii_uint(max_s)
+    if parsed is None:
+        raise S3Error("InvalidArgument", "max-uploads must be a non-negative integer")
+    n = min(parsed, limits.list_keys_max)
+    page = listing.uploads_page(s3.uploads.for_bucket(req.bucket, call.tenant.name), prefix,
+                                delim, key_marker, uid_marker, n)
+    name = call.tenant.name or "kvstore"  # as ListBuckets names the owner
+    owner = f"{tag('ID', name)}{tag('DisplayName', name)}"
+    items = [f"<Upload><Key>{enc(u.key, url)}</Key>{tag('UploadId', u.upload_id)}"
+             f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner>"
+             f"<StorageClass>STANDARD</StorageClass>{tag('Initiated', iso(u.initiated))}"
              + (f"{tag('ChecksumAlgorithm', u.algo.upper())}{tag('ChecksumType', u.kind)}"
                 if u.algo else "") + "</Upload>"
-             for u in page]
-    body = document("ListMultipartUploadsResult", [
-        tag("Bucket", req.bucket), "<KeyMarker></KeyMarker><UploadIdMarker></UploadIdMarker>",
-        tag("Prefix", prefix), tag("MaxUploads", n),
-        tag("IsTruncated", "true" if len(ups) > n else "false"), *items])
+             for u in page.uploads]
+    parts = [tag("Bucket", req.bucket), f"<KeyMarker>{enc(key_marker, url)}</KeyMarker>",
+             tag("UploadIdMarker", uid_marker),
+             f"<NextKeyMarker>{enc(page.next_key, url)}</NextKeyMarker>",
+             tag("NextUploadIdMarker", page.next_upload_id),
+             f"<Prefix>{enc(prefix, url)}</Prefix>"]
+    if delim:
+        parts.append(f"<Delimiter>{enc(delim, url)}</Delimiter>")
+    parts += [tag("MaxUploads", n), tag("IsTruncated", "true" if page.truncated else "false"),
+              *items]
+    parts += [f"<CommonPrefixes><Prefix>{enc(p, url)}</Prefix></CommonPrefixes>"
+              for p in page.prefixes]
+    if url:
+        parts.append(tag("EncodingType", "url"))
+    body = document("ListMultipartUploadsResult", parts)
     await respond(send, 200, [_XML, (b"x-amz-request-id", req.request_id.encode())], body)
     return 200, 0

@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import xxhash
+
 from kvstore import limits
 from kvstore.api.errors import S3Error, classify
 from kvstore.api.s3 import checksums
@@ -62,8 +64,9 @@ def _sum_headers(doc: dict[str, Any]) -> Headers:
 def write_lock(s3: S3App, bucket: str, key: str) -> Iterator[None]:
     """Serializes the conditional writes (If-Match) of one key, check and store together (in a
     worker thread): two writers holding the same ETag cannot both succeed."""
-    locks = s3.write_locks
-    with locks[hash((bucket, key)) % len(locks)]:
+    locks = s3.write_locks  # striped by xxh3 of "bucket/key" (never the salted hash())
+    with locks[xxhash.xxh3_64_intdigest(f"{bucket}/{key}".encode("utf-8", "surrogatepass"))
+               % len(locks)]:
         yield
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from kvstore import limits
-from kvstore.api.errors import S3Error
+from kvstore.api.errors import RequestExpired, S3Error
 from kvstore.api.s3.numbers import ascii_uint
 from kvstore.auth import Tenant, Tenants, constant_time_equal
 from kvstore.errors import AccessDenied, AuthenticationFailed
@@ -73,6 +73,11 @@ class SigningContext:
 
 def uri_encode(s: str, safe: str = "-_.~") -> str:
     return quote(s, safe=safe)
+
+
+def _iso(ts: float) -> str:
+    """A time as AWS writes it in an error's ServerTime and Expires elements."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
 def parse_amz_date(s: str) -> float:
@@ -263,7 +268,9 @@ def authenticate(
         raise AuthenticationFailed("credential date does not match X-Amz-Date")
     if params.presigned:
         if now > t + params.expires:
-            raise AccessDenied("Request has expired")
+            raise RequestExpired((("X-Amz-Expires", str(params.expires)),
+                                  ("Expires", _iso(t + params.expires)),
+                                  ("ServerTime", _iso(now))))
         if t - now > limits.clock_skew_seconds_max:
             raise AccessDenied("Request is not valid yet")
         payload_hash = query.get("X-Amz-Content-Sha256", UNSIGNED_PAYLOAD)
@@ -271,7 +278,10 @@ def authenticate(
         if abs(now - t) > limits.clock_skew_seconds_max:
             raise S3Error("RequestTimeTooSkewed",
                           "The difference between the request time and the current time is "
-                          "too large.")
+                          "too large.", elements=(
+                              ("RequestTime", params.amz_date), ("ServerTime", _iso(now)),
+                              ("MaxAllowedSkewMilliseconds",
+                               str(int(limits.clock_skew_seconds_max * 1000)))))
         payload_hash = headers.get("x-amz-content-sha256", "")
         if not payload_hash:
             raise S3Error("InvalidRequest", "x-amz-content-sha256 is required")
