@@ -44,6 +44,20 @@ def copy_conditions(headers: dict[str, str]) -> dict[str, str]:
             if k.startswith(pre) and k[len(pre):].startswith("if-")}
 
 
+def check_copy_conditions(conds: dict[str, str], etag: str, modified: float) -> None:
+    """The x-amz-copy-source-if-* preconditions (``copy_conditions``) against the source, in
+    the order and combinations S3 documents (those of GET: an If-Match that holds overrides a
+    failing If-Unmodified-Since, a failing If-None-Match overrides a holding
+    If-Modified-Since), except that every failure is 412 PreconditionFailed, never 304."""
+    try:
+        check_conditions(conds, etag, modified)
+    except S3Error as exc:
+        if exc.name == "NotModified":
+            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
+                          "specified did not hold") from None
+        raise
+
+
 async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
     check_unsupported(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
@@ -63,16 +77,11 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         if view is None:
             raise NotFound("The specified key does not exist.")
         doc = checksums.unpack_meta(view.meta.meta)
-        check_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
+        check_copy_conditions(conds, stored_etag(view.meta, doc), view.meta.created)
         return doc, bytearray(view.payload)
 
-    try:  # the source read through the pod (its owner may be another node)
-        doc, data = await s3.blocks.read(src_bucket, src_key, source, tenant=call.tenant)
-    except S3Error as exc:
-        if exc.name == "NotModified":  # copy preconditions answer 412, never 304
-            raise S3Error("PreconditionFailed", "At least one of the pre-conditions you "
-                          "specified did not hold") from None
-        raise
+    # the source read through the pod (its owner may be another node)
+    doc, data = await s3.blocks.read(src_bucket, src_key, source, tenant=call.tenant)
     if directive == "REPLACE":
         doc["h"], doc["u"] = replace_hdrs, replace_um
     # the copy is one new object, not uploaded in parts: its ETag is the MD5 of its bytes

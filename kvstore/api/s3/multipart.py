@@ -133,7 +133,7 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: Upload,
                             number: int) -> tuple[int, int]:
-    from kvstore.api.s3.http import check_conditions, parse_range
+    from kvstore.api.s3.http import parse_range
 
     src_bucket, src_key = copying.parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
@@ -145,7 +145,8 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
         if view is None:
             raise NotFound("The specified key does not exist.")
         doc = checksums.unpack_meta(view.meta.meta)
-        check_conditions(conds, objects.stored_etag(view.meta, doc), view.meta.created)
+        copying.check_copy_conditions(conds, objects.stored_etag(view.meta, doc),
+                                      view.meta.created)
         r = parse_range(rng, view.meta.length) if rng else None
         return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
 
