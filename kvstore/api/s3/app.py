@@ -27,7 +27,7 @@ from kvstore.api.s3.answer_cache import AnswerCache
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
 from kvstore.engine.device import BufferPool
-from kvstore.errors import AccessDenied, NamespaceNotFound
+from kvstore.errors import AccessDenied, InvalidKey, NamespaceNotFound
 
 if TYPE_CHECKING:
     from kvstore.service import Node
@@ -95,6 +95,11 @@ class S3App:
         except NamespaceNotFound:
             raise NamespaceNotFound("The specified bucket does not exist") from None
 
+    def bucket_owner(self, tenant: Tenant, bucket: str) -> str:
+        """The tenant that owns ``bucket``, for a caller allowed to read it ("": development
+        mode)."""
+        return self.blocks.namespace(tenant, bucket).owner
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
@@ -115,6 +120,9 @@ class S3App:
             handler, op, needs = fast if fast is not None else route(req)
             if needs is not None:
                 self.check_bucket(tenant, req.bucket, needs)
+            if "x-amz-expected-bucket-owner" in req.headers \
+                    or "x-amz-source-expected-bucket-owner" in req.headers:
+                self._check_expected_owners(tenant, req)
             _status, nbytes = await handler(self, req, Call(tenant, signing), send)
         except ClientDisconnected:
             return
@@ -123,7 +131,31 @@ class S3App:
             return
         self.blocks.observe(op, req.tier, nbytes, time.perf_counter() - t0)
 
+    def _check_expected_owners(self, tenant: Tenant, req: Request) -> None:
+        """x-amz-expected-bucket-owner (and, for a copy, x-amz-source-expected-bucket-owner):
+        AccessDenied unless the bucket's owner has that ID (the Owner ID listings show: the
+        tenant name, "kvstore" in development mode). A bucket that is absent, or that the
+        caller may not read, is left to the handler's own answer, so the check tells nothing
+        about someone else's bucket."""
+        checks = [(req.headers.get("x-amz-expected-bucket-owner"), req.bucket)]
+        src = req.headers.get("x-amz-copy-source")
+        if src is not None:
+            checks.append((req.headers.get("x-amz-source-expected-bucket-owner"),
+                           copying.parse_copy_source(src)[0]))
+        for expected, bucket in checks:
+            if expected is None or not bucket:
+                continue
+            try:
+                owner = self.bucket_owner(tenant, bucket) or "kvstore"
+            except (NamespaceNotFound, AccessDenied):
+                continue
+            if expected != owner:
+                raise self.access_denied()
+
     async def _error(self, req: Request, send: Send, exc: Exception, op: str) -> None:
+        if isinstance(exc, InvalidKey) and \
+                len(req.key.encode("utf-8", "surrogatepass")) > limits.key_bytes_max:
+            exc = S3Error("KeyTooLongError", "Your key is too long")  # S3's code for it
         status, headers, body = s3_error_response(exc, req.resource, req.request_id)
         if not req.body_done:  # leftover body bytes must not be parsed as the next request
             try:

@@ -99,7 +99,8 @@ async def list_objects(s3: S3App, req: Request, call: Call, send: Send) -> tuple
     if s3.blocks.forward is not None:  # the whole pod's keys, merged in order
         fn = pod_listing.pod_lister(fn, s3.blocks.forward, call.tenant, s3.region, b,
                                     asyncio.get_running_loop())
-    body = await s3.blocks.run(build, fn, b, q)
+    owner = s3.bucket_owner(call.tenant, b)
+    body = await s3.blocks.run(build, fn, b, q, owner)
     await respond(send, 200, [_XML, _rid(req)], body)
     return 200, 0
 

@@ -130,10 +130,19 @@ def etag_of(b: BlockMeta) -> str:
     return doc.get("e") or b.etag
 
 
-def _contents(b: BlockMeta, url: bool, el: str = "Contents", extra: str = "") -> str:
+def owner_xml(owner: str) -> str:
+    """An Owner (or Initiator) element's content: the bucket owner's tenant name as ID and
+    DisplayName ("kvstore" in development mode, as ListBuckets names it)."""
+    name = owner or "kvstore"
+    return f"{tag('ID', name)}{tag('DisplayName', name)}"
+
+
+def _contents(b: BlockMeta, url: bool, el: str = "Contents", extra: str = "",
+              owner: str | None = None) -> str:
+    who = "" if owner is None else f"<Owner>{owner_xml(owner)}</Owner>"
     return (f"<{el}><Key>{enc(b.key, url)}</Key>{extra}"
             f"{tag('LastModified', iso(b.created))}{tag('ETag', chr(34) + etag_of(b) + chr(34))}"
-            f"{tag('Size', b.length)}<StorageClass>STANDARD</StorageClass></{el}>")
+            f"{tag('Size', b.length)}{who}<StorageClass>STANDARD</StorageClass></{el}>")
 
 
 def _prefixes(page: Page, url: bool) -> str:
@@ -149,7 +158,7 @@ def url_encoding(query: Mapping[str, str]) -> bool:
     return et == "url"
 
 
-def v2(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
+def v2(fn: ListFn, bucket: str, query: Mapping[str, str], owner: str = "") -> bytes:
     url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
     token = query.get("continuation-token")
@@ -170,12 +179,13 @@ def v2(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
         parts.append(tag("NextContinuationToken", encode_token(page.cursor)))
     if url:
         parts.append(tag("EncodingType", "url"))
-    parts += [_contents(b, url) for b in page.items]
+    who = owner if query.get("fetch-owner") == "true" else None  # v2: only when asked
+    parts += [_contents(b, url, owner=who) for b in page.items]
     parts.append(_prefixes(page, url))
     return document("ListBucketResult", parts)
 
 
-def v1(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
+def v1(fn: ListFn, bucket: str, query: Mapping[str, str], owner: str = "") -> bytes:
     url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
     marker = query.get("marker", "")
@@ -190,12 +200,12 @@ def v1(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
         parts.append(f"<NextMarker>{enc(page.last, url)}</NextMarker>")
     if url:
         parts.append(tag("EncodingType", "url"))
-    parts += [_contents(b, url) for b in page.items]
+    parts += [_contents(b, url, owner=owner) for b in page.items]
     parts.append(_prefixes(page, url))
     return document("ListBucketResult", parts)
 
 
-def versions(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
+def versions(fn: ListFn, bucket: str, query: Mapping[str, str], owner: str = "") -> bytes:
     """Unversioned buckets: every current object is one version with VersionId "null"."""
     url = url_encoding(query)
     prefix, delim = query.get("prefix", ""), query.get("delimiter", "")
@@ -214,7 +224,7 @@ def versions(fn: ListFn, bucket: str, query: Mapping[str, str]) -> bytes:
     if url:
         parts.append(tag("EncodingType", "url"))
     extra = "<VersionId>null</VersionId><IsLatest>true</IsLatest>"
-    parts += [_contents(b, url, "Version", extra) for b in page.items]
+    parts += [_contents(b, url, "Version", extra, owner) for b in page.items]
     parts.append(_prefixes(page, url))
     return document("ListVersionsResult", parts)
 

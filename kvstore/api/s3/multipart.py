@@ -341,8 +341,7 @@ async def list_uploads(s3: S3App, req: Request, call: Call, send: Send) -> tuple
     n = min(parsed, limits.list_keys_max)
     page = listing.uploads_page(s3.uploads.for_bucket(req.bucket, call.tenant.name), prefix,
                                 delim, key_marker, uid_marker, n)
-    name = call.tenant.name or "kvstore"  # as ListBuckets names the owner
-    owner = f"{tag('ID', name)}{tag('DisplayName', name)}"
+    owner = listing.owner_xml(s3.bucket_owner(call.tenant, req.bucket))
     items = [f"<Upload><Key>{enc(u.key, url)}</Key>{tag('UploadId', u.upload_id)}"
              f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner>"
              f"<StorageClass>STANDARD</StorageClass>{tag('Initiated', iso(u.initiated))}"
