@@ -48,6 +48,8 @@ def test_nodes_register_and_see_each_other(etcd: Etcd, pod: list[PodNode]) -> No
     assert doc["http"] == a.url and doc["bulk"].startswith("127.0.0.11:")
     assert doc["capacity_bytes"] == 32 << 20 and doc["epoch"] > 0
     until(lambda: set(a.view()["nodes"]) == {"node1", "node2"}, "a sees both")
+    # each node learns of the other through its own etcd watch: b may be a moment behind a
+    until(lambda: set(b.view()["nodes"]) == {"node1", "node2"}, "b sees both")
     view = b.view()
     assert view["kind"] == "etcd" and view["self"] == "node2" and view["connected"]
     assert view["nodes"]["node1"]["http"] == a.url
