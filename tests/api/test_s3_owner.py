@@ -45,6 +45,8 @@ def test_listings_name_the_owner(clients: tuple[Any, Any]) -> None:
     uid = acme.create_multipart_upload(Bucket=BUCKET, Key="mp")["UploadId"]
     up = acme.list_multipart_uploads(Bucket=BUCKET)["Uploads"][0]
     assert up["Initiator"] == want and up["Owner"] == want
+    parts = acme.list_parts(Bucket=BUCKET, Key="mp", UploadId=uid)
+    assert parts["Initiator"] == want and parts["Owner"] == want
     acme.abort_multipart_upload(Bucket=BUCKET, Key="mp", UploadId=uid)
 
 

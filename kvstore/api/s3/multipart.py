@@ -306,6 +306,7 @@ async def list_parts(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     if not marker_s.isdigit() or not max_s.isdigit():
         raise S3Error("InvalidArgument", "part-number-marker and max-parts must be integers")
     marker, max_parts = int(marker_s), min(int(max_s), limits.list_keys_max)
+    owner = listing.owner_xml(s3.bucket_owner(call.tenant, req.bucket))
     numbers = sorted(n for n in u.parts if n > marker)
     page, truncated = numbers[:max_parts], len(numbers) > max_parts
     items = []
@@ -319,6 +320,7 @@ async def list_parts(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
         tag("PartNumberMarker", marker),
         tag("NextPartNumberMarker", page[-1] if page else marker),
         tag("MaxParts", max_parts), tag("IsTruncated", "true" if truncated else "false"),
+        f"<Initiator>{owner}</Initiator><Owner>{owner}</Owner>",
         "<StorageClass>STANDARD</StorageClass>", *items,
         *([tag("ChecksumAlgorithm", u.algo.upper()), tag("ChecksumType", u.kind)]
           if u.algo else [])])
