@@ -170,3 +170,9 @@ def test_development_checks_everything_but_the_signature() -> None:
     assert ei.value.name == "RequestTimeTooSkewed"
     tenant, ctx = sigv4.authenticate(dev, "GET", path, q, headers, time.time())
     assert tenant.name == "" and ctx is None
+
+
+def test_wire_text_reads_utf8_bytes_and_keeps_latin1_ones() -> None:
+    assert sigv4.wire_text("plain ascii") == "plain ascii"
+    assert sigv4.wire_text("caf\u00c3\u00a9") == "caf\u00e9"  # UTF-8 bytes of "café"
+    assert sigv4.wire_text("caf\u00e9") == "caf\u00e9"  # one latin-1 byte: not UTF-8, kept

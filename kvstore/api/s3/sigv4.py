@@ -165,6 +165,19 @@ def canonical_query(pairs: Sequence[tuple[str, str]], *, drop_signature: bool = 
     return "&".join(f"{k}={v}" for k, v in items)
 
 
+def wire_text(value: str) -> str:
+    """``value`` (bytes decoded as latin-1) read as UTF-8 instead, when its bytes are UTF-8:
+    what a client that sent UTF-8 signed. Bytes that are not UTF-8 keep their latin-1 reading
+    (a client that sent latin-1 text, e.g. Python's http.client with a str value, signed that
+    text's UTF-8). ASCII, the common case, is returned as it is."""
+    if value.isascii():
+        return value
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value
+
+
 def canonical_request(
     method: str,
     raw_path: str,
@@ -176,16 +189,20 @@ def canonical_request(
     presigned: bool = False,
 ) -> str:
     """The canonical request. ``raw_path`` is the path exactly as sent (S3 does not normalize or
-    re-encode it); ``headers`` are lowercase names, duplicates already joined with commas."""
+    re-encode it); ``headers`` are lowercase names, duplicates already joined with commas, and
+    values as the server decodes them (latin-1: one char per byte). Clients sign the UTF-8 of
+    their text and send its bytes, so values and path are read as UTF-8 where they are
+    (``wire_text``) before the request is hashed as UTF-8: a header with non-ASCII UTF-8 (an
+    x-amz-meta-* value with accents, as boto3 sends it) verifies."""
     lines = []
     for name in signed_headers:
         value = headers.get(name)
         if value is None:
             raise AuthenticationFailed(f"signed header {name!r} is missing")
-        lines.append(f"{name}:{' '.join(value.split())}\n")
+        lines.append(f"{name}:{' '.join(wire_text(value).split())}\n")
     return "\n".join([
         method,
-        raw_path or "/",
+        wire_text(raw_path) or "/",
         canonical_query(query_pairs, drop_signature=presigned),
         "".join(lines),
         ";".join(signed_headers),
