@@ -138,3 +138,42 @@ def test_bucket_subresources_not_implemented(s3: Any) -> None:
             call()
         assert _code(ei.value) == "NotImplemented"
         assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 501
+
+
+def test_list_buckets_pages_by_max_buckets_prefix_and_token(s3: Any) -> None:
+    """ListBuckets' MaxBuckets, ContinuationToken, Prefix and BucketRegion as AWS's (ceph/s3-tests
+    test_list_buckets_paginated): a token only while more remain, the paginator walks them all."""
+    names = [f"pgb-{i}" for i in range(5)]
+    for n in names:
+        s3.create_bucket(Bucket=n)
+    s3.create_bucket(Bucket="pgc-other")
+    seen: list[str] = []
+    token = None
+    for _ in range(10):
+        kw = {"ContinuationToken": token} if token else {}
+        r = s3.list_buckets(MaxBuckets=2, Prefix="pgb-", **kw)
+        assert r["Prefix"] == "pgb-"
+        seen += [b["Name"] for b in r["Buckets"]]
+        token = r.get("ContinuationToken")
+        if token is None:
+            break
+        assert len(r["Buckets"]) == 2
+    assert seen == names
+    pages = s3.get_paginator("list_buckets").paginate(Prefix="pg", PaginationConfig={
+        "PageSize": 4})
+    assert [b["Name"] for p in pages for b in p["Buckets"]] == names + ["pgc-other"]
+    r = s3.list_buckets(MaxBuckets=6, Prefix="pg")
+    assert "ContinuationToken" not in r and len(r["Buckets"]) == 6
+    assert s3.list_buckets(Prefix="pgb-", BucketRegion="eu-west-1")["Buckets"] == []
+    assert len(s3.list_buckets(Prefix="pgb-", BucketRegion="us-east-1")["Buckets"]) == 5
+    # values boto3 would refuse before sending, sent as they are
+    raw = boto_client(s3.meta.endpoint_url, parameter_validation=False)
+    for bad in [0, 10001, "x", -1, ""]:
+        with pytest.raises(ClientError) as ei:
+            raw.list_buckets(MaxBuckets=bad)
+        assert _code(ei.value) == "InvalidArgument", bad
+    with pytest.raises(ClientError) as ei:
+        s3.list_buckets(ContinuationToken="!!not-base64!!")
+    assert _code(ei.value) == "InvalidArgument"
+    for n in names + ["pgc-other"]:
+        s3.delete_bucket(Bucket=n)

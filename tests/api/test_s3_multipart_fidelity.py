@@ -289,3 +289,32 @@ def test_part_read_from_flash_reads_only_that_part(live_server: Callable[..., Li
         assert got["Body"].read() == p and got["PartsCount"] == 4
         read = srv.state.engine.stats()["bytes_read"] - before
         assert len(p) <= read < sum(map(len, parts)) // 2, read
+
+
+def test_copy_source_range_is_strict(s3: Any) -> None:
+    """UploadPartCopy's range is stricter than a GET's Range, as S3's: a malformed value is
+    400 InvalidArgument, one past the source's end is InvalidRange (never clamped), and a
+    valid one copies exactly those bytes (ceph/s3-tests test_multipart_copy_*_range)."""
+    s3.put_object(Bucket=BUCKET, Key="range-src", Body=b"01234")
+    up = s3.create_multipart_upload(Bucket=BUCKET, Key="range-dst")["UploadId"]
+    src = {"Bucket": BUCKET, "Key": "range-src"}
+
+    def copy(rng: str) -> Any:
+        return s3.upload_part_copy(Bucket=BUCKET, Key="range-dst", UploadId=up, PartNumber=1,
+                                   CopySource=src, CopySourceRange=rng)
+
+    for bad in ["0-2", "bytes=0", "bytes=hello-world", "bytes=0-bar", "bytes=hello-",
+                "bytes=0-2,3-5", "bytes=-2", "bytes=3-1", "items=0-2"]:
+        with pytest.raises(ClientError) as ei:
+            copy(bad)
+        assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400, bad
+        assert _code(ei.value) == "InvalidArgument", bad
+    for past in ["bytes=0-21", "bytes=5-5", "bytes=2-5"]:
+        with pytest.raises(ClientError) as ei:
+            copy(past)
+        assert _code(ei.value) == "InvalidRange", past
+    etag = copy("bytes=1-3")["CopyPartResult"]["ETag"]
+    assert etag == f'"{hashlib.md5(b"123").hexdigest()}"'
+    s3.complete_multipart_upload(Bucket=BUCKET, Key="range-dst", UploadId=up,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert s3.get_object(Bucket=BUCKET, Key="range-dst")["Body"].read() == b"123"

@@ -4,11 +4,13 @@ two read-only bucket subresources generic tools ask for (location, versioning)."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import listing, pod_listing
 from kvstore.api.s3.http import Request, Send, respond
+from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.xml import document, tag
 from kvstore.auth import NamespaceTaken
 from kvstore.engine.types import BlockMeta
@@ -28,14 +30,46 @@ def _rid(req: Request) -> tuple[bytes, bytes]:
     return (b"x-amz-request-id", req.request_id.encode())
 
 
+# ListBuckets' max-buckets: AWS accepts 1 to 10000 (a node holds at most namespaces_max)
+MAX_BUCKETS_MAX = 10000
+_BAD_MAX_BUCKETS = "Argument max-buckets must be an integer between 1 and 10000"
+
+
+def buckets_page(names: list[str], query: Mapping[str, str]) -> tuple[list[str], str | None]:
+    """The sorted ``names`` one ListBuckets page holds (prefix, continuation-token,
+    max-buckets, as AWS's), and the token of the next page when there is one."""
+    prefix = query.get("prefix", "")
+    raw = query.get("max-buckets")
+    limit = MAX_BUCKETS_MAX
+    if raw is not None:
+        n = ascii_uint(raw)
+        if n is None or not 1 <= n <= MAX_BUCKETS_MAX:
+            raise S3Error("InvalidArgument", _BAD_MAX_BUCKETS,
+                          elements=(("ArgumentName", "max-buckets"), ("ArgumentValue", raw)))
+        limit = n
+    token = query.get("continuation-token")
+    after = listing.decode_token(token) if token else ""
+    chosen = [n for n in names if n.startswith(prefix) and n > after]
+    page = chosen[:limit]
+    return page, listing.encode_token(page[-1]) if len(chosen) > limit else None
+
+
 async def list_buckets(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    mine = sorted(s3.blocks.namespaces(call.tenant), key=lambda i: i.name)
-    items = "".join(f"<Bucket>{tag('Name', i.name)}"
-                    f"{tag('CreationDate', listing.iso(i.created))}</Bucket>" for i in mine)
+    mine = {i.name: i for i in s3.blocks.namespaces(call.tenant)}
+    if req.query.get("bucket-region", s3.region) != s3.region:
+        mine = {}  # every bucket here is in the one region this server answers for
+    page, token = buckets_page(sorted(mine), req.query)
+    items = "".join(f"<Bucket>{tag('Name', n)}"
+                    f"{tag('CreationDate', listing.iso(mine[n].created))}"
+                    f"{tag('BucketRegion', s3.region)}</Bucket>" for n in page)
     owner = call.tenant.name or "kvstore"
-    body = document("ListAllMyBucketsResult", [
-        f"<Owner>{tag('ID', owner)}{tag('DisplayName', owner)}</Owner>",
-        f"<Buckets>{items}</Buckets>"])
+    parts = [f"<Owner>{tag('ID', owner)}{tag('DisplayName', owner)}</Owner>",
+             f"<Buckets>{items}</Buckets>"]
+    if "prefix" in req.query:
+        parts.append(tag("Prefix", req.query["prefix"]))
+    if token is not None:
+        parts.append(tag("ContinuationToken", token))
+    body = document("ListAllMyBucketsResult", parts)
     await respond(send, 200, [_XML, _rid(req)], body)
     return 200, 0
 

@@ -287,6 +287,31 @@ def _invalid_range(size: int) -> S3Error:
                    headers={"content-range": f"bytes */{size}"})
 
 
+def copy_source_range(header: str) -> tuple[int, int]:
+    """``x-amz-copy-source-range: bytes=first-last`` -> (first, last), both inclusive.
+
+    Stricter than Range, as S3 is: the unit, both positions, one range, first <= last; else
+    400 InvalidArgument. ``copy_source_slice`` checks it against the source's size."""
+    spec = _range_spec(header)
+    if spec is None or not spec[0] or not spec[1] or not header.strip().startswith("bytes="):
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
+                      "bytes=first-last where first and last are the zero-based offsets of the "
+                      "first and last bytes to copy",
+                      elements=(("ArgumentName", "x-amz-copy-source-range"),
+                                ("ArgumentValue", header)))
+    return _num(spec[0]), _num(spec[1])
+
+
+def copy_source_slice(rng: tuple[int, int], size: int) -> tuple[int, int]:
+    """(start, end exclusive) of a copy-source range that lies within a source of ``size``
+    bytes; InvalidRange otherwise (AWS does not clamp it as it does a GET's Range)."""
+    first, last = rng
+    if last >= size:
+        raise S3Error("InvalidRange", "Range specified is not valid for source object of size: "
+                      f"{size}", headers={"content-range": f"bytes */{size}"})
+    return first, last + 1
+
+
 # --- Conditional requests -----------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ import xxhash
 from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import checksums, copying, listing, objects
-from kvstore.api.s3.http import Request, Send, respond
+from kvstore.api.s3.http import Request, Send, copy_source_range, copy_source_slice, respond
 from kvstore.api.s3.listing import iso
 from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.payload import too_large
@@ -133,12 +133,11 @@ async def upload_part(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: Upload,
                             number: int) -> tuple[int, int]:
-    from kvstore.api.s3.http import parse_range
-
     src_bucket, src_key = copying.parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
     await req.discard_body()
-    rng = req.headers.get("x-amz-copy-source-range")
+    raw_range = req.headers.get("x-amz-copy-source-range")
+    rng = copy_source_range(raw_range) if raw_range is not None else None
     conds = copying.copy_conditions(req.headers)
 
     def work(view: Any) -> bytes:
@@ -147,7 +146,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
         doc = checksums.unpack_meta(view.meta.meta)
         copying.check_copy_conditions(conds, objects.stored_etag(view.meta, doc),
                                       view.meta.created)
-        r = parse_range(rng, view.meta.length) if rng else None
+        r = copy_source_slice(rng, view.meta.length) if rng is not None else None
         return bytes(view.payload if r is None else view.payload[r[0]:r[1]])
 
     # the source read through the pod (its owner may be another node)

@@ -116,12 +116,10 @@ async def read_payload(s3: S3App, req: Request, call: Call,
     room = min(room, limits.http_body_bytes_max)
     payload_hash = req.headers.get("x-amz-content-sha256", "")
     checksums.check_payload_hash_syntax(payload_hash)
-    if payload_hash in sigv4.STREAMING_MODES or "aws-chunked" in req.headers.get(
-            "content-encoding", ""):
-        if payload_hash not in sigv4.STREAMING_MODES:
-            raise S3Error("InvalidRequest", "aws-chunked bodies need x-amz-content-sha256 "
-                          "STREAMING-AWS4-HMAC-SHA256-PAYLOAD[-TRAILER] or "
-                          "STREAMING-UNSIGNED-PAYLOAD-TRAILER")
+    # The framing is chosen by x-amz-content-sha256 alone, as AWS does: a Content-Encoding
+    # that names aws-chunked beside a payload hash (or UNSIGNED-PAYLOAD) is a plain body, and
+    # aws-chunked is dropped from the stored encoding (checksums.object_headers).
+    if payload_hash in sigv4.STREAMING_MODES:
         declared = req.headers.get("x-amz-decoded-content-length")
         parsed = ascii_uint(declared)
         if parsed is None:
