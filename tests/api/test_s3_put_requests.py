@@ -203,3 +203,42 @@ def test_the_other_sdk_checksums(s3: Any, algo: str) -> None:
         s3.put_object(Bucket=BUCKET, Key=f"sum-{algo}", Body=data[1:],
                       **{f"Checksum{algo}": put[f"Checksum{algo}"]})
     assert ei.value.response["Error"]["Code"] == "BadDigest"
+
+
+def _head_lines(sock: Any) -> list[bytes]:
+    """The status line and headers of one answer read off a raw socket."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        buf += piece
+    return buf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def test_expect_100_continue(srv: LiveServer) -> None:
+    """A PUT refused before its body is read answers the error at once, not 100 Continue (the
+    client then never sends the body), and closes the connection; an accepted one gets 100
+    Continue, then its answer (ceph/s3-tests test_100_continue)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(f"PUT /{BUCKET}/expect HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Content-Length: 8\r\nExpect: 100-continue\r\n\r\n".encode())
+        lines = _head_lines(sock)  # unsigned, to a tenant's bucket: 403
+        assert lines[0].startswith(b"HTTP/1.1 403"), lines
+        assert b"connection: close" in [ln.lower() for ln in lines]
+    path = f"/{BUCKET}/expect"
+    headers = {"x-amz-content-sha256": hashlib.sha256(b"8 bytes!").hexdigest(),
+               "content-length": "8", "expect": "100-continue"}
+    req = AWSRequest(method="PUT", url=srv.url + path, headers=headers)
+    _Signer(headers["x-amz-content-sha256"]).add_auth(req)
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n{head}\r\n".encode())
+        assert _head_lines(sock)[0] == b"HTTP/1.1 100 Continue"
+        sock.sendall(b"8 bytes!")
+        assert _head_lines(sock)[0].startswith(b"HTTP/1.1 200"), "the PUT was not stored"
+    got = boto_client(srv.url, CREDS.access_key, CREDS.secret_key).get_object(
+        Bucket=BUCKET, Key="expect")["Body"].read()
+    assert got == b"8 bytes!"

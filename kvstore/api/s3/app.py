@@ -158,10 +158,15 @@ class S3App:
             exc = S3Error("KeyTooLongError", "Your key is too long")  # S3's code for it
         status, headers, body = s3_error_response(exc, req.resource, req.request_id)
         if not req.body_done:  # leftover body bytes must not be parsed as the next request
-            try:
-                ok = await req.drain(limit=_DRAIN_BYTES_MAX)
-            except Exception:  # noqa: BLE001 - a broken body only means: close
-                ok = False
+            # A client that sent Expect: 100-continue waits for 100 before the body, and the
+            # first receive() sends it: then the answer is the error alone, and the connection
+            # closes (the client may or may not send the body now; RFC 9110 15.2.1).
+            ok = False
+            if req.headers.get("expect", "").lower() != "100-continue":
+                try:
+                    ok = await req.drain(limit=_DRAIN_BYTES_MAX)
+                except Exception:  # noqa: BLE001 - a broken body only means: close
+                    ok = False
             if not ok:
                 headers.append((b"connection", b"close"))
         name = classify(exc)[1] if status != 500 else "InternalError"
