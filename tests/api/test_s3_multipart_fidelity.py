@@ -318,3 +318,25 @@ def test_copy_source_range_is_strict(s3: Any) -> None:
     s3.complete_multipart_upload(Bucket=BUCKET, Key="range-dst", UploadId=up,
                                  MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
     assert s3.get_object(Bucket=BUCKET, Key="range-dst")["Body"].read() == b"123"
+
+
+def test_delete_bucket_takes_its_open_uploads_with_it(s3: Any) -> None:
+    """As AWS: open uploads do not keep a bucket without objects alive; a bucket with objects
+    is BucketNotEmpty and keeps its uploads."""
+    b = "mpf-gone"
+    s3.create_bucket(Bucket=b)
+    up = s3.create_multipart_upload(Bucket=b, Key="k")["UploadId"]
+    s3.upload_part(Bucket=b, Key="k", UploadId=up, PartNumber=1, Body=b"part")
+    s3.put_object(Bucket=b, Key="obj", Body=b"x")
+    with pytest.raises(ClientError) as ei:
+        s3.delete_bucket(Bucket=b)
+    assert _code(ei.value) == "BucketNotEmpty"
+    assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=b)["Uploads"]] == [up]
+    s3.delete_object(Bucket=b, Key="obj")
+    s3.delete_bucket(Bucket=b)
+    s3.create_bucket(Bucket=b)
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket=b)
+    with pytest.raises(ClientError) as ei:
+        s3.upload_part(Bucket=b, Key="k", UploadId=up, PartNumber=2, Body=b"late")
+    assert _code(ei.value) == "NoSuchUpload"
+    s3.delete_bucket(Bucket=b)

@@ -100,12 +100,14 @@ async def head_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
 
 
 async def delete_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    if s3.uploads.for_bucket(req.bucket, call.tenant.name):
-        raise NamespaceNotEmpty("The bucket you tried to delete has multipart uploads open.")
     try:
         await s3.blocks.delete_namespace(call.tenant, req.bucket)
     except NamespaceNotEmpty:
         raise NamespaceNotEmpty("The bucket you tried to delete is not empty") from None
+    # As AWS: uploads still open do not keep a bucket without objects alive; they go with it
+    # (after the delete, so a bucket that is not empty keeps them). A part or Complete that
+    # races with this finds the upload gone (NoSuchUpload) or the bucket gone (NoSuchBucket).
+    s3.uploads.drop_bucket(req.bucket)
     await respond(send, 204, [_rid(req)])
     return 204, 0
 

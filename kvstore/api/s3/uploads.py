@@ -147,6 +147,14 @@ class Uploads:
             return None
         return done
 
+    def drop_bucket(self, bucket: str) -> int:
+        """Abort every open upload into ``bucket``, whoever started it (the bucket is gone);
+        how many there were."""
+        gone = [u for u in self._by_id.values() if u.bucket == bucket]
+        for u in gone:
+            self.abort(u)
+        return len(gone)
+
     def for_bucket(self, bucket: str, owner: str) -> list[Upload]:
         return sorted((u for u in self._by_id.values() if u.bucket == bucket and u.owner == owner),
                       key=lambda u: (u.key, u.initiated))
