@@ -89,6 +89,8 @@ def test_explicit_url_encoding_shows_the_encoded_fields(s3: Any) -> None:
                          Delimiter="+")
     assert [p["Prefix"] for p in r1["CommonPrefixes"]] == [_u("a b/two+")]
     assert r1["NextMarker"] == _u("a b/two+")  # the common prefix, as S3 answers it
+    r1 = s3.list_objects(Bucket=BUCKET, Prefix="a b/\n")  # boto3 asks for url encoding
+    assert r1["Prefix"] == "a b/\n"  # v1's Prefix is not encoded (nor decoded by boto3)
     rv = s3.list_object_versions(Bucket=BUCKET, EncodingType="url", MaxKeys=1,
                                  KeyMarker="a b/one")
     assert rv["EncodingType"] == "url" and rv["KeyMarker"] == _u("a b/one")

@@ -66,7 +66,7 @@ def render(meta: BlockMeta) -> Rendered:
     tail: Headers = [(k.encode(), v.encode("latin-1", "replace")) for k, v in hdrs.items()]
     if "content-type" not in hdrs:
         tail.append((b"content-type", DEFAULT_CONTENT_TYPE.encode()))
-    tail += [(f"x-amz-meta-{k}".encode(), v.encode("latin-1", "replace"))
+    tail += [(f"x-amz-meta-{k}".encode(), checksums.meta_value(v))
              for k, v in doc["u"].items()]
     if meta.expires:
         tail.append((b"x-amz-expiration", http_date(meta.expires).encode()))

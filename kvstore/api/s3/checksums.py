@@ -211,6 +211,16 @@ def user_metadata(headers: Mapping[str, str]) -> dict[str, str]:
     return um
 
 
+def meta_value(v: str) -> bytes:
+    """An x-amz-meta-* value as GET and HEAD answer it, as AWS documents: ASCII as it was sent;
+    other text (the bytes read as UTF-8 where they are, as SigV4 verified them) RFC 2047
+    encoded, ``=?UTF-8?B?...?=``, so the header stays ASCII whatever the client's decoding."""
+    if v.isascii():
+        return v.encode()
+    text = sigv4.wire_text(v).encode("utf-8", "surrogatepass")
+    return b"=?UTF-8?B?" + base64.b64encode(text) + b"?="
+
+
 def object_headers(headers: Mapping[str, str]) -> dict[str, str]:
     out = {h: headers[h] for h in STORED_HEADERS if h in headers}
     enc = out.get("content-encoding")

@@ -202,7 +202,7 @@ def _object_headers(req: Request, ans: Rendered, ranged: bool) -> Headers:
         if q in req.query:
             hdrs[h] = req.query[q]
     out += [(k.encode(), v.encode("latin-1", "replace")) for k, v in hdrs.items()]
-    out += [(f"x-amz-meta-{k}".encode(), v.encode("latin-1", "replace"))
+    out += [(f"x-amz-meta-{k}".encode(), checksums.meta_value(v))
             for k, v in doc["u"].items()]
     if not ranged and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
         out += _sum_headers(doc)
