@@ -57,6 +57,7 @@ def test_junit_summary_and_features(tmp_path: Path) -> None:
     assert failed == [("test_bucket_acl_default", "NotImpl"), ("test_multipart_copy_small", "boom")]
     assert tool.feature_of("test_bucket_acl_default") == "ACLs"
     assert tool.feature_of("test_multipart_copy_small") is None
+    assert tool.feature_of("test_object_raw_get", "calling the PutBucketAcl operation") == "ACLs"
     text = tool.report(counts, failed, tmp_path, 1.0)
     assert "1 passed, 2 failed, 1 skipped of 4 selected" in text
     assert "`test_multipart_copy_small`: boom" in text and "`test_bucket_acl_default`" not in text
