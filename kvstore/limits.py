@@ -178,6 +178,11 @@ s3_domain_bytes_max = 253 - namespace_bytes_max - 1
 # S3 user metadata (x-amz-meta-*) per object: S3's own cap; it rides in the record's meta bytes.
 s3_user_metadata_bytes_max = 2 * KiB
 
+# A multipart object's record keeps its parts' checksums (13 SHA-256 values at most: ~600
+# bytes) only while its whole meta stays within this; the record header holds at least this
+# much meta (asserted in engine/format.py).
+s3_part_checksums_meta_bytes_max = 2 * KiB
+
 # XML request bodies (DeleteObjects with 1000 keys of 1 KiB, CompleteMultipartUpload with
 # 10,000 parts) fit well under this; anything larger is refused before parsing.
 s3_xml_body_bytes_max = 4 * MiB

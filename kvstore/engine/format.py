@@ -88,6 +88,7 @@ SEAL_BYTES = _SEAL.size
 meta_bytes_max = (PAGE - _REC.size - limits.namespace_bytes_max - limits.key_bytes_max
                   - SEAL_BYTES - _CRC.size)
 assert meta_bytes_max >= 2048, "record header page too small for metadata"
+assert meta_bytes_max >= limits.s3_part_checksums_meta_bytes_max
 
 
 # Payload checksum: the one block checksum, shared with the wire and the SDK (xxh3-64: fast,

@@ -151,7 +151,6 @@ def test_content_sha256_mismatch(srv: LiveServer) -> None:
     lambda s3: s3.put_object(Bucket=BUCKET, Key="k", Body=b"x", StorageClass="GLACIER"),
     lambda s3: s3.put_object(Bucket=BUCKET, Key="k", Body=b"x", Tagging="a=b"),
     lambda s3: s3.restore_object(Bucket=BUCKET, Key="k", RestoreRequest={"Days": 1}),
-    lambda s3: s3.get_object_attributes(Bucket=BUCKET, Key="k", ObjectAttributes=["ETag"]),
 ])
 def test_unsupported_features_answer_not_implemented(s3: Any, call: Callable[[Any], Any]) -> None:
     with pytest.raises(ClientError) as ei:

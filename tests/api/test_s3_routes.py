@@ -8,7 +8,7 @@ import pytest
 
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import app as s3app
-from kvstore.api.s3 import buckets, copying, multipart, objects
+from kvstore.api.s3 import attributes, buckets, copying, multipart, objects
 from kvstore.api.s3.http import Request
 from kvstore.auth import Op
 
@@ -35,6 +35,8 @@ ROUTED = [
     ("DELETE", "/b", "", {}, buckets.delete_bucket, "delete_bucket", Op.DELETE),
     ("POST", "/b", "delete", {}, objects.delete_objects, "delete_objects", Op.DELETE),
     ("GET", "/b/k", "uploadId=u", {}, multipart.list_parts, "list_parts", Op.READ),
+    ("GET", "/b/k", "attributes", {}, attributes.get_object_attributes, "get_attributes",
+     Op.READ),
     ("GET", "/b/k", "", {}, objects.get_object, "get", Op.READ),
     ("PUT", "/b/k", "uploadId=u&partNumber=1", {}, multipart.upload_part, "upload_part",
      Op.WRITE),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from kvstore import limits
 from kvstore.api.conn_tenant import bind_connection
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
-from kvstore.api.s3 import buckets, copying, multipart, objects, sigv4
+from kvstore.api.s3 import attributes, buckets, copying, multipart, objects, sigv4
 from kvstore.api.s3.answer_cache import AnswerCache
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
@@ -45,8 +45,8 @@ UNSUPPORTED = frozenset({
     "acl", "tagging", "lifecycle", "policy", "policyStatus", "cors", "website", "logging",
     "notification", "replication", "encryption", "object-lock", "retention", "legal-hold",
     "torrent", "restore", "select", "accelerate", "requestPayment", "analytics", "inventory",
-    "metrics", "intelligent-tiering", "ownershipControls", "publicAccessBlock", "attributes",
-    "session", "renameObject",
+    "metrics", "intelligent-tiering", "ownershipControls", "publicAccessBlock", "session",
+    "renameObject",
 })
 
 
@@ -265,6 +265,8 @@ ROUTES: tuple[Route, ...] = (
           Op.DELETE),
     # objects
     Route("object", "GET", _query("uploadId"), multipart.list_parts, "list_parts", Op.READ),
+    Route("object", "GET", _query("attributes"), attributes.get_object_attributes,
+          "get_attributes", Op.READ),
     Route("object", "GET", _always, objects.get_object, "get", Op.READ),
     Route("object", "PUT", _query("uploadId"), multipart.upload_part, "upload_part", Op.WRITE),
     Route("object", "PUT", _query("partNumber"), None, "upload_part", Op.WRITE,

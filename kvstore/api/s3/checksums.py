@@ -237,11 +237,15 @@ def object_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def pack_meta(hdrs: dict[str, str], um: dict[str, str], sums: dict[str, str],
-              etag: str = "", *, parts: list[int] | None = None, kind: str = "") -> bytes:
+              etag: str = "", *, parts: list[int] | None = None, kind: str = "",
+              part_sums: dict[str, list[str]] | None = None) -> bytes:
     """The S3 side of a record, kept in its header (so it survives restarts): ``h`` stored
     headers, ``u`` user metadata, ``c`` checksums, ``e`` the ETag (absent: the block's xxh3,
     as objects written before MD5 ETags have it), ``p`` a multipart object's part sizes, ``t``
-    its checksum type (absent: FULL_OBJECT)."""
+    its checksum type (absent: FULL_OBJECT), ``q`` its parts' checksums (algorithm -> one
+    base64 value per part), kept only while the whole stays within
+    ``limits.s3_part_checksums_meta_bytes_max`` (a part GET or GetObjectAttributes then
+    answers none, as for parts uploaded without checksums)."""
     doc: dict[str, Any] = {"h": hdrs, "u": um, "c": sums}
     if etag:
         doc["e"] = etag
@@ -249,7 +253,20 @@ def pack_meta(hdrs: dict[str, str], um: dict[str, str], sums: dict[str, str],
         doc["p"] = parts
     if kind and kind != FULL_OBJECT:
         doc["t"] = kind
+    if part_sums:
+        with_sums = msgpack.packb({**doc, "q": part_sums}, use_bin_type=True)
+        if len(with_sums) <= limits.s3_part_checksums_meta_bytes_max:
+            return with_sums
     return msgpack.packb(doc, use_bin_type=True)
+
+
+def part_checksums(doc: Mapping[str, Any], number: int) -> dict[str, str]:
+    """The checksums of part ``number`` of a stored multipart object ({} when not kept)."""
+    q = doc.get("q")
+    if not isinstance(q, dict):
+        return {}
+    return {a: v[number - 1] for a, v in q.items()
+            if isinstance(v, list) and 0 < number <= len(v) and isinstance(v[number - 1], str)}
 
 
 def unpack_meta(raw: bytes) -> dict[str, Any]:

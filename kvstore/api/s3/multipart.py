@@ -258,8 +258,12 @@ async def complete(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int
             joined[pos:pos + len(p.data)] = p.data
             pos += len(p.data)
         sums, kind = _object_checksum(u, parts, joined, declared)
+        # each part's own checksum of the object's algorithm, when every part has one
+        per_part = {a: [p.sums[a] for p in parts] for a in sums
+                    if all(a in p.sums for p in parts)}
         meta = checksums.pack_meta(u.hdrs, u.um, sums, etag,
-                                   parts=[len(p.data) for p in parts], kind=kind)
+                                   parts=[len(p.data) for p in parts], kind=kind,
+                                   part_sums=per_part)
         return joined, sums, kind, meta
 
     joined, sums, kind, meta = await s3.blocks.run(work)

@@ -191,9 +191,10 @@ def _conditional(req: Request) -> bool:
     return any(c in h for c in _CONDITIONAL)
 
 
-def _object_headers(req: Request, ans: Rendered, ranged: bool) -> Headers:
+def _object_headers(req: Request, ans: Rendered, ranged: bool, number: int = 0) -> Headers:
     """A GetObject/HeadObject answer's headers when ``_plain`` does not hold (the whole-object
-    Content-Length left out)."""
+    Content-Length left out). With checksum mode: the object's checksums for the whole object,
+    part ``number``'s own for a part of a multipart object (none for any other range)."""
     meta, doc = ans.meta, ans.doc
     out: Headers = [*ans.head, (b"x-amz-request-id", req.request_id.encode())]
     hdrs = dict(doc["h"])
@@ -204,8 +205,13 @@ def _object_headers(req: Request, ans: Rendered, ranged: bool) -> Headers:
     out += [(k.encode(), v.encode("latin-1", "replace")) for k, v in hdrs.items()]
     out += [(f"x-amz-meta-{k}".encode(), checksums.meta_value(v))
             for k, v in doc["u"].items()]
-    if not ranged and req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
-        out += _sum_headers(doc)
+    if req.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
+        if not ranged or (number == 1 and not doc.get("p")):  # part 1 of a plain object: all
+            out += _sum_headers(doc)
+        elif number and (part := checksums.part_checksums(doc, number)):
+            out += _checksum_headers(part)
+            out.append((b"x-amz-checksum-type",
+                        str(doc.get("t", checksums.FULL_OBJECT)).encode()))
     if meta.expires:
         out.append((b"x-amz-expiration", http_date(meta.expires).encode()))
     return out
@@ -346,7 +352,7 @@ async def get_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[i
     if r is None and len(body) == meta.length and _plain(req):
         await _send(send, 200, ans.headers(req.request_id.encode()), body)
         return 200, len(body)
-    headers = _object_headers(req, ans, r is not None)
+    headers = _object_headers(req, ans, r is not None, number)
     status = 200
     if r is not None:
         status = 206
@@ -373,7 +379,7 @@ async def head_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         r: tuple[int, int] | None = (lo, hi) if meta.length else None
     else:
         r = parse_range(req.headers.get("range"), meta.length)
-    headers = _object_headers(req, ans, r is not None)
+    headers = _object_headers(req, ans, r is not None, number)
     status, n = 200, meta.length
     if r is not None:
         status, n = 206, r[1] - r[0]
