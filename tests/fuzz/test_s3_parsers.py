@@ -1,5 +1,6 @@
 """Hypothesis on the S3 surface's parsers of untrusted input: XML bodies (DeleteObjects,
-CompleteMultipartUpload), Range, aws-chunked bodies and SigV4 authorization headers. Whatever
+CompleteMultipartUpload), Range and x-amz-copy-source-range, ListBuckets' paging, x-amz-object-attributes, aws-chunked
+bodies and SigV4 authorization headers. Whatever
 the bytes, each answers its result or a typed ``S3Error`` — never another exception (a 500) —
 and results stay inside their bounds. Plus the XML bombs a hardened parser must refuse."""
 
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import sigv4
 from kvstore.api.s3.chunked import AwsChunkedDecoder
-from kvstore.api.s3.http import parse_range, range_request
+from kvstore.api.s3.attributes import ATTRIBUTES, requested
+from kvstore.api.s3.buckets import buckets_page
+from kvstore.api.s3.http import copy_source_range, copy_source_slice, parse_range, range_request
 from kvstore.api.s3.xml import parse_complete, parse_delete
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -44,6 +47,51 @@ def test_range_is_in_bounds_or_a_typed_error(header: str, size: int) -> None:
         assert 0 <= start < end <= size
     req = range_request(header)
     assert req is None or isinstance(req[0], int)
+
+
+@FUZZ
+@given(_range_headers(), st.integers(0, 2**40))
+def test_copy_source_range_is_within_the_source_or_a_typed_error(header: str, size: int) -> None:
+    try:
+        first, last = copy_source_range(header)
+    except S3Error as exc:
+        assert exc.name == "InvalidArgument"
+        return
+    assert 0 <= first <= last
+    try:
+        start, end = copy_source_slice((first, last), size)
+    except S3Error as exc:
+        assert exc.name == "InvalidRange" and last >= size
+        return
+    assert 0 <= start < end <= size and end - start == last - first + 1
+
+
+@FUZZ
+@given(st.lists(st.text(alphabet="abc-.0", min_size=3, max_size=6), unique=True, max_size=30),
+       st.dictionaries(st.sampled_from(["prefix", "max-buckets", "continuation-token"]),
+                       st.one_of(header_text, digits, st.just("0"), st.just("10001"))))
+def test_buckets_page_is_a_slice_or_a_typed_error(names: list[str],
+                                                  query: dict[str, str]) -> None:
+    names = sorted(names)
+    try:
+        page, token = buckets_page(names, query)
+    except S3Error as exc:
+        assert exc.name == "InvalidArgument"
+        return
+    assert page == sorted(page) and set(page) <= set(names)
+    assert all(n.startswith(query.get("prefix", "")) for n in page)
+    assert token is None or page
+
+
+@FUZZ
+@given(header_text)
+def test_object_attributes_header_parses_or_a_typed_error(header: str) -> None:
+    try:
+        got = requested({"x-amz-object-attributes": header})
+    except S3Error as exc:
+        assert exc.name == "InvalidArgument"
+        return
+    assert got and got <= set(ATTRIBUTES)
 
 
 _xml_piece = st.sampled_from([
