@@ -1,8 +1,8 @@
 """Hypothesis on the S3 surface's parsers of untrusted input: XML bodies (DeleteObjects,
-CompleteMultipartUpload), Range and x-amz-copy-source-range, ListBuckets' paging, x-amz-object-attributes, aws-chunked
-bodies and SigV4 authorization headers. Whatever
-the bytes, each answers its result or a typed ``S3Error`` — never another exception (a 500) —
-and results stay inside their bounds. Plus the XML bombs a hardened parser must refuse."""
+CompleteMultipartUpload), Range and x-amz-copy-source-range, ListBuckets' paging,
+x-amz-object-attributes, aws-chunked bodies and SigV4 authorization headers. Whatever the
+bytes, each answers its result or a typed ``S3Error`` — never another exception (a 500) — and
+results stay inside their bounds. Plus the XML bombs a hardened parser must refuse."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from kvstore.api.errors import S3Error
 from kvstore.api.s3 import sigv4
-from kvstore.api.s3.chunked import AwsChunkedDecoder
 from kvstore.api.s3.attributes import ATTRIBUTES, requested
 from kvstore.api.s3.buckets import buckets_page
+from kvstore.api.s3.chunked import AwsChunkedDecoder
 from kvstore.api.s3.http import copy_source_range, copy_source_slice, parse_range, range_request
 from kvstore.api.s3.xml import parse_complete, parse_delete
 
