@@ -21,6 +21,7 @@ log = logging.getLogger("kvstore.api")
 
 # S3-only error codes and their HTTP status (AWS S3 API reference, "Error responses").
 S3_STATUS: dict[str, int] = {
+    "AccessControlListNotSupported": 400,
     "AccessDenied": 403,
     "AuthorizationHeaderMalformed": 400,
     "AuthorizationQueryParametersError": 400,
@@ -32,6 +33,7 @@ S3_STATUS: dict[str, int] = {
     "IncompleteBody": 400,
     "InvalidAccessKeyId": 403,
     "InvalidArgument": 400,
+    "InvalidBucketAclWithObjectOwnership": 400,
     "InvalidBucketName": 400,
     "InvalidDigest": 400,
     "InvalidPart": 400,
@@ -45,6 +47,7 @@ S3_STATUS: dict[str, int] = {
     "MetadataTooLarge": 400,
     "MethodNotAllowed": 405,
     "MissingContentLength": 411,
+    "MissingSecurityHeader": 400,
     "NoSuchBucket": 404,
     "NoSuchKey": 404,
     "NoSuchUpload": 404,

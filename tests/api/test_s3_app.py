@@ -145,7 +145,6 @@ def test_content_sha256_mismatch(srv: LiveServer) -> None:
 
 
 @pytest.mark.parametrize("call", [
-    lambda s3: s3.put_object_acl(Bucket=BUCKET, Key="k", ACL="public-read"),
     lambda s3: s3.get_object_tagging(Bucket=BUCKET, Key="k"),
     lambda s3: s3.put_object(Bucket=BUCKET, Key="k", Body=b"x", ServerSideEncryption="AES256"),
     lambda s3: s3.put_object(Bucket=BUCKET, Key="k", Body=b"x", StorageClass="GLACIER"),

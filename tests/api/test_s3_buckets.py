@@ -127,7 +127,8 @@ def test_list_objects_v1_and_versions(s3: Any) -> None:
 
 def test_bucket_subresources_not_implemented(s3: Any) -> None:
     s3.create_bucket(Bucket="ni-b")
-    for call in (lambda: s3.get_bucket_acl(Bucket="ni-b"),
+    for call in (lambda: s3.put_bucket_ownership_controls(Bucket="ni-b", OwnershipControls={
+                     "Rules": [{"ObjectOwnership": "ObjectWriter"}]}),
                  lambda: s3.get_bucket_policy(Bucket="ni-b"),
                  lambda: s3.get_bucket_lifecycle_configuration(Bucket="ni-b"),
                  lambda: s3.put_bucket_versioning(

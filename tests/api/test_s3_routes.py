@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from kvstore.api.errors import S3Error
+from kvstore.api.s3 import acl, attributes, buckets, copying, multipart, objects
 from kvstore.api.s3 import app as s3app
-from kvstore.api.s3 import attributes, buckets, copying, multipart, objects
 from kvstore.api.s3.http import Request
 from kvstore.auth import Op
 
@@ -37,6 +37,12 @@ ROUTED = [
     ("GET", "/b/k", "uploadId=u", {}, multipart.list_parts, "list_parts", Op.READ),
     ("GET", "/b/k", "attributes", {}, attributes.get_object_attributes, "get_attributes",
      Op.READ),
+    ("GET", "/b", "acl", {}, acl.get_acl, "get_acl", Op.READ),
+    ("PUT", "/b", "acl", {}, acl.put_acl, "put_acl", Op.WRITE),
+    ("GET", "/b/k", "acl", {}, acl.get_acl, "get_acl", Op.READ),
+    ("PUT", "/b/k", "acl", {}, acl.put_acl, "put_acl", Op.WRITE),
+    ("GET", "/b", "ownershipControls", {}, acl.get_ownership, "get_ownership_controls",
+     Op.READ),
     ("GET", "/b/k", "", {}, objects.get_object, "get", Op.READ),
     ("PUT", "/b/k", "uploadId=u&partNumber=1", {}, multipart.upload_part, "upload_part",
      Op.WRITE),
@@ -59,7 +65,8 @@ def test_each_request_shape_picks_its_row(method, path, query, headers, handler,
 
 REFUSED = [
     ("PUT", "/", "", "MethodNotAllowed"),
-    ("PUT", "/b", "acl", "NotImplemented"),  # an unsupported sub-resource, before any row
+    ("PUT", "/b", "cors", "NotImplemented"),  # an unsupported sub-resource, before any row
+    ("DELETE", "/b/k", "acl", "NotImplemented"),  # ?acl answers GET and PUT only
     ("GET", "/b/k", "tagging", "NotImplemented"),
     ("PUT", "/b", "cors-ish=1", "NotImplemented"),  # bucket configuration
     ("DELETE", "/b", "x=1", "NotImplemented"),

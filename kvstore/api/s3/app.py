@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from kvstore import limits
 from kvstore.api.conn_tenant import bind_connection
 from kvstore.api.errors import S3Error, classify, request_ids, s3_error_response
-from kvstore.api.s3 import attributes, buckets, copying, multipart, objects, sigv4
+from kvstore.api.s3 import acl, attributes, buckets, copying, multipart, objects, sigv4
 from kvstore.api.s3.answer_cache import AnswerCache
 from kvstore.api.s3.http import ClientDisconnected, Receive, Request, Scope, Send, respond
 from kvstore.auth import Op, Tenant
@@ -48,6 +48,8 @@ UNSUPPORTED = frozenset({
     "metrics", "intelligent-tiering", "ownershipControls", "publicAccessBlock", "session",
     "renameObject",
 })
+# ... but for these requests, which answer what holds (ACLs disabled, as on AWS by default)
+_ANSWERED = frozenset({("GET", "acl"), ("PUT", "acl"), ("GET", "ownershipControls")})
 
 
 class Call(NamedTuple):
@@ -191,7 +193,7 @@ def route(req: Request) -> tuple[Handler, str, Op | None]:
         target = "service"
     else:
         for name in req.query:
-            if name in UNSUPPORTED:
+            if name in UNSUPPORTED and (m, name) not in _ANSWERED:
                 raise S3Error("NotImplemented", f"the ?{name} sub-resource is not supported")
         target = "object" if req.key else "bucket"
     for row in ROUTE_TABLE.get((target, m), ()):
@@ -249,12 +251,16 @@ _NO_BUCKET_CONFIG = ("NotImplemented", "bucket configuration is not supported")
 ROUTES: tuple[Route, ...] = (
     Route("service", "GET", _always, buckets.list_buckets, "list_buckets", None),
     # buckets
+    Route("bucket", "PUT", _query("acl"), acl.put_acl, "put_acl", Op.WRITE),
     Route("bucket", "PUT", _any_query, None, "create_bucket", None, _NO_BUCKET_CONFIG),
     Route("bucket", "PUT", _always, buckets.create_bucket, "create_bucket", None),
     Route("bucket", "GET", _query("location"), buckets.get_location, "get_bucket_location",
           Op.READ),
     Route("bucket", "GET", _query("versioning"), buckets.get_versioning,
           "get_bucket_versioning", Op.READ),
+    Route("bucket", "GET", _query("acl"), acl.get_acl, "get_acl", Op.READ),
+    Route("bucket", "GET", _query("ownershipControls"), acl.get_ownership,
+          "get_ownership_controls", Op.READ),
     Route("bucket", "GET", _query("uploads"), multipart.list_uploads, "list_multipart",
           Op.READ),
     Route("bucket", "GET", _always, buckets.list_objects, "list", Op.READ),
@@ -265,9 +271,11 @@ ROUTES: tuple[Route, ...] = (
           Op.DELETE),
     # objects
     Route("object", "GET", _query("uploadId"), multipart.list_parts, "list_parts", Op.READ),
+    Route("object", "GET", _query("acl"), acl.get_acl, "get_acl", Op.READ),
     Route("object", "GET", _query("attributes"), attributes.get_object_attributes,
           "get_attributes", Op.READ),
     Route("object", "GET", _always, objects.get_object, "get", Op.READ),
+    Route("object", "PUT", _query("acl"), acl.put_acl, "put_acl", Op.WRITE),
     Route("object", "PUT", _query("uploadId"), multipart.upload_part, "upload_part", Op.WRITE),
     Route("object", "PUT", _query("partNumber"), None, "upload_part", Op.WRITE,
           ("InvalidArgument", "uploadId is required with partNumber")),

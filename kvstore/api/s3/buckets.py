@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import listing, pod_listing
+from kvstore.api.s3 import acl, listing, pod_listing
 from kvstore.api.s3.http import Request, Send, respond
 from kvstore.api.s3.numbers import ascii_uint
 from kvstore.api.s3.xml import document, tag
@@ -80,6 +80,16 @@ async def create_bucket(s3: S3App, req: Request, call: Call, send: Send) -> tupl
     if any(h.startswith("x-amz-object-lock") or h == "x-amz-bucket-object-lock-enabled"
            for h in req.headers):
         raise S3Error("NotImplemented", "object lock is not supported")
+    ownership = req.headers.get("x-amz-object-ownership", "BucketOwnerEnforced")
+    if ownership != "BucketOwnerEnforced":
+        raise S3Error("NotImplemented", f"object ownership {ownership} is not supported: "
+                      "ACLs are disabled (BucketOwnerEnforced)")
+    if acl.has_acl_headers(req.headers):
+        try:
+            acl.check_acl_headers(req.headers, call.tenant.name)
+        except S3Error:  # AWS's answer to an ACL on a bucket created with ACLs disabled
+            raise S3Error("InvalidBucketAclWithObjectOwnership", "Bucket cannot have ACLs set "
+                          "with ObjectOwnership's BucketOwnerEnforced setting") from None
     await req.discard_body()
     try:
         _info, created = await s3.blocks.create_namespace(call.tenant, name)

@@ -59,7 +59,7 @@ def check_copy_conditions(conds: dict[str, str], etag: str, modified: float) -> 
 
 
 async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    check_unsupported(req)
+    check_unsupported(req, lambda: s3.bucket_owner(call.tenant, req.bucket))
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
     s3.check_bucket(call.tenant, src_bucket)
     directive = req.headers.get("x-amz-metadata-directive", "COPY").upper()

@@ -63,7 +63,7 @@ def _part_number(req: Request) -> int:
 
 
 async def create(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    objects.check_unsupported(req)
+    objects.check_unsupported(req, lambda: s3.bucket_owner(call.tenant, req.bucket))
     await req.discard_body()
     algo, kind = checksums.mpu_checksum(req.headers)
     size = _object_size(req)

@@ -118,7 +118,7 @@ async def store_pod(s3: S3App, tenant: Tenant, bucket: str, key: str, data: byte
 
 
 async def put_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[int, int]:
-    check_unsupported(req)
+    check_unsupported(req, lambda: s3.bucket_owner(call.tenant, req.bucket))
     inm = req.headers.get("if-none-match")
     if inm is not None and inm.strip() != "*":
         raise S3Error("NotImplemented", "If-None-Match on PUT supports only *")

@@ -6,11 +6,12 @@ write headers that ask for features this store does not have."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kvstore import limits
 from kvstore.api.errors import S3Error
-from kvstore.api.s3 import checksums, chunked, sigv4
+from kvstore.api.s3 import acl, checksums, chunked, sigv4
 from kvstore.api.s3.http import Request
 from kvstore.api.s3.intake import Intake
 from kvstore.api.s3.numbers import ascii_uint
@@ -25,19 +26,18 @@ _UNSUPPORTED_PUT_HEADERS = (
     "x-amz-server-side-encryption", "x-amz-server-side-encryption-customer-algorithm",
     "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-object-lock-mode",
     "x-amz-object-lock-retain-until-date", "x-amz-object-lock-legal-hold", "x-amz-tagging",
-    "x-amz-website-redirect-location", "x-amz-grant-full-control", "x-amz-grant-read",
-    "x-amz-grant-read-acp", "x-amz-grant-write-acp",
+    "x-amz-website-redirect-location",
 )
-_OK_ACLS = ("private", "bucket-owner-full-control")
 
 
-def check_unsupported(req: Request) -> None:
+def check_unsupported(req: Request, owner_of: Callable[[], str]) -> None:
+    """Refuse a write's headers that ask for what this store does not do; an ACL holds only
+    when it grants the bucket owner (``owner_of()``, asked only then) FULL_CONTROL alone."""
     for h in _UNSUPPORTED_PUT_HEADERS:
         if h in req.headers:
             raise S3Error("NotImplemented", f"{h} is not supported")
-    acl = req.headers.get("x-amz-acl")
-    if acl is not None and acl not in _OK_ACLS:
-        raise S3Error("NotImplemented", f"x-amz-acl {acl} is not supported")
+    if acl.has_acl_headers(req.headers):
+        acl.check_acl_headers(req.headers, owner_of())
     sc = req.headers.get("x-amz-storage-class", "STANDARD")
     if sc != "STANDARD":
         raise S3Error("NotImplemented", f"storage class {sc} is not supported")
