@@ -14,6 +14,7 @@ else the S3 app alone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
@@ -156,3 +157,44 @@ def boto_client(url: str, access_key: str = "AKIADEV", secret_key: str = "dev-se
 def s3_client() -> Callable[..., Any]:
     """``s3_client(url, access_key=..., secret_key=...)`` builds a boto3 client."""
     return boto_client
+
+
+def pseudo_random(n: int, seed: int) -> bytes:
+    """``n`` bytes that differ by ``seed`` and compress poorly (SHAKE-256 output)."""
+    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(n)
+
+
+def bucket_client(url: str, bucket: str) -> Any:
+    """A development-mode boto3 client for ``url`` with ``bucket`` created."""
+    c = boto_client(url)
+    c.create_bucket(Bucket=bucket)
+    return c
+
+
+def upload_parts(s3: Any, bucket: str, key: str, parts: list[bytes],
+                 **create: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A multipart upload of ``parts`` (CreateMultipartUpload with ``create``, each part with
+    its algorithm's checksum when ``ChecksumAlgorithm`` is given), not completed: its id and
+    the parts as CompleteMultipartUpload lists them (ETags and part checksums)."""
+    uid = s3.create_multipart_upload(Bucket=bucket, Key=key, **create)["UploadId"]
+    listed = []
+    for i, p in enumerate(parts, 1):
+        kw = {"ChecksumAlgorithm": create["ChecksumAlgorithm"]} \
+            if "ChecksumAlgorithm" in create else {}
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=uid, PartNumber=i, Body=p, **kw)
+        item = {"PartNumber": i, "ETag": r["ETag"]}
+        item.update({k: v for k, v in r.items() if k.startswith("Checksum")
+                     and k != "ChecksumType"})
+        listed.append(item)
+    return uid, listed
+
+
+def recv_until(sock: Any, marker: bytes) -> bytes:
+    """What a raw socket receives up to and including ``marker`` (or until it closes)."""
+    buf = b""
+    while marker not in buf:
+        piece = sock.recv(65536)
+        if not piece:
+            break
+        buf += piece
+    return buf

@@ -22,7 +22,7 @@ from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 from kvstore import limits
 from kvstore.api.s3 import sigv4
 from kvstore.auth import Tenants
-from tests.api.conftest import TENANT_DOC, LiveServer, boto_client
+from tests.api.conftest import TENANT_DOC, LiveServer, boto_client, recv_until
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 CREDS = Credentials("AKIAACME", "acme-secret-key")
@@ -167,12 +167,7 @@ def test_oversized_body_is_refused_before_reading(srv: LiveServer, s3: Any) -> N
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
         sock.sendall(f"PUT /{BUCKET}/huge HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n{head}"
                      "\r\n".encode() + b"x" * 1000)
-        reply = b""
-        while b"</Error>" not in reply:
-            got = sock.recv(65536)
-            if not got:
-                break
-            reply += got
+        reply = recv_until(sock, b"</Error>")
     assert reply.startswith(b"HTTP/1.1 400") and b"EntityTooLarge" in reply
     s3.put_object(Bucket=BUCKET, Key="after-huge", Body=b"still up")
     assert s3.get_object(Bucket=BUCKET, Key="after-huge")["Body"].read() == b"still up"

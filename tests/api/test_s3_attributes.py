@@ -16,16 +16,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from kvstore import limits
-from tests.api.conftest import LiveServer, boto_client
+from tests.api.conftest import LiveServer, boto_client, bucket_client, pseudo_random, upload_parts
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BUCKET = "attrs-b"
 MIN = limits.multipart_part_bytes_min
 ALL = ["ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"]
-
-
-def _data(n: int, seed: int) -> bytes:
-    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(n)
 
 
 def _b64(raw: bytes) -> str:
@@ -37,26 +33,12 @@ def _sha(b: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def srv(module_server: Callable[..., LiveServer]) -> LiveServer:
-    return module_server()
-
-
-@pytest.fixture(scope="module")
-def s3(srv: LiveServer) -> Any:
-    c = boto_client(srv.url)
-    c.create_bucket(Bucket=BUCKET)
-    return c
+def s3(module_server: Callable[..., LiveServer]) -> Any:
+    return bucket_client(module_server().url, BUCKET)
 
 
 def _multipart(s3: Any, key: str, parts: list[bytes], **create: Any) -> dict[str, Any]:
-    uid = s3.create_multipart_upload(Bucket=BUCKET, Key=key, **create)["UploadId"]
-    listed = []
-    for i, p in enumerate(parts, 1):
-        kw = {"ChecksumAlgorithm": create["ChecksumAlgorithm"]} \
-            if "ChecksumAlgorithm" in create else {}
-        r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=i, Body=p, **kw)
-        listed.append({"PartNumber": i, "ETag": r["ETag"],
-                       **{k: v for k, v in r.items() if k == "ChecksumSHA256"}})
+    uid, listed = upload_parts(s3, BUCKET, key, parts, **create)
     return s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,
                                         MultipartUpload={"Parts": listed})
 
@@ -75,7 +57,7 @@ def test_a_plain_object(s3: Any) -> None:
 
 
 def test_a_multipart_object_with_part_checksums(s3: Any) -> None:
-    parts = [_data(MIN, 1), _data(MIN, 2), _data(2000, 3)]
+    parts = [pseudo_random(MIN, 1), pseudo_random(MIN, 2), pseudo_random(2000, 3)]
     done = _multipart(s3, "mp", parts, ChecksumAlgorithm="SHA256")
     r = s3.get_object_attributes(Bucket=BUCKET, Key="mp", ObjectAttributes=ALL)
     assert r["ETag"] == done["ETag"].strip('"') and r["ETag"].endswith("-3")
@@ -106,7 +88,7 @@ def test_a_multipart_object_with_part_checksums(s3: Any) -> None:
 
 def test_a_multipart_object_without_checksums(s3: Any) -> None:
     raw = boto_client(s3.meta.endpoint_url, request_checksum_calculation="when_required")
-    parts = [_data(MIN, 4), _data(10, 5)]
+    parts = [pseudo_random(MIN, 4), pseudo_random(10, 5)]
     _multipart(raw, "mp-plain", parts)
     r = raw.get_object_attributes(Bucket=BUCKET, Key="mp-plain", ObjectAttributes=ALL)
     assert "Checksum" not in r
@@ -120,7 +102,7 @@ def test_part_checksums_give_way_to_large_metadata(s3: Any) -> None:
     """The parts' checksums are kept only while the record's meta has room; the upload still
     completes, and its object checksum is kept."""
     big = {"m": "v" * (limits.s3_user_metadata_bytes_max - 16)}
-    parts = [_data(MIN, 6), _data(MIN, 7), _data(100, 8)]
+    parts = [pseudo_random(MIN, 6), pseudo_random(MIN, 7), pseudo_random(100, 8)]
     done = _multipart(s3, "mp-meta", parts, ChecksumAlgorithm="SHA256", Metadata=big)
     r = s3.get_object_attributes(Bucket=BUCKET, Key="mp-meta", ObjectAttributes=ALL)
     assert r["Checksum"]["ChecksumSHA256"] == done["ChecksumSHA256"]

@@ -17,15 +17,11 @@ from botocore.exceptions import ClientError
 
 from kvstore import limits
 from kvstore.config import ConfigError, from_argv
-from tests.api.conftest import LiveServer, boto_client, start_server
+from tests.api.conftest import LiveServer, boto_client, pseudo_random, start_server
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BUCKET = "etag-b"
 MiB = limits.MiB
-
-
-def _data(n: int, seed: int) -> bytes:
-    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(n)
 
 
 def _etag(resp: dict[str, Any]) -> str:
@@ -41,7 +37,7 @@ def s3(module_server: Callable[..., LiveServer]) -> Any:
 
 @pytest.mark.parametrize("size", [0, 1, 2 * MiB + 3])
 def test_put_etag_is_the_md5_of_the_body(s3: Any, size: int) -> None:
-    data = _data(size, size)
+    data = pseudo_random(size, size)
     put = s3.put_object(Bucket=BUCKET, Key=f"md5/{size}", Body=data)
     md5 = hashlib.md5(data).hexdigest()
     assert _etag(put) == md5
@@ -53,7 +49,7 @@ def test_put_etag_is_the_md5_of_the_body(s3: Any, size: int) -> None:
 
 
 def test_multipart_etag_is_md5_of_part_md5s(s3: Any) -> None:
-    parts = [_data(5 * MiB, 1), _data(5 * MiB + 7, 2), _data(1234, 3)]
+    parts = [pseudo_random(5 * MiB, 1), pseudo_random(5 * MiB + 7, 2), pseudo_random(1234, 3)]
     uid = s3.create_multipart_upload(Bucket=BUCKET, Key="mp")["UploadId"]
     listed = []
     for i, p in enumerate(parts, 1):
@@ -73,7 +69,7 @@ def test_multipart_etag_is_md5_of_part_md5s(s3: Any) -> None:
 
 
 def test_upload_part_copy_etag_is_the_md5_of_the_range(s3: Any) -> None:
-    src = _data(6 * MiB, 9)
+    src = pseudo_random(6 * MiB, 9)
     s3.put_object(Bucket=BUCKET, Key="pc-src", Body=src)
     uid = s3.create_multipart_upload(Bucket=BUCKET, Key="pc")["UploadId"]
     r = s3.upload_part_copy(Bucket=BUCKET, Key="pc", UploadId=uid, PartNumber=1,
@@ -128,7 +124,7 @@ def test_etags_survive_restart_and_old_xxh3_etags_are_still_served(tmp_path: Pat
 def test_xxh3_mode_answers_the_block_checksum(live_server: Callable[..., LiveServer]) -> None:
     c = boto_client(live_server(etag="xxh3").url)
     c.create_bucket(Bucket=BUCKET)
-    data = _data(MiB, 5)
+    data = pseudo_random(MiB, 5)
     put = c.put_object(Bucket=BUCKET, Key="x", Body=data)
     assert _etag(put) == f"{xxhash.xxh3_64_intdigest(data):016x}"
     assert _etag(c.head_object(Bucket=BUCKET, Key="x")) == _etag(put)

@@ -13,7 +13,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 from kvstore import limits
-from tests.api.conftest import LiveServer, boto_client
+from tests.api.conftest import LiveServer, bucket_client, pseudo_random
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BUCKET = "mpu-b"
@@ -27,22 +27,16 @@ def srv(module_server: Callable[..., LiveServer]) -> LiveServer:
 
 @pytest.fixture(scope="module")
 def s3(srv: LiveServer) -> Any:
-    c = boto_client(srv.url)
-    c.create_bucket(Bucket=BUCKET)
-    return c
+    return bucket_client(srv.url, BUCKET)
 
 
 def _code(exc: ClientError) -> str:
     return exc.response["Error"]["Code"]
 
 
-def _data(n: int, seed: int) -> bytes:
-    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(n)
-
-
 def test_upload_file_and_download_file(s3: Any, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
-    data = _data(20 * MiB + 123, 1)
+    data = pseudo_random(20 * MiB + 123, 1)
     src.write_bytes(data)
     cfg = TransferConfig(multipart_threshold=8 * MiB, multipart_chunksize=8 * MiB,
                          max_concurrency=2)
@@ -61,7 +55,7 @@ def test_low_level_calls(s3: Any) -> None:
                                     Metadata={"m": "1"})
     uid = up["UploadId"]
     assert [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=BUCKET)["Uploads"]] == [uid]
-    parts = [_data(5 * MiB, 10), _data(5 * MiB, 11), _data(1000, 12)]
+    parts = [pseudo_random(5 * MiB, 10), pseudo_random(5 * MiB, 11), pseudo_random(1000, 12)]
     etags = []
     for i, p in enumerate(parts, 1):
         etags.append(s3.upload_part(Bucket=BUCKET, Key="ll", UploadId=uid, PartNumber=i,

@@ -16,16 +16,12 @@ from awscrt import checksums as crt
 from botocore.exceptions import ClientError
 
 from kvstore import limits
-from tests.api.conftest import LiveServer, boto_client
+from tests.api.conftest import LiveServer, boto_client, bucket_client, pseudo_random, upload_parts
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BUCKET = "mpf-b"
 MiB = limits.MiB
 MIN = limits.multipart_part_bytes_min
-
-
-def _data(n: int, seed: int) -> bytes:
-    return hashlib.shake_256(seed.to_bytes(4, "little")).digest(n)
 
 
 def _code(exc: ClientError) -> str:
@@ -43,27 +39,15 @@ def srv(module_server: Callable[..., LiveServer]) -> LiveServer:
 
 @pytest.fixture(scope="module")
 def s3(srv: LiveServer) -> Any:
-    c = boto_client(srv.url)
-    c.create_bucket(Bucket=BUCKET)
-    return c
+    return bucket_client(srv.url, BUCKET)
 
 
 def _upload(s3: Any, key: str, parts: list[bytes], **create: Any) -> tuple[str, list[dict]]:
-    uid = s3.create_multipart_upload(Bucket=BUCKET, Key=key, **create)["UploadId"]
-    listed = []
-    for i, p in enumerate(parts, 1):
-        kw = {"ChecksumAlgorithm": create["ChecksumAlgorithm"]} \
-            if "ChecksumAlgorithm" in create else {}
-        r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=i, Body=p, **kw)
-        item = {"PartNumber": i, "ETag": r["ETag"]}
-        item.update({k: v for k, v in r.items() if k.startswith("Checksum")
-                     and k != "ChecksumType"})
-        listed.append(item)
-    return uid, listed
+    return upload_parts(s3, BUCKET, key, parts, **create)
 
 
 def test_small_parts_but_the_last_are_entity_too_small(s3: Any) -> None:
-    uid, listed = _upload(s3, "small", [_data(MiB, 1), _data(MiB, 2)])
+    uid, listed = _upload(s3, "small", [pseudo_random(MiB, 1), pseudo_random(MiB, 2)])
     with pytest.raises(ClientError) as ei:
         s3.complete_multipart_upload(Bucket=BUCKET, Key="small", UploadId=uid,
                                      MultipartUpload={"Parts": listed})
@@ -72,11 +56,11 @@ def test_small_parts_but_the_last_are_entity_too_small(s3: Any) -> None:
     # the upload is still open: a Complete of the last part alone (any size) succeeds
     s3.complete_multipart_upload(Bucket=BUCKET, Key="small", UploadId=uid,
                                  MultipartUpload={"Parts": listed[1:]})
-    assert s3.get_object(Bucket=BUCKET, Key="small")["Body"].read() == _data(MiB, 2)
+    assert s3.get_object(Bucket=BUCKET, Key="small")["Body"].read() == pseudo_random(MiB, 2)
 
 
 def test_minimum_sized_parts_and_a_small_last_part_complete(s3: Any) -> None:
-    parts = [_data(MIN, 3), _data(1, 4)]
+    parts = [pseudo_random(MIN, 3), pseudo_random(1, 4)]
     uid, listed = _upload(s3, "min", parts)
     s3.complete_multipart_upload(Bucket=BUCKET, Key="min", UploadId=uid,
                                  MultipartUpload={"Parts": listed})
@@ -84,7 +68,7 @@ def test_minimum_sized_parts_and_a_small_last_part_complete(s3: Any) -> None:
 
 
 def test_repeated_complete_answers_the_same(s3: Any) -> None:
-    parts = [_data(MIN, 5), _data(100, 6)]
+    parts = [pseudo_random(MIN, 5), pseudo_random(100, 6)]
     uid, listed = _upload(s3, "again", parts)
     first = s3.complete_multipart_upload(Bucket=BUCKET, Key="again", UploadId=uid,
                                          MultipartUpload={"Parts": listed})
@@ -103,7 +87,7 @@ def test_repeated_complete_answers_the_same(s3: Any) -> None:
 
 
 def test_get_and_head_by_part_number(s3: Any) -> None:
-    parts = [_data(MIN, 7), _data(MIN + 11, 8), _data(999, 9)]
+    parts = [pseudo_random(MIN, 7), pseudo_random(MIN + 11, 8), pseudo_random(999, 9)]
     uid, listed = _upload(s3, "byparts", parts)
     s3.complete_multipart_upload(Bucket=BUCKET, Key="byparts", UploadId=uid,
                                  MultipartUpload={"Parts": listed})
@@ -146,7 +130,7 @@ def test_part_number_one_of_a_plain_object_is_the_whole_object(s3: Any) -> None:
     ("CRC32", lambda b: __import__("zlib").crc32(b).to_bytes(4, "big")),
 ])
 def test_composite_checksum(s3: Any, algo: str, fn: Callable[[bytes], bytes]) -> None:
-    parts = [_data(MIN, 10), _data(2000, 11)]
+    parts = [pseudo_random(MIN, 10), pseudo_random(2000, 11)]
     key = f"composite-{algo}"
     uid, listed = _upload(s3, key, parts, ChecksumAlgorithm=algo)
     assert [p[f"Checksum{algo}"] for p in listed] == [_b64(fn(p)) for p in parts]
@@ -169,7 +153,7 @@ def test_composite_checksum(s3: Any, algo: str, fn: Callable[[bytes], bytes]) ->
 
 
 def test_full_object_crc64nvme_checksum(s3: Any) -> None:
-    parts = [_data(MIN, 12), _data(3000, 13)]
+    parts = [pseudo_random(MIN, 12), pseudo_random(3000, 13)]
     whole = _b64(crt.crc64nvme(b"".join(parts)).to_bytes(8, "big"))
     uid, listed = _upload(s3, "full", parts, ChecksumAlgorithm="CRC64NVME",
                           ChecksumType="FULL_OBJECT")
@@ -224,7 +208,7 @@ def test_too_large_upload_is_refused_at_create_when_its_size_is_known(s3: Any) -
 def test_the_part_that_crosses_the_block_limit_is_refused_before_its_body(
         srv: LiveServer, s3: Any) -> None:
     half = limits.block_bytes_max // 2
-    uid, _ = _upload(s3, "cross", [_data(half, 14), _data(half, 15)])
+    uid, _ = _upload(s3, "cross", [pseudo_random(half, 14), pseudo_random(half, 15)])
     # part 3 declares 5 MiB and sends none of it: the answer comes before the body
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
@@ -252,7 +236,7 @@ def test_checksum_given_only_on_complete(s3: Any) -> None:
 
     import crc32c
 
-    parts = [_data(MIN, 16), _data(10, 17)]
+    parts = [pseudo_random(MIN, 16), pseudo_random(10, 17)]
     whole = _b64(crc32c.crc32c(b"".join(parts)).to_bytes(4, "big"))
     uid, listed = _upload(s3, "late-full", parts)
     done = s3.complete_multipart_upload(Bucket=BUCKET, Key="late-full", UploadId=uid,
@@ -279,7 +263,7 @@ def test_part_read_from_flash_reads_only_that_part(live_server: Callable[..., Li
     srv = live_server(dram_bytes=0)
     c = boto_client(srv.url)
     c.create_bucket(Bucket=BUCKET)
-    parts = [_data(MIN, 20), _data(MIN, 21), _data(MIN, 22), _data(77, 23)]
+    parts = [pseudo_random(MIN, 20), pseudo_random(MIN, 21), pseudo_random(MIN, 22), pseudo_random(77, 23)]
     uid, listed = _upload(c, "flash", parts)
     c.complete_multipart_upload(Bucket=BUCKET, Key="flash", UploadId=uid,
                                 MultipartUpload={"Parts": listed})

@@ -24,7 +24,7 @@ from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 from kvstore import limits
 from kvstore.api.s3 import sigv4
 from kvstore.auth import Tenants
-from tests.api.conftest import TENANT_DOC, LiveServer, boto_client
+from tests.api.conftest import TENANT_DOC, LiveServer, boto_client, recv_until
 
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 BUCKET = "acme-put"
@@ -207,13 +207,7 @@ def test_the_other_sdk_checksums(s3: Any, algo: str) -> None:
 
 def _head_lines(sock: Any) -> list[bytes]:
     """The status line and headers of one answer read off a raw socket."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        piece = sock.recv(65536)
-        if not piece:
-            break
-        buf += piece
-    return buf.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    return recv_until(sock, b"\r\n\r\n").split(b"\r\n\r\n", 1)[0].split(b"\r\n")
 
 
 def test_expect_100_continue(srv: LiveServer) -> None:
