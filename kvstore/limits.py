@@ -252,6 +252,13 @@ write_wave_chunks_max = 8
 # Single puts from concurrent callers queue behind one leader, who writes up to this many as one
 # batch (kvstore.engine.coalesce): the depth concurrent single puts give the device per batch.
 put_coalesce_batch_max = 64
+# ... and at most this many payload bytes (the first put always goes): one wave of 2 MiB writes.
+# A larger batch adds no depth (a batch keeps write_wave_chunks_max writes in flight, packing
+# its records into larger chunks), but its puts wait for each other and the next leader starts
+# only once this one has reserved its last range. 32 threads of 2 MiB single puts: 1.75-2.21
+# GB/s medians without it, 2.09-2.43 with it, in four A/B sessions; 8 threads: no difference
+# (loadtest/results/coalesce-batch-20261203.md). Small records still coalesce 64 at a time.
+put_coalesce_batch_bytes_max = write_wave_chunks_max * 2 * MiB
 # How long a queued put waits for the writes ahead of it before it gives up with a StorageError
 # (a leader writes within write_wait_seconds_max per chunk, or fails).
 put_coalesce_wait_seconds_max = 300.0
@@ -540,6 +547,7 @@ assert block_bytes_max <= dram_bytes_default, "the default DRAM tier holds a max
 assert 1 <= delete_objects_max <= batch_keys_max, "DeleteObjects is one batched delete"
 assert list_keys_max <= batch_keys_max
 assert 1 <= put_coalesce_batch_max <= batch_keys_max, "a coalesced batch is one put_many"
+assert put_coalesce_batch_bytes_max >= write_wave_chunks_max * io_alignment_bytes
 assert put_coalesce_wait_seconds_max >= write_wait_seconds_max
 # A /v1 body holds a full batch or chain of maximal keys, JSON-quoted and comma-separated.
 assert max(batch_keys_max, chain_keys_max) * (key_bytes_max + 3) <= control_body_bytes_max

@@ -7,7 +7,8 @@ whose owner is slow to get the GIL back holds up the acknowledgement of every la
 writers kept ~9 writes in flight and reached a third of what the disk gave at depth 32.
 
 Here a put that finds no leader becomes one: it takes every queued put (up to
-``limits.put_coalesce_batch_max``, same ``overwrite``/``donate``, one per key) and writes them
+``limits.put_coalesce_batch_max`` puts and ``put_coalesce_batch_bytes_max`` bytes, same
+``overwrite``/``donate``, one per key) and writes them
 as one ``write_batch``: its pipeline builds, starts and reaps them on one ring and completes
 them in log order on one thread. Puts that arrive meanwhile queue up. As soon as the leader
 has *reserved* its last range it hands the lead to the head of the queue, so the next batch is
@@ -64,11 +65,12 @@ class _Put:
 class PutCoalescer:
     """Single puts from concurrent callers through one leader at a time (module docstring)."""
 
-    def __init__(self, write: WriteBatch,
-                 batch_max: int = limits.put_coalesce_batch_max) -> None:
-        assert 1 <= batch_max <= limits.batch_keys_max
+    def __init__(self, write: WriteBatch, batch_max: int = limits.put_coalesce_batch_max,
+                 batch_bytes_max: int = limits.put_coalesce_batch_bytes_max) -> None:
+        assert 1 <= batch_max <= limits.batch_keys_max and batch_bytes_max >= 1
         self._write = write
         self._batch_max = batch_max
+        self._batch_bytes_max = batch_bytes_max
         self._lock = threading.Lock()
         self._queue: deque[_Put] = deque()
         self._leading = False  # a leader is taking puts (the next one queues)
@@ -126,17 +128,23 @@ class PutCoalescer:
             self._leading = False
 
     def _take(self, me: _Put) -> list[_Put]:
-        """``me`` and the queued puts that can share its batch, in arrival order."""
+        """``me`` and the queued puts that can share its batch, in arrival order, up to the
+        batch's count and byte bounds (a put past the byte bound waits for the next one)."""
         batch, keys = [me], {me.prep.digest}
+        size = len(me.prep.data)
         with self._lock:
             keep: deque[_Put] = deque()
             while self._queue and len(batch) < self._batch_max:
                 p = self._queue.popleft()
                 if (p.overwrite, p.donate) == (me.overwrite, me.donate) \
                         and p.prep.digest not in keys:
+                    if size + len(p.prep.data) > self._batch_bytes_max:
+                        keep.append(p)  # the next batch's first
+                        break
                     p.state = _TAKEN
                     batch.append(p)
                     keys.add(p.prep.digest)
+                    size += len(p.prep.data)
                 else:  # another batch's: keeps its place
                     keep.append(p)
             keep.extend(self._queue)

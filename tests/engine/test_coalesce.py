@@ -184,3 +184,21 @@ def test_a_put_taken_into_a_stuck_batch_times_out_unacknowledged(
         assert not co._queue and not co._leading
     assert eng.put(NS, "after", b"a").created
     assert eng.check(deep=True) == []
+
+
+
+def test_a_batch_holds_at_most_its_byte_bound(engines: Engines) -> None:
+    """Queued puts past the batch's byte bound wait for the next batch (in their order): the
+    five queued behind the leader go as 2 + 2 + 1, every one stored and acknowledged."""
+    dev = DeferredDevice()
+    engines.devices.append(dev)
+    eng = engines.open(dev)
+    co = eng.log.coalescer
+    co._batch_bytes_max = 2 * BLOCK
+    b0, p0 = co.batches, co.puts
+    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"b{i}", pattern(i, BLOCK)))
+    _join(threads)
+    assert outcome == [None] * WRITERS
+    assert (co.batches - b0, co.puts - p0) == (4, WRITERS)
+    assert all(eng.get(NS, f"b{i}") == pattern(i, BLOCK) for i in range(WRITERS))
+    assert eng.check(deep=True) == []
