@@ -63,17 +63,22 @@ def _queued(eng: Engine, work: Callable[[int], object], n: int = WRITERS,
     return threads, outcome
 
 
-def test_queued_puts_are_written_as_one_batch(engines: Engines) -> None:
+@pytest.mark.parametrize(("bytes_max", "batches"), [(None, 2), (2 * BLOCK, 4)])
+def test_queued_puts_are_written_as_one_batch(engines: Engines, bytes_max: int | None,
+                                              batches: int) -> None:
+    """The leader's own put, then everything that queued behind it in one batch; with a byte
+    bound of two puts, the five queued go as 2 + 2 + 1 (in their order), all acknowledged."""
     dev = DeferredDevice()
     engines.devices.append(dev)
     eng = engines.open(dev)
     co = eng.log.coalescer
+    if bytes_max is not None:
+        co._batch_bytes_max = bytes_max
     b0, p0 = co.batches, co.puts
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
     _join(threads)
     assert outcome == [None] * WRITERS
-    # the leader's own put, then everything that queued behind it in one batch
-    assert (co.batches - b0, co.puts - p0) == (2, WRITERS)
+    assert (co.batches - b0, co.puts - p0) == (batches, WRITERS)
     assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
     assert eng.check(deep=True) == []
     eng = engines.reopen(eng, crash=True)
@@ -186,19 +191,3 @@ def test_a_put_taken_into_a_stuck_batch_times_out_unacknowledged(
     assert eng.check(deep=True) == []
 
 
-
-def test_a_batch_holds_at_most_its_byte_bound(engines: Engines) -> None:
-    """Queued puts past the batch's byte bound wait for the next batch (in their order): the
-    five queued behind the leader go as 2 + 2 + 1, every one stored and acknowledged."""
-    dev = DeferredDevice()
-    engines.devices.append(dev)
-    eng = engines.open(dev)
-    co = eng.log.coalescer
-    co._batch_bytes_max = 2 * BLOCK
-    b0, p0 = co.batches, co.puts
-    threads, outcome = _queued(eng, lambda i: eng.put(NS, f"b{i}", pattern(i, BLOCK)))
-    _join(threads)
-    assert outcome == [None] * WRITERS
-    assert (co.batches - b0, co.puts - p0) == (4, WRITERS)
-    assert all(eng.get(NS, f"b{i}") == pattern(i, BLOCK) for i in range(WRITERS))
-    assert eng.check(deep=True) == []
