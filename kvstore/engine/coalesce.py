@@ -8,9 +8,8 @@ writers kept ~9 writes in flight and reached a third of what the disk gave at de
 
 Here a put that finds no leader becomes one: it takes every queued put (up to
 ``limits.put_coalesce_batch_max`` puts and ``put_coalesce_batch_bytes_max`` bytes, same
-``overwrite``/``donate``, one per key) and writes them
-as one ``write_batch``: its pipeline builds, starts and reaps them on one ring and completes
-them in log order on one thread. Puts that arrive meanwhile queue up. As soon as the leader
+``overwrite``/``donate``, one per key) and writes them as one ``write_batch``: its pipeline
+builds, starts and reaps them on one ring and completes them in log order on one thread. Puts that arrive meanwhile queue up. As soon as the leader
 has *reserved* its last range it hands the lead to the head of the queue, so the next batch is
 built, reserved and started while the previous one's tail is still in flight (the device
 queue does not drain between batches, and a later batch is reserved behind an earlier one
