@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from kvstore import limits
 from kvstore.api.errors import S3Error
 from kvstore.api.s3.http import Request, Send, respond
-from kvstore.api.s3.listing import owner_xml
-from kvstore.api.s3.xml import document, parse, tag
+from kvstore.api.s3.listing import owner_name, owner_xml
+from kvstore.api.s3.xml import document, local_name, parse, tag
 from kvstore.errors import NotFound
 
 if TYPE_CHECKING:
@@ -51,13 +51,9 @@ def check_acl_headers(headers: Mapping[str, str], owner: str) -> None:
         if v is None:
             continue
         ids = [g.strip() for g in v.split(",")]
-        owner_only = ids in ([f'id="{_name(owner)}"'], [f"id={_name(owner)}"])
+        owner_only = ids in ([f'id="{owner_name(owner)}"'], [f"id={owner_name(owner)}"])
         if h != "x-amz-grant-full-control" or not owner_only:
             raise not_supported()
-
-
-def _name(owner: str) -> str:
-    return owner or "kvstore"
 
 
 def policy_xml(owner: str) -> bytes:
@@ -70,22 +66,18 @@ def policy_xml(owner: str) -> bytes:
         "</AccessControlList>"])
 
 
-def _local(name: str) -> str:
-    return name.rsplit("}", 1)[-1]
-
-
 def check_policy_body(body: bytes, owner: str) -> None:
     """An AccessControlPolicy body: every grant must be the owner's FULL_CONTROL."""
     root = parse(body, "AccessControlPolicy")
-    grants = [el for el in root.iter() if _local(el.tag) == "Grant"]
+    grants = [el for el in root.iter() if local_name(el.tag) == "Grant"]
     if not grants:
         raise not_supported()
     for g in grants:
-        perm = next((el.text or "" for el in g.iter() if _local(el.tag) == "Permission"), "")
-        ids = [el.text or "" for el in g.iter() if _local(el.tag) == "ID"]
-        others = [el for el in g.iter() if _local(el.tag) in ("URI", "EmailAddress")]
+        perm = next((el.text or "" for el in g.iter() if local_name(el.tag) == "Permission"), "")
+        ids = [el.text or "" for el in g.iter() if local_name(el.tag) == "ID"]
+        others = [el for el in g.iter() if local_name(el.tag) in ("URI", "EmailAddress")]
         if perm.strip() != "FULL_CONTROL" or others or [i.strip() for i in ids] != [
-                _name(owner)]:
+                owner_name(owner)]:
             raise not_supported()
 
 

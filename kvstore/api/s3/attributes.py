@@ -12,6 +12,7 @@ from kvstore.api.s3 import checksums
 from kvstore.api.s3.answer_cache import stored_etag
 from kvstore.api.s3.http import Request, Send, http_date, respond
 from kvstore.api.s3.numbers import ascii_uint
+from kvstore.api.s3.objects import check_version_id
 from kvstore.api.s3.xml import document, tag
 from kvstore.errors import NotFound
 
@@ -73,9 +74,7 @@ def _parts_xml(doc: dict[str, Any], marker: int, max_parts: int) -> str:
 
 async def get_object_attributes(s3: S3App, req: Request, call: Call,
                                 send: Send) -> tuple[int, int]:
-    vid = req.query.get("versionId")
-    if vid is not None and vid != "null":
-        raise S3Error("InvalidArgument", "Invalid version id specified")
+    check_version_id(req)
     wanted = requested(req.headers)
     max_parts = min(_uint_header(req.headers, "x-amz-max-parts", MAX_PARTS_DEFAULT),
                     MAX_PARTS_DEFAULT)

@@ -62,7 +62,7 @@ async def list_buckets(s3: S3App, req: Request, call: Call, send: Send) -> tuple
     items = "".join(f"<Bucket>{tag('Name', n)}"
                     f"{tag('CreationDate', listing.iso(mine[n].created))}"
                     f"{tag('BucketRegion', s3.region)}</Bucket>" for n in page)
-    owner = call.tenant.name or "kvstore"
+    owner = listing.owner_name(call.tenant.name)
     parts = [f"<Owner>{tag('ID', owner)}{tag('DisplayName', owner)}</Owner>",
              f"<Buckets>{items}</Buckets>"]
     if "prefix" in req.query:

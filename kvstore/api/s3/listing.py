@@ -130,10 +130,15 @@ def etag_of(b: BlockMeta) -> str:
     return doc.get("e") or b.etag
 
 
+def owner_name(owner: str) -> str:
+    """The name S3 answers for a bucket owner: its tenant name, "kvstore" in development
+    mode (as ListBuckets names it)."""
+    return owner or "kvstore"
+
+
 def owner_xml(owner: str) -> str:
-    """An Owner (or Initiator) element's content: the bucket owner's tenant name as ID and
-    DisplayName ("kvstore" in development mode, as ListBuckets names it)."""
-    name = owner or "kvstore"
+    """An Owner (or Initiator) element's content: ``owner_name`` as ID and DisplayName."""
+    name = owner_name(owner)
     return f"{tag('ID', name)}{tag('DisplayName', name)}"
 
 

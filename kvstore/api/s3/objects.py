@@ -217,11 +217,16 @@ def _object_headers(req: Request, ans: Rendered, ranged: bool, number: int = 0) 
     return out
 
 
-def _check_version(req: Request) -> int:
-    """Refuses a version other than "null"; the partNumber asked for (0: none)."""
+def check_version_id(req: Request) -> None:
+    """Refuses a version other than "null" (buckets here are unversioned)."""
     vid = req.query.get("versionId")
     if vid is not None and vid != "null":
         raise S3Error("InvalidArgument", "Invalid version id specified")
+
+
+def _check_version(req: Request) -> int:
+    """Refuses a version other than "null"; the partNumber asked for (0: none)."""
+    check_version_id(req)
     pn = req.query.get("partNumber")
     if pn is None:
         return 0

@@ -38,7 +38,8 @@ def document(root: str, parts: Iterable[str]) -> bytes:
     return (f'{_HEAD}<{root} xmlns="{S3_NS}">' + "".join(parts) + f"</{root}>").encode()
 
 
-def _local(tag_name: str) -> str:
+def local_name(tag_name: str) -> str:
+    """An element's tag without its namespace."""
     return tag_name.rsplit("}", 1)[-1]
 
 
@@ -56,18 +57,18 @@ def parse(body: bytes, root: str) -> ET.Element:
     except ET.ParseError:
         raise S3Error("MalformedXML",
                       "The XML you provided was not well-formed or did not validate.") from None
-    if _local(el.tag) != root:
+    if local_name(el.tag) != root:
         raise S3Error("MalformedXML", f"expected <{root}>")
     return el
 
 
 def children(el: ET.Element, name: str) -> list[ET.Element]:
-    return [c for c in el if _local(c.tag) == name]
+    return [c for c in el if local_name(c.tag) == name]
 
 
 def text(el: ET.Element, name: str, default: str | None = None) -> str:
     for c in el:
-        if _local(c.tag) == name:
+        if local_name(c.tag) == name:
             return c.text or ""
     if default is None:
         raise S3Error("MalformedXML", f"missing <{name}>")
@@ -95,8 +96,8 @@ def parse_complete(body: bytes) -> list[tuple[int, str, dict[str, str]]]:
         # ASCII digits, a handful of them ('²'.isdigit() is true; int() refuses 4301 digits)
         if not (n.isascii() and n.isdigit() and len(n) <= PART_NUMBER_DIGITS_MAX):
             raise S3Error("MalformedXML", "PartNumber must be a positive integer")
-        sums = {_local(c.tag)[len("Checksum"):].lower(): (c.text or "").strip()
-                for c in p if _local(c.tag).startswith("Checksum")
-                and _local(c.tag) != "ChecksumType"}
+        sums = {local_name(c.tag)[len("Checksum"):].lower(): (c.text or "").strip()
+                for c in p if local_name(c.tag).startswith("Checksum")
+                and local_name(c.tag) != "ChecksumType"}
         out.append((int(n), text(p, "ETag").strip().strip('"'), sums))
     return out
