@@ -26,6 +26,7 @@ RUN apt-get update -qq \
 WORKDIR /opt/kvstore
 COPY pyproject.toml README.md ./
 COPY clients ./clients
+COPY native ./native
 COPY kvstore ./kvstore
 COPY loadtest ./loadtest
 COPY deploy ./deploy

@@ -11,11 +11,12 @@ STAMP  := $(VENV)/.installed
 
 # `pip install -e .` installs the client distribution (clients/, kvstore-client) as a
 # dependency; the second line makes it editable too, so edits under clients/ apply at once.
-$(STAMP): pyproject.toml clients/pyproject.toml
+$(STAMP): pyproject.toml clients/pyproject.toml native/md5lanes/pyproject.toml native/md5lanes/md5lanes.c
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test,loadtest]'
 	$(PIP) install -q --no-deps -e ./clients
+	$(PIP) install -q --no-deps --force-reinstall ./native/md5lanes
 	touch $(STAMP)
 
 run: $(STAMP)

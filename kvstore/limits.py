@@ -216,8 +216,24 @@ s3_intake_batch_bytes = 512 * KiB
 
 # Threads that run those batches: MD5 runs at ~0.7 GB/s per core and one body's MD5 cannot be
 # split, so concurrent PUTs hash on as many cores as there are threads (hashlib releases the
-# GIL). A request waits for a free one; at most one batch per request is queued.
+# GIL), or, with the native SIMD kernels, side by side in one core's lanes (8 with AVX2 or
+# AVX-512VL: as many threads as lanes keep them full). A request waits for a free one; at most
+# one batch per request is queued.
 s3_hash_threads = 8
+
+# The SIMD MD5 combiner (kvstore.api.s3.md5lanes) takes at most this many queued streams per
+# round and hashes at most this many bytes of each before it takes in streams that queued
+# meanwhile (~0.25 ms per round with 8 lanes full): a body that arrives later waits at most one
+# round for a lane.
+s3_md5_lane_streams_max = 64
+s3_md5_lane_round_bytes = 128 * KiB
+# A new leader waits at most this long for the other bodies in flight to queue their next batch
+# (so that its rounds fill the lanes): at most this much added to each batch of a PUT, 4 per
+# 2 MiB body. A lone body does not wait.
+s3_md5_lane_gather_us = 1000
+assert s3_md5_lane_round_bytes % 64 == 0, "MD5 works on 64-byte blocks"
+assert s3_hash_threads <= s3_md5_lane_streams_max <= 256, "native STREAMS_MAX"
+assert 0 <= s3_md5_lane_gather_us <= 10_000, "waits, not stalls"
 
 # Conditional writes (If-Match) of one key are serialized by one of this many locks (striped by
 # key), so that two writers holding the same ETag cannot both succeed.

@@ -4,7 +4,6 @@ ETag, at the destination's replicas), and the copy-source helpers UploadPartCopy
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -86,7 +85,7 @@ async def copy_object(s3: S3App, req: Request, call: Call, send: Send) -> tuple[
         doc["h"], doc["u"] = replace_hdrs, replace_um
     # the copy is one new object, not uploaded in parts: its ETag is the MD5 of its bytes
     # (even of a multipart source, as S3 does), and only full-object checksums still hold
-    etag = (await s3.blocks.run(lambda: hashlib.md5(data).hexdigest())) if s3.etag_md5 else ""
+    etag = (await s3.blocks.run(s3.md5_hex, data)) if s3.etag_md5 else ""
     sums = doc["c"] if doc.get("t", checksums.FULL_OBJECT) == checksums.FULL_OBJECT else {}
     meta = checksums.pack_meta(doc["h"], doc["u"], sums, etag)
     # the destination written through the pod: here when this node is a replica, and at the

@@ -7,7 +7,8 @@ body's pieces, as the server hands them over, are gathered into batches of
 released) and fed to the MD5 (and to the SHA-256 when the client signed the payload) in a worker
 thread while the next pieces are being received. One batch of a request is in flight at a time,
 so the digests see the bytes in order, and the last one only hashes what came after the
-previous batch.
+previous batch. The MD5 is the S3 app's (``md5lanes.factory``): with the native SIMD kernels,
+concurrent bodies' batches are hashed side by side, one lane each.
 
 A worker may still be writing into the buffer when the request fails (a client gone, a body too
 long, a cancelled task): ``Intake.settled`` says when the buffer may go back to the pool, and
@@ -19,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 from kvstore import limits
+from kvstore.api.s3.md5lanes import Md5Hash
 from kvstore.engine.device import copy_into
 
 
@@ -31,11 +34,12 @@ class Intake:
     __slots__ = ("_pool", "_target", "_md5", "_sha256", "_pending", "_pending_n", "_pos",
                  "_job", "batch_bytes")
 
-    def __init__(self, pool: concurrent.futures.Executor, target: memoryview, *, md5: bool,
-                 sha256: bool, batch_bytes: int = limits.s3_intake_batch_bytes) -> None:
+    def __init__(self, pool: concurrent.futures.Executor, target: memoryview, *,
+                 md5: Callable[[], Md5Hash] | None, sha256: bool,
+                 batch_bytes: int = limits.s3_intake_batch_bytes) -> None:
         self._pool = pool
         self._target = target
-        self._md5: Any = hashlib.md5() if md5 else None
+        self._md5: Md5Hash | None = md5() if md5 is not None else None
         self._sha256: Any = hashlib.sha256() if sha256 else None
         self._pending: list[bytes] = []
         self._pending_n = 0
@@ -44,15 +48,16 @@ class Intake:
         self.batch_bytes = batch_bytes
 
     def _work(self, pieces: list[bytes], pos: int) -> None:
-        target, md5, sha = self._target, self._md5, self._sha256
+        target, start = self._target, pos
         for p in pieces:
             n = len(p)
             copy_into(target[pos : pos + n], memoryview(p))
             pos += n
-            if md5 is not None:  # hashlib releases the GIL for updates over 2 KiB
-                md5.update(p)
-            if sha is not None:
-                sha.update(p)
+        batch = target[start:pos]  # one update per batch: one lane round trip, not one per piece
+        if self._md5 is not None:  # the lanes and hashlib (over 2 KiB) release the GIL
+            self._md5.update(batch)
+        if self._sha256 is not None:
+            self._sha256.update(batch)
 
     def _start(self) -> None:
         pieces, n = self._pending, self._pending_n

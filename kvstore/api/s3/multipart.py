@@ -151,7 +151,7 @@ async def _upload_part_copy(s3: S3App, req: Request, call: Call, send: Send, u: 
 
     # the source read through the pod (its owner may be another node)
     data = await s3.blocks.read(src_bucket, src_key, work, tenant=call.tenant)
-    md5_hex = (await s3.blocks.run(lambda: hashlib.md5(data).hexdigest())) if s3.etag_md5 \
+    md5_hex = (await s3.blocks.run(s3.md5_hex, data)) if s3.etag_md5 \
         else ""
     part = s3.uploads.add_part(u, _new_part(u, number, data, {}, md5_hex))
     body = document("CopyPartResult", [tag("LastModified", iso(part.modified)),

@@ -158,7 +158,8 @@ async def read_payload(s3: S3App, req: Request, call: Call,
     sha256 = bool(payload_hash) and payload_hash != sigv4.UNSIGNED_PAYLOAD
     try:
         if md5 or sha256:  # digested while it arrives (intake.py)
-            intake = body.intake = Intake(s3.hashers, body.target(), md5=md5, sha256=sha256)
+            intake = body.intake = Intake(s3.hashers, body.target(),
+                                          md5=s3.new_md5 if md5 else None, sha256=sha256)
             await req.body_into(length, intake.add)
             body.digests = await intake.finish()
         else:
