@@ -223,14 +223,15 @@ s3_hash_threads = 8
 
 # The SIMD MD5 combiner (kvstore.api.s3.md5lanes) takes at most this many queued streams per
 # round and hashes at most this many bytes of each before it takes in streams that queued
-# meanwhile (~0.25 ms per round with 8 lanes full): a body that arrives later waits at most one
-# round for a lane.
+# meanwhile (~0.25 ms per round with 8 lanes full).
 s3_md5_lane_streams_max = 64
 s3_md5_lane_round_bytes = 128 * KiB
-# A new leader waits at most this long for the other bodies in flight to queue their next batch
-# (so that its rounds fill the lanes): at most this much added to each batch of a PUT, 4 per
-# 2 MiB body. A lone body does not wait.
-s3_md5_lane_gather_us = 1000
+# Before each round its leader waits at most this long for the other bodies in flight to queue
+# their next batch (at most one stream more than the last round had), so that rounds fill the
+# lanes: 3.6-3.8 streams a round waiting only when a leader starts, 4.8-5.3 waiting before each
+# round (8 writers, 2 MiB PUTs). A lone body never waits; a body whose neighbours stall waits at
+# most this much per round, 4 rounds per intake batch (16 per 2 MiB body: 8 ms).
+s3_md5_lane_gather_us = 500
 assert s3_md5_lane_round_bytes % 64 == 0, "MD5 works on 64-byte blocks"
 assert s3_hash_threads <= s3_md5_lane_streams_max <= 256, "native STREAMS_MAX"
 assert 0 <= s3_md5_lane_gather_us <= 10_000, "waits, not stalls"

@@ -10,6 +10,7 @@ import os
 import random
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -112,6 +113,29 @@ def test_concurrent_bodies_share_rounds() -> None:
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, bodies)) == [hashlib.md5(b).hexdigest() for b in bodies]
     assert lanes.streams > lanes.rounds  # lanes were shared: more than one stream per round
+
+
+def test_an_idle_open_stream_delays_rounds_by_the_gather_bound_only() -> None:
+    kernel = md5lanes.simd_kernel()
+    if kernel is None:
+        pytest.skip("no SIMD kernel on this CPU: the server uses hashlib (factory() says so)")
+    lanes = md5lanes.Md5Lanes(kernel, round_bytes=4096, gather_s=0.002)
+    idle = [lanes.new() for _ in range(3)]  # bodies in flight that never send their next batch
+    body = random.Random(3).randbytes(64 * 1024 + 17)  # 16 rounds
+    h = lanes.new()
+    t = time.monotonic()
+    h.update(body)
+    waited = time.monotonic() - t
+    assert h.hexdigest() == hashlib.md5(body).hexdigest()
+    assert waited < 16 * 0.002 + 5.0  # the bound plus room for a loaded machine: no hang
+    assert lanes.open == 3
+    for s in idle:
+        s.close()
+    assert lanes.open == 0
+    del idle
+    h2 = lanes.new()
+    h2.update(body)  # nobody else open: no waiting at all
+    assert h2.hexdigest() == hashlib.md5(body).hexdigest()
 
 
 def test_factory_names_what_it_chose() -> None:

@@ -11,18 +11,21 @@ Here, worker threads (the S3 app's hashing pool, ``intake.py``) hand their batch
 combiner: a thread that finds no leader becomes it, takes every queued batch (at most
 ``limits.s3_md5_lane_streams_max``), runs at most ``limits.s3_md5_lane_round_bytes`` of each
 through the lanes with the GIL released, takes in what queued meanwhile, and leaves once its
-own batch is done (a waiting thread then leads). Bodies arrive side by side but their batches
-reach the pool a fraction of a millisecond apart, and a leader that started at once would hash
-most rounds alone (2.4 lanes a round under 8 writers, measured): so a new leader first waits,
-at most ``limits.s3_md5_lane_gather_us``, until as many batches are queued as there are open
-streams (bodies in flight), up to the lane count. A lone body never waits. A body's batches reach the combiner one at a
-time and in order (the intake keeps one batch per request in flight), so each stream's blocks
-are hashed in order. Partial blocks and the final padding are the stream's own (``LaneMd5``),
-as are its 16 bytes of state: a result is the MD5 (tests compare it with hashlib's on random
-bodies, split at random points, on every kernel the CPU runs).
+own batch is done (a waiting thread then leads). Bodies arrive side by side, but their batches
+reach the pool a fraction of a millisecond apart, and a leader that ran each round at once
+hashed 2.4 streams a round under 8 writers: so before each round the leader waits, at most
+``limits.s3_md5_lane_gather_us``, until as many batches are queued as there are open streams
+(bodies in flight), but never more than the lane count or one more than the last round had:
+a body whose neighbours send nothing waits at most that long per round. A lone body never
+waits.
+A body's batches reach the combiner one at a time and in order (the intake keeps one batch
+per request in flight), so each stream's blocks are hashed in order. Partial blocks and the
+final padding are the stream's own (``LaneMd5``), as are its 16 bytes of state: a result is
+the MD5 (tests compare it with hashlib's on random bodies, split at random points, on every
+kernel the CPU runs).
 
 Without a SIMD kernel (no native module, or a CPU with neither AVX2 nor AVX-512) ``factory``
-answers ``hashlib.md5``, and ``describe`` says so in the server's start-up log.
+answers ``hashlib.md5``, and says so in the line for the server's start-up log.
 """
 
 from __future__ import annotations
@@ -107,6 +110,7 @@ class Md5Lanes:
         self._queue: deque[_Job] = deque()  # not yet done, in arrival order
         self._leading = False
         self._gathering = False
+        self._recent = self.lanes  # streams in the last round: a round waits for one more at most
         self.open = 0  # streams made and not yet finished (bodies in flight)
         self.rounds = 0  # rounds run, and streams hashed in them (lanes used = streams / rounds)
         self.streams = 0
@@ -133,10 +137,8 @@ class Md5Lanes:
                 return
             assert job.status == _LEAD
         try:
-            with self._lock:
-                self._gather()
             while job.status != _DONE:
-                self._round(job)
+                self._round(job, time.monotonic() + self.gather_s)
         finally:
             with self._lock:  # hand the lead to the oldest waiting batch, if any
                 nxt = next((j for j in self._queue if j.status == _QUEUED), None)
@@ -145,14 +147,13 @@ class Md5Lanes:
                 else:
                     nxt.tell(_LEAD)
 
-    def _gather(self) -> None:
-        """(Leader, under the lock.) Wait up to ``gather_s`` for the other open streams' next
-        batches, so that the first round fills more lanes: bodies arrive side by side, their
-        batches a fraction of a millisecond apart. A lone body does not wait."""
-        want = min(self.open, self.lanes)
-        if len(self._queue) >= want:
+    def _gather(self, deadline: float) -> None:
+        """(Leader, under the lock, before a round.) Wait, until ``deadline`` at the latest, for
+        the other open streams' next batches, so that the round fills more lanes: at most the
+        lane count, and one stream more than the last round had. A lone body does not wait."""
+        want = min(self.open, self.lanes, self._recent + 1)
+        if len(self._queue) >= want or time.monotonic() >= deadline:
             return
-        deadline = time.monotonic() + self.gather_s
         self._gathering = True
         try:
             while len(self._queue) < want:
@@ -162,8 +163,9 @@ class Md5Lanes:
         finally:
             self._gathering = False
 
-    def _round(self, own: _Job) -> None:
+    def _round(self, own: _Job, deadline: float) -> None:
         with self._lock:
+            self._gather(deadline)
             n = min(len(self._queue), self.streams_max)
             batch = [self._queue.popleft() for _ in range(n)]
         assert own in batch, "the leader's own job is queued, oldest first, until it is done"
@@ -182,6 +184,7 @@ class Md5Lanes:
         with self._lock:
             self.rounds += 1
             self.streams += len(batch)
+            self._recent = len(batch)
             for j in batch:
                 j.data = j.data[rb:]
                 if j.data:
