@@ -101,6 +101,7 @@ def test_concurrent_bodies_share_rounds() -> None:
         pytest.skip("no SIMD kernel on this CPU: the server uses hashlib (factory() says so)")
     lanes = md5lanes.Md5Lanes(kernel, round_bytes=4096)
     bodies = [random.Random(i).randbytes(1 << 20) for i in range(8)]
+    keep = lanes.new()  # in flight throughout: every body below hashes in the lanes
     barrier = threading.Barrier(8)
 
     def one(body: bytes) -> str:
@@ -113,6 +114,7 @@ def test_concurrent_bodies_share_rounds() -> None:
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(one, bodies)) == [hashlib.md5(b).hexdigest() for b in bodies]
     assert lanes.streams > lanes.rounds  # lanes were shared: more than one stream per round
+    keep.close()
 
 
 def test_an_idle_open_stream_delays_rounds_by_the_gather_bound_only() -> None:
@@ -120,7 +122,8 @@ def test_an_idle_open_stream_delays_rounds_by_the_gather_bound_only() -> None:
     if kernel is None:
         pytest.skip("no SIMD kernel on this CPU: the server uses hashlib (factory() says so)")
     lanes = md5lanes.Md5Lanes(kernel, round_bytes=4096, gather_s=0.002)
-    idle = [lanes.new() for _ in range(3)]  # bodies in flight that never send their next batch
+    idle = [lanes.new() for _ in range(4)]  # bodies in flight that never send their next batch
+    assert (lanes.bodies, lanes.open) == (4, 3)  # the first started alone: hashlib's
     body = random.Random(3).randbytes(64 * 1024 + 17)  # 16 rounds
     h = lanes.new()
     t = time.monotonic()
@@ -128,14 +131,17 @@ def test_an_idle_open_stream_delays_rounds_by_the_gather_bound_only() -> None:
     waited = time.monotonic() - t
     assert h.hexdigest() == hashlib.md5(body).hexdigest()
     assert waited < 16 * 0.002 + 5.0  # the bound plus room for a loaded machine: no hang
-    assert lanes.open == 3
+    assert (lanes.bodies, lanes.open) == (4, 3)  # h's digest closed it
     for s in idle:
         s.close()
-    assert lanes.open == 0
+    assert (lanes.bodies, lanes.open) == (0, 0)
     del idle
-    h2 = lanes.new()
-    h2.update(body)  # nobody else open: no waiting at all
-    assert h2.hexdigest() == hashlib.md5(body).hexdigest()
+    first, second = lanes.new(), lanes.new()
+    assert not isinstance(first, md5lanes.LaneMd5) and isinstance(second, md5lanes.LaneMd5)
+    for x in (second, first):
+        x.update(body)  # second hashes in a lane beside an open stream, within the bound
+        assert x.hexdigest() == hashlib.md5(body).hexdigest()
+    assert (lanes.bodies, lanes.open) == (0, 0)
 
 
 def test_factory_names_what_it_chose() -> None:
