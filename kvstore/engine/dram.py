@@ -3,7 +3,8 @@
 Entries are tagged with the flash location they were read from (or written to), so an entry
 is valid only while the index still points at that location: an overwrite, delete or eviction
 can never serve stale bytes even if the DRAM entry was not dropped yet. Payloads are immutable
-``bytes``, so a memoryview handed to a reader stays valid after the entry is evicted.
+(``bytes``, or a read-only memoryview of memory nobody writes again: ``device.copy_out``, a
+donated buffer), so a memoryview handed to a reader stays valid after the entry is evicted.
 
 Not thread-safe on its own: the engine calls it under its lock.
 """
@@ -13,13 +14,15 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+Payload = bytes | memoryview  # immutable: nobody writes into a payload once it is in the tier
+
 
 class DramTier:
     def __init__(self, capacity_bytes: int) -> None:
         assert capacity_bytes >= 0
         self.capacity_bytes = capacity_bytes
         self.used_bytes = 0
-        self._items: OrderedDict[bytes, tuple[tuple[int, int], bytes, Any]] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[tuple[int, int], Payload, Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -27,7 +30,7 @@ class DramTier:
     def __contains__(self, digest: bytes) -> bool:
         return digest in self._items
 
-    def get(self, digest: bytes, loc: tuple[int, int]) -> tuple[bytes, Any] | None:
+    def get(self, digest: bytes, loc: tuple[int, int]) -> tuple[Payload, Any] | None:
         """(payload, meta) when cached for exactly this flash location."""
         item = self._items.get(digest)
         if item is None:

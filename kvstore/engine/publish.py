@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kvstore.engine.device import copy_out
 from kvstore.engine.state import meta_of
 from kvstore.engine.types import BlockMeta, PutResult
 
@@ -31,7 +32,7 @@ def publish_chunk(lg: SegmentLog, preps: list[Prepared], c: _Chunk,
         p = preps[i]
         keep: object = None
         if c.live[n] and st.config.dram_on_put and p.hdr.payload_len <= st.dram.capacity_bytes:
-            keep = p.data.toreadonly() if donate else bytes(p.data)
+            keep = p.data.toreadonly() if donate else copy_out(p.data)  # GIL released
         keeps.append(keep)
     with st.lock:
         for n, i in enumerate(c.items):

@@ -19,7 +19,7 @@ import numpy as np
 from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.batch import check_batch
-from kvstore.engine.device import AlignedBuffer, copy_into
+from kvstore.engine.device import AlignedBuffer, copy_into, copy_out
 from kvstore.engine.log import SegmentLog
 from kvstore.engine.ranges import span_of
 from kvstore.engine.records import RecordIO
@@ -168,7 +168,7 @@ class BlockReader:
                                buf)
         promote = st.config.dram_promote_reads
         if promote and reads >= promote and e.length <= st.dram.capacity_bytes:
-            data = bytes(buf.view[po : po + e.length])  # a hot block: keep it in DRAM
+            data = copy_out(buf.view[po : po + e.length])  # a hot block: keep it in DRAM
             st.pool.release(buf)
             with st.lock:
                 if st.index.get(digest) == e:
@@ -364,7 +364,7 @@ class BlockReader:
                     continue
                 if v is None or len(v.payload) > st.dram.capacity_bytes:
                     continue
-                data = bytes(v.payload)
+                data = copy_out(v.payload)
                 with st.lock:
                     if st.index.get(digest) == e:
                         staged += st.dram.put(digest, (e.seg, e.page), data, v.meta)
