@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak lint bench bench-engine bench-http bench-bulk bench-tls bench-pod \
+.PHONY: run test soak lint bench bench-engine bench-http bench-md5 bench-bulk bench-tls bench-pod \
         bench-resp bench-lmcache loadtest lmcache-venv clean test-nixl test-client-dist compose-test \
         test-integrations test-integrations-vllm
 
@@ -118,10 +118,15 @@ lint: $(STAMP)
 	$(PY) -m ruff check kvstore clients tests loadtest tools
 	$(PY) -m mypy
 
-bench: bench-engine bench-http bench-bulk bench-pod bench-resp
+bench: bench-engine bench-http bench-md5 bench-bulk bench-pod bench-resp
 
 bench-engine: $(STAMP)
 	$(PY) loadtest/bench_engine.py --encrypt
+
+# MD5 on one core: hashlib against the SIMD lanes per kernel and stream count, and the combiner
+# (native/md5lanes, kvstore/api/s3/md5lanes.py); results in loadtest/results/md5-*.
+bench-md5: $(STAMP)
+	$(PY) loadtest/bench_md5.py
 
 bench-http: $(STAMP)
 	$(PY) loadtest/bench_http.py

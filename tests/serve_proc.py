@@ -34,6 +34,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> tuple[int, ...]:
+    """``n`` distinct free ports: held open together while they are picked, so two of them
+    cannot be the same (two ``free_port()`` calls can, and a server refuses --port equal to
+    --bulk-port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return tuple(int(s.getsockname()[1]) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+
+
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a ``kvstore serve`` child: this one without ``KVSTORE_*`` (a test sets
     what it means to), plus ``extra``, with this tree and its clients/ first on PYTHONPATH."""
@@ -87,7 +101,7 @@ class ServeChild:
 
 class ServeProc:
     def __init__(self, data_dir: Path, logs: Path, *args: str, name: str = "serve") -> None:
-        self.http, self.bulk = free_port(), free_port()
+        self.http, self.bulk = free_ports(2)
         while self.bulk == self.http:
             self.bulk = free_port()
         self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from kvstore_client.nixl import nixl_available
 
-from tests.serve_proc import child_env, free_port
+from tests.serve_proc import child_env, free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 START_SECONDS_MAX = 30.0
@@ -75,7 +75,7 @@ class Serve:
 
     @classmethod
     def start(cls, tmp: Path, data: Path, name: str, creds: Path | None) -> Serve:
-        http_port, bulk_port = free_port(), free_port()
+        http_port, bulk_port = free_ports(2)
         out, err = tmp / f"{name}.out", tmp / f"{name}.err"
         args = ["--port", str(http_port), "--bulk-port", str(bulk_port), "--data-dir", str(data),
                 *SMALL, *([] if creds is None else ["--credentials", str(creds)])]

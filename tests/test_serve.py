@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kvstore import limits
-from tests.serve_proc import ServeChild, free_port
+from tests.serve_proc import ServeChild, free_port, free_ports
 
 START_SECONDS_MAX = 30.0
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def stop(srv: Serve, sig: signal.Signals = signal.SIGTERM) -> float:
 
 
 def test_serve_endpoints_health_and_graceful_stop(tmp_path: Path) -> None:
-    port, bulk = free_port(), free_port()
+    port, bulk = free_ports(2)
     data = tmp_path / "nested" / "data"
     srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk), "--data-dir", str(data),
                            *SMALL])
@@ -156,7 +156,7 @@ def test_busy_port_exits_1(tmp_path: Path) -> None:
 
 
 def test_flag_beats_env_beats_config_file(tmp_path: Path) -> None:
-    p_file, p_env, p_flag = free_port(), free_port(), free_port()
+    p_file, p_env, p_flag = free_ports(3)
     conf = tmp_path / "kv.toml"
     conf.write_text(f'port = {p_file}\nbulk_port = {free_port()}\ndata_dir = "from-file"\n'
                     'capacity = "32MiB"\nsegment_size = "4MiB"\ndram = "8MiB"\n')
@@ -223,7 +223,7 @@ def test_capacity_beyond_the_disk_is_said_loudly(tmp_path: Path) -> None:
 def test_graceful_stop_with_a_stalled_upload_logs_one_line(tmp_path: Path) -> None:
     """A client sent the headers and part of a PUT body, then stopped: at the drain bound the
     server closes it and says so in one line, not a CancelledError traceback, and exits 0."""
-    port, bulk = free_port(), free_port()
+    port, bulk = free_ports(2)
     srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk),
                            "--data-dir", str(tmp_path / "data"), "--shutdown-seconds", "3", *SMALL])
     try:
@@ -288,7 +288,7 @@ def test_second_server_on_one_data_dir_exits_1_naming_the_holder(tmp_path: Path)
 def test_connection_timeout_flags_reach_both_ports(tmp_path: Path) -> None:
     """`--bulk-handshake-timeout` and `--http-header-timeout` bound silent sockets of the real
     process (before them, both stayed open for as long as the peer liked); /metrics counts."""
-    port, bulk = free_port(), free_port()
+    port, bulk = free_ports(2)
     srv = Serve(tmp_path, ["--port", str(port), "--bulk-port", str(bulk), "--data-dir",
                            str(tmp_path / "data"), *SMALL, "--bulk-handshake-timeout", "0.3",
                            "--http-header-timeout", "0.3", "--http-keepalive-timeout", "0.2"])

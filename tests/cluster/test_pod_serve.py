@@ -14,7 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.serve_proc import free_port
+from tests.serve_proc import free_ports
 
 from .conftest import Etcd
 from .nodes import PodNode, until
@@ -135,7 +135,8 @@ def test_forward_waits_for_a_namespace_the_owner_has_not_applied(tmp_path: Path)
     --forward-timeout (the entry node authorized the namespace, so the owner is just behind).
     Static --peers share no namespaces at all, which makes the moment as long as the test
     wants: the bucket is created at b 0.5 s after the PUTs through a began."""
-    ports = {i: (free_port(), free_port()) for i in (1, 2)}
+    p = free_ports(4)  # distinct, for both nodes' HTTP and bulk ports
+    ports = {1: (p[0], p[1]), 2: (p[2], p[3])}
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps([
         {"node_id": f"node{i}", "http": f"http://127.0.0.{10 + i}:{h}",

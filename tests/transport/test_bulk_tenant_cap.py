@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kvstore_client import Client, LimitExceeded
 
-from tests.serve_proc import child_env, free_port
+from tests.serve_proc import child_env, free_ports
 
 A = ("AKIDTA", "secret-a")
 B = ("AKIDTB", "secret-b")
@@ -25,7 +25,7 @@ def test_one_tenant_cannot_take_every_slot(tmp_path: Path) -> None:
     creds.write_text(json.dumps({"tenants": [
         {"name": "ta", "access_key": A[0], "secret_key": A[1], "namespaces": ["ta-*"]},
         {"name": "tb", "access_key": B[0], "secret_key": B[1], "namespaces": ["tb-*"]}]}))
-    http, bulk = free_port(), free_port()
+    http, bulk = free_ports(2)
     out = tmp_path / "serve.out"
     with open(out, "wb") as o:
         proc = subprocess.Popen(

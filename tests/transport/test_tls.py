@@ -23,7 +23,7 @@ import pytest
 
 from kvstore.config import ConfigError, from_argv
 from kvstore.transport.tls import TlsFiles, TlsSetupError, server_context
-from tests.serve_proc import child_env, free_port
+from tests.serve_proc import child_env, free_ports
 from tests.tlscerts import CA, Pair
 
 START_SECONDS_MAX = 30.0
@@ -54,7 +54,7 @@ class Serve:
 
 def _serve(tmp: Path, name: str, tls_args: list[str],
            ports: tuple[int, int] | None = None) -> Iterator[Serve]:
-    http, bulk = ports or (free_port(), free_port())
+    http, bulk = ports or free_ports(2)
     out, err = tmp / f"{name}.out", tmp / f"{name}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
@@ -329,7 +329,8 @@ def test_pod_forwarding_over_mutual_tls(tmp_path: Path, certs: dict) -> None:
 
     from kvstore.cluster.membership import StaticMembership, load_peers
 
-    ports = {i: (free_port(), free_port()) for i in (1, 2)}
+    p = free_ports(4)  # distinct, for both nodes' HTTP and bulk ports
+    ports = {1: (p[0], p[1]), 2: (p[2], p[3])}
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps([
         {"node_id": f"node{i}", "http": f"https://127.0.0.1:{h}", "bulk": f"127.0.0.1:{b}",
