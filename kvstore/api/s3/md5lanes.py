@@ -110,6 +110,7 @@ class Md5Lanes:
         self._queue: deque[_Job] = deque()  # not yet done, in arrival order
         self._leading = False
         self._gathering = False
+        self._want = 0  # what a gathering leader waits for: appends wake it when it is reached
         self._recent = self.lanes  # streams in the last round: a round waits for one more at most
         self.bodies = 0  # streams made and not yet finished (bodies in flight)
         self.open = 0  # of which hashed in lanes (the others alone, with hashlib)
@@ -138,8 +139,8 @@ class Md5Lanes:
             lead = not self._leading
             if lead:
                 self._leading = True
-            elif self._gathering:
-                self._gathered.notify()
+            elif self._gathering and len(self._queue) >= self._want:
+                self._gathered.notify()  # once, when the round is full: not at every arrival
         if not lead:
             job.wake.acquire()
             if job.status == _DONE:
@@ -163,6 +164,7 @@ class Md5Lanes:
         want = min(self.open, self.lanes, self._recent + 1)
         if len(self._queue) >= want or time.monotonic() >= deadline:
             return
+        self._want = want
         self._gathering = True
         try:
             while len(self._queue) < want:
