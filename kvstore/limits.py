@@ -214,11 +214,12 @@ s3_answer_cache_entries_max = 2048
 # body: 4 for 2 MiB), one batch in flight per request (kvstore.api.s3.intake).
 s3_intake_batch_bytes = 512 * KiB
 
-# Threads that run those batches: MD5 runs at ~0.7 GB/s per core and one body's MD5 cannot be
-# split, so concurrent PUTs hash on as many cores as there are threads (hashlib releases the
-# GIL), or, with the native SIMD kernels, side by side in one core's lanes (8 with AVX2 or
-# AVX-512VL: as many threads as lanes keep them full). A request waits for a free one; at most
-# one batch per request is queued.
+# Threads that run those batches where hashlib digests them (a body that started alone, a
+# signed payload's SHA-256, a CPU without SIMD kernels): MD5 runs at ~0.7 GB/s per core and one
+# body's MD5 cannot be split, so concurrent PUTs hash on as many cores as there are threads
+# (hashlib releases the GIL). Bodies whose MD5 is in the SIMD lanes are copied and hashed by the
+# combiner's own thread instead (kvstore.api.s3.md5lanes). A request waits for a free one; at
+# most one batch per request is queued.
 s3_hash_threads = 8
 
 # The SIMD MD5 combiner (kvstore.api.s3.md5lanes) takes at most this many queued streams per
@@ -232,9 +233,12 @@ s3_md5_lane_round_bytes = 128 * KiB
 # round (8 writers, 2 MiB PUTs). A lone body never waits; a body whose neighbours stall waits at
 # most this much per round, 4 rounds per intake batch (16 per 2 MiB body: 8 ms).
 s3_md5_lane_gather_us = 500
+# The combiner's thread exits after this long without a batch (the next one starts it again).
+s3_md5_lane_idle_seconds = 10.0
 assert s3_md5_lane_round_bytes % 64 == 0, "MD5 works on 64-byte blocks"
 assert s3_hash_threads <= s3_md5_lane_streams_max <= 256, "native STREAMS_MAX"
 assert 0 <= s3_md5_lane_gather_us <= 10_000, "waits, not stalls"
+assert s3_md5_lane_idle_seconds * 1e6 > s3_md5_lane_gather_us
 
 # Conditional writes (If-Match) of one key are serialized by one of this many locks (striped by
 # key), so that two writers holding the same ETag cannot both succeed.

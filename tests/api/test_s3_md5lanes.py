@@ -144,6 +144,66 @@ def test_an_idle_open_stream_delays_rounds_by_the_gather_bound_only() -> None:
     assert (lanes.bodies, lanes.open) == (0, 0)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_intake_batches_copied_and_hashed_by_the_combiner(seed: int) -> None:
+    """An intake whose MD5 is in the lanes hands its batches to the combiner's thread, which
+    copies them into the body's buffer and hashes them: bytes and digests are the body's."""
+    import asyncio
+
+    from kvstore.api.s3.intake import Intake
+
+    kernel = md5lanes.simd_kernel()
+    if kernel is None:
+        pytest.skip("no SIMD kernel on this CPU: the server uses hashlib (factory() says so)")
+    lanes = md5lanes.Md5Lanes(kernel, round_bytes=rng_round(seed))
+    keep = lanes.new()  # another body in flight: the intakes below hash in lanes
+    rng = random.Random(seed)
+    bodies = [rng.randbytes(rng.randrange(1, 3 << 20)) for _ in range(5)]
+    outs = [bytearray(len(b)) for b in bodies]
+
+    async def one(body: bytes, out: bytearray) -> dict[str, str]:
+        with ThreadPoolExecutor(1) as pool:
+            intake = Intake(pool, memoryview(out), md5=lanes.new, sha256=False,
+                            batch_bytes=rng.choice([4096, 100_000, 512 << 10]))
+            assert intake._lane is not None  # the combiner's path, not the pool's
+            pos = 0
+            while pos < len(body):
+                n = rng.randrange(1, 300_000)
+                await intake.add(body[pos : pos + n])
+                pos += n
+                await asyncio.sleep(0)  # the bodies' pieces interleave
+            return await intake.finish()
+
+    async def all_of() -> list[dict[str, str]]:
+        return list(await asyncio.gather(*(one(b, o) for b, o in zip(bodies, outs,
+                                                                      strict=True))))
+
+    got = asyncio.run(all_of())
+    for body, out, digests in zip(bodies, outs, got, strict=True):
+        assert bytes(out) == body
+        assert digests == {"md5": hashlib.md5(body).hexdigest()}
+    keep.close()
+    lanes.close()
+
+
+def rng_round(seed: int) -> int:
+    return [64, 4096, 128 << 10, 1 << 20][seed % 4]
+
+
+def test_a_closed_combiner_fails_its_callers() -> None:
+    kernel = md5lanes.simd_kernel()
+    if kernel is None:
+        pytest.skip("no SIMD kernel on this CPU: the server uses hashlib (factory() says so)")
+    lanes = md5lanes.Md5Lanes(kernel)
+    keep, h = lanes.new(), lanes.new()
+    assert isinstance(h, md5lanes.LaneMd5)
+    h.update(b"x" * 4096)  # served by the combiner's thread
+    lanes.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        h.update(b"y" * 4096)
+    keep.close()
+
+
 def test_factory_names_what_it_chose() -> None:
     new, line = md5lanes.factory()
     h = new()

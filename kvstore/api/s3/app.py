@@ -88,9 +88,11 @@ class S3App:
         """Lifespan shutdown (``KVStoreApp``): the hashing threads exit once idle."""
         self.hashers.shutdown(wait=False)
         lanes = getattr(self.new_md5, "__self__", None)
-        if isinstance(lanes, md5lanes.Md5Lanes) and lanes.rounds:
-            log.info("MD5 lanes: %d streams in %d rounds (%.1f lanes used a round)",
-                     lanes.streams, lanes.rounds, lanes.streams / lanes.rounds)
+        if isinstance(lanes, md5lanes.Md5Lanes):
+            lanes.close()
+            if lanes.rounds:
+                log.info("MD5 lanes: %d streams in %d rounds (%.1f lanes used a round)",
+                         lanes.streams, lanes.rounds, lanes.streams / lanes.rounds)
 
     def md5_hex(self, data: bytes | bytearray | memoryview) -> str:
         """The MD5 of ``data`` as hex (blocking: from a worker thread), in a lane beside

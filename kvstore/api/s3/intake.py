@@ -24,15 +24,15 @@ from collections.abc import Callable
 from typing import Any
 
 from kvstore import limits
-from kvstore.api.s3.md5lanes import Md5Hash
+from kvstore.api.s3.md5lanes import LaneMd5, Md5Hash
 from kvstore.engine.device import copy_into
 
 
 class Intake:
     """Copies a body of a known length into ``target`` and digests it, batch by batch."""
 
-    __slots__ = ("_pool", "_target", "_md5", "_sha256", "_pending", "_pending_n", "_pos",
-                 "_job", "batch_bytes")
+    __slots__ = ("_pool", "_target", "_md5", "_sha256", "_lane", "_pending", "_pending_n",
+                 "_pos", "_job", "batch_bytes")
 
     def __init__(self, pool: concurrent.futures.Executor, target: memoryview, *,
                  md5: Callable[[], Md5Hash] | None, sha256: bool,
@@ -41,6 +41,9 @@ class Intake:
         self._target = target
         self._md5: Md5Hash | None = md5() if md5 is not None else None
         self._sha256: Any = hashlib.sha256() if sha256 else None
+        # an MD5 in the SIMD lanes and nothing else to digest: the combiner's own thread copies
+        # and hashes each batch (no pool thread blocked per batch to keep a lane busy)
+        self._lane = self._md5 if isinstance(self._md5, LaneMd5) and not sha256 else None
         self._pending: list[bytes] = []
         self._pending_n = 0
         self._pos = 0  # where the next batch goes in ``target``
@@ -64,7 +67,10 @@ class Intake:
         if n > len(self._target) - self._pos:
             raise ValueError("more body than its Content-Length")
         self._pending, self._pending_n = [], 0
-        self._job = self._pool.submit(self._work, pieces, self._pos)
+        if self._lane is not None:
+            self._job = self._lane.submit(pieces, self._target, self._pos)
+        else:
+            self._job = self._pool.submit(self._work, pieces, self._pos)
         self._pos += n
 
     async def add(self, piece: bytes) -> None:
