@@ -227,7 +227,7 @@ s3_hash_threads = 8
 # meanwhile (~0.25 ms per round with 8 lanes full).
 s3_md5_lane_streams_max = 64
 s3_md5_lane_round_bytes = 128 * KiB
-# Before each round its leader waits at most this long for the other bodies in flight to queue
+# Before each round the combiner waits at most this long for the other bodies in flight to queue
 # their next batch (at most one stream more than the last round had), so that rounds fill the
 # lanes: 3.6-3.8 streams a round waiting only when a leader starts, 4.8-5.3 waiting before each
 # round (8 writers, 2 MiB PUTs). A lone body never waits; a body whose neighbours stall waits at

@@ -237,30 +237,47 @@ class Md5Lanes:
                 j.done.set_result(None)
 
 
-class LaneMd5:
-    """One stream, as ``hashlib.md5()`` is: ``update`` (blocking, from a worker thread),
-    ``digest``/``hexdigest`` after the last byte."""
+class _Stream:
+    """A body's MD5, counted among the bodies in flight (``Md5Lanes.new`` counts it in) until
+    ``close``: its digest was taken, or the body was abandoned and the stream collected."""
 
-    __slots__ = ("_lanes", "_state", "_tail", "_length", "_open")
+    __slots__ = ("_lanes", "_open")
+    laned = False  # counted in ``Md5Lanes.open`` too: the combiner waits for its batches
 
-    def __init__(self, lanes: Md5Lanes) -> None:  # counted in by ``Md5Lanes.new``
+    def __init__(self, lanes: Md5Lanes) -> None:
         self._lanes = lanes
-        self._state = bytearray(_IV)
-        self._tail = b""  # under one block, waiting for the bytes that complete it
-        self._length = 0
         self._open = True
 
     def close(self) -> None:
-        """No more bytes will come (the digest was taken, or the body was abandoned): a leader
-        no longer waits for this stream. Also run when the stream is collected."""
         if self._open:
             self._open = False
             with self._lanes._lock:
-                self._lanes.open -= 1
                 self._lanes.bodies -= 1
+                if self.laned:
+                    self._lanes.open -= 1
 
     def __del__(self) -> None:
         self.close()
+
+    def hexdigest(self) -> str:
+        return self.digest().hex()
+
+    def digest(self) -> bytes:
+        raise NotImplementedError
+
+
+class LaneMd5(_Stream):
+    """One stream in the lanes, as ``hashlib.md5()`` is: ``update`` (blocking, from a worker
+    thread) or ``submit`` (the intake's batches), ``digest``/``hexdigest`` after the last byte."""
+
+    __slots__ = ("_state", "_tail", "_length")
+    laned = True
+
+    def __init__(self, lanes: Md5Lanes) -> None:
+        super().__init__(lanes)
+        self._state = bytearray(_IV)
+        self._tail = b""  # under one block, waiting for the bytes that complete it
+        self._length = 0
 
     def blocks_of(self, data: Any) -> memoryview:
         """Take ``data`` in: complete the held tail (hashed here), keep the new one, and answer
@@ -297,28 +314,15 @@ class LaneMd5:
         _compress_one(state, last)
         return bytes(state)
 
-    def hexdigest(self) -> str:
-        return self.digest().hex()
 
+class _SoloMd5(_Stream):
+    """A body that started alone: hashlib's MD5."""
 
-class _SoloMd5:
-    """A body that started alone: hashlib's MD5, counted among the bodies in flight."""
+    __slots__ = ("_h",)
 
-    __slots__ = ("_lanes", "_h", "_open")
-
-    def __init__(self, lanes: Md5Lanes) -> None:  # counted in by ``Md5Lanes.new``
-        self._lanes = lanes
+    def __init__(self, lanes: Md5Lanes) -> None:
+        super().__init__(lanes)
         self._h = hashlib.md5()
-        self._open = True
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            with self._lanes._lock:
-                self._lanes.bodies -= 1
-
-    def __del__(self) -> None:
-        self.close()
 
     def update(self, data: Any, /) -> None:
         self._h.update(data)
@@ -326,9 +330,6 @@ class _SoloMd5:
     def digest(self) -> bytes:
         self.close()
         return self._h.digest()
-
-    def hexdigest(self) -> str:
-        return self.digest().hex()
 
 
 def _compress_one(state: bytearray, blocks: bytes) -> None:
