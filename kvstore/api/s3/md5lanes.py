@@ -5,7 +5,7 @@ core runs it at ~0.7 GB/s: on a 2-core node, MD5 ETags held PUT throughput at ~0
 that only receives. Concurrent PUTs are independent streams, though, and a vector register holds
 one 32-bit MD5 state word per stream: the native module ``kvstore_md5lanes``
 (native/md5lanes) runs the compression function over 8 streams at once with AVX2 or AVX-512VL,
-16 with AVX-512 (4-6x hashlib's throughput on one core when 8 bodies arrive together).
+16 with AVX-512 (5-6x hashlib's throughput on one core when 8 bodies arrive together).
 
 Here one combiner thread (``Md5Lanes``) runs every stream through the lanes, in rounds of at
 most ``limits.s3_md5_lane_round_bytes`` of each queued stream (at most
@@ -20,8 +20,9 @@ streams a round under 8 writers: so before each round the combiner waits, at mos
 ``limits.s3_md5_lane_gather_us``, until as many batches are queued as there are open streams
 (bodies in flight), but never more than the lane count or one more than the last round had:
 a body whose neighbours send nothing waits at most that long per round. A lone body never
-waits, and a body that starts while no other is in flight hashes with hashlib on the pool, as
-do signed payloads (their SHA-256 too). A body's batches reach the combiner one at a time and
+waits, and a body that starts while no other is in flight hashes with hashlib on the pool. A
+signed payload's batches are copied and SHA-256'd on the pool, whose thread then hands the
+MD5 to the combiner and waits (``LaneMd5.update``), as CopyObject's does. A body's batches reach the combiner one at a time and
 in order (the intake keeps one batch per request in flight), so each stream's blocks are
 hashed in order. Partial blocks and the final padding are the stream's own (``LaneMd5``), as
 are its 16 bytes of state: a result is the MD5 (tests compare it with hashlib's on random
