@@ -8,6 +8,7 @@ free ports, waited for (``kvstore: ready``), SIGKILLed or stopped; plain-HTTP S3
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,24 +30,32 @@ START_SECONDS_MAX = 60.0
 STOP_SECONDS_MAX = 30.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# ports handed out lately by ``free_port``, per host: the kernel may answer the same free port
+# to two binds in a row, and a test asking twice (a server's HTTP and bulk ports) got one port
+# for both, which serve refuses ("--port and --bulk-port must differ")
+_RECENT_PORTS: dict[str, collections.deque[int]] = {}
+_PORTS_LOCK = threading.Lock()
+_PORT_TRIES_MAX = 100
 
 
-def free_ports(n: int) -> tuple[int, ...]:
-    """``n`` distinct free ports: held open together while they are picked, so two of them
-    cannot be the same (two ``free_port()`` calls can, and a server refuses --port equal to
-    --bulk-port)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return tuple(int(s.getsockname()[1]) for s in socks)
-    finally:
-        for s in socks:
-            s.close()
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free port on ``host`` that this process has not handed out among its last 64."""
+    with _PORTS_LOCK:
+        recent = _RECENT_PORTS.setdefault(host, collections.deque(maxlen=64))
+        for _ in range(_PORT_TRIES_MAX):
+            with socket.socket() as s:
+                s.bind((host, 0))
+                port = int(s.getsockname()[1])
+            if port not in recent:
+                recent.append(port)
+                return port
+    raise RuntimeError(f"no fresh free port on {host} in {_PORT_TRIES_MAX} binds")
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> tuple[int, ...]:
+    """``n`` distinct free ports (``free_port`` never hands one out twice in a row)."""
+    assert 0 < n <= 64
+    return tuple(free_port(host) for _ in range(n))
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -102,8 +112,6 @@ class ServeChild:
 class ServeProc:
     def __init__(self, data_dir: Path, logs: Path, *args: str, name: str = "serve") -> None:
         self.http, self.bulk = free_ports(2)
-        while self.bulk == self.http:
-            self.bulk = free_port()
         self.out, self.err = logs / f"{name}.out", logs / f"{name}.err"
         env = child_env()
         cmd = [sys.executable, "-m", "kvstore", "serve", "--host", "127.0.0.1",

@@ -18,13 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve_proc import free_port  # the pod tests import it from here too
+
 ETCD_START_S = 10.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class Etcd:
