@@ -280,6 +280,10 @@ put_coalesce_batch_max = 64
 # GB/s medians without it, 2.09-2.43 with it, in four A/B sessions; 8 threads: no difference
 # (loadtest/results/coalesce-batch-20261203.md). Small records still coalesce 64 at a time.
 put_coalesce_batch_bytes_max = write_wave_chunks_max * 2 * MiB
+# While its writes are in flight the put writer takes the puts that queued meanwhile into the
+# same pipeline (the device queue stays full across batches), up to this many puts; then the
+# pipeline drains (the seals its rolls deferred are waited for) and the next one starts.
+put_coalesce_pipeline_puts_max = 1024
 # How long a queued put waits for the writes ahead of it before it gives up with a StorageError
 # (a leader writes within write_wait_seconds_max per chunk, or fails).
 put_coalesce_wait_seconds_max = 300.0
@@ -568,6 +572,7 @@ assert block_bytes_max <= dram_bytes_default, "the default DRAM tier holds a max
 assert 1 <= delete_objects_max <= batch_keys_max, "DeleteObjects is one batched delete"
 assert list_keys_max <= batch_keys_max
 assert 1 <= put_coalesce_batch_max <= batch_keys_max, "a coalesced batch is one put_many"
+assert put_coalesce_pipeline_puts_max >= put_coalesce_batch_max
 assert put_coalesce_batch_bytes_max >= write_wave_chunks_max * io_alignment_bytes
 assert put_coalesce_wait_seconds_max >= write_wait_seconds_max
 # A /v1 body holds a full batch or chain of maximal keys, JSON-quoted and comma-separated.

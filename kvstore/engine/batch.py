@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from kvstore.engine.segments import Segment
 
 PAGE = fmt.PAGE
+_NO_DATA = memoryview(b"")
 
 
 def check_batch(keys: Sequence[object]) -> None:
@@ -162,6 +163,7 @@ class _Chunk:
     seals: dict[int, tuple[bytes, int]] | None = None  # record n: (GCM tag, ciphertext xxh3)
     published: bool = False
     group: Group | None = None  # written with other writers' chunks by one op (group.py)
+    rolled: Segment | None = None  # the active segment its reservation rolled out
 
     def ops(self) -> list[IoOp]:
         assert self.seg is not None and self.buf is not None
@@ -172,33 +174,42 @@ class _Chunk:
                 IoOp(h, self.off + PAGE, self.staged, write=True)]
 
 
+# (index, result, the segment the put's reservation rolled out, if any: its seal is still
+# under way when the answer comes)
+Answer = Callable[[int, PutResult, "Segment | None"], None]
+# More puts for a running call (``coalesce.py``): new ones, [] (none now: ask again after the
+# next reap), or None (no more: the call ends once its writes are reaped)
+More = Callable[[], "list[Prepared] | None"]
+
+
 def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
-                donate: bool = False, started: Callable[[], None] | None = None) -> list[PutResult]:
-    """Write ``preps``; ``started`` is called once every range of the call is reserved (only
-    starting and reaping are left, which take no lock: ``coalesce.py`` lets the next batch
-    reserve behind it then)."""
-    results: list[PutResult | None] = [None] * len(preps)
-    todo: list[int] = []
-    seen: set[bytes] = set()
-    st = lg.state
-    with st.lock:  # cheap early answer for keys already present
-        for i, p in enumerate(preps):
-            results[i] = existing(st, p, overwrite)
-            if results[i] is None:
-                if p.digest in seen:  # a key repeated within the batch is stored once
-                    settle_checksum(preps, i)
-                    results[i] = _not_written(preps[i])
-                else:
-                    seen.add(p.digest)
-                    todo.append(i)
-    chunks = _pack(st.config.segment_bytes, preps, todo)
-    try:
-        _Pipeline(lg, preps, results, overwrite, donate, started).run(chunks)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            lg.sealer.wait_mine()
-        raise
-    lg.sealer.wait_mine()  # a segment this call rolled is sealed before it returns
+                donate: bool = False, started: Callable[[], None] | None = None,
+                answer: Answer | None = None, more: More | None = None) -> list[PutResult]:
+    """Write ``preps``; results in their order.
+
+    ``started`` is called once every range of the call is reserved and no more puts will join
+    (only starting and reaping are left, which take no lock: ``coalesce.py`` lets the next
+    leader reserve behind it then). ``answer(i, result)`` is called as soon as ``preps[i]`` is
+    final (published, or not written), in log order, before later chunks are reaped, so a
+    coalesced put's caller goes on while the batch's tail is in flight. ``more`` feeds the
+    call new puts while its writes are in flight (appended to ``preps``, answered and
+    returned like the others): one pipeline keeps the device queue full across batches."""
+    results: list[PutResult | None] = []
+    pipe = _Pipeline(lg, preps, results, overwrite, donate, started, answer, more)
+    chunks = pipe.admit(0)
+    if answer is not None:  # each answer names the segment its put rolled: callers wait
+        try:
+            pipe.run(chunks)
+        finally:
+            lg.sealer.forget_mine()
+    else:
+        try:
+            pipe.run(chunks)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                lg.sealer.wait_mine()
+            raise
+        lg.sealer.wait_mine()  # a segment this call rolled is sealed before it returns
     out = []
     for r in results:
         assert r is not None
@@ -314,30 +325,81 @@ class _Pipeline:
     """
 
     def __init__(self, lg: SegmentLog, preps: list[Prepared], results: list[PutResult | None],
-                 overwrite: bool, donate: bool, started: Callable[[], None] | None = None) -> None:
+                 overwrite: bool, donate: bool, started: Callable[[], None] | None = None,
+                 answer: Answer | None = None, more: More | None = None) -> None:
         self.lg, self.preps, self.results = lg, preps, results
         self.overwrite, self.donate = overwrite, donate
-        self.started = started
+        self.started, self.answer, self.more = started, answer, more
         self.inflight: deque[tuple[_Chunk, Pending]] = deque()
+
+    def admit(self, lo: int) -> list[_Chunk]:
+        """Answer ``preps[lo:]`` that must not write (key present, or repeated among them) and
+        pack the others into chunks."""
+        preps, results, st = self.preps, self.results, self.lg.state
+        results.extend([None] * (len(preps) - len(results)))
+        todo: list[int] = []
+        seen: set[bytes] = set()
+        with st.lock:  # cheap early answer for keys already present
+            for i in range(lo, len(preps)):
+                p = preps[i]
+                results[i] = existing(st, p, self.overwrite)
+                if results[i] is None:
+                    if p.digest in seen:  # a key repeated within the batch is stored once
+                        settle_checksum(preps, i)
+                        results[i] = _not_written(preps[i])
+                    else:
+                        seen.add(p.digest)
+                        todo.append(i)
+        if self.answer is not None:
+            for i in range(lo, len(preps)):
+                r = results[i]
+                if r is not None:
+                    self.answer(i, r, None)
+        return _pack(st.config.segment_bytes, preps, todo)
+
+    def _refill(self, chunks: list[_Chunk]) -> None:
+        """Ask ``more`` for puts to join (only with room in flight); when it says no more
+        will come, every range is reserved: ``started``."""
+        if self.more is None or len(self.inflight) >= limits.write_wave_chunks_max:
+            return
+        new = self.more()
+        if new is None:
+            self.more = None
+            if self.started is not None:
+                self.started()
+        elif new:
+            lo = len(self.preps)
+            self.preps.extend(new)
+            chunks.extend(self.admit(lo))
 
     def run(self, chunks: list[_Chunk]) -> None:
         lg, pool = self.lg, self.lg.state.pool
         reserved: list[_Chunk] = []
         try:
             i = 0
-            while i < len(chunks) or self.inflight:
-                if i == len(chunks) or len(self.inflight) >= limits.write_wave_chunks_max:
+            while True:
+                if i == len(chunks):
+                    self._refill(chunks)
+                if i == len(chunks):
+                    if not self.inflight:
+                        break
+                    self._finish_oldest()
+                    continue
+                if len(self.inflight) >= limits.write_wave_chunks_max:
                     self._finish_oldest()
                     continue
                 c = chunks[i]
                 if c.buf is None:
                     _build(pool, self.preps, c, lg.state.cipher)
+                active = lg.active
                 if not self._try_reserve(c):
                     self._finish_oldest()  # reap before waiting for the lock or rolling
                     continue
+                if lg.active is not active:  # rolled: its puts' callers wait for the seal
+                    c.rolled = active
                 reserved.append(c)
                 i += 1
-                if i == len(chunks) and self.started is not None:
+                if i == len(chunks) and self.more is None and self.started is not None:
                     self.started()  # every range is reserved: later writers may queue behind
                 self._start(c)
         finally:
@@ -407,6 +469,16 @@ class _Pipeline:
             st.device.sync(c.seg.handle)
         _publish_chunk(lg, self.preps, c, self.results, self.donate)
         c.published = True
+        if c.buf is not None:  # back to the pool now: a long pipeline reuses it
+            st.pool.release(c.buf)
+            c.buf = None
+        if self.answer is not None:
+            for i in c.items:
+                r = self.results[i]
+                assert r is not None
+                if self.more is not None:  # a long pipeline keeps no payload it wrote
+                    self.preps[i] = replace(self.preps[i], data=_NO_DATA, staged=None)
+                self.answer(i, r, c.rolled)
 
     def _drain(self) -> None:
         """After a failure: wait for and complete what is still in flight, acknowledging

@@ -59,7 +59,7 @@ class SegmentLog:
         self.active: Segment | None = None
         self.next_segment_id = 1
         self.next_seq = 1
-        self.coalescer = PutCoalescer(self._write_coalesced)
+        self.coalescer = PutCoalescer(self._write_coalesced, self._wait_sealed)
         self.pending: set[bytes] = set()  # digests reserved in the log, not yet published
         self.wlock = threading.Lock()
         # combined reservations (batch._reserve_combined): writers queue their chunk and one of
@@ -170,11 +170,16 @@ class SegmentLog:
 
         return write_batch(self, preps, overwrite, donate)
 
+    def _wait_sealed(self, seg: Segment) -> None:
+        self.sealer.wait_sealed(seg)
+
     def _write_coalesced(self, preps: list[Prepared], overwrite: bool, donate: bool,
-                         started: Callable[[], None]) -> list[PutResult]:
+                         started: Callable[[], None],
+                         answer: Callable[[int, PutResult, Segment | None], None],
+                         more: Callable[[], list[Prepared] | None]) -> list[PutResult]:
         from kvstore.engine.batch import write_batch
 
-        return write_batch(self, preps, overwrite, donate, started)
+        return write_batch(self, preps, overwrite, donate, started, answer, more)
 
     def append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
                ns_id: int, keep: object) -> fmt.RecordHeader:

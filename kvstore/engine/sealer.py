@@ -97,6 +97,22 @@ class Sealer:
         if first is not None:
             raise first
 
+    def wait_sealed(self, seg: Segment) -> None:
+        """Wait until ``seg`` is no longer queued or being sealed; raise its seal's error (a
+        put whose reservation rolled ``seg`` out on the put writer's thread, ``coalesce.py``:
+        its caller returns as if it had rolled on its own)."""
+        with self._lock:
+            while self._busy(seg):
+                self._cv.wait()
+            err = self._failed.get(seg.id)
+        if err is not None:
+            raise err
+
+    def forget_mine(self) -> None:
+        """Drop this thread's deferred seals unwaited: their waiters are elsewhere (the put
+        writer's callers, ``wait_sealed``)."""
+        self._mine.segs = []
+
     def pending(self, seg: Segment) -> bool:
         """Queued, being sealed, or its last seal failed (to be retried): unsealed by design."""
         with self._lock:

@@ -80,6 +80,7 @@ class Engine:
     def close(self) -> None:
         """Sync and close files. The active segment stays unsealed: reopening scans it and keeps
         appending to it, so repeated restarts waste no space."""
+        self.log.coalescer.close()  # queued single puts are written first (needs wlock)
         with self.log.wlock:
             if self._closed:
                 return
