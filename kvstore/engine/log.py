@@ -175,8 +175,8 @@ class SegmentLog:
 
     def _write_coalesced(self, preps: list[Prepared], overwrite: bool, donate: bool,
                          started: Callable[[], None],
-                         answer: Callable[[int, PutResult, Segment | None], None],
-                         more: Callable[[], list[Prepared] | None]) -> list[PutResult]:
+                         answer: Callable[[int, PutResult, Segment | None], None] | None,
+                         more: Callable[[], list[Prepared] | None] | None) -> list[PutResult]:
         from kvstore.engine.batch import write_batch
 
         return write_batch(self, preps, overwrite, donate, started, answer, more)

@@ -8,7 +8,8 @@ write path now only swaps the active segment (and reclaims) under ``wlock``, and
 segment to this sealer's thread; other writers go on appending to the new segment meanwhile.
 
 What callers see does not change: the writer whose call rolled waits for that seal before its
-call returns (``wait_mine``), and raises its error if it failed, so a single-threaded caller
+call returns (``wait_mine``; a single put the put writer wrote for it: its caller waits,
+``wait_sealed``), and raises its error if it failed, so a single-threaded caller
 finds every segment but the active one sealed when ``put_many`` returns, as before. A roll
 from the other paths (tombstones, reinsertion) seals inline, as before. Reclaim, ``check()``
 and ``close()`` seal what is still queued first (``seal_now``/``drain``). A crash before a

@@ -1,11 +1,14 @@
-"""Put coalescing (engine/coalesce.py): concurrent single puts queue for the engine's put
-writer, which writes them in batches through one pipeline (puts that queue while it writes
-join it); every put is acknowledged only once its bytes and every earlier byte are written,
-and as soon as they are (not when its whole batch is), a failed write acknowledges none of the
-puts behind it, and a put that waits too long leaves with a typed error."""
+"""Put coalescing (engine/coalesce.py): a single put with nothing else being written is written
+on its caller's thread; concurrent ones queue for the engine's put writer, which writes them in
+batches through one pipeline (puts that queue while it writes join it). Every put is
+acknowledged only once its bytes and every earlier byte are written, and as soon as they are
+(not when its whole batch is), a failed write acknowledges none of the puts behind it, and a
+put that waits too long leaves with a typed error (written anyway if the writer had taken it).
+"""
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,18 +20,27 @@ from kvstore.engine.device import IoOp, Pending
 from kvstore.engine.store import Engine
 from kvstore.errors import StorageError
 from tests.engine.conftest import NS, Engines, pattern
-from tests.engine.test_group import _join, deferred_engine
+from tests.engine.test_group import _join
 from tests.engine.test_pipeline import DeferredDevice
 
 WRITERS = 6
 BLOCK = 64 * 1024
 
 
+def _until(ready: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.001)
+
+
 def _queued(eng: Engine, work: Callable[[int], object], n: int = WRITERS,
             hold_s: float = 0.0) -> tuple[list[threading.Thread], list[BaseException | None]]:
-    """Run ``work(i)`` on ``n`` threads while the test holds the write lock: the writer takes
-    the first put (and waits for the lock), the others queue behind it. Returns once ``n - 1``
-    are queued and the lock has been held ``hold_s`` more seconds (then released)."""
+    """Run ``work(i)`` on ``n`` threads while the test holds the write lock: the first put is
+    written on its own thread (nothing else is being written) and waits for the lock; the
+    second starts the put writer, which takes it and waits for the lock too; the others queue
+    for the writer. Returns once they are queued and the lock has been held ``hold_s`` more
+    seconds (then released)."""
     outcome: list[BaseException | None] = [None] * n
 
     def run(i: int) -> None:
@@ -40,47 +52,57 @@ def _queued(eng: Engine, work: Callable[[int], object], n: int = WRITERS,
     lg, co = eng.log, eng.log.coalescer
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
 
-    def until(ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 30
-        while not ready():
-            assert time.monotonic() < deadline, "puts did not queue behind a leader"
-            time.sleep(0.001)
-
-    def combining() -> bool:
-        with lg.combine_lock:
-            return len(lg.combine_queue) == 1
+    def combining(k: int) -> Callable[[], bool]:
+        def ready() -> bool:
+            with lg.combine_lock:
+                return len(lg.combine_queue) == k
+        return ready
 
     def queued() -> bool:
         with co._lock:
-            return len(co._queue) == n - 1
+            return len(co._queue) == n - 2
 
     with lg.wlock:
         threads[0].start()
-        until(combining)  # the writer took the first put and waits for the lock
-        for t in threads[1:]:
+        _until(combining(1), "the first put did not wait for the lock")
+        threads[1].start()
+        _until(combining(2), "the put writer did not take the second put")
+        for t in threads[2:]:
             t.start()
-        until(queued)
+        _until(queued, "puts did not queue for the put writer")
         time.sleep(hold_s)
     return threads, outcome
 
 
-@pytest.mark.parametrize(("bytes_max", "batches"), [(None, 2), (2 * BLOCK, 4)])
-def test_queued_puts_are_written_as_one_batch(engines: Engines, bytes_max: int | None,
-                                              batches: int) -> None:
-    """The first put, then everything that queued behind it in one batch joining the same
-    pipeline; with a byte bound of two puts, the five queued join as 2 + 2 + 1 (in their
-    order), all acknowledged."""
+def test_a_put_alone_is_written_on_its_callers_thread(engines: Engines) -> None:
+    eng = engines.open()
+    co = eng.log.coalescer
+    d0, b0 = co.direct, co.batches
+    for i in range(3):
+        assert eng.put(NS, f"k{i}", pattern(i, BLOCK)).created
+    assert (co.direct - d0, co.batches - b0) == (3, 0)
+    assert co._thread is None  # no writer thread until puts overlap
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(3))
+    assert eng.check(deep=True) == []
+
+
+@pytest.mark.parametrize(("bytes_max", "batches"), [(None, 2), (2 * BLOCK, 3)])
+def test_queued_puts_join_the_writers_pipeline(engines: Engines, bytes_max: int | None,
+                                               batches: int) -> None:
+    """The put the writer took, then the four that queued meanwhile, taken in one batch into
+    the same pipeline; with a byte bound of two puts they join as 2 + 2 (in their order). All
+    are acknowledged, and survive a crash."""
     dev = DeferredDevice()
     engines.devices.append(dev)
     eng = engines.open(dev)
     co = eng.log.coalescer
     if bytes_max is not None:
         co._batch_bytes_max = bytes_max
-    b0, p0 = co.batches, co.puts
+    b0, p0, d0 = co.batches, co.puts, co.direct
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
     _join(threads)
     assert outcome == [None] * WRITERS
-    assert (co.batches - b0, co.puts - p0) == (batches, WRITERS)
+    assert (co.direct - d0, co.batches - b0, co.puts - p0) == (1, batches, WRITERS - 1)
     assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
     assert eng.check(deep=True) == []
     eng = engines.reopen(eng, crash=True)
@@ -88,30 +110,48 @@ def test_queued_puts_are_written_as_one_batch(engines: Engines, bytes_max: int |
     assert eng.check(deep=True) == []
 
 
-def test_a_failed_batch_acknowledges_none_of_its_puts(engines: Engines) -> None:
-    dev, eng = deferred_engine(engines)
-    dev.fail_write_no = dev.writes + 1  # the first op of the queued batch (the leader's is 0)
+class FailingDevice(DeferredDevice):
+    """Fails (-EIO) the write of one payload, recognised by its first bytes."""
+
+    def __init__(self, marker: bytes) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def _run(self, ops: Sequence[IoOp]) -> list[int]:
+        out = super()._run(ops)
+        return [-errno.EIO if op.write and self.marker in bytes(op.buf) else r
+                for op, r in zip(ops, out, strict=True)]
+
+
+def test_a_failed_write_acknowledges_none_of_the_puts_behind_it(engines: Engines) -> None:
+    """k2's write fails: k0 and k1 (written before it) are acknowledged; k2 and the puts of
+    the pipeline behind it in the segment are not, and are not there after a crash either."""
+    dev = FailingDevice(pattern(2, BLOCK)[:256])
+    engines.devices.append(dev)
+    eng = engines.open(dev)
+    eng.put(NS, "first", b"x" * 10)  # the active segment exists: no roll in the round
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)))
     _join(threads)
-    assert outcome[0] is None and eng.get(NS, "k0") == pattern(0, BLOCK)
-    assert all(isinstance(e, StorageError) for e in outcome[1:])
-    assert all(not eng.exists(NS, f"k{i}") for i in range(1, WRITERS))
+    assert outcome[:2] == [None, None]
+    assert all(isinstance(e, StorageError) for e in outcome[2:])
+    assert all(not eng.exists(NS, f"k{i}") for i in range(2, WRITERS))
     assert eng.put(NS, "after", b"a" * 5000).created  # the broken segment rolls
     eng = engines.reopen(eng, crash=True)
-    assert eng.get(NS, "k0") == pattern(0, BLOCK) and eng.get(NS, "after") == b"a" * 5000
-    assert all(eng.get(NS, f"k{i}") is None for i in range(1, WRITERS))
+    assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(2))
+    assert eng.get(NS, "after") == b"a" * 5000
+    assert all(eng.get(NS, f"k{i}") is None for i in range(2, WRITERS))
     assert eng.check(deep=True) == []
 
 
-@pytest.mark.parametrize(("key", "overwrite", "batches"), [
-    # a batch holds one put per key: each write of the same key is its own, later batch
-    (lambda i: "same", lambda i: True, 4),
-    # other flags wait for their own batch: the first put's, then one per flag set
-    (lambda i: f"k{i}", lambda i: bool(i % 2), 3),
+@pytest.mark.parametrize(("key", "overwrite"), [
+    # a pipeline holds one put per key: each later write of the key is its own batch
+    (lambda i: "same", lambda i: True),
+    # other flags wait for their own batch
+    (lambda i: f"k{i}", lambda i: bool(i % 2)),
 ], ids=["one-key", "other-flags"])
 def test_puts_that_cannot_share_a_batch_wait_for_their_own(
-        engines: Engines, key: Callable[[int], str], overwrite: Callable[[int], bool],
-        batches: int) -> None:
+        engines: Engines, key: Callable[[int], str], overwrite: Callable[[int], bool]) -> None:
+    """The put written on its own thread, then the writer's three, one batch each."""
     eng = engines.open()
     co = eng.log.coalescer
     b0 = co.batches
@@ -120,7 +160,7 @@ def test_puts_that_cannot_share_a_batch_wait_for_their_own(
         eng, lambda i: eng.put(NS, key(i), pattern(i, BLOCK), overwrite=overwrite(i)), n=n)
     _join(threads)
     assert outcome == [None] * n
-    assert co.batches - b0 == batches
+    assert co.batches - b0 == 3
     for i in range(n):  # a key written more than once holds one of its values
         assert eng.get(NS, key(i)) in {pattern(j, BLOCK) for j in range(n) if key(j) == key(i)}
     assert eng.check(deep=True) == []
@@ -128,24 +168,23 @@ def test_puts_that_cannot_share_a_batch_wait_for_their_own(
 
 def test_a_put_that_waits_too_long_leaves_with_a_storage_error(
         engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both puts wait past the bound while the write lock is held: the one the writer had
-    taken is written anyway (unacknowledged, not lost), the queued one leaves the queue."""
+    """The write lock is held past the bound: the put on its own thread waits for it (it is
+    the writer), the one the put writer had taken leaves with StorageError and is written
+    anyway (unacknowledged, not lost), the queued one leaves the queue, never written."""
     eng = engines.open()
     co = eng.log.coalescer
     monkeypatch.setattr(limits, "put_coalesce_wait_seconds_max", 0.2)
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)),
-                               n=2, hold_s=0.6)
+                               n=3, hold_s=0.6)
     _join(threads)
-    assert all(isinstance(e, StorageError) and "waited" in str(e) for e in outcome)
-    deadline = time.monotonic() + 30
-    while not eng.exists(NS, "k0"):  # the writer goes on once the lock is free
-        assert time.monotonic() < deadline, "the taken put was never written"
-        time.sleep(0.01)
-    assert eng.get(NS, "k0") == pattern(0, BLOCK)
-    assert not eng.exists(NS, "k1")
+    assert outcome[0] is None and eng.get(NS, "k0") == pattern(0, BLOCK)
+    assert all(isinstance(e, StorageError) and "waited" in str(e) for e in outcome[1:])
+    _until(lambda: eng.exists(NS, "k1"), "the taken put was never written")
+    assert eng.get(NS, "k1") == pattern(1, BLOCK)
+    assert not eng.exists(NS, "k2")
     with co._lock:
         assert not co._queue  # nothing left waiting
-    assert eng.put(NS, "k1", b"later").created
+    assert eng.put(NS, "k2", b"later").created
     assert eng.check(deep=True) == []
 
 
@@ -169,8 +208,9 @@ class GatedDevice(DeferredDevice):
 
 def test_puts_taken_into_a_stuck_pipeline_time_out_unacknowledged(
         engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Puts that joined a pipeline whose first write the device holds wait too long and leave
-    with StorageError; the pipeline still writes them (unacknowledged, not lost)."""
+    """The device holds every write: the puts in the writer's pipeline wait too long and leave
+    with StorageError (the put on its own thread waits for its device), and are still
+    written (unacknowledged, not lost) once the device answers."""
     dev = GatedDevice()
     engines.devices.append(dev)
     eng = engines.open(dev)
@@ -181,15 +221,16 @@ def test_puts_taken_into_a_stuck_pipeline_time_out_unacknowledged(
     co = eng.log.coalescer
     p0 = co.puts
     threads, outcome = _queued(eng, lambda i: eng.put(NS, f"k{i}", pattern(i, BLOCK)), n=3)
-    _join(threads)  # k0 is stuck on the device; k1 and k2 joined its pipeline meanwhile
-    assert all(isinstance(e, StorageError) and "waited" in str(e) for e in outcome)
-    assert co.puts - p0 == 3
+    _until(lambda: all(isinstance(e, StorageError) for e in outcome[1:]),
+           "the taken puts did not time out")
+    assert all("waited" in str(e) for e in outcome[1:])
+    assert outcome[0] is None and threads[0].is_alive()
+    assert co.puts - p0 == 2  # k2 joined k1's pipeline before it gave up
     dev.gate.set()
-    deadline = time.monotonic() + 30
-    while not all(eng.exists(NS, f"k{i}") for i in range(3)):
-        assert time.monotonic() < deadline, "the taken puts were never written"
-        time.sleep(0.01)
-    # written anyway: unacknowledged, not lost
+    _join(threads)
+    assert outcome[0] is None
+    _until(lambda: all(eng.exists(NS, f"k{i}") for i in range(3)),
+           "the taken puts were never written")
     assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(3))
     with co._lock:
         assert not co._queue
