@@ -365,6 +365,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         exit_code = srv.stop()
     return report(args, results, srv.device.decode(), {
         "get_dram_hits": dram_hits, "get_flash_hits": flash_hits, "check_ok": check.get("ok"),
+        "check_problems": check.get("problems", [])[:20],
         "puts_stored": final.get("puts", 0) - after.get("puts", 0),
         "kvstore_exit_code": exit_code, "head_tool": http_load.head_tool()})
 

@@ -9,8 +9,11 @@ its chunk table (the per-chunk checksums ranged reads verify).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import TYPE_CHECKING
 
+from kvstore import limits
 from kvstore.engine import format as fmt
 from kvstore.engine.ranges import verify_chunks
 from kvstore.engine.segments import parse_segment_name
@@ -18,6 +21,10 @@ from kvstore.errors import InsufficientStorage, no_space
 
 if TYPE_CHECKING:
     from kvstore.engine.log import SegmentLog
+
+
+# How often check() looks again for writes that completed and wait to be published.
+_PUBLISH_POLL_SECONDS = 0.001
 
 
 def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
@@ -33,6 +40,12 @@ def check(lg: SegmentLog, *, deep: bool = False) -> list[str]:
     with lg.wlock, st.lock:
         for seg in lg.segments.values():  # let writes in flight land first
             lg.quiesce(seg)
+        # ... and be published: a write can be complete while its writer waits for this lock
+        # to publish it (no new reservation can come: wlock is held here)
+        publish = threading.Condition(st.lock)
+        deadline = time.monotonic() + limits.write_wait_seconds_max
+        while lg.pending and time.monotonic() < deadline:
+            publish.wait(_PUBLISH_POLL_SECONDS)
         counts: dict[int, int] = {}
         nbytes: dict[int, int] = {}
         ids = st.catalog.id_to_name()
