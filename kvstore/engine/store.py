@@ -325,6 +325,9 @@ class Engine:
                 index_memory_bytes=st.index.memory_bytes(),
             )
             lower = st.lower
+        co = self.log.coalescer  # single puts: on their own thread, or by the put writer
+        out.update(single_puts_direct=co.direct, single_puts_coalesced=co.puts,
+                   single_put_batches=co.batches)
         if lower is not None:
             out.update(lower.stats())
         return out
