@@ -4,12 +4,13 @@
     .venv/bin/python loadtest/ab_single_puts.py --a /tmp/old --b . [--depths 1,8,32] [--rounds 4]
 
 Each run is a fresh process with one tree first on ``sys.path``: it opens an engine on real
-files under ``--dir`` (io_uring device, DRAM tier off), and ``depth`` threads put ``--blocks``
-blocks of 2 MiB between them with ``Engine.put`` (one block a call: the put coalescer's path,
-``kvstore/engine/coalesce.py``). It reports GB/s, the process CPU per put, the device's mean
-in-flight depth and the coalescer's mean batch. Each round runs fio (``--rw=write``, O_DIRECT,
-io_uring, same bytes and depth) and then A and B, alternating their order; the report is each
-side's median (min-max), B / A, and each side over fio's median. A script, not a test: the
+files under ``--dir`` (io_uring device, DRAM tier off; ``--encrypt``: encryption at rest on),
+and ``depth`` threads put ``--blocks`` blocks of 2 MiB between them with ``Engine.put`` (one
+block a call: the put coalescer's path, ``kvstore/engine/coalesce.py``). It reports GB/s, the
+process CPU per put, the device's mean in-flight depth and the coalescer's mean batch. Each
+round runs fio (``--rw=write``, O_DIRECT, io_uring, same bytes and depth) and then A and B,
+alternating their order; the report is each side's median (min-max), B / A, and each side over
+fio's median. A script, not a test: the
 numbers depend on the machine, its disk and its load.
 """
 
@@ -34,14 +35,15 @@ from kvstore import limits
 from kvstore.engine.store import Engine
 from kvstore.engine.types import EngineConfig
 from kvstore.io_uring.select import open_device
-depth, n, d = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+depth, n, d, enc = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 shutil.rmtree(d, ignore_errors=True)
 os.makedirs(d)
 dev = open_device("uring", probe_dir=d)
 seg, bs = limits.segment_bytes_default, 2 << 20
 cap = (n * bs * 13 // 10 // seg + 4) * seg
+extra = {"master_key": os.urandom(32)} if enc else {}
 eng = Engine.open(EngineConfig(data_dir=os.path.join(d, "store"), capacity_bytes=cap,
-                               segment_bytes=seg, dram_bytes=0, dram_on_put=False), dev)
+                               segment_bytes=seg, dram_bytes=0, dram_on_put=False, **extra), dev)
 eng.create_namespace("bench")
 payload = os.urandom(4096) * (bs // 4096)
 keys = iter(range(n))
@@ -71,9 +73,10 @@ shutil.rmtree(d, ignore_errors=True)
 """
 
 
-def child(tree: str, depth: int, blocks: int, scratch: Path) -> dict[str, float]:
+def child(tree: str, depth: int, blocks: int, scratch: Path, encrypt: bool) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tree, str(ROOT / "clients")]))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(depth), str(blocks), str(scratch)],
+    out = subprocess.run([sys.executable, "-c", CHILD, str(depth), str(blocks), str(scratch),
+                          "1" if encrypt else "0"],
                          env=env, capture_output=True, text=True, cwd=tempfile.gettempdir(),
                          timeout=RUN_SECONDS_MAX, check=False)
     if out.returncode:
@@ -102,6 +105,7 @@ def main() -> int:
     ap.add_argument("--depths", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--blocks", type=int, default=1000, help="2 MiB blocks per run")
+    ap.add_argument("--encrypt", action="store_true", help="encryption at rest (a random key)")
     ap.add_argument("--dir", default=str(ROOT / "data" / "bench-ab"), help="scratch (same disk)")
     a = ap.parse_args()
     depths = [int(x) for x in a.depths.split(",")]
@@ -113,8 +117,9 @@ def main() -> int:
             rows.setdefault((depth, "fio"), []).append({"gbs": fio(depth, a.blocks, scratch)})
             for side in ("A", "B") if r % 2 == 0 else ("B", "A"):
                 rows.setdefault((depth, side), []).append(
-                    child(trees[side], depth, a.blocks, scratch))
-    print(f"A = {trees['A']}\nB = {trees['B']}\n{a.rounds} rounds, {a.blocks} x 2 MiB a run")
+                    child(trees[side], depth, a.blocks, scratch, a.encrypt))
+    print(f"A = {trees['A']}\nB = {trees['B']}\n{a.rounds} rounds, {a.blocks} x 2 MiB a run"
+          + (", encrypted" if a.encrypt else ""))
     for depth in depths:
         f = statistics.median(x["gbs"] for x in rows[(depth, "fio")])
         line = f"depth {depth:>3}: fio {f:.2f} GB/s"
