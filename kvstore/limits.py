@@ -270,22 +270,22 @@ write_wait_seconds_max = 60.0
 # and the buffers it holds at once (64 MiB).
 write_wave_chunks_max = 8
 
-# Single puts from concurrent callers queue behind one leader, who writes up to this many as one
-# batch (kvstore.engine.coalesce): the depth concurrent single puts give the device per batch.
+# Single puts from concurrent callers queue for the engine's put writer (kvstore.engine.coalesce),
+# which takes up to this many queued puts at a time into its pipeline, as one batch.
 put_coalesce_batch_max = 64
 # ... and at most this many payload bytes (the first put always goes): one wave of 2 MiB writes.
-# A larger batch adds no depth (a batch keeps write_wave_chunks_max writes in flight, packing
-# its records into larger chunks), but its puts wait for each other and the next leader starts
-# only once this one has reserved its last range. 32 threads of 2 MiB single puts: 1.75-2.21
-# GB/s medians without it, 2.09-2.43 with it, in four A/B sessions; 8 threads: no difference
+# A larger batch adds no depth (a pipeline keeps write_wave_chunks_max writes in flight, packing
+# a batch's records into larger chunks) while its puts wait for each other. With the earlier
+# overlapping leaders, 32 threads of 2 MiB single puts: 1.75-2.21 GB/s medians without it,
+# 2.09-2.43 with it, in four A/B sessions; 8 threads: no difference
 # (loadtest/results/coalesce-batch-20261203.md). Small records still coalesce 64 at a time.
 put_coalesce_batch_bytes_max = write_wave_chunks_max * 2 * MiB
 # While its writes are in flight the put writer takes the puts that queued meanwhile into the
 # same pipeline (the device queue stays full across batches), up to this many puts; then the
-# pipeline drains (the seals its rolls deferred are waited for) and the next one starts.
+# pipeline drains and the next one starts (bounds the pipeline's lists of puts).
 put_coalesce_pipeline_puts_max = 1024
 # How long a queued put waits for the writes ahead of it before it gives up with a StorageError
-# (a leader writes within write_wait_seconds_max per chunk, or fails).
+# (the writer writes within write_wait_seconds_max per chunk, or fails).
 put_coalesce_wait_seconds_max = 300.0
 
 # Group commit (kvstore.engine.group): chunks of concurrent writers reserved back to back are

@@ -183,19 +183,17 @@ More = Callable[[], "list[Prepared] | None"]
 
 
 def write_batch(lg: SegmentLog, preps: list[Prepared], overwrite: bool,
-                donate: bool = False, started: Callable[[], None] | None = None,
-                answer: Answer | None = None, more: More | None = None) -> list[PutResult]:
+                donate: bool = False, answer: Answer | None = None,
+                more: More | None = None) -> list[PutResult]:
     """Write ``preps``; results in their order.
 
-    ``started`` is called once every range of the call is reserved and no more puts will join
-    (only starting and reaping are left, which take no lock: ``coalesce.py`` lets the next
-    leader reserve behind it then). ``answer(i, result)`` is called as soon as ``preps[i]`` is
+    ``answer(i, result, rolled)`` is called as soon as ``preps[i]`` is
     final (published, or not written), in log order, before later chunks are reaped, so a
     coalesced put's caller goes on while the batch's tail is in flight. ``more`` feeds the
     call new puts while its writes are in flight (appended to ``preps``, answered and
     returned like the others): one pipeline keeps the device queue full across batches."""
     results: list[PutResult | None] = []
-    pipe = _Pipeline(lg, preps, results, overwrite, donate, started, answer, more)
+    pipe = _Pipeline(lg, preps, results, overwrite, donate, answer, more)
     chunks = pipe.admit(0)
     if answer is not None:  # each answer names the segment its put rolled: callers wait
         try:
@@ -325,11 +323,11 @@ class _Pipeline:
     """
 
     def __init__(self, lg: SegmentLog, preps: list[Prepared], results: list[PutResult | None],
-                 overwrite: bool, donate: bool, started: Callable[[], None] | None = None,
-                 answer: Answer | None = None, more: More | None = None) -> None:
+                 overwrite: bool, donate: bool, answer: Answer | None = None,
+                 more: More | None = None) -> None:
         self.lg, self.preps, self.results = lg, preps, results
         self.overwrite, self.donate = overwrite, donate
-        self.started, self.answer, self.more = started, answer, more
+        self.answer, self.more = answer, more
         self.inflight: deque[tuple[_Chunk, Pending]] = deque()
 
     def admit(self, lo: int) -> list[_Chunk]:
@@ -358,15 +356,12 @@ class _Pipeline:
         return _pack(st.config.segment_bytes, preps, todo)
 
     def _refill(self, chunks: list[_Chunk]) -> None:
-        """Ask ``more`` for puts to join (only with room in flight); when it says no more
-        will come, every range is reserved: ``started``."""
+        """Ask ``more`` for puts to join (only with room in flight); None: no more will."""
         if self.more is None or len(self.inflight) >= limits.write_wave_chunks_max:
             return
         new = self.more()
         if new is None:
             self.more = None
-            if self.started is not None:
-                self.started()
         elif new:
             lo = len(self.preps)
             self.preps.extend(new)
@@ -399,8 +394,6 @@ class _Pipeline:
                     c.rolled = active
                 reserved.append(c)
                 i += 1
-                if i == len(chunks) and self.more is None and self.started is not None:
-                    self.started()  # every range is reserved: later writers may queue behind
                 self._start(c)
         finally:
             self._drain()

@@ -56,7 +56,7 @@ log = logging.getLogger("kvstore.engine")
 # what a waiting put has been told: queued, taken into the writer's pipeline, answered
 _QUEUED, _TAKEN, _DONE = 0, 1, 2
 
-WriteBatch = Callable[["list[Prepared]", bool, bool, "Callable[[], None]",
+WriteBatch = Callable[["list[Prepared]", bool, bool,
                        "Callable[[int, PutResult, Segment | None], None] | None",
                        "Callable[[], list[Prepared] | None] | None"], "list[PutResult]"]
 
@@ -77,10 +77,6 @@ class _Put:
             raise self.error
         assert self.result is not None
         return self.result
-
-
-def _nothing() -> None:
-    pass
 
 
 class PutCoalescer:
@@ -115,7 +111,7 @@ class PutCoalescer:
                 self.direct += 1
         if alone:
             try:
-                return self._write([prep], overwrite, donate, _nothing, None, None)[0]
+                return self._write([prep], overwrite, donate, None, None)[0]
             finally:
                 with self._lock:
                     self._writing -= 1
@@ -258,8 +254,7 @@ class PutCoalescer:
             return [p.prep for p in new]
 
         try:
-            self._write([p.prep for p in first], head.overwrite, head.donate, lambda: None,
-                        answer, more)
+            self._write([p.prep for p in first], head.overwrite, head.donate, answer, more)
         except BaseException as e:  # noqa: BLE001 - every put not yet answered gets it
             for p in batch:
                 if p is not None:

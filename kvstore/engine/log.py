@@ -174,12 +174,11 @@ class SegmentLog:
         self.sealer.wait_sealed(seg)
 
     def _write_coalesced(self, preps: list[Prepared], overwrite: bool, donate: bool,
-                         started: Callable[[], None],
                          answer: Callable[[int, PutResult, Segment | None], None] | None,
                          more: Callable[[], list[Prepared] | None] | None) -> list[PutResult]:
         from kvstore.engine.batch import write_batch
 
-        return write_batch(self, preps, overwrite, donate, started, answer, more)
+        return write_batch(self, preps, overwrite, donate, answer, more)
 
     def append(self, buf: AlignedBuffer, hdr: fmt.RecordHeader, span: int, digest: bytes,
                ns_id: int, keep: object) -> fmt.RecordHeader:
