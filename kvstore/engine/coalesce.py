@@ -118,9 +118,14 @@ class PutCoalescer:
         with self._lock:
             self._queue.append(me)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="kvstore-put-writer",
-                                                daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._loop, name="kvstore-put-writer",
+                                          daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError as e:  # no thread to be had: nothing left queued
+                    self._queue.remove(me)
+                    raise StorageError(f"cannot start the put writer: {e}") from e
+                self._thread = thread
             elif len(self._queue) == 1:
                 self._work.notify()
             self._wait(me)

@@ -298,3 +298,33 @@ def test_close_ends_the_writer_and_refuses_new_puts(engines: Engines) -> None:
     assert all(eng.get(NS, f"k{i}") == pattern(i, BLOCK) for i in range(WRITERS))
     assert not eng.exists(NS, "late")
     assert eng.check(deep=True) == []
+
+
+def test_a_put_writer_that_cannot_start_fails_its_put_and_leaves_nothing_queued(
+        engines: Engines, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvstore.engine import coalesce
+
+    class NoThreads(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread (test)")
+
+    eng = engines.open()
+    lg, co = eng.log, eng.log.coalescer
+    outcome: list[BaseException | None] = []
+    first = threading.Thread(target=lambda: eng.put(NS, "k0", pattern(0, BLOCK)))
+    with lg.wlock:  # k0 is written on its own thread and waits for the lock
+        first.start()
+        _until(lambda: len(lg.combine_queue) == 1, "the first put did not wait for the lock")
+        monkeypatch.setattr(coalesce.threading, "Thread", NoThreads)
+        try:
+            eng.put(NS, "k1", pattern(1, BLOCK))
+        except StorageError as e:
+            outcome.append(e)
+        monkeypatch.undo()
+    first.join(30)
+    assert len(outcome) == 1 and "put writer" in str(outcome[0])
+    with co._lock:
+        assert not co._queue and co._thread is None
+    assert eng.get(NS, "k0") == pattern(0, BLOCK) and not eng.exists(NS, "k1")
+    assert eng.put(NS, "k1", pattern(1, BLOCK)).created
+    assert eng.check(deep=True) == []
