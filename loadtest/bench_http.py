@@ -128,8 +128,12 @@ async def bare_app(scope: dict, receive, send) -> None:  # noqa: ANN001 - ASGI c
 def run_bare(port: int) -> None:
     import uvicorn
 
+    from kvstore.server import http_config_options
+
+    # kvstore's own uvicorn settings (no Server header, no proxy-headers middleware): the two
+    # servers differ only in the app
     uvicorn.run(bare_app, host="127.0.0.1", port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="on")
+                log_level="warning", **http_config_options())
 
 
 # --- helpers ------------------------------------------------------------------------------------

@@ -74,6 +74,11 @@ def main() -> int:
     from kvstore.io_uring.posix import PosixDevice
     from kvstore.service import Node
     from kvstore.service.runner import EngineRunner
+    try:
+        from kvstore.server import http_config_options
+    except ImportError:  # an older tree (--root): the settings serve used then
+        def http_config_options() -> dict[str, Any]:
+            return {"lifespan": "on", "access_log": False, "server_header": False}
 
     # after kvstore: importing bench_http puts its own tree first on sys.path
     bench_http = importlib.import_module("bench_http")
@@ -94,9 +99,9 @@ def main() -> int:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, http=proto, loop="none", lifespan="on",
-                                           log_config=None, access_log=False,
-                                           server_header=False))
+    # kvstore serve's uvicorn settings (no proxy-headers middleware), for both apps
+    server = uvicorn.Server(uvicorn.Config(app, http=proto, loop="none", log_config=None,
+                                           **http_config_options()))
 
     def prepare() -> None:
         c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
