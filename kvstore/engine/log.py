@@ -33,7 +33,7 @@ from kvstore.engine import format as fmt
 from kvstore.engine.coalesce import PutCoalescer
 from kvstore.engine.device import AlignedBuffer
 from kvstore.engine.sealer import Sealer
-from kvstore.engine.segments import Segment, load_summary, summary_path
+from kvstore.engine.segments import Segment, free_path, load_summary, summary_path
 from kvstore.engine.state import EngineState
 from kvstore.engine.summary import SegmentSummary
 from kvstore.errors import StorageError
@@ -238,13 +238,27 @@ class SegmentLog:
                 self._free(seg)
 
     def _free(self, seg: Segment) -> None:
-        """Close and delete a retired segment's files. Caller holds ``lock``; no refs remain."""
+        """Free a retired segment once its last pin (a reader, a G4 upload) is gone: keep its
+        file, renamed ``free-*``, for the next segment to overwrite while the lease budget has
+        room for it, else close and delete it. Overwriting a file's written blocks beats a new
+        file's first writes to trimmed blocks (``loadtest/results/fresh-blocks-*``), and with a
+        G4 tier nearly every reclaimed segment is pinned by its upload when retired. Caller
+        holds ``lock``; no refs remain."""
         assert seg.retired and seg.refs == 0
-        dev = self.state.device
+        st = self.state
+        dev, data_dir = st.device, st.config.data_dir
         self.retired.pop(seg.id, None)
+        if len(self.segments) + len(self.free_files) + 1 <= st.budget.max:
+            free = free_path(data_dir, seg.id)
+            if seg.path != free:
+                dev.rename(seg.path, free)  # first: a crash now leaves no segment to scan
+                seg.path = free
+            dev.unlink(summary_path(data_dir, seg.id))
+            self.free_files.append(seg)
+            return
         dev.close_handle(seg.handle)
         dev.unlink(seg.path)
-        dev.unlink(summary_path(self.state.config.data_dir, seg.id))
+        dev.unlink(summary_path(data_dir, seg.id))
 
     # ------------------------------------------------------------------ introspection
     def summary(self, seg: Segment) -> SegmentSummary | None:
