@@ -155,7 +155,9 @@ def bench_spill(s3: Any, tmp: Path, args: argparse.Namespace, with_g4: bool) -> 
         stop = threading.Event()
         gets = [0]
         lock = threading.Lock()
-        spilled0 = eng.stats().get("g4_spilled_bytes", 0)
+        st0 = eng.stats()
+        spilled0 = st0.get("g4_spilled_bytes", 0)
+        rolled0 = eng.log.next_segment_id
 
         def writer() -> None:  # at --write-mib-s: the same load with and without G4
             n0, t0 = len(written), time.perf_counter()
@@ -191,7 +193,11 @@ def bench_spill(s3: Any, tmp: Path, args: argparse.Namespace, with_g4: bool) -> 
                 "written_MiBps": (len(written) - cap // block // 2) * block / el / MiB,
                 "spilled_MiBps": (st.get("g4_spilled_bytes", 0) - spilled0) / el / MiB,
                 "spill_dropped_blocks": st.get("g4_spill_dropped_blocks", 0),
-                "evicted_blocks": st["evicted_blocks"]}
+                "evicted_blocks": st["evicted_blocks"],
+                # segments opened during the run, and how many reused a reclaimed file (the
+                # rest were new files, first writes to trimmed blocks on a discard mount)
+                "segments_rolled": eng.log.next_segment_id - rolled0,
+                "segments_recycled": st["recycled_segments"] - st0["recycled_segments"]}
     finally:
         if tier is not None:
             tier.close()
@@ -250,12 +256,13 @@ def main() -> None:
         h = hit[t]
         md.append(f"| {t} | {h['reads']} | {h['p50_ms']:.2f} | {h['p99_ms']:.2f} | "
                   f"{h['GBps_1thread']:.3f} | {h[f'GBps_{args.threads}threads']:.3f} |")
-    md += ["", "| run | GETs/s | GET GB/s | written MiB/s | spilled MiB/s | not spilled |",
-           "|---|---:|---:|---:|---:|---:|"]
+    md += ["", "| run | GETs/s | GET GB/s | written MiB/s | spilled MiB/s | not spilled | "
+           "segments opened / recycled |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in (("no G4 (median)", base), ("G4 spilling (median)", spill)):
         md.append(f"| {name} | {r['gets_per_s']:.0f} | {r['get_GBps']:.3f} | "
                   f"{r['written_MiBps']:.1f} | {r['spilled_MiBps']:.1f} | "
-                  f"{r['spill_dropped_blocks']} |")
+                  f"{r['spill_dropped_blocks']} | "
+                  f"{r.get('segments_rolled', 0)} / {r.get('segments_recycled', 0)} |")
     md += ["", f"Foreground GETs with spilling / without (medians of {args.trials} alternating "
            f"trials of {args.seconds:g} s): **{ratio:.2f}** (target >= 0.9); per trial "
            + ", ".join(f"{r:.2f}" for r in res["trial_ratios"]) + ".",
