@@ -221,6 +221,7 @@ def run_depth(a: argparse.Namespace, bench: Path, depth: int, size: int, disk: s
             for key, smp in e.items():
                 case, rw = {"write": ("engine", "write"), "read": ("engine", "read"),
                             "batch_write": ("engine_batch", "write"),
+                            "staged_write": ("engine_staged", "write"),
                             "full_write": ("engine_full", "write")}[key]
                 samples.setdefault((case.replace("engine", "engine" + tag), rw), []).append(smp)
         print(f"depth {depth} trial {trial + 1}: " + ", ".join(
